@@ -1,0 +1,1 @@
+//! dpacc-hw (stub; filled by later issues).

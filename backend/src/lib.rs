@@ -1,0 +1,1 @@
+//! dpacc-backend (stub; filled by later issues).

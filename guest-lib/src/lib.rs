@@ -1,0 +1,1 @@
+//! dpacc-guest (stub; filled by later issues).
