@@ -1,1 +1,21 @@
-//! dpacc-backend (stub; filled by later issues).
+//! # dpacc-backend: a vhost-user daemon serving a virtio-crypto device
+//!
+//! - [`vhost_user`]: a small, device-agnostic vhost-user protocol server (framing, the
+//!   per-connection state machine, guest memory mapping, the [`vhost_user::VhostUserDevice`]
+//!   trait devices implement).
+//! - [`virtq`]: descriptor chain walking and zero-copy carving into scatter-gather lists,
+//!   shared by every device.
+//! - [`crypto`]: the virtio-crypto device: sessions, control queue, data queues, and the
+//!   [`crypto::serve`] entry point.
+//! - [`cli`]: the command line of the `dpacc-backend` binary.
+//!
+//! Why our own vhost-user server: `docs/decisions/0001-vhost-user-server.md`.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod crypto;
+pub mod vhost_user;
+pub mod virtq;
+
+pub use crypto::{serve, CryptoBackendConfig};

@@ -39,7 +39,7 @@ pub enum MacAlg {
 /// AEAD algorithms (the key length picks AES-128/256 for GCM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AeadAlg {
-    /// AES-GCM with a 12-byte nonce, 16-byte tag (shorter tags truncate).
+    /// AES-GCM with a 12-byte nonce and a 16-byte tag.
     AesGcm,
     /// ChaCha20-Poly1305 (RFC 8439): 32-byte key, 12-byte nonce, 16-byte tag.
     ChaCha20Poly1305,

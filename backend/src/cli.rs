@@ -1,0 +1,117 @@
+//! Command line of the `dpacc-backend` binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dpacc_spec::CryptoDriver;
+
+use crate::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
+
+/// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
+#[derive(Debug, Parser)]
+#[command(name = "dpacc-backend", version, about)]
+pub struct Cli {
+    /// The device to serve.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Devices.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a virtio-crypto device (virtio device ID 20).
+    Crypto(CryptoArgs),
+}
+
+/// Options of the crypto device.
+#[derive(Debug, clap::Args)]
+pub struct CryptoArgs {
+    /// Path of the vhost-user unix socket to listen on (a stale socket file is replaced).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Number of data queues; the control queue comes after them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32766))]
+    pub queues: u16,
+    /// Largest ring size a frontend may use (a power of two, at most 32768).
+    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    pub queue_size: u16,
+    /// Accelerator driver behind the device.
+    #[arg(long, value_enum, default_value_t = DriverKind::Sw)]
+    pub driver: DriverKind,
+    /// Most crypto sessions open at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
+    pub max_sessions: u64,
+}
+
+/// Available drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DriverKind {
+    /// dpacc's software driver (dpacc-sw).
+    Sw,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 || v > u32::from(MAX_QUEUE_SIZE) || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two in 1..=32768"));
+    }
+    Ok(v as u16)
+}
+
+/// Instantiates a driver.
+pub fn make_driver(kind: DriverKind) -> Result<Arc<dyn CryptoDriver>, String> {
+    match kind {
+        DriverKind::Sw => sw_driver(),
+    }
+}
+
+fn sw_driver() -> Result<Arc<dyn CryptoDriver>, String> {
+    Ok(Arc::new(dpacc_sw::SwDriver::new()))
+}
+
+impl CryptoArgs {
+    /// The device configuration these options describe.
+    pub fn to_config(&self) -> Result<CryptoBackendConfig, String> {
+        Ok(CryptoBackendConfig {
+            queues: self.queues,
+            queue_size: self.queue_size,
+            max_sessions: self.max_sessions as usize,
+            driver: make_driver(self.driver)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let c = Cli::try_parse_from([
+            "dpacc-backend",
+            "crypto",
+            "--socket",
+            "/tmp/x.sock",
+            "--queues",
+            "2",
+            "--queue-size",
+            "1024",
+        ])
+        .unwrap();
+        let Command::Crypto(a) = c.command;
+        assert_eq!((a.queues, a.queue_size, a.max_sessions), (2, 1024, 1024));
+        assert_eq!(a.driver, DriverKind::Sw);
+        for bad in ["1000", "0", "65536"] {
+            assert!(Cli::try_parse_from([
+                "dpacc-backend",
+                "crypto",
+                "--socket",
+                "/tmp/x.sock",
+                "--queue-size",
+                bad
+            ])
+            .is_err());
+        }
+    }
+}

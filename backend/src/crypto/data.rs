@@ -1,0 +1,731 @@
+//! Data queue processing: parse requests out of descriptor chains, run them through the
+//! driver queue in batches (zero copy), write status bytes, complete the chains.
+//!
+//! Request layouts (virtio 1.2, without `VIRTIO_CRYPTO_F_REVISION_1`); the status byte is the
+//! last byte of the writable stream:
+//!
+//! | opcode | readable | writable |
+//! |---|---|---|
+//! | cipher | req, iv, src | dst, status |
+//! | chain | req, iv, src, aad | dst, hash_result, status |
+//! | hash / MAC | req, src | hash_result, status |
+//! | AEAD | req, iv, src, aad | dst, status |
+//!
+//! AEAD encrypt writes ciphertext then tag into dst (`dst_len >= src_len + tag_len`); AEAD
+//! decrypt reads ciphertext then tag from src (`src_len >= tag_len`) and writes plaintext.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use dpacc_spec::virtio_crypto::{self as vc, status, DataRequest, DATA_REQ_SIZE};
+use dpacc_spec::{
+    ChainRanges, Completion, CryptoError, CryptoOp, CryptoQueue, Direction, Iv, Seg, SessionHandle,
+    SessionInfo,
+};
+use tracing::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+use super::sessions::{SessionTable, Table};
+use super::worker::{Notify, Processor};
+use crate::virtq::{ChainBufs, MAX_CHAIN_DESCS};
+
+/// Chains taken from the ring per batch.
+pub const BATCH: usize = 64;
+/// Segment pool per worker: room for one worst-case chain plus a batch of ordinary ones.
+const POOL_SEGS: usize = 2 * MAX_CHAIN_DESCS + BATCH * 8;
+/// Segments one chain can need beyond its descriptor count (one split per carve).
+const CARVE_SLACK: usize = 8;
+
+type Range = (usize, usize);
+
+/// One parsed request of the current batch.
+#[derive(Default)]
+struct Pending {
+    head: u16,
+    /// Where the status byte goes (None: no writable byte at all).
+    status_at: Option<Seg<'static>>,
+    used_len: u32,
+    /// `status::OK` while the operation is to be run; otherwise the final status.
+    status: u8,
+    session: Option<SessionHandle>,
+    iv: Iv,
+    src: Range,
+    dst: Range,
+    aad: Range,
+    digest: Range,
+    chain: ChainRanges,
+}
+
+/// A data queue's processing state. All buffers are sized once, at start.
+pub struct DataPath {
+    driver: Box<dyn CryptoQueue>,
+    sessions: Arc<SessionTable>,
+    chain: ChainBufs,
+    pending: Vec<Pending>,
+    pool: Vec<Seg<'static>>,
+    ops: Vec<CryptoOp<'static>>,
+    completions: Vec<Completion>,
+    results: Vec<u8>,
+}
+
+impl DataPath {
+    /// A data path submitting to `driver`, resolving sessions in `sessions`.
+    pub fn new(driver: Box<dyn CryptoQueue>, sessions: Arc<SessionTable>) -> Self {
+        Self {
+            driver,
+            sessions,
+            chain: ChainBufs::new(),
+            pending: (0..BATCH).map(|_| Pending::default()).collect(),
+            pool: Vec::with_capacity(POOL_SEGS),
+            ops: Vec::with_capacity(BATCH),
+            completions: vec![Completion::default(); BATCH],
+            results: vec![status::OK; BATCH],
+        }
+    }
+
+    /// Takes up to [`BATCH`] chains, runs them, completes them. Returns chains completed.
+    pub fn run_batch(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+        self.pool.clear();
+        let mut n = 0;
+        {
+            let table = self.sessions.read();
+            while n < BATCH
+                && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
+            {
+                let Some(chain) = q.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let p = &mut self.pending[n];
+                *p = Pending::default();
+                match self.chain.walk(chain, mem) {
+                    Ok(()) => parse(&self.chain, &mut self.pool, &table, p),
+                    Err(e) => {
+                        debug!("chain {}: {e}; completed without status", self.chain.head());
+                        p.head = self.chain.head();
+                    }
+                }
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return 0;
+        }
+        self.submit(n);
+        for p in &mut self.pending[..n] {
+            if let Some(s) = p.status_at {
+                // SAFETY: `s` is the one-byte, device-writable status location inside guest
+                // memory that `mem` (held by the caller) keeps mapped.
+                unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
+            }
+            if let Err(e) = q.add_used(mem, p.head, p.used_len) {
+                warn!("add_used: {e}");
+            }
+            p.session = None;
+        }
+        notify.signal(q, mem);
+        n
+    }
+
+    /// Runs the pending requests whose status is still OK through the driver.
+    fn submit(&mut self, n: usize) {
+        let Self {
+            driver,
+            pending,
+            pool,
+            ops,
+            completions,
+            results,
+            ..
+        } = self;
+        let mut ops_vec = recycle(std::mem::take(ops));
+        results[..n].fill(status::ERR);
+        for (i, p) in pending[..n].iter().enumerate() {
+            if p.status != status::OK || p.status_at.is_none() {
+                continue;
+            }
+            let Some(session) = p.session.as_ref() else {
+                continue;
+            };
+            let sl = |r: Range| &pool[r.0..r.1];
+            ops_vec.push(CryptoOp {
+                session,
+                iv: p.iv,
+                src: sl(p.src),
+                dst: sl(p.dst),
+                aad: sl(p.aad),
+                digest: sl(p.digest),
+                chain: p.chain,
+                user_data: i as u64,
+            });
+        }
+        let total = ops_vec.len();
+        let (mut next, mut done) = (0, 0);
+        while done < total {
+            let mut taken = 0;
+            if next < total {
+                // SAFETY: every segment points into guest memory kept mapped by the caller's
+                // memory snapshot, and into descriptors the guest handed to the device until we
+                // put them on the used ring, which happens only after every completion of this
+                // batch has been dequeued (this loop).
+                taken = unsafe { driver.enqueue(&ops_vec[next..]) };
+                next += taken;
+            }
+            let got = driver.dequeue(completions);
+            for c in &completions[..got] {
+                match results.get_mut(c.user_data as usize) {
+                    Some(r) if (c.user_data as usize) < n => {
+                        *r = match c.result {
+                            Ok(()) => status::OK,
+                            Err(e) => e.status(),
+                        }
+                    }
+                    _ => warn!("driver returned unknown completion {}", c.user_data),
+                }
+            }
+            done += got;
+            if got == 0 && (taken == 0 || next == total) {
+                wait_for_driver(driver.notifier());
+            }
+        }
+        *ops = recycle(ops_vec);
+        for (p, r) in pending[..n].iter_mut().zip(results.iter()) {
+            if p.status == status::OK {
+                p.status = *r;
+            }
+        }
+    }
+}
+
+impl Processor for DataPath {
+    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+        let mut total = 0;
+        loop {
+            let n = self.run_batch(q, mem, notify);
+            total += n;
+            if n < BATCH {
+                return total;
+            }
+        }
+    }
+}
+
+/// Waits briefly for an asynchronous driver's completions.
+fn wait_for_driver(notifier: Option<RawFd>) {
+    match notifier {
+        Some(fd) => {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd; a short timeout bounds the wait.
+            unsafe { libc::poll(&mut pfd, 1, 10) };
+            if pfd.revents != 0 {
+                let mut v = [0u8; 8];
+                // SAFETY: reading the 8-byte eventfd counter into a live buffer.
+                unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
+            }
+        }
+        None => std::thread::yield_now(),
+    }
+}
+
+/// Reuses an (empty) op vector's allocation under another lifetime.
+fn recycle<'a, 'b>(v: Vec<CryptoOp<'a>>) -> Vec<CryptoOp<'b>> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    v.clear();
+    let (ptr, cap) = (v.as_mut_ptr(), v.capacity());
+    // SAFETY: the vector is empty, so no value of the old lifetime survives; `CryptoOp<'a>` and
+    // `CryptoOp<'b>` differ only in a lifetime and have the same layout; the allocation is
+    // handed over exactly once (the original is never dropped).
+    unsafe { Vec::from_raw_parts(ptr.cast::<CryptoOp<'b>>(), 0, cap) }
+}
+
+fn le(v: vm_memory::endian::Le32) -> usize {
+    v.to_native() as usize
+}
+
+fn sum(parts: &[usize]) -> Result<usize, CryptoError> {
+    parts
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b))
+        .ok_or(CryptoError::BadRequest)
+}
+
+/// Parses the walked chain into `p`: the status location, and either a runnable operation
+/// (`p.status == OK`) or the error status to report.
+fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pending) {
+    p.head = c.head();
+    let wl = c.writable_len();
+    if wl == 0 {
+        debug!("chain {}: no writable byte for the status", c.head());
+        return;
+    }
+    let mark = pool.len();
+    if c.carve_writable(wl - 1, 1, pool).is_err() {
+        return;
+    }
+    p.status_at = pool.pop();
+    p.used_len = wl as u32;
+    p.status = match parse_op(c, pool, table, p) {
+        Ok(()) => status::OK,
+        Err(e) => {
+            pool.truncate(mark);
+            p.session = None;
+            e.status()
+        }
+    };
+}
+
+fn carve_r(
+    c: &ChainBufs,
+    pool: &mut Vec<Seg<'static>>,
+    off: usize,
+    len: usize,
+) -> Result<Range, CryptoError> {
+    let s = pool.len();
+    c.carve_readable(off, len, pool)
+        .map_err(|_| CryptoError::BadRequest)?;
+    Ok((s, pool.len()))
+}
+
+fn carve_w(
+    c: &ChainBufs,
+    pool: &mut Vec<Seg<'static>>,
+    off: usize,
+    len: usize,
+) -> Result<Range, CryptoError> {
+    let s = pool.len();
+    c.carve_writable(off, len, pool)
+        .map_err(|_| CryptoError::BadRequest)?;
+    Ok((s, pool.len()))
+}
+
+fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, CryptoError> {
+    if len != want || len > Iv::MAX {
+        return Err(CryptoError::InvalidIvLength);
+    }
+    let mut b = [0u8; Iv::MAX];
+    c.read(off, &mut b[..len])
+        .map_err(|_| CryptoError::BadRequest)?;
+    Iv::new(&b[..len])
+}
+
+fn parse_op(
+    c: &ChainBufs,
+    pool: &mut Vec<Seg<'static>>,
+    table: &Table,
+    p: &mut Pending,
+) -> Result<(), CryptoError> {
+    let rl = c.readable_len();
+    // Writable bytes before the status byte.
+    let wl = c.writable_len() - 1;
+    if rl < DATA_REQ_SIZE {
+        return Err(CryptoError::BadRequest);
+    }
+    let mut req = DataRequest::default();
+    c.read(0, req.as_mut_slice())
+        .map_err(|_| CryptoError::BadRequest)?;
+    let opcode = req.header.opcode.to_native();
+    let want_dir = match opcode {
+        vc::CIPHER_ENCRYPT | vc::AEAD_ENCRYPT => Some(Direction::Encrypt),
+        vc::CIPHER_DECRYPT | vc::AEAD_DECRYPT => Some(Direction::Decrypt),
+        vc::HASH | vc::MAC => None,
+        _ => return Err(CryptoError::Unsupported),
+    };
+    let session = table
+        .get(req.header.session_id.to_native())
+        .ok_or(CryptoError::InvalidSession)?;
+    let info = session.info();
+    let off = DATA_REQ_SIZE;
+    let dir_ok = |d: Direction| Some(d) == want_dir;
+    match opcode {
+        vc::CIPHER_ENCRYPT | vc::CIPHER_DECRYPT => {
+            let sym: vc::SymDataReq = req.body();
+            match sym.op_type.to_native() {
+                vc::SYM_OP_CIPHER => {
+                    let SessionInfo::Cipher { alg, dir } = info else {
+                        return Err(CryptoError::BadRequest);
+                    };
+                    if !dir_ok(dir) {
+                        return Err(CryptoError::BadRequest);
+                    }
+                    let para: vc::CipherDataPara = sym.para();
+                    let (iv_len, src_len, dst_len) = (
+                        le(para.iv_len),
+                        le(para.src_data_len),
+                        le(para.dst_data_len),
+                    );
+                    if sum(&[off, iv_len, src_len])? > rl || dst_len > wl || dst_len < src_len {
+                        return Err(CryptoError::BadRequest);
+                    }
+                    p.iv = read_iv(c, off, iv_len, alg.iv_len())?;
+                    p.src = carve_r(c, pool, off + iv_len, src_len)?;
+                    p.dst = carve_w(c, pool, 0, src_len)?;
+                }
+                vc::SYM_OP_ALGORITHM_CHAINING => {
+                    let SessionInfo::Chain {
+                        cipher,
+                        dir,
+                        digest_len,
+                        ..
+                    } = info
+                    else {
+                        return Err(CryptoError::BadRequest);
+                    };
+                    if !dir_ok(dir) {
+                        return Err(CryptoError::BadRequest);
+                    }
+                    let para: vc::AlgChainDataPara = sym.para();
+                    let iv_len = le(para.iv_len);
+                    let src_len = le(para.src_data_len);
+                    let dst_len = le(para.dst_data_len);
+                    let aad_len = le(para.aad_len);
+                    let hash_len = le(para.hash_result_len);
+                    let ranges = ChainRanges {
+                        cipher_offset: para.cipher_start_src_offset.to_native(),
+                        cipher_len: para.len_to_cipher.to_native(),
+                        auth_offset: para.hash_start_src_offset.to_native(),
+                        auth_len: para.len_to_hash.to_native(),
+                    };
+                    let within = |o: u32, l: u32| {
+                        (o as usize)
+                            .checked_add(l as usize)
+                            .is_some_and(|e| e <= src_len)
+                    };
+                    if sum(&[off, iv_len, src_len, aad_len])? > rl
+                        || sum(&[dst_len, hash_len])? > wl
+                        || dst_len < src_len
+                        || hash_len != digest_len
+                        || !within(ranges.cipher_offset, ranges.cipher_len)
+                        || !within(ranges.auth_offset, ranges.auth_len)
+                    {
+                        return Err(CryptoError::BadRequest);
+                    }
+                    p.iv = read_iv(c, off, iv_len, cipher.iv_len())?;
+                    p.src = carve_r(c, pool, off + iv_len, src_len)?;
+                    p.aad = carve_r(c, pool, off + iv_len + src_len, aad_len)?;
+                    p.dst = carve_w(c, pool, 0, src_len)?;
+                    p.digest = carve_w(c, pool, dst_len, hash_len)?;
+                    p.chain = ranges;
+                }
+                _ => return Err(CryptoError::Unsupported),
+            }
+        }
+        vc::HASH | vc::MAC => {
+            let digest_len = match (opcode, info) {
+                (vc::HASH, SessionInfo::Hash { digest_len, .. }) => digest_len,
+                (vc::MAC, SessionInfo::Mac { digest_len, .. }) => digest_len,
+                _ => return Err(CryptoError::BadRequest),
+            };
+            let para: vc::HashDataPara = req.body();
+            let (src_len, hash_len) = (le(para.src_data_len), le(para.hash_result_len));
+            if sum(&[off, src_len])? > rl || hash_len > wl || hash_len != digest_len {
+                return Err(CryptoError::BadRequest);
+            }
+            p.src = carve_r(c, pool, off, src_len)?;
+            p.digest = carve_w(c, pool, 0, hash_len)?;
+        }
+        _ => {
+            // AEAD_ENCRYPT / AEAD_DECRYPT.
+            let SessionInfo::Aead { alg, dir, tag_len } = info else {
+                return Err(CryptoError::BadRequest);
+            };
+            if !dir_ok(dir) {
+                return Err(CryptoError::BadRequest);
+            }
+            let para: vc::AeadDataPara = req.body();
+            let iv_len = le(para.iv_len);
+            let aad_len = le(para.aad_len);
+            let src_len = le(para.src_data_len);
+            let dst_len = le(para.dst_data_len);
+            if sum(&[off, iv_len, src_len, aad_len])? > rl || dst_len > wl {
+                return Err(CryptoError::BadRequest);
+            }
+            p.iv = read_iv(c, off, iv_len, alg.iv_len())?;
+            let data = off + iv_len;
+            if dir == Direction::Encrypt {
+                if dst_len < sum(&[src_len, tag_len])? {
+                    return Err(CryptoError::BadRequest);
+                }
+                p.src = carve_r(c, pool, data, src_len)?;
+                p.dst = carve_w(c, pool, 0, src_len)?;
+                p.digest = carve_w(c, pool, src_len, tag_len)?;
+            } else {
+                let ct = src_len
+                    .checked_sub(tag_len)
+                    .ok_or(CryptoError::BadRequest)?;
+                if dst_len < ct {
+                    return Err(CryptoError::BadRequest);
+                }
+                p.src = carve_r(c, pool, data, ct)?;
+                p.digest = carve_r(c, pool, data + ct, tag_len)?;
+                p.dst = carve_w(c, pool, 0, ct)?;
+            }
+            p.aad = carve_r(c, pool, data + src_len, aad_len)?;
+        }
+    }
+    p.session = Some(session.clone());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::test_driver::XorDriver;
+    use dpacc_spec::{CipherAlg, CryptoDriver, HashAlg, SessionParams};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+    const IN: u64 = 0x10_0000;
+    const OUT: u64 = 0x18_0000;
+
+    struct Rig {
+        mem: GuestMemoryMmap,
+        sessions: Arc<SessionTable>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self {
+                mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+                sessions: Arc::new(SessionTable::new(8)),
+            }
+        }
+
+        fn session(&self, p: SessionParams<'_>) -> u64 {
+            self.sessions.create(&XorDriver, &p).unwrap()
+        }
+
+        /// Posts one chain: readable `input` (split into `splits`), `out_len` writable bytes
+        /// (split in two when possible), runs one batch, returns (used len, writable bytes).
+        fn run(&self, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+            self.mem.write_slice(input, GuestAddress(IN)).unwrap();
+            self.mem
+                .write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
+                .unwrap();
+            let mut descs = Vec::new();
+            // Readable: header alone, then the rest.
+            let first = input.len().min(DATA_REQ_SIZE) as u32;
+            descs.push((IN, first, 0));
+            if input.len() as u32 > first {
+                descs.push((IN + u64::from(first), input.len() as u32 - first, 0));
+            }
+            if out_len > 1 {
+                descs.push((OUT, out_len - 1, F_WRITE));
+                descs.push((OUT + u64::from(out_len - 1), 1, F_WRITE));
+            } else if out_len == 1 {
+                descs.push((OUT, 1, F_WRITE));
+            }
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, l, f))| {
+                    let last = i + 1 == descs.len();
+                    let flags = if last { f } else { f | F_NEXT };
+                    RawDescriptor::from(Descriptor::new(a, l, flags, i as u16 + 1))
+                })
+                .collect();
+            let vq = MockSplitQueue::new(&self.mem, 16);
+            vq.add_desc_chains(&raw, 0).unwrap();
+            let mut q: Queue = vq.create_queue().unwrap();
+            let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), self.sessions.clone());
+            let n = dp.run_batch(&mut q, &self.mem, &Notify::new(None));
+            assert_eq!(n, 1);
+            let used = vq.used().ring().ref_at(0).unwrap().load();
+            let mut out = vec![0u8; out_len as usize];
+            self.mem.read_slice(&mut out, GuestAddress(OUT)).unwrap();
+            (used.len(), out)
+        }
+    }
+
+    fn cipher_req(opcode: u32, sid: u64, iv_len: u32, src_len: u32, dst_len: u32) -> Vec<u8> {
+        let mut req = DataRequest::default();
+        req.header.opcode = opcode.into();
+        req.header.session_id = sid.into();
+        let mut sym = vc::SymDataReq::default();
+        sym.set_para(&vc::CipherDataPara {
+            iv_len: iv_len.into(),
+            src_data_len: src_len.into(),
+            dst_data_len: dst_len.into(),
+            padding: 0.into(),
+        });
+        sym.op_type = vc::SYM_OP_CIPHER.into();
+        req.set_body(&sym);
+        req.as_slice().to_vec()
+    }
+
+    fn cbc(rig: &Rig, dir: Direction) -> u64 {
+        rig.session(SessionParams::Cipher {
+            alg: CipherAlg::AesCbc,
+            key: &[0x0f; 16],
+            dir,
+        })
+    }
+
+    #[test]
+    fn cipher_request_runs_zero_copy() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 32, 32);
+        input.extend_from_slice(&[0x30; 16]); // iv
+        input.extend((0..32u8).collect::<Vec<_>>());
+        let (used, out) = rig.run(&input, 33);
+        assert_eq!(used, 33);
+        assert_eq!(out[32], status::OK);
+        let want: Vec<u8> = (0..32u8).map(|b| b ^ 0x0f ^ 0x30).collect();
+        assert_eq!(&out[..32], &want[..]);
+    }
+
+    #[test]
+    fn lying_lengths_are_err() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        // src_len larger than the readable bytes.
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 1000, 1000);
+        input.extend_from_slice(&[0; 48]);
+        let (used, out) = rig.run(&input, 33);
+        assert_eq!((used, out[32]), (33, status::ERR));
+        assert_eq!(out[0], 0xee, "nothing written but the status");
+        // dst_len larger than the writable bytes.
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 16, 64);
+        input.extend_from_slice(&[0; 32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::ERR);
+        // Wrong IV length for AES-CBC.
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 8, 16, 16);
+        input.extend_from_slice(&[0; 24]);
+        assert_eq!(rig.run(&input, 17).1[16], status::ERR);
+        // Header shorter than 72 bytes.
+        assert_eq!(rig.run(&[0u8; 40], 1).1[0], status::ERR);
+        // Overflowing sums.
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, u32::MAX, u32::MAX, 16);
+        input.extend_from_slice(&[0; 32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::ERR);
+    }
+
+    #[test]
+    fn missing_status_byte_completes_with_zero_length() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 16, 16);
+        input.extend_from_slice(&[0; 32]);
+        let (used, _) = rig.run(&input, 0);
+        assert_eq!(used, 0);
+    }
+
+    #[test]
+    fn session_and_opcode_checks() {
+        let rig = Rig::new();
+        let enc = cbc(&rig, Direction::Encrypt);
+        let mut body = [0u8; 48];
+        body[..16].fill(1);
+        // Unknown session.
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, enc + 1, 16, 16, 16);
+        input.extend_from_slice(&body[..32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::INVSESS);
+        // Decrypt opcode on an encrypt session.
+        let mut input = cipher_req(vc::CIPHER_DECRYPT, enc, 16, 16, 16);
+        input.extend_from_slice(&body[..32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::ERR);
+        // Hash opcode on a cipher session.
+        let mut input = cipher_req(vc::HASH, enc, 16, 16, 16);
+        input.extend_from_slice(&body[..32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::ERR);
+        // Unknown opcode.
+        let mut input = cipher_req(0x0777, enc, 16, 16, 16);
+        input.extend_from_slice(&body[..32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::NOTSUPP);
+        // A closed session is invalid.
+        rig.sessions.close(enc).unwrap();
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, enc, 16, 16, 16);
+        input.extend_from_slice(&body[..32]);
+        assert_eq!(rig.run(&input, 17).1[16], status::INVSESS);
+    }
+
+    #[test]
+    fn hash_request_writes_the_digest() {
+        let rig = Rig::new();
+        let sid = rig.session(SessionParams::Hash {
+            alg: HashAlg::Sha256,
+            digest_len: 0,
+        });
+        let mut req = DataRequest::default();
+        req.header.opcode = vc::HASH.into();
+        req.header.session_id = sid.into();
+        req.set_body(&vc::HashDataPara {
+            src_data_len: 5.into(),
+            hash_result_len: 32.into(),
+        });
+        let mut input = req.as_slice().to_vec();
+        input.extend_from_slice(b"hello");
+        let (used, out) = rig.run(&input, 33);
+        assert_eq!((used, out[32]), (33, status::OK));
+        assert_eq!(&out[..32], &[0xd1; 32]);
+        // A digest length other than the session's is an error.
+        req.set_body(&vc::HashDataPara {
+            src_data_len: 5.into(),
+            hash_result_len: 20.into(),
+        });
+        let mut input = req.as_slice().to_vec();
+        input.extend_from_slice(b"hello");
+        assert_eq!(rig.run(&input, 33).1[32], status::ERR);
+    }
+
+    #[test]
+    fn aead_layouts() {
+        let rig = Rig::new();
+        let enc = rig.session(SessionParams::Aead {
+            alg: dpacc_spec::AeadAlg::AesGcm,
+            key: &[0x0f; 16],
+            tag_len: 16,
+            dir: Direction::Encrypt,
+        });
+        let dec = rig.session(SessionParams::Aead {
+            alg: dpacc_spec::AeadAlg::AesGcm,
+            key: &[0x0f; 16],
+            tag_len: 16,
+            dir: Direction::Decrypt,
+        });
+        let req = |op: u32, sid: u64, src: u32, dst: u32| {
+            let mut r = DataRequest::default();
+            r.header.opcode = op.into();
+            r.header.session_id = sid.into();
+            r.set_body(&vc::AeadDataPara {
+                iv_len: 12.into(),
+                aad_len: 4.into(),
+                src_data_len: src.into(),
+                dst_data_len: dst.into(),
+            });
+            r.as_slice().to_vec()
+        };
+        // Encrypt: 8 bytes → 8 ciphertext + 16 tag.
+        let mut input = req(vc::AEAD_ENCRYPT, enc, 8, 24);
+        input.extend_from_slice(&[0; 12]);
+        input.extend_from_slice(&[1; 8]);
+        input.extend_from_slice(b"aad!");
+        let (used, out) = rig.run(&input, 25);
+        assert_eq!((used, out[24]), (25, status::OK));
+        assert_eq!(&out[..8], &[1 ^ 0x0f; 8]);
+        assert_eq!(&out[8..24], &[0xd1; 16]);
+        // Encrypt with no room for the tag.
+        let mut input = req(vc::AEAD_ENCRYPT, enc, 8, 8);
+        input.extend_from_slice(&[0; 24]);
+        assert_eq!(rig.run(&input, 9).1[8], status::ERR);
+        // Decrypt: 8 ciphertext + 16 tag → 8 plaintext.
+        let mut input = req(vc::AEAD_DECRYPT, dec, 24, 8);
+        input.extend_from_slice(&[0; 12]);
+        input.extend_from_slice(&[2; 24]);
+        input.extend_from_slice(b"aad!");
+        let (used, out) = rig.run(&input, 9);
+        assert_eq!((used, out[8]), (9, status::OK));
+        assert_eq!(&out[..8], &[2 ^ 0x0f; 8]);
+        // Decrypt with src shorter than the tag.
+        let mut input = req(vc::AEAD_DECRYPT, dec, 8, 8);
+        input.extend_from_slice(&[0; 24]);
+        assert_eq!(rig.run(&input, 9).1[8], status::ERR);
+    }
+}

@@ -1,0 +1,248 @@
+//! The virtio-crypto device (virtio device ID 20) served over vhost-user.
+//!
+//! Queue layout: data queues `0..N`, control queue `N` (`num_queues = N + 1`). QEMU's
+//! `cryptodev-vhost-user` sets up only the data queues and sends CREATE/CLOSE_CRYPTO_SESSION
+//! (26/27) instead of using the control queue; a virtio-user frontend sets up both.
+
+pub mod control;
+pub mod data;
+pub mod sessions;
+#[cfg(test)]
+pub(crate) mod test_driver;
+pub mod worker;
+
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+use dpacc_spec::vhost_user_crypto::{
+    QemuCryptoSession, VHOST_USER_CLOSE_CRYPTO_SESSION, VHOST_USER_CREATE_CRYPTO_SESSION,
+};
+use dpacc_spec::CryptoDriver;
+use tracing::{debug, info, warn};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use virtio_queue::Queue;
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
+use zeroize::Zeroize;
+
+use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDevice};
+use control::ControlPath;
+use data::DataPath;
+use sessions::SessionTable;
+use worker::Worker;
+
+/// Largest ring size accepted.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// How the crypto device is set up.
+#[derive(Clone)]
+pub struct CryptoBackendConfig {
+    /// Number of data queues (N); the control queue is index N.
+    pub queues: u16,
+    /// Largest ring size a frontend may configure (power of two, at most 32768).
+    pub queue_size: u16,
+    /// Most sessions open at once.
+    pub max_sessions: usize,
+    /// The accelerator driver.
+    pub driver: Arc<dyn CryptoDriver>,
+}
+
+impl std::fmt::Debug for CryptoBackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoBackendConfig")
+            .field("queues", &self.queues)
+            .field("queue_size", &self.queue_size)
+            .field("max_sessions", &self.max_sessions)
+            .field("driver", &self.driver.name())
+            .finish()
+    }
+}
+
+/// Errors of [`serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoServeError {
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// The server failed.
+    #[error(transparent)]
+    Serve(#[from] vhost_user::ServeError),
+}
+
+/// Serves the crypto device on `listener` (one frontend at a time) until `shutdown` is
+/// signalled. Workers are stopped before returning.
+pub fn serve(
+    listener: &UnixListener,
+    config: CryptoBackendConfig,
+    shutdown: &EventFd,
+) -> Result<(), CryptoServeError> {
+    let mut dev = CryptoDevice::new(config)?;
+    info!(
+        "serving virtio-crypto: {} data queue(s), driver {}",
+        dev.cfg.queues,
+        dev.cfg.driver.name()
+    );
+    let r = vhost_user::serve(listener, &mut dev, shutdown);
+    dev.stop_all();
+    r.map_err(Into::into)
+}
+
+/// The crypto device model.
+pub struct CryptoDevice {
+    cfg: CryptoBackendConfig,
+    config_space: [u8; 56],
+    sessions: Arc<SessionTable>,
+    workers: Vec<Option<Worker>>,
+}
+
+impl CryptoDevice {
+    /// A device with no frontend yet.
+    pub fn new(cfg: CryptoBackendConfig) -> Result<Self, CryptoServeError> {
+        if cfg.queues == 0 || cfg.queues >= 0x7fff {
+            return Err(CryptoServeError::Config("queues must be 1..32766"));
+        }
+        if !cfg.queue_size.is_power_of_two() || cfg.queue_size > MAX_QUEUE_SIZE {
+            return Err(CryptoServeError::Config(
+                "queue size must be a power of two up to 32768",
+            ));
+        }
+        let mut config_space = [0u8; 56];
+        let c = cfg.driver.capabilities().to_config(u32::from(cfg.queues));
+        config_space.copy_from_slice(c.as_slice());
+        Ok(Self {
+            sessions: Arc::new(SessionTable::new(cfg.max_sessions)),
+            workers: (0..=cfg.queues).map(|_| None).collect(),
+            config_space,
+            cfg,
+        })
+    }
+
+    /// The session table (shared by the control queue and requests 26/27).
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    fn stop_all(&mut self) {
+        for w in &mut self.workers {
+            if let Some(w) = w.take() {
+                w.stop();
+            }
+        }
+    }
+
+    fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
+        let mut s = QemuCryptoSession::default();
+        let n = payload.len().min(std::mem::size_of::<QemuCryptoSession>());
+        s.as_mut_slice()[..n].copy_from_slice(&payload[..n]);
+        let id = if payload.len() != std::mem::size_of::<QemuCryptoSession>() {
+            warn!("CREATE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+            -1
+        } else {
+            match s
+                .session_params()
+                .and_then(|p| self.sessions.create(&*self.cfg.driver, &p))
+            {
+                Ok(id) => {
+                    debug!("CREATE_CRYPTO_SESSION: session {id:#x}");
+                    id as i64
+                }
+                Err(e) => {
+                    warn!("CREATE_CRYPTO_SESSION failed: {e}");
+                    -1
+                }
+            }
+        };
+        // Never echo key material back; QEMU reads only the session id.
+        s.key_area_mut().zeroize();
+        s.auth_key_area_mut().zeroize();
+        s.session_id = id;
+        reply.extend_from_slice(s.as_slice());
+        s.as_mut_slice().zeroize();
+    }
+}
+
+impl VhostUserDevice for CryptoDevice {
+    fn num_queues(&self) -> usize {
+        usize::from(self.cfg.queues) + 1
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        self.cfg.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CRYPTO_SESSION
+    }
+
+    fn read_config(&self, offset: usize, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i)
+                .and_then(|o| self.config_space.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn start_queue(&mut self, q: QueueStart) -> Result<(), DeviceError> {
+        let i = q.index;
+        if i >= self.workers.len() {
+            return Err(DeviceError::NoSuchQueue(i));
+        }
+        if let Some(w) = self.workers[i].take() {
+            w.stop();
+        }
+        let started = if i < usize::from(self.cfg.queues) {
+            let dq = self
+                .cfg
+                .driver
+                .open_queue(usize::from(self.cfg.queue_size))
+                .map_err(|e| DeviceError::Start(i, e.to_string()))?;
+            Worker::spawn(q, DataPath::new(dq, self.sessions.clone()))
+        } else {
+            Worker::spawn(
+                q,
+                ControlPath::new(self.cfg.driver.clone(), self.sessions.clone()),
+            )
+        };
+        self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.to_string()))?);
+        Ok(())
+    }
+
+    fn stop_queue(&mut self, index: usize) -> Option<Queue> {
+        self.workers.get_mut(index)?.take()?.stop()
+    }
+
+    fn handle_request(&mut self, request: u32, payload: &[u8], reply: &mut Vec<u8>) -> DeviceReply {
+        match request {
+            VHOST_USER_CREATE_CRYPTO_SESSION => {
+                self.create_qemu_session(payload, reply);
+                DeviceReply::Reply
+            }
+            VHOST_USER_CLOSE_CRYPTO_SESSION => {
+                let Ok(b) = <[u8; 8]>::try_from(payload) else {
+                    warn!("CLOSE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+                    return DeviceReply::Ack(false);
+                };
+                let id = u64::from_ne_bytes(b);
+                match self.sessions.close(id) {
+                    Ok(()) => DeviceReply::Ack(true),
+                    Err(e) => {
+                        warn!("CLOSE_CRYPTO_SESSION {id:#x}: {e}");
+                        DeviceReply::Ack(false)
+                    }
+                }
+            }
+            _ => DeviceReply::Unknown,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stop_all();
+        self.sessions.clear();
+    }
+}

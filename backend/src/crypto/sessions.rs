@@ -1,0 +1,154 @@
+//! The device's session table, shared by the control queue and QEMU's CREATE/CLOSE requests.
+//!
+//! Ids are `generation << 32 | slot`: a freed slot gets a new id (its generation moves on), so
+//! an id is never reused while a session holds it, and a stale id never reaches a newer
+//! session. Generations start at 1, so ids are never 0 and always positive as `i64`.
+//!
+//! Data-path workers look up all sessions of a batch under one read lock
+//! ([`SessionTable::read`]) and clone the handles they need; the lock is not held while
+//! operations run.
+
+use std::sync::{RwLock, RwLockReadGuard};
+
+use dpacc_spec::{CryptoDriver, CryptoError, SessionHandle, SessionParams};
+
+/// Largest generation before wrapping back to 1 (keeps ids positive as `i64`).
+const MAX_GEN: u32 = i32::MAX as u32;
+
+#[derive(Default)]
+struct Slot {
+    gen: u32,
+    session: Option<SessionHandle>,
+}
+
+/// The table behind the lock.
+pub struct Table {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    max: usize,
+    live: usize,
+}
+
+impl Table {
+    /// The session with this id, if open.
+    pub fn get(&self, id: u64) -> Option<&SessionHandle> {
+        let slot = self.slots.get((id & 0xffff_ffff) as usize)?;
+        if u64::from(slot.gen) != id >> 32 {
+            return None;
+        }
+        slot.session.as_ref()
+    }
+}
+
+/// A bounded id → session table.
+pub struct SessionTable {
+    inner: RwLock<Table>,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("live", &self.read().live)
+            .finish()
+    }
+}
+
+impl SessionTable {
+    /// A table for at most `max` open sessions.
+    pub fn new(max: usize) -> Self {
+        Self {
+            inner: RwLock::new(Table {
+                slots: Vec::new(),
+                free: Vec::new(),
+                max,
+                live: 0,
+            }),
+        }
+    }
+
+    /// Read access for a batch of lookups.
+    pub fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a session through `driver` and returns its new id.
+    pub fn create(
+        &self,
+        driver: &dyn CryptoDriver,
+        params: &SessionParams<'_>,
+    ) -> Result<u64, CryptoError> {
+        {
+            let t = self.read();
+            if t.live >= t.max {
+                return Err(CryptoError::NoSpace);
+            }
+        }
+        // Create outside the lock (key schedules can take a while); insert afterwards.
+        let handle = driver.create_session(params)?;
+        let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if t.live >= t.max {
+            return Err(CryptoError::NoSpace);
+        }
+        let idx = match t.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                if t.slots.len() > u32::MAX as usize {
+                    return Err(CryptoError::NoSpace);
+                }
+                t.slots.push(Slot {
+                    gen: 1,
+                    session: None,
+                });
+                t.slots.len() - 1
+            }
+        };
+        let slot = &mut t.slots[idx];
+        slot.session = Some(handle);
+        let id = (u64::from(slot.gen) << 32) | idx as u64;
+        t.live += 1;
+        Ok(id)
+    }
+
+    /// Closes a session; the driver session is dropped once no in-flight operation holds it.
+    pub fn close(&self, id: u64) -> Result<(), CryptoError> {
+        let removed = {
+            let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            let idx = (id & 0xffff_ffff) as usize;
+            let Some(slot) = t.slots.get_mut(idx) else {
+                return Err(CryptoError::InvalidSession);
+            };
+            if u64::from(slot.gen) != id >> 32 || slot.session.is_none() {
+                return Err(CryptoError::InvalidSession);
+            }
+            let s = slot.session.take();
+            slot.gen = if slot.gen >= MAX_GEN { 1 } else { slot.gen + 1 };
+            t.free.push(idx as u32);
+            t.live -= 1;
+            s
+        };
+        // Dropped outside the lock (zeroizing keys is the driver's Drop).
+        drop(removed);
+        Ok(())
+    }
+
+    /// Closes every session (frontend disconnect).
+    pub fn clear(&self) {
+        let old = {
+            let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            t.free.clear();
+            t.live = 0;
+            std::mem::take(&mut t.slots)
+        };
+        drop(old);
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.read().live
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

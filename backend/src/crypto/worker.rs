@@ -1,0 +1,168 @@
+//! One thread per started ring: waits on the kick eventfd, drains the ring, signals the call
+//! eventfd (honouring EVENT_IDX), and hands the ring back when asked to stop.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use tracing::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::vhost_user::QueueStart;
+
+/// Signals the frontend after used entries were added.
+pub struct Notify {
+    call: Option<EventFd>,
+}
+
+impl Notify {
+    /// Signals `call` (None: the frontend polls; nothing to signal).
+    pub fn new(call: Option<EventFd>) -> Self {
+        Self { call }
+    }
+
+    /// Signals the call eventfd if the ring's notification suppression allows it.
+    pub fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        match q.needs_notification(mem) {
+            Ok(true) => {
+                if let Err(e) = call.write(1) {
+                    warn!("call eventfd: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("needs_notification: {e}"),
+        }
+    }
+}
+
+/// What a worker does with the chains of its ring.
+pub trait Processor: Send + 'static {
+    /// Processes every available chain; returns how many were completed. Implementations
+    /// signal through `notify` after each batch of used entries.
+    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize;
+}
+
+/// A running ring worker.
+pub struct Worker {
+    exit: EventFd,
+    thread: Option<JoinHandle<Queue>>,
+}
+
+impl Worker {
+    /// Spawns a worker thread processing `start`'s ring with `proc_`.
+    pub fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
+        let exit = EventFd::new(EFD_NONBLOCK)?;
+        let exit2 = exit.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vq{}", start.index))
+            .spawn(move || run(start, exit2, &mut proc_))?;
+        Ok(Self {
+            exit,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the worker (after its current batch) and returns the ring.
+    pub fn stop(mut self) -> Option<Queue> {
+        let _ = self.exit.write(1);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.exit.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
+    let QueueStart {
+        index,
+        mut queue,
+        kick,
+        call,
+        mem,
+    } = start;
+    let notify = Notify { call };
+    let mut fds = [
+        libc::pollfd {
+            fd: kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: exit.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Chains may already be waiting (a restart, or a kick sent before we started).
+    let mut pending = true;
+    loop {
+        if pending {
+            drain(index, &mut queue, &mem, &notify, p);
+        }
+        fds[0].revents = 0;
+        fds[1].revents = 0;
+        // SAFETY: `fds` is a live array of two pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                pending = false;
+                continue;
+            }
+            warn!("vq{index}: poll: {e}");
+            break;
+        }
+        if fds[1].revents != 0 {
+            break;
+        }
+        pending = fds[0].revents != 0;
+        if pending {
+            // Consume the kick (the counter resets; a kick arriving later wakes us again).
+            let mut v = [0u8; 8];
+            // SAFETY: reading the 8-byte eventfd counter into a live buffer; a failure (e.g.
+            // EAGAIN on a non-blocking fd) is harmless since we drain the ring anyway.
+            unsafe { libc::read(kick.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+        }
+    }
+    debug!("vq{index}: worker exits");
+    queue
+}
+
+fn drain<P: Processor>(
+    index: usize,
+    q: &mut Queue,
+    mem: &crate::vhost_user::GuestMem,
+    notify: &Notify,
+    p: &mut P,
+) {
+    // One memory snapshot per wakeup: segment pointers stay valid while it is held.
+    let m = mem.memory();
+    loop {
+        let _ = q.disable_notification(&*m);
+        let n = p.process(q, &m, notify);
+        match q.enable_notification(&*m) {
+            Ok(true) if n > 0 => continue,
+            Ok(true) => {
+                // More is announced but nothing could be popped: a broken avail ring.
+                warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
+                return;
+            }
+            Ok(false) => return,
+            Err(e) => {
+                warn!("vq{index}: enable_notification: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `dpacc-backend`: the vhost-user daemon.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dpacc_backend::cli::{Cli, Command};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let Command::Crypto(args) = cli.command;
+    let config = args.to_config()?;
+    let shutdown = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    // Block SIGINT/SIGTERM in every thread (workers inherit the mask) and take them
+    // synchronously in one thread, which signals the shutdown eventfd.
+    let set = block_signals()?;
+    let notifier = shutdown.try_clone().map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialized signal set and `sig` a live out-parameter.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            info!("signal {sig} received, shutting down");
+            let _ = notifier.write(1);
+        })
+        .map_err(|e| e.to_string())?;
+
+    if let Ok(meta) = std::fs::symlink_metadata(&args.socket) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(&args.socket);
+        }
+    }
+    let listener = UnixListener::bind(&args.socket)
+        .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
+    info!("listening on {}", args.socket.display());
+    let r = dpacc_backend::crypto::serve(&listener, config, &shutdown);
+    drop(listener);
+    let _ = std::fs::remove_file(&args.socket);
+    r.map_err(|e| e.to_string())
+}
+
+fn block_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: sigemptyset/sigaddset initialize the set; pthread_sigmask only changes this
+    // thread's mask (inherited by threads spawned afterwards).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("pthread_sigmask failed".into());
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,584 @@
+//! The per-connection vhost-user state machine and the accept loop.
+//!
+//! One frontend is served at a time. A malformed message (bad header, oversized, truncated)
+//! closes that connection; a well-framed request that cannot be honoured is logged and answered
+//! with a reply-ack error when one was asked for, and the connection stays up. After a
+//! disconnect every ring is stopped and the device is reset before the next frontend is
+//! accepted.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVringAddr,
+    VhostUserVringState, VHOST_USER_CONFIG_SIZE,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use zeroize::Zeroize;
+
+use super::conn::{Conn, ConnError, Msg};
+use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
+use super::memory::{map_table, AddrMap, MemoryError};
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// How long a frontend may stall in the middle of a message before it is dropped.
+const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fatal errors of the accept loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Accepting or polling failed.
+    #[error("listener: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why one request failed (the connection continues).
+#[derive(Debug, thiserror::Error)]
+enum ReqError {
+    #[error("payload of {got} bytes, expected {want}")]
+    PayloadSize { got: usize, want: usize },
+    #[error("no vring {0}")]
+    NoSuchRing(u32),
+    #[error("invalid ring size {0}")]
+    RingSize(u32),
+    #[error("invalid vring base {0}")]
+    RingBase(u32),
+    #[error("vring {0} is running")]
+    RingRunning(usize),
+    #[error("vring address outside the memory table")]
+    RingAddr,
+    #[error("ring does not fit guest memory")]
+    RingInvalid,
+    #[error("missing file descriptor")]
+    MissingFd,
+    #[error("invalid config access")]
+    Config,
+    #[error("memory table: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("device: {0}")]
+    Device(#[from] DeviceError),
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("unsupported request {0}")]
+    Unsupported(u32),
+    #[error("eventfd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Per-ring state as the frontend configured it.
+#[derive(Debug, Default)]
+struct Vring {
+    size: u16,
+    base: u16,
+    /// Descriptor, used, available ring addresses (frontend virtual addresses).
+    addr: Option<(u64, u64, u64)>,
+    kick: Option<EventFd>,
+    call: Option<EventFd>,
+    err: Option<EventFd>,
+    /// `None` until SET_VRING_ENABLE says otherwise.
+    enabled: Option<bool>,
+    started: bool,
+}
+
+enum Outcome {
+    Ack(Result<(), ReqError>),
+    Replied,
+}
+
+enum End {
+    Closed,
+    Shutdown,
+}
+
+struct Session<'d, D: VhostUserDevice> {
+    dev: &'d mut D,
+    conn: Conn,
+    features: u64,
+    protocol: u64,
+    mem: GuestMem,
+    mem_set: bool,
+    addr_map: AddrMap,
+    vrings: Vec<Vring>,
+    reply: Vec<u8>,
+}
+
+/// Serves frontends on `listener`, one at a time, until `shutdown` becomes readable.
+pub fn serve<D: VhostUserDevice>(
+    listener: &UnixListener,
+    dev: &mut D,
+    shutdown: &EventFd,
+) -> Result<(), ServeError> {
+    loop {
+        let ready = poll2(listener.as_raw_fd(), shutdown.as_raw_fd())?;
+        if ready.1 {
+            info!("shutdown requested");
+            return Ok(());
+        }
+        if !ready.0 {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
+        info!("frontend connected");
+        let mut s = Session::new(dev, Conn::new(stream));
+        let end = s.run(shutdown);
+        s.teardown();
+        match end {
+            Ok(End::Shutdown) => {
+                info!("shutdown requested");
+                return Ok(());
+            }
+            Ok(End::Closed) => info!("frontend disconnected"),
+            Err(e) => warn!("closing connection: {e}"),
+        }
+    }
+}
+
+/// Waits until `a` or `b` is readable; returns which.
+fn poll2(a: RawFd, b: RawFd) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok((fds[0].revents != 0, fds[1].revents != 0))
+}
+
+fn pod<T: ByteValued + Default>(p: &[u8]) -> Result<T, ReqError> {
+    let want = std::mem::size_of::<T>();
+    if p.len() != want {
+        return Err(ReqError::PayloadSize { got: p.len(), want });
+    }
+    // Copy rather than cast: the payload buffer need not be aligned for `T`.
+    let mut v = T::default();
+    v.as_mut_slice().copy_from_slice(p);
+    Ok(v)
+}
+
+fn eventfd_from(fd: OwnedFd) -> EventFd {
+    // SAFETY: `fd` is an owned descriptor the frontend sent us for this purpose; ownership moves
+    // into the EventFd, which closes it on drop.
+    unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }
+}
+
+impl<'d, D: VhostUserDevice> Session<'d, D> {
+    fn new(dev: &'d mut D, conn: Conn) -> Self {
+        let n = dev.num_queues();
+        Self {
+            dev,
+            conn,
+            features: 0,
+            protocol: 0,
+            mem: GuestMem::new(GuestMemoryMmap::new()),
+            mem_set: false,
+            addr_map: AddrMap::default(),
+            vrings: (0..n).map(|_| Vring::default()).collect(),
+            reply: Vec::with_capacity(4096),
+        }
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.dev.features()
+            | VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    fn offered_protocol(&self) -> u64 {
+        (VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | self.dev.protocol_features())
+        .bits()
+    }
+
+    fn run(&mut self, shutdown: &EventFd) -> Result<End, ConnError> {
+        let mut msg = Msg::default();
+        loop {
+            let ready = poll2(self.conn.stream().as_raw_fd(), shutdown.as_raw_fd())?;
+            if ready.1 {
+                return Ok(End::Shutdown);
+            }
+            if !ready.0 {
+                continue;
+            }
+            match self.conn.recv(&mut msg) {
+                Ok(()) => {}
+                Err(ConnError::Closed) => return Ok(End::Closed),
+                Err(e) => return Err(e),
+            }
+            self.handle(&mut msg)?;
+        }
+    }
+
+    fn teardown(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.dev.stop_queue(i);
+        }
+        self.dev.reset();
+    }
+
+    fn handle(&mut self, msg: &mut Msg) -> Result<(), ConnError> {
+        let code = msg.request;
+        let req = FrontendReq::try_from(code).ok();
+        debug!(request = ?req, code, size = msg.payload.len(), "vhost-user request");
+        let outcome = match req {
+            Some(r) => self.dispatch(r, msg)?,
+            None => Outcome::Ack(Err(ReqError::Unsupported(code))),
+        };
+        if let Outcome::Ack(r) = outcome {
+            let ok = r.is_ok();
+            if let Err(e) = r {
+                warn!("request {code} ({req:?}) failed: {e}");
+            }
+            let acked = self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
+            if msg.need_reply() && acked {
+                self.conn.reply_ack(code, ok)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reply_u64(&mut self, code: u32, v: u64) -> Result<Outcome, ConnError> {
+        self.conn.reply(code, &v.to_ne_bytes())?;
+        Ok(Outcome::Replied)
+    }
+
+    fn dispatch(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<Outcome, ConnError> {
+        let code = msg.request;
+        let p = &msg.payload[..];
+        let r = match req {
+            FrontendReq::GET_FEATURES => return self.reply_u64(code, self.offered_features()),
+            FrontendReq::GET_PROTOCOL_FEATURES => {
+                return self.reply_u64(code, self.offered_protocol())
+            }
+            FrontendReq::GET_QUEUE_NUM => return self.reply_u64(code, self.vrings.len() as u64),
+            FrontendReq::SET_FEATURES => pod::<u64>(p).map(|v| {
+                let offered = self.offered_features();
+                if v & !offered != 0 {
+                    warn!("frontend acked unoffered features {:#x}", v & !offered);
+                }
+                self.features = v & offered;
+            }),
+            FrontendReq::SET_PROTOCOL_FEATURES => pod::<u64>(p).map(|v| {
+                self.protocol = v & self.offered_protocol();
+            }),
+            FrontendReq::SET_OWNER => Ok(()),
+            FrontendReq::RESET_OWNER => {
+                self.teardown();
+                for v in &mut self.vrings {
+                    *v = Vring::default();
+                }
+                Ok(())
+            }
+            FrontendReq::SET_MEM_TABLE => {
+                let fds = std::mem::take(&mut msg.fds);
+                self.set_mem_table(&msg.payload, fds)
+            }
+            FrontendReq::SET_VRING_NUM => self.set_vring_num(p),
+            FrontendReq::SET_VRING_ADDR => self.set_vring_addr(p),
+            FrontendReq::SET_VRING_BASE => self.set_vring_base(p),
+            FrontendReq::GET_VRING_BASE => {
+                return match self.get_vring_base(p) {
+                    Ok(state) => {
+                        self.conn.reply(code, state.as_slice())?;
+                        Ok(Outcome::Replied)
+                    }
+                    Err(e) => {
+                        // The frontend waits for a reply: answer with the stored base.
+                        warn!("GET_VRING_BASE: {e}");
+                        let s = VhostUserVringState::new(0, 0);
+                        self.conn.reply(code, s.as_slice())?;
+                        Ok(Outcome::Replied)
+                    }
+                };
+            }
+            FrontendReq::SET_VRING_KICK
+            | FrontendReq::SET_VRING_CALL
+            | FrontendReq::SET_VRING_ERR => self.set_vring_fd(req, msg),
+            FrontendReq::SET_VRING_ENABLE => self.set_vring_enable(p),
+            FrontendReq::GET_CONFIG => {
+                self.get_config(p);
+                self.conn.reply(code, &self.reply)?;
+                return Ok(Outcome::Replied);
+            }
+            FrontendReq::SET_CONFIG => self.set_config(p),
+            _ => {
+                self.reply.clear();
+                let r = self.dev.handle_request(code, &msg.payload, &mut self.reply);
+                // Device requests may carry key material (CREATE_CRYPTO_SESSION).
+                msg.payload.zeroize();
+                match r {
+                    DeviceReply::Reply => {
+                        self.conn.reply(code, &self.reply)?;
+                        self.reply.zeroize();
+                        return Ok(Outcome::Replied);
+                    }
+                    DeviceReply::Ack(true) => Ok(()),
+                    DeviceReply::Ack(false) => Err(ReqError::Device(DeviceError::NotSupported)),
+                    DeviceReply::Unknown => Err(ReqError::Unsupported(code)),
+                }
+            }
+        };
+        Ok(Outcome::Ack(r))
+    }
+
+    fn ring(&mut self, index: u32) -> Result<usize, ReqError> {
+        let i = index as usize;
+        if i < self.vrings.len() {
+            Ok(i)
+        } else {
+            Err(ReqError::NoSuchRing(index))
+        }
+    }
+
+    fn set_mem_table(&mut self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), ReqError> {
+        let (mem, map) = map_table(payload, fds)?;
+        match self.mem.lock() {
+            Ok(g) => g.replace(mem),
+            Err(p) => p.into_inner().replace(mem),
+        }
+        self.addr_map = map;
+        self.mem_set = true;
+        info!("memory table set");
+        for i in 0..self.vrings.len() {
+            self.try_start(i)?;
+        }
+        Ok(())
+    }
+
+    fn set_vring_num(&mut self, p: &[u8]) -> Result<(), ReqError> {
+        let s: VhostUserVringState = pod(p)?;
+        let i = self.ring(s.index)?;
+        let num = s.num;
+        if num == 0 || num > u32::from(self.dev.max_queue_size()) || !num.is_power_of_two() {
+            return Err(ReqError::RingSize(num));
+        }
+        if self.vrings[i].started {
+            return Err(ReqError::RingRunning(i));
+        }
+        self.vrings[i].size = num as u16;
+        Ok(())
+    }
+
+    fn set_vring_addr(&mut self, p: &[u8]) -> Result<(), ReqError> {
+        let a: VhostUserVringAddr = pod(p)?;
+        let i = self.ring(a.index)?;
+        if self.vrings[i].started {
+            return Err(ReqError::RingRunning(i));
+        }
+        self.vrings[i].addr = Some((a.descriptor, a.used, a.available));
+        self.try_start(i)
+    }
+
+    fn set_vring_base(&mut self, p: &[u8]) -> Result<(), ReqError> {
+        let s: VhostUserVringState = pod(p)?;
+        let i = self.ring(s.index)?;
+        if s.num > u32::from(u16::MAX) {
+            return Err(ReqError::RingBase(s.num));
+        }
+        if self.vrings[i].started {
+            return Err(ReqError::RingRunning(i));
+        }
+        self.vrings[i].base = s.num as u16;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, p: &[u8]) -> Result<VhostUserVringState, ReqError> {
+        let s: VhostUserVringState = pod(p)?;
+        let i = self.ring(s.index)?;
+        self.stop(i);
+        // The ring is stopped until the frontend kicks it off again.
+        self.vrings[i].kick = None;
+        Ok(VhostUserVringState::new(
+            s.index,
+            u32::from(self.vrings[i].base),
+        ))
+    }
+
+    fn set_vring_fd(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<(), ReqError> {
+        let v: u64 = pod(&msg.payload)?;
+        let i = self.ring((v & 0xff) as u32)?;
+        let fd = if v & 0x100 != 0 {
+            None
+        } else {
+            Some(eventfd_from(msg.take_fd().ok_or(ReqError::MissingFd)?))
+        };
+        match req {
+            FrontendReq::SET_VRING_KICK => {
+                if fd.is_none() {
+                    warn!("vring {i}: polling mode (no kick fd) is not supported");
+                }
+                self.stop(i);
+                self.vrings[i].kick = fd;
+            }
+            FrontendReq::SET_VRING_CALL => {
+                // A running ring picks up the new call fd by restarting.
+                self.stop(i);
+                self.vrings[i].call = fd;
+            }
+            _ => {
+                self.vrings[i].err = fd;
+                return Ok(());
+            }
+        }
+        self.try_start(i)
+    }
+
+    fn set_vring_enable(&mut self, p: &[u8]) -> Result<(), ReqError> {
+        let s: VhostUserVringState = pod(p)?;
+        let i = self.ring(s.index)?;
+        let on = s.num != 0;
+        self.vrings[i].enabled = Some(on);
+        if on {
+            self.try_start(i)
+        } else {
+            self.stop(i);
+            Ok(())
+        }
+    }
+
+    fn get_config(&mut self, p: &[u8]) {
+        self.reply.clear();
+        let hdr_len = std::mem::size_of::<VhostUserConfig>();
+        let hdr = p
+            .get(..hdr_len)
+            .and_then(VhostUserConfig::from_slice)
+            .copied();
+        let Some(h) = hdr else {
+            self.reply
+                .extend_from_slice(VhostUserConfig::default().as_slice());
+            return;
+        };
+        let (off, size) = (h.offset, h.size);
+        let ok = off
+            .checked_add(size)
+            .is_some_and(|e| e <= VHOST_USER_CONFIG_SIZE)
+            && p.len() == hdr_len + size as usize;
+        if !ok {
+            warn!("GET_CONFIG: invalid access offset {off} size {size}");
+            let mut h = h;
+            h.size = 0;
+            self.reply.extend_from_slice(h.as_slice());
+            return;
+        }
+        self.reply.extend_from_slice(h.as_slice());
+        self.reply.resize(hdr_len + size as usize, 0);
+        self.dev
+            .read_config(off as usize, &mut self.reply[hdr_len..]);
+    }
+
+    fn set_config(&mut self, p: &[u8]) -> Result<(), ReqError> {
+        let hdr_len = std::mem::size_of::<VhostUserConfig>();
+        let h = p
+            .get(..hdr_len)
+            .and_then(VhostUserConfig::from_slice)
+            .copied()
+            .ok_or(ReqError::Config)?;
+        if p.len() != hdr_len + h.size as usize {
+            return Err(ReqError::Config);
+        }
+        self.dev
+            .write_config(h.offset as usize, &p[hdr_len..])
+            .map_err(Into::into)
+    }
+
+    /// Stops ring `i` if it runs, remembering where it stopped.
+    fn stop(&mut self, i: usize) {
+        if !self.vrings[i].started {
+            return;
+        }
+        self.vrings[i].started = false;
+        if let Some(q) = self.dev.stop_queue(i) {
+            self.vrings[i].base = q.next_avail();
+        }
+        debug!("vring {i} stopped at {}", self.vrings[i].base);
+    }
+
+    /// Starts ring `i` once it has memory, a size, addresses and a kick fd, unless it was
+    /// explicitly disabled. (QEMU's cryptodev-vhost-user never sends SET_VRING_ENABLE.)
+    fn try_start(&mut self, i: usize) -> Result<(), ReqError> {
+        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let vr = &self.vrings[i];
+        if vr.started || vr.enabled == Some(false) || !self.mem_set || vr.size == 0 {
+            return Ok(());
+        }
+        let (Some((d, u, a)), Some(kick)) = (vr.addr, vr.kick.as_ref()) else {
+            return Ok(());
+        };
+        let tr = |va: u64| self.addr_map.va_to_gpa(va).ok_or(ReqError::RingAddr);
+        let (d, u, a) = (tr(d)?, tr(u)?, tr(a)?);
+        let qerr = |e: virtio_queue::Error| ReqError::Queue(e.to_string());
+        let mut q = Queue::new(vr.size).map_err(qerr)?;
+        q.try_set_desc_table_address(GuestAddress(d))
+            .map_err(qerr)?;
+        q.try_set_avail_ring_address(GuestAddress(a))
+            .map_err(qerr)?;
+        q.try_set_used_ring_address(GuestAddress(u)).map_err(qerr)?;
+        q.set_event_idx(event_idx);
+        q.set_next_avail(vr.base);
+        q.set_ready(true);
+        {
+            let mem = self.mem.memory();
+            if !q.is_valid(&*mem) {
+                return Err(ReqError::RingInvalid);
+            }
+            let used = q.used_idx(&*mem, Ordering::Acquire).map_err(qerr)?;
+            q.set_next_used(used.0);
+        }
+        let start = QueueStart {
+            index: i,
+            queue: q,
+            kick: kick.try_clone()?,
+            call: match &vr.call {
+                Some(c) => Some(c.try_clone()?),
+                None => None,
+            },
+            mem: self.mem.clone(),
+        };
+        self.dev.start_queue(start)?;
+        let (size, base) = (vr.size, vr.base);
+        self.vrings[i].started = true;
+        info!("vring {i} started (size {size}, base {base})");
+        Ok(())
+    }
+}

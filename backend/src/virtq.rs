@@ -1,0 +1,442 @@
+//! Device-agnostic descriptor chain walking.
+//!
+//! [`ChainBufs::walk`] visits a [`DescriptorChain`] once (following an indirect table), checks
+//! it (readable descriptors strictly before writable ones, zero-length descriptors skipped, every
+//! descriptor inside one guest memory region, bounded length and count, no truncated chain) and
+//! records the chain as two streams of guest-memory [`Seg`]s: the device-readable bytes and the
+//! device-writable bytes. Devices then copy small fixed headers out of the readable stream
+//! ([`ChainBufs::read`]) and carve sub-ranges of either stream into `Seg` lists without copying
+//! ([`ChainBufs::carve_readable`], [`ChainBufs::carve_writable`]).
+//!
+//! The `Seg`s carry a `'static` lifetime because they point into guest memory whose lifetime
+//! the type system cannot see: they are valid while the caller holds the guest memory snapshot
+//! that `walk` was given, which workers hold for a whole batch.
+
+use std::ops::Deref;
+
+use dpacc_spec::Seg;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend};
+
+/// Most descriptors accepted in one chain (direct or indirect).
+pub const MAX_CHAIN_DESCS: usize = 1024;
+
+/// Why a chain was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A device-readable descriptor follows a device-writable one.
+    #[error("readable descriptor after a writable one")]
+    ReadableAfterWritable,
+    /// A descriptor of length 0.
+    /// A descriptor is not inside one guest memory region.
+    #[error("descriptor {addr:#x}+{len} outside guest memory")]
+    OutOfRange {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// The chain is longer than 4 GiB in total.
+    #[error("chain too long")]
+    TooLong,
+    /// More than [`MAX_CHAIN_DESCS`] descriptors.
+    #[error("too many descriptors")]
+    TooManyDescriptors,
+    /// The chain ended early: a bad `next` index, a loop, a nested indirect table, an
+    /// unreadable descriptor table, or a 4 GiB overflow detected by the iterator.
+    #[error("broken chain")]
+    Broken,
+    /// An offset/length pair lies outside the stream it refers to.
+    #[error("range outside the descriptor chain")]
+    Range,
+    /// The output list has no room for more segments.
+    #[error("segment list full")]
+    ListFull,
+}
+
+/// One walked chain: its readable and writable streams. Reused across chains.
+#[derive(Debug)]
+pub struct ChainBufs {
+    head: u16,
+    readable: Vec<Seg<'static>>,
+    writable: Vec<Seg<'static>>,
+    read_len: usize,
+    write_len: usize,
+}
+
+impl Default for ChainBufs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainBufs {
+    /// Buffers sized for [`MAX_CHAIN_DESCS`] descriptors (no allocation per chain).
+    pub fn new() -> Self {
+        Self {
+            head: 0,
+            readable: Vec::with_capacity(MAX_CHAIN_DESCS),
+            writable: Vec::with_capacity(MAX_CHAIN_DESCS),
+            read_len: 0,
+            write_len: 0,
+        }
+    }
+
+    /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
+    /// what was collected so far (callers should not use them) and `head()` is still valid.
+    pub fn walk<M, G>(&mut self, chain: DescriptorChain<M>, mem: &G) -> Result<(), ChainError>
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+        G: GuestMemoryBackend,
+    {
+        self.head = chain.head_index();
+        self.readable.clear();
+        self.writable.clear();
+        self.read_len = 0;
+        self.write_len = 0;
+        let mut total: u64 = 0;
+        let mut last: Option<Descriptor> = None;
+        for d in chain {
+            if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
+                return Err(ChainError::TooManyDescriptors);
+            }
+            let len = d.len();
+            if len == 0 {
+                // An empty buffer carries no bytes (e.g. empty AAD or an empty message to
+                // hash): nothing to map, but the readable-before-writable order still holds.
+                if !d.is_write_only() && !self.writable.is_empty() {
+                    return Err(ChainError::ReadableAfterWritable);
+                }
+                last = Some(d);
+                continue;
+            }
+            total += u64::from(len);
+            if total > u64::from(u32::MAX) {
+                return Err(ChainError::TooLong);
+            }
+            let seg = seg_at(mem, d.addr(), len)?;
+            if d.is_write_only() {
+                self.writable.push(seg);
+                self.write_len += len as usize;
+            } else {
+                if !self.writable.is_empty() {
+                    return Err(ChainError::ReadableAfterWritable);
+                }
+                self.readable.push(seg);
+                self.read_len += len as usize;
+            }
+            last = Some(d);
+        }
+        match last {
+            // The iterator stops silently on errors; a last descriptor that still says "next"
+            // means the chain was cut short.
+            Some(d) if d.has_next() => Err(ChainError::Broken),
+            None => Err(ChainError::Broken),
+            _ => Ok(()),
+        }
+    }
+
+    /// Head index of the last walked chain (for `add_used`).
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Device-readable bytes.
+    pub fn readable_len(&self) -> usize {
+        self.read_len
+    }
+
+    /// Device-writable bytes.
+    pub fn writable_len(&self) -> usize {
+        self.write_len
+    }
+
+    /// Copies `out.len()` bytes of the readable stream starting at `offset` into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
+        let mut done = 0;
+        walk_range(&self.readable, self.read_len, offset, out.len(), |s| {
+            for i in 0..s.len() {
+                // SAFETY: `s` lies inside a guest memory mapping that the caller keeps alive
+                // (see the module docs); volatile because the guest may write concurrently.
+                out[done + i] = unsafe { std::ptr::read_volatile(s.ptr().add(i)) };
+            }
+            done += s.len();
+            Ok(())
+        })
+    }
+
+    /// Copies `data` into the writable stream at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChainError> {
+        let mut done = 0;
+        walk_range(&self.writable, self.write_len, offset, data.len(), |s| {
+            for i in 0..s.len() {
+                // SAFETY: as in `read`; the descriptor is device-writable.
+                unsafe { std::ptr::write_volatile(s.ptr().add(i), data[done + i]) };
+            }
+            done += s.len();
+            Ok(())
+        })
+    }
+
+    /// Appends the segments covering `len` readable bytes at `offset` to `out` (no copy).
+    /// Fails without touching `out`'s capacity: it never grows `out`.
+    pub fn carve_readable(
+        &self,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<Seg<'static>>,
+    ) -> Result<(), ChainError> {
+        carve(&self.readable, self.read_len, offset, len, out)
+    }
+
+    /// Appends the segments covering `len` writable bytes at `offset` to `out` (no copy).
+    pub fn carve_writable(
+        &self,
+        offset: usize,
+        len: usize,
+        out: &mut Vec<Seg<'static>>,
+    ) -> Result<(), ChainError> {
+        carve(&self.writable, self.write_len, offset, len, out)
+    }
+
+    /// Number of readable plus writable segments (an upper bound for carving both streams).
+    pub fn seg_count(&self) -> usize {
+        self.readable.len() + self.writable.len()
+    }
+}
+
+fn seg_at<G: GuestMemoryBackend>(
+    mem: &G,
+    addr: GuestAddress,
+    len: u32,
+) -> Result<Seg<'static>, ChainError> {
+    let bad = ChainError::OutOfRange { addr: addr.0, len };
+    let slice = mem.get_slice(addr, len as usize).map_err(|_| bad)?;
+    if slice.len() != len as usize {
+        return Err(bad);
+    }
+    let ptr = slice.ptr_guard_mut().as_ptr();
+    // SAFETY: `ptr..ptr+len` is inside one mapped guest memory region (get_slice checked it);
+    // it stays mapped while the caller holds the memory snapshot (module docs).
+    Ok(unsafe { Seg::from_raw(ptr, len as usize) })
+}
+
+/// Calls `f` with the sub-segments covering `len` bytes at `offset` of a stream.
+fn walk_range(
+    segs: &[Seg<'static>],
+    total: usize,
+    offset: usize,
+    len: usize,
+    mut f: impl FnMut(Seg<'static>) -> Result<(), ChainError>,
+) -> Result<(), ChainError> {
+    let end = offset.checked_add(len).ok_or(ChainError::Range)?;
+    if end > total {
+        return Err(ChainError::Range);
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    let mut pos = 0usize;
+    for s in segs {
+        let (s_start, s_end) = (pos, pos + s.len());
+        pos = s_end;
+        if s_end <= offset {
+            continue;
+        }
+        if s_start >= end {
+            break;
+        }
+        let a = offset.max(s_start) - s_start;
+        let b = end.min(s_end) - s_start;
+        // SAFETY: `a..b` is within the segment, which is valid memory (see seg_at).
+        let sub = unsafe { Seg::from_raw(s.ptr().add(a), b - a) };
+        f(sub)?;
+    }
+    Ok(())
+}
+
+fn carve(
+    segs: &[Seg<'static>],
+    total: usize,
+    offset: usize,
+    len: usize,
+    out: &mut Vec<Seg<'static>>,
+) -> Result<(), ChainError> {
+    let start = out.len();
+    let r = walk_range(segs, total, offset, len, |s| {
+        if out.len() == out.capacity() {
+            return Err(ChainError::ListFull);
+        }
+        out.push(s);
+        Ok(())
+    });
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestMemoryMmap};
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+    const F_INDIRECT: u16 = 4;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    #[test]
+    fn readable_then_writable_streams() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        m.write_slice(&[1, 2, 3, 4], GuestAddress(0x10_0000))
+            .unwrap();
+        m.write_slice(&[5, 6, 7], GuestAddress(0x10_1000)).unwrap();
+        let chain = vq
+            .build_desc_chain(&[
+                d(0x10_0000, 4, 0),
+                d(0x10_1000, 3, 0),
+                d(0x10_2000, 8, F_WRITE),
+                d(0x10_3000, 1, F_WRITE),
+            ])
+            .unwrap();
+        let mut b = ChainBufs::new();
+        b.walk(chain, &m).unwrap();
+        assert_eq!((b.readable_len(), b.writable_len()), (7, 9));
+        let mut out = [0u8; 4];
+        b.read(2, &mut out).unwrap();
+        assert_eq!(out, [3, 4, 5, 6]);
+        let mut segs = Vec::with_capacity(8);
+        b.carve_readable(3, 3, &mut segs).unwrap();
+        assert_eq!(segs.iter().map(|s| s.len()).collect::<Vec<_>>(), vec![1, 2]);
+        b.write(7, &[9, 9]).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x10_2007)).unwrap(), 9);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x10_3000)).unwrap(), 9);
+        assert_eq!(b.read(5, &mut out), Err(ChainError::Range));
+        assert_eq!(b.carve_writable(8, 2, &mut segs), Err(ChainError::Range));
+        assert_eq!(
+            b.carve_writable(usize::MAX, 2, &mut segs),
+            Err(ChainError::Range)
+        );
+    }
+
+    #[test]
+    fn indirect_chain_is_followed() {
+        // The mock places indirect tables at 0x3000_0000.
+        let m = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x3000_0000), 0x1_0000),
+        ])
+        .unwrap();
+        let mut vq = MockSplitQueue::new(&m, 16);
+        vq.add_indirect_chain(3).unwrap();
+        // Fill the indirect table's descriptors with sane buffers: read, read, write.
+        let q: virtio_queue::Queue = vq.create_queue().unwrap();
+        let mut q = q;
+        let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut q, &m).unwrap();
+        let head = vq.desc_table().load(chain.head_index()).unwrap();
+        let head = Descriptor::from(head);
+        assert!(head.refers_to_indirect_table());
+        let table = head.addr();
+        for (i, (addr, len, flags)) in [
+            (0x10_0000u64, 16u32, F_NEXT),
+            (0x10_1000, 16, F_NEXT),
+            (0x10_2000, 4, F_WRITE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let desc = Descriptor::new(addr, len, flags, i as u16 + 1);
+            m.write_obj(desc, table.unchecked_add(16 * i as u64))
+                .unwrap();
+        }
+        let mut b = ChainBufs::new();
+        b.walk(chain, &m).unwrap();
+        assert_eq!((b.readable_len(), b.writable_len()), (32, 4));
+        let _ = F_INDIRECT;
+    }
+
+    #[test]
+    fn readable_after_writable_is_rejected() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let chain = vq
+            .build_desc_chain(&[d(0x10_0000, 4, F_WRITE), d(0x10_1000, 4, 0)])
+            .unwrap();
+        let mut b = ChainBufs::new();
+        assert_eq!(b.walk(chain, &m), Err(ChainError::ReadableAfterWritable));
+    }
+
+    #[test]
+    fn out_of_range_is_rejected_and_zero_length_skipped() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut b = ChainBufs::new();
+        let chain = vq
+            .build_desc_chain(&[d(0x1f_fff0, 0x20, 0), d(0x10_0000, 1, F_WRITE)])
+            .unwrap();
+        assert!(matches!(
+            b.walk(chain, &m),
+            Err(ChainError::OutOfRange { .. })
+        ));
+        let chain = vq
+            .build_desc_chain(&[d(0x9000_0000, 4, 0), d(0x10_0000, 1, F_WRITE)])
+            .unwrap();
+        assert!(matches!(
+            b.walk(chain, &m),
+            Err(ChainError::OutOfRange { .. })
+        ));
+        let chain = vq
+            .build_desc_chain(&[
+                d(0x10_0000, 4, 0),
+                d(0x9000_0000, 0, 0),
+                d(0x10_0000, 1, F_WRITE),
+            ])
+            .unwrap();
+        assert_eq!(b.walk(chain, &m), Ok(()));
+        assert_eq!((b.readable_len(), b.writable_len()), (4, 1));
+    }
+
+    #[test]
+    fn overflowing_total_length_is_rejected() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut b = ChainBufs::new();
+        // Two ~3 GiB descriptors: the iterator (or our check) stops it; either way an error,
+        // never a wrapped length.
+        let chain = vq
+            .build_desc_chain(&[d(0x10_0000, 0xC000_0000, 0), d(0x10_0000, 0xC000_0000, 0)])
+            .unwrap();
+        assert!(b.walk(chain, &m).is_err());
+    }
+
+    #[test]
+    fn bad_next_index_is_broken() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        // A single descriptor that claims a next one beyond the table.
+        vq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                0x10_0000, 4, F_NEXT, 200,
+            ))],
+            0,
+        )
+        .unwrap();
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut q, &m).unwrap();
+        let mut b = ChainBufs::new();
+        assert_eq!(b.walk(chain, &m), Err(ChainError::Broken));
+    }
+}

@@ -1,0 +1,516 @@
+//! `dpacc`: crypto through a dpacc (virtio-crypto vhost-user) backend from the command line.
+
+mod bench;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dpacc_guest::{CryptoDevice, CryptoError, Error, Options};
+use dpacc_spec::{
+    AeadAlg, ChainAuth, ChainOrder, CipherAlg, Direction, HashAlg, MacAlg, SessionParams,
+};
+
+/// Offload crypto to a host accelerator through a dpacc virtio-crypto backend.
+#[derive(Parser, Debug)]
+#[command(name = "dpacc", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Encrypt or decrypt stdin to stdout (no padding: CBC input must be a multiple of 16).
+    ///
+    /// AEAD encrypt writes ciphertext||tag and decrypt expects it. With --auth-alg the cipher is
+    /// chained encrypt-then-MAC (IPsec style): encrypt writes ciphertext||mac, decrypt verifies
+    /// the trailing mac before writing the plaintext. An authentication failure prints an error
+    /// and exits 1 with nothing on stdout; bad key/IV lengths exit 2.
+    Crypto {
+        /// vhost-user socket of the backend.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Algorithm.
+        #[arg(long, value_enum)]
+        alg: Alg,
+        /// Key, hex.
+        #[arg(long)]
+        key: String,
+        /// IV / nonce, hex (16 bytes for CBC/CTR, 12 for GCM/ChaCha20-Poly1305).
+        #[arg(long)]
+        iv: Option<String>,
+        /// Additional authenticated data, hex (AEAD and chained modes).
+        #[arg(long)]
+        aad: Option<String>,
+        /// MAC for chained encrypt-then-MAC (needs --auth-key).
+        #[arg(long, value_enum)]
+        auth_alg: Option<AuthAlg>,
+        /// MAC key, hex.
+        #[arg(long)]
+        auth_key: Option<String>,
+        /// Direction.
+        #[arg(value_enum)]
+        op: Op,
+    },
+    /// Print the hex digest (or HMAC) of stdin.
+    Digest {
+        /// vhost-user socket of the backend.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Hash or HMAC.
+        #[arg(long, value_enum)]
+        alg: DigestAlg,
+        /// HMAC key, hex (HMAC only).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Measure ops/s and MB/s through the backend, then the in-process software driver.
+    Bench {
+        /// vhost-user socket of the backend.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Algorithm: a cipher/AEAD name (encrypt), or a digest name.
+        #[arg(long)]
+        alg: String,
+        /// Bytes per operation.
+        #[arg(long)]
+        size: usize,
+        /// Operations kept in flight per queue (pushed with one kick).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Data queues (one thread each).
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Busy-poll the used ring instead of sleeping on interrupts.
+        #[arg(long)]
+        poll: bool,
+    },
+}
+
+/// Cipher and AEAD algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Alg {
+    /// AES-128-CBC.
+    #[value(name = "aes-128-cbc")]
+    Aes128Cbc,
+    /// AES-192-CBC.
+    #[value(name = "aes-192-cbc")]
+    Aes192Cbc,
+    /// AES-256-CBC.
+    #[value(name = "aes-256-cbc")]
+    Aes256Cbc,
+    /// AES-128-CTR.
+    #[value(name = "aes-128-ctr")]
+    Aes128Ctr,
+    /// AES-192-CTR.
+    #[value(name = "aes-192-ctr")]
+    Aes192Ctr,
+    /// AES-256-CTR.
+    #[value(name = "aes-256-ctr")]
+    Aes256Ctr,
+    /// AES-128-GCM.
+    #[value(name = "aes-128-gcm")]
+    Aes128Gcm,
+    /// AES-256-GCM.
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305.
+    #[value(name = "chacha20-poly1305")]
+    Chacha20Poly1305,
+}
+
+/// What an [`Alg`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlgKind {
+    /// A cipher with its key length.
+    Cipher(CipherAlg, usize),
+    /// An AEAD with its key length.
+    Aead(AeadAlg, usize),
+}
+
+impl Alg {
+    /// The algorithm and its required key length.
+    pub fn kind(self) -> AlgKind {
+        use Alg::*;
+        match self {
+            Aes128Cbc => AlgKind::Cipher(CipherAlg::AesCbc, 16),
+            Aes192Cbc => AlgKind::Cipher(CipherAlg::AesCbc, 24),
+            Aes256Cbc => AlgKind::Cipher(CipherAlg::AesCbc, 32),
+            Aes128Ctr => AlgKind::Cipher(CipherAlg::AesCtr, 16),
+            Aes192Ctr => AlgKind::Cipher(CipherAlg::AesCtr, 24),
+            Aes256Ctr => AlgKind::Cipher(CipherAlg::AesCtr, 32),
+            Aes128Gcm => AlgKind::Aead(AeadAlg::AesGcm, 16),
+            Aes256Gcm => AlgKind::Aead(AeadAlg::AesGcm, 32),
+            Chacha20Poly1305 => AlgKind::Aead(AeadAlg::ChaCha20Poly1305, 32),
+        }
+    }
+}
+
+/// MACs for chained modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthAlg {
+    /// HMAC-SHA-1.
+    #[value(name = "hmac-sha1")]
+    HmacSha1,
+    /// HMAC-SHA-256.
+    #[value(name = "hmac-sha256")]
+    HmacSha256,
+    /// HMAC-SHA-384.
+    #[value(name = "hmac-sha384")]
+    HmacSha384,
+    /// HMAC-SHA-512.
+    #[value(name = "hmac-sha512")]
+    HmacSha512,
+}
+
+impl AuthAlg {
+    fn mac(self) -> MacAlg {
+        MacAlg::Hmac(match self {
+            AuthAlg::HmacSha1 => HashAlg::Sha1,
+            AuthAlg::HmacSha256 => HashAlg::Sha256,
+            AuthAlg::HmacSha384 => HashAlg::Sha384,
+            AuthAlg::HmacSha512 => HashAlg::Sha512,
+        })
+    }
+}
+
+/// Digest algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DigestAlg {
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+    /// HMAC-SHA-1.
+    #[value(name = "hmac-sha1")]
+    HmacSha1,
+    /// HMAC-SHA-256.
+    #[value(name = "hmac-sha256")]
+    HmacSha256,
+    /// HMAC-SHA-384.
+    #[value(name = "hmac-sha384")]
+    HmacSha384,
+    /// HMAC-SHA-512.
+    #[value(name = "hmac-sha512")]
+    HmacSha512,
+}
+
+impl DigestAlg {
+    /// (hash, is HMAC).
+    pub fn parts(self) -> (HashAlg, bool) {
+        use DigestAlg::*;
+        match self {
+            Sha1 => (HashAlg::Sha1, false),
+            Sha256 => (HashAlg::Sha256, false),
+            Sha384 => (HashAlg::Sha384, false),
+            Sha512 => (HashAlg::Sha512, false),
+            HmacSha1 => (HashAlg::Sha1, true),
+            HmacSha256 => (HashAlg::Sha256, true),
+            HmacSha384 => (HashAlg::Sha384, true),
+            HmacSha512 => (HashAlg::Sha512, true),
+        }
+    }
+}
+
+/// Direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Op {
+    /// Plaintext in, ciphertext out.
+    Encrypt,
+    /// Ciphertext in, plaintext out.
+    Decrypt,
+}
+
+/// A failure with its exit code.
+pub struct Fail {
+    code: u8,
+    msg: String,
+}
+
+/// A usage mistake: exit 2.
+pub fn usage(msg: impl Into<String>) -> Fail {
+    Fail {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        let code = match e.crypto() {
+            Some(
+                CryptoError::InvalidKeyLength
+                | CryptoError::InvalidIvLength
+                | CryptoError::InvalidDigestLength
+                | CryptoError::InvalidDataLength,
+            ) => 2,
+            _ => 1,
+        };
+        let msg = match e.crypto() {
+            Some(CryptoError::AuthFailed) => {
+                "authentication failed: the data or its tag/MAC was modified (no output written)"
+                    .to_string()
+            }
+            _ => e.to_string(),
+        };
+        Fail { code, msg }
+    }
+}
+
+impl From<CryptoError> for Fail {
+    fn from(e: CryptoError) -> Self {
+        Error::Crypto(e).into()
+    }
+}
+
+fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>, Fail> {
+    hex::decode(v.trim()).map_err(|e| usage(format!("--{name}: not valid hex ({e})")))
+}
+
+fn read_stdin() -> Result<Vec<u8>, Fail> {
+    let mut v = Vec::new();
+    std::io::stdin().read_to_end(&mut v).map_err(|e| Fail {
+        code: 1,
+        msg: format!("reading stdin: {e}"),
+    })?;
+    Ok(v)
+}
+
+fn write_stdout(b: &[u8]) -> Result<(), Fail> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(b).and_then(|()| o.flush()).map_err(|e| Fail {
+        code: 1,
+        msg: format!("writing stdout: {e}"),
+    })
+}
+
+fn connect(socket: &PathBuf, data_len: usize) -> Result<CryptoDevice, Fail> {
+    let opts = Options {
+        queues: Some(1),
+        arena_size: data_len.saturating_mul(4).saturating_add(1 << 20),
+        ..Options::default()
+    };
+    CryptoDevice::connect(socket, opts).map_err(|e| Fail {
+        code: 1,
+        msg: format!("cannot use the device at {}: {e}", socket.display()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn crypto(
+    socket: PathBuf,
+    alg: Alg,
+    key: String,
+    iv: Option<String>,
+    aad: Option<String>,
+    auth_alg: Option<AuthAlg>,
+    auth_key: Option<String>,
+    op: Op,
+) -> Result<(), Fail> {
+    let key = hex_arg("key", &key)?;
+    let aad = aad
+        .map(|a| hex_arg("aad", &a))
+        .transpose()?
+        .unwrap_or_default();
+    let iv = iv.map(|v| hex_arg("iv", &v)).transpose()?;
+    let dir = match op {
+        Op::Encrypt => Direction::Encrypt,
+        Op::Decrypt => Direction::Decrypt,
+    };
+    let name = alg
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    match alg.kind() {
+        AlgKind::Cipher(c, klen) => {
+            if key.len() != klen {
+                return Err(usage(format!(
+                    "--key: {name} needs a {klen}-byte key ({} hex digits), got {} bytes",
+                    klen * 2,
+                    key.len()
+                )));
+            }
+            let iv = iv.ok_or_else(|| usage(format!("--iv: {name} needs a 16-byte IV")))?;
+            if iv.len() != c.iv_len() {
+                return Err(usage(format!(
+                    "--iv: {name} needs a 16-byte IV, got {} bytes",
+                    iv.len()
+                )));
+            }
+            let auth = match (auth_alg, auth_key) {
+                (None, None) => None,
+                (Some(a), Some(k)) => Some((a, hex_arg("auth-key", &k)?)),
+                (Some(_), None) => return Err(usage("--auth-alg needs --auth-key")),
+                (None, Some(_)) => return Err(usage("--auth-key needs --auth-alg")),
+            };
+            if auth.is_none() && !aad.is_empty() {
+                return Err(usage("--aad needs an AEAD algorithm or --auth-alg"));
+            }
+            let input = read_stdin()?;
+            let mac_len = auth.as_ref().map_or(0, |(a, _)| a.mac().digest_len());
+            let data_len = if dir == Direction::Decrypt {
+                input
+                    .len()
+                    .checked_sub(mac_len)
+                    .ok_or_else(|| Fail::from(Error::Crypto(CryptoError::AuthFailed)))?
+            } else {
+                input.len()
+            };
+            if c == CipherAlg::AesCbc && data_len % 16 != 0 {
+                return Err(usage(format!(
+                    "{name}: input must be a multiple of 16 bytes (no padding is applied), got {data_len}"
+                )));
+            }
+            let dev = connect(&socket, input.len())?;
+            let out = match auth {
+                None => {
+                    let s = dev.create_session(&SessionParams::Cipher {
+                        alg: c,
+                        key: &key,
+                        dir,
+                    })?;
+                    if dir == Direction::Encrypt {
+                        s.encrypt(&iv, &[], &input)?
+                    } else {
+                        s.decrypt(&iv, &[], &input)?
+                    }
+                }
+                Some((a, akey)) => {
+                    let order = match dir {
+                        Direction::Encrypt => ChainOrder::CipherThenHash,
+                        Direction::Decrypt => ChainOrder::HashThenCipher,
+                    };
+                    let s = dev.create_session(&SessionParams::Chain {
+                        order,
+                        cipher: c,
+                        cipher_key: &key,
+                        dir,
+                        auth: ChainAuth::Mac(a.mac()),
+                        auth_key: &akey,
+                        digest_len: 0,
+                    })?;
+                    if dir == Direction::Encrypt {
+                        let (mut ct, mac) = s.chain(&iv, &aad, &input)?;
+                        ct.extend_from_slice(&mac);
+                        ct
+                    } else {
+                        let (ct, mac) = input.split_at(data_len);
+                        s.verify_then_decrypt(&iv, &aad, ct, mac)?
+                    }
+                }
+            };
+            write_stdout(&out)
+        }
+        AlgKind::Aead(a, klen) => {
+            if key.len() != klen {
+                return Err(usage(format!(
+                    "--key: {name} needs a {klen}-byte key ({} hex digits), got {} bytes",
+                    klen * 2,
+                    key.len()
+                )));
+            }
+            if auth_alg.is_some() || auth_key.is_some() {
+                return Err(usage(format!(
+                    "{name} authenticates itself: drop --auth-alg/--auth-key"
+                )));
+            }
+            let iv = iv.ok_or_else(|| usage(format!("--iv: {name} needs a 12-byte nonce")))?;
+            if iv.len() != a.iv_len() {
+                return Err(usage(format!(
+                    "--iv: {name} needs a 12-byte nonce, got {} bytes",
+                    iv.len()
+                )));
+            }
+            let input = read_stdin()?;
+            if dir == Direction::Decrypt && input.len() < a.tag_len() {
+                return Err(Error::Crypto(CryptoError::AuthFailed).into());
+            }
+            let dev = connect(&socket, input.len())?;
+            let s = dev.create_session(&SessionParams::Aead {
+                alg: a,
+                key: &key,
+                tag_len: 0,
+                dir,
+            })?;
+            let out = if dir == Direction::Encrypt {
+                s.encrypt(&iv, &aad, &input)?
+            } else {
+                s.decrypt(&iv, &aad, &input)?
+            };
+            write_stdout(&out)
+        }
+    }
+}
+
+fn digest(socket: PathBuf, alg: DigestAlg, key: Option<String>) -> Result<(), Fail> {
+    let (h, hmac) = alg.parts();
+    let key = key.map(|k| hex_arg("key", &k)).transpose()?;
+    let params = match (hmac, &key) {
+        (false, None) => SessionParams::Hash {
+            alg: h,
+            digest_len: 0,
+        },
+        (false, Some(_)) => return Err(usage("--key is only for hmac-* algorithms")),
+        (true, None) => return Err(usage("hmac-* algorithms need --key")),
+        (true, Some(k)) => SessionParams::Mac {
+            alg: MacAlg::Hmac(h),
+            key: k,
+            digest_len: 0,
+        },
+    };
+    let input = read_stdin()?;
+    let dev = connect(&socket, input.len())?;
+    let s = dev.create_session(&params)?;
+    let d = s.digest(&input)?;
+    write_stdout(format!("{}\n", hex::encode(d)).as_bytes())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Crypto {
+            socket,
+            alg,
+            key,
+            iv,
+            aad,
+            auth_alg,
+            auth_key,
+            op,
+        } => crypto(socket, alg, key, iv, aad, auth_alg, auth_key, op),
+        Cmd::Digest { socket, alg, key } => digest(socket, alg, key),
+        Cmd::Bench {
+            socket,
+            alg,
+            size,
+            batch,
+            queues,
+            seconds,
+            poll,
+        } => bench::run(bench::Args {
+            socket,
+            alg,
+            size,
+            batch,
+            queues,
+            seconds,
+            poll,
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("dpacc: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The guest library's error type.
+
+use dpacc_spec::CryptoError;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong talking to the device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The device (or the library's own checks) rejected an operation: bad key or IV length,
+    /// authentication failure ([`CryptoError::AuthFailed`]), unknown session, ...
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The vhost-user connection failed or the backend refused a setup message.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The device broke the virtio protocol (bogus used id or length, missing status, ...).
+    /// The queue that reported it should be considered unusable.
+    #[error("device protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The device does not offer something the library needs.
+    #[error("device lacks {0}")]
+    Unsupported(&'static str),
+    /// A caller's argument is out of range (queue index, buffer outside the shared region...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// No completion arrived within the configured timeout.
+    #[error("timed out waiting for the device")]
+    Timeout,
+    /// The queue has no free descriptors (or no free request slots) for this submission.
+    #[error("queue full")]
+    QueueFull,
+    /// The shared-memory arena has no free block of the requested size.
+    #[error("shared memory exhausted ({0} bytes requested)")]
+    OutOfMemory(usize),
+    /// Every data queue is held by a [`Queue`](crate::Queue) handle.
+    #[error("all data queues are in use")]
+    NoQueue,
+    /// An OS call failed.
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+}
+
+impl Error {
+    /// The crypto error inside, if this is one (handy for `matches!` in tests).
+    pub fn crypto(&self) -> Option<CryptoError> {
+        match self {
+            Error::Crypto(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
+impl From<vhost::Error> for Error {
+    fn from(e: vhost::Error) -> Self {
+        Error::Transport(e.to_string())
+    }
+}

@@ -1,0 +1,306 @@
+//! The one shared-memory region the device sees, and [`DmaBuf`]s carved out of it.
+//!
+//! The region is a memfd mapped `MAP_SHARED` in this process and passed to the backend with
+//! `VHOST_USER_SET_MEM_TABLE`. Inside it live the split rings, per-request header slots and an
+//! arena of data buffers. Every address a descriptor carries is a "guest physical" address:
+//! `gpa_base + offset`.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Alignment of every arena allocation (a cache line).
+pub const DMA_ALIGN: usize = 64;
+
+/// A memfd-backed, shared, zero-initialised memory region.
+#[derive(Debug)]
+pub struct SharedMemory {
+    file: File,
+    ptr: *mut u8,
+    size: usize,
+    gpa_base: u64,
+}
+
+// SAFETY: the mapping is process-wide and lives as long as `self`; every access through the raw
+// pointer is done by code that documents its own synchronisation (rings use atomics and fences,
+// buffers are owned by exactly one `DmaBuf` or one in-flight request).
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above; `&SharedMemory` only hands out addresses and bounds checks.
+unsafe impl Sync for SharedMemory {}
+
+impl SharedMemory {
+    /// Creates a region of `size` bytes (rounded up to 4 KiB) whose first byte has guest
+    /// address `gpa_base`.
+    pub fn new(size: usize, gpa_base: u64) -> Result<Self> {
+        let size = size
+            .checked_add(4095)
+            .ok_or(Error::InvalidArgument("memory size"))?
+            & !4095;
+        if size == 0 {
+            return Err(Error::InvalidArgument("memory size"));
+        }
+        // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
+        let fd = unsafe { libc::memfd_create(c"dpacc-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size as u64)
+            .map_err(|e| Error::Io("ftruncate", e))?;
+        // SAFETY: mapping a fresh memfd of `size` bytes at an address the kernel picks; the
+        // result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Io("mmap", std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            file,
+            ptr: ptr.cast(),
+            size,
+            gpa_base,
+        })
+    }
+
+    /// Start of the mapping in this process.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the region is empty (never: creation rejects 0).
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Guest address of the first byte.
+    pub fn gpa_base(&self) -> u64 {
+        self.gpa_base
+    }
+
+    /// The memfd (for `SET_MEM_TABLE`).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Guest address of byte `offset`.
+    pub fn gpa(&self, offset: usize) -> u64 {
+        self.gpa_base + offset as u64
+    }
+
+    /// Pointer to byte `offset`; `None` when `offset..offset + len` leaves the region.
+    pub fn ptr_at(&self, offset: usize, len: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(len)?;
+        if end > self.size {
+            return None;
+        }
+        // SAFETY: `offset <= size`, so the result stays inside (or one past) the mapping.
+        Some(unsafe { self.ptr.add(offset) })
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`size` describe the mapping created in `new`; nothing uses it after drop
+        // (every user holds an `Arc` to the owner).
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.size);
+        }
+    }
+}
+
+/// First-fit allocator over a byte range of the region. Not on the data path: allocate
+/// [`DmaBuf`]s up front and reuse them.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    /// Sorted, coalesced free blocks (offset, len).
+    free: Mutex<Vec<(usize, usize)>>,
+}
+
+impl Arena {
+    pub(crate) fn new(offset: usize, len: usize) -> Self {
+        Self {
+            free: Mutex::new(vec![(offset, len)]),
+        }
+    }
+
+    pub(crate) fn alloc(&self, len: usize) -> Option<usize> {
+        let want = len.max(1).checked_add(DMA_ALIGN - 1)? & !(DMA_ALIGN - 1);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let i = free.iter().position(|&(_, l)| l >= want)?;
+        let (off, l) = free[i];
+        if l == want {
+            free.remove(i);
+        } else {
+            free[i] = (off + want, l - want);
+        }
+        Some(off)
+    }
+
+    pub(crate) fn free(&self, off: usize, len: usize) {
+        let len = (len.max(1) + DMA_ALIGN - 1) & !(DMA_ALIGN - 1);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let i = free.partition_point(|&(o, _)| o < off);
+        free.insert(i, (off, len));
+        // Coalesce with the right neighbour, then the left one.
+        if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
+            free[i].1 += free[i + 1].1;
+            free.remove(i + 1);
+        }
+        if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
+            free[i - 1].1 += free[i].1;
+            free.remove(i);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn free_bytes(&self) -> usize {
+        self.free.lock().unwrap().iter().map(|b| b.1).sum()
+    }
+}
+
+/// The shared region plus its buffer arena.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) mem: Arc<SharedMemory>,
+    pub(crate) arena: Arena,
+}
+
+/// A buffer in the shared region: what the device reads from and writes to, without copies.
+///
+/// A `DmaBuf` has a fixed capacity and an adjustable length (initially the capacity); requests
+/// use [`len`](Self::len) bytes. While a request that owns the buffer is in flight the caller
+/// cannot reach it (the queue holds it), which is what makes [`as_slice`](Self::as_slice)
+/// sound against a well-behaved device.
+#[derive(Debug)]
+pub struct DmaBuf {
+    shared: Arc<Shared>,
+    off: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl DmaBuf {
+    pub(crate) fn alloc(shared: &Arc<Shared>, len: usize) -> Result<Self> {
+        let off = shared.arena.alloc(len).ok_or(Error::OutOfMemory(len))?;
+        // SAFETY: the block was free, so no other `DmaBuf` aliases it; zeroing keeps stale
+        // plaintext of a previous owner from leaking into this one.
+        unsafe { std::ptr::write_bytes(shared.mem.as_ptr().add(off), 0, len) };
+        Ok(Self {
+            shared: shared.clone(),
+            off,
+            cap: len,
+            len,
+        })
+    }
+
+    /// Guest address of the first byte (what descriptors carry).
+    pub fn gpa(&self) -> u64 {
+        self.shared.mem.gpa(self.off)
+    }
+
+    /// Bytes a request will use.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether [`len`](Self::len) is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Allocated size.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Sets the length a request will use; fails beyond the capacity.
+    pub fn set_len(&mut self, len: usize) -> Result<()> {
+        if len > self.cap {
+            return Err(Error::InvalidArgument("DmaBuf length above capacity"));
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Copies `data` in and sets the length to `data.len()`.
+    pub fn fill(&mut self, data: &[u8]) -> Result<()> {
+        self.set_len(data.len())?;
+        self.as_mut_slice().copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The first [`len`](Self::len) bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `off..off + cap` is inside the mapping (the arena hands out in-range blocks)
+        // and owned by this buffer alone; the device only writes it while a request owns the
+        // buffer, and then no reference to `self` is reachable.
+        unsafe { std::slice::from_raw_parts(self.shared.mem.as_ptr().add(self.off), self.len) }
+    }
+
+    /// The first [`len`](Self::len) bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.shared.mem.as_ptr().add(self.off), self.len) }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        self.shared.arena.free(self.off, self.cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_allocates_aligned_and_coalesces() {
+        let a = Arena::new(4096, 4096);
+        let x = a.alloc(10).unwrap();
+        let y = a.alloc(100).unwrap();
+        let z = a.alloc(64).unwrap();
+        assert_eq!((x, y, z), (4096, 4096 + 64, 4096 + 64 + 128));
+        assert!(a.alloc(8192).is_none());
+        a.free(y, 100);
+        a.free(x, 10);
+        a.free(z, 64);
+        assert_eq!(a.free_bytes(), 4096);
+        assert_eq!(a.alloc(4096), Some(4096));
+    }
+
+    #[test]
+    fn dma_buf_round_trip() {
+        let shared = Arc::new(Shared {
+            mem: Arc::new(SharedMemory::new(8192, 0x1_0000_0000).unwrap()),
+            arena: Arena::new(4096, 4096),
+        });
+        let mut b = DmaBuf::alloc(&shared, 100).unwrap();
+        assert_eq!(b.gpa(), 0x1_0000_1000);
+        b.fill(b"hello").unwrap();
+        assert_eq!(b.as_slice(), b"hello");
+        assert!(b.set_len(101).is_err());
+        drop(b);
+        assert_eq!(shared.arena.free_bytes(), 4096);
+    }
+}
