@@ -15,6 +15,14 @@ use dpacc_spec::{CryptoDriver, CryptoError, SessionHandle, SessionParams};
 /// Largest generation before wrapping back to 1 (keeps ids positive as `i64`).
 const MAX_GEN: u32 = i32::MAX as u32;
 
+fn next_gen(gen: u32) -> u32 {
+    if gen >= MAX_GEN {
+        1
+    } else {
+        gen + 1
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     gen: u32,
@@ -121,7 +129,7 @@ impl SessionTable {
                 return Err(CryptoError::InvalidSession);
             }
             let s = slot.session.take();
-            slot.gen = if slot.gen >= MAX_GEN { 1 } else { slot.gen + 1 };
+            slot.gen = next_gen(slot.gen);
             t.free.push(idx as u32);
             t.live -= 1;
             s
@@ -131,14 +139,26 @@ impl SessionTable {
         Ok(())
     }
 
-    /// Closes every session (frontend disconnect).
+    /// Closes every session (frontend disconnect). Slots keep their generations moving, so an
+    /// id a previous frontend held never names a session of the next one.
     pub fn clear(&self) {
-        let old = {
+        let old: Vec<SessionHandle> = {
             let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            t.free.clear();
-            t.live = 0;
-            std::mem::take(&mut t.slots)
+            let Table {
+                slots, free, live, ..
+            } = &mut *t;
+            let mut old = Vec::with_capacity(*live);
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if let Some(s) = slot.session.take() {
+                    old.push(s);
+                    slot.gen = next_gen(slot.gen);
+                    free.push(i as u32);
+                }
+            }
+            *live = 0;
+            old
         };
+        // Dropped outside the lock (zeroizing keys is the driver's Drop).
         drop(old);
     }
 
@@ -150,5 +170,37 @@ impl SessionTable {
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::test_driver::XorDriver;
+    use dpacc_spec::{CipherAlg, Direction};
+
+    #[test]
+    fn ids_are_not_reused_after_close_or_clear() {
+        let t = SessionTable::new(2);
+        let d = XorDriver;
+        let p = SessionParams::Cipher {
+            alg: CipherAlg::AesCtr,
+            key: &[1; 16],
+            dir: Direction::Encrypt,
+        };
+        let a = t.create(&d, &p).unwrap();
+        let b = t.create(&d, &p).unwrap();
+        assert_eq!(t.create(&d, &p), Err(CryptoError::NoSpace));
+        t.close(a).unwrap();
+        assert_eq!(t.close(a), Err(CryptoError::InvalidSession));
+        let c = t.create(&d, &p).unwrap();
+        assert_ne!(c, a);
+        t.clear();
+        assert!(t.is_empty());
+        assert!(t.read().get(b).is_none() && t.read().get(c).is_none());
+        let e = t.create(&d, &p).unwrap();
+        let f = t.create(&d, &p).unwrap();
+        assert!(![a, b, c].contains(&e) && ![a, b, c].contains(&f));
+        assert!(t.read().get(e).is_some());
     }
 }
