@@ -27,6 +27,9 @@ fn cipher(dev: &CryptoDevice, alg: CipherAlg, key: &[u8], dir: Direction) -> dpa
         .expect("create cipher session")
 }
 
+/// (algorithm, key, nonce, aad, plaintext, ciphertext || tag)
+type AeadCase<'a> = (AeadAlg, Vec<u8>, Vec<u8>, Vec<u8>, &'a [u8], Vec<u8>);
+
 fn both_modes(name: &str, f: impl Fn(&CryptoDevice)) {
     for mode in [CompletionMode::Interrupt, CompletionMode::Poll] {
         let b = Backend::start(&format!("{name}-{mode:?}"), 1, 1024);
@@ -82,7 +85,7 @@ fn aead_matches_gcm_spec_and_rfc8439_and_rejects_forgeries() {
         let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2");
         let k = "feffe9928665731c6d6a8f9467308308";
         let chacha_pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
-        let cases: [(AeadAlg, Vec<u8>, Vec<u8>, Vec<u8>, &[u8], Vec<u8>); 3] = [
+        let cases: [AeadCase<'_>; 3] = [
             // GCM test case 4 (AES-128) and 16 (AES-256): ciphertext || tag.
             (AeadAlg::AesGcm, h(k), iv.clone(), aad.clone(), &p,
              h("42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091 5bc94fbc3221a5db94fae95ae7121a47")),
@@ -315,7 +318,7 @@ fn several_queues_from_several_threads() {
                         q.wait(&mut done).unwrap();
                     }
                     // ... each decrypted back through the same queue, in one batch.
-                    let encrypted: Vec<_> = done.drain(..).collect();
+                    let encrypted = std::mem::take(&mut done);
                     for c in encrypted {
                         c.result.unwrap();
                         let i = c.user_data & 0xffff_ffff;

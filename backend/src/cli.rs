@@ -34,7 +34,7 @@ pub struct CryptoArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32766))]
     pub queues: u16,
     /// Largest ring size a frontend may use (a power of two, at most 32768).
-    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
     /// Accelerator driver behind the device.
     #[arg(long, value_enum, default_value_t = DriverKind::Sw)]

@@ -17,7 +17,18 @@ use std::ops::Deref;
 use dpacc_spec::Seg;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend};
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+/// Descriptor flag: the chain continues in `next`.
+const F_NEXT: u16 = 1;
+/// Descriptor flag: device-writable buffer.
+const F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a descriptor table.
+const F_INDIRECT: u16 = 4;
+/// Regions [`FastMem`] translates without the generic lookup (more fall back to it).
+const FAST_REGIONS: usize = 8;
 
 /// Most descriptors accepted in one chain (direct or indirect).
 pub const MAX_CHAIN_DESCS: usize = 1024;
@@ -117,16 +128,7 @@ impl ChainBufs {
                 return Err(ChainError::TooLong);
             }
             let seg = seg_at(mem, d.addr(), len)?;
-            if d.is_write_only() {
-                self.writable.push(seg);
-                self.write_len += len as usize;
-            } else {
-                if !self.writable.is_empty() {
-                    return Err(ChainError::ReadableAfterWritable);
-                }
-                self.readable.push(seg);
-                self.read_len += len as usize;
-            }
+            self.push(seg, d.is_write_only())?;
             last = Some(d);
         }
         match last {
@@ -135,6 +137,80 @@ impl ChainBufs {
             Some(d) if d.has_next() => Err(ChainError::Broken),
             None => Err(ChainError::Broken),
             _ => Ok(()),
+        }
+    }
+
+    fn push(&mut self, seg: Seg<'static>, write: bool) -> Result<(), ChainError> {
+        if write {
+            self.writable.push(seg);
+            self.write_len += seg.len();
+        } else {
+            if !self.writable.is_empty() {
+                return Err(ChainError::ReadableAfterWritable);
+            }
+            self.readable.push(seg);
+            self.read_len += seg.len();
+        }
+        Ok(())
+    }
+
+    /// Walks the chain with head `head` of the descriptor table at guest address `table` with
+    /// `size` entries, like [`walk`](Self::walk) does for a [`DescriptorChain`] and with the
+    /// same checks (plus those of the `DescriptorChain` iterator: `next` inside the table, at
+    /// most `size` descriptors, one level of indirection, indirect tables a multiple of 16
+    /// bytes), but reading descriptors and translating addresses through `mem`'s cached regions
+    /// instead of the generic guest memory accessors. Errors the iterator would have stopped on
+    /// silently are [`ChainError::Broken`].
+    pub fn walk_table<G: GuestMemoryBackend>(
+        &mut self,
+        head: u16,
+        table: u64,
+        size: u16,
+        mem: &FastMem<'_, G>,
+    ) -> Result<(), ChainError> {
+        self.head = head;
+        self.readable.clear();
+        self.writable.clear();
+        self.read_len = 0;
+        self.write_len = 0;
+        let (mut table, mut size, mut idx, mut ttl) = (table, size, head, size);
+        let mut indirect = false;
+        let mut total: u64 = 0;
+        loop {
+            if ttl == 0 || idx >= size {
+                return Err(ChainError::Broken);
+            }
+            let (addr, len, flags, next) = mem.read_desc(table, idx)?;
+            if flags & F_INDIRECT != 0 {
+                if indirect || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
+                    return Err(ChainError::Broken);
+                }
+                (table, size, idx, ttl) = (addr, (len / 16) as u16, 0, (len / 16) as u16);
+                indirect = true;
+                continue;
+            }
+            if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
+                return Err(ChainError::TooManyDescriptors);
+            }
+            let write = flags & F_WRITE != 0;
+            if len == 0 {
+                // As in `walk`: nothing to map, but the order still holds.
+                if !write && !self.writable.is_empty() {
+                    return Err(ChainError::ReadableAfterWritable);
+                }
+            } else {
+                total += u64::from(len);
+                if total > u64::from(u32::MAX) {
+                    return Err(ChainError::TooLong);
+                }
+                let seg = mem.seg(addr, len)?;
+                self.push(seg, write)?;
+            }
+            if flags & F_NEXT == 0 {
+                return Ok(());
+            }
+            idx = next;
+            ttl -= 1;
         }
     }
 
@@ -157,11 +233,10 @@ impl ChainBufs {
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
         let mut done = 0;
         walk_range(&self.readable, self.read_len, offset, out.len(), |s| {
-            for i in 0..s.len() {
-                // SAFETY: `s` lies inside a guest memory mapping that the caller keeps alive
-                // (see the module docs); volatile because the guest may write concurrently.
-                out[done + i] = unsafe { std::ptr::read_volatile(s.ptr().add(i)) };
-            }
+            let dst = &mut out[done..done + s.len()];
+            // SAFETY: `s` lies inside a guest memory mapping that the caller keeps alive
+            // (see the module docs).
+            unsafe { read_guest(s.ptr(), dst) };
             done += s.len();
             Ok(())
         })
@@ -204,6 +279,114 @@ impl ChainBufs {
     /// Number of readable plus writable segments (an upper bound for carving both streams).
     pub fn seg_count(&self) -> usize {
         self.readable.len() + self.writable.len()
+    }
+}
+
+/// Copies `out.len()` bytes from guest memory at `src` into `out`, 8 bytes per volatile load
+/// (volatile because the guest may write concurrently; `[u8; 8]` has alignment 1, so no
+/// alignment is assumed).
+///
+/// # Safety
+/// `src..src + out.len()` must be mapped and readable.
+#[inline]
+unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
+    let mut chunks = out.chunks_exact_mut(8);
+    let mut p = src;
+    for c in &mut chunks {
+        // SAFETY: `p..p+8` is inside the range the caller vouched for.
+        let v = unsafe { std::ptr::read_volatile(p as *const [u8; 8]) };
+        c.copy_from_slice(&v);
+        // SAFETY: stays inside (or one past) the range.
+        p = unsafe { p.add(8) };
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        // SAFETY: the tail bytes are inside the range.
+        *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+    }
+}
+
+/// Guest address translation for one batch: the regions of a guest memory snapshot, cached as
+/// (start, length, host address) so that descriptors and buffers are looked up with a compare
+/// or two instead of the generic `GuestMemory` paths. Borrows the snapshot, so the cached host
+/// addresses cannot outlive the mappings; addresses outside the cached regions go through the
+/// snapshot's own lookup.
+pub struct FastMem<'a, G: GuestMemoryBackend> {
+    mem: &'a G,
+    regions: [(u64, u64, *mut u8); FAST_REGIONS],
+    n: usize,
+}
+
+impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
+    /// Caches the regions of `mem` (the first [`FAST_REGIONS`] that have a host mapping).
+    pub fn new(mem: &'a G) -> Self {
+        let mut regions = [(0u64, 0u64, std::ptr::null_mut()); FAST_REGIONS];
+        let mut n = 0;
+        for r in mem.iter() {
+            if n == FAST_REGIONS {
+                break;
+            }
+            let len = r.len();
+            let Ok(ulen) = usize::try_from(len) else {
+                continue;
+            };
+            if let Ok(s) = r.get_slice(MemoryRegionAddress(0), ulen) {
+                regions[n] = (r.start_addr().0, len, s.ptr_guard_mut().as_ptr());
+                n += 1;
+            }
+        }
+        Self { mem, regions, n }
+    }
+
+    /// Host address of `len` (> 0) bytes at `addr`, all inside one region.
+    #[inline]
+    fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        for &(start, rlen, ptr) in &self.regions[..self.n] {
+            let off = addr.wrapping_sub(start);
+            if addr >= start && off < rlen && len <= rlen - off {
+                // SAFETY: `off < rlen`, so the result is inside the region's mapping.
+                return Some(unsafe { ptr.add(off as usize) });
+            }
+        }
+        None
+    }
+
+    /// The segment of `len` (> 0) bytes at `addr`, inside one region.
+    #[inline]
+    fn seg(&self, addr: u64, len: u32) -> Result<Seg<'static>, ChainError> {
+        match self.host(addr, u64::from(len)) {
+            // SAFETY: `p..p+len` is inside one mapped region of the snapshot, which stays
+            // mapped while the caller holds it (module docs).
+            Some(p) => Ok(unsafe { Seg::from_raw(p, len as usize) }),
+            None => seg_at(self.mem, GuestAddress(addr), len),
+        }
+    }
+
+    /// Descriptor `idx` of the table at `table`: (addr, len, flags, next).
+    #[inline]
+    fn read_desc(&self, table: u64, idx: u16) -> Result<(u64, u32, u16, u16), ChainError> {
+        let at = table
+            .checked_add(u64::from(idx) * 16)
+            .ok_or(ChainError::Broken)?;
+        let mut b = [0u8; 16];
+        match self.host(at, 16) {
+            // SAFETY: the 16 bytes are inside a mapped region (see `seg`).
+            Some(p) => unsafe { read_guest(p, &mut b) },
+            None => {
+                let s = self
+                    .mem
+                    .get_slice(GuestAddress(at), 16)
+                    .map_err(|_| ChainError::Broken)?;
+                if s.len() != 16 {
+                    return Err(ChainError::Broken);
+                }
+                // SAFETY: `get_slice` checked the 16 bytes are mapped.
+                unsafe { read_guest(s.ptr_guard().as_ptr(), &mut b) };
+            }
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let addr = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        Ok((addr, len, u16_at(12), u16_at(14)))
     }
 }
 
@@ -438,5 +621,121 @@ mod tests {
         let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut q, &m).unwrap();
         let mut b = ChainBufs::new();
         assert_eq!(b.walk(chain, &m), Err(ChainError::Broken));
+    }
+
+    /// `walk_table` (the data path's walker) agrees with `walk` (over virtio-queue's
+    /// `DescriptorChain` iterator) on good and bad chains, direct and indirect.
+    #[test]
+    fn walk_table_agrees_with_walk() {
+        let m = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x3000_0000), 0x1_0000),
+        ])
+        .unwrap();
+        let fast = FastMem::new(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        let table = vq.desc_table_addr().0;
+        let check = |descs: &[RawDescriptor]| {
+            let chain = vq.build_desc_chain(descs).unwrap();
+            let head = chain.head_index();
+            let (mut a, mut b) = (ChainBufs::new(), ChainBufs::new());
+            let ra = a.walk(chain, &m);
+            let rb = b.walk_table(head, table, 16, &fast);
+            assert_eq!(ra, rb, "{descs:?}");
+            if ra.is_ok() {
+                assert_eq!(
+                    (a.readable_len(), a.writable_len(), a.head()),
+                    (b.readable_len(), b.writable_len(), b.head())
+                );
+                let (mut x, mut y) = ([0u8; 7], [0u8; 7]);
+                if a.readable_len() >= 7 {
+                    a.read(0, &mut x).unwrap();
+                    b.read(0, &mut y).unwrap();
+                    assert_eq!(x, y);
+                }
+            }
+        };
+        m.write_slice(
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+            GuestAddress(0x10_0000),
+        )
+        .unwrap();
+        check(&[d(0x10_0000, 11, 0), d(0x10_2000, 8, F_WRITE)]);
+        check(&[
+            d(0x10_0000, 4, 0),
+            d(0x10_0004, 7, 0),
+            d(0x10_3000, 1, F_WRITE),
+        ]);
+        check(&[d(0x10_0000, 4, F_WRITE), d(0x10_1000, 4, 0)]);
+        check(&[d(0x1f_fff0, 0x20, 0), d(0x10_0000, 1, F_WRITE)]);
+        check(&[d(0x9000_0000, 4, 0), d(0x10_0000, 1, F_WRITE)]);
+        check(&[
+            d(0x10_0000, 4, 0),
+            d(0x9000_0000, 0, 0),
+            d(0x10_0000, 1, F_WRITE),
+        ]);
+        check(&[d(0x10_0000, 0xC000_0000, 0), d(0x10_0000, 0xC000_0000, 0)]);
+        // Indirect tables: a good one, one of a bad length, an empty one, a nested one.
+        let t = 0x3000_0000u64;
+        for (i, (addr, len, flags)) in [
+            (0x10_0000u64, 8u32, F_NEXT),
+            (0x10_0008, 3, F_NEXT),
+            (0x10_2000, 4, F_WRITE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.write_obj(
+                Descriptor::new(addr, len, flags, i as u16 + 1),
+                GuestAddress(t + 16 * i as u64),
+            )
+            .unwrap();
+        }
+        m.write_obj(
+            Descriptor::new(t, 16, F_INDIRECT, 0),
+            GuestAddress(t + 0x100),
+        )
+        .unwrap();
+        check(&[d(t, 48, F_INDIRECT)]);
+        check(&[d(t, 40, F_INDIRECT)]);
+        check(&[d(t, 0, F_INDIRECT)]);
+        check(&[d(t, 32, F_INDIRECT)]);
+        check(&[d(t + 0x100, 16, F_INDIRECT)]);
+        check(&[d(0x10_0000, 4, 0), d(t, 48, F_INDIRECT)]);
+        check(&[d(0x9000_0000, 48, F_INDIRECT)]);
+    }
+
+    #[test]
+    fn walk_table_rejects_bad_next_and_loops() {
+        let m = mem();
+        let fast = FastMem::new(&m);
+        let vq = MockSplitQueue::new(&m, 16);
+        let table = vq.desc_table_addr().0;
+        let mut b = ChainBufs::new();
+        // Next index beyond the table.
+        vq.desc_table()
+            .store(
+                0,
+                RawDescriptor::from(Descriptor::new(0x10_0000, 4, F_NEXT, 200)),
+            )
+            .unwrap();
+        assert_eq!(b.walk_table(0, table, 16, &fast), Err(ChainError::Broken));
+        // A loop 1 -> 2 -> 1.
+        vq.desc_table()
+            .store(
+                1,
+                RawDescriptor::from(Descriptor::new(0x10_0000, 4, F_NEXT, 2)),
+            )
+            .unwrap();
+        vq.desc_table()
+            .store(
+                2,
+                RawDescriptor::from(Descriptor::new(0x10_0000, 4, F_NEXT, 1)),
+            )
+            .unwrap();
+        assert_eq!(b.walk_table(1, table, 16, &fast), Err(ChainError::Broken));
+        // Head outside the table.
+        assert_eq!(b.walk_table(16, table, 16, &fast), Err(ChainError::Broken));
+        assert_eq!(b.head(), 16);
     }
 }

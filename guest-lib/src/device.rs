@@ -453,14 +453,26 @@ fn wait_used(
     mode: CompletionMode,
     timeout: Duration,
 ) -> Result<()> {
-    if vq.has_used() {
+    wait_used_n(vq, n, mode, timeout, 1)
+}
+
+/// Blocks until the used ring has `min` (≥ 1) unreaped entries, or times out.
+fn wait_used_n(
+    vq: &mut SplitQueue,
+    n: &dyn Notifier,
+    mode: CompletionMode,
+    timeout: Duration,
+    min: u16,
+) -> Result<()> {
+    let min = min.max(1);
+    if vq.used_pending() >= min {
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
     match mode {
         CompletionMode::Poll => {
             let mut spins = 0u32;
-            while !vq.has_used() {
+            while vq.used_pending() < min {
                 spins = spins.wrapping_add(1);
                 if spins % 64 == 0 {
                     if Instant::now() >= deadline {
@@ -474,7 +486,7 @@ fn wait_used(
             Ok(())
         }
         CompletionMode::Interrupt => loop {
-            if !vq.prepare_wait() {
+            if !vq.prepare_wait_for(min) {
                 return Ok(());
             }
             let now = Instant::now();
@@ -963,13 +975,24 @@ impl Queue {
 
     /// Blocks until at least one operation completes (or the timeout passes), then polls.
     pub fn wait(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
-        if self.in_flight() == 0 {
+        self.wait_for(out, 1)
+    }
+
+    /// Blocks until at least `min` operations (at most all those in flight, at least one) have
+    /// completed, or the timeout passes, then polls. With interrupts and EVENT_IDX the device
+    /// is asked to interrupt only then, so a pipelining caller (e.g. waiting for a batch while
+    /// the next one is queued) is woken once per batch rather than once per completion.
+    pub fn wait_for(&mut self, out: &mut Vec<Completion>, min: usize) -> Result<usize> {
+        let in_flight = self.in_flight();
+        if in_flight == 0 {
             return Ok(0);
         }
+        // `in_flight` is at most the ring size (≤ 32768), so this fits.
+        let min = u16::try_from(min.clamp(1, in_flight)).unwrap_or(u16::MAX);
         let timeout = self.dev.opts.timeout;
         let mode = self.dev.opts.completion;
         let st = self.st();
-        wait_used(&mut st.vq, &*st.notifier, mode, timeout)?;
+        wait_used_n(&mut st.vq, &*st.notifier, mode, timeout, min)?;
         self.poll(out)
     }
 

@@ -464,9 +464,28 @@ impl SplitQueue {
     /// Before sleeping for an interrupt: re-arms notifications and returns `true` if the used
     /// ring is still empty (so sleeping cannot miss an entry).
     pub fn prepare_wait(&mut self) -> bool {
-        self.refresh_used_event();
+        self.prepare_wait_for(1)
+    }
+
+    /// Used entries published by the device and not yet reaped (unchecked: [`reap`](Self::reap)
+    /// validates them).
+    pub fn used_pending(&self) -> u16 {
+        u16::from_le(self.used_idx_atomic().load(Ordering::Acquire)).wrapping_sub(self.last_used)
+    }
+
+    /// Like [`prepare_wait`](Self::prepare_wait), but asks (with EVENT_IDX) for the interrupt
+    /// only once `min` (≥ 1) entries are pending, and returns `true` while fewer are.
+    pub fn prepare_wait_for(&mut self, min: u16) -> bool {
+        let min = min.max(1);
+        if self.event_idx && self.interrupts {
+            let ev = self.last_used.wrapping_add(min - 1);
+            self.used_event_atomic()
+                .store(ev.to_le(), Ordering::Release);
+        } else {
+            self.refresh_used_event();
+        }
         fence(Ordering::SeqCst);
-        !self.has_used()
+        self.used_pending() < min
     }
 }
 

@@ -28,10 +28,14 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
-use crate::virtq::{ChainBufs, MAX_CHAIN_DESCS};
+use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
 
-/// Chains taken from the ring per batch.
+/// Most chains taken from the ring per batch.
 pub const BATCH: usize = 64;
+/// A batch also ends once its chains carry this many bytes (readable plus writable): large
+/// requests are completed (and the frontend signalled) in smaller groups, so the frontend can
+/// reap and refill while the rest of the ring is processed instead of waiting for a whole ring.
+pub const BATCH_BYTES: usize = 256 << 10;
 /// Segment pool per worker: room for one worst-case chain plus a batch of ordinary ones.
 const POOL_SEGS: usize = 2 * MAX_CHAIN_DESCS + BATCH * 8;
 /// Segments one chain can need beyond its descriptor count (one split per carve).
@@ -88,9 +92,13 @@ impl DataPath {
     pub fn run_batch(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
         self.pool.clear();
         let mut n = 0;
+        let mut bytes = 0usize;
         {
+            let fast = FastMem::new(mem);
+            let (desc_table, qsize) = (q.desc_table(), q.size());
             let table = self.sessions.read();
             while n < BATCH
+                && bytes < BATCH_BYTES
                 && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
             {
                 let Some(chain) = q.pop_descriptor_chain(mem) else {
@@ -98,8 +106,12 @@ impl DataPath {
                 };
                 let p = &mut self.pending[n];
                 *p = Pending::default();
-                match self.chain.walk(chain, mem) {
-                    Ok(()) => parse(&self.chain, &mut self.pool, &table, p),
+                let head = chain.head_index();
+                match self.chain.walk_table(head, desc_table, qsize, &fast) {
+                    Ok(()) => {
+                        bytes += self.chain.readable_len() + self.chain.writable_len();
+                        parse(&self.chain, &mut self.pool, &table, p)
+                    }
                     Err(e) => {
                         debug!("chain {}: {e}; completed without status", self.chain.head());
                         p.head = self.chain.head();
@@ -201,9 +213,10 @@ impl Processor for DataPath {
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
         let mut total = 0;
         loop {
+            // A batch may end early on its byte budget: go on until the ring is empty.
             let n = self.run_batch(q, mem, notify);
             total += n;
-            if n < BATCH {
+            if n == 0 {
                 return total;
             }
         }

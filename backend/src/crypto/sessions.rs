@@ -2,7 +2,10 @@
 //!
 //! Ids are `generation << 32 | slot`: a freed slot gets a new id (its generation moves on), so
 //! an id is never reused while a session holds it, and a stale id never reaches a newer
-//! session. Generations start at 1, so ids are never 0 and always positive as `i64`.
+//! session. Generations are in `1..=i32::MAX`, so ids are never 0 and always positive as
+//! `i64`, and each table starts from a random generation, so after a backend restart a guest's
+//! stale ids are (with overwhelming probability) answered INVSESS instead of reaching a new
+//! session.
 //!
 //! Data-path workers look up all sessions of a batch under one read lock
 //! ([`SessionTable::read`]) and clone the handles they need; the lock is not held while
@@ -14,6 +17,22 @@ use dpacc_spec::{CryptoDriver, CryptoError, SessionHandle, SessionParams};
 
 /// Largest generation before wrapping back to 1 (keeps ids positive as `i64`).
 const MAX_GEN: u32 = i32::MAX as u32;
+
+/// A random generation in `1..=MAX_GEN` (from the kernel's RNG; the clock if that fails).
+fn random_gen() -> u32 {
+    let mut b = [0u8; 4];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    let r = if ok {
+        u32::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+    };
+    1 + r % MAX_GEN
+}
 
 fn next_gen(gen: u32) -> u32 {
     if gen >= MAX_GEN {
@@ -31,6 +50,9 @@ struct Slot {
 
 /// The table behind the lock.
 pub struct Table {
+    /// Generation of a never-used slot: random per table, so ids handed out by an earlier
+    /// backend process (or table) are very unlikely to name a session of this one.
+    first_gen: u32,
     slots: Vec<Slot>,
     free: Vec<u32>,
     max: usize,
@@ -66,6 +88,7 @@ impl SessionTable {
     pub fn new(max: usize) -> Self {
         Self {
             inner: RwLock::new(Table {
+                first_gen: random_gen(),
                 slots: Vec::new(),
                 free: Vec::new(),
                 max,
@@ -103,10 +126,8 @@ impl SessionTable {
                 if t.slots.len() > u32::MAX as usize {
                     return Err(CryptoError::NoSpace);
                 }
-                t.slots.push(Slot {
-                    gen: 1,
-                    session: None,
-                });
+                let gen = t.first_gen;
+                t.slots.push(Slot { gen, session: None });
                 t.slots.len() - 1
             }
         };
@@ -202,5 +223,27 @@ mod tests {
         let f = t.create(&d, &p).unwrap();
         assert!(![a, b, c].contains(&e) && ![a, b, c].contains(&f));
         assert!(t.read().get(e).is_some());
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+    use crate::crypto::test_driver::XorDriver;
+    use dpacc_spec::{CipherAlg, Direction};
+
+    #[test]
+    fn two_tables_hand_out_different_first_ids() {
+        let p = SessionParams::Cipher {
+            alg: CipherAlg::AesCtr,
+            key: &[1; 16],
+            dir: Direction::Encrypt,
+        };
+        let firsts: Vec<u64> = (0..4)
+            .map(|_| SessionTable::new(4).create(&XorDriver, &p).unwrap())
+            .collect();
+        // Four random 31-bit generations: equal only with negligible probability.
+        assert!(firsts.windows(2).any(|w| w[0] != w[1]), "{firsts:x?}");
+        assert!(firsts.iter().all(|&id| id > 0 && (id as i64) > 0));
     }
 }

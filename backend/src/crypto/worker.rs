@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vhost_user::QueueStart;
@@ -139,6 +139,35 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
     queue
 }
 
+/// Writes `avail_event` (the used ring's trailing field) = the next index we will read, even
+/// when EVENT_IDX was not negotiated with *us*.
+///
+/// QEMU's cryptodev-vhost-user acks only `VHOST_USER_F_PROTOCOL_FEATURES` to the backend (it
+/// never forwards what the guest negotiated), while the Linux guest negotiates EVENT_IDX with
+/// QEMU's virtio-crypto device and then kicks only when the avail index crosses `avail_event`.
+/// Without this the guest kicks once and then never again. The field exists in every split
+/// ring the Linux driver and QEMU allocate, and a driver without EVENT_IDX ignores it; without
+/// EVENT_IDX we also always signal the call eventfd (`needs_notification` is then true), which
+/// is correct for both kinds of driver.
+fn publish_avail_event(
+    q: &Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    // `used ring` = flags (2) + idx (2) + size × 8-byte elements, then `avail_event`.
+    let off = 4 + 8 * u64::from(q.size());
+    let addr =
+        q.used_ring()
+            .checked_add(off)
+            .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(
+                GuestAddress(q.used_ring()),
+            ))?;
+    mem.store(
+        q.next_avail().to_le(),
+        GuestAddress(addr),
+        std::sync::atomic::Ordering::Relaxed,
+    )
+}
+
 fn drain<P: Processor>(
     index: usize,
     q: &mut Queue,
@@ -151,6 +180,9 @@ fn drain<P: Processor>(
     loop {
         let _ = q.disable_notification(&*m);
         let n = p.process(q, &m, notify);
+        if let Err(e) = publish_avail_event(q, &m) {
+            warn!("vq{index}: avail_event: {e}");
+        }
         match q.enable_notification(&*m) {
             Ok(true) if n > 0 => continue,
             Ok(true) => {

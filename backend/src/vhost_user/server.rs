@@ -298,6 +298,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
                     warn!("frontend acked unoffered features {:#x}", v & !offered);
                 }
                 self.features = v & offered;
+                debug!("features acked: {:#x}", self.features);
             }),
             FrontendReq::SET_PROTOCOL_FEATURES => pod::<u64>(p).map(|v| {
                 self.protocol = v & self.offered_protocol();

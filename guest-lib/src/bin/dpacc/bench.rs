@@ -31,6 +31,9 @@ enum Kind {
 }
 
 const KEY: [u8; 64] = [0x42; 64];
+/// Batches each bench thread keeps in flight: the next batch is submitted before the previous
+/// one completes, so the device always has work queued while the thread reaps completions.
+const IN_FLIGHT_BATCHES: usize = 4;
 
 fn params(alg: &str, size: usize) -> Result<(SessionParams<'static>, Kind), Fail> {
     if let Ok(a) = Alg::from_str(alg, true) {
@@ -119,7 +122,12 @@ pub fn run(a: Args) -> Result<(), Fail> {
     }
     let (p, kind) = params(&a.alg, a.size)?;
     let dur = Duration::from_secs_f64(a.seconds);
-    let qsize = a.batch.next_power_of_two().clamp(64, 4096) as u16;
+    // `IN_FLIGHT_BATCHES` batches in flight per queue (see `device_thread`); the ring holds them.
+    let depth = a
+        .batch
+        .checked_mul(IN_FLIGHT_BATCHES)
+        .ok_or(usage("--batch too large"))?;
+    let qsize = depth.next_power_of_two().clamp(64, 4096) as u16;
     let per_op = 2 * a.size + 256;
     let opts = Options {
         queues: Some(a.queues),
@@ -129,7 +137,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
         } else {
             CompletionMode::Interrupt
         },
-        arena_size: per_op * a.batch * a.queues as usize + (1 << 20),
+        arena_size: per_op * depth * a.queues as usize + (1 << 20),
         ..Options::default()
     };
     let dev = CryptoDevice::connect(&a.socket, opts).map_err(|e| Fail {
@@ -214,8 +222,10 @@ fn device_thread(
 ) -> Result<Stats, Fail> {
     let mut q = dev.queue(qi)?;
     let iv = vec![7u8; iv_len(kind)];
-    let mut free: Vec<OpBufs> = Vec::with_capacity(batch);
-    for _ in 0..batch {
+    // Buffers for `IN_FLIGHT_BATCHES` batches (capped by what the ring can hold).
+    let depth = (batch * IN_FLIGHT_BATCHES).min(q.free_slots()).max(1);
+    let mut free: Vec<OpBufs> = Vec::with_capacity(depth);
+    for _ in 0..depth {
         let mut b = OpBufs {
             src: Some(dev.alloc(size)?),
             ..OpBufs::default()
@@ -227,22 +237,35 @@ fn device_thread(
         }
         free.push(b);
     }
-    let mut out = Vec::with_capacity(batch);
+    // A batch is submitted as soon as a whole batch of buffers is free (or, when the ring is
+    // smaller than a batch, whatever is free): pipelined, never ping-pong.
+    let chunk = batch.min(depth);
+    let mut out = Vec::with_capacity(depth);
     let mut ops = 0u64;
     let start = Instant::now();
     let mut running = true;
     while running || q.in_flight() > 0 {
         if running {
-            while let Some(b) = free.pop() {
-                if let Err(r) = q.push(make_op(s, kind, &iv, b, 0)) {
-                    free.push(r.op.into_bufs());
-                    break;
+            let mut full = false;
+            while !full && free.len() >= chunk {
+                for _ in 0..chunk {
+                    let Some(b) = free.pop() else { break };
+                    if let Err(r) = q.push(make_op(s, kind, &iv, b, 0)) {
+                        if !matches!(r.error, dpacc_guest::Error::QueueFull) {
+                            return Err(r.error.into());
+                        }
+                        free.push(r.op.into_bufs());
+                        full = true;
+                        break;
+                    }
                 }
+                q.flush()?;
             }
-            q.flush()?;
         }
         out.clear();
-        q.wait(&mut out)?;
+        // Wake up once a batch's worth has completed (the rest of the ring keeps the device
+        // busy meanwhile), not on every completion.
+        q.wait_for(&mut out, chunk)?;
         for c in out.drain(..) {
             c.result?;
             ops += 1;
