@@ -58,6 +58,7 @@
 mod device;
 pub mod error;
 pub mod mem;
+pub mod net;
 pub mod request;
 mod session;
 pub mod transport;

@@ -1,0 +1,19 @@
+//! The inline (fast-path) side of the library: sending and receiving Ethernet frames on a vNF
+//! port, and programming the port's flow processor over the control protocol
+//! (`dpacc_spec::fastpath::proto`).
+//!
+//! Frame transports implement [`FrameIo`]: virtio-user straight to `dpacc-backend net`
+//! (containers, tests) or an AF_PACKET socket on the stock virtio-net interface inside a VM.
+
+use std::time::Duration;
+
+use crate::Result;
+
+/// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
+pub trait FrameIo: Send {
+    /// Sends one frame.
+    fn send(&mut self, frame: &[u8]) -> Result<()>;
+    /// Receives one frame into `buf`, waiting at most `timeout` (`None`: forever). Returns the
+    /// frame length, or `None` on timeout. Frames longer than `buf` are truncated.
+    fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>>;
+}
