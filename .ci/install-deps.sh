@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the non-QEMU tests need on a fresh Debian bookworm machine (idempotent):
+#   - libssl-dev: libcrypto for the sample vendor plug-in (accel-hw/sample-plugin), built by
+#     tests/driver_plugin.rs with the system C compiler
+#   - iproute2: `ip netns` / TAP / veth for the fast-path tests in network namespaces
+#   - scapy + cryptography (PyPI): the independent ESP (RFC 4303/4106) peer of the fast-path tests
+set -euo pipefail
+log() { echo "install-deps(ci): $*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs=()
+[ -e /usr/include/openssl/evp.h ] || pkgs+=(libssl-dev)
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+if [ ${#pkgs[@]} -gt 0 ]; then
+    log "apt-get install ${pkgs[*]}"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import scapy, cryptography' 2>/dev/null; then
+    log "pip install scapy cryptography"
+    python3 -m pip install --quiet --disable-pip-version-check 'scapy>=2.5' cryptography
+fi
+python3 -c 'import scapy; print("install-deps(ci): scapy", scapy.VERSION)' >&2
