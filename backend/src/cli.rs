@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use dpacc_hw::DriverSpec;
 use dpacc_spec::CryptoDriver;
 
 use crate::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
@@ -36,19 +37,15 @@ pub struct CryptoArgs {
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
-    /// Accelerator driver behind the device.
-    #[arg(long, value_enum, default_value_t = DriverKind::Sw)]
-    pub driver: DriverKind,
+    /// Accelerator driver behind the device: sw (software, always available), afalg (Linux
+    /// kernel crypto API via AF_ALG), or plugin:PATH (a vendor plug-in .so, see
+    /// docs/vendor-drivers.md). With afalg or a plug-in, the algorithms it lacks run on the
+    /// software driver, and the guest sees the union.
+    #[arg(long, default_value = "sw", value_name = "sw|afalg|plugin:PATH")]
+    pub driver: DriverSpec,
     /// Most crypto sessions open at once.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_sessions: u64,
-}
-
-/// Available drivers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DriverKind {
-    /// dpacc's software driver (dpacc-sw).
-    Sw,
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -59,15 +56,9 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
     Ok(v as u16)
 }
 
-/// Instantiates a driver.
-pub fn make_driver(kind: DriverKind) -> Result<Arc<dyn CryptoDriver>, String> {
-    match kind {
-        DriverKind::Sw => sw_driver(),
-    }
-}
-
-fn sw_driver() -> Result<Arc<dyn CryptoDriver>, String> {
-    Ok(Arc::new(dpacc_sw::SwDriver::new()))
+/// Instantiates a driver (non-software drivers fall back to the software one per algorithm).
+pub fn make_driver(spec: &DriverSpec) -> Result<Arc<dyn CryptoDriver>, String> {
+    dpacc_hw::open_driver(spec, Arc::new(dpacc_sw::SwDriver::new())).map_err(|e| e.to_string())
 }
 
 impl CryptoArgs {
@@ -77,7 +68,7 @@ impl CryptoArgs {
             queues: self.queues,
             queue_size: self.queue_size,
             max_sessions: self.max_sessions as usize,
-            driver: make_driver(self.driver)?,
+            driver: make_driver(&self.driver)?,
         })
     }
 }
@@ -101,7 +92,29 @@ mod tests {
         .unwrap();
         let Command::Crypto(a) = c.command;
         assert_eq!((a.queues, a.queue_size, a.max_sessions), (2, 1024, 1024));
-        assert_eq!(a.driver, DriverKind::Sw);
+        assert_eq!(a.driver, DriverSpec::Sw);
+        let c = Cli::try_parse_from([
+            "dpacc-backend",
+            "crypto",
+            "--socket",
+            "/tmp/x.sock",
+            "--driver",
+            "plugin:/opt/v/libv.so",
+        ])
+        .unwrap();
+        let Command::Crypto(a) = c.command;
+        assert_eq!(a.driver, DriverSpec::Plugin("/opt/v/libv.so".into()));
+        let e = Cli::try_parse_from([
+            "dpacc-backend",
+            "crypto",
+            "--socket",
+            "/tmp/x.sock",
+            "--driver",
+            "qat",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown driver 'qat'"), "{e}");
         for bad in ["1000", "0", "65536"] {
             assert!(Cli::try_parse_from([
                 "dpacc-backend",

@@ -24,6 +24,16 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend with `queues` data queues and room for `max_sessions` sessions.
     pub fn start(name: &str, queues: u16, max_sessions: usize) -> Self {
+        Self::start_with(name, queues, max_sessions, Arc::new(SwDriver::new()))
+    }
+
+    /// Starts a backend on `driver`.
+    pub fn start_with(
+        name: &str,
+        queues: u16,
+        max_sessions: usize,
+        driver: Arc<dyn dpacc::spec::CryptoDriver>,
+    ) -> Self {
         let path =
             std::env::temp_dir().join(format!("dpacc-e2e-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -33,7 +43,7 @@ impl Backend {
             queues,
             queue_size: 1024,
             max_sessions,
-            driver: Arc::new(SwDriver::new()),
+            driver,
         };
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
