@@ -1,5 +1,6 @@
 //! # dpacc-hw: hardware crypto drivers
 //!
+//! - [`afalg`]: the Linux kernel crypto API (AF_ALG) with asynchronous submission (AIO).
 //! - [`plugin`]: the vendor plug-in loader (C ABI in `accel-hw/include/dpacc_vendor.h`,
 //!   a worked example in `accel-hw/sample-plugin/`, guide in `docs/vendor-drivers.md`).
 //! - [`fallback`]: per-algorithm fallback to the software driver.
@@ -7,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod afalg;
 pub mod fallback;
 pub mod plugin;
 pub mod select;
@@ -19,7 +21,9 @@ use std::sync::Arc;
 
 use dpacc_spec::CryptoDriver;
 
-/// The AF_ALG driver, when this build has one.
+/// The AF_ALG driver.
 fn afalg_driver() -> Result<Arc<dyn CryptoDriver>, String> {
-    Err("the AF_ALG driver is not part of this build yet".into())
+    Ok(Arc::new(
+        afalg::AfAlgDriver::open().map_err(|e| e.to_string())?,
+    ))
 }
