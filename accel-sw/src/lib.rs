@@ -19,6 +19,7 @@ mod chain;
 mod cipher;
 mod digest;
 mod driver;
+pub mod flow;
 mod queue;
 mod session;
 mod sg;

@@ -1,0 +1,388 @@
+//! The software flow processor: tables, priorities, goto, NAT with incremental checksums
+//! (checked against checksums recomputed from scratch), load-balancer buckets, counters,
+//! timeouts, quotas and the ESP round trip with replay/tamper rejection.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use dpacc_spec::fastpath::{PacketBuf, PortId, Verdict};
+use dpacc_sw::flow::checksum::{fold, ipv4_header, sum};
+use dpacc_sw::flow::esp::{SaConfig, SaDir};
+use dpacc_sw::flow::key::{Match, Prefix, IPPROTO_ESP, IPPROTO_TCP};
+use dpacc_sw::flow::{Action, Bucket, ExpiryReason, FlowError, FlowSpec, SwFlowProcessor};
+use dpacc_sw::SwDriver;
+use zeroize::Zeroizing;
+
+/// An Ethernet + IPv4 + TCP frame with correct checksums and `payload`.
+fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(payload);
+    let ip_len = (20 + 20 + payload.len()) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = IPPROTO_TCP;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = ipv4_header(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut f[34..54];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x18;
+    let c = tcp_checksum(&f);
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The TCP checksum of frame `f` computed from scratch.
+fn tcp_checksum(f: &[u8]) -> u16 {
+    let ip = &f[14..34];
+    let seg = &f[34..];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
+    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let mut s = seg.to_vec();
+    s[16] = 0;
+    s[17] = 0;
+    fold(sum(&s, sum(&pseudo, 0)))
+}
+
+fn pkt(frame: &[u8], port: u16) -> PacketBuf {
+    let mut p = PacketBuf::new();
+    assert!(p.load(frame, PortId(port)));
+    p
+}
+
+fn proc_(max: usize) -> SwFlowProcessor {
+    SwFlowProcessor::new(Arc::new(SwDriver::new()), max).unwrap()
+}
+
+fn flow(table: u8, priority: u16, cookie: u64, m: Match, actions: Vec<Action>) -> FlowSpec {
+    FlowSpec {
+        table,
+        priority,
+        cookie,
+        m,
+        actions,
+        idle_timeout_ns: 0,
+        hard_timeout_ns: 0,
+        notify_expiry: false,
+    }
+}
+
+fn run1(p: &mut SwFlowProcessor, now: u64, b: &mut PacketBuf) -> Verdict {
+    let mut v = [Verdict::Drop];
+    p.process(now, std::slice::from_mut(b), &mut v);
+    v[0]
+}
+
+#[test]
+fn nat_rewrites_fix_ip_and_tcp_checksums_incrementally() {
+    let mut fp = proc_(16);
+    fp.add_flow(
+        flow(
+            0,
+            1,
+            7,
+            Match {
+                in_port: Some(1),
+                proto: Some(IPPROTO_TCP),
+                dport: Some(80),
+                ..Match::default()
+            },
+            vec![
+                Action::SetIpv4Dst(Ipv4Addr::new(10, 1, 0, 5)),
+                Action::SetL4Dst(8080),
+                Action::SetIpv4Src(Ipv4Addr::new(198, 51, 100, 1)),
+                Action::SetEthDst([2, 0, 0, 0, 0, 9]),
+                Action::Output(PortId(2)),
+            ],
+        ),
+        0,
+    )
+    .unwrap();
+    for payload in [&b""[..], b"GET / HTTP/1.0\r\n\r\n", b"odd"] {
+        let mut b = pkt(
+            &tcp4([10, 0, 0, 1], [203, 0, 113, 7], 40000, 80, payload),
+            1,
+        );
+        assert_eq!(run1(&mut fp, 1, &mut b), Verdict::Output(PortId(2)));
+        let f = b.frame();
+        assert_eq!(&f[30..34], &[10, 1, 0, 5]);
+        assert_eq!(&f[26..30], &[198, 51, 100, 1]);
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), 8080);
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(u16::from_be_bytes([f[24], f[25]]), ipv4_header(&f[14..34]));
+        assert_eq!(
+            u16::from_be_bytes([f[50], f[51]]),
+            tcp_checksum(f),
+            "payload {payload:?}"
+        );
+    }
+    let s = fp.flow_stats(7).unwrap();
+    assert_eq!(s.packets, 3);
+    assert!(
+        fp.stats.emc_hits >= 2,
+        "the exact-match cache serves repeats"
+    );
+}
+
+#[test]
+fn priorities_goto_misses_and_the_exact_match_cache() {
+    let mut fp = proc_(16);
+    let any = Match::default();
+    let web = Match {
+        dport: Some(80),
+        ..Match::default()
+    };
+    let net = Match {
+        dst: Some(Prefix {
+            addr: "192.168.0.0".parse().unwrap(),
+            len: 16,
+        }),
+        ..Match::default()
+    };
+    fp.add_flow(flow(0, 10, 1, web, vec![Action::Goto(1)]), 0)
+        .unwrap();
+    fp.add_flow(flow(0, 1, 2, any, vec![Action::Output(PortId(1))]), 0)
+        .unwrap();
+    fp.add_flow(flow(1, 5, 3, net, vec![Action::Output(PortId(2))]), 0)
+        .unwrap();
+    let mut a = pkt(&tcp4([1, 1, 1, 1], [192, 168, 3, 3], 1000, 80, b""), 0);
+    let mut b = pkt(&tcp4([1, 1, 1, 1], [192, 168, 3, 3], 1000, 22, b""), 0);
+    let mut c = pkt(&tcp4([1, 1, 1, 1], [10, 9, 9, 9], 1000, 80, b""), 0);
+    for _ in 0..3 {
+        assert_eq!(run1(&mut fp, 0, &mut a.clone()), Verdict::Output(PortId(2)));
+        assert_eq!(run1(&mut fp, 0, &mut b.clone()), Verdict::Output(PortId(1)));
+        assert_eq!(run1(&mut fp, 0, &mut c.clone()), Verdict::Miss { table: 1 });
+    }
+    assert_eq!(
+        fp.stats.emc_hits, 4,
+        "a and b hit the cache twice each; misses are not cached"
+    );
+    assert_eq!(fp.flow_stats(1).unwrap().packets, 6);
+    assert_eq!(fp.flow_stats(3).unwrap().packets, 3);
+    // A change to the tables invalidates the cache: deleting the goto flow sends web to port 1.
+    assert_eq!(fp.delete_flows(1).len(), 1);
+    assert_eq!(run1(&mut fp, 0, &mut a), Verdict::Output(PortId(1)));
+    assert_eq!(run1(&mut fp, 0, &mut c), Verdict::Output(PortId(1)));
+    let _ = &mut b;
+    // Backward gotos and unknown references are refused.
+    let e = fp
+        .add_flow(flow(1, 1, 9, any, vec![Action::Goto(0)]), 0)
+        .unwrap_err();
+    assert!(matches!(e, FlowError::BadTable(_)), "{e}");
+    let e = fp
+        .add_flow(flow(0, 1, 9, any, vec![Action::Group(5)]), 0)
+        .unwrap_err();
+    assert_eq!(e.to_string(), "not found: group 5");
+}
+
+#[test]
+fn quota_timeouts_and_expiry_events() {
+    let mut fp = proc_(2);
+    let m = |p| Match {
+        dport: Some(p),
+        ..Match::default()
+    };
+    let mut f1 = flow(0, 1, 11, m(1), vec![Action::Output(PortId(1))]);
+    f1.idle_timeout_ns = 1_000;
+    f1.notify_expiry = true;
+    let mut f2 = flow(0, 1, 12, m(2), vec![Action::Output(PortId(1))]);
+    f2.hard_timeout_ns = 5_000;
+    f2.notify_expiry = true;
+    fp.add_flow(f1, 0).unwrap();
+    fp.add_flow(f2, 0).unwrap();
+    let e = fp
+        .add_flow(flow(0, 1, 13, m(3), vec![Action::Drop]), 0)
+        .unwrap_err();
+    assert_eq!(e.to_string(), "flow quota exceeded (2 flows)");
+    // Same table, priority and match: a replacement, not a new flow.
+    let mut again = flow(0, 1, 11, m(1), vec![Action::Output(PortId(1))]);
+    again.idle_timeout_ns = 1_000;
+    again.notify_expiry = true;
+    fp.add_flow(again, 0).unwrap();
+    assert_eq!(fp.flow_count(), 2);
+    // Traffic keeps flow 11 alive past its idle timeout; flow 12 dies at its hard timeout.
+    let mut events = Vec::new();
+    for now in (500..=4_500).step_by(500) {
+        run1(&mut fp, now, &mut pkt(&tcp4([1; 4], [2; 4], 9, 1, b""), 0));
+        run1(&mut fp, now, &mut pkt(&tcp4([1; 4], [2; 4], 9, 2, b""), 0));
+        fp.expire(now, &mut events);
+    }
+    assert!(events.is_empty());
+    fp.expire(5_000, &mut events);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].cookie, events[0].reason, events[0].stats.packets),
+        (12, ExpiryReason::Hard, 9)
+    );
+    fp.expire(5_600, &mut events);
+    assert_eq!(
+        (events[1].cookie, events[1].reason),
+        (11, ExpiryReason::Idle)
+    );
+    assert_eq!(fp.flow_count(), 0);
+    assert_eq!(
+        run1(
+            &mut fp,
+            6_000,
+            &mut pkt(&tcp4([1; 4], [2; 4], 9, 1, b""), 0)
+        ),
+        Verdict::Miss { table: 0 }
+    );
+}
+
+#[test]
+fn load_balancer_buckets_follow_weights_and_keep_flows_sticky() {
+    let mut fp = proc_(4);
+    let backends = [(1u32, [10, 0, 0, 11]), (3, [10, 0, 0, 12])];
+    let buckets = backends
+        .iter()
+        .enumerate()
+        .map(|(i, (w, ip))| Bucket {
+            weight: *w,
+            actions: vec![
+                Action::SetIpv4Dst(Ipv4Addr::from(*ip)),
+                Action::Output(PortId(i as u16 + 1)),
+            ],
+        })
+        .collect();
+    fp.add_group(1, buckets).unwrap();
+    fp.add_flow(flow(0, 1, 1, Match::default(), vec![Action::Group(1)]), 0)
+        .unwrap();
+    let mut count = [0u32; 2];
+    for sport in 0..4000u16 {
+        let f = tcp4(
+            [172, 16, (sport >> 8) as u8, sport as u8],
+            [203, 0, 113, 1],
+            1024 + sport,
+            443,
+            b"x",
+        );
+        let mut a = pkt(&f, 0);
+        let v = run1(&mut fp, 0, &mut a);
+        let Verdict::Output(PortId(port)) = v else {
+            panic!("{v:?}")
+        };
+        count[usize::from(port) - 1] += 1;
+        assert_eq!(&a.frame()[30..34], &backends[usize::from(port) - 1].1);
+        assert_eq!(
+            u16::from_be_bytes([a.frame()[50], a.frame()[51]]),
+            tcp_checksum(a.frame())
+        );
+        // The same flow again picks the same backend.
+        assert_eq!(run1(&mut fp, 0, &mut pkt(&f, 0)), v);
+    }
+    let share = f64::from(count[1]) / 4000.0;
+    assert!(
+        (0.70..0.80).contains(&share),
+        "weight 3 of 4 got {share:.3} ({count:?})"
+    );
+}
+
+fn sa(spi: u32, dir: SaDir) -> SaConfig {
+    SaConfig {
+        spi,
+        key: Zeroizing::new((0u8..16).collect()),
+        salt: [0xca, 0xfe, 0xba, 0xbe],
+        dir,
+    }
+}
+
+#[test]
+fn esp_tunnel_round_trip_rejects_replays_and_tampering() {
+    let (gw_a, gw_b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let mut a = proc_(4);
+    let mut b = proc_(4);
+    a.add_sa(sa(
+        0x1001,
+        SaDir::Outbound {
+            src: gw_a,
+            dst: gw_b,
+        },
+    ))
+    .unwrap();
+    b.add_sa(sa(0x1001, SaDir::Inbound)).unwrap();
+    a.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![Action::EspEncap(0x1001), Action::Output(PortId(2))],
+        ),
+        0,
+    )
+    .unwrap();
+    let esp = Match {
+        proto: Some(IPPROTO_ESP),
+        spi: Some(0x1001),
+        ..Match::default()
+    };
+    b.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            esp,
+            vec![Action::EspDecap, Action::Output(PortId(1))],
+        ),
+        0,
+    )
+    .unwrap();
+    let mut wire = Vec::new();
+    for (i, payload) in [&b""[..], b"a", b"ab", b"abc", &[7u8; 1400]]
+        .iter()
+        .enumerate()
+    {
+        let inner = tcp4([10, 0, 0, 1], [10, 0, 1, 1], 5000 + i as u16, 80, payload);
+        let mut p = pkt(&inner, 1);
+        assert_eq!(run1(&mut a, 0, &mut p), Verdict::Output(PortId(2)));
+        let f = p.frame().to_vec();
+        assert_eq!(f[23], IPPROTO_ESP);
+        assert_eq!(&f[26..30], &gw_a.octets());
+        assert_eq!(u16::from_be_bytes([f[24], f[25]]), ipv4_header(&f[14..34]));
+        assert_eq!(
+            (f.len() - 14 - 20 - 16 - 16) % 4,
+            0,
+            "ESP payload 4-byte aligned"
+        );
+        assert_ne!(&f[50..60], &inner[14..24], "encrypted");
+        let mut q = pkt(&f, 2);
+        assert_eq!(run1(&mut b, 0, &mut q), Verdict::Output(PortId(1)));
+        assert_eq!(
+            q.frame(),
+            &inner[..],
+            "decapsulated packet equals the original"
+        );
+        wire.push(f);
+    }
+    // Replay of an accepted packet, and tampered ciphertext / ICV / header: dropped.
+    assert_eq!(run1(&mut b, 0, &mut pkt(&wire[2], 2)), Verdict::Drop);
+    let mut new = pkt(&tcp4([10, 0, 0, 1], [10, 0, 1, 1], 1, 1, b"z"), 1);
+    run1(&mut a, 0, &mut new);
+    for at in [60usize, new.len() - 1, 40] {
+        let mut f = new.frame().to_vec();
+        f[at] ^= 0x20;
+        assert_eq!(
+            run1(&mut b, 0, &mut pkt(&f, 2)),
+            Verdict::Drop,
+            "tamper at {at}"
+        );
+    }
+    assert_eq!(
+        run1(&mut b, 0, &mut pkt(new.frame(), 2)),
+        Verdict::Output(PortId(1))
+    );
+    let s = b.sa(0x1001).unwrap().stats;
+    assert_eq!((s.packets, s.replay_drops, s.auth_drops), (6, 1, 3));
+}
