@@ -1,46 +1,9 @@
-//! Packet parsing into a flow key, and wildcard matches over keys.
+//! Packet parsing into a flow key (the key and match types are in `dpacc_spec::fastpath::flow`).
 
-use std::net::IpAddr;
-
-/// EtherType IPv4.
-pub const ETH_IPV4: u16 = 0x0800;
-/// EtherType IPv6.
-pub const ETH_IPV6: u16 = 0x86dd;
-/// EtherType 802.1Q.
-pub const ETH_VLAN: u16 = 0x8100;
-/// IP protocol TCP.
-pub const IPPROTO_TCP: u8 = 6;
-/// IP protocol UDP.
-pub const IPPROTO_UDP: u8 = 17;
-/// IP protocol ESP.
-pub const IPPROTO_ESP: u8 = 50;
-/// "No VLAN tag" in [`FlowKey::vlan`].
-pub const NO_VLAN: u16 = 0xffff;
-
-/// Everything a match can look at, extracted once per packet (exact-match cache key).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Port the packet came in on.
-    pub in_port: u16,
-    /// EtherType after any VLAN tag.
-    pub eth_type: u16,
-    /// VLAN id, or [`NO_VLAN`].
-    pub vlan: u16,
-    /// IP version (4, 6) or 0.
-    pub ip_ver: u8,
-    /// IP protocol (0 if not IP).
-    pub proto: u8,
-    /// Source address (IPv4 in the first 4 bytes).
-    pub src: [u8; 16],
-    /// Destination address.
-    pub dst: [u8; 16],
-    /// L4 source port (TCP/UDP).
-    pub sport: u16,
-    /// L4 destination port.
-    pub dport: u16,
-    /// ESP SPI.
-    pub spi: u32,
-}
+pub use dpacc_spec::fastpath::flow::{
+    FlowKey, Match, Prefix, ETH_IPV4, ETH_IPV6, ETH_VLAN, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP,
+    NO_VLAN,
+};
 
 /// Offsets found while parsing (for rewrites).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,86 +76,6 @@ pub fn parse(frame: &[u8], in_port: u16) -> (FlowKey, Layout) {
         _ => {}
     }
     (k, lay)
-}
-
-/// An address with a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Prefix {
-    /// Address.
-    pub addr: IpAddr,
-    /// Prefix length in bits.
-    pub len: u8,
-}
-
-impl Prefix {
-    fn matches(&self, ver: u8, key: &[u8; 16]) -> bool {
-        let (bytes, max): ([u8; 16], u8) = match self.addr {
-            IpAddr::V4(a) => {
-                if ver != 4 {
-                    return false;
-                }
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, 32)
-            }
-            IpAddr::V6(a) => {
-                if ver != 6 {
-                    return false;
-                }
-                (a.octets(), 128)
-            }
-        };
-        let len = self.len.min(max) as usize;
-        let (full, rest) = (len / 8, len % 8);
-        if bytes[..full] != key[..full] {
-            return false;
-        }
-        rest == 0 || {
-            let m = 0xffu8 << (8 - rest);
-            bytes[full] & m == key[full] & m
-        }
-    }
-}
-
-/// A wildcard match: every `Some` field must equal the packet's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Match {
-    /// In-port.
-    pub in_port: Option<u16>,
-    /// EtherType.
-    pub eth_type: Option<u16>,
-    /// VLAN id.
-    pub vlan: Option<u16>,
-    /// IP source prefix.
-    pub src: Option<Prefix>,
-    /// IP destination prefix.
-    pub dst: Option<Prefix>,
-    /// IP protocol.
-    pub proto: Option<u8>,
-    /// L4 source port.
-    pub sport: Option<u16>,
-    /// L4 destination port.
-    pub dport: Option<u16>,
-    /// ESP SPI.
-    pub spi: Option<u32>,
-}
-
-impl Match {
-    /// Whether the packet with key `k` matches.
-    pub fn matches(&self, k: &FlowKey) -> bool {
-        fn eq<T: PartialEq>(m: Option<T>, v: T) -> bool {
-            m.is_none_or(|m| m == v)
-        }
-        eq(self.in_port, k.in_port)
-            && eq(self.eth_type, k.eth_type)
-            && eq(self.vlan, k.vlan)
-            && eq(self.proto, k.proto)
-            && eq(self.sport, k.sport)
-            && eq(self.dport, k.dport)
-            && eq(self.spi, k.spi)
-            && self.src.is_none_or(|p| p.matches(k.ip_ver, &k.src))
-            && self.dst.is_none_or(|p| p.matches(k.ip_ver, &k.dst))
-    }
 }
 
 #[cfg(test)]

@@ -8,17 +8,23 @@
 
 pub mod checksum;
 pub mod esp;
+mod instance;
 pub mod key;
 
+pub use instance::SwFastPath;
+
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::{PacketBuf, PortId, Verdict};
+use dpacc_spec::fastpath::{PacketBuf, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Sa, SaConfig, SaDir};
-use key::{parse, FlowKey, Layout, Match, IPPROTO_TCP, IPPROTO_UDP};
+use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
+
+pub use dpacc_spec::fastpath::flow::{
+    Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
+};
 
 /// Number of tables per instance.
 pub const TABLES: usize = 8;
@@ -26,74 +32,6 @@ pub const TABLES: usize = 8;
 const EMC_CAP: usize = 8192;
 /// Longest goto chain.
 const MAX_HOPS: usize = TABLES;
-
-/// A predefined action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Send out of a port.
-    Output(PortId),
-    /// Drop.
-    Drop,
-    /// Rewrite the Ethernet source.
-    SetEthSrc([u8; 6]),
-    /// Rewrite the Ethernet destination.
-    SetEthDst([u8; 6]),
-    /// Rewrite the IPv4 source (NAT), fixing IP and TCP/UDP checksums incrementally.
-    SetIpv4Src(Ipv4Addr),
-    /// Rewrite the IPv4 destination (NAT).
-    SetIpv4Dst(Ipv4Addr),
-    /// Rewrite the TCP/UDP source port.
-    SetL4Src(u16),
-    /// Rewrite the TCP/UDP destination port.
-    SetL4Dst(u16),
-    /// ESP tunnel encapsulation with the outbound SA of this SPI.
-    EspEncap(u32),
-    /// ESP decapsulation with the inbound SA named by the packet's SPI.
-    EspDecap,
-    /// Weighted select over the buckets of a group (by 5-tuple hash).
-    Group(u32),
-    /// Continue in a later table.
-    Goto(u8),
-}
-
-impl Action {
-    fn changes_key(&self) -> bool {
-        !matches!(
-            self,
-            Action::Output(_) | Action::Drop | Action::Group(_) | Action::Goto(_)
-        )
-    }
-}
-
-/// A flow to install.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowSpec {
-    /// Table (0..TABLES).
-    pub table: u8,
-    /// Higher wins.
-    pub priority: u16,
-    /// The vNF's identifier for the flow (delete, stats, events).
-    pub cookie: u64,
-    /// What it matches.
-    pub m: Match,
-    /// What it does, in order (a `Goto` must come last).
-    pub actions: Vec<Action>,
-    /// Expire after this long without packets (ns; 0 = never).
-    pub idle_timeout_ns: u64,
-    /// Expire this long after installation (ns; 0 = never).
-    pub hard_timeout_ns: u64,
-    /// Report the expiry to the vNF.
-    pub notify_expiry: bool,
-}
-
-/// A weighted bucket of a select group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bucket {
-    /// Relative weight (> 0).
-    pub weight: u32,
-    /// Actions (rewrites and one output).
-    pub actions: Vec<Action>,
-}
 
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -113,35 +51,6 @@ pub enum FlowError {
     /// The crypto driver refused the SA.
     #[error("SA rejected by the crypto driver: {0}")]
     Crypto(#[from] CryptoError),
-}
-
-/// Counters of one flow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowStats {
-    /// Packets matched.
-    pub packets: u64,
-    /// Bytes matched (frame lengths on arrival).
-    pub bytes: u64,
-}
-
-/// Why a flow ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExpiryReason {
-    /// No packet for the idle timeout.
-    Idle,
-    /// The hard timeout passed.
-    Hard,
-}
-
-/// A flow-expired event for the vNF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expired {
-    /// The flow's cookie.
-    pub cookie: u64,
-    /// Why.
-    pub reason: ExpiryReason,
-    /// Final counters.
-    pub stats: FlowStats,
 }
 
 /// Instance-wide counters.
@@ -181,6 +90,9 @@ pub struct SwFlowProcessor {
     queue: Box<dyn CryptoQueue>,
     max_flows: usize,
     flows: usize,
+    /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
+    /// requests; the typed API trusts its caller).
+    pub uplinks: u16,
     /// Counters.
     pub stats: InstanceStats,
 }
@@ -200,6 +112,7 @@ impl SwFlowProcessor {
             queue,
             max_flows,
             flows: 0,
+            uplinks: u16::MAX,
             stats: InstanceStats::default(),
         })
     }

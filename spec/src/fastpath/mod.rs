@@ -9,6 +9,7 @@
 //! Port numbering inside one instance: [`PortId::VNF`] (0) is the vNF's own port; uplinks are
 //! numbered 1.. in the order given on the command line for that vNF port.
 
+pub mod flow;
 pub mod proto;
 
 /// Identifies a port inside one flow-processor instance.
@@ -218,5 +219,5 @@ pub trait FastPathDriver: Send + Sync {
     /// Short name.
     fn name(&self) -> &str;
     /// A new, empty instance for one vNF port.
-    fn create_instance(&self, cfg: &InstanceConfig) -> Box<dyn FlowProcessor>;
+    fn create_instance(&self, cfg: &InstanceConfig) -> Result<Box<dyn FlowProcessor>, String>;
 }
