@@ -37,6 +37,14 @@ pub enum Error {
     /// Every data queue is held by a [`Queue`](crate::Queue) handle.
     #[error("all data queues are in use")]
     NoQueue,
+    /// The flow processor refused a control request.
+    #[error("flow processor refused the request: {msg} ({code:?})")]
+    FlowRejected {
+        /// The protocol's error code.
+        code: dpacc_spec::fastpath::proto::ErrorCode,
+        /// Its explanation.
+        msg: String,
+    },
     /// An OS call failed.
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),

@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use crate::Result;
 
+pub mod af_packet;
+pub mod flow_table;
+
+pub use af_packet::AfPacket;
+pub use flow_table::{Event, FlowTable};
+
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
 pub trait FrameIo: Send {
     /// Sends one frame.
