@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod net;
 pub mod vhost_user;
 pub mod virtq;
 

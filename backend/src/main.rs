@@ -27,8 +27,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let Command::Crypto(args) = cli.command;
-    let config = args.to_config()?;
     let shutdown = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask) and take them
     // synchronously in one thread, which signals the shutdown eventfd.
@@ -45,18 +43,27 @@ fn run(cli: Cli) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
 
-    if let Ok(meta) = std::fs::symlink_metadata(&args.socket) {
+    let socket = match &cli.command {
+        Command::Crypto(a) => a.socket.clone(),
+        Command::Net(a) => a.socket.clone(),
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
         if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(&args.socket);
+            let _ = std::fs::remove_file(&socket);
         }
     }
-    let listener = UnixListener::bind(&args.socket)
-        .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
-    info!("listening on {}", args.socket.display());
-    let r = dpacc_backend::crypto::serve(&listener, config, &shutdown);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    info!("listening on {}", socket.display());
+    let r = match &cli.command {
+        Command::Crypto(a) => a.to_config().and_then(|c| {
+            dpacc_backend::crypto::serve(&listener, c, &shutdown).map_err(|e| e.to_string())
+        }),
+        Command::Net(a) => dpacc_backend::net::serve(&listener, a.to_config(), &shutdown),
+    };
     drop(listener);
-    let _ = std::fs::remove_file(&args.socket);
-    r.map_err(|e| e.to_string())
+    let _ = std::fs::remove_file(&socket);
+    r
 }
 
 fn block_signals() -> Result<libc::sigset_t, String> {

@@ -90,6 +90,7 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
         kick,
         call,
         mem,
+        ..
     } = start;
     let notify = Notify { call };
     let mut fds = [
@@ -149,7 +150,7 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
 /// ring the Linux driver and QEMU allocate, and a driver without EVENT_IDX ignores it; without
 /// EVENT_IDX we also always signal the call eventfd (`needs_notification` is then true), which
 /// is correct for both kinds of driver.
-fn publish_avail_event(
+pub(crate) fn publish_avail_event(
     q: &Queue,
     mem: &GuestMemoryMmap,
 ) -> Result<(), vm_memory::GuestMemoryError> {

@@ -21,6 +21,8 @@ pub struct QueueStart {
     pub call: Option<EventFd>,
     /// Guest memory.
     pub mem: GuestMem,
+    /// The virtio features the frontend acknowledged.
+    pub features: u64,
 }
 
 /// The answer of a device to a device-specific vhost-user request.

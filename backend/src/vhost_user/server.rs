@@ -575,6 +575,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
                 None => None,
             },
             mem: self.mem.clone(),
+            features: self.features,
         };
         self.dev.start_queue(start)?;
         let (size, base) = (vr.size, vr.base);

@@ -11,9 +11,11 @@ use crate::Result;
 
 pub mod af_packet;
 pub mod flow_table;
+pub mod virtio_user;
 
 pub use af_packet::AfPacket;
 pub use flow_table::{Event, FlowTable};
+pub use virtio_user::{NetOptions, VirtioNetPort};
 
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
 pub trait FrameIo: Send {

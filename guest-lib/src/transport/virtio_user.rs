@@ -46,6 +46,17 @@ impl VirtioUser {
     /// when offered and asked for, PROTOCOL_FEATURES), protocol features (MQ, CONFIG and
     /// REPLY_ACK required), `GET_QUEUE_NUM`.
     pub fn connect(path: &Path, want_event_idx: bool, want_indirect: bool) -> Result<Self> {
+        Self::connect_with(path, 0, want_event_idx, want_indirect)
+    }
+
+    /// As [`connect`](Self::connect), also asking for the device-specific feature bits in
+    /// `device_features` (those the device offers are negotiated).
+    pub fn connect_with(
+        path: &Path,
+        device_features: u64,
+        want_event_idx: bool,
+        want_indirect: bool,
+    ) -> Result<Self> {
         let mut fe = Frontend::connect(path, 1)
             .map_err(|e| Error::Transport(format!("connect {}: {e}", path.display())))?;
         fe.set_owner()?;
@@ -57,7 +68,7 @@ impl VirtioUser {
         if offered & proto_bit == 0 {
             return Err(Error::Unsupported("VHOST_USER_F_PROTOCOL_FEATURES"));
         }
-        let mut want = VIRTIO_F_VERSION_1 | proto_bit;
+        let mut want = VIRTIO_F_VERSION_1 | proto_bit | device_features;
         if want_event_idx {
             want |= VIRTIO_RING_F_EVENT_IDX;
         }

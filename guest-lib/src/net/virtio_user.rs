@@ -1,0 +1,264 @@
+//! [`VirtioNetPort`]: a vNF port over virtio-user, straight to `dpacc-backend net`'s socket
+//! (containers and tests): this process is the vhost-user frontend and drives the RX and TX
+//! rings of a virtio-net device in its own shared memory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::FrameIo;
+use crate::mem::SharedMemory;
+use crate::transport::virtio_user::VirtioUser;
+use crate::transport::{QueueSetup, Transport, VIRTIO_RING_F_EVENT_IDX};
+use crate::virtq::{Notifier, RawDesc, RingLayout, SplitQueue};
+use crate::{Error, Result};
+
+/// `VIRTIO_NET_F_MRG_RXBUF`.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_NET_F_MAC`.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const HDR: usize = 12;
+const TX_SLOT: usize = 2048;
+
+/// Options of a [`VirtioNetPort`].
+#[derive(Clone, Copy, Debug)]
+pub struct NetOptions {
+    /// Ring size of both queues.
+    pub queue_size: u16,
+    /// Size of each posted RX buffer (with MRG_RXBUF a frame may span several).
+    pub rx_buf: usize,
+    /// Ask for MRG_RXBUF.
+    pub mrg_rxbuf: bool,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            queue_size: 256,
+            rx_buf: 2048,
+            mrg_rxbuf: true,
+        }
+    }
+}
+
+/// A virtio-net port driven from this process.
+pub struct VirtioNetPort {
+    _t: VirtioUser,
+    mem: Arc<SharedMemory>,
+    rx: SplitQueue,
+    tx: SplitQueue,
+    rx_n: Box<dyn Notifier>,
+    tx_n: Box<dyn Notifier>,
+    rx_off: usize,
+    tx_off: usize,
+    opts: NetOptions,
+    mrg: bool,
+    mac: [u8; 6],
+    tx_free: Vec<u16>,
+}
+
+impl std::fmt::Debug for VirtioNetPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioNetPort")
+            .field("mac", &self.mac)
+            .field("mrg", &self.mrg)
+            .finish()
+    }
+}
+
+impl VirtioNetPort {
+    /// Connects to a vhost-user net device at `path`, sets up the rings and posts RX buffers.
+    pub fn connect(path: impl AsRef<Path>, opts: NetOptions) -> Result<Self> {
+        let want = VIRTIO_NET_F_MAC
+            | if opts.mrg_rxbuf {
+                VIRTIO_NET_F_MRG_RXBUF
+            } else {
+                0
+            };
+        let mut t = VirtioUser::connect_with(path.as_ref(), want, true, false)?;
+        let qs = opts.queue_size;
+        if qs == 0 || !qs.is_power_of_two() || opts.rx_buf < HDR + 14 {
+            return Err(Error::InvalidArgument("queue size or RX buffer size"));
+        }
+        let mrg = t.features() & VIRTIO_NET_F_MRG_RXBUF != 0;
+        if !mrg && opts.rx_buf < HDR + 1514 {
+            return Err(Error::InvalidArgument(
+                "RX buffers below 1526 bytes need MRG_RXBUF",
+            ));
+        }
+        let mut mac = [0u8; 6];
+        t.read_config(&mut mac)?;
+        let ring = RingLayout::new(qs).total;
+        let rx_off = 2 * ring;
+        let tx_off = rx_off + (usize::from(qs) * opts.rx_buf).next_multiple_of(4096);
+        let total = tx_off + usize::from(qs) * TX_SLOT;
+        let mem = t.setup_memory(total)?;
+        let event_idx = t.features() & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut mk = |index: u16, off: usize| -> Result<(SplitQueue, Box<dyn Notifier>)> {
+            let ptr = mem
+                .ptr_at(off, ring)
+                .ok_or(Error::InvalidArgument("memory too small"))?;
+            // SAFETY: `off` is a multiple of the 4 KiB-rounded ring size inside the fresh,
+            // zeroed shared mapping, used by this queue only.
+            let q = unsafe { SplitQueue::new(ptr, mem.gpa(off), qs, event_idx, true)? };
+            let (d, a, u) = q.ring_gpas();
+            let (dp, ap, up) = q.ring_ptrs();
+            let n = t.setup_queue(&QueueSetup {
+                index,
+                size: qs,
+                desc: (d, dp as u64),
+                avail: (a, ap as u64),
+                used: (u, up as u64),
+            })?;
+            Ok((q, n))
+        };
+        let (rx, rx_n) = mk(0, 0)?;
+        let (tx, tx_n) = mk(1, ring)?;
+        t.activate()?;
+        let mut me = Self {
+            _t: t,
+            mem,
+            rx,
+            tx,
+            rx_n,
+            tx_n,
+            rx_off,
+            tx_off,
+            opts,
+            mrg,
+            mac,
+            tx_free: (0..qs).rev().collect(),
+        };
+        for i in 0..qs {
+            me.post_rx(i)?;
+        }
+        if me.rx.publish() {
+            me.rx_n.kick()?;
+        }
+        Ok(me)
+    }
+
+    /// The MAC address the device reported.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Whether MRG_RXBUF was negotiated.
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.mrg
+    }
+
+    fn post_rx(&mut self, slot: u16) -> Result<()> {
+        let off = self.rx_off + usize::from(slot) * self.opts.rx_buf;
+        self.rx.add(
+            &[RawDesc::writable(
+                self.mem.gpa(off),
+                self.opts.rx_buf as u32,
+            )],
+            u64::from(slot),
+        )?;
+        Ok(())
+    }
+
+    fn rx_bytes(&self, slot: u64, len: usize) -> &[u8] {
+        let off = self.rx_off + slot as usize * self.opts.rx_buf;
+        let p = self.mem.ptr_at(off, len).expect("inside the RX area");
+        // SAFETY: the buffer was returned by the device (used ring), so it is ours to read
+        // until we post it again; `len` was checked against the buffer size.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    fn reap_tx(&mut self) -> Result<()> {
+        while let Some(u) = self.tx.reap()? {
+            self.tx_free.push(u.token as u16);
+        }
+        Ok(())
+    }
+}
+
+impl FrameIo for VirtioNetPort {
+    fn send(&mut self, frame: &[u8]) -> Result<()> {
+        if frame.len() + HDR > TX_SLOT {
+            return Err(Error::InvalidArgument("frame longer than 2036 bytes"));
+        }
+        self.reap_tx()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.tx_free.is_empty() {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            if self.tx.prepare_wait() {
+                self.tx_n.wait(Some(Duration::from_millis(50)))?;
+            }
+            self.reap_tx()?;
+        }
+        let slot = self.tx_free.pop().expect("checked");
+        let off = self.tx_off + usize::from(slot) * TX_SLOT;
+        let p = self
+            .mem
+            .ptr_at(off, HDR + frame.len())
+            .expect("inside the TX area");
+        // SAFETY: the slot is free (not in flight), inside our shared mapping.
+        unsafe {
+            std::ptr::write_bytes(p, 0, HDR);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(HDR), frame.len());
+        }
+        self.tx.add(
+            &[RawDesc::readable(
+                self.mem.gpa(off),
+                (HDR + frame.len()) as u32,
+            )],
+            u64::from(slot),
+        )?;
+        if self.tx.publish() {
+            self.tx_n.kick()?;
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(u) = self.rx.reap()? {
+                let len = (u.len as usize).min(self.opts.rx_buf);
+                if len < HDR {
+                    self.post_rx(u.token as u16)?;
+                    continue;
+                }
+                let first = self.rx_bytes(u.token, len);
+                let nbuf = u16::from_le_bytes([first[10], first[11]]).max(1);
+                let mut n = (len - HDR).min(buf.len());
+                buf[..n].copy_from_slice(&first[HDR..HDR + n]);
+                self.post_rx(u.token as u16)?;
+                for _ in 1..nbuf {
+                    let Some(more) = self.rx.reap()? else {
+                        return Err(Error::Protocol("num_buffers larger than the buffers used"));
+                    };
+                    let l = (more.len as usize).min(self.opts.rx_buf);
+                    let take = l.min(buf.len() - n);
+                    let src = self.rx_bytes(more.token, l);
+                    buf[n..n + take].copy_from_slice(&src[..take]);
+                    n += take;
+                    self.post_rx(more.token as u16)?;
+                }
+                if self.rx.publish() {
+                    self.rx_n.kick()?;
+                }
+                return Ok(Some(n));
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let l = d.saturating_duration_since(Instant::now());
+                    if l.is_zero() {
+                        return Ok(None);
+                    }
+                    Some(l.min(Duration::from_millis(100)))
+                }
+                None => Some(Duration::from_millis(100)),
+            };
+            if self.rx.prepare_wait() {
+                self.rx_n.wait(left)?;
+            }
+        }
+    }
+}
