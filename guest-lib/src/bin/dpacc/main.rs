@@ -1,6 +1,8 @@
-//! `dpacc`: crypto through a dpacc (virtio-crypto vhost-user) backend from the command line.
+//! `dpacc`: crypto through a dpacc virtio-crypto backend, and flow programming of a dpacc
+//! virtio-net port, from the command line.
 
 mod bench;
+mod flow;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -22,6 +24,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Program a vNF port's flow processor (the inline fast path) over its control protocol.
+    Flow {
+        /// vhost-user socket of `dpacc-backend net` (virtio-user, containers and tests).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// The port's network interface inside a VM (AF_PACKET; needs CAP_NET_RAW).
+        #[arg(long, global = true)]
+        iface: Option<String>,
+        #[command(subcommand)]
+        op: flow::FlowOp,
+    },
     /// Encrypt or decrypt stdin to stdout (no padding: CBC input must be a multiple of 16).
     ///
     /// AEAD encrypt writes ciphertext||tag and decrypt expects it. With --auth-alg the cipher is
@@ -488,6 +501,7 @@ fn main() -> ExitCode {
             op,
         } => crypto(socket, alg, key, iv, aad, auth_alg, auth_key, op),
         Cmd::Digest { socket, alg, key } => digest(socket, alg, key),
+        Cmd::Flow { socket, iface, op } => flow::run(socket, iface, op),
         Cmd::Bench {
             socket,
             alg,
