@@ -6,146 +6,29 @@
 //!
 //! Without `qemu-system-x86_64` the test prints SKIPPED and passes, except with `CI=true`.
 
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn ws() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::time::Duration;
 
-fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws().join("target"), PathBuf::from)
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::guest::{boot, build_guest, initrd_with, qemu_or_skip, static_binary};
 
 #[test]
 fn afalg_driver_in_a_real_guest_kernel() {
-    let have_qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_qemu {
-        let msg = "SKIPPED: qemu-system-x86_64 not found (run tests/qemu/install-deps.sh)";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{msg} (CI=true: failure)"
-        );
-        eprintln!("{msg}");
+    if !qemu_or_skip() {
         return;
     }
-    let guest = target().join("qemu-guest");
-    run(
-        Command::new("bash")
-            .arg(ws().join("tests/qemu/build-guest.sh"))
-            .arg(&guest),
-        "tests/qemu/build-guest.sh",
-    );
-    // The self-test, linked statically for the initramfs.
-    let static_dir = target().join("guest-static");
-    run(
-        Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "dpacc-hw",
-                "--example",
-                "afalg_selftest",
-            ])
-            .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
-            .arg(&static_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-        "static build of afalg_selftest",
-    );
-    let bin = static_dir.join("x86_64-unknown-linux-gnu/debug/examples/afalg_selftest");
-
-    // A second cpio with /dpacc/run, appended to the cached initramfs.
+    let guest = build_guest();
+    let bin = static_binary("dpacc-hw", ["--example", "afalg_selftest"]);
     let dir = guest.join("runs/afalg_driver");
-    let _ = fs::remove_dir_all(&dir);
-    let root = dir.join("root/dpacc");
-    fs::create_dir_all(&root).unwrap();
-    run(
-        Command::new("strip")
-            .arg("-o")
-            .arg(root.join("afalg_selftest"))
-            .arg(&bin),
-        "strip",
+    let initrd = initrd_with(
+        &guest,
+        &dir,
+        "/dpacc/afalg_selftest\n",
+        &[("afalg_selftest", &bin)],
     );
-    fs::write(root.join("run"), "#!/bin/sh\n/dpacc/afalg_selftest\n").unwrap();
-    run(
-        Command::new("chmod").arg("0755").arg(root.join("run")),
-        "chmod",
-    );
-    let initrd = dir.join("initrd");
-    run(
-        Command::new("sh").arg("-c").arg(format!(
-            "cd '{}' && find dpacc | cpio -o -H newc -R +0:+0 --quiet | gzip > ../extra.cpio.gz \
-             && cat '{}' ../extra.cpio.gz > '{}'",
-            dir.join("root").display(),
-            guest.join("initramfs.cpio.gz").display(),
-            initrd.display()
-        )),
-        "initrd",
-    );
-
-    let serial = dir.join("serial.log");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&serial).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if t0.elapsed() > Duration::from_secs(240) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let log = fs::read_to_string(&serial).unwrap_or_default();
-    let diag = || {
-        format!(
-            "qemu {status:?} after {:?}; stderr:\n{err}\nserial ({}):\n{log}",
-            t0.elapsed(),
-            serial.display()
-        )
-    };
+    let b = boot(&guest, &dir, &initrd, &[], Duration::from_secs(240));
+    let (status, log) = (b.status, b.serial.clone());
+    let diag = || b.diag();
     for l in log
         .lines()
         .filter(|l| l.contains("DPACC-AFALG-DRIVER") || l.contains("FIGURE"))
@@ -177,5 +60,4 @@ fn afalg_driver_in_a_real_guest_kernel() {
         );
     }
     assert!(status.is_some(), "guest did not power off\n{}", diag());
-    let _ = Path::new(&serial);
 }

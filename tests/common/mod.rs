@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod netns;
 
 use std::os::unix::net::UnixListener;

@@ -1,0 +1,188 @@
+//! Booting the QEMU test guest (tests/qemu/) with a program of ours appended to its
+//! initramfs: the guest's /init runs `/dpacc/run` when present. TCG only; one boot per call.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn ws() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cargo target directory.
+pub fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws().join("target"), PathBuf::from)
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// False (after a loud SKIPPED) when QEMU is missing; a failure with CI=true.
+pub fn qemu_or_skip() -> bool {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = "SKIPPED: qemu-system-x86_64 not found (run tests/qemu/install-deps.sh)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} (CI=true: failure)"
+        );
+        eprintln!("{msg}");
+    }
+    ok
+}
+
+/// Builds (or reuses) the guest kernel and base initramfs; returns their directory.
+pub fn build_guest() -> PathBuf {
+    let guest = target().join("qemu-guest");
+    run(
+        Command::new("bash")
+            .arg(ws().join("tests/qemu/build-guest.sh"))
+            .arg(&guest),
+        "tests/qemu/build-guest.sh",
+    );
+    guest
+}
+
+/// Builds a target of package `pkg` statically linked (`what` = `["--example", "x"]` or
+/// `["--bin", "x"]`); returns the binary.
+pub fn static_binary(pkg: &str, what: [&str; 2]) -> PathBuf {
+    let dir = target().join("guest-static");
+    run(
+        Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", pkg])
+            .args(what)
+            .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+            .arg(&dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+        "static build for the guest",
+    );
+    let sub = if what[0] == "--example" {
+        "debug/examples"
+    } else {
+        "debug"
+    };
+    dir.join("x86_64-unknown-linux-gnu").join(sub).join(what[1])
+}
+
+/// The base initramfs plus `/dpacc/run` (a shell script) and stripped `binaries`
+/// (installed as `/dpacc/<name>`), in run directory `dir` (recreated).
+pub fn initrd_with(
+    guest: &Path,
+    dir: &Path,
+    run_script: &str,
+    binaries: &[(&str, &Path)],
+) -> PathBuf {
+    let _ = fs::remove_dir_all(dir);
+    let root = dir.join("root/dpacc");
+    fs::create_dir_all(&root).unwrap();
+    for (name, bin) in binaries {
+        run(
+            Command::new("strip")
+                .arg("-o")
+                .arg(root.join(name))
+                .arg(bin),
+            "strip",
+        );
+    }
+    fs::write(root.join("run"), format!("#!/bin/sh\n{run_script}")).unwrap();
+    run(
+        Command::new("chmod").arg("0755").arg(root.join("run")),
+        "chmod",
+    );
+    let initrd = dir.join("initrd");
+    run(
+        Command::new("sh").arg("-c").arg(format!(
+            "cd '{}' && find dpacc | cpio -o -H newc -R +0:+0 --quiet | gzip > ../extra.cpio.gz \
+             && cat '{}' ../extra.cpio.gz > '{}'",
+            dir.join("root").display(),
+            guest.join("initramfs.cpio.gz").display(),
+            initrd.display()
+        )),
+        "initrd",
+    );
+    initrd
+}
+
+/// What a boot printed.
+pub struct Boot {
+    /// QEMU's exit (None: killed at the time limit).
+    pub status: Option<ExitStatus>,
+    /// The serial console.
+    pub serial: String,
+    /// QEMU's stderr.
+    pub stderr: String,
+    /// Wall time.
+    pub secs: f64,
+}
+
+impl Boot {
+    /// Everything, for assertion messages.
+    pub fn diag(&self) -> String {
+        format!(
+            "qemu {:?} after {:.1} s; stderr:\n{}\nserial:\n{}",
+            self.status, self.secs, self.stderr, self.serial
+        )
+    }
+}
+
+/// Boots the guest with `initrd` and extra QEMU arguments; waits at most `limit`.
+pub fn boot(guest: &Path, dir: &Path, initrd: &Path, extra: &[&str], limit: Duration) -> Boot {
+    let serial_path = dir.join("serial.log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(guest.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&serial_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    Boot {
+        status,
+        serial: fs::read_to_string(&serial_path).unwrap_or_default(),
+        stderr,
+        secs: t0.elapsed().as_secs_f64(),
+    }
+}
