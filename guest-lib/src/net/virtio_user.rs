@@ -168,6 +168,40 @@ impl VirtioNetPort {
         unsafe { std::slice::from_raw_parts(p, len) }
     }
 
+    /// Queues as many of `frames` as there are free TX slots, with one publish and at most
+    /// one kick; returns how many were queued.
+    pub fn send_batch(&mut self, frames: &[&[u8]]) -> Result<usize> {
+        self.reap_tx()?;
+        let mut n = 0;
+        for f in frames {
+            if f.len() + HDR > TX_SLOT {
+                return Err(Error::InvalidArgument("frame longer than 2036 bytes"));
+            }
+            let Some(slot) = self.tx_free.pop() else {
+                break;
+            };
+            let off = self.tx_off + usize::from(slot) * TX_SLOT;
+            let p = self
+                .mem
+                .ptr_at(off, HDR + f.len())
+                .expect("inside the TX area");
+            // SAFETY: the slot is free (not in flight), inside our shared mapping.
+            unsafe {
+                std::ptr::write_bytes(p, 0, HDR);
+                std::ptr::copy_nonoverlapping(f.as_ptr(), p.add(HDR), f.len());
+            }
+            self.tx.add(
+                &[RawDesc::readable(self.mem.gpa(off), (HDR + f.len()) as u32)],
+                u64::from(slot),
+            )?;
+            n += 1;
+        }
+        if n > 0 && self.tx.publish() {
+            self.tx_n.kick()?;
+        }
+        Ok(n)
+    }
+
     fn reap_tx(&mut self) -> Result<()> {
         while let Some(u) = self.tx.reap()? {
             self.tx_free.push(u.token as u16);

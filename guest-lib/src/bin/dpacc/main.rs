@@ -2,6 +2,7 @@
 //! virtio-net port, from the command line.
 
 mod bench;
+mod bench_net;
 mod flow;
 
 use std::io::{Read, Write};
@@ -24,6 +25,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Frames per second through a `dpacc-backend net` port (vNF TX ring → flow processor →
+    /// vNF RX ring, with a hairpin flow the command installs).
+    BenchNet {
+        /// vhost-user socket of `dpacc-backend net`.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Frame size in bytes (60..1514).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Frames per batch (one kick per batch).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Duration in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Program a vNF port's flow processor (the inline fast path) over its control protocol.
     Flow {
         /// vhost-user socket of `dpacc-backend net` (virtio-user, containers and tests).
@@ -502,6 +519,12 @@ fn main() -> ExitCode {
         } => crypto(socket, alg, key, iv, aad, auth_alg, auth_key, op),
         Cmd::Digest { socket, alg, key } => digest(socket, alg, key),
         Cmd::Flow { socket, iface, op } => flow::run(socket, iface, op),
+        Cmd::BenchNet {
+            socket,
+            size,
+            batch,
+            seconds,
+        } => bench_net::run(socket, size, batch, seconds),
         Cmd::Bench {
             socket,
             alg,
