@@ -206,3 +206,31 @@ fn packet_out_and_expiry_events() {
     };
     assert_eq!((m.txid, e.cookie, e.stats.packets), (0, 5, 1));
 }
+
+#[test]
+fn flow_list_is_paged() {
+    let mut p = instance(100);
+    for c in 0..100u16 {
+        only_reply(&ask(
+            &mut *p,
+            0,
+            1,
+            add(u64::from(c), c, vec![Action::Drop], 0),
+        ));
+    }
+    for (start, want) in [(0u32, 40usize), (40, 40), (80, 20), (100, 0)] {
+        let r = only_reply(&ask(&mut *p, 0, 2, Body::FlowListRequest { start }));
+        let Body::FlowListReply {
+            total,
+            start: s,
+            entries,
+        } = r.body
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((total, s, entries.len()), (100, start, want));
+        if want > 0 {
+            assert_eq!(entries[0].cookie, u64::from(start));
+        }
+    }
+}

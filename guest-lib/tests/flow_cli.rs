@@ -78,6 +78,10 @@ fn add_stats_del_info_and_clear_errors() {
         dpacc(s, &["stats", "--cookie", "1"]).1,
         "cookie 1: 0 packets, 0 bytes\n"
     );
+    assert_eq!(
+        dpacc(s, &["list"]).1,
+        "2 flows\ncookie 1 table 0 priority 100: 0 packets, 0 bytes\ncookie 2 table 0 priority 100: 0 packets, 0 bytes\n"
+    );
     assert_eq!(dpacc(s, &["del", "--cookie", "1"]).0, 0);
     let (code, _, err) = dpacc(s, &["stats", "--cookie", "1"]);
     assert_eq!(code, 1);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::proto::{Body, ErrorCode, Message, SaDirection};
+use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
     Emit, FastPathDriver, FlowProcessor, InstanceConfig, PacketBuf, PortId, Verdict,
 };
@@ -112,6 +112,18 @@ impl SwFlowProcessor {
                     .ok_or_else(|| FlowError::NotFound(format!("flow with cookie {cookie}")))?;
                 reply(out, txid, Body::FlowStatsReply { cookie, stats });
             }
+            Body::FlowListRequest { start } => {
+                let entries = self.list(start as usize, proto::LIST_PAGE);
+                reply(
+                    out,
+                    txid,
+                    Body::FlowListReply {
+                        total: self.flow_count() as u32,
+                        start,
+                        entries,
+                    },
+                );
+            }
             Body::GroupAdd { id, buckets } => {
                 for b in &buckets {
                     self.check_ports(&b.actions)?;
@@ -179,6 +191,7 @@ fn kind(b: &Body) -> &'static str {
         Body::FlowStatsReply { .. } => "FLOW_STATS_REPLY",
         Body::PacketIn { .. } => "PACKET_IN",
         Body::FlowExpired(_) => "FLOW_EXPIRED",
+        Body::FlowListReply { .. } => "FLOW_LIST_REPLY",
         _ => "this message",
     }
 }

@@ -207,6 +207,23 @@ impl SwFlowProcessor {
         found
     }
 
+    /// Up to `max` flows from index `start` (tables in order, then priority order).
+    pub fn list(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
+        self.tables
+            .iter()
+            .enumerate()
+            .flat_map(|(t, es)| es.iter().map(move |e| (t, e)))
+            .skip(start)
+            .take(max)
+            .map(|(t, e)| dpacc_spec::fastpath::flow::FlowSummary {
+                cookie: e.spec.cookie,
+                table: t as u8,
+                priority: e.spec.priority,
+                stats: e.stats,
+            })
+            .collect()
+    }
+
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
         self.flows

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use dpacc_spec::fastpath::flow::{Bucket, Expired, FlowSpec, FlowStats};
+use dpacc_spec::fastpath::flow::{Bucket, Expired, FlowSpec, FlowStats, FlowSummary};
 use dpacc_spec::fastpath::proto::{self, Body, Message, SaSpec, BACKEND_MAC};
 use dpacc_spec::fastpath::PortId;
 
@@ -125,6 +125,25 @@ impl<T: FrameIo> FlowTable<T> {
         match self.request(Body::FlowStatsRequest { cookie })? {
             Body::FlowStatsReply { stats, .. } => Ok(stats),
             _ => Err(Error::Protocol("unexpected reply to FLOW_STATS")),
+        }
+    }
+
+    /// Every installed flow (fetched page by page).
+    pub fn list(&mut self) -> Result<Vec<FlowSummary>> {
+        let mut all = Vec::new();
+        loop {
+            match self.request(Body::FlowListRequest {
+                start: all.len() as u32,
+            })? {
+                Body::FlowListReply { total, entries, .. } => {
+                    let done = entries.is_empty() || all.len() + entries.len() >= total as usize;
+                    all.extend(entries);
+                    if done {
+                        return Ok(all);
+                    }
+                }
+                _ => return Err(Error::Protocol("unexpected reply to FLOW_LIST")),
+            }
         }
     }
 

@@ -224,3 +224,16 @@ pub struct Expired {
     /// Final counters.
     pub stats: FlowStats,
 }
+
+/// One line of a flow listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSummary {
+    /// Cookie.
+    pub cookie: u64,
+    /// Table.
+    pub table: u8,
+    /// Priority.
+    pub priority: u16,
+    /// Counters.
+    pub stats: FlowStats,
+}

@@ -9,7 +9,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::flow::{Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match, Prefix};
+use super::flow::{
+    Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, FlowSummary, Match, Prefix,
+};
 use super::PortId;
 
 /// IEEE 802 local experimental EtherType 1, used for dpacc control frames.
@@ -177,7 +179,24 @@ pub enum Body {
     },
     /// Event: a flow expired.
     FlowExpired(Expired),
+    /// List the installed flows, from index `start` (in table, then priority order).
+    FlowListRequest {
+        /// First index.
+        start: u32,
+    },
+    /// A page of the flow list (at most [`LIST_PAGE`] entries).
+    FlowListReply {
+        /// Flows installed in all.
+        total: u32,
+        /// Index of the first entry.
+        start: u32,
+        /// The entries.
+        entries: Vec<FlowSummary>,
+    },
 }
+
+/// Most entries in one FLOW_LIST_REPLY (keeps replies under a 1500-byte MTU).
+pub const LIST_PAGE: usize = 40;
 
 /// A message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +249,8 @@ mod ty {
     pub const PACKET_OUT: u8 = 11;
     pub const PACKET_IN: u8 = 12;
     pub const FLOW_EXPIRED: u8 = 13;
+    pub const FLOW_LIST: u8 = 14;
+    pub const FLOW_LIST_REPLY: u8 = 15;
 }
 
 // ---------------------------------------------------------------- encoding
@@ -425,6 +446,28 @@ impl Message {
                 out.extend_from_slice(&e.stats.bytes.to_be_bytes());
                 ty::FLOW_EXPIRED
             }
+            Body::FlowListRequest { start } => {
+                out.extend_from_slice(&start.to_be_bytes());
+                ty::FLOW_LIST
+            }
+            Body::FlowListReply {
+                total,
+                start,
+                entries,
+            } => {
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(&start.to_be_bytes());
+                let n = entries.len().min(LIST_PAGE);
+                out.push(n as u8);
+                for e in &entries[..n] {
+                    out.extend_from_slice(&e.cookie.to_be_bytes());
+                    out.push(e.table);
+                    out.extend_from_slice(&e.priority.to_be_bytes());
+                    out.extend_from_slice(&e.stats.packets.to_be_bytes());
+                    out.extend_from_slice(&e.stats.bytes.to_be_bytes());
+                }
+                ty::FLOW_LIST_REPLY
+            }
         };
         out[start + 1] = t;
         let len = (out.len() - body) as u32;
@@ -547,6 +590,32 @@ impl Message {
                         bytes: r.u64()?,
                     },
                 })
+            }
+            ty::FLOW_LIST => Body::FlowListRequest { start: r.u32()? },
+            ty::FLOW_LIST_REPLY => {
+                let total = r.u32()?;
+                let start = r.u32()?;
+                let n = usize::from(r.u8()?);
+                if n > LIST_PAGE {
+                    return Err(ProtoError::Field("list page too long"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(FlowSummary {
+                        cookie: r.u64()?,
+                        table: r.u8()?,
+                        priority: r.u16()?,
+                        stats: FlowStats {
+                            packets: r.u64()?,
+                            bytes: r.u64()?,
+                        },
+                    });
+                }
+                Body::FlowListReply {
+                    total,
+                    start,
+                    entries,
+                }
             }
             other => return Err(ProtoError::Type(other)),
         };

@@ -59,6 +59,8 @@ pub enum FlowOp {
         #[arg(long)]
         cookie: u64,
     },
+    /// List every installed flow with its counters.
+    List,
     /// Print the instance's tables and flow quota.
     Info,
     /// Print events (PACKET_IN, FLOW_EXPIRED) for a while.
@@ -200,6 +202,16 @@ fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), Fail> {
         FlowOp::Stats { cookie } => {
             let s = ft.stats(cookie)?;
             println!("cookie {cookie}: {} packets, {} bytes", s.packets, s.bytes);
+        }
+        FlowOp::List => {
+            let flows = ft.list()?;
+            println!("{} flows", flows.len());
+            for f in flows {
+                println!(
+                    "cookie {} table {} priority {}: {} packets, {} bytes",
+                    f.cookie, f.table, f.priority, f.stats.packets, f.stats.bytes
+                );
+            }
         }
         FlowOp::Info => {
             let (t, m) = ft.hello()?;
