@@ -256,25 +256,84 @@ fn nat_to_a_virtual_ip_with_real_tcp() {
     assert!(a.packets > 10 && b.packets > 10);
 }
 
-#[test]
-fn control_frames_reach_only_their_own_instance() {
-    // Two ports = two backends (one per vNF); flows added on one are invisible on the other.
-    let Some(n1) = Net::start("a", 3) else {
-        return;
-    };
-    let Some(n2) = Net::start("b", 4) else {
-        return;
-    };
-    let mut f1 = connect(&n1);
-    let mut f2 = connect(&n2);
-    f1.add_flow(flow(77, Match::default(), vec![Action::Drop]))
+/// The `dpacc-backend` binary (built here: the root package cannot name another package's
+/// binary).
+fn backend_bin() -> std::path::PathBuf {
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "dpacc-backend",
+            "--bin",
+            "dpacc-backend",
+        ])
+        .status()
         .unwrap();
-    assert_eq!(f1.stats(77).unwrap().packets, 0);
-    assert!(
-        f2.stats(77).is_err(),
-        "port 2's instance must not see port 1's flow"
+    assert!(st.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        Into::into,
     );
-    // A frame that is not a control frame is not answered as one.
-    f2.io().send(&[0xff; 60]).unwrap();
-    assert!(f2.stats(77).is_err());
+    target.join("debug/dpacc-backend")
+}
+
+#[test]
+fn one_backend_serves_several_vnf_ports_each_with_its_own_instance() {
+    let dir = std::env::temp_dir();
+    let id = std::process::id();
+    let (a, b) = (
+        dir.join(format!("dpacc-mp-{id}-a.sock")),
+        dir.join(format!("dpacc-mp-{id}-b.sock")),
+    );
+    let mut child = Command::new(backend_bin())
+        .args(["net", "--max-flows", "4", "--port"])
+        .arg(format!("socket={}", a.display()))
+        .arg("--port")
+        .arg(format!("socket={}", b.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !(a.exists() && b.exists()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "sockets not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let open = |p: &std::path::Path| {
+        let port = VirtioNetPort::connect(p, dpacc::guest::net::NetOptions::default()).unwrap();
+        let mac = port.mac();
+        (FlowTable::new(port, mac), mac)
+    };
+    let (mut fa, mac_a) = open(&a);
+    let (mut fb, mac_b) = open(&b);
+    assert_ne!(mac_a, mac_b, "each port has its own MAC");
+    fa.add_flow(flow(77, Match::default(), vec![Action::Drop]))
+        .unwrap();
+    assert_eq!(fa.list().unwrap().len(), 1);
+    assert!(
+        fb.list().unwrap().is_empty(),
+        "port b's instance must not see port a's flow"
+    );
+    assert!(fb.stats(77).is_err());
+    // b's quota is its own: four flows fit there although a already holds one.
+    for c in 0..4 {
+        fb.add_flow(flow(
+            c,
+            Match {
+                dport: Some(c as u16),
+                ..Match::default()
+            },
+            vec![Action::Drop],
+        ))
+        .unwrap();
+    }
+    // A frame that is not a control frame gets no control answer.
+    fb.io().send(&[0xff; 60]).unwrap();
+    assert_eq!(fb.list().unwrap().len(), 4);
+    drop((fa, fb));
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "clean shutdown on SIGTERM: {st:?}");
+    assert!(!a.exists() && !b.exists(), "sockets removed");
 }

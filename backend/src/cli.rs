@@ -31,23 +31,55 @@ pub enum Command {
 /// Options of the net device.
 #[derive(Debug, clap::Args)]
 pub struct NetArgs {
-    /// Path of the vhost-user unix socket to listen on (a stale socket file is replaced).
-    #[arg(long)]
-    pub socket: PathBuf,
-    /// An uplink, `tap:NAME` (created if missing; configure it, or move it to a network
-    /// namespace, yourself). Repeatable: uplinks are ports 1, 2, ... of the flow processor;
-    /// port 0 is the vNF.
-    #[arg(long = "uplink", value_name = "tap:NAME", value_parser = parse_uplink)]
+    /// Path of the vhost-user unix socket of the (single) vNF port (a stale socket file is
+    /// replaced). Use --port instead to serve several vNF ports from one backend.
+    #[arg(long, required_unless_present = "ports", conflicts_with = "ports")]
+    pub socket: Option<PathBuf>,
+    /// An uplink of that port, `tap:NAME` (created if missing; configure it, or move it to a
+    /// network namespace, yourself). Repeatable: uplinks are ports 1, 2, ... of the flow
+    /// processor; port 0 is the vNF.
+    #[arg(long = "uplink", value_name = "tap:NAME", value_parser = parse_uplink, conflicts_with = "ports")]
     pub uplinks: Vec<String>,
-    /// Most flows the vNF may install.
+    /// A vNF port, `socket=PATH[,uplink=tap:NAME...]`. Repeatable: each port has its own flow
+    /// processor, reachable only from that port, and its own uplinks.
+    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=tap:NAME", value_parser = parse_port)]
+    pub ports: Vec<PortArg>,
+    /// Most flows each vNF may install.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
-    /// MAC address the device reports to the guest.
+    /// MAC address the device reports to the guest (the last byte is incremented per port).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]
     pub mac: [u8; 6],
+}
+
+/// One `--port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortArg {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// TAP names.
+    pub uplinks: Vec<String>,
+}
+
+fn parse_port(s: &str) -> Result<PortArg, String> {
+    let mut socket = None;
+    let mut uplinks = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            Some(("uplink", u)) => uplinks.push(parse_uplink(u)?),
+            _ => {
+                return Err(format!(
+                    "bad --port item '{part}': expected socket=PATH or uplink=tap:NAME"
+                ))
+            }
+        }
+    }
+    let socket = socket.ok_or("--port needs socket=PATH")?;
+    Ok(PortArg { socket, uplinks })
 }
 
 fn parse_uplink(s: &str) -> Result<String, String> {
@@ -70,17 +102,36 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 impl NetArgs {
-    /// The port configuration these options describe, on the software fast path.
-    pub fn to_config(&self) -> crate::net::NetBackendConfig {
-        crate::net::NetBackendConfig {
-            uplinks: self.uplinks.clone(),
-            max_flows: self.max_flows as usize,
-            queue_size: self.queue_size,
-            mac: self.mac,
-            fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
-                dpacc_sw::SwDriver::new(),
-            ))),
-        }
+    /// The ports these options describe (socket, configuration), on the software fast path.
+    pub fn to_ports(&self) -> Vec<(PathBuf, crate::net::NetBackendConfig)> {
+        let ports: Vec<PortArg> = match &self.socket {
+            Some(s) => vec![PortArg {
+                socket: s.clone(),
+                uplinks: self.uplinks.clone(),
+            }],
+            None => self.ports.clone(),
+        };
+        let fastpath: Arc<dyn dpacc_spec::fastpath::FastPathDriver> = Arc::new(
+            dpacc_sw::flow::SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new())),
+        );
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut mac = self.mac;
+                mac[5] = mac[5].wrapping_add(i as u8);
+                (
+                    p.socket,
+                    crate::net::NetBackendConfig {
+                        uplinks: p.uplinks,
+                        max_flows: self.max_flows as usize,
+                        queue_size: self.queue_size,
+                        mac,
+                        fastpath: fastpath.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -178,6 +229,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown driver 'qat'"), "{e}");
+        let c = Cli::try_parse_from([
+            "dpacc-backend",
+            "net",
+            "--port",
+            "socket=/a.sock,uplink=tap:x1,uplink=tap:x2",
+            "--port",
+            "socket=/b.sock",
+        ])
+        .unwrap();
+        let Command::Net(n) = c.command else { panic!() };
+        let ports = n.to_ports();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].1.uplinks, ["x1", "x2"]);
+        assert_eq!((ports[0].1.mac[5], ports[1].1.mac[5]), (1, 2));
+        assert!(Cli::try_parse_from(["dpacc-backend", "net", "--port", "uplink=tap:x"]).is_err());
+        assert!(Cli::try_parse_from(["dpacc-backend", "net"]).is_err());
         for bad in ["1000", "0", "65536"] {
             assert!(Cli::try_parse_from([
                 "dpacc-backend",

@@ -43,27 +43,69 @@ fn run(cli: Cli) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
 
-    let socket = match &cli.command {
-        Command::Crypto(a) => a.socket.clone(),
-        Command::Net(a) => a.socket.clone(),
-    };
-    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(&socket);
+    match &cli.command {
+        Command::Crypto(a) => {
+            let config = a.to_config()?;
+            let listener = bind(&a.socket)?;
+            let r = dpacc_backend::crypto::serve(&listener, config, &shutdown)
+                .map_err(|e| e.to_string());
+            drop(listener);
+            let _ = std::fs::remove_file(&a.socket);
+            r
+        }
+        Command::Net(a) => {
+            let (mut listeners, mut sockets, mut cfgs) = (Vec::new(), Vec::new(), Vec::new());
+            for (socket, cfg) in a.to_ports() {
+                listeners.push(bind(&socket)?);
+                sockets.push(socket);
+                cfgs.push(cfg);
+            }
+            let shutdown = &shutdown;
+            let r = std::thread::scope(|s| {
+                let handles: Vec<_> = listeners
+                    .iter()
+                    .zip(cfgs)
+                    .map(|(l, cfg)| {
+                        s.spawn(move || {
+                            let r = dpacc_backend::net::serve(l, cfg, shutdown);
+                            if r.is_err() {
+                                // One port failing (e.g. a TAP it cannot open) stops them all.
+                                let _ = shutdown.write(1);
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                let mut first_err = Ok(());
+                for h in handles {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err("a port thread panicked".into()));
+                    if r.is_err() && first_err.is_ok() {
+                        first_err = r;
+                    }
+                }
+                first_err
+            });
+            drop(listeners);
+            for socket in &sockets {
+                let _ = std::fs::remove_file(socket);
+            }
+            r
         }
     }
-    let listener =
-        UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+}
+
+/// Binds a vhost-user socket, replacing a stale socket file.
+fn bind(socket: &std::path::Path) -> Result<UnixListener, String> {
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+    let l = UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
     info!("listening on {}", socket.display());
-    let r = match &cli.command {
-        Command::Crypto(a) => a.to_config().and_then(|c| {
-            dpacc_backend::crypto::serve(&listener, c, &shutdown).map_err(|e| e.to_string())
-        }),
-        Command::Net(a) => dpacc_backend::net::serve(&listener, a.to_config(), &shutdown),
-    };
-    drop(listener);
-    let _ = std::fs::remove_file(&socket);
-    r
+    Ok(l)
 }
 
 fn block_signals() -> Result<libc::sigset_t, String> {
