@@ -226,27 +226,7 @@ impl FrameIo for VirtioNetPort {
             }
             self.reap_tx()?;
         }
-        let slot = self.tx_free.pop().expect("checked");
-        let off = self.tx_off + usize::from(slot) * TX_SLOT;
-        let p = self
-            .mem
-            .ptr_at(off, HDR + frame.len())
-            .expect("inside the TX area");
-        // SAFETY: the slot is free (not in flight), inside our shared mapping.
-        unsafe {
-            std::ptr::write_bytes(p, 0, HDR);
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(HDR), frame.len());
-        }
-        self.tx.add(
-            &[RawDesc::readable(
-                self.mem.gpa(off),
-                (HDR + frame.len()) as u32,
-            )],
-            u64::from(slot),
-        )?;
-        if self.tx.publish() {
-            self.tx_n.kick()?;
-        }
+        self.send_batch(&[frame])?;
         Ok(())
     }
 
