@@ -8,6 +8,7 @@ use dpacc_hw::DriverSpec;
 use dpacc_spec::CryptoDriver;
 
 use crate::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
+use crate::net::UplinkSpec;
 
 /// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
 #[derive(Debug, Parser)]
@@ -23,8 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve a virtio-crypto device (virtio device ID 20).
     Crypto(CryptoArgs),
-    /// Serve a virtio-net port (virtio device ID 1) for one vNF, with its own flow processor
-    /// in front of TAP uplinks (the inline fast path).
+    /// Serve a virtio-net port (virtio device ID 1) per vNF, each with its own flow processor
+    /// in front of its uplinks: TAP interfaces or vhost-user virtio-net ports (the inline fast
+    /// path).
     Net(NetArgs),
 }
 
@@ -35,14 +37,15 @@ pub struct NetArgs {
     /// replaced). Use --port instead to serve several vNF ports from one backend.
     #[arg(long, required_unless_present = "ports", conflicts_with = "ports")]
     pub socket: Option<PathBuf>,
-    /// An uplink of that port, `tap:NAME` (created if missing; configure it, or move it to a
-    /// network namespace, yourself). Repeatable: uplinks are ports 1, 2, ... of the flow
-    /// processor; port 0 is the vNF.
-    #[arg(long = "uplink", value_name = "tap:NAME", value_parser = parse_uplink, conflicts_with = "ports")]
-    pub uplinks: Vec<String>,
-    /// A vNF port, `socket=PATH[,uplink=tap:NAME...]`. Repeatable: each port has its own flow
-    /// processor, reachable only from that port, and its own uplinks.
-    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=tap:NAME", value_parser = parse_port)]
+    /// An uplink of that port: `tap:NAME` (a TAP interface, created if missing; configure it,
+    /// or move it to a network namespace, yourself) or `vhost:SOCKET` (a virtio-net port served
+    /// on another vhost-user socket, for a second VM, a container or a packet generator).
+    /// Repeatable: uplinks are ports 1, 2, ... of the flow processor; port 0 is the vNF.
+    #[arg(long = "uplink", value_name = "tap:NAME|vhost:SOCKET", value_parser = parse_uplink, conflicts_with = "ports")]
+    pub uplinks: Vec<UplinkSpec>,
+    /// A vNF port, `socket=PATH[,uplink=tap:NAME|vhost:SOCKET...]`. Repeatable: each port has
+    /// its own flow processor, reachable only from that port, and its own uplinks.
+    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_port)]
     pub ports: Vec<PortArg>,
     /// Most flows each vNF may install.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
@@ -50,7 +53,8 @@ pub struct NetArgs {
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
-    /// MAC address the device reports to the guest (the last byte is incremented per port).
+    /// MAC address the vNF port reports to its guest (the last byte is incremented per vNF
+    /// port, the fifth per vhost-user uplink).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]
     pub mac: [u8; 6],
 }
@@ -60,8 +64,8 @@ pub struct NetArgs {
 pub struct PortArg {
     /// Socket path.
     pub socket: PathBuf,
-    /// TAP names.
-    pub uplinks: Vec<String>,
+    /// Uplinks, ports 1.. in order.
+    pub uplinks: Vec<UplinkSpec>,
 }
 
 fn parse_port(s: &str) -> Result<PortArg, String> {
@@ -73,7 +77,7 @@ fn parse_port(s: &str) -> Result<PortArg, String> {
             Some(("uplink", u)) => uplinks.push(parse_uplink(u)?),
             _ => {
                 return Err(format!(
-                    "bad --port item '{part}': expected socket=PATH or uplink=tap:NAME"
+                    "bad --port item '{part}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET"
                 ))
             }
         }
@@ -82,14 +86,22 @@ fn parse_port(s: &str) -> Result<PortArg, String> {
     Ok(PortArg { socket, uplinks })
 }
 
-fn parse_uplink(s: &str) -> Result<String, String> {
-    match s.strip_prefix("tap:") {
-        Some(n) if !n.is_empty() && n.len() < 16 => Ok(n.to_string()),
-        Some(_) => Err("a TAP name has 1 to 15 characters".into()),
-        None => Err(format!(
-            "unknown uplink '{s}': expected tap:NAME (vhost-user uplinks are not supported yet)"
-        )),
+fn parse_uplink(s: &str) -> Result<UplinkSpec, String> {
+    if let Some(n) = s.strip_prefix("tap:") {
+        return match n.len() {
+            1..=15 => Ok(UplinkSpec::Tap(n.to_string())),
+            _ => Err("a TAP name has 1 to 15 characters".into()),
+        };
     }
+    if let Some(p) = s.strip_prefix("vhost:") {
+        return match p.is_empty() {
+            false => Ok(UplinkSpec::Vhost(PathBuf::from(p))),
+            true => Err("vhost: needs a socket path".into()),
+        };
+    }
+    Err(format!(
+        "unknown uplink '{s}': expected tap:NAME or vhost:SOCKET"
+    ))
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -241,7 +253,39 @@ mod tests {
         let Command::Net(n) = c.command else { panic!() };
         let ports = n.to_ports();
         assert_eq!(ports.len(), 2);
-        assert_eq!(ports[0].1.uplinks, ["x1", "x2"]);
+        assert_eq!(
+            ports[0].1.uplinks,
+            [UplinkSpec::Tap("x1".into()), UplinkSpec::Tap("x2".into())]
+        );
+        let c = Cli::try_parse_from([
+            "dpacc-backend",
+            "net",
+            "--socket",
+            "/a.sock",
+            "--uplink",
+            "vhost:/u.sock",
+            "--uplink",
+            "tap:t0",
+        ])
+        .unwrap();
+        let Command::Net(n) = c.command else { panic!() };
+        assert_eq!(
+            n.to_ports()[0].1.uplinks,
+            [
+                UplinkSpec::Vhost("/u.sock".into()),
+                UplinkSpec::Tap("t0".into())
+            ]
+        );
+        for bad in ["vhost:", "tap:", "veth:x", "tap:sixteen-chars-xx"] {
+            let e =
+                Cli::try_parse_from(["dpacc-backend", "net", "--socket", "/a", "--uplink", bad])
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                e.contains("uplink") || e.contains("TAP") || e.contains("vhost"),
+                "{e}"
+            );
+        }
         assert_eq!((ports[0].1.mac[5], ports[1].1.mac[5]), (1, 2));
         assert!(Cli::try_parse_from(["dpacc-backend", "net", "--port", "uplink=tap:x"]).is_err());
         assert!(Cli::try_parse_from(["dpacc-backend", "net"]).is_err());

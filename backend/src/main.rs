@@ -1,6 +1,5 @@
 //! `dpacc-backend`: the vhost-user daemon.
 
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
@@ -96,16 +95,8 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// Binds a vhost-user socket, replacing a stale socket file.
 fn bind(socket: &std::path::Path) -> Result<UnixListener, String> {
-    if let Ok(meta) = std::fs::symlink_metadata(socket) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(socket);
-        }
-    }
-    let l = UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
-    info!("listening on {}", socket.display());
-    Ok(l)
+    dpacc_backend::vhost_user::bind(socket)
 }
 
 fn block_signals() -> Result<libc::sigset_t, String> {

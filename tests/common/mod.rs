@@ -5,6 +5,7 @@
 
 pub mod guest;
 pub mod netns;
+pub mod vhost_net;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpacc::backend::net::{serve, NetBackendConfig};
+use dpacc::backend::net::{serve, NetBackendConfig, UplinkSpec};
 use dpacc::guest::net::{FlowTable, NetOptions, VirtioNetPort};
 use dpacc::spec::fastpath::flow::{Action, FlowSpec, Match};
 use dpacc::sw::flow::SwFastPath;
@@ -64,7 +64,7 @@ impl Net {
         let listener = UnixListener::bind(&socket).unwrap();
         let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
         let cfg = NetBackendConfig {
-            uplinks: taps.to_vec(),
+            uplinks: taps.iter().map(|t| UplinkSpec::Tap(t.clone())).collect(),
             max_flows: 64,
             queue_size: 256,
             mac: [0x52, 0x54, 0, 0xdc, 0xac, subnet],

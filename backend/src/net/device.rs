@@ -1,70 +1,46 @@
-//! [`NetDevice`]: the vhost-user side of a vNF port.
+//! [`NetPortDevice`]: the vhost-user side of one virtio-net port (a vNF's own port or a
+//! vhost-user uplink). It negotiates, collects the two rings, and hands them to the vNF's
+//! worker through a [`RingSlot`].
 
-use dpacc_spec::fastpath::InstanceConfig;
-use tracing::info;
+use std::sync::Arc;
+
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::Queue;
 
-use super::port::{PortState, PortStats, PortWorker, Rings, VIRTIO_NET_F_MRG_RXBUF};
-use super::tap::Tap;
-use super::NetBackendConfig;
+use super::guest_port::VIRTIO_NET_F_MRG_RXBUF;
+use super::slot::{RingPair, RingSlot};
 use crate::vhost_user::{DeviceError, QueueStart, VhostUserDevice};
 
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 
-/// A virtio-net device for one vNF port.
-pub struct NetDevice {
-    cfg_mac: [u8; 6],
+/// A virtio-net device whose rings a port worker processes.
+pub struct NetPortDevice {
+    mac: [u8; 6],
     queue_size: u16,
-    state: Option<PortState>,
+    slot: Arc<RingSlot>,
     pending: [Option<QueueStart>; 2],
-    worker: Option<PortWorker>,
 }
 
-impl NetDevice {
-    /// Opens the TAP uplinks and creates the port's flow-processor instance.
-    pub fn new(cfg: NetBackendConfig) -> Result<Self, String> {
-        let uplinks = cfg
-            .uplinks
-            .iter()
-            .map(|n| Tap::open(n).map_err(|e| format!("TAP {n}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
-            name: "vnf".into(),
-            uplinks: uplinks.len() as u16,
-            max_flows: cfg.max_flows,
-        })?;
-        info!(
-            "vNF port: uplinks {:?}, max {} flows, fast path {}",
-            cfg.uplinks,
-            cfg.max_flows,
-            cfg.fastpath.name()
-        );
-        Ok(Self {
-            cfg_mac: cfg.mac,
-            queue_size: cfg.queue_size,
-            state: Some(PortState {
-                proc_,
-                uplinks,
-                stats: PortStats::default(),
-                vnf_mac: [0xff; 6],
-            }),
+impl NetPortDevice {
+    /// A device with `mac` in its config space, feeding `slot`.
+    pub fn new(mac: [u8; 6], queue_size: u16, slot: Arc<RingSlot>) -> Self {
+        Self {
+            mac,
+            queue_size,
+            slot,
             pending: [None, None],
-            worker: None,
-        })
+        }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            if let Some((rings, st)) = w.stop() {
-                self.pending = [Some(rings.rx), Some(rings.tx)];
-                self.state = Some(st);
-            }
+    /// Gets the rings back from the worker, if it has them.
+    fn reclaim(&mut self) {
+        if let Some(r) = self.slot.take_back() {
+            self.pending = [Some(r.rx), Some(r.tx)];
         }
     }
 }
 
-impl VhostUserDevice for NetDevice {
+impl VhostUserDevice for NetPortDevice {
     fn num_queues(&self) -> usize {
         2
     }
@@ -85,7 +61,7 @@ impl VhostUserDevice for NetDevice {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = offset
                 .checked_add(i)
-                .and_then(|o| self.cfg_mac.get(o))
+                .and_then(|o| self.mac.get(o))
                 .copied()
                 .unwrap_or(0);
         }
@@ -96,31 +72,24 @@ impl VhostUserDevice for NetDevice {
         if i > 1 {
             return Err(DeviceError::NoSuchQueue(i));
         }
-        self.stop_worker();
+        self.reclaim();
         self.pending[i] = Some(q);
-        if self.pending.iter().all(Option::is_some) {
-            let (Some(rx), Some(tx)) = (self.pending[0].take(), self.pending[1].take()) else {
+        if let [Some(_), Some(_)] = &self.pending {
+            let [Some(rx), Some(tx)] = std::mem::take(&mut self.pending) else {
                 unreachable!("both checked");
             };
-            let st = self
-                .state
-                .take()
-                .ok_or(DeviceError::Start(i, "port state lost".into()))?;
-            self.worker = Some(
-                PortWorker::spawn(Rings { rx, tx }, st)
-                    .map_err(|e| DeviceError::Start(i, e.to_string()))?,
-            );
+            self.slot.offer(RingPair { rx, tx });
         }
         Ok(())
     }
 
     fn stop_queue(&mut self, index: usize) -> Option<Queue> {
-        self.stop_worker();
+        self.reclaim();
         self.pending.get_mut(index)?.take().map(|q| q.queue)
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.reclaim();
         self.pending = [None, None];
     }
 }

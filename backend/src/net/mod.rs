@@ -1,42 +1,162 @@
-//! The inline fast path's device: a virtio-net port (vhost-user) for one vNF, whose frames go
-//! through the vNF's own flow-processor instance to its TAP uplinks and back.
+//! The inline fast path's device: per vNF, a virtio-net port (vhost-user) whose frames go
+//! through the vNF's own flow-processor instance to its uplinks (TAP interfaces or further
+//! vhost-user virtio-net ports, e.g. another VM or a packet generator) and back.
 //!
-//! Rings: 0 = RX (device → vNF), 1 = TX (vNF → device). Features: VERSION_1, MRG_RXBUF, MAC,
-//! EVENT_IDX (no checksum or segmentation offloads: the guest computes checksums). Control
-//! frames (EtherType 0x88B5) the vNF sends go to its instance and are never forwarded.
+//! Rings: 0 = RX (device → driver), 1 = TX (driver → device). Features: VERSION_1, MRG_RXBUF,
+//! MAC, EVENT_IDX (no checksum or segmentation offloads: drivers compute checksums). Control
+//! frames (EtherType 0x88B5) the vNF sends on its own port go to its instance and are never
+//! forwarded. All ports of one vNF are processed by one worker thread ([`port`]).
 
 mod device;
+pub mod guest_port;
 pub mod port;
+pub mod slot;
 pub mod tap;
 
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::FastPathDriver;
+use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig};
+use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device::NetDevice;
+pub use device::NetPortDevice;
+use port::{PortIo, PortState, PortStats, PortWorker};
+use slot::RingSlot;
+use tap::Tap;
+
+/// One uplink of a vNF port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UplinkSpec {
+    /// A TAP interface (kernel side).
+    Tap(String),
+    /// A vhost-user virtio-net port served on this socket path.
+    Vhost(PathBuf),
+}
+
+impl std::fmt::Display for UplinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tap(n) => write!(f, "tap:{n}"),
+            Self::Vhost(p) => write!(f, "vhost:{}", p.display()),
+        }
+    }
+}
 
 /// Configuration of one vNF port.
 pub struct NetBackendConfig {
-    /// TAP interface names, uplink ports 1.. in order.
-    pub uplinks: Vec<String>,
+    /// Uplinks, ports 1.. in order.
+    pub uplinks: Vec<UplinkSpec>,
     /// Flow quota of the port's instance.
     pub max_flows: usize,
     /// Largest ring size.
     pub queue_size: u16,
-    /// The MAC address in the device's config space.
+    /// The MAC address in the vNF port's config space (uplink `k` gets it with the fifth
+    /// byte increased by `k`).
     pub mac: [u8; 6],
     /// Creates the flow-processor instance.
     pub fastpath: Arc<dyn FastPathDriver>,
 }
 
-/// Serves one vNF port on `listener` until `shutdown` fires.
+/// Serves one vNF port on `listener` (and its vhost-user uplinks on their own sockets, which
+/// are bound here and removed on return) until `shutdown` fires.
 pub fn serve(
     listener: &UnixListener,
     cfg: NetBackendConfig,
     shutdown: &EventFd,
 ) -> Result<(), String> {
-    let mut dev = NetDevice::new(cfg)?;
-    crate::vhost_user::serve(listener, &mut dev, shutdown).map_err(|e| e.to_string())
+    let new_slot = |name: String| RingSlot::new(name).map(Arc::new).map_err(|e| e.to_string());
+    let vnf_slot = new_slot("vnf".into())?;
+    let mut ports = vec![PortIo::Guest {
+        slot: vnf_slot.clone(),
+        port: None,
+    }];
+    let mut uplink_devs = Vec::new();
+    let mut cleanup = SocketCleanup(Vec::new());
+    for (k, u) in cfg.uplinks.iter().enumerate() {
+        match u {
+            UplinkSpec::Tap(n) => {
+                ports.push(PortIo::Tap(
+                    Tap::open(n).map_err(|e| format!("TAP {n}: {e}"))?,
+                ));
+            }
+            UplinkSpec::Vhost(path) => {
+                let l = crate::vhost_user::bind(path).map_err(|e| e.to_string())?;
+                cleanup.0.push(path.clone());
+                let slot = new_slot(format!("uplink {}", k + 1))?;
+                let mut mac = cfg.mac;
+                mac[4] = mac[4].wrapping_add(k as u8 + 1);
+                ports.push(PortIo::Guest {
+                    slot: slot.clone(),
+                    port: None,
+                });
+                uplink_devs.push((l, NetPortDevice::new(mac, cfg.queue_size, slot)));
+            }
+        }
+    }
+    let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
+        name: "vnf".into(),
+        uplinks: cfg.uplinks.len() as u16,
+        max_flows: cfg.max_flows,
+    })?;
+    info!(
+        "vNF port: uplinks [{}], max {} flows, fast path {}",
+        cfg.uplinks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.max_flows,
+        cfg.fastpath.name()
+    );
+    let worker = PortWorker::spawn(PortState {
+        proc_,
+        ports,
+        stats: PortStats::default(),
+        vnf_mac: [0xff; 6],
+    })
+    .map_err(|e| format!("starting the port worker: {e}"))?;
+    let mut vnf_dev = NetPortDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
+    let r = std::thread::scope(|s| {
+        let handles: Vec<_> = uplink_devs
+            .iter_mut()
+            .map(|(l, dev)| {
+                s.spawn(move || {
+                    let r = crate::vhost_user::serve(l, dev, shutdown).map_err(|e| e.to_string());
+                    if r.is_err() {
+                        let _ = shutdown.write(1);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut r =
+            crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(|e| e.to_string());
+        if r.is_err() {
+            let _ = shutdown.write(1);
+        }
+        for h in handles {
+            let hr = h
+                .join()
+                .unwrap_or_else(|_| Err("an uplink thread panicked".into()));
+            if r.is_ok() {
+                r = hr;
+            }
+        }
+        r
+    });
+    worker.stop();
+    r
+}
+
+/// Removes the socket files it names when dropped.
+struct SocketCleanup(Vec<PathBuf>);
+
+impl Drop for SocketCleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

@@ -1,31 +1,30 @@
-//! The worker of one vNF port: its TX ring (frames from the vNF), its RX ring (frames to the
-//! vNF), its TAP uplinks, and its flow-processor instance, all on one thread (no locks).
+//! The worker of one vNF: its flow-processor instance and all its ports (port 0, the vNF's
+//! own virtio-net port; uplinks 1.., TAP or vhost-user), on one thread, without locks.
+//!
+//! The worker runs from start-up to shutdown, whichever frontends come and go: virtio-net
+//! ring pairs arrive and leave through their [`RingSlot`]s. Frames for a port whose frontend
+//! is absent are dropped and counted.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::proto::{self, ETHERTYPE};
 use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_FRAME};
 use tracing::{debug, info, warn};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::guest_port::{GuestPort, Pop};
+use super::slot::RingSlot;
 use super::tap::Tap;
-use crate::crypto::worker::{publish_avail_event, Notify};
-use crate::vhost_user::QueueStart;
 use crate::virtq::ChainBufs;
 
-/// `struct virtio_net_hdr_v1` (VERSION_1: always 12 bytes, `num_buffers` last).
-pub const NET_HDR_LEN: usize = 12;
-/// `VIRTIO_NET_F_MRG_RXBUF`.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const BATCH: usize = 32;
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 
-/// Counters of one port, logged when its worker stops.
+/// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PortStats {
     /// Frames the vNF transmitted (data and control).
@@ -34,58 +33,63 @@ pub struct PortStats {
     pub control: u64,
     /// Frames put on the vNF's RX ring.
     pub to_vnf: u64,
-    /// Frames for the vNF dropped because its RX ring had no room.
+    /// Frames for a virtio port dropped because its RX ring had no room or no frontend.
     pub rx_no_buffer: u64,
-    /// Frames read from uplinks.
+    /// Frames received from uplinks.
     pub from_uplinks: u64,
-    /// Frames written to uplinks.
+    /// Frames sent to uplinks.
     pub to_uplinks: u64,
     /// Malformed TX chains or oversized frames.
     pub bad_tx: u64,
 }
 
-/// What a port owns across frontend connections.
+/// One port of a vNF's instance.
+pub enum PortIo {
+    /// A virtio-net port served over vhost-user (the vNF's own, or an uplink).
+    Guest {
+        /// Where its rings arrive.
+        slot: Arc<RingSlot>,
+        /// The rings, while a frontend is attached.
+        port: Option<GuestPort>,
+    },
+    /// A TAP uplink.
+    Tap(Tap),
+}
+
+/// What a vNF's worker owns.
 pub struct PortState {
-    /// The port's flow processor.
+    /// The vNF's flow processor.
     pub proc_: Box<dyn FlowProcessor>,
-    /// Uplinks (port ids 1..).
-    pub uplinks: Vec<Tap>,
+    /// Ports by [`PortId`]: 0 is the vNF's (always `Guest`), uplinks follow.
+    pub ports: Vec<PortIo>,
     /// Counters.
     pub stats: PortStats,
     /// The vNF's MAC (learned from its control frames) for replies and events.
     pub vnf_mac: [u8; 6],
 }
 
-/// The two rings of a port.
-pub struct Rings {
-    /// Ring 0: device → vNF.
-    pub rx: QueueStart,
-    /// Ring 1: vNF → device.
-    pub tx: QueueStart,
-}
-
-/// A running port worker.
+/// A running worker.
 pub struct PortWorker {
     exit: EventFd,
-    thread: Option<JoinHandle<(Rings, PortState)>>,
+    thread: Option<JoinHandle<PortState>>,
 }
 
 impl PortWorker {
     /// Starts the worker thread.
-    pub fn spawn(rings: Rings, state: PortState) -> io::Result<Self> {
+    pub fn spawn(state: PortState) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("net-port".into())
-            .spawn(move || run(rings, state, exit2))?;
+            .spawn(move || Worker::new(state).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
         })
     }
 
-    /// Stops it and returns the rings and the port state.
-    pub fn stop(mut self) -> Option<(Rings, PortState)> {
+    /// Stops it (its rings go back to their slots) and returns the state.
+    pub fn stop(mut self) -> Option<PortState> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }
@@ -100,383 +104,344 @@ impl Drop for PortWorker {
     }
 }
 
-/// Per-thread scratch.
-struct Work {
+/// What a polled descriptor stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FdRole {
+    Exit,
+    /// A ring kick: drained, then every port is serviced.
+    Kick,
+    /// A slot's wake-up for port `n`.
+    Slot(usize),
+    /// A TAP (serviced every pass anyway).
+    Tap,
+}
+
+struct Worker {
+    st: PortState,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
     chain: ChainBufs,
     emits: Vec<Emit>,
     frame: Vec<u8>,
-    rx_used: bool,
     t0: Instant,
 }
 
 fn drain_eventfd(fd: i32) {
     let mut v = [0u8; 8];
-    // SAFETY: reading the 8-byte counter into a live buffer (non-blocking fd or ready).
+    // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a live buffer.
     unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
 }
 
-fn run(mut rings: Rings, mut st: PortState, exit: EventFd) -> (Rings, PortState) {
-    let rx_notify = Notify::new(rings.rx.call.as_ref().and_then(|c| c.try_clone().ok()));
-    let tx_notify = Notify::new(rings.tx.call.as_ref().and_then(|c| c.try_clone().ok()));
-    let mrg = rings.rx.features & VIRTIO_NET_F_MRG_RXBUF != 0;
-    let mut w = Work {
-        pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
-        verdicts: vec![Verdict::Drop; BATCH],
-        chain: ChainBufs::new(),
-        emits: Vec::new(),
-        frame: Vec::with_capacity(MAX_FRAME + 64),
-        rx_used: false,
-        t0: Instant::now(),
-    };
-    let mut last_expire = Instant::now();
-    let mut fds: Vec<libc::pollfd> = [
-        rings.tx.kick.as_raw_fd(),
-        rings.rx.kick.as_raw_fd(),
-        exit.as_raw_fd(),
-    ]
-    .into_iter()
-    .chain(st.uplinks.iter().map(Tap::raw_fd))
-    .map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    })
-    .collect();
-    let mut first = true;
-    loop {
-        for f in &mut fds {
-            f.revents = 0;
+impl Worker {
+    fn new(st: PortState) -> Self {
+        Self {
+            st,
+            pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
+            verdicts: vec![Verdict::Drop; BATCH],
+            chain: ChainBufs::new(),
+            emits: Vec::new(),
+            frame: Vec::with_capacity(MAX_FRAME + 64),
+            t0: Instant::now(),
         }
-        if !first {
+    }
+
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// Takes offered rings / gives rings back for every port. True if anything changed.
+    fn sync_slots(&mut self) -> bool {
+        let mut changed = false;
+        for (i, p) in self.st.ports.iter_mut().enumerate() {
+            if let PortIo::Guest { slot, port } = p {
+                let mut held = port.take().map(GuestPort::into_rings);
+                if slot.sync(&mut held) {
+                    changed = true;
+                    info!(
+                        "port {i} ({}): frontend {}",
+                        slot.name(),
+                        if held.is_some() {
+                            "attached"
+                        } else {
+                            "detached"
+                        }
+                    );
+                }
+                *port = held.map(GuestPort::new);
+            }
+        }
+        changed
+    }
+
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<FdRole>) {
+        let mut fds = vec![];
+        let mut roles = vec![];
+        let mut add = |fd: i32, role| {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            roles.push(role);
+        };
+        for (i, p) in self.st.ports.iter().enumerate() {
+            match p {
+                PortIo::Guest { slot, port } => {
+                    add(slot.wake_fd().as_raw_fd(), FdRole::Slot(i));
+                    if let Some(g) = port {
+                        add(g.tx_kick(), FdRole::Kick);
+                        if i == 0 {
+                            // Drained so that it never stays readable; nothing waits on it.
+                            add(g.rx_kick(), FdRole::Kick);
+                        }
+                    }
+                }
+                PortIo::Tap(t) => add(t.raw_fd(), FdRole::Tap),
+            }
+        }
+        (fds, roles)
+    }
+
+    fn run(mut self, exit: &EventFd) -> PortState {
+        self.sync_slots();
+        let mut last_expire = Instant::now();
+        let (mut fds, mut roles) = self.poll_set();
+        fds.push(libc::pollfd {
+            fd: exit.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        roles.push(FdRole::Exit);
+        loop {
+            for f in &mut fds {
+                f.revents = 0;
+            }
             // SAFETY: a live array of pollfd structs of the length passed.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 warn!("net port: poll: {}", io::Error::last_os_error());
                 break;
             }
-            if fds[2].revents != 0 {
-                break;
-            }
-        }
-        first = false;
-        for i in [0, 1] {
-            if fds[i].revents != 0 {
-                drain_eventfd(fds[i].fd);
-            }
-        }
-        let mem = rings.tx.mem.memory();
-        w.rx_used = false;
-        // Frames from the vNF.
-        loop {
-            let _ = rings.tx.queue.disable_notification(&*mem);
-            let n = tx_batch(&mut rings, &mut st, &mut w, &mem, mrg);
-            tx_notify.signal(&mut rings.tx.queue, &mem);
-            let _ = publish_avail_event(&rings.tx.queue, &mem);
-            if n == 0 && !matches!(rings.tx.queue.enable_notification(&*mem), Ok(true)) {
-                break;
-            }
-        }
-        // Frames from the uplinks.
-        for u in 0..st.uplinks.len() {
-            loop {
-                let mut n = 0;
-                while n < BATCH {
-                    let area = w.pkts[n].load_area(PortId(u as u16 + 1));
-                    match st.uplinks[u].read(area) {
-                        Ok(Some(len)) => {
-                            w.pkts[n].set_len(len);
-                            n += 1;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            debug!("uplink {}: read: {e}", st.uplinks[u].name());
-                            break;
-                        }
-                    }
+            let mut slots = false;
+            let mut quit = false;
+            for (f, role) in fds.iter().zip(&roles) {
+                if f.revents == 0 {
+                    continue;
                 }
-                if n == 0 {
+                match role {
+                    FdRole::Exit => quit = true,
+                    FdRole::Kick => drain_eventfd(f.fd),
+                    FdRole::Slot(_) => slots = true,
+                    FdRole::Tap => {}
+                }
+            }
+            if quit {
+                break;
+            }
+            if slots && self.sync_slots() {
+                (fds, roles) = self.poll_set();
+                fds.push(libc::pollfd {
+                    fd: exit.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                roles.push(FdRole::Exit);
+            }
+            self.pass();
+            if last_expire.elapsed() >= EXPIRE_EVERY {
+                last_expire = Instant::now();
+                self.emits.clear();
+                let t = self.now();
+                self.st.proc_.expire(t, &mut self.emits);
+                self.emit_all();
+            }
+            self.flush();
+        }
+        info!(stats = ?self.st.stats, "net port worker stops");
+        for p in &mut self.st.ports {
+            if let PortIo::Guest { slot, port } = p {
+                slot.give_back(port.take().map(GuestPort::into_rings));
+            }
+        }
+        self.st
+    }
+
+    /// Services every port until none has more input.
+    fn pass(&mut self) {
+        for p in &mut self.st.ports {
+            if let PortIo::Guest { port: Some(g), .. } = p {
+                g.refresh();
+            }
+        }
+        for i in 0..self.st.ports.len() {
+            match &self.st.ports[i] {
+                PortIo::Guest { port: Some(_), .. } => loop {
+                    if let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] {
+                        g.tx_begin();
+                    }
+                    let n = self.guest_batch(i);
+                    let more = match &mut self.st.ports[i] {
+                        PortIo::Guest { port: Some(g), .. } => g.tx_end(n),
+                        _ => false,
+                    };
+                    if !more {
+                        break;
+                    }
+                },
+                PortIo::Guest { port: None, .. } => {}
+                PortIo::Tap(_) => while self.tap_batch(i) > 0 {},
+            }
+        }
+    }
+
+    /// Takes up to a batch of frames from guest port `i`'s TX ring and processes them.
+    /// Control frames from the vNF's own port go to its instance and are never forwarded;
+    /// from an uplink they are ordinary frames. Returns the chains consumed.
+    fn guest_batch(&mut self, i: usize) -> usize {
+        let id = PortId(i as u16);
+        let mut chains = 0;
+        let mut n = 0;
+        while n < BATCH {
+            let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] else {
+                break;
+            };
+            match g.pop_frame(&mut self.chain, &mut self.pkts[n], id) {
+                Pop::Empty => break,
+                Pop::Bad => {
+                    chains += 1;
+                    self.st.stats.bad_tx += 1;
+                    continue;
+                }
+                Pop::Frame => chains += 1,
+            }
+            if id != PortId::VNF {
+                self.st.stats.from_uplinks += 1;
+                n += 1;
+                continue;
+            }
+            self.st.stats.from_vnf += 1;
+            if let Some((_, src, payload)) = proto::parse_frame(self.pkts[n].frame()) {
+                self.st.stats.control += 1;
+                self.st.vnf_mac = src;
+                self.emits.clear();
+                let t = self.now();
+                self.st.proc_.control(t, payload, &mut self.emits);
+                self.emit_all();
+                continue;
+            }
+            n += 1;
+        }
+        if n > 0 {
+            self.process(n);
+        }
+        chains
+    }
+
+    /// Reads up to a batch of frames from TAP port `i` and processes them.
+    fn tap_batch(&mut self, i: usize) -> usize {
+        let PortIo::Tap(tap) = &self.st.ports[i] else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < BATCH {
+            let area = self.pkts[n].load_area(PortId(i as u16));
+            match tap.read(area) {
+                Ok(Some(len)) => {
+                    self.pkts[n].set_len(len);
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!("uplink {}: read: {e}", tap.name());
                     break;
                 }
-                st.stats.from_uplinks += n as u64;
-                process(&mut rings, &mut st, &mut w, &mem, mrg, n);
             }
         }
-        if last_expire.elapsed() >= EXPIRE_EVERY {
-            last_expire = Instant::now();
-            w.emits.clear();
-            st.proc_.expire(now(&w), &mut w.emits);
-            emit_all(&mut rings, &mut st, &mut w, &mem, mrg);
+        self.st.stats.from_uplinks += n as u64;
+        if n > 0 {
+            self.process(n);
         }
-        if w.rx_used {
-            let _ = publish_avail_event(&rings.rx.queue, &mem);
-            rx_notify.signal(&mut rings.rx.queue, &mem);
-        }
+        n
     }
-    info!(stats = ?st.stats, "net port worker stops");
-    (rings, st)
-}
 
-fn now(w: &Work) -> u64 {
-    w.t0.elapsed().as_nanos() as u64
-}
-
-/// Takes up to a batch of frames from the TX ring; control frames are handled at once, the
-/// others processed. Returns the chains consumed.
-fn tx_batch(
-    rings: &mut Rings,
-    st: &mut PortState,
-    w: &mut Work,
-    mem: &GuestMemoryMmap,
-    mrg: bool,
-) -> usize {
-    let mut chains = 0;
-    let mut n = 0;
-    while n < BATCH {
-        let Some(chain) = rings.tx.queue.pop_descriptor_chain(mem) else {
-            break;
-        };
-        chains += 1;
-        let head = chain.head_index();
-        let ok = w.chain.walk(chain, mem).is_ok();
-        let len = w.chain.readable_len().saturating_sub(NET_HDR_LEN);
-        if let Err(e) = rings.tx.queue.add_used(mem, head, 0) {
-            warn!("tx add_used: {e}");
-        }
-        if !ok || w.chain.readable_len() < NET_HDR_LEN + 14 || len > MAX_FRAME {
-            st.stats.bad_tx += 1;
-            continue;
-        }
-        st.stats.from_vnf += 1;
-        let t = now(w);
-        let Work {
-            pkts,
-            chain: cb,
-            emits,
-            ..
-        } = &mut *w;
-        let p = &mut pkts[n];
-        let area = p.load_area(PortId::VNF);
-        if cb.read(NET_HDR_LEN, &mut area[..len]).is_err() {
-            st.stats.bad_tx += 1;
-            continue;
-        }
-        p.set_len(len);
-        if let Some((_, src, payload)) = proto::parse_frame(p.frame()) {
-            // Control frames are for this port's instance only, and never forwarded.
-            st.stats.control += 1;
-            st.vnf_mac = src;
-            emits.clear();
-            st.proc_.control(t, payload, emits);
-            emit_all(rings, st, w, mem, mrg);
-            continue;
-        }
-        n += 1;
-    }
-    if n > 0 {
-        process(rings, st, w, mem, mrg, n);
-    }
-    chains
-}
-
-fn process(
-    rings: &mut Rings,
-    st: &mut PortState,
-    w: &mut Work,
-    mem: &GuestMemoryMmap,
-    mrg: bool,
-    n: usize,
-) {
-    let t = now(w);
-    st.proc_.process(t, &mut w.pkts[..n], &mut w.verdicts[..n]);
-    for i in 0..n {
-        match w.verdicts[i] {
-            Verdict::Output(port) => {
-                let Work {
-                    pkts,
-                    chain,
-                    rx_used,
-                    ..
-                } = &mut *w;
-                output(rings, st, chain, mem, mrg, port, pkts[i].frame(), rx_used);
-            }
-            Verdict::Drop => {}
-            Verdict::Miss { table } => {
-                if w.pkts[i].in_port == PortId::VNF {
-                    continue; // vNF-originated misses are dropped, never looped back
+    fn process(&mut self, n: usize) {
+        let t = self.now();
+        self.st
+            .proc_
+            .process(t, &mut self.pkts[..n], &mut self.verdicts[..n]);
+        for i in 0..n {
+            match self.verdicts[i] {
+                Verdict::Output(port) => {
+                    output(&mut self.st, &mut self.chain, port, self.pkts[i].frame());
                 }
-                let Work {
-                    pkts,
-                    chain,
-                    frame,
-                    rx_used,
-                    ..
-                } = &mut *w;
-                proto::encode_packet_in(st.vnf_mac, pkts[i].in_port, table, pkts[i].frame(), frame);
-                output(rings, st, chain, mem, mrg, PortId::VNF, frame, rx_used);
+                Verdict::Drop => {}
+                Verdict::Miss { table } => {
+                    let p = &self.pkts[i];
+                    if p.in_port == PortId::VNF {
+                        continue; // vNF-originated misses are dropped, never looped back
+                    }
+                    proto::encode_packet_in(
+                        self.st.vnf_mac,
+                        p.in_port,
+                        table,
+                        p.frame(),
+                        &mut self.frame,
+                    );
+                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                }
+            }
+        }
+    }
+
+    fn emit_all(&mut self) {
+        let emits = std::mem::take(&mut self.emits);
+        for e in &emits {
+            match e {
+                Emit::Frame { port, frame } => output(&mut self.st, &mut self.chain, *port, frame),
+                Emit::Control(payload) => {
+                    self.frame.clear();
+                    self.frame.extend_from_slice(&self.st.vnf_mac);
+                    self.frame.extend_from_slice(&proto::BACKEND_MAC);
+                    self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+                    self.frame.extend_from_slice(payload);
+                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                }
+            }
+        }
+        self.emits = emits;
+        self.emits.clear();
+    }
+
+    /// Notifies every guest of what its RX ring received.
+    fn flush(&mut self) {
+        for p in &mut self.st.ports {
+            if let PortIo::Guest { port: Some(g), .. } = p {
+                g.rx_flush();
             }
         }
     }
 }
 
-fn emit_all(rings: &mut Rings, st: &mut PortState, w: &mut Work, mem: &GuestMemoryMmap, mrg: bool) {
-    let emits = std::mem::take(&mut w.emits);
-    for e in &emits {
-        match e {
-            Emit::Frame { port, frame } => output(
-                rings,
-                st,
-                &mut w.chain,
-                mem,
-                mrg,
-                *port,
-                frame,
-                &mut w.rx_used,
-            ),
-            Emit::Control(payload) => {
-                w.frame.clear();
-                w.frame.extend_from_slice(&st.vnf_mac);
-                w.frame.extend_from_slice(&proto::BACKEND_MAC);
-                w.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
-                w.frame.extend_from_slice(payload);
-                let f = std::mem::take(&mut w.frame);
-                output(
-                    rings,
-                    st,
-                    &mut w.chain,
-                    mem,
-                    mrg,
-                    PortId::VNF,
-                    &f,
-                    &mut w.rx_used,
-                );
-                w.frame = f;
+/// Sends `frame` out of `port`.
+fn output(st: &mut PortState, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
+    let vnf = port == PortId::VNF;
+    match st.ports.get_mut(usize::from(port.0)) {
+        Some(PortIo::Guest { port: Some(g), .. }) => {
+            if g.push_frame(chain, frame) {
+                if vnf {
+                    st.stats.to_vnf += 1;
+                } else {
+                    st.stats.to_uplinks += 1;
+                }
+            } else {
+                st.stats.rx_no_buffer += 1;
             }
         }
-    }
-    w.emits = emits;
-    w.emits.clear();
-}
-
-#[allow(clippy::too_many_arguments)]
-fn output(
-    rings: &mut Rings,
-    st: &mut PortState,
-    chain: &mut ChainBufs,
-    mem: &GuestMemoryMmap,
-    mrg: bool,
-    port: PortId,
-    frame: &[u8],
-    rx_used: &mut bool,
-) {
-    if port == PortId::VNF {
-        if to_vnf(&mut rings.rx.queue, chain, mem, mrg, frame) {
-            st.stats.to_vnf += 1;
-            *rx_used = true;
-        } else {
-            st.stats.rx_no_buffer += 1;
-        }
-        return;
-    }
-    match st.uplinks.get(usize::from(port.0) - 1) {
-        Some(tap) => match tap.write(frame) {
+        Some(PortIo::Guest { port: None, .. }) => st.stats.rx_no_buffer += 1,
+        Some(PortIo::Tap(tap)) => match tap.write(frame) {
             Ok(()) => st.stats.to_uplinks += 1,
             Err(e) => debug!("uplink {}: write: {e}", tap.name()),
         },
         None => debug!("output to missing port {}", port.0),
     }
-}
-
-/// Puts `frame` (with a virtio-net header) into the RX ring, over several buffers with
-/// MRG_RXBUF. On any shortage the ring is left as it was and false is returned.
-fn to_vnf(
-    q: &mut Queue,
-    chain: &mut ChainBufs,
-    mem: &GuestMemoryMmap,
-    mrg: bool,
-    frame: &[u8],
-) -> bool {
-    let mut start = q.next_avail();
-    let mut heads: [(u16, u32); 16] = [(0, 0); 16];
-    let mut nb = 0usize;
-    let mut done = 0usize;
-    let total = NET_HDR_LEN + frame.len();
-    while done < total {
-        if nb == heads.len() || (nb == 1 && !mrg) {
-            q.set_next_avail(start);
-            return false;
-        }
-        let Some(c) = q.pop_descriptor_chain(mem) else {
-            q.set_next_avail(start);
-            return false;
-        };
-        let head = c.head_index();
-        let broken = chain.walk(c, mem).is_err()
-            || chain.writable_len() == 0
-            || (nb == 0 && chain.writable_len() < NET_HDR_LEN);
-        if broken {
-            if nb > 0 {
-                // The guest's own ring is broken mid-frame: drop the frame; it only hurts
-                // the guest's reception.
-                q.set_next_avail(start);
-                return false;
-            }
-            // Hand the unusable buffer back empty and go on with the next one.
-            let _ = q.add_used(mem, head, 0);
-            start = q.next_avail();
-            continue;
-        }
-        let room = chain.writable_len();
-        let mut written = 0usize;
-        if nb == 0 {
-            if chain.write(0, &[0u8; NET_HDR_LEN]).is_err() {
-                q.set_next_avail(start);
-                return false;
-            }
-            written = NET_HDR_LEN;
-            done = NET_HDR_LEN;
-        }
-        let take = (room - written).min(total - done);
-        let from = done - NET_HDR_LEN;
-        if chain.write(written, &frame[from..from + take]).is_err() {
-            q.set_next_avail(start);
-            return false;
-        }
-        done += take;
-        written += take;
-        heads[nb] = (head, written as u32);
-        nb += 1;
-    }
-    // num_buffers (little endian) in the first buffer's header: re-walk the first chain.
-    let nbuf = (nb as u16).to_le_bytes();
-    if nb > 1 {
-        // The first chain's buffers are no longer in `chain`; write through guest memory.
-        if let Some(c) = descriptor_chain_at(q, mem, start) {
-            if chain.walk(c, mem).is_ok() {
-                let _ = chain.write(10, &nbuf);
-            }
-        }
-    } else {
-        let _ = chain.write(10, &nbuf);
-    }
-    for &(h, len) in &heads[..nb] {
-        if let Err(e) = q.add_used(mem, h, len) {
-            warn!("rx add_used: {e}");
-        }
-    }
-    true
-}
-
-/// The chain at avail position `at` (already popped), for patching its header.
-fn descriptor_chain_at<'m>(
-    q: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-    at: u16,
-) -> Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap>> {
-    let now = q.next_avail();
-    q.set_next_avail(at);
-    let c = q.pop_descriptor_chain(mem);
-    q.set_next_avail(now);
-    c
 }

@@ -11,3 +11,20 @@ pub mod server;
 
 pub use device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 pub use server::{serve, ServeError};
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+/// Binds a vhost-user socket at `path`, replacing a stale socket file (never another kind of
+/// file).
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    tracing::info!("listening on {}", path.display());
+    Ok(l)
+}

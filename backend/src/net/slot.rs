@@ -1,0 +1,160 @@
+//! [`RingSlot`]: hands the ring pair of one vhost-user connection to the port worker and back.
+//!
+//! Every virtio-net port of a vNF (the vNF's own port and its vhost-user uplinks) is served on
+//! its own vhost-user connection thread, but all of a vNF's ports are processed by one worker
+//! thread, which owns the flow processor (no locks on the data path). A slot is the meeting
+//! point: the connection thread *offers* the rings once both are started, the worker *takes*
+//! them when its wake eventfd fires, and the connection thread *takes them back* (the worker
+//! returns them at once) before answering GET_VRING_BASE or on disconnect. The mutex is taken
+//! only on these control events, never per packet.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tracing::warn;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::vhost_user::QueueStart;
+
+/// The two rings of one virtio-net connection: 0 = RX (device → driver), 1 = TX.
+#[derive(Debug)]
+pub struct RingPair {
+    /// Ring 0: device → driver.
+    pub rx: QueueStart,
+    /// Ring 1: driver → device.
+    pub tx: QueueStart,
+}
+
+#[derive(Default)]
+struct State {
+    /// Rings the worker may take (or has given back).
+    rings: Option<RingPair>,
+    /// The worker holds the rings.
+    taken: bool,
+    /// The connection thread wants them back.
+    want_back: bool,
+}
+
+/// The handoff point of one port's rings.
+pub struct RingSlot {
+    name: String,
+    wake: EventFd,
+    state: Mutex<State>,
+    returned: Condvar,
+}
+
+/// How long a connection thread waits for the worker to give rings back before giving up.
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RingSlot {
+    /// An empty slot; `name` appears in logs.
+    pub fn new(name: impl Into<String>) -> std::io::Result<Self> {
+        Ok(Self {
+            name: name.into(),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            state: Mutex::new(State::default()),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// The port's name for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The eventfd the worker polls: readable when the slot changed.
+    pub fn wake_fd(&self) -> &EventFd {
+        &self.wake
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked while holding it; the state
+        // itself is always consistent (plain field stores).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connection side: both rings are started; the worker may take them.
+    pub fn offer(&self, rings: RingPair) {
+        let mut s = self.lock();
+        s.rings = Some(rings);
+        s.want_back = false;
+        drop(s);
+        let _ = self.wake.write(1);
+    }
+
+    /// Connection side: takes the rings back (from the slot, or from the worker, which is
+    /// woken and waited for). None if no rings were offered or the worker did not answer.
+    pub fn take_back(&self) -> Option<RingPair> {
+        let mut s = self.lock();
+        if s.taken {
+            s.want_back = true;
+            let _ = self.wake.write(1);
+            let (g, t) = self
+                .returned
+                .wait_timeout_while(s, GIVE_BACK_TIMEOUT, |s| s.taken)
+                .unwrap_or_else(|e| e.into_inner());
+            s = g;
+            if t.timed_out() {
+                warn!("{}: the port worker did not give its rings back", self.name);
+                return None;
+            }
+        }
+        s.want_back = false;
+        s.rings.take()
+    }
+
+    /// Worker side, on a wake-up: gives `held` back if asked to, or takes offered rings.
+    /// Returns true when `held` changed.
+    pub fn sync(&self, held: &mut Option<RingPair>) -> bool {
+        let mut v = [0u8; 8];
+        // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a live buffer.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.wake),
+                v.as_mut_ptr().cast(),
+                8,
+            )
+        };
+        let mut s = self.lock();
+        if s.want_back {
+            if let Some(r) = held.take() {
+                s.rings = Some(r);
+                s.taken = false;
+                self.returned.notify_all();
+                return true;
+            }
+            return false;
+        }
+        if held.is_none() && !s.taken {
+            if let Some(r) = s.rings.take() {
+                *held = Some(r);
+                s.taken = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Worker side, when it stops: returns the rings it holds.
+    pub fn give_back(&self, held: Option<RingPair>) {
+        let Some(r) = held else { return };
+        let mut s = self.lock();
+        s.rings = Some(r);
+        s.taken = false;
+        self.returned.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_take_back_without_worker() {
+        let s = RingSlot::new("t").unwrap();
+        assert!(s.take_back().is_none());
+        let mut held = None;
+        assert!(!s.sync(&mut held));
+        assert!(held.is_none());
+    }
+}
