@@ -53,6 +53,10 @@ pub struct NetArgs {
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
+    /// Microseconds each vNF's worker keeps polling its rings after they run dry before it
+    /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub busy_poll_us: u64,
     /// MAC address the vNF port reports to its guest (the last byte is incremented per vNF
     /// port, the fifth per vhost-user uplink).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]
@@ -140,6 +144,7 @@ impl NetArgs {
                         queue_size: self.queue_size,
                         mac,
                         fastpath: fastpath.clone(),
+                        busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
                     },
                 )
             })

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod crypto;
 pub mod net;
+pub mod split_ring;
 pub mod vhost_user;
 pub mod virtq;
 

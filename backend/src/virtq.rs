@@ -246,10 +246,8 @@ impl ChainBufs {
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChainError> {
         let mut done = 0;
         walk_range(&self.writable, self.write_len, offset, data.len(), |s| {
-            for i in 0..s.len() {
-                // SAFETY: as in `read`; the descriptor is device-writable.
-                unsafe { std::ptr::write_volatile(s.ptr().add(i), data[done + i]) };
-            }
+            // SAFETY: as in `read`; the descriptor is device-writable.
+            unsafe { write_guest(s.ptr(), &data[done..done + s.len()]) };
             done += s.len();
             Ok(())
         })
@@ -276,10 +274,31 @@ impl ChainBufs {
         carve(&self.writable, self.write_len, offset, len, out)
     }
 
+    /// The readable stream when it is one segment and nothing is writable (the common shape
+    /// of a transmitted frame), for direct access.
+    pub fn single_readable(&self) -> Option<Seg<'static>> {
+        match (self.readable.as_slice(), self.writable.is_empty()) {
+            ([s], true) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// Number of readable plus writable segments (an upper bound for carving both streams).
     pub fn seg_count(&self) -> usize {
         self.readable.len() + self.writable.len()
     }
+}
+
+/// Hints the CPU to start loading the cache line at `p` (no effect where unsupported).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Copies `out.len()` bytes from guest memory at `src` into `out`, 8 bytes per volatile load
@@ -289,7 +308,7 @@ impl ChainBufs {
 /// # Safety
 /// `src..src + out.len()` must be mapped and readable.
 #[inline]
-unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
+pub unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
     let mut chunks = out.chunks_exact_mut(8);
     let mut p = src;
     for c in &mut chunks {
@@ -302,6 +321,28 @@ unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         // SAFETY: the tail bytes are inside the range.
         *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+    }
+}
+
+/// Copies `data` into guest memory at `dst`, 8 bytes per volatile store (as [`read_guest`]).
+///
+/// # Safety
+/// `dst..dst + data.len()` must be mapped and writable.
+#[inline]
+pub unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
+    let mut chunks = data.chunks_exact(8);
+    let mut p = dst;
+    for c in &mut chunks {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(c);
+        // SAFETY: `p..p+8` is inside the range the caller vouched for.
+        unsafe { std::ptr::write_volatile(p as *mut [u8; 8], v) };
+        // SAFETY: stays inside (or one past) the range.
+        p = unsafe { p.add(8) };
+    }
+    for (i, b) in chunks.remainder().iter().enumerate() {
+        // SAFETY: the tail bytes are inside the range.
+        unsafe { std::ptr::write_volatile(p.add(i), *b) };
     }
 }
 
@@ -339,7 +380,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// Host address of `len` (> 0) bytes at `addr`, all inside one region.
     #[inline]
-    fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
+    pub fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
         for &(start, rlen, ptr) in &self.regions[..self.n] {
             let off = addr.wrapping_sub(start);
             if addr >= start && off < rlen && len <= rlen - off {
@@ -352,7 +393,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// The segment of `len` (> 0) bytes at `addr`, inside one region.
     #[inline]
-    fn seg(&self, addr: u64, len: u32) -> Result<Seg<'static>, ChainError> {
+    pub fn seg(&self, addr: u64, len: u32) -> Result<Seg<'static>, ChainError> {
         match self.host(addr, u64::from(len)) {
             // SAFETY: `p..p+len` is inside one mapped region of the snapshot, which stays
             // mapped while the caller holds it (module docs).
@@ -363,7 +404,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// Descriptor `idx` of the table at `table`: (addr, len, flags, next).
     #[inline]
-    fn read_desc(&self, table: u64, idx: u16) -> Result<(u64, u32, u16, u16), ChainError> {
+    pub fn read_desc(&self, table: u64, idx: u16) -> Result<(u64, u32, u16, u16), ChainError> {
         let at = table
             .checked_add(u64::from(idx) * 16)
             .ok_or(ChainError::Broken)?;

@@ -38,6 +38,7 @@ fn add_stats_del_info_and_clear_errors() {
             fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
                 dpacc_sw::SwDriver::new(),
             ))),
+            busy_poll: std::time::Duration::from_micros(50),
         };
         serve(&listener, cfg, &stop2).unwrap();
     });

@@ -69,6 +69,7 @@ impl Net {
             queue_size: 256,
             mac: [0x52, 0x54, 0, 0xdc, 0xac, subnet],
             fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
+            busy_poll: Duration::from_micros(50),
         };
         let stop = shutdown.clone();
         let backend =

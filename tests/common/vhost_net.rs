@@ -40,6 +40,7 @@ impl VhostNet {
             queue_size: 1024,
             mac: [0x52, 0x54, 0, 0xdc, 0xac, 0x01],
             fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
+            busy_poll: Duration::from_micros(50),
         };
         let stop = shutdown.clone();
         let backend =

@@ -85,7 +85,9 @@ pub struct SwFlowProcessor {
     groups: HashMap<u32, Vec<Bucket>>,
     outbound: HashMap<u32, Sa>,
     inbound: HashMap<u32, Sa>,
-    emc: HashMap<FlowKey, Path>,
+    /// Keyed per instance (ahash with random keys): fast, and not steerable by crafted
+    /// traffic the way a fixed hash would be.
+    emc: HashMap<FlowKey, Path, ahash::RandomState>,
     crypto: Arc<dyn CryptoDriver>,
     queue: Box<dyn CryptoQueue>,
     max_flows: usize,
@@ -107,7 +109,7 @@ impl SwFlowProcessor {
             groups: HashMap::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
-            emc: HashMap::with_capacity(EMC_CAP),
+            emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
             crypto,
             queue,
             max_flows,

@@ -2,15 +2,19 @@
 //! driver's TX ring, frames out into its RX ring (over several buffers with MRG_RXBUF), and
 //! the notifications both need.
 
+use std::os::fd::AsRawFd;
+
 use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
-use tracing::warn;
+use dpacc_spec::Seg;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::crypto::worker::{publish_avail_event, Notify};
+use crate::crypto::worker::publish_avail_event;
+use crate::split_ring::{Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::ChainBufs;
+use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 pub const NET_HDR_LEN: usize = 12;
@@ -19,29 +23,22 @@ const LEGACY_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_F_MRG_RXBUF`.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Most frames taken from a TX ring in one call.
+const MAX_BATCH: usize = 64;
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
-
-/// What [`GuestPort::pop_frame`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pop {
-    /// The TX ring is empty.
-    Empty,
-    /// A chain was consumed but held no usable frame (broken, too short or too long).
-    Bad,
-    /// A frame was loaded into the packet buffer.
-    Frame,
-}
 
 /// A virtio-net ring pair in use by a port worker.
 pub struct GuestPort {
     rings: RingPair,
     mem: <GuestMem as GuestAddressSpace>::T,
-    rx_notify: Notify,
-    tx_notify: Notify,
+    rx_call: Option<EventFd>,
+    tx_call: Option<EventFd>,
     hdr_len: usize,
     mrg: bool,
-    rx_used: bool,
+    rx_notify: bool,
+    /// The driver was asked for kicks (undone at the next receive, while the worker polls).
+    armed: bool,
 }
 
 impl GuestPort {
@@ -56,11 +53,12 @@ impl GuestPort {
         };
         Self {
             mem: rings.tx.mem.memory(),
-            rx_notify: Notify::new(rings.rx.call.as_ref().and_then(|c| c.try_clone().ok())),
-            tx_notify: Notify::new(rings.tx.call.as_ref().and_then(|c| c.try_clone().ok())),
+            rx_call: rings.rx.call.as_ref().and_then(|c| c.try_clone().ok()),
+            tx_call: rings.tx.call.as_ref().and_then(|c| c.try_clone().ok()),
             hdr_len,
             mrg,
-            rx_used: false,
+            rx_notify: false,
+            armed: true,
             rings,
         }
     }
@@ -72,12 +70,12 @@ impl GuestPort {
 
     /// The TX ring's kick eventfd.
     pub fn tx_kick(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(&self.rings.tx.kick)
+        self.rings.tx.kick.as_raw_fd()
     }
 
     /// The RX ring's kick eventfd (the driver added buffers).
     pub fn rx_kick(&self) -> i32 {
-        std::os::fd::AsRawFd::as_raw_fd(&self.rings.rx.kick)
+        self.rings.rx.kick.as_raw_fd()
     }
 
     /// Takes a fresh guest memory snapshot (call once per wake-up, before using the rings).
@@ -85,136 +83,240 @@ impl GuestPort {
         self.mem = self.rings.tx.mem.memory();
     }
 
-    /// Starts a TX pass: no kicks while we are draining.
-    pub fn tx_begin(&mut self) {
-        let _ = self.rings.tx.queue.disable_notification(&*self.mem);
-    }
-
-    /// Ends a TX pass that consumed `n` chains: notifies the driver of the used buffers and
-    /// re-enables kicks. True if more frames arrived meanwhile (run another pass).
-    pub fn tx_end(&mut self, n: usize) -> bool {
+    /// Asks the driver for kicks again before the worker sleeps. True if frames arrived
+    /// meanwhile (receive again instead of sleeping).
+    pub fn tx_rearm(&mut self) -> bool {
         let mem: &GuestMemoryMmap = &self.mem;
-        if n > 0 {
-            self.tx_notify.signal(&mut self.rings.tx.queue, mem);
-        }
+        self.armed = true;
         let _ = publish_avail_event(&self.rings.tx.queue, mem);
-        n > 0 || matches!(self.rings.tx.queue.enable_notification(mem), Ok(true))
+        matches!(self.rings.tx.queue.enable_notification(mem), Ok(true))
     }
 
-    /// Moves the next frame of the TX ring into `pkt` (arriving on `port`), returning its
-    /// chain to the driver at once.
-    pub fn pop_frame(&mut self, chain: &mut ChainBufs, pkt: &mut PacketBuf, port: PortId) -> Pop {
+    /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`),
+    /// returning their chains to the driver. Returns (chains consumed, frames loaded); chains
+    /// without a usable frame (broken, too short, too long) are counted in `bad`.
+    pub fn receive(
+        &mut self,
+        chain: &mut ChainBufs,
+        pkts: &mut [PacketBuf],
+        port: PortId,
+        bad: &mut u64,
+    ) -> (usize, usize) {
         let mem: &GuestMemoryMmap = &self.mem;
         let q = &mut self.rings.tx.queue;
-        let Some(c) = q.pop_descriptor_chain(mem) else {
-            return Pop::Empty;
+        if std::mem::take(&mut self.armed) {
+            let _ = q.disable_notification(mem);
+        }
+        let fast = FastMem::new(mem);
+        let Some(mut ring) = SplitRing::open(q, &fast) else {
+            return (0, 0);
         };
-        let head = c.head_index();
-        let ok = chain.walk(c, mem).is_ok();
-        if let Err(e) = q.add_used(mem, head, 0) {
-            warn!("tx add_used: {e}");
+        let avail = ring.pending();
+        let k = usize::from(avail).min(pkts.len()).min(MAX_BATCH);
+        ring.prefetch(k as u16);
+        // Walk the batch's chains first, starting the loads of their frames, then copy.
+        let mut frames = [(None::<Seg<'static>>, 0u16); MAX_BATCH];
+        let mut taken = 0;
+        for f in &mut frames[..k] {
+            let Some(popped) = ring.pop_one(chain) else {
+                break;
+            };
+            taken += 1;
+            *f = match popped {
+                Popped::One {
+                    head,
+                    seg,
+                    writable: false,
+                } => {
+                    prefetch(seg.ptr());
+                    if seg.len() > 64 {
+                        // SAFETY: `seg` is inside guest memory; `add(64)` stays within it.
+                        prefetch(unsafe { seg.ptr().add(64) });
+                    }
+                    (Some(seg), head)
+                }
+                Popped::One { head, .. } => (None, head),
+                Popped::Walked(head, _) => (None, head),
+            };
         }
-        let total = chain.readable_len();
-        if !ok || total < self.hdr_len + 14 || total - self.hdr_len > MAX_FRAME {
-            return Pop::Bad;
+        let hdr = self.hdr_len;
+        let mut n = 0;
+        for &(seg, head) in &frames[..taken] {
+            ring.put_used(head, 0);
+            let p = &mut pkts[n];
+            let ok = match seg {
+                Some(s) if s.len() >= hdr + 14 && s.len() - hdr <= MAX_FRAME => {
+                    let len = s.len() - hdr;
+                    // SAFETY: `s` lies in guest memory that `mem` keeps mapped; `hdr..s.len()`
+                    // is inside it.
+                    unsafe { read_guest(s.ptr().add(hdr), &mut p.load_area(port)[..len]) };
+                    p.set_len(len);
+                    true
+                }
+                Some(_) => false,
+                // Several segments (or a broken chain): walk it again the general way.
+                None => {
+                    ring.rewalk(head, chain).is_ok() && {
+                        let total = chain.readable_len();
+                        total >= hdr + 14
+                            && total - hdr <= MAX_FRAME
+                            && chain
+                                .read(hdr, &mut p.load_area(port)[..total - hdr])
+                                .is_ok()
+                            && {
+                                p.set_len(total - hdr);
+                                true
+                            }
+                    }
+                }
+            };
+            if ok {
+                n += 1;
+            } else {
+                *bad += 1;
+            }
         }
-        let len = total - self.hdr_len;
-        let area = pkt.load_area(port);
-        if chain.read(self.hdr_len, &mut area[..len]).is_err() {
-            return Pop::Bad;
+        let chains = taken;
+        if ring.close(q) {
+            signal(&self.tx_call);
         }
-        pkt.set_len(len);
-        Pop::Frame
+        (chains, n)
     }
 
-    /// Puts `frame` (after a zeroed virtio-net header) into the RX ring. On any shortage the
-    /// ring is left as it was and false is returned (the frame is dropped).
-    pub fn push_frame(&mut self, chain: &mut ChainBufs, frame: &[u8]) -> bool {
+    /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
+    /// frame does not fit. Returns how many were put (the caller drops the rest).
+    pub fn send<'f>(
+        &mut self,
+        chain: &mut ChainBufs,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+    ) -> usize {
         let mem: &GuestMemoryMmap = &self.mem;
+        let fast = FastMem::new(mem);
         let q = &mut self.rings.rx.queue;
-        let hdr = self.hdr_len;
-        let mut start = q.next_avail();
-        let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
-        let mut nb = 0usize;
-        let mut done = 0usize;
-        let total = hdr + frame.len();
-        while done < total {
-            if nb == heads.len() || (nb == 1 && !self.mrg) {
-                q.set_next_avail(start);
-                return false;
+        let Some(mut ring) = SplitRing::open(q, &fast) else {
+            return 0;
+        };
+        let mut avail = ring.pending();
+        ring.prefetch(avail.min(MAX_BATCH as u16));
+        let mut sent = 0;
+        for f in frames {
+            if !put_frame(&mut ring, &mut avail, chain, f, self.hdr_len, self.mrg) {
+                break;
             }
-            let Some(c) = q.pop_descriptor_chain(mem) else {
-                q.set_next_avail(start);
-                return false;
-            };
-            let head = c.head_index();
-            let broken = chain.walk(c, mem).is_err()
-                || chain.writable_len() == 0
-                || (nb == 0 && chain.writable_len() < hdr);
-            if broken {
-                if nb > 0 {
-                    // The driver's ring is broken mid-frame: drop the frame; it only hurts
-                    // the driver's own reception.
-                    q.set_next_avail(start);
-                    return false;
-                }
-                // Hand the unusable buffer back empty and go on with the next one.
-                let _ = q.add_used(mem, head, 0);
-                start = q.next_avail();
-                continue;
-            }
-            let room = chain.writable_len();
-            let mut written = 0usize;
-            if nb == 0 {
-                let mut h = [0u8; NET_HDR_LEN];
-                h[10] = 1; // num_buffers, patched below when the frame spans several
-                if chain.write(0, &h[..hdr]).is_err() {
-                    q.set_next_avail(start);
-                    return false;
-                }
-                written = hdr;
-                done = hdr;
-            }
-            let take = (room - written).min(total - done);
-            let from = done - hdr;
-            if chain.write(written, &frame[from..from + take]).is_err() {
-                q.set_next_avail(start);
-                return false;
-            }
-            done += take;
-            written += take;
-            heads[nb] = (head, written as u32);
-            nb += 1;
+            sent += 1;
         }
-        if nb > 1 {
-            // num_buffers (little endian) in the first buffer's header: re-walk that chain.
-            let now = q.next_avail();
-            q.set_next_avail(start);
-            let first = q.pop_descriptor_chain(mem);
-            q.set_next_avail(now);
-            if let Some(c) = first {
-                if chain.walk(c, mem).is_ok() {
-                    let _ = chain.write(10, &(nb as u16).to_le_bytes());
-                }
-            }
-        }
-        for &(h, len) in &heads[..nb] {
-            if let Err(e) = q.add_used(mem, h, len) {
-                warn!("rx add_used: {e}");
-            }
-        }
-        self.rx_used = true;
-        true
+        self.rx_notify |= ring.close(q);
+        sent
     }
 
     /// Notifies the driver of frames put into its RX ring since the last flush.
     pub fn rx_flush(&mut self) {
-        if !self.rx_used {
-            return;
+        if std::mem::take(&mut self.rx_notify) {
+            signal(&self.rx_call);
         }
-        self.rx_used = false;
-        let mem: &GuestMemoryMmap = &self.mem;
-        let _ = publish_avail_event(&self.rings.rx.queue, mem);
-        self.rx_notify.signal(&mut self.rings.rx.queue, mem);
     }
+}
+
+fn signal(call: &Option<EventFd>) {
+    if let Some(c) = call {
+        let _ = c.write(1);
+    }
+}
+
+/// Puts one frame into the RX ring (over several chains with MRG_RXBUF). On a shortage the
+/// chains it took are put back and false is returned; unusable chains before the frame's
+/// first are returned to the driver empty.
+fn put_frame<G: vm_memory::GuestMemoryBackend>(
+    ring: &mut SplitRing<'_, G>,
+    avail: &mut u16,
+    chain: &mut ChainBufs,
+    frame: &[u8],
+    hdr: usize,
+    mrg: bool,
+) -> bool {
+    let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
+    let mut nb = 0usize;
+    let total = hdr + frame.len();
+    let mut done = 0usize;
+    while done < total {
+        if nb == heads.len() || (nb == 1 && !mrg) || *avail == 0 {
+            ring.unpop(nb as u16);
+            *avail += nb as u16;
+            return false;
+        }
+        let Some(popped) = ring.pop_one(chain) else {
+            ring.unpop(nb as u16);
+            *avail += nb as u16;
+            return false;
+        };
+        *avail -= 1;
+        let walked = match popped {
+            Popped::One {
+                head,
+                seg,
+                writable: true,
+            } if nb == 0 && seg.len() >= total => {
+                // The whole frame fits the first buffer: write it directly.
+                let mut h = [0u8; NET_HDR_LEN];
+                h[10] = 1;
+                // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's
+                // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
+                unsafe {
+                    write_guest(seg.ptr(), &h[..hdr]);
+                    write_guest(seg.ptr().add(hdr), frame);
+                }
+                ring.put_used(head, total as u32);
+                return true;
+            }
+            // Otherwise walk it (again) the general way.
+            Popped::One { head, .. } => ring.rewalk(head, chain),
+            Popped::Walked(_, r) => r,
+        };
+        let room = chain.writable_len();
+        if walked.is_err() || room == 0 || (nb == 0 && room < hdr) {
+            if nb > 0 {
+                // The driver's ring is broken mid-frame: drop the frame and leave the ring
+                // for the next one; it only hurts the driver's own reception.
+                ring.unpop(nb as u16 + 1);
+                *avail += nb as u16 + 1;
+                return false;
+            }
+            // Hand the unusable buffer back empty and go on with the next one.
+            ring.put_used(chain.head(), 0);
+            continue;
+        }
+        let mut written = 0usize;
+        if nb == 0 {
+            let mut h = [0u8; NET_HDR_LEN];
+            h[10] = 1; // num_buffers, patched below when the frame spans several
+            if chain.write(0, &h[..hdr]).is_err() {
+                ring.unpop(1);
+                *avail += 1;
+                return false;
+            }
+            written = hdr;
+            done = hdr;
+        }
+        let take = (room - written).min(total - done);
+        let from = done - hdr;
+        if chain.write(written, &frame[from..from + take]).is_err() {
+            ring.unpop(nb as u16 + 1);
+            *avail += nb as u16 + 1;
+            return false;
+        }
+        done += take;
+        written += take;
+        heads[nb] = (chain.head(), written as u32);
+        nb += 1;
+    }
+    if nb > 1 && hdr == NET_HDR_LEN {
+        // num_buffers (little endian) in the first chain's header: walk that chain again.
+        if ring.rewalk(heads[0].0, chain).is_ok() {
+            let _ = chain.write(10, &(nb as u16).to_le_bytes());
+        }
+    }
+    for &(h, len) in &heads[..nb] {
+        ring.put_used(h, len);
+    }
+    true
 }

@@ -57,6 +57,8 @@ pub struct NetBackendConfig {
     pub mac: [u8; 6],
     /// Creates the flow-processor instance.
     pub fastpath: Arc<dyn FastPathDriver>,
+    /// How long the worker busy-polls its rings after they run dry before it sleeps.
+    pub busy_poll: std::time::Duration,
 }
 
 /// Serves one vNF port on `listener` (and its vhost-user uplinks on their own sockets, which
@@ -110,12 +112,15 @@ pub fn serve(
         cfg.max_flows,
         cfg.fastpath.name()
     );
-    let worker = PortWorker::spawn(PortState {
-        proc_,
-        ports,
-        stats: PortStats::default(),
-        vnf_mac: [0xff; 6],
-    })
+    let worker = PortWorker::spawn(
+        PortState {
+            proc_,
+            ports,
+            stats: PortStats::default(),
+            vnf_mac: [0xff; 6],
+        },
+        cfg.busy_poll,
+    )
     .map_err(|e| format!("starting the port worker: {e}"))?;
     let mut vnf_dev = NetPortDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
     let r = std::thread::scope(|s| {

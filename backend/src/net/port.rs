@@ -16,13 +16,15 @@ use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::guest_port::{GuestPort, Pop};
+use super::guest_port::GuestPort;
 use super::slot::RingSlot;
 use super::tap::Tap;
 use crate::virtq::ChainBufs;
 
 const BATCH: usize = 32;
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
+/// Rounds of a pass before the worker looks at its control events again.
+const MAX_ROUNDS: usize = 64;
 
 /// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,6 +43,8 @@ pub struct PortStats {
     pub to_uplinks: u64,
     /// Malformed TX chains or oversized frames.
     pub bad_tx: u64,
+    /// Non-empty batches taken from virtio TX rings (frames / batches = mean batch size).
+    pub batches: u64,
 }
 
 /// One port of a vNF's instance.
@@ -75,13 +79,14 @@ pub struct PortWorker {
 }
 
 impl PortWorker {
-    /// Starts the worker thread.
-    pub fn spawn(state: PortState) -> io::Result<Self> {
+    /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
+    /// sleeps.
+    pub fn spawn(state: PortState, spin: Duration) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("net-port".into())
-            .spawn(move || Worker::new(state).run(&exit2))?;
+            .spawn(move || Worker::new(state, spin).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
@@ -118,6 +123,7 @@ enum FdRole {
 
 struct Worker {
     st: PortState,
+    spin: Duration,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
     chain: ChainBufs,
@@ -133,9 +139,10 @@ fn drain_eventfd(fd: i32) {
 }
 
 impl Worker {
-    fn new(st: PortState) -> Self {
+    fn new(st: PortState, spin: Duration) -> Self {
         Self {
             st,
+            spin,
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
             chain: ChainBufs::new(),
@@ -212,12 +219,14 @@ impl Worker {
             revents: 0,
         });
         roles.push(FdRole::Exit);
+        let mut busy = true;
         loop {
             for f in &mut fds {
                 f.revents = 0;
             }
             // SAFETY: a live array of pollfd structs of the length passed.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            let timeout = if busy { 0 } else { 100 };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 warn!("net port: poll: {}", io::Error::last_os_error());
                 break;
@@ -247,7 +256,22 @@ impl Worker {
                 });
                 roles.push(FdRole::Exit);
             }
-            self.pass();
+            busy = self.pass();
+            if !busy && !self.spin.is_zero() {
+                // Busy-poll a little before sleeping: a wake-up costs more than a short spin
+                // when frames come in steady streams.
+                let t = Instant::now();
+                while t.elapsed() < self.spin {
+                    if self.pass() {
+                        busy = true;
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if !busy {
+                busy = self.rearm();
+            }
             if last_expire.elapsed() >= EXPIRE_EVERY {
                 last_expire = Instant::now();
                 self.emits.clear();
@@ -266,32 +290,41 @@ impl Worker {
         self.st
     }
 
-    /// Services every port until none has more input.
-    fn pass(&mut self) {
+    /// Services the ports round-robin, a batch each per round, until none has input or
+    /// [`MAX_ROUNDS`] rounds ran. True if it found input (poll again without sleeping).
+    fn pass(&mut self) -> bool {
         for p in &mut self.st.ports {
             if let PortIo::Guest { port: Some(g), .. } = p {
                 g.refresh();
             }
         }
-        for i in 0..self.st.ports.len() {
-            match &self.st.ports[i] {
-                PortIo::Guest { port: Some(_), .. } => loop {
-                    if let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] {
-                        g.tx_begin();
-                    }
-                    let n = self.guest_batch(i);
-                    let more = match &mut self.st.ports[i] {
-                        PortIo::Guest { port: Some(g), .. } => g.tx_end(n),
-                        _ => false,
-                    };
-                    if !more {
-                        break;
-                    }
-                },
-                PortIo::Guest { port: None, .. } => {}
-                PortIo::Tap(_) => while self.tap_batch(i) > 0 {},
+        for round in 0..MAX_ROUNDS {
+            let mut busy = false;
+            for i in 0..self.st.ports.len() {
+                busy |= match &self.st.ports[i] {
+                    PortIo::Guest { port: Some(_), .. } => self.guest_batch(i) > 0,
+                    PortIo::Guest { port: None, .. } => false,
+                    PortIo::Tap(_) => self.tap_batch(i) > 0,
+                };
+            }
+            self.flush();
+            if !busy {
+                return round > 0;
             }
         }
+        true
+    }
+
+    /// Asks every guest driver for kicks again before sleeping (while the worker polls, the
+    /// drivers do not kick). True if frames came meanwhile (do not sleep).
+    fn rearm(&mut self) -> bool {
+        let mut more = false;
+        for p in &mut self.st.ports {
+            if let PortIo::Guest { port: Some(g), .. } = p {
+                more |= g.tx_rearm();
+            }
+        }
+        more
     }
 
     /// Takes up to a batch of frames from guest port `i`'s TX ring and processes them.
@@ -299,37 +332,36 @@ impl Worker {
     /// from an uplink they are ordinary frames. Returns the chains consumed.
     fn guest_batch(&mut self, i: usize) -> usize {
         let id = PortId(i as u16);
-        let mut chains = 0;
-        let mut n = 0;
-        while n < BATCH {
-            let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] else {
-                break;
-            };
-            match g.pop_frame(&mut self.chain, &mut self.pkts[n], id) {
-                Pop::Empty => break,
-                Pop::Bad => {
-                    chains += 1;
-                    self.st.stats.bad_tx += 1;
+        let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] else {
+            return 0;
+        };
+        let (chains, mut n) = g.receive(
+            &mut self.chain,
+            &mut self.pkts,
+            id,
+            &mut self.st.stats.bad_tx,
+        );
+        self.st.stats.batches += u64::from(chains > 0);
+        if id != PortId::VNF {
+            self.st.stats.from_uplinks += n as u64;
+        } else {
+            self.st.stats.from_vnf += n as u64;
+            // Take the control frames out (keeping the order of the others).
+            let mut keep = 0;
+            for j in 0..n {
+                if let Some((_, src, payload)) = proto::parse_frame(self.pkts[j].frame()) {
+                    self.st.stats.control += 1;
+                    self.st.vnf_mac = src;
+                    self.emits.clear();
+                    let t = self.now();
+                    self.st.proc_.control(t, payload, &mut self.emits);
+                    self.emit_all();
                     continue;
                 }
-                Pop::Frame => chains += 1,
+                self.pkts.swap(keep, j);
+                keep += 1;
             }
-            if id != PortId::VNF {
-                self.st.stats.from_uplinks += 1;
-                n += 1;
-                continue;
-            }
-            self.st.stats.from_vnf += 1;
-            if let Some((_, src, payload)) = proto::parse_frame(self.pkts[n].frame()) {
-                self.st.stats.control += 1;
-                self.st.vnf_mac = src;
-                self.emits.clear();
-                let t = self.now();
-                self.st.proc_.control(t, payload, &mut self.emits);
-                self.emit_all();
-                continue;
-            }
-            n += 1;
+            n = keep;
         }
         if n > 0 {
             self.process(n);
@@ -369,10 +401,19 @@ impl Worker {
         self.st
             .proc_
             .process(t, &mut self.pkts[..n], &mut self.verdicts[..n]);
+        // Outputs to virtio ports go out in one ring pass per port; the rest one by one.
+        let mut to_guests = false;
         for i in 0..n {
             match self.verdicts[i] {
                 Verdict::Output(port) => {
-                    output(&mut self.st, &mut self.chain, port, self.pkts[i].frame());
+                    if matches!(
+                        self.st.ports.get(usize::from(port.0)),
+                        Some(PortIo::Guest { .. })
+                    ) {
+                        to_guests = true;
+                    } else {
+                        output(&mut self.st, &mut self.chain, port, self.pkts[i].frame());
+                    }
                 }
                 Verdict::Drop => {}
                 Verdict::Miss { table } => {
@@ -390,6 +431,44 @@ impl Worker {
                     output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
+        }
+        if !to_guests {
+            return;
+        }
+        for (pi, p) in self.st.ports.iter_mut().enumerate() {
+            let PortIo::Guest { port, .. } = p else {
+                continue;
+            };
+            let want = PortId(pi as u16);
+            let verdicts = &self.verdicts[..n];
+            let count = verdicts
+                .iter()
+                .filter(|v| **v == Verdict::Output(want))
+                .count();
+            if count == 0 {
+                continue;
+            }
+            let sent = match port {
+                Some(g) => {
+                    let pkts = &self.pkts;
+                    g.send(
+                        &mut self.chain,
+                        verdicts
+                            .iter()
+                            .zip(pkts.iter())
+                            .filter(|(v, _)| **v == Verdict::Output(want))
+                            .map(|(_, p)| p.frame()),
+                    )
+                }
+                None => 0,
+            };
+            let s = &mut self.st.stats;
+            if pi == 0 {
+                s.to_vnf += sent as u64;
+            } else {
+                s.to_uplinks += sent as u64;
+            }
+            s.rx_no_buffer += (count - sent) as u64;
         }
     }
 
@@ -427,7 +506,7 @@ fn output(st: &mut PortState, chain: &mut ChainBufs, port: PortId, frame: &[u8])
     let vnf = port == PortId::VNF;
     match st.ports.get_mut(usize::from(port.0)) {
         Some(PortIo::Guest { port: Some(g), .. }) => {
-            if g.push_frame(chain, frame) {
+            if g.send(chain, [frame]) == 1 {
                 if vnf {
                     st.stats.to_vnf += 1;
                 } else {

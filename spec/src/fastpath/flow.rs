@@ -22,7 +22,7 @@ pub const IPPROTO_ESP: u8 = 50;
 pub const NO_VLAN: u16 = 0xffff;
 
 /// Everything a match can look at, extracted once per packet (exact-match cache key).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKey {
     /// Port the packet came in on.
     pub in_port: u16,
@@ -44,6 +44,27 @@ pub struct FlowKey {
     pub dport: u16,
     /// ESP SPI.
     pub spi: u32,
+}
+
+impl std::hash::Hash for FlowKey {
+    /// Every field, packed into six words (one hasher call each instead of one per field).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let w = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+        h.write_u64(
+            u64::from(self.in_port)
+                | u64::from(self.eth_type) << 16
+                | u64::from(self.vlan) << 32
+                | u64::from(self.ip_ver) << 48
+                | u64::from(self.proto) << 56,
+        );
+        h.write_u64(w(&self.src[..8]));
+        h.write_u64(w(&self.src[8..]));
+        h.write_u64(w(&self.dst[..8]));
+        h.write_u64(w(&self.dst[8..]));
+        h.write_u64(
+            u64::from(self.sport) | u64::from(self.dport) << 16 | u64::from(self.spi) << 32,
+        );
+    }
 }
 
 /// An address with a prefix length.

@@ -1,0 +1,299 @@
+//! [`SplitRing`]: one batch's view of a split virtqueue for the packet data path.
+//!
+//! `virtio_queue::Queue` holds a ring's configuration and indices between batches; its
+//! per-chain operations go through the generic guest-memory accessors (a region lookup and
+//! bounds checks per field, a used-index store per chain). A `SplitRing` translates the avail
+//! and used rings once per batch into host pointers (through [`FastMem`]), reads the avail
+//! index once, writes used elements without publishing them, and publishes the used index and
+//! decides on a notification once, at [`SplitRing::close`], which writes the indices back into
+//! the `Queue`. Descriptor chains are walked and checked by [`ChainBufs::walk_table`].
+//!
+//! Everything the driver controls is checked: ring addresses must be aligned and inside one
+//! guest memory region (otherwise the ring is not used at all), an avail index more than the
+//! ring size ahead is ignored (a broken driver), and head indices are checked by the walk.
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+
+use dpacc_spec::Seg;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryBackend;
+
+use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem};
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Descriptor flags.
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// What [`SplitRing::pop_one`] took.
+#[derive(Debug)]
+pub enum Popped {
+    /// A chain of one non-empty direct descriptor.
+    One {
+        /// Its head (for [`SplitRing::put_used`]).
+        head: u16,
+        /// Its buffer in guest memory.
+        seg: Seg<'static>,
+        /// Device-writable.
+        writable: bool,
+    },
+    /// Any other chain, walked into the caller's `ChainBufs` (or refused by the walk).
+    Walked(u16, Result<(), ChainError>),
+}
+
+/// A split virtqueue opened for one batch.
+pub struct SplitRing<'a, G: GuestMemoryBackend> {
+    mem: &'a FastMem<'a, G>,
+    desc: u64,
+    size: u16,
+    /// Host address of the avail ring: flags, idx, ring[size], used_event.
+    avail: *const u8,
+    /// Host address of the used ring: flags, idx, ring[size] of (id, len), avail_event.
+    used: *mut u8,
+    next_avail: u16,
+    next_used: u16,
+    old_used: u16,
+    avail_idx: u16,
+    event_idx: bool,
+}
+
+impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
+    /// Opens `q` over `mem`. None if the ring is not ready or its avail or used ring is
+    /// misaligned or not inside one region of guest memory.
+    pub fn open(q: &Queue, mem: &'a FastMem<'a, G>) -> Option<Self> {
+        let size = q.size();
+        if !q.ready() || size == 0 || !size.is_power_of_two() {
+            return None;
+        }
+        let s = u64::from(size);
+        let (a, u) = (q.avail_ring(), q.used_ring());
+        if a % 2 != 0 || u % 4 != 0 {
+            return None;
+        }
+        let avail = mem.host(a, 6 + 2 * s)?;
+        let used = mem.host(u, 6 + 8 * s)?;
+        let mut r = Self {
+            mem,
+            desc: q.desc_table(),
+            size,
+            avail,
+            used,
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+            old_used: q.next_used(),
+            avail_idx: 0,
+            event_idx: q.event_idx_enabled(),
+        };
+        r.avail_idx = r.next_avail;
+        Some(r)
+    }
+
+    fn avail_u16(&self, i: u64) -> &AtomicU16 {
+        // SAFETY: `open` checked that the avail ring (6 + 2 * size bytes) is mapped and 2-byte
+        // aligned; callers pass i <= size + 2 (in u16 units). Guest memory may change under
+        // us, which atomics allow.
+        unsafe { AtomicU16::from_ptr(self.avail.add(2 * i as usize) as *mut u16) }
+    }
+
+    fn used_u16(&self, off: usize) -> &AtomicU16 {
+        // SAFETY: `open` checked that the used ring (6 + 8 * size bytes) is mapped and 4-byte
+        // aligned; callers pass even offsets inside it.
+        unsafe { AtomicU16::from_ptr(self.used.add(off) as *mut u16) }
+    }
+
+    /// Chains the driver has made available and we have not taken (0 if its index is more
+    /// than a ring ahead: a broken driver gets nothing done until it repairs it).
+    pub fn pending(&mut self) -> u16 {
+        let idx = u16::from_le(self.avail_u16(1).load(Ordering::Acquire));
+        let n = idx.wrapping_sub(self.next_avail);
+        if n > self.size {
+            return 0;
+        }
+        self.avail_idx = idx;
+        n
+    }
+
+    /// Takes the next available chain and walks it into `chain`. None when no chain is
+    /// pending (as of the last [`pending`](Self::pending)); `Some(Err)` for a chain that
+    /// fails the checks (its head is still in `chain.head()` and must be returned as used).
+    pub fn pop(&mut self, chain: &mut ChainBufs) -> Option<Result<(), ChainError>> {
+        if self.next_avail == self.avail_idx {
+            return None;
+        }
+        let slot = u64::from(self.next_avail % self.size);
+        let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Some(chain.walk_table(head, self.desc, self.size, self.mem))
+    }
+
+    /// Like [`pop`](Self::pop), but a chain of one plain descriptor (the common shape of a
+    /// network buffer) comes back as that descriptor's segment, without walking into `chain`.
+    pub fn pop_one(&mut self, chain: &mut ChainBufs) -> Option<Popped> {
+        if self.next_avail == self.avail_idx {
+            return None;
+        }
+        let slot = u64::from(self.next_avail % self.size);
+        let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
+        self.next_avail = self.next_avail.wrapping_add(1);
+        if head < self.size {
+            if let Ok((addr, len, flags, _)) = self.mem.read_desc(self.desc, head) {
+                if flags & (F_NEXT | F_INDIRECT) == 0 && len > 0 {
+                    if let Ok(seg) = self.mem.seg(addr, len) {
+                        return Some(Popped::One {
+                            head,
+                            seg,
+                            writable: flags & F_WRITE != 0,
+                        });
+                    }
+                }
+            }
+        }
+        Some(Popped::Walked(
+            head,
+            chain.walk_table(head, self.desc, self.size, self.mem),
+        ))
+    }
+
+    /// Starts loading the descriptors of the next `n` pending chains into the cache (a
+    /// batch's misses then overlap instead of coming one after another).
+    pub fn prefetch(&self, n: u16) {
+        for k in 0..n.min(self.avail_idx.wrapping_sub(self.next_avail)) {
+            let slot = u64::from(self.next_avail.wrapping_add(k) % self.size);
+            let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
+            if head < self.size {
+                if let Some(p) = self.mem.host(self.desc + 16 * u64::from(head), 16) {
+                    prefetch(p);
+                }
+            }
+        }
+    }
+
+    /// Walks chain `head` again (to patch a header after later chains were taken).
+    pub fn rewalk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
+        chain.walk_table(head, self.desc, self.size, self.mem)
+    }
+
+    /// Un-takes the last `n` chains taken (they will be taken again next time).
+    pub fn unpop(&mut self, n: u16) {
+        self.next_avail = self.next_avail.wrapping_sub(n);
+    }
+
+    /// Index of the next chain [`pop`](Self::pop) would take.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written (published at `close`).
+    pub fn put_used(&mut self, head: u16, len: u32) {
+        let off = 4 + 8 * usize::from(self.next_used % self.size);
+        // SAFETY: `off + 8 <= 4 + 8 * size` lies inside the used ring `open` checked (mapped,
+        // 4-byte aligned, so the u32 stores are aligned).
+        unsafe {
+            let e = self.used.add(off) as *mut u32;
+            std::ptr::write_volatile(e, u32::from(head).to_le());
+            std::ptr::write_volatile(e.add(1), len.to_le());
+        }
+        self.next_used = self.next_used.wrapping_add(1);
+    }
+
+    /// Publishes the used elements, writes the indices back into `q`, and tells whether the
+    /// driver wants a notification for them.
+    pub fn close(self, q: &mut Queue) -> bool {
+        q.set_next_avail(self.next_avail);
+        q.set_next_used(self.next_used);
+        if self.next_used == self.old_used {
+            return false;
+        }
+        self.used_u16(2)
+            .store(self.next_used.to_le(), Ordering::Release);
+        // Order the used index store before reading the driver's suppression state.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let used_event = u16::from_le(
+                self.avail_u16(2 + u64::from(self.size))
+                    .load(Ordering::Relaxed),
+            );
+            let new = self.next_used;
+            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(self.old_used)
+        } else {
+            u16::from_le(self.avail_u16(0).load(Ordering::Relaxed)) & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    #[test]
+    fn pops_walks_and_publishes_like_the_generic_queue() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        // Two chains: [0x8000+64 readable], [0x9000+32 readable -> 0xa000+100 writable].
+        vq.build_multiple_desc_chains(&[
+            d(0x8000, 64, 0, 0),
+            d(0x9000, 32, 1, 2),
+            d(0xa000, 100, 2, 0),
+        ])
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let fast = FastMem::new(&m);
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending(), 2);
+        let mut c = ChainBufs::new();
+        r.pop(&mut c).unwrap().unwrap();
+        assert_eq!((c.readable_len(), c.writable_len()), (64, 0));
+        r.put_used(c.head(), 0);
+        r.pop(&mut c).unwrap().unwrap();
+        assert_eq!((c.readable_len(), c.writable_len()), (32, 100));
+        r.put_used(c.head(), 7);
+        assert!(r.pop(&mut c).is_none());
+        // Without EVENT_IDX and no NO_INTERRUPT flag, the driver wants a notification.
+        assert!(r.close(&mut q));
+        assert_eq!((q.next_avail(), q.next_used()), (2, 2));
+        let used_idx: u16 = m.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 2);
+        let id1: u32 = m.read_obj(vq.used_addr().unchecked_add(4 + 8)).unwrap();
+        let len1: u32 = m.read_obj(vq.used_addr().unchecked_add(4 + 12)).unwrap();
+        assert_eq!((id1, len1), (1, 7));
+    }
+
+    #[test]
+    fn hostile_rings_are_refused_or_ignored() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.build_desc_chain(&[d(0x8000, 64, 0, 0)]).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let fast = FastMem::new(&m);
+        // An avail index 1000 ahead of a 16-entry ring: nothing is taken.
+        m.write_obj(1000u16, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending(), 0);
+        assert!(r.pop(&mut ChainBufs::new()).is_none());
+        // A head index outside the table: the walk reports it.
+        m.write_obj(1u16, vq.avail_addr().unchecked_add(2)).unwrap();
+        m.write_obj(40u16, vq.avail_addr().unchecked_add(4))
+            .unwrap();
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending(), 1);
+        assert!(r.pop(&mut ChainBufs::new()).unwrap().is_err());
+        // A used ring outside guest memory: the ring is not opened.
+        q.set_used_ring_address(Some(0x00ff_fff0), None);
+        assert!(SplitRing::open(&q, &fast).is_none());
+    }
+}
