@@ -4,6 +4,9 @@
 #     tests/driver_plugin.rs with the system C compiler
 #   - iproute2: `ip netns` / TAP / veth for the fast-path tests in network namespaces
 #   - scapy + cryptography (PyPI): the independent ESP (RFC 4303/4106) peer of the fast-path tests
+#   - dpdk-dev: dpdk-testpmd, whose virtio-user PMD is the independent peer on vhost-user
+#     uplinks (tests/net_vhost_uplink.rs) and the reference in benches/net-vs-testpmd.sh; it
+#     needs 2 MiB hugepages, reserved and mounted here (the test tops them up if it can)
 set -euo pipefail
 log() { echo "install-deps(ci): $*" >&2; }
 SUDO=""
@@ -13,11 +16,23 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=()
 [ -e /usr/include/openssl/evp.h ] || pkgs+=(libssl-dev)
 command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+command -v dpdk-testpmd >/dev/null 2>&1 || pkgs+=(dpdk-dev)
 if [ ${#pkgs[@]} -gt 0 ]; then
     log "apt-get install ${pkgs[*]}"
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
+
+free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+if [ "${free:-0}" -lt 512 ]; then
+    log "reserving 512 hugepages"
+    echo $(( $(cat /proc/sys/vm/nr_hugepages) + 512 - ${free:-0} )) | $SUDO tee /proc/sys/vm/nr_hugepages >/dev/null
+fi
+if ! grep -q hugetlbfs /proc/mounts; then
+    $SUDO mkdir -p /dev/hugepages
+    $SUDO mount -t hugetlbfs nodev /dev/hugepages
+fi
+grep -E "HugePages_(Total|Free)" /proc/meminfo >&2
 
 if ! python3 -c 'import scapy, cryptography' 2>/dev/null; then
     log "pip install scapy cryptography"

@@ -14,7 +14,7 @@ T=${TARGET:-target/release}
 RUN=${SECONDS_RUN:-5}
 BURSTS=${BURSTS:-4}
 DIR=$(mktemp -d /tmp/dpacc-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$DIR"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "/var/run/dpdk/be$$"; [ -n "${KEEP:-}" ] || rm -rf "$DIR"' EXIT
 
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (apt-get install dpdk-dev)"; exit 1; }
 free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
@@ -32,8 +32,8 @@ generate() {
     sleep 1; echo "show port stats all"
     sleep "$RUN"; echo "show port stats all"
     echo "stop"; echo "quit"
-  } | dpdk-testpmd -l 0,1 --main-lcore 1 -m 256 --no-pci --single-file-segments \
-      --file-prefix "gen$$" --vdev "net_virtio_user0,path=$a" --vdev "net_virtio_user1,path=$b" \
+  } | dpdk-testpmd -l 0,1 --main-lcore 1 -m 256 --no-pci --single-file-segments --in-memory \
+      --vdev "net_virtio_user0,path=$a" --vdev "net_virtio_user1,path=$b" \
       -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 >"$out" 2>&1
   # The last two Rx-pps lines are the two ports over the last interval.
   grep -a "Rx-pps:" "$out" | tail -2 | awk '{s += $2} END {print s}'

@@ -217,10 +217,9 @@ fn dpdk_testpmd_virtio_user_loops_frames_through_two_vhost_user_uplinks() {
         ))
         .unwrap();
     }
-    let prefix = format!("dpacc-{}", std::process::id());
     let mut child = Command::new(testpmd)
         .args(["-l", "0,1", "--main-lcore", "1", "-m", "256", "--no-pci"])
-        .args(["--single-file-segments", "--file-prefix", &prefix])
+        .args(["--single-file-segments", "--in-memory"])
         .arg(format!(
             "--vdev=net_virtio_user0,path={}",
             net.uplinks[0].display()
