@@ -320,3 +320,179 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hostile rings: whatever the driver puts in them, the port returns every chain it takes,
+    //! counts what it cannot use, and never reads or writes outside guest memory.
+
+    use super::*;
+    use crate::vhost_user::QueueStart;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic};
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    const MEM: u64 = 0x10_0000;
+    const TX_Q: u64 = 0x0;
+    const RX_Q: u64 = 0x8000;
+    const R: u16 = 0; // readable
+    const W: u16 = 2; // device-writable
+    const NEXT: u16 = 1;
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    fn start(index: usize, q: Queue, m: &GuestMemoryMmap, features: u64) -> QueueStart {
+        QueueStart {
+            index,
+            queue: q,
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: Some(EventFd::new(EFD_NONBLOCK).unwrap()),
+            mem: GuestMemoryAtomic::new(m.clone()),
+            features,
+        }
+    }
+
+    /// A port over two mock rings of 16 entries; `fill` adds chains before the port starts.
+    fn port(
+        m: &GuestMemoryMmap,
+        features: u64,
+        tx: &[RawDescriptor],
+        rx: &[RawDescriptor],
+    ) -> GuestPort {
+        let txq = MockSplitQueue::create(m, GuestAddress(TX_Q), 16);
+        let rxq = MockSplitQueue::create(m, GuestAddress(RX_Q), 16);
+        if !tx.is_empty() {
+            txq.add_desc_chains(tx, 0).unwrap();
+        }
+        if !rx.is_empty() {
+            rxq.add_desc_chains(rx, 0).unwrap();
+        }
+        GuestPort::new(RingPair {
+            rx: start(0, rxq.create_queue().unwrap(), m, features),
+            tx: start(1, txq.create_queue().unwrap(), m, features),
+        })
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
+    }
+
+    fn used(m: &GuestMemoryMmap, q: &Queue, i: u64) -> (u32, u32) {
+        let used = GuestAddress(q.used_ring());
+        (
+            m.read_obj(used.unchecked_add(4 + 8 * i)).unwrap(),
+            m.read_obj(used.unchecked_add(8 + 8 * i)).unwrap(),
+        )
+    }
+
+    fn used_idx(m: &GuestMemoryMmap, q: &Queue) -> u16 {
+        let used = GuestAddress(q.used_ring());
+        m.read_obj(used.unchecked_add(2)).unwrap()
+    }
+
+    const V1: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+
+    #[test]
+    fn broken_tx_chains_are_returned_and_counted_good_ones_delivered() {
+        let m = mem();
+        let frame: Vec<u8> = (0..60u8).collect();
+        m.write_slice(&frame, GuestAddress(0x2000_c)).unwrap(); // after a 12-byte header
+        m.write_slice(&frame, GuestAddress(0x3000)).unwrap(); // a separate data descriptor
+        let tx = [
+            d(0x2_0000, 72, R, 0),                      // 0: header + 60-byte frame: good
+            d(MEM - 8, 64, R, 0),                       // 1: runs off guest memory
+            d(0x2_0000, 20, R, 0),                      // 2: too short for a header + Ethernet
+            d(0x2_0000, 72, W, 0),                      // 3: writable: nothing to transmit
+            d(0x4000, 12, R | NEXT, 5),                 // 4: header ...
+            d(0x3000, 60, R, 0), // 5: ... + data in a second descriptor: good
+            d(0x2_0000, (MAX_FRAME + 13) as u32, R, 0), // 6: longer than MAX_FRAME
+            d(0x2_0000, 40, R | NEXT, 7), // 7: loops on itself
+        ];
+        let mut p = port(&m, V1, &tx, &[]);
+        let mut chain = ChainBufs::new();
+        let mut pkts: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new()).collect();
+        let mut bad = 0;
+        let (chains, n) = p.receive(&mut chain, &mut pkts, PortId(1), &mut bad);
+        assert_eq!((chains, n, bad), (7, 2, 5));
+        assert_eq!(pkts[0].frame(), &frame[..]);
+        assert_eq!(pkts[1].frame(), &frame[..]);
+        assert_eq!(pkts[0].in_port, PortId(1));
+        // Every chain went back to the driver, with nothing written.
+        assert_eq!(used_idx(&m, &p.rings.tx.queue), 7);
+        for (i, head) in [0u32, 1, 2, 3, 4, 6, 7].iter().enumerate() {
+            assert_eq!(used(&m, &p.rings.tx.queue, i as u64), (*head, 0));
+        }
+    }
+
+    #[test]
+    fn an_avail_index_far_ahead_is_ignored() {
+        let m = mem();
+        let mut p = port(&m, V1, &[d(0x2_0000, 72, R, 0)], &[]);
+        let avail = GuestAddress(p.rings.tx.queue.avail_ring());
+        m.write_obj(40_000u16, avail.unchecked_add(2)).unwrap();
+        let mut pkts = vec![PacketBuf::new()];
+        let mut bad = 0;
+        let r = p.receive(&mut ChainBufs::new(), &mut pkts, PortId(1), &mut bad);
+        assert_eq!((r, bad), ((0, 0), 0));
+        assert_eq!(used_idx(&m, &p.rings.tx.queue), 0);
+    }
+
+    #[test]
+    fn unusable_rx_buffers_are_skipped_and_the_frame_lands_whole() {
+        let m = mem();
+        let rx = [
+            d(0x5_0000, 2048, R, 0), // readable: useless for receiving
+            d(0x5_1000, 8, W, 0),    // shorter than the header
+            d(MEM - 16, 2048, W, 0), // outside guest memory
+            d(0x5_2000, 2048, W, 0), // good
+        ];
+        let mut p = port(&m, V1, &[], &rx);
+        let frame: Vec<u8> = (0..100u8).collect();
+        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 1);
+        assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
+        for i in 0..3 {
+            assert_eq!(used(&m, &p.rings.rx.queue, i), (i as u32, 0));
+        }
+        assert_eq!(used(&m, &p.rings.rx.queue, 3), (3, 112));
+        let mut got = vec![0u8; 112];
+        m.read_slice(&mut got, GuestAddress(0x5_2000)).unwrap();
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+        assert_eq!(&got[12..], &frame[..]);
+        // No buffer left: the next frame is refused and the ring stays as it was.
+        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
+        assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
+    }
+
+    #[test]
+    fn mergeable_buffers_carry_a_large_frame_and_count_themselves() {
+        let m = mem();
+        let rx: Vec<_> = (0..4).map(|i| d(0x6_0000 + i * 0x100, 64, W, 0)).collect();
+        let mut p = port(&m, V1, &[], &rx);
+        let frame: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 1);
+        assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
+        let mut all = Vec::new();
+        for i in 0..4u64 {
+            let (id, len) = used(&m, &p.rings.rx.queue, i);
+            assert_eq!(id, i as u32);
+            let mut b = vec![0u8; len as usize];
+            m.read_slice(&mut b, GuestAddress(0x6_0000 + i * 0x100))
+                .unwrap();
+            all.extend(b);
+        }
+        assert_eq!(u16::from_le_bytes([all[10], all[11]]), 4, "num_buffers");
+        assert_eq!(&all[12..], &frame[..]);
+        // Without MRG_RXBUF the same frame does not fit one 64-byte buffer: dropped, and the
+        // buffers stay available.
+        let m = mem();
+        let mut p = port(&m, VIRTIO_F_VERSION_1, &[], &rx);
+        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
+        assert_eq!(used_idx(&m, &p.rings.rx.queue), 0);
+        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..40]]), 1);
+        assert_eq!(used(&m, &p.rings.rx.queue, 0), (0, 52));
+    }
+}

@@ -149,6 +149,59 @@ impl RingSlot {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+    fn rings(next_avail: u16) -> RingPair {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let qs = |index| {
+            let mut queue = Queue::new(16).unwrap();
+            queue.set_next_avail(next_avail);
+            QueueStart {
+                index,
+                queue,
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+                call: None,
+                mem: GuestMemoryAtomic::new(m.clone()),
+                features: 0,
+            }
+        };
+        RingPair {
+            rx: qs(0),
+            tx: qs(1),
+        }
+    }
+
+    #[test]
+    fn the_worker_takes_offered_rings_and_gives_them_back_on_request() {
+        let slot = Arc::new(RingSlot::new("t").unwrap());
+        slot.offer(rings(5));
+        let worker_slot = slot.clone();
+        let worker = std::thread::spawn(move || {
+            let mut held = None;
+            // Take the rings, use them (advance the ring), then answer the give-back request.
+            while held.is_none() {
+                worker_slot.sync(&mut held);
+            }
+            held.as_mut().unwrap().tx.queue.set_next_avail(9);
+            while held.is_some() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                worker_slot.sync(&mut held);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let back = slot.take_back().expect("rings back from the worker");
+        assert_eq!(
+            back.tx.queue.next_avail(),
+            9,
+            "the worker's ring state comes back"
+        );
+        assert_eq!(back.rx.queue.next_avail(), 5);
+        worker.join().unwrap();
+        assert!(slot.take_back().is_none());
+    }
+
     #[test]
     fn offer_take_back_without_worker() {
         let s = RingSlot::new("t").unwrap();
@@ -156,5 +209,8 @@ mod tests {
         let mut held = None;
         assert!(!s.sync(&mut held));
         assert!(held.is_none());
+        // Offered but never taken: the connection gets its rings straight back.
+        s.offer(rings(3));
+        assert_eq!(s.take_back().unwrap().tx.queue.next_avail(), 3);
     }
 }
