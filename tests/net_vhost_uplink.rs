@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::netns::flow;
 use common::vhost_net::{parse_port_stats, testpmd_or_skip, VhostNet};
 use dpacc::guest::net::{Event, FlowTable, FrameIo, NetOptions, VirtioNetPort};
-use dpacc::spec::fastpath::flow::{Action, Match};
+use dpacc::spec::fastpath::flow::{Action, Bucket, Match, Prefix};
 use dpacc::spec::fastpath::PortId;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(5));
@@ -265,4 +265,121 @@ fn dpdk_testpmd_virtio_user_loops_frames_through_two_vhost_user_uplinks() {
     // What testpmd received on a port came from the other uplink's flow; the loop ran.
     assert!(stats[1].0 <= s1.packets && stats[0].0 <= s2.packets);
     assert!(stats[0].0 + stats[1].0 > 10_000, "{stats:?}");
+}
+
+/// Server load balancing through the device: a select group with weights 1:2:1 rewrites the
+/// destination to one of three servers (two behind uplink 2, one behind uplink 3). Each
+/// connection (5-tuple) sticks to one server; the split follows the weights; the rewritten
+/// frames carry correct checksums; the group flow's counters see every frame; an idle flow
+/// expires with an event to the vNF.
+#[test]
+fn a_select_group_spreads_connections_over_servers_by_weight() {
+    let net = VhostNet::start("lb", 3, 64);
+    let mut ft = vnf(&net);
+    let mut client = peer(&net, 0, true);
+    let mut left = peer(&net, 1, true);
+    let mut right = peer(&net, 2, true);
+    let servers = [
+        Ipv4Addr::new(10, 7, 0, 11),
+        Ipv4Addr::new(10, 7, 0, 12),
+        Ipv4Addr::new(10, 7, 0, 13),
+    ];
+    let bucket = |w: u32, ip: Ipv4Addr, port: u16| Bucket {
+        weight: w,
+        actions: vec![Action::SetIpv4Dst(ip), Action::Output(PortId(port))],
+    };
+    ft.add_group(
+        7,
+        vec![
+            bucket(1, servers[0], 2),
+            bucket(2, servers[1], 2),
+            bucket(1, servers[2], 3),
+        ],
+    )
+    .unwrap();
+    let vip = [192, 0, 2, 80];
+    let mut lb = flow(
+        1,
+        Match {
+            in_port: Some(1),
+            dst: Some(Prefix {
+                addr: Ipv4Addr::from(vip).into(),
+                len: 32,
+            }),
+            ..Match::default()
+        },
+        vec![Action::Group(7)],
+    );
+    lb.idle_timeout_ns = 300_000_000;
+    lb.notify_expiry = true;
+    ft.add_flow(lb).unwrap();
+
+    let conns = 1200u16;
+    let mut chosen = vec![usize::MAX; usize::from(conns)];
+    let mut count = [0usize; 3];
+    for round in 0..2 {
+        for c in 0..conns {
+            let f = udp(
+                [10, 1, (c >> 8) as u8, c as u8],
+                vip,
+                20_000 + c,
+                u32::from(c),
+                32,
+            );
+            client.send(&f).unwrap();
+            let (got, side) = loop {
+                let mut buf = vec![0u8; 2048];
+                if let Some(n) = left.recv(&mut buf, Some(Duration::ZERO)).unwrap() {
+                    buf.truncate(n);
+                    break (buf, 2);
+                }
+                if let Some(n) = right.recv(&mut buf, Some(Duration::ZERO)).unwrap() {
+                    buf.truncate(n);
+                    break (buf, 3);
+                }
+                std::thread::yield_now();
+            };
+            let dst = Ipv4Addr::new(got[30], got[31], got[32], got[33]);
+            let s = servers
+                .iter()
+                .position(|&x| x == dst)
+                .expect("a server address");
+            assert_eq!(
+                side,
+                if s == 2 { 3 } else { 2 },
+                "server {s} on the wrong uplink"
+            );
+            assert!(checksums_ok(&got), "checksums after the rewrite");
+            assert_eq!(&got[42..], &f[42..]);
+            let prev = &mut chosen[usize::from(c)];
+            if round == 0 {
+                *prev = s;
+                count[s] += 1;
+            } else {
+                assert_eq!(*prev, s, "connection {c} moved to another server");
+            }
+        }
+    }
+    eprintln!("connections per server (weights 1:2:1): {count:?}");
+    // Expected 300 / 600 / 300; a fair hash stays well within +-20% (binomial sd ~ 15-17).
+    let want = [300.0, 600.0, 300.0];
+    for (got, want) in count.iter().zip(want) {
+        let r = *got as f64 / want;
+        assert!((0.8..=1.2).contains(&r), "{count:?} is not 1:2:1");
+    }
+    assert_eq!(ft.stats(1).unwrap().packets, 2 * u64::from(conns));
+    // No more traffic: the flow expires and the vNF hears of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left_ = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left_.is_zero(), "no expiry event");
+        match ft.next_event(left_).unwrap() {
+            Some(Event::FlowExpired(e)) => {
+                assert_eq!(e.cookie, 1);
+                assert_eq!(e.stats.packets, 2 * u64::from(conns));
+                break;
+            }
+            _ => continue,
+        }
+    }
 }
