@@ -87,9 +87,9 @@ fn add_stats_del_info_and_clear_errors() {
     let (code, _, err) = dpacc(s, &["stats", "--cookie", "1"]);
     assert_eq!(code, 1);
     assert!(err.contains("not found: flow with cookie 1"), "{err}");
-    // bench-net installs a hairpin flow (quota: one slot is free again) and gets every frame back.
+    // bench net installs a hairpin flow (quota: one slot is free again) and gets every frame back.
     let o = Command::new(env!("CARGO_BIN_EXE_dpacc"))
-        .args(["bench-net", "--socket", s, "--seconds", "0.3"])
+        .args(["bench", "net", "--socket", s, "--seconds", "0.3"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
@@ -106,7 +106,7 @@ fn add_stats_del_info_and_clear_errors() {
     let sent = rest.split_whitespace().next().unwrap();
     assert_eq!(got, sent, "{text}");
     assert!(got.parse::<u64>().unwrap() > 0, "{text}");
-    assert!(text.contains(&format!("(flow hits {got})")), "{text}");
+    assert!(text.contains(&format!("(flow hits {got}; ")), "{text}");
     let _ = stop.write(1);
     backend.join().unwrap();
     let _ = std::fs::remove_file(&path);

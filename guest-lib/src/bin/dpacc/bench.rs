@@ -281,6 +281,21 @@ fn device_thread(
     })
 }
 
+/// Operations per second of the in-process software driver for AES-128-GCM encryption of
+/// `size` bytes, batched by `batch`, on one thread (the raw figure ESP encapsulation is
+/// compared with).
+pub fn software_gcm128(size: usize, batch: usize, dur: Duration) -> Result<f64, Fail> {
+    let p = SessionParams::Aead {
+        alg: dpacc_spec::AeadAlg::AesGcm,
+        key: &KEY[..16],
+        tag_len: 0,
+        dir: Direction::Encrypt,
+    };
+    Ok(software(&p, Kind::Aead, size, batch, 1, dur)?
+        .map(|s| s.ops as f64 / s.secs)
+        .unwrap_or(0.0))
+}
+
 /// The in-process software baseline: `dpacc_sw::SwDriver` through the driver traits, batched
 /// like the device run. The one place that names the software driver.
 fn software(

@@ -25,22 +25,6 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Frames per second through a `dpacc-backend net` port (vNF TX ring → flow processor →
-    /// vNF RX ring, with a hairpin flow the command installs).
-    BenchNet {
-        /// vhost-user socket of `dpacc-backend net`.
-        #[arg(long)]
-        socket: PathBuf,
-        /// Frame size in bytes (60..1514).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// Frames per batch (one kick per batch).
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Duration in seconds.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-    },
     /// Program a vNF port's flow processor (the inline fast path) over its control protocol.
     Flow {
         /// vhost-user socket of `dpacc-backend net` (virtio-user, containers and tests).
@@ -96,17 +80,21 @@ enum Cmd {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Measure ops/s and MB/s through the backend, then the in-process software driver.
+    /// Measure ops/s and MB/s through the backend, then the in-process software driver
+    /// (`dpacc bench net ...`: frames per second through a net port's fast path).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench {
+        #[command(subcommand)]
+        net: Option<BenchNet>,
         /// vhost-user socket of the backend.
-        #[arg(long)]
-        socket: PathBuf,
+        #[arg(long, required = true)]
+        socket: Option<PathBuf>,
         /// Algorithm: a cipher/AEAD name (encrypt), or a digest name.
-        #[arg(long)]
-        alg: String,
+        #[arg(long, required = true)]
+        alg: Option<String>,
         /// Bytes per operation.
-        #[arg(long)]
-        size: usize,
+        #[arg(long, required = true)]
+        size: Option<usize>,
         /// Operations kept in flight per queue (pushed with one kick).
         #[arg(long, default_value_t = 32)]
         batch: usize,
@@ -120,6 +108,18 @@ enum Cmd {
         #[arg(long)]
         poll: bool,
     },
+}
+
+/// `dpacc bench net`.
+#[derive(Subcommand, Debug)]
+enum BenchNet {
+    /// Frames per second through a `dpacc-backend net` port's flow processor, on a flow hit.
+    ///
+    /// Without uplinks: a hairpin on the vNF port (TX ring → flow → RX ring). With two
+    /// `--uplink` sockets (the port's vhost-user uplinks 1 and 2): this command is the traffic
+    /// generator on both, sending on uplink 1 and counting on uplink 2 (flow in_port 1 →
+    /// output 2). With --esp the flow also encapsulates in ESP (AES-128-GCM, tunnel mode).
+    Net(bench_net::Args),
 }
 
 /// Cipher and AEAD algorithms.
@@ -519,13 +519,12 @@ fn main() -> ExitCode {
         } => crypto(socket, alg, key, iv, aad, auth_alg, auth_key, op),
         Cmd::Digest { socket, alg, key } => digest(socket, alg, key),
         Cmd::Flow { socket, iface, op } => flow::run(socket, iface, op),
-        Cmd::BenchNet {
-            socket,
-            size,
-            batch,
-            seconds,
-        } => bench_net::run(socket, size, batch, seconds),
         Cmd::Bench {
+            net: Some(BenchNet::Net(a)),
+            ..
+        } => bench_net::run(a),
+        Cmd::Bench {
+            net: None,
             socket,
             alg,
             size,
@@ -533,15 +532,18 @@ fn main() -> ExitCode {
             queues,
             seconds,
             poll,
-        } => bench::run(bench::Args {
-            socket,
-            alg,
-            size,
-            batch,
-            queues,
-            seconds,
-            poll,
-        }),
+        } => match (socket, alg, size) {
+            (Some(socket), Some(alg), Some(size)) => bench::run(bench::Args {
+                socket,
+                alg,
+                size,
+                batch,
+                queues,
+                seconds,
+                poll,
+            }),
+            _ => Err(usage("dpacc bench needs --socket, --alg and --size")),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
