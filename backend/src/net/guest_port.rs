@@ -400,7 +400,7 @@ mod tests {
     fn broken_tx_chains_are_returned_and_counted_good_ones_delivered() {
         let m = mem();
         let frame: Vec<u8> = (0..60u8).collect();
-        m.write_slice(&frame, GuestAddress(0x2000_c)).unwrap(); // after a 12-byte header
+        m.write_slice(&frame, GuestAddress(0x2_000c)).unwrap(); // after a 12-byte header
         m.write_slice(&frame, GuestAddress(0x3000)).unwrap(); // a separate data descriptor
         let tx = [
             d(0x2_0000, 72, R, 0),                      // 0: header + 60-byte frame: good
