@@ -119,7 +119,9 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 impl NetArgs {
     /// The ports these options describe (socket, configuration), on the software fast path.
-    pub fn to_ports(&self) -> Vec<(PathBuf, crate::net::NetBackendConfig)> {
+    /// Fails if a socket path or TAP name is used twice (a second bind would silently take
+    /// over the first port's socket).
+    pub fn to_ports(&self) -> Result<Vec<(PathBuf, crate::net::NetBackendConfig)>, String> {
         let ports: Vec<PortArg> = match &self.socket {
             Some(s) => vec![PortArg {
                 socket: s.clone(),
@@ -127,10 +129,24 @@ impl NetArgs {
             }],
             None => self.ports.clone(),
         };
+        let mut seen = std::collections::HashSet::new();
+        for p in &ports {
+            let names = std::iter::once(format!("socket {}", p.socket.display())).chain(
+                p.uplinks.iter().map(|u| match u {
+                    UplinkSpec::Tap(n) => format!("TAP {n}"),
+                    UplinkSpec::Vhost(s) => format!("socket {}", s.display()),
+                }),
+            );
+            for n in names {
+                if !seen.insert(n.clone()) {
+                    return Err(format!("{n} is used twice"));
+                }
+            }
+        }
         let fastpath: Arc<dyn dpacc_spec::fastpath::FastPathDriver> = Arc::new(
             dpacc_sw::flow::SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new())),
         );
-        ports
+        Ok(ports
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
@@ -148,7 +164,7 @@ impl NetArgs {
                     },
                 )
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -256,7 +272,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
-        let ports = n.to_ports();
+        let ports = n.to_ports().unwrap();
         assert_eq!(ports.len(), 2);
         assert_eq!(
             ports[0].1.uplinks,
@@ -275,12 +291,29 @@ mod tests {
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
         assert_eq!(
-            n.to_ports()[0].1.uplinks,
+            n.to_ports().unwrap()[0].1.uplinks,
             [
                 UplinkSpec::Vhost("/u.sock".into()),
                 UplinkSpec::Tap("t0".into())
             ]
         );
+        for dup in [
+            ["--socket", "/a", "--uplink", "vhost:/a"],
+            ["--socket", "/a", "--uplink", "tap:t1"],
+        ] {
+            let mut args = vec!["dpacc-backend", "net"];
+            args.extend(dup);
+            if dup[3] == "tap:t1" {
+                args.extend(["--uplink", "tap:t1"]);
+            }
+            let Command::Net(n) = Cli::try_parse_from(args).unwrap().command else {
+                panic!()
+            };
+            let Err(e) = n.to_ports() else {
+                panic!("{dup:?} accepted")
+            };
+            assert!(e.contains("used twice"), "{e}");
+        }
         for bad in ["vhost:", "tap:", "veth:x", "tap:sixteen-chars-xx"] {
             let e =
                 Cli::try_parse_from(["dpacc-backend", "net", "--socket", "/a", "--uplink", bad])
