@@ -87,6 +87,65 @@ fn add_stats_del_info_and_clear_errors() {
     let (code, _, err) = dpacc(s, &["stats", "--cookie", "1"]);
     assert_eq!(code, 1);
     assert!(err.contains("not found: flow with cookie 1"), "{err}");
+    // SAs and groups for esp_encap / esp_decap / group actions.
+    let key = "000102030405060708090a0b0c0d0e0f";
+    let (code, out, err) = dpacc(
+        s,
+        &[
+            "sa",
+            "--spi",
+            "0x100",
+            "--key",
+            key,
+            "--salt",
+            "01020304",
+            "--tunnel",
+            "192.0.2.1,192.0.2.2",
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "outbound SA 0x100 installed\n"),
+        "{err}"
+    );
+    let (code, out, _) = dpacc(
+        s,
+        &["sa", "--spi", "256", "--key", key, "--salt", "01020304"],
+    );
+    assert_eq!((code, out.as_str()), (0, "inbound SA 0x100 installed\n"));
+    let (code, _, err) = dpacc(s, &["sa", "--spi", "1", "--key", key, "--salt", "0102"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--salt must be 4 bytes"), "{err}");
+    let (code, _, err) = dpacc(
+        s,
+        &["sa", "--spi", "1", "--key", "0011", "--salt", "01020304"],
+    );
+    assert_eq!(
+        code, 1,
+        "a 2-byte AES key must be refused by the backend: {err}"
+    );
+    let (code, out, err) = dpacc(
+        s,
+        &[
+            "group",
+            "--id",
+            "7",
+            "--bucket",
+            "1=set_nw_dst:10.0.0.2;output:0",
+            "--bucket",
+            "3=output:0",
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "group 7 installed (2 buckets)\n"),
+        "{err}"
+    );
+    let (code, _, err) = dpacc(s, &["group", "--id", "8", "--bucket", "x=output:0"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = dpacc(s, &["group", "--id", "8", "--bucket", "1=output:3"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("port this instance does not have"), "{err}");
     // bench net installs a hairpin flow (quota: one slot is free again) and gets every frame back.
     let o = Command::new(env!("CARGO_BIN_EXE_dpacc"))
         .args(["bench", "net", "--socket", s, "--seconds", "0.3"])

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use dpacc_guest::net::{AfPacket, Event, FlowTable, FrameIo, NetOptions, VirtioNetPort};
-use dpacc_spec::fastpath::flow::{Action, FlowSpec, Match, Prefix};
-use dpacc_spec::fastpath::proto::ETHERTYPE;
+use dpacc_spec::fastpath::flow::{Action, Bucket, FlowSpec, Match, Prefix};
+use dpacc_spec::fastpath::proto::{SaDirection, SaSpec, ETHERTYPE};
 use dpacc_spec::fastpath::PortId;
 
 use crate::{usage, Fail};
@@ -58,6 +58,32 @@ pub enum FlowOp {
         /// Cookie.
         #[arg(long)]
         cookie: u64,
+    },
+    /// Install an ESP SA (AES-GCM, RFC 4106; tunnel mode) for esp_encap:SPI / esp_decap.
+    Sa {
+        /// SPI (decimal or 0x hex).
+        #[arg(long)]
+        spi: String,
+        /// AES key, hex (16 or 32 bytes).
+        #[arg(long)]
+        key: String,
+        /// Salt, hex (4 bytes).
+        #[arg(long)]
+        salt: String,
+        /// Outbound (encapsulation) with these outer addresses, `SRC,DST` (IPv4); without it
+        /// the SA is inbound (decapsulation).
+        #[arg(long, value_name = "SRC,DST")]
+        tunnel: Option<String>,
+    },
+    /// Install (or replace) a select group for group:ID: each bucket `WEIGHT=ACTIONS`, the
+    /// actions as in `add --actions` separated by `;` (e.g. `2=set_nw_dst:10.0.0.2;output:1`).
+    Group {
+        /// Group id.
+        #[arg(long)]
+        id: u32,
+        /// A bucket (repeatable).
+        #[arg(long = "bucket", required = true, value_name = "WEIGHT=ACTIONS")]
+        buckets: Vec<String>,
     },
     /// List every installed flow with its counters.
     List,
@@ -194,6 +220,61 @@ fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), Fail> {
                 notify_expiry: notify,
             })?;
             println!("flow {cookie} installed");
+        }
+        FlowOp::Sa {
+            spi,
+            key,
+            salt,
+            tunnel,
+        } => {
+            let spi: u32 = num("SPI", &spi)?;
+            let key = hex::decode(&key).map_err(|_| usage("--key is not hex"))?;
+            let salt: [u8; 4] = hex::decode(&salt)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| usage("--salt must be 4 bytes of hex"))?;
+            let dir = match tunnel {
+                None => SaDirection::Inbound,
+                Some(t) => {
+                    let (a, b) = t
+                        .split_once(',')
+                        .ok_or_else(|| usage("--tunnel is SRC,DST"))?;
+                    let ip = |v: &str| {
+                        v.trim()
+                            .parse()
+                            .map_err(|_| usage(format!("bad IPv4 address '{v}'")))
+                    };
+                    SaDirection::Outbound {
+                        src: ip(a)?,
+                        dst: ip(b)?,
+                    }
+                }
+            };
+            let out = matches!(dir, SaDirection::Outbound { .. });
+            ft.add_sa(SaSpec {
+                spi,
+                key,
+                salt,
+                dir,
+            })?;
+            println!(
+                "{} SA {spi:#x} installed",
+                if out { "outbound" } else { "inbound" }
+            );
+        }
+        FlowOp::Group { id, buckets } => {
+            let mut bs = Vec::new();
+            for b in &buckets {
+                let (w, acts) = b
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("bad bucket '{b}': WEIGHT=ACTIONS")))?;
+                bs.push(Bucket {
+                    weight: num("weight", w)?,
+                    actions: parse_actions(&acts.replace(';', ","))?,
+                });
+            }
+            ft.add_group(id, bs)?;
+            println!("group {id} installed ({} buckets)", buckets.len());
         }
         FlowOp::Del { cookie } => {
             ft.delete_flows(cookie)?;
