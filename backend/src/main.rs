@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dpacc_backend::cli::{Cli, Command};
+use dpacc_backend::vhost_user::{run_together, Job};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -60,32 +61,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 cfgs.push(cfg);
             }
             let shutdown = &shutdown;
-            let r = std::thread::scope(|s| {
-                let handles: Vec<_> = listeners
-                    .iter()
-                    .zip(cfgs)
-                    .map(|(l, cfg)| {
-                        s.spawn(move || {
-                            let r = dpacc_backend::net::serve(l, cfg, shutdown);
-                            if r.is_err() {
-                                // One port failing (e.g. a TAP it cannot open) stops them all.
-                                let _ = shutdown.write(1);
-                            }
-                            r
-                        })
-                    })
-                    .collect();
-                let mut first_err = Ok(());
-                for h in handles {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err("a port thread panicked".into()));
-                    if r.is_err() && first_err.is_ok() {
-                        first_err = r;
-                    }
-                }
-                first_err
-            });
+            // One port failing (e.g. a TAP it cannot open) stops them all.
+            let jobs: Vec<Job<'_>> = listeners
+                .iter()
+                .zip(cfgs)
+                .map(|(l, cfg)| -> Job<'_> {
+                    Box::new(move || dpacc_backend::net::serve(l, cfg, shutdown))
+                })
+                .collect();
+            let r = run_together(jobs, shutdown);
             drop(listeners);
             for socket in &sockets {
                 let _ = std::fs::remove_file(socket);

@@ -116,27 +116,21 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         n
     }
 
-    /// Takes the next available chain and walks it into `chain`. None when no chain is
-    /// pending (as of the last [`pending`](Self::pending)); `Some(Err)` for a chain that
-    /// fails the checks (its head is still in `chain.head()` and must be returned as used).
-    pub fn pop(&mut self, chain: &mut ChainBufs) -> Option<Result<(), ChainError>> {
-        if self.next_avail == self.avail_idx {
-            return None;
-        }
-        let slot = u64::from(self.next_avail % self.size);
-        let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
-        self.next_avail = self.next_avail.wrapping_add(1);
-        Some(chain.walk_table(head, self.desc, self.size, self.mem))
+    /// The head index the driver put at avail position `pos`.
+    fn head_at(&self, pos: u16) -> u16 {
+        let slot = u64::from(pos % self.size);
+        u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed))
     }
 
-    /// Like [`pop`](Self::pop), but a chain of one plain descriptor (the common shape of a
-    /// network buffer) comes back as that descriptor's segment, without walking into `chain`.
+    /// Takes the next available chain: None when no chain is pending (as of the last
+    /// [`pending`](Self::pending)). A chain of one plain descriptor (the common shape of a
+    /// network buffer) comes back as that descriptor's segment; any other is walked into
+    /// `chain` and checked (a chain failing the checks must still be returned as used).
     pub fn pop_one(&mut self, chain: &mut ChainBufs) -> Option<Popped> {
         if self.next_avail == self.avail_idx {
             return None;
         }
-        let slot = u64::from(self.next_avail % self.size);
-        let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
+        let head = self.head_at(self.next_avail);
         self.next_avail = self.next_avail.wrapping_add(1);
         if head < self.size {
             if let Ok((addr, len, flags, _)) = self.mem.read_desc(self.desc, head) {
@@ -151,18 +145,14 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
                 }
             }
         }
-        Some(Popped::Walked(
-            head,
-            chain.walk_table(head, self.desc, self.size, self.mem),
-        ))
+        Some(Popped::Walked(head, self.walk(head, chain)))
     }
 
     /// Starts loading the descriptors of the next `n` pending chains into the cache (a
     /// batch's misses then overlap instead of coming one after another).
     pub fn prefetch(&self, n: u16) {
         for k in 0..n.min(self.avail_idx.wrapping_sub(self.next_avail)) {
-            let slot = u64::from(self.next_avail.wrapping_add(k) % self.size);
-            let head = u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed));
+            let head = self.head_at(self.next_avail.wrapping_add(k));
             if head < self.size {
                 if let Some(p) = self.mem.host(self.desc + 16 * u64::from(head), 16) {
                     prefetch(p);
@@ -171,19 +161,15 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         }
     }
 
-    /// Walks chain `head` again (to patch a header after later chains were taken).
-    pub fn rewalk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
+    /// Walks and checks chain `head` into `chain` (again, e.g. to patch a header after later
+    /// chains were taken).
+    pub fn walk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
         chain.walk_table(head, self.desc, self.size, self.mem)
     }
 
     /// Un-takes the last `n` chains taken (they will be taken again next time).
     pub fn unpop(&mut self, n: u16) {
         self.next_avail = self.next_avail.wrapping_sub(n);
-    }
-
-    /// Index of the next chain [`pop`](Self::pop) would take.
-    pub fn next_avail(&self) -> u16 {
-        self.next_avail
     }
 
     /// Returns chain `head` to the driver with `len` bytes written (published at `close`).
@@ -255,13 +241,22 @@ mod tests {
         let mut r = SplitRing::open(&q, &fast).unwrap();
         assert_eq!(r.pending(), 2);
         let mut c = ChainBufs::new();
-        r.pop(&mut c).unwrap().unwrap();
-        assert_eq!((c.readable_len(), c.writable_len()), (64, 0));
-        r.put_used(c.head(), 0);
-        r.pop(&mut c).unwrap().unwrap();
+        let Some(Popped::One {
+            head: 0,
+            seg,
+            writable: false,
+        }) = r.pop_one(&mut c)
+        else {
+            panic!("a one-descriptor chain")
+        };
+        assert_eq!(seg.len(), 64);
+        r.put_used(0, 0);
+        let Some(Popped::Walked(1, Ok(()))) = r.pop_one(&mut c) else {
+            panic!("a walked chain")
+        };
         assert_eq!((c.readable_len(), c.writable_len()), (32, 100));
         r.put_used(c.head(), 7);
-        assert!(r.pop(&mut c).is_none());
+        assert!(r.pop_one(&mut c).is_none());
         // Without EVENT_IDX and no NO_INTERRUPT flag, the driver wants a notification.
         assert!(r.close(&mut q));
         assert_eq!((q.next_avail(), q.next_used()), (2, 2));
@@ -284,14 +279,17 @@ mod tests {
             .unwrap();
         let mut r = SplitRing::open(&q, &fast).unwrap();
         assert_eq!(r.pending(), 0);
-        assert!(r.pop(&mut ChainBufs::new()).is_none());
+        assert!(r.pop_one(&mut ChainBufs::new()).is_none());
         // A head index outside the table: the walk reports it.
         m.write_obj(1u16, vq.avail_addr().unchecked_add(2)).unwrap();
         m.write_obj(40u16, vq.avail_addr().unchecked_add(4))
             .unwrap();
         let mut r = SplitRing::open(&q, &fast).unwrap();
         assert_eq!(r.pending(), 1);
-        assert!(r.pop(&mut ChainBufs::new()).unwrap().is_err());
+        assert!(matches!(
+            r.pop_one(&mut ChainBufs::new()),
+            Some(Popped::Walked(40, Err(_)))
+        ));
         // A used ring outside guest memory: the ring is not opened.
         q.set_used_ring_address(Some(0x00ff_fff0), None);
         assert!(SplitRing::open(&q, &fast).is_none());

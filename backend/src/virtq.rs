@@ -274,15 +274,6 @@ impl ChainBufs {
         carve(&self.writable, self.write_len, offset, len, out)
     }
 
-    /// The readable stream when it is one segment and nothing is writable (the common shape
-    /// of a transmitted frame), for direct access.
-    pub fn single_readable(&self) -> Option<Seg<'static>> {
-        match (self.readable.as_slice(), self.writable.is_empty()) {
-            ([s], true) => Some(*s),
-            _ => None,
-        }
-    }
-
     /// Number of readable plus writable segments (an upper bound for carving both streams).
     pub fn seg_count(&self) -> usize {
         self.readable.len() + self.writable.len()

@@ -1,17 +1,14 @@
 //! Network namespaces with TAP uplinks of an in-process `dpacc-backend net` port, for the
 //! fast-path tests (needs root and iproute2; SKIPPED otherwise, a failure with CI=true).
 
-use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpacc::backend::net::{serve, NetBackendConfig, UplinkSpec};
+use dpacc::backend::net::UplinkSpec;
 use dpacc::guest::net::{FlowTable, NetOptions, VirtioNetPort};
 use dpacc::spec::fastpath::flow::{Action, FlowSpec, Match};
-use dpacc::sw::flow::SwFastPath;
-use dpacc::sw::SwDriver;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 pub fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -60,20 +57,13 @@ impl Net {
         }
         must(&["ip", "netns", "add", &ns[1]]);
         let socket = std::env::temp_dir().join(format!("dpacc-net-{id}-{tag}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).unwrap();
-        let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let cfg = NetBackendConfig {
-            uplinks: taps.iter().map(|t| UplinkSpec::Tap(t.clone())).collect(),
-            max_flows: 64,
-            queue_size: 256,
-            mac: [0x52, 0x54, 0, 0xdc, 0xac, subnet],
-            fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
-            busy_poll: Duration::from_micros(50),
-        };
-        let stop = shutdown.clone();
-        let backend =
-            std::thread::spawn(move || serve(&listener, cfg, &stop).expect("net backend"));
+        let (shutdown, backend) = super::vhost_net::spawn_backend(
+            &socket,
+            taps.iter().map(|t| UplinkSpec::Tap(t.clone())).collect(),
+            64,
+            256,
+            [0x52, 0x54, 0, 0xdc, 0xac, subnet],
+        );
         let t = Instant::now();
         while !taps.iter().all(|n| sh(&["ip", "link", "show", "dev", n])) {
             assert!(t.elapsed() < Duration::from_secs(5), "TAPs not created");

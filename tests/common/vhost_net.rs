@@ -2,7 +2,7 @@
 //! ports (no root needed), and the DPDK `dpdk-testpmd` peer for them.
 
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,20 +31,13 @@ impl VhostNet {
         let uplinks: Vec<PathBuf> = (1..=n)
             .map(|k| dir.join(format!("dpacc-vn-{id}-{tag}-u{k}.sock")))
             .collect();
-        let _ = std::fs::remove_file(&vnf);
-        let listener = UnixListener::bind(&vnf).unwrap();
-        let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        let cfg = NetBackendConfig {
-            uplinks: uplinks.iter().cloned().map(UplinkSpec::Vhost).collect(),
+        let (shutdown, backend) = spawn_backend(
+            &vnf,
+            uplinks.iter().cloned().map(UplinkSpec::Vhost).collect(),
             max_flows,
-            queue_size: 1024,
-            mac: [0x52, 0x54, 0, 0xdc, 0xac, 0x01],
-            fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
-            busy_poll: Duration::from_micros(50),
-        };
-        let stop = shutdown.clone();
-        let backend =
-            std::thread::spawn(move || serve(&listener, cfg, &stop).expect("net backend"));
+            1024,
+            [0x52, 0x54, 0, 0xdc, 0xac, 0x01],
+        );
         let t = Instant::now();
         while !uplinks.iter().all(|u| u.exists()) {
             assert!(
@@ -60,6 +53,31 @@ impl VhostNet {
             backend: Some(backend),
         }
     }
+}
+
+/// Serves a vNF port on `socket` (a stale file is replaced) with these uplinks, on the
+/// software fast path, from a thread of the test process; fire the eventfd to stop it.
+pub fn spawn_backend(
+    socket: &Path,
+    uplinks: Vec<UplinkSpec>,
+    max_flows: usize,
+    queue_size: u16,
+    mac: [u8; 6],
+) -> (Arc<EventFd>, std::thread::JoinHandle<()>) {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).unwrap();
+    let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let cfg = NetBackendConfig {
+        uplinks,
+        max_flows,
+        queue_size,
+        mac,
+        fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
+        busy_poll: Duration::from_micros(50),
+    };
+    let stop = shutdown.clone();
+    let backend = std::thread::spawn(move || serve(&listener, cfg, &stop).expect("net backend"));
+    (shutdown, backend)
 }
 
 impl Drop for VhostNet {

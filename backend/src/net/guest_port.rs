@@ -25,6 +25,9 @@ pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Most frames taken from a TX ring in one call.
 const MAX_BATCH: usize = 64;
+/// The header put before every received frame: no offloads, `num_buffers` 1 (patched when a
+/// frame spans several buffers; absent from the legacy 10-byte header).
+const RX_HDR: [u8; NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
 
@@ -140,47 +143,41 @@ impl GuestPort {
             };
         }
         let hdr = self.hdr_len;
+        // The frame after the header, if its length is one we forward.
+        let frame_len = |total: usize| {
+            total
+                .checked_sub(hdr)
+                .filter(|l| (14..=MAX_FRAME).contains(l))
+        };
         let mut n = 0;
         for &(seg, head) in &frames[..taken] {
             ring.put_used(head, 0);
             let p = &mut pkts[n];
-            let ok = match seg {
-                Some(s) if s.len() >= hdr + 14 && s.len() - hdr <= MAX_FRAME => {
-                    let len = s.len() - hdr;
+            let loaded = match seg {
+                Some(s) => frame_len(s.len()).inspect(|&len| {
                     // SAFETY: `s` lies in guest memory that `mem` keeps mapped; `hdr..s.len()`
                     // is inside it.
                     unsafe { read_guest(s.ptr().add(hdr), &mut p.load_area(port)[..len]) };
-                    p.set_len(len);
-                    true
-                }
-                Some(_) => false,
+                }),
                 // Several segments (or a broken chain): walk it again the general way.
-                None => {
-                    ring.rewalk(head, chain).is_ok() && {
-                        let total = chain.readable_len();
-                        total >= hdr + 14
-                            && total - hdr <= MAX_FRAME
-                            && chain
-                                .read(hdr, &mut p.load_area(port)[..total - hdr])
-                                .is_ok()
-                            && {
-                                p.set_len(total - hdr);
-                                true
-                            }
-                    }
-                }
+                None => ring
+                    .walk(head, chain)
+                    .ok()
+                    .and_then(|()| frame_len(chain.readable_len()))
+                    .filter(|&len| chain.read(hdr, &mut p.load_area(port)[..len]).is_ok()),
             };
-            if ok {
-                n += 1;
-            } else {
-                *bad += 1;
+            match loaded {
+                Some(len) => {
+                    p.set_len(len);
+                    n += 1;
+                }
+                None => *bad += 1,
             }
         }
-        let chains = taken;
         if ring.close(q) {
             signal(&self.tx_call);
         }
-        (chains, n)
+        (taken, n)
     }
 
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
@@ -196,11 +193,11 @@ impl GuestPort {
         let Some(mut ring) = SplitRing::open(q, &fast) else {
             return 0;
         };
-        let mut avail = ring.pending();
+        let avail = ring.pending();
         ring.prefetch(avail.min(MAX_BATCH as u16));
         let mut sent = 0;
         for f in frames {
-            if !put_frame(&mut ring, &mut avail, chain, f, self.hdr_len, self.mrg) {
+            if !put_frame(&mut ring, chain, f, self.hdr_len, self.mrg) {
                 break;
             }
             sent += 1;
@@ -228,7 +225,6 @@ fn signal(call: &Option<EventFd>) {
 /// first are returned to the driver empty.
 fn put_frame<G: vm_memory::GuestMemoryBackend>(
     ring: &mut SplitRing<'_, G>,
-    avail: &mut u16,
     chain: &mut ChainBufs,
     frame: &[u8],
     hdr: usize,
@@ -239,17 +235,15 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     let total = hdr + frame.len();
     let mut done = 0usize;
     while done < total {
-        if nb == heads.len() || (nb == 1 && !mrg) || *avail == 0 {
+        let popped = if nb == heads.len() || (nb == 1 && !mrg) {
+            None
+        } else {
+            ring.pop_one(chain)
+        };
+        let Some(popped) = popped else {
             ring.unpop(nb as u16);
-            *avail += nb as u16;
-            return false;
-        }
-        let Some(popped) = ring.pop_one(chain) else {
-            ring.unpop(nb as u16);
-            *avail += nb as u16;
             return false;
         };
-        *avail -= 1;
         let walked = match popped {
             Popped::One {
                 head,
@@ -257,19 +251,17 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
                 writable: true,
             } if nb == 0 && seg.len() >= total => {
                 // The whole frame fits the first buffer: write it directly.
-                let mut h = [0u8; NET_HDR_LEN];
-                h[10] = 1;
                 // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's
                 // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
                 unsafe {
-                    write_guest(seg.ptr(), &h[..hdr]);
+                    write_guest(seg.ptr(), &RX_HDR[..hdr]);
                     write_guest(seg.ptr().add(hdr), frame);
                 }
                 ring.put_used(head, total as u32);
                 return true;
             }
             // Otherwise walk it (again) the general way.
-            Popped::One { head, .. } => ring.rewalk(head, chain),
+            Popped::One { head, .. } => ring.walk(head, chain),
             Popped::Walked(_, r) => r,
         };
         let room = chain.writable_len();
@@ -278,7 +270,6 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
                 // The driver's ring is broken mid-frame: drop the frame and leave the ring
                 // for the next one; it only hurts the driver's own reception.
                 ring.unpop(nb as u16 + 1);
-                *avail += nb as u16 + 1;
                 return false;
             }
             // Hand the unusable buffer back empty and go on with the next one.
@@ -287,11 +278,8 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         }
         let mut written = 0usize;
         if nb == 0 {
-            let mut h = [0u8; NET_HDR_LEN];
-            h[10] = 1; // num_buffers, patched below when the frame spans several
-            if chain.write(0, &h[..hdr]).is_err() {
+            if chain.write(0, &RX_HDR[..hdr]).is_err() {
                 ring.unpop(1);
-                *avail += 1;
                 return false;
             }
             written = hdr;
@@ -301,7 +289,6 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         let from = done - hdr;
         if chain.write(written, &frame[from..from + take]).is_err() {
             ring.unpop(nb as u16 + 1);
-            *avail += nb as u16 + 1;
             return false;
         }
         done += take;
@@ -311,7 +298,7 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     }
     if nb > 1 && hdr == NET_HDR_LEN {
         // num_buffers (little endian) in the first chain's header: walk that chain again.
-        if ring.rewalk(heads[0].0, chain).is_ok() {
+        if ring.walk(heads[0].0, chain).is_ok() {
             let _ = chain.write(10, &(nb as u16).to_le_bytes());
         }
     }

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig};
 use tracing::info;
+
+use crate::vhost_user::{run_together, Job};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use device::NetPortDevice;
@@ -123,34 +125,15 @@ pub fn serve(
     )
     .map_err(|e| format!("starting the port worker: {e}"))?;
     let mut vnf_dev = NetPortDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
-    let r = std::thread::scope(|s| {
-        let handles: Vec<_> = uplink_devs
-            .iter_mut()
-            .map(|(l, dev)| {
-                s.spawn(move || {
-                    let r = crate::vhost_user::serve(l, dev, shutdown).map_err(|e| e.to_string());
-                    if r.is_err() {
-                        let _ = shutdown.write(1);
-                    }
-                    r
-                })
-            })
-            .collect();
-        let mut r =
-            crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(|e| e.to_string());
-        if r.is_err() {
-            let _ = shutdown.write(1);
-        }
-        for h in handles {
-            let hr = h
-                .join()
-                .unwrap_or_else(|_| Err("an uplink thread panicked".into()));
-            if r.is_ok() {
-                r = hr;
-            }
-        }
-        r
-    });
+    let mut jobs: Vec<Job<'_>> = vec![Box::new(|| {
+        crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(|e| e.to_string())
+    })];
+    for (l, dev) in &mut uplink_devs {
+        jobs.push(Box::new(move || {
+            crate::vhost_user::serve(l, dev, shutdown).map_err(|e| e.to_string())
+        }));
+    }
+    let r = run_together(jobs, shutdown);
     worker.stop();
     r
 }

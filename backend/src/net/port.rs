@@ -47,6 +47,19 @@ pub struct PortStats {
     pub batches: u64,
 }
 
+impl PortStats {
+    /// Counts `sent` of `wanted` frames put on virtio port `port`'s RX ring (the rest had no
+    /// room or no frontend).
+    fn count_out(&mut self, port: PortId, wanted: usize, sent: usize) {
+        if port == PortId::VNF {
+            self.to_vnf += sent as u64;
+        } else {
+            self.to_uplinks += sent as u64;
+        }
+        self.rx_no_buffer += (wanted - sent) as u64;
+    }
+}
+
 /// One port of a vNF's instance.
 pub enum PortIo {
     /// A virtio-net port served over vhost-user (the vNF's own, or an uplink).
@@ -180,7 +193,8 @@ impl Worker {
         changed
     }
 
-    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<FdRole>) {
+    /// What the worker waits on: `exit`, every slot's wake-up, the rings' kicks, the TAPs.
+    fn poll_set(&self, exit: &EventFd) -> (Vec<libc::pollfd>, Vec<FdRole>) {
         let mut fds = vec![];
         let mut roles = vec![];
         let mut add = |fd: i32, role| {
@@ -206,19 +220,14 @@ impl Worker {
                 PortIo::Tap(t) => add(t.raw_fd(), FdRole::Tap),
             }
         }
+        add(exit.as_raw_fd(), FdRole::Exit);
         (fds, roles)
     }
 
     fn run(mut self, exit: &EventFd) -> PortState {
         self.sync_slots();
         let mut last_expire = Instant::now();
-        let (mut fds, mut roles) = self.poll_set();
-        fds.push(libc::pollfd {
-            fd: exit.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        roles.push(FdRole::Exit);
+        let (mut fds, mut roles) = self.poll_set(exit);
         let mut busy = true;
         loop {
             for f in &mut fds {
@@ -248,13 +257,7 @@ impl Worker {
                 break;
             }
             if slots && self.sync_slots() {
-                (fds, roles) = self.poll_set();
-                fds.push(libc::pollfd {
-                    fd: exit.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                roles.push(FdRole::Exit);
+                (fds, roles) = self.poll_set(exit);
             }
             busy = self.pass();
             if !busy && !self.spin.is_zero() {
@@ -462,13 +465,7 @@ impl Worker {
                 }
                 None => 0,
             };
-            let s = &mut self.st.stats;
-            if pi == 0 {
-                s.to_vnf += sent as u64;
-            } else {
-                s.to_uplinks += sent as u64;
-            }
-            s.rx_no_buffer += (count - sent) as u64;
+            self.st.stats.count_out(want, count, sent);
         }
     }
 
@@ -503,20 +500,11 @@ impl Worker {
 
 /// Sends `frame` out of `port`.
 fn output(st: &mut PortState, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
-    let vnf = port == PortId::VNF;
     match st.ports.get_mut(usize::from(port.0)) {
-        Some(PortIo::Guest { port: Some(g), .. }) => {
-            if g.send(chain, [frame]) == 1 {
-                if vnf {
-                    st.stats.to_vnf += 1;
-                } else {
-                    st.stats.to_uplinks += 1;
-                }
-            } else {
-                st.stats.rx_no_buffer += 1;
-            }
+        Some(PortIo::Guest { port: g, .. }) => {
+            let sent = g.as_mut().map_or(0, |g| g.send(chain, [frame]));
+            st.stats.count_out(port, 1, sent);
         }
-        Some(PortIo::Guest { port: None, .. }) => st.stats.rx_no_buffer += 1,
         Some(PortIo::Tap(tap)) => match tap.write(frame) {
             Ok(()) => st.stats.to_uplinks += 1,
             Err(e) => debug!("uplink {}: write: {e}", tap.name()),

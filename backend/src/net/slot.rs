@@ -106,24 +106,15 @@ impl RingSlot {
     /// Worker side, on a wake-up: gives `held` back if asked to, or takes offered rings.
     /// Returns true when `held` changed.
     pub fn sync(&self, held: &mut Option<RingPair>) -> bool {
-        let mut v = [0u8; 8];
-        // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a live buffer.
-        unsafe {
-            libc::read(
-                std::os::fd::AsRawFd::as_raw_fd(&self.wake),
-                v.as_mut_ptr().cast(),
-                8,
-            )
-        };
+        // Non-blocking: an empty counter is just WouldBlock.
+        let _ = self.wake.read();
         let mut s = self.lock();
         if s.want_back {
-            if let Some(r) = held.take() {
-                s.rings = Some(r);
-                s.taken = false;
-                self.returned.notify_all();
-                return true;
-            }
-            return false;
+            let Some(r) = held.take() else {
+                return false;
+            };
+            self.put_back(&mut s, r);
+            return true;
         }
         if held.is_none() && !s.taken {
             if let Some(r) = s.rings.take() {
@@ -137,8 +128,13 @@ impl RingSlot {
 
     /// Worker side, when it stops: returns the rings it holds.
     pub fn give_back(&self, held: Option<RingPair>) {
-        let Some(r) = held else { return };
-        let mut s = self.lock();
+        if let Some(r) = held {
+            self.put_back(&mut self.lock(), r);
+        }
+    }
+
+    /// Returns rings the worker held and wakes a connection thread waiting for them.
+    fn put_back(&self, s: &mut State, r: RingPair) {
         s.rings = Some(r);
         s.taken = false;
         self.returned.notify_all();

@@ -28,3 +28,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     tracing::info!("listening on {}", path.display());
     Ok(l)
 }
+
+/// A server loop (or any job) run by [`run_together`].
+pub type Job<'a> = Box<dyn FnOnce() -> Result<(), String> + Send + 'a>;
+
+/// Runs `jobs` on threads of their own until all return. The first to fail fires `shutdown`,
+/// which stops the others (server loops watch it); returns the first error.
+pub fn run_together(
+    jobs: Vec<Job<'_>>,
+    shutdown: &vmm_sys_util::eventfd::EventFd,
+) -> Result<(), String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                s.spawn(move || {
+                    let r = job();
+                    if r.is_err() {
+                        let _ = shutdown.write(1);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut first = Ok(());
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err("a server thread panicked".into()));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
