@@ -576,12 +576,15 @@ mod tests {
             }
         }
         fn r16(&self, off: usize) -> u16 {
+            // SAFETY: test-only; `off` is inside the ring area the mock was built over.
             unsafe { std::ptr::read_volatile(self.base.add(off) as *const u16) }
         }
         fn w16(&self, off: usize, v: u16) {
+            // SAFETY: test-only; `off` is inside the ring area the mock was built over.
             unsafe { std::ptr::write_volatile(self.base.add(off) as *mut u16, v) }
         }
         fn w32(&self, off: usize, v: u32) {
+            // SAFETY: test-only; `off` is inside the ring area the mock was built over.
             unsafe { std::ptr::write_volatile(self.base.add(off) as *mut u32, v) }
         }
         /// Pops the next available head and walks its chain; returns (head, descs).
@@ -597,7 +600,10 @@ mod tests {
             let mut i = head;
             loop {
                 let p = self.l.desc + 16 * i as usize;
+                // SAFETY: test-only; `i` came from our own driver, so the descriptor is in
+                // the table.
                 let addr = unsafe { std::ptr::read_volatile(self.base.add(p) as *const u64) };
+                // SAFETY: as above.
                 let len = unsafe { std::ptr::read_volatile(self.base.add(p + 8) as *const u32) };
                 let flags = self.r16(p + 12);
                 let next = self.r16(p + 14);
@@ -626,6 +632,7 @@ mod tests {
 
     fn setup(size: u16, event_idx: bool) -> (SharedMemory, SplitQueue, MockDevice) {
         let mem = SharedMemory::new(RingLayout::new(size).total, 0x1000_0000).unwrap();
+        // SAFETY: the fresh mapping holds exactly one ring of `size` and outlives the queue.
         let q = unsafe { SplitQueue::new(mem.as_ptr(), mem.gpa_base(), size, event_idx, true) }
             .unwrap();
         let dev = MockDevice::new(mem.as_ptr(), size);
@@ -801,8 +808,10 @@ mod tests {
         let size = 4;
         let l = RingLayout::new(size);
         let mem = SharedMemory::new(l.total + 4096, 0x4000).unwrap();
+        // SAFETY: the mapping holds the ring plus a 4 KiB table area and outlives the queue.
         let mut q = unsafe { SplitQueue::new(mem.as_ptr(), 0x4000, size, false, true) }.unwrap();
         let mut dev = MockDevice::new(mem.as_ptr(), size);
+        // SAFETY: `l.total` is inside the mapping (4 KiB more were allocated).
         let table = unsafe { mem.as_ptr().add(l.total) };
         let tgpa = 0x4000 + l.total as u64;
         let descs = [
@@ -811,6 +820,7 @@ mod tests {
             RawDesc::writable(3, 10),
             RawDesc::writable(4, 1),
         ];
+        // SAFETY: the table area is private to this test and 16-byte aligned.
         let h = unsafe { q.add_indirect(table, tgpa, &descs, 5) }.unwrap();
         assert_eq!(q.num_free(), 3);
         q.publish();
@@ -818,6 +828,7 @@ mod tests {
         assert_eq!(head, h);
         assert_eq!(d, vec![(tgpa, 64, VIRTQ_DESC_F_INDIRECT)]);
         // The table holds the chain with NEXT links.
+        // SAFETY: 64 bytes of the table area, written by `add_indirect` above.
         let t = unsafe { std::slice::from_raw_parts(table, 64) };
         assert_eq!(&t[8..16], &[72, 0, 0, 0, 1, 0, 1, 0]);
         assert_eq!(&t[56..64], &[1, 0, 0, 0, 2, 0, 0, 0]);

@@ -233,8 +233,8 @@ impl Worker {
             for f in &mut fds {
                 f.revents = 0;
             }
-            // SAFETY: a live array of pollfd structs of the length passed.
             let timeout = if busy { 0 } else { 100 };
+            // SAFETY: a live array of pollfd structs of the length passed.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 warn!("net port: poll: {}", io::Error::last_os_error());
