@@ -45,8 +45,8 @@ pub struct NetArgs {
     pub uplinks: Vec<UplinkSpec>,
     /// A vNF port, `socket=PATH[,uplink=tap:NAME|vhost:SOCKET...]`. Repeatable: each port has
     /// its own flow processor, reachable only from that port, and its own uplinks.
-    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_port)]
-    pub ports: Vec<PortArg>,
+    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_vnf)]
+    pub vnfs: Vec<VnfArg>,
     /// Most flows each vNF may install.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
@@ -63,16 +63,16 @@ pub struct NetArgs {
     pub mac: [u8; 6],
 }
 
-/// One `--port`.
+/// One `--port`: a vNF instance's socket and uplinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortArg {
+pub struct VnfArg {
     /// Socket path.
     pub socket: PathBuf,
     /// Uplinks, ports 1.. in order.
     pub uplinks: Vec<UplinkSpec>,
 }
 
-fn parse_port(s: &str) -> Result<PortArg, String> {
+fn parse_vnf(s: &str) -> Result<VnfArg, String> {
     let mut socket = None;
     let mut uplinks = Vec::new();
     for part in s.split(',') {
@@ -87,7 +87,7 @@ fn parse_port(s: &str) -> Result<PortArg, String> {
         }
     }
     let socket = socket.ok_or("--port needs socket=PATH")?;
-    Ok(PortArg { socket, uplinks })
+    Ok(VnfArg { socket, uplinks })
 }
 
 fn parse_uplink(s: &str) -> Result<UplinkSpec, String> {
@@ -118,19 +118,19 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 impl NetArgs {
-    /// The ports these options describe (socket, configuration), on the software fast path.
-    /// Fails if a socket path or TAP name is used twice (a second bind would silently take
-    /// over the first port's socket).
-    pub fn to_ports(&self) -> Result<Vec<(PathBuf, crate::net::NetBackendConfig)>, String> {
-        let ports: Vec<PortArg> = match &self.socket {
-            Some(s) => vec![PortArg {
+    /// The vNF instances these options describe (socket, configuration), on the software fast
+    /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
+    /// take over the first socket).
+    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, crate::net::NetBackendConfig)>, String> {
+        let vnfs: Vec<VnfArg> = match &self.socket {
+            Some(s) => vec![VnfArg {
                 socket: s.clone(),
                 uplinks: self.uplinks.clone(),
             }],
-            None => self.ports.clone(),
+            None => self.vnfs.clone(),
         };
         let mut seen = std::collections::HashSet::new();
-        for p in &ports {
+        for p in &vnfs {
             let names = std::iter::once(format!("socket {}", p.socket.display())).chain(
                 p.uplinks.iter().map(|u| match u {
                     UplinkSpec::Tap(n) => format!("TAP {n}"),
@@ -146,7 +146,7 @@ impl NetArgs {
         let fastpath: Arc<dyn dpacc_spec::fastpath::FastPathDriver> = Arc::new(
             dpacc_sw::flow::SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new())),
         );
-        Ok(ports
+        Ok(vnfs
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
@@ -272,7 +272,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
-        let ports = n.to_ports().unwrap();
+        let ports = n.to_vnfs().unwrap();
         assert_eq!(ports.len(), 2);
         assert_eq!(
             ports[0].1.uplinks,
@@ -291,7 +291,7 @@ mod tests {
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
         assert_eq!(
-            n.to_ports().unwrap()[0].1.uplinks,
+            n.to_vnfs().unwrap()[0].1.uplinks,
             [
                 UplinkSpec::Vhost("/u.sock".into()),
                 UplinkSpec::Tap("t0".into())
@@ -309,7 +309,7 @@ mod tests {
             let Command::Net(n) = Cli::try_parse_from(args).unwrap().command else {
                 panic!()
             };
-            let Err(e) = n.to_ports() else {
+            let Err(e) = n.to_vnfs() else {
                 panic!("{dup:?} accepted")
             };
             assert!(e.contains("used twice"), "{e}");

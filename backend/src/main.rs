@@ -55,7 +55,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Net(a) => {
             let (mut listeners, mut sockets, mut cfgs) = (Vec::new(), Vec::new(), Vec::new());
-            for (socket, cfg) in a.to_ports()? {
+            for (socket, cfg) in a.to_vnfs()? {
                 listeners.push(bind(&socket)?);
                 sockets.push(socket);
                 cfgs.push(cfg);

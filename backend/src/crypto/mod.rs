@@ -29,7 +29,7 @@ use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDev
 use control::ControlPath;
 use data::DataPath;
 use sessions::SessionTable;
-use worker::Worker;
+use worker::QueueWorker;
 
 /// Largest ring size accepted.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -92,7 +92,7 @@ pub struct CryptoDevice {
     cfg: CryptoBackendConfig,
     config_space: [u8; 56],
     sessions: Arc<SessionTable>,
-    workers: Vec<Option<Worker>>,
+    workers: Vec<Option<QueueWorker>>,
 }
 
 impl CryptoDevice {
@@ -202,9 +202,9 @@ impl VhostUserDevice for CryptoDevice {
                 .driver
                 .open_queue(usize::from(self.cfg.queue_size))
                 .map_err(|e| DeviceError::Start(i, e.to_string()))?;
-            Worker::spawn(q, DataPath::new(dq, self.sessions.clone()))
+            QueueWorker::spawn(q, DataPath::new(dq, self.sessions.clone()))
         } else {
-            Worker::spawn(
+            QueueWorker::spawn(
                 q,
                 ControlPath::new(self.cfg.driver.clone(), self.sessions.clone()),
             )

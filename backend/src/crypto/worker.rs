@@ -1,5 +1,6 @@
-//! One thread per started ring: waits on the kick eventfd, drains the ring, signals the call
-//! eventfd (honouring EVENT_IDX), and hands the ring back when asked to stop.
+//! [`QueueWorker`]: one thread per started crypto ring (data or control queue): waits on the
+//! kick eventfd, drains the ring, signals the call eventfd (honouring EVENT_IDX), and hands the
+//! ring back when asked to stop.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -47,13 +48,13 @@ pub trait Processor: Send + 'static {
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize;
 }
 
-/// A running ring worker.
-pub struct Worker {
+/// The running worker thread of one crypto ring.
+pub struct QueueWorker {
     exit: EventFd,
     thread: Option<JoinHandle<Queue>>,
 }
 
-impl Worker {
+impl QueueWorker {
     /// Spawns a worker thread processing `start`'s ring with `proc_`.
     pub fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
@@ -74,7 +75,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl Drop for QueueWorker {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.exit.write(1);

@@ -1,4 +1,4 @@
-//! [`RingSlot`]: hands the ring pair of one vhost-user connection to the port worker and back.
+//! [`RingSlot`]: hands the ring pair of one vhost-user connection to the vNF worker and back.
 //!
 //! Every virtio-net port of a vNF (the vNF's own port and its vhost-user uplinks) is served on
 //! its own vhost-user connection thread, but all of a vNF's ports are processed by one worker
@@ -95,7 +95,7 @@ impl RingSlot {
                 .unwrap_or_else(|e| e.into_inner());
             s = g;
             if t.timed_out() {
-                warn!("{}: the port worker did not give its rings back", self.name);
+                warn!("{}: the vNF worker did not give its rings back", self.name);
                 return None;
             }
         }

@@ -69,7 +69,7 @@ pub fn map_table(
         .copied()
         .ok_or(MemoryError::Malformed)?;
     let n = hdr.num_regions as usize;
-    if n == 0 || n > super::conn::MAX_FDS || payload.len() != hdr_len + n * reg_len {
+    if n == 0 || n > super::channel::MAX_FDS || payload.len() != hdr_len + n * reg_len {
         return Err(MemoryError::Malformed);
     }
     if fds.len() != n {

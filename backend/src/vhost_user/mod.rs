@@ -4,7 +4,7 @@
 //! `virtio-queue`, `vmm-sys-util`) because `vhost`'s own backend dispatcher cannot carry
 //! CREATE/CLOSE_CRYPTO_SESSION; see `docs/decisions/0001-vhost-user-server.md`.
 
-pub mod conn;
+pub mod channel;
 pub mod device;
 pub mod memory;
 pub mod server;

@@ -22,7 +22,7 @@ use vm_memory::{ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use zeroize::Zeroize;
 
-use super::conn::{Conn, ConnError, Msg};
+use super::channel::{Channel, ChannelError, Msg};
 use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 use super::memory::{map_table, AddrMap, MemoryError};
 
@@ -104,9 +104,10 @@ enum End {
     Shutdown,
 }
 
-struct Session<'d, D: VhostUserDevice> {
+/// The state of one connected frontend: what it negotiated, its memory table, its rings.
+struct Connection<'d, D: VhostUserDevice> {
     dev: &'d mut D,
-    conn: Conn,
+    channel: Channel,
     features: u64,
     protocol: u64,
     mem: GuestMem,
@@ -140,9 +141,9 @@ pub fn serve<D: VhostUserDevice>(
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
         info!("frontend connected");
-        let mut s = Session::new(dev, Conn::new(stream));
-        let end = s.run(shutdown);
-        s.teardown();
+        let mut c = Connection::new(dev, Channel::new(stream));
+        let end = c.run(shutdown);
+        c.teardown();
         match end {
             Ok(End::Shutdown) => {
                 info!("shutdown requested");
@@ -199,12 +200,12 @@ fn eventfd_from(fd: OwnedFd) -> EventFd {
     unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }
 }
 
-impl<'d, D: VhostUserDevice> Session<'d, D> {
-    fn new(dev: &'d mut D, conn: Conn) -> Self {
+impl<'d, D: VhostUserDevice> Connection<'d, D> {
+    fn new(dev: &'d mut D, channel: Channel) -> Self {
         let n = dev.num_queues();
         Self {
             dev,
-            conn,
+            channel,
             features: 0,
             protocol: 0,
             mem: GuestMem::new(GuestMemoryMmap::new()),
@@ -231,19 +232,19 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
         .bits()
     }
 
-    fn run(&mut self, shutdown: &EventFd) -> Result<End, ConnError> {
+    fn run(&mut self, shutdown: &EventFd) -> Result<End, ChannelError> {
         let mut msg = Msg::default();
         loop {
-            let ready = poll2(self.conn.stream().as_raw_fd(), shutdown.as_raw_fd())?;
+            let ready = poll2(self.channel.stream().as_raw_fd(), shutdown.as_raw_fd())?;
             if ready.1 {
                 return Ok(End::Shutdown);
             }
             if !ready.0 {
                 continue;
             }
-            match self.conn.recv(&mut msg) {
+            match self.channel.recv(&mut msg) {
                 Ok(()) => {}
-                Err(ConnError::Closed) => return Ok(End::Closed),
+                Err(ChannelError::Closed) => return Ok(End::Closed),
                 Err(e) => return Err(e),
             }
             self.handle(&mut msg)?;
@@ -257,7 +258,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
         self.dev.reset();
     }
 
-    fn handle(&mut self, msg: &mut Msg) -> Result<(), ConnError> {
+    fn handle(&mut self, msg: &mut Msg) -> Result<(), ChannelError> {
         let code = msg.request;
         let req = FrontendReq::try_from(code).ok();
         debug!(request = ?req, code, size = msg.payload.len(), "vhost-user request");
@@ -272,18 +273,18 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             }
             let acked = self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
             if msg.need_reply() && acked {
-                self.conn.reply_ack(code, ok)?;
+                self.channel.reply_ack(code, ok)?;
             }
         }
         Ok(())
     }
 
-    fn reply_u64(&mut self, code: u32, v: u64) -> Result<Outcome, ConnError> {
-        self.conn.reply(code, &v.to_ne_bytes())?;
+    fn reply_u64(&mut self, code: u32, v: u64) -> Result<Outcome, ChannelError> {
+        self.channel.reply(code, &v.to_ne_bytes())?;
         Ok(Outcome::Replied)
     }
 
-    fn dispatch(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<Outcome, ConnError> {
+    fn dispatch(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<Outcome, ChannelError> {
         let code = msg.request;
         let p = &msg.payload[..];
         let r = match req {
@@ -321,14 +322,14 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             FrontendReq::GET_VRING_BASE => {
                 return match self.get_vring_base(p) {
                     Ok(state) => {
-                        self.conn.reply(code, state.as_slice())?;
+                        self.channel.reply(code, state.as_slice())?;
                         Ok(Outcome::Replied)
                     }
                     Err(e) => {
                         // The frontend waits for a reply: answer with the stored base.
                         warn!("GET_VRING_BASE: {e}");
                         let s = VhostUserVringState::new(0, 0);
-                        self.conn.reply(code, s.as_slice())?;
+                        self.channel.reply(code, s.as_slice())?;
                         Ok(Outcome::Replied)
                     }
                 };
@@ -339,7 +340,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             FrontendReq::SET_VRING_ENABLE => self.set_vring_enable(p),
             FrontendReq::GET_CONFIG => {
                 self.get_config(p);
-                self.conn.reply(code, &self.reply)?;
+                self.channel.reply(code, &self.reply)?;
                 return Ok(Outcome::Replied);
             }
             FrontendReq::SET_CONFIG => self.set_config(p),
@@ -350,7 +351,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
                 msg.payload.zeroize();
                 match r {
                     DeviceReply::Reply => {
-                        self.conn.reply(code, &self.reply)?;
+                        self.channel.reply(code, &self.reply)?;
                         self.reply.zeroize();
                         return Ok(Outcome::Replied);
                     }

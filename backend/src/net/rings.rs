@@ -1,6 +1,6 @@
-//! [`GuestPort`]: a running virtio-net ring pair seen from the device: frames in from the
-//! driver's TX ring, frames out into its RX ring (over several buffers with MRG_RXBUF), and
-//! the notifications both need.
+//! [`NetRings`]: the running virtio-net ring pair of one port, seen from the device: frames in
+//! from the driver's TX ring, frames out into its RX ring (over several buffers with
+//! MRG_RXBUF), and the notifications both need.
 
 use std::os::fd::AsRawFd;
 
@@ -31,8 +31,8 @@ const RX_HDR: [u8; NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
 
-/// A virtio-net ring pair in use by a port worker.
-pub struct GuestPort {
+/// A virtio-net ring pair in use by a vNF worker.
+pub struct NetRings {
     rings: RingPair,
     mem: <GuestMem as GuestAddressSpace>::T,
     rx_call: Option<EventFd>,
@@ -44,7 +44,7 @@ pub struct GuestPort {
     armed: bool,
 }
 
-impl GuestPort {
+impl NetRings {
     /// Takes over a started ring pair.
     pub fn new(rings: RingPair) -> Self {
         let f = rings.rx.features;
@@ -67,7 +67,7 @@ impl GuestPort {
     }
 
     /// Gives the rings back (with their current indices).
-    pub fn into_rings(self) -> RingPair {
+    pub fn into_pair(self) -> RingPair {
         self.rings
     }
 
@@ -349,7 +349,7 @@ mod tests {
         features: u64,
         tx: &[RawDescriptor],
         rx: &[RawDescriptor],
-    ) -> GuestPort {
+    ) -> NetRings {
         let txq = MockSplitQueue::create(m, GuestAddress(TX_Q), 16);
         let rxq = MockSplitQueue::create(m, GuestAddress(RX_Q), 16);
         if !tx.is_empty() {
@@ -358,7 +358,7 @@ mod tests {
         if !rx.is_empty() {
             rxq.add_desc_chains(rx, 0).unwrap();
         }
-        GuestPort::new(RingPair {
+        NetRings::new(RingPair {
             rx: start(0, rxq.create_queue().unwrap(), m, features),
             tx: start(1, txq.create_queue().unwrap(), m, features),
         })

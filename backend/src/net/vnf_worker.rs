@@ -1,5 +1,6 @@
-//! The worker of one vNF: its flow-processor instance and all its ports (port 0, the vNF's
-//! own virtio-net port; uplinks 1.., TAP or vhost-user), on one thread, without locks.
+//! [`VnfWorker`]: the one thread that runs a vNF instance (its flow processor and all its
+//! ports: port 0, the vNF's own virtio-net device; uplinks 1.., TAP or vhost-user virtio-net),
+//! without locks.
 //!
 //! The worker runs from start-up to shutdown, whichever frontends come and go: virtio-net
 //! ring pairs arrive and leave through their [`RingSlot`]s. Frames for a port whose frontend
@@ -16,7 +17,7 @@ use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::guest_port::GuestPort;
+use super::rings::NetRings;
 use super::slot::RingSlot;
 use super::tap::Tap;
 use crate::virtq::ChainBufs;
@@ -28,7 +29,7 @@ const MAX_ROUNDS: usize = 64;
 
 /// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PortStats {
+pub struct VnfStats {
     /// Frames the vNF transmitted (data and control).
     pub from_vnf: u64,
     /// Control frames handled.
@@ -47,7 +48,7 @@ pub struct PortStats {
     pub batches: u64,
 }
 
-impl PortStats {
+impl VnfStats {
     /// Counts `sent` of `wanted` frames put on virtio port `port`'s RX ring (the rest had no
     /// room or no frontend).
     fn count_out(&mut self, port: PortId, wanted: usize, sent: usize) {
@@ -60,60 +61,60 @@ impl PortStats {
     }
 }
 
-/// One port of a vNF's instance.
-pub enum PortIo {
-    /// A virtio-net port served over vhost-user (the vNF's own, or an uplink).
-    Guest {
+/// One port of a vNF instance, by [`PortId`].
+pub enum Port {
+    /// A virtio-net device served over vhost-user (the vNF's own, or an uplink).
+    Vhost {
         /// Where its rings arrive.
         slot: Arc<RingSlot>,
         /// The rings, while a frontend is attached.
-        port: Option<GuestPort>,
+        rings: Option<NetRings>,
     },
     /// A TAP uplink.
     Tap(Tap),
 }
 
-/// What a vNF's worker owns.
-pub struct PortState {
+/// A vNF instance: its flow processor and its ports (what its worker owns).
+pub struct VnfInstance {
     /// The vNF's flow processor.
     pub proc_: Box<dyn FlowProcessor>,
-    /// Ports by [`PortId`]: 0 is the vNF's (always `Guest`), uplinks follow.
-    pub ports: Vec<PortIo>,
+    /// Ports by [`PortId`]: 0 is the vNF's (always `Vhost`), uplinks follow.
+    pub ports: Vec<Port>,
     /// Counters.
-    pub stats: PortStats,
+    pub stats: VnfStats,
     /// The vNF's MAC (learned from its control frames) for replies and events.
     pub vnf_mac: [u8; 6],
 }
 
-/// A running worker.
-pub struct PortWorker {
+/// The running worker thread of one vNF instance.
+pub struct VnfWorker {
     exit: EventFd,
-    thread: Option<JoinHandle<PortState>>,
+    thread: Option<JoinHandle<VnfInstance>>,
 }
 
-impl PortWorker {
+impl VnfWorker {
     /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
     /// sleeps.
-    pub fn spawn(state: PortState, spin: Duration) -> io::Result<Self> {
+    pub fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("net-port".into())
-            .spawn(move || Worker::new(state, spin).run(&exit2))?;
+            .spawn(move || VnfLoop::new(vnf, spin).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
         })
     }
 
-    /// Stops it (its rings go back to their slots) and returns the state.
-    pub fn stop(mut self) -> Option<PortState> {
+    /// Stops it (its rings go back to their slots) and returns the instance.
+    pub fn stop(mut self) -> Option<VnfInstance> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }
 }
 
-impl Drop for PortWorker {
+impl Drop for VnfWorker {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.exit.write(1);
@@ -134,8 +135,9 @@ enum FdRole {
     Tap,
 }
 
-struct Worker {
-    st: PortState,
+/// What the worker thread runs: the instance and its per-batch buffers.
+struct VnfLoop {
+    vnf: VnfInstance,
     spin: Duration,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
@@ -151,10 +153,10 @@ fn drain_eventfd(fd: i32) {
     unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
 }
 
-impl Worker {
-    fn new(st: PortState, spin: Duration) -> Self {
+impl VnfLoop {
+    fn new(vnf: VnfInstance, spin: Duration) -> Self {
         Self {
-            st,
+            vnf,
             spin,
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
@@ -172,9 +174,9 @@ impl Worker {
     /// Takes offered rings / gives rings back for every port. True if anything changed.
     fn sync_slots(&mut self) -> bool {
         let mut changed = false;
-        for (i, p) in self.st.ports.iter_mut().enumerate() {
-            if let PortIo::Guest { slot, port } = p {
-                let mut held = port.take().map(GuestPort::into_rings);
+        for (i, p) in self.vnf.ports.iter_mut().enumerate() {
+            if let Port::Vhost { slot, rings } = p {
+                let mut held = rings.take().map(NetRings::into_pair);
                 if slot.sync(&mut held) {
                     changed = true;
                     info!(
@@ -187,7 +189,7 @@ impl Worker {
                         }
                     );
                 }
-                *port = held.map(GuestPort::new);
+                *rings = held.map(NetRings::new);
             }
         }
         changed
@@ -205,11 +207,11 @@ impl Worker {
             });
             roles.push(role);
         };
-        for (i, p) in self.st.ports.iter().enumerate() {
+        for (i, p) in self.vnf.ports.iter().enumerate() {
             match p {
-                PortIo::Guest { slot, port } => {
+                Port::Vhost { slot, rings } => {
                     add(slot.wake_fd().as_raw_fd(), FdRole::Slot(i));
-                    if let Some(g) = port {
+                    if let Some(g) = rings {
                         add(g.tx_kick(), FdRole::Kick);
                         if i == 0 {
                             // Drained so that it never stays readable; nothing waits on it.
@@ -217,14 +219,14 @@ impl Worker {
                         }
                     }
                 }
-                PortIo::Tap(t) => add(t.raw_fd(), FdRole::Tap),
+                Port::Tap(t) => add(t.raw_fd(), FdRole::Tap),
             }
         }
         add(exit.as_raw_fd(), FdRole::Exit);
         (fds, roles)
     }
 
-    fn run(mut self, exit: &EventFd) -> PortState {
+    fn run(mut self, exit: &EventFd) -> VnfInstance {
         self.sync_slots();
         let mut last_expire = Instant::now();
         let (mut fds, mut roles) = self.poll_set(exit);
@@ -279,35 +281,35 @@ impl Worker {
                 last_expire = Instant::now();
                 self.emits.clear();
                 let t = self.now();
-                self.st.proc_.expire(t, &mut self.emits);
+                self.vnf.proc_.expire(t, &mut self.emits);
                 self.emit_all();
             }
             self.flush();
         }
-        info!(stats = ?self.st.stats, "net port worker stops");
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { slot, port } = p {
-                slot.give_back(port.take().map(GuestPort::into_rings));
+        info!(stats = ?self.vnf.stats, "net port worker stops");
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { slot, rings } = p {
+                slot.give_back(rings.take().map(NetRings::into_pair));
             }
         }
-        self.st
+        self.vnf
     }
 
     /// Services the ports round-robin, a batch each per round, until none has input or
     /// [`MAX_ROUNDS`] rounds ran. True if it found input (poll again without sleeping).
     fn pass(&mut self) -> bool {
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 g.refresh();
             }
         }
         for round in 0..MAX_ROUNDS {
             let mut busy = false;
-            for i in 0..self.st.ports.len() {
-                busy |= match &self.st.ports[i] {
-                    PortIo::Guest { port: Some(_), .. } => self.guest_batch(i) > 0,
-                    PortIo::Guest { port: None, .. } => false,
-                    PortIo::Tap(_) => self.tap_batch(i) > 0,
+            for i in 0..self.vnf.ports.len() {
+                busy |= match &self.vnf.ports[i] {
+                    Port::Vhost { rings: Some(_), .. } => self.virtio_batch(i) > 0,
+                    Port::Vhost { rings: None, .. } => false,
+                    Port::Tap(_) => self.tap_batch(i) > 0,
                 };
             }
             self.flush();
@@ -322,42 +324,42 @@ impl Worker {
     /// drivers do not kick). True if frames came meanwhile (do not sleep).
     fn rearm(&mut self) -> bool {
         let mut more = false;
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 more |= g.tx_rearm();
             }
         }
         more
     }
 
-    /// Takes up to a batch of frames from guest port `i`'s TX ring and processes them.
+    /// Takes up to a batch of frames from virtio port `i`'s TX ring and processes them.
     /// Control frames from the vNF's own port go to its instance and are never forwarded;
     /// from an uplink they are ordinary frames. Returns the chains consumed.
-    fn guest_batch(&mut self, i: usize) -> usize {
+    fn virtio_batch(&mut self, i: usize) -> usize {
         let id = PortId(i as u16);
-        let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] else {
+        let Port::Vhost { rings: Some(g), .. } = &mut self.vnf.ports[i] else {
             return 0;
         };
         let (chains, mut n) = g.receive(
             &mut self.chain,
             &mut self.pkts,
             id,
-            &mut self.st.stats.bad_tx,
+            &mut self.vnf.stats.bad_tx,
         );
-        self.st.stats.batches += u64::from(chains > 0);
+        self.vnf.stats.batches += u64::from(chains > 0);
         if id != PortId::VNF {
-            self.st.stats.from_uplinks += n as u64;
+            self.vnf.stats.from_uplinks += n as u64;
         } else {
-            self.st.stats.from_vnf += n as u64;
+            self.vnf.stats.from_vnf += n as u64;
             // Take the control frames out (keeping the order of the others).
             let mut keep = 0;
             for j in 0..n {
                 if let Some((_, src, payload)) = proto::parse_frame(self.pkts[j].frame()) {
-                    self.st.stats.control += 1;
-                    self.st.vnf_mac = src;
+                    self.vnf.stats.control += 1;
+                    self.vnf.vnf_mac = src;
                     self.emits.clear();
                     let t = self.now();
-                    self.st.proc_.control(t, payload, &mut self.emits);
+                    self.vnf.proc_.control(t, payload, &mut self.emits);
                     self.emit_all();
                     continue;
                 }
@@ -374,7 +376,7 @@ impl Worker {
 
     /// Reads up to a batch of frames from TAP port `i` and processes them.
     fn tap_batch(&mut self, i: usize) -> usize {
-        let PortIo::Tap(tap) = &self.st.ports[i] else {
+        let Port::Tap(tap) = &self.vnf.ports[i] else {
             return 0;
         };
         let mut n = 0;
@@ -392,7 +394,7 @@ impl Worker {
                 }
             }
         }
-        self.st.stats.from_uplinks += n as u64;
+        self.vnf.stats.from_uplinks += n as u64;
         if n > 0 {
             self.process(n);
         }
@@ -401,7 +403,7 @@ impl Worker {
 
     fn process(&mut self, n: usize) {
         let t = self.now();
-        self.st
+        self.vnf
             .proc_
             .process(t, &mut self.pkts[..n], &mut self.verdicts[..n]);
         // Outputs to virtio ports go out in one ring pass per port; the rest one by one.
@@ -410,12 +412,12 @@ impl Worker {
             match self.verdicts[i] {
                 Verdict::Output(port) => {
                     if matches!(
-                        self.st.ports.get(usize::from(port.0)),
-                        Some(PortIo::Guest { .. })
+                        self.vnf.ports.get(usize::from(port.0)),
+                        Some(Port::Vhost { .. })
                     ) {
                         to_guests = true;
                     } else {
-                        output(&mut self.st, &mut self.chain, port, self.pkts[i].frame());
+                        output(&mut self.vnf, &mut self.chain, port, self.pkts[i].frame());
                     }
                 }
                 Verdict::Drop => {}
@@ -425,21 +427,21 @@ impl Worker {
                         continue; // vNF-originated misses are dropped, never looped back
                     }
                     proto::encode_packet_in(
-                        self.st.vnf_mac,
+                        self.vnf.vnf_mac,
                         p.in_port,
                         table,
                         p.frame(),
                         &mut self.frame,
                     );
-                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
         if !to_guests {
             return;
         }
-        for (pi, p) in self.st.ports.iter_mut().enumerate() {
-            let PortIo::Guest { port, .. } = p else {
+        for (pi, p) in self.vnf.ports.iter_mut().enumerate() {
+            let Port::Vhost { rings, .. } = p else {
                 continue;
             };
             let want = PortId(pi as u16);
@@ -451,7 +453,7 @@ impl Worker {
             if count == 0 {
                 continue;
             }
-            let sent = match port {
+            let sent = match rings {
                 Some(g) => {
                     let pkts = &self.pkts;
                     g.send(
@@ -465,7 +467,7 @@ impl Worker {
                 }
                 None => 0,
             };
-            self.st.stats.count_out(want, count, sent);
+            self.vnf.stats.count_out(want, count, sent);
         }
     }
 
@@ -473,14 +475,14 @@ impl Worker {
         let emits = std::mem::take(&mut self.emits);
         for e in &emits {
             match e {
-                Emit::Frame { port, frame } => output(&mut self.st, &mut self.chain, *port, frame),
+                Emit::Frame { port, frame } => output(&mut self.vnf, &mut self.chain, *port, frame),
                 Emit::Control(payload) => {
                     self.frame.clear();
-                    self.frame.extend_from_slice(&self.st.vnf_mac);
+                    self.frame.extend_from_slice(&self.vnf.vnf_mac);
                     self.frame.extend_from_slice(&proto::BACKEND_MAC);
                     self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
                     self.frame.extend_from_slice(payload);
-                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
@@ -490,8 +492,8 @@ impl Worker {
 
     /// Notifies every guest of what its RX ring received.
     fn flush(&mut self) {
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 g.rx_flush();
             }
         }
@@ -499,14 +501,14 @@ impl Worker {
 }
 
 /// Sends `frame` out of `port`.
-fn output(st: &mut PortState, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
-    match st.ports.get_mut(usize::from(port.0)) {
-        Some(PortIo::Guest { port: g, .. }) => {
+fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
+    match vnf.ports.get_mut(usize::from(port.0)) {
+        Some(Port::Vhost { rings: g, .. }) => {
             let sent = g.as_mut().map_or(0, |g| g.send(chain, [frame]));
-            st.stats.count_out(port, 1, sent);
+            vnf.stats.count_out(port, 1, sent);
         }
-        Some(PortIo::Tap(tap)) => match tap.write(frame) {
-            Ok(()) => st.stats.to_uplinks += 1,
+        Some(Port::Tap(tap)) => match tap.write(frame) {
+            Ok(()) => vnf.stats.to_uplinks += 1,
             Err(e) => debug!("uplink {}: write: {e}", tap.name()),
         },
         None => debug!("output to missing port {}", port.0),
