@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use dpacc_hw::DriverSpec;
-use dpacc_spec::CryptoDriver;
 
-use crate::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
-use crate::net::UplinkSpec;
+use dpacc_backend::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
+use dpacc_backend::net::{NetBackendConfig, UplinkSpec};
 
 /// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
 #[derive(Debug, Parser)]
@@ -121,7 +120,7 @@ impl NetArgs {
     /// The vNF instances these options describe (socket, configuration), on the software fast
     /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
     /// take over the first socket).
-    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, crate::net::NetBackendConfig)>, String> {
+    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, String> {
         let vnfs: Vec<VnfArg> = match &self.socket {
             Some(s) => vec![VnfArg {
                 socket: s.clone(),
@@ -154,7 +153,7 @@ impl NetArgs {
                 mac[5] = mac[5].wrapping_add(i as u8);
                 (
                     p.socket,
-                    crate::net::NetBackendConfig {
+                    NetBackendConfig {
                         uplinks: p.uplinks,
                         max_flows: self.max_flows as usize,
                         queue_size: self.queue_size,
@@ -199,11 +198,6 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
     Ok(v as u16)
 }
 
-/// Instantiates a driver (non-software drivers fall back to the software one per algorithm).
-pub fn make_driver(spec: &DriverSpec) -> Result<Arc<dyn CryptoDriver>, String> {
-    dpacc_hw::open_driver(spec, Arc::new(dpacc_sw::SwDriver::new())).map_err(|e| e.to_string())
-}
-
 impl CryptoArgs {
     /// The device configuration these options describe.
     pub fn to_config(&self) -> Result<CryptoBackendConfig, String> {
@@ -211,7 +205,7 @@ impl CryptoArgs {
             queues: self.queues,
             queue_size: self.queue_size,
             max_sessions: self.max_sessions as usize,
-            driver: make_driver(&self.driver)?,
+            driver: dpacc_backend::crypto::open_driver(&self.driver).map_err(|e| e.to_string())?,
         })
     }
 }

@@ -4,11 +4,13 @@ use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dpacc_backend::cli::{Cli, Command};
+use cli::{Cli, Command};
 use dpacc_backend::vhost_user::{run_together, Job};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

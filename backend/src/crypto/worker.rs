@@ -8,24 +8,25 @@ use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::split_ring::publish_avail_event;
 use crate::vhost_user::QueueStart;
 
 /// Signals the frontend after used entries were added.
-pub struct Notify {
+pub(crate) struct Notify {
     call: Option<EventFd>,
 }
 
 impl Notify {
     /// Signals `call` (None: the frontend polls; nothing to signal).
-    pub fn new(call: Option<EventFd>) -> Self {
+    pub(crate) fn new(call: Option<EventFd>) -> Self {
         Self { call }
     }
 
     /// Signals the call eventfd if the ring's notification suppression allows it.
-    pub fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
+    pub(crate) fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
         let Some(call) = &self.call else {
             return;
         };
@@ -42,21 +43,21 @@ impl Notify {
 }
 
 /// What a worker does with the chains of its ring.
-pub trait Processor: Send + 'static {
+pub(crate) trait Processor: Send + 'static {
     /// Processes every available chain; returns how many were completed. Implementations
     /// signal through `notify` after each batch of used entries.
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize;
 }
 
 /// The running worker thread of one crypto ring.
-pub struct QueueWorker {
+pub(crate) struct QueueWorker {
     exit: EventFd,
     thread: Option<JoinHandle<Queue>>,
 }
 
 impl QueueWorker {
     /// Spawns a worker thread processing `start`'s ring with `proc_`.
-    pub fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
+    pub(crate) fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
@@ -69,7 +70,7 @@ impl QueueWorker {
     }
 
     /// Stops the worker (after its current batch) and returns the ring.
-    pub fn stop(mut self) -> Option<Queue> {
+    pub(crate) fn stop(mut self) -> Option<Queue> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }
@@ -93,7 +94,7 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
         mem,
         ..
     } = start;
-    let notify = Notify { call };
+    let notify = Notify::new(call);
     let mut fds = [
         libc::pollfd {
             fd: kick.as_raw_fd(),
@@ -139,35 +140,6 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
     }
     debug!("vq{index}: worker exits");
     queue
-}
-
-/// Writes `avail_event` (the used ring's trailing field) = the next index we will read, even
-/// when EVENT_IDX was not negotiated with *us*.
-///
-/// QEMU's cryptodev-vhost-user acks only `VHOST_USER_F_PROTOCOL_FEATURES` to the backend (it
-/// never forwards what the guest negotiated), while the Linux guest negotiates EVENT_IDX with
-/// QEMU's virtio-crypto device and then kicks only when the avail index crosses `avail_event`.
-/// Without this the guest kicks once and then never again. The field exists in every split
-/// ring the Linux driver and QEMU allocate, and a driver without EVENT_IDX ignores it; without
-/// EVENT_IDX we also always signal the call eventfd (`needs_notification` is then true), which
-/// is correct for both kinds of driver.
-pub(crate) fn publish_avail_event(
-    q: &Queue,
-    mem: &GuestMemoryMmap,
-) -> Result<(), vm_memory::GuestMemoryError> {
-    // `used ring` = flags (2) + idx (2) + size × 8-byte elements, then `avail_event`.
-    let off = 4 + 8 * u64::from(q.size());
-    let addr =
-        q.used_ring()
-            .checked_add(off)
-            .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(
-                GuestAddress(q.used_ring()),
-            ))?;
-    mem.store(
-        q.next_avail().to_le(),
-        GuestAddress(addr),
-        std::sync::atomic::Ordering::Relaxed,
-    )
 }
 
 fn drain<P: Processor>(

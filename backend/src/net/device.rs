@@ -15,7 +15,7 @@ const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// A virtio-net device whose rings a vNF worker processes.
-pub struct NetDevice {
+pub(crate) struct NetDevice {
     mac: [u8; 6],
     queue_size: u16,
     slot: Arc<RingSlot>,
@@ -24,7 +24,7 @@ pub struct NetDevice {
 
 impl NetDevice {
     /// A device with `mac` in its config space, feeding `slot`.
-    pub fn new(mac: [u8; 6], queue_size: u16, slot: Arc<RingSlot>) -> Self {
+    pub(crate) fn new(mac: [u8; 6], queue_size: u16, slot: Arc<RingSlot>) -> Self {
         Self {
             mac,
             queue_size,

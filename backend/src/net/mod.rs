@@ -9,10 +9,10 @@
 //! ([`vnf_worker`]); each virtio-net device hands its rings to it through a [`slot`].
 
 mod device;
-pub mod rings;
-pub mod slot;
-pub mod tap;
-pub mod vnf_worker;
+mod rings;
+mod slot;
+mod tap;
+mod vnf_worker;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use tracing::info;
 use crate::vhost_user::{run_together, Job};
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device::NetDevice;
+use device::NetDevice;
 use slot::RingSlot;
 use tap::Tap;
 use vnf_worker::{Port, VnfInstance, VnfStats, VnfWorker};

@@ -11,17 +11,17 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::crypto::worker::publish_avail_event;
+use crate::split_ring::publish_avail_event;
 use crate::split_ring::{Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
-pub const NET_HDR_LEN: usize = 12;
+pub(crate) const NET_HDR_LEN: usize = 12;
 /// The legacy header without `num_buffers` (neither VERSION_1 nor MRG_RXBUF).
 const LEGACY_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_F_MRG_RXBUF`.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+pub(crate) const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Most frames taken from a TX ring in one call.
 const MAX_BATCH: usize = 64;
@@ -32,7 +32,7 @@ const RX_HDR: [u8; NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 const MAX_RX_BUFS: usize = 16;
 
 /// A virtio-net ring pair in use by a vNF worker.
-pub struct NetRings {
+pub(crate) struct NetRings {
     rings: RingPair,
     mem: <GuestMem as GuestAddressSpace>::T,
     rx_call: Option<EventFd>,
@@ -46,7 +46,7 @@ pub struct NetRings {
 
 impl NetRings {
     /// Takes over a started ring pair.
-    pub fn new(rings: RingPair) -> Self {
+    pub(crate) fn new(rings: RingPair) -> Self {
         let f = rings.rx.features;
         let mrg = f & VIRTIO_NET_F_MRG_RXBUF != 0;
         let hdr_len = if mrg || f & VIRTIO_F_VERSION_1 != 0 {
@@ -67,28 +67,28 @@ impl NetRings {
     }
 
     /// Gives the rings back (with their current indices).
-    pub fn into_pair(self) -> RingPair {
+    pub(crate) fn into_pair(self) -> RingPair {
         self.rings
     }
 
     /// The TX ring's kick eventfd.
-    pub fn tx_kick(&self) -> i32 {
+    pub(crate) fn tx_kick(&self) -> i32 {
         self.rings.tx.kick.as_raw_fd()
     }
 
     /// The RX ring's kick eventfd (the driver added buffers).
-    pub fn rx_kick(&self) -> i32 {
+    pub(crate) fn rx_kick(&self) -> i32 {
         self.rings.rx.kick.as_raw_fd()
     }
 
     /// Takes a fresh guest memory snapshot (call once per wake-up, before using the rings).
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         self.mem = self.rings.tx.mem.memory();
     }
 
     /// Asks the driver for kicks again before the worker sleeps. True if frames arrived
     /// meanwhile (receive again instead of sleeping).
-    pub fn tx_rearm(&mut self) -> bool {
+    pub(crate) fn tx_rearm(&mut self) -> bool {
         let mem: &GuestMemoryMmap = &self.mem;
         self.armed = true;
         let _ = publish_avail_event(&self.rings.tx.queue, mem);
@@ -98,7 +98,7 @@ impl NetRings {
     /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`),
     /// returning their chains to the driver. Returns (chains consumed, frames loaded); chains
     /// without a usable frame (broken, too short, too long) are counted in `bad`.
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         chain: &mut ChainBufs,
         pkts: &mut [PacketBuf],
@@ -182,7 +182,7 @@ impl NetRings {
 
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
     /// frame does not fit. Returns how many were put (the caller drops the rest).
-    pub fn send<'f>(
+    pub(crate) fn send<'f>(
         &mut self,
         chain: &mut ChainBufs,
         frames: impl IntoIterator<Item = &'f [u8]>,
@@ -207,7 +207,7 @@ impl NetRings {
     }
 
     /// Notifies the driver of frames put into its RX ring since the last flush.
-    pub fn rx_flush(&mut self) {
+    pub(crate) fn rx_flush(&mut self) {
         if std::mem::take(&mut self.rx_notify) {
             signal(&self.rx_call);
         }

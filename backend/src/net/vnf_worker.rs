@@ -29,23 +29,23 @@ const MAX_ROUNDS: usize = 64;
 
 /// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct VnfStats {
+pub(crate) struct VnfStats {
     /// Frames the vNF transmitted (data and control).
-    pub from_vnf: u64,
+    pub(crate) from_vnf: u64,
     /// Control frames handled.
-    pub control: u64,
+    pub(crate) control: u64,
     /// Frames put on the vNF's RX ring.
-    pub to_vnf: u64,
+    pub(crate) to_vnf: u64,
     /// Frames for a virtio port dropped because its RX ring had no room or no frontend.
-    pub rx_no_buffer: u64,
+    pub(crate) rx_no_buffer: u64,
     /// Frames received from uplinks.
-    pub from_uplinks: u64,
+    pub(crate) from_uplinks: u64,
     /// Frames sent to uplinks.
-    pub to_uplinks: u64,
+    pub(crate) to_uplinks: u64,
     /// Malformed TX chains or oversized frames.
-    pub bad_tx: u64,
+    pub(crate) bad_tx: u64,
     /// Non-empty batches taken from virtio TX rings (frames / batches = mean batch size).
-    pub batches: u64,
+    pub(crate) batches: u64,
 }
 
 impl VnfStats {
@@ -62,7 +62,7 @@ impl VnfStats {
 }
 
 /// One port of a vNF instance, by [`PortId`].
-pub enum Port {
+pub(crate) enum Port {
     /// A virtio-net device served over vhost-user (the vNF's own, or an uplink).
     Vhost {
         /// Where its rings arrive.
@@ -75,19 +75,19 @@ pub enum Port {
 }
 
 /// A vNF instance: its flow processor and its ports (what its worker owns).
-pub struct VnfInstance {
+pub(crate) struct VnfInstance {
     /// The vNF's flow processor.
-    pub proc_: Box<dyn FlowProcessor>,
+    pub(crate) proc_: Box<dyn FlowProcessor>,
     /// Ports by [`PortId`]: 0 is the vNF's (always `Vhost`), uplinks follow.
-    pub ports: Vec<Port>,
+    pub(crate) ports: Vec<Port>,
     /// Counters.
-    pub stats: VnfStats,
+    pub(crate) stats: VnfStats,
     /// The vNF's MAC (learned from its control frames) for replies and events.
-    pub vnf_mac: [u8; 6],
+    pub(crate) vnf_mac: [u8; 6],
 }
 
 /// The running worker thread of one vNF instance.
-pub struct VnfWorker {
+pub(crate) struct VnfWorker {
     exit: EventFd,
     thread: Option<JoinHandle<VnfInstance>>,
 }
@@ -95,7 +95,7 @@ pub struct VnfWorker {
 impl VnfWorker {
     /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
     /// sleeps.
-    pub fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
+    pub(crate) fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
@@ -108,7 +108,7 @@ impl VnfWorker {
     }
 
     /// Stops it (its rings go back to their slots) and returns the instance.
-    pub fn stop(mut self) -> Option<VnfInstance> {
+    pub(crate) fn stop(mut self) -> Option<VnfInstance> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }

@@ -9,7 +9,7 @@ use vm_memory::{ByteValued, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegi
 
 /// Why a memory table was rejected.
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub(crate) enum MemoryError {
     /// The payload does not hold the declared regions, or the count is 0 / too large.
     #[error("malformed memory table")]
     Malformed,
@@ -42,13 +42,13 @@ struct VaRange {
 
 /// Translates frontend virtual addresses to guest-physical addresses.
 #[derive(Clone, Debug, Default)]
-pub struct AddrMap {
+pub(crate) struct AddrMap {
     ranges: Vec<VaRange>,
 }
 
 impl AddrMap {
     /// The guest-physical address of frontend virtual address `va`, if it lies in a region.
-    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+    pub(crate) fn va_to_gpa(&self, va: u64) -> Option<u64> {
         self.ranges
             .iter()
             .find(|r| va >= r.user_addr && va - r.user_addr < r.size)
@@ -57,7 +57,7 @@ impl AddrMap {
 }
 
 /// Parses a SET_MEM_TABLE payload and maps every region (MAP_SHARED at `mmap_offset`).
-pub fn map_table(
+pub(crate) fn map_table(
     payload: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<(GuestMemoryMmap, AddrMap), MemoryError> {

@@ -4,13 +4,14 @@
 //! `virtio-queue`, `vmm-sys-util`) because `vhost`'s own backend dispatcher cannot carry
 //! CREATE/CLOSE_CRYPTO_SESSION; see `docs/decisions/0001-vhost-user-server.md`.
 
-pub mod channel;
-pub mod device;
-pub mod memory;
-pub mod server;
+mod channel;
+mod device;
+mod memory;
+mod server;
 
-pub use device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
-pub use server::{serve, ServeError};
+pub(crate) use device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
+pub(crate) use server::serve;
+pub use server::ServeError;
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;

@@ -27,13 +27,13 @@ use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDev
 use super::memory::{map_table, AddrMap, MemoryError};
 
 /// `VIRTIO_F_VERSION_1`.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub(crate) const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// `VIRTIO_RING_F_INDIRECT_DESC`.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub(crate) const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 /// `VIRTIO_RING_F_EVENT_IDX`.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub(crate) const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub(crate) const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// How long a frontend may stall in the middle of a message before it is dropped.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,7 +118,7 @@ struct Connection<'d, D: VhostUserDevice> {
 }
 
 /// Serves frontends on `listener`, one at a time, until `shutdown` becomes readable.
-pub fn serve<D: VhostUserDevice>(
+pub(crate) fn serve<D: VhostUserDevice>(
     listener: &UnixListener,
     dev: &mut D,
     shutdown: &EventFd,
