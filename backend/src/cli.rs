@@ -1,13 +1,48 @@
 //! Command line of the `dpacc-backend` binary.
 
+use std::num::ParseIntError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dpacc_hw::DriverSpec;
-
 use dpacc_backend::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
 use dpacc_backend::net::{NetBackendConfig, UplinkSpec};
+use dpacc_hw::{DriverSpec, SelectError};
+
+/// Why a command-line value or the configuration it describes is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A `--port` item that is neither `socket=` nor `uplink=`.
+    #[error("bad --port item '{0}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET")]
+    VnfItem(String),
+    /// A `--port` without `socket=`.
+    #[error("--port needs socket=PATH")]
+    VnfSocket,
+    /// `tap:` with an empty or too long name.
+    #[error("a TAP name has 1 to 15 characters")]
+    TapName,
+    /// `vhost:` without a path.
+    #[error("vhost: needs a socket path")]
+    VhostPath,
+    /// Neither `tap:` nor `vhost:`.
+    #[error("unknown uplink '{0}': expected tap:NAME or vhost:SOCKET")]
+    Uplink(String),
+    /// Not six colon-separated hex bytes.
+    #[error("bad MAC address '{0}'")]
+    Mac(String),
+    /// Not a number.
+    #[error("{0}")]
+    Number(#[from] ParseIntError),
+    /// A ring size that is not a power of two up to the largest.
+    #[error("{0} is not a power of two in 1..=32768")]
+    QueueSize(u32),
+    /// A socket path or TAP name given twice (named as "socket PATH" or "TAP NAME").
+    #[error("{0} is used twice")]
+    UsedTwice(String),
+    /// The accelerator driver could not be opened.
+    #[error(transparent)]
+    Driver(#[from] SelectError),
+}
 
 /// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
 #[derive(Debug, Parser)]
@@ -71,56 +106,51 @@ pub struct VnfArg {
     pub uplinks: Vec<UplinkSpec>,
 }
 
-fn parse_vnf(s: &str) -> Result<VnfArg, String> {
+fn parse_vnf(s: &str) -> Result<VnfArg, CliError> {
     let mut socket = None;
     let mut uplinks = Vec::new();
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
             Some(("uplink", u)) => uplinks.push(parse_uplink(u)?),
-            _ => {
-                return Err(format!(
-                    "bad --port item '{part}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET"
-                ))
-            }
+            _ => return Err(CliError::VnfItem(part.to_string())),
         }
     }
-    let socket = socket.ok_or("--port needs socket=PATH")?;
+    let socket = socket.ok_or(CliError::VnfSocket)?;
     Ok(VnfArg { socket, uplinks })
 }
 
-fn parse_uplink(s: &str) -> Result<UplinkSpec, String> {
+fn parse_uplink(s: &str) -> Result<UplinkSpec, CliError> {
     if let Some(n) = s.strip_prefix("tap:") {
         return match n.len() {
             1..=15 => Ok(UplinkSpec::Tap(n.to_string())),
-            _ => Err("a TAP name has 1 to 15 characters".into()),
+            _ => Err(CliError::TapName),
         };
     }
     if let Some(p) = s.strip_prefix("vhost:") {
         return match p.is_empty() {
             false => Ok(UplinkSpec::Vhost(PathBuf::from(p))),
-            true => Err("vhost: needs a socket path".into()),
+            true => Err(CliError::VhostPath),
         };
     }
-    Err(format!(
-        "unknown uplink '{s}': expected tap:NAME or vhost:SOCKET"
-    ))
+    Err(CliError::Uplink(s.to_string()))
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+fn parse_mac(s: &str) -> Result<[u8; 6], CliError> {
+    let bad = || CliError::Mac(s.to_string());
     let v: Vec<u8> = s
         .split(':')
         .map(|p| u8::from_str_radix(p, 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("bad MAC address '{s}'"))?;
-    v.try_into().map_err(|_| format!("bad MAC address '{s}'"))
+        .map_err(|_| bad())?;
+    v.try_into().map_err(|_| bad())
 }
 
 impl NetArgs {
     /// The vNF instances these options describe (socket, configuration), on the software fast
     /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
     /// take over the first socket).
-    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, String> {
+    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, CliError> {
         let vnfs: Vec<VnfArg> = match &self.socket {
             Some(s) => vec![VnfArg {
                 socket: s.clone(),
@@ -138,7 +168,7 @@ impl NetArgs {
             );
             for n in names {
                 if !seen.insert(n.clone()) {
-                    return Err(format!("{n} is used twice"));
+                    return Err(CliError::UsedTwice(n));
                 }
             }
         }
@@ -190,22 +220,22 @@ pub struct CryptoArgs {
     pub max_sessions: u64,
 }
 
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+fn parse_queue_size(s: &str) -> Result<u16, CliError> {
+    let v: u32 = s.parse()?;
     if v == 0 || v > u32::from(MAX_QUEUE_SIZE) || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two in 1..=32768"));
+        return Err(CliError::QueueSize(v));
     }
     Ok(v as u16)
 }
 
 impl CryptoArgs {
     /// The device configuration these options describe.
-    pub fn to_config(&self) -> Result<CryptoBackendConfig, String> {
+    pub fn to_config(&self) -> Result<CryptoBackendConfig, CliError> {
         Ok(CryptoBackendConfig {
             queues: self.queues,
             queue_size: self.queue_size,
             max_sessions: self.max_sessions as usize,
-            driver: dpacc_backend::crypto::open_driver(&self.driver).map_err(|e| e.to_string())?,
+            driver: dpacc_backend::crypto::open_driver(&self.driver)?,
         })
     }
 }
@@ -306,7 +336,7 @@ mod tests {
             let Err(e) = n.to_vnfs() else {
                 panic!("{dup:?} accepted")
             };
-            assert!(e.contains("used twice"), "{e}");
+            assert!(e.to_string().contains("used twice"), "{e}");
         }
         for bad in ["vhost:", "tap:", "veth:x", "tap:sixteen-chars-xx"] {
             let e =

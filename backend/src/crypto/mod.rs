@@ -204,7 +204,7 @@ impl VhostUserDevice for CryptoDevice {
                 .cfg
                 .driver
                 .open_queue(usize::from(self.cfg.queue_size))
-                .map_err(|e| DeviceError::Start(i, e.to_string()))?;
+                .map_err(|e| DeviceError::Start(i, e.into()))?;
             QueueWorker::spawn(q, DataPath::new(dq, self.sessions.clone()))
         } else {
             QueueWorker::spawn(
@@ -212,7 +212,7 @@ impl VhostUserDevice for CryptoDevice {
                 ControlPath::new(self.cfg.driver.clone(), self.sessions.clone()),
             )
         };
-        self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.to_string()))?);
+        self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.into()))?);
         Ok(())
     }
 

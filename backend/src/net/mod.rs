@@ -14,15 +14,16 @@ mod slot;
 mod tap;
 mod vnf_worker;
 
+use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig};
 use tracing::info;
-
-use crate::vhost_user::{run_together, Job};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::vhost_user::{run_together, BindError, Job, ServeError, ThreadPanicked};
 
 use device::NetDevice;
 use slot::RingSlot;
@@ -64,14 +65,49 @@ pub struct NetBackendConfig {
     pub busy_poll: std::time::Duration,
 }
 
+/// Why [`serve`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetServeError {
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(io::Error),
+    /// A TAP uplink could not be opened.
+    #[error("TAP {name}: {source}")]
+    Tap {
+        /// The interface name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A vhost-user uplink's socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The fast-path driver refused to create the flow-processor instance.
+    #[error("{0}")]
+    Instance(String),
+    /// The worker thread could not be started.
+    #[error("starting the vNF worker: {0}")]
+    Worker(io::Error),
+    /// A vhost-user server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// A vhost-user server thread panicked.
+    #[error(transparent)]
+    Panicked(#[from] ThreadPanicked),
+}
+
 /// Serves one vNF instance: its virtio-net device on `listener` (and its vhost-user uplinks on
 /// their own sockets, which are bound here and removed on return) until `shutdown` fires.
 pub fn serve(
     listener: &UnixListener,
     cfg: NetBackendConfig,
     shutdown: &EventFd,
-) -> Result<(), String> {
-    let new_slot = |name: String| RingSlot::new(name).map(Arc::new).map_err(|e| e.to_string());
+) -> Result<(), NetServeError> {
+    let new_slot = |name: String| {
+        RingSlot::new(name)
+            .map(Arc::new)
+            .map_err(NetServeError::EventFd)
+    };
     let vnf_slot = new_slot("vnf".into())?;
     let mut ports = vec![Port::Vhost {
         slot: vnf_slot.clone(),
@@ -82,12 +118,15 @@ pub fn serve(
     for (k, u) in cfg.uplinks.iter().enumerate() {
         match u {
             UplinkSpec::Tap(n) => {
-                ports.push(Port::Tap(
-                    Tap::open(n).map_err(|e| format!("TAP {n}: {e}"))?,
-                ));
+                ports.push(Port::Tap(Tap::open(n).map_err(|source| {
+                    NetServeError::Tap {
+                        name: n.clone(),
+                        source,
+                    }
+                })?));
             }
             UplinkSpec::Vhost(path) => {
-                let l = crate::vhost_user::bind(path).map_err(|e| e.to_string())?;
+                let l = crate::vhost_user::bind(path)?;
                 cleanup.0.push(path.clone());
                 let slot = new_slot(format!("uplink {}", k + 1))?;
                 let mut mac = cfg.mac;
@@ -100,11 +139,14 @@ pub fn serve(
             }
         }
     }
-    let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
-        name: "vnf".into(),
-        uplinks: cfg.uplinks.len() as u16,
-        max_flows: cfg.max_flows,
-    })?;
+    let proc_ = cfg
+        .fastpath
+        .create_instance(&InstanceConfig {
+            name: "vnf".into(),
+            uplinks: cfg.uplinks.len() as u16,
+            max_flows: cfg.max_flows,
+        })
+        .map_err(NetServeError::Instance)?;
     info!(
         "vNF port: uplinks [{}], max {} flows, fast path {}",
         cfg.uplinks
@@ -124,14 +166,14 @@ pub fn serve(
         },
         cfg.busy_poll,
     )
-    .map_err(|e| format!("starting the vNF worker: {e}"))?;
+    .map_err(NetServeError::Worker)?;
     let mut vnf_dev = NetDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
-    let mut jobs: Vec<Job<'_>> = vec![Box::new(|| {
-        crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(|e| e.to_string())
+    let mut jobs: Vec<Job<'_, NetServeError>> = vec![Box::new(|| {
+        crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(Into::into)
     })];
     for (l, dev) in &mut uplink_devs {
         jobs.push(Box::new(move || {
-            crate::vhost_user::serve(l, dev, shutdown).map_err(|e| e.to_string())
+            crate::vhost_user::serve(l, dev, shutdown).map_err(Into::into)
         }));
     }
     let r = run_together(jobs, shutdown);

@@ -42,9 +42,9 @@ pub(crate) enum DeviceError {
     /// The ring index is not one of the device's.
     #[error("no queue {0}")]
     NoSuchQueue(usize),
-    /// Starting a worker failed.
+    /// Starting the queue's worker (or the driver queue behind it) failed.
     #[error("starting queue {0}: {1}")]
-    Start(usize, String),
+    Start(usize, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// The request is not supported by this device.
     #[error("not supported")]
     NotSupported,

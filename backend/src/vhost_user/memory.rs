@@ -26,10 +26,10 @@ pub(crate) enum MemoryError {
     InvalidRegion,
     /// mmap failed.
     #[error("mmap: {0}")]
-    Mmap(String),
+    Mmap(#[from] vm_memory::mmap::MmapRegionError),
     /// Regions overlap.
     #[error("regions overlap: {0}")]
-    Overlap(String),
+    Overlap(#[from] vm_memory::GuestRegionCollectionError),
 }
 
 /// One region's frontend-virtual to guest-physical mapping.
@@ -100,8 +100,7 @@ pub(crate) fn map_table(
             .with_file_offset(FileOffset::new(File::from(fd), mo))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+            .build()?;
         let region =
             GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(MemoryError::InvalidRegion)?;
         regions.push(region);
@@ -112,7 +111,6 @@ pub(crate) fn map_table(
         });
     }
     regions.sort_by_key(vm_memory::GuestMemoryRegion::start_addr);
-    let mem =
-        GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Overlap(e.to_string()))?;
+    let mem = GuestMemoryMmap::from_regions(regions)?;
     Ok((mem, map))
 }

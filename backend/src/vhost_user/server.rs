@@ -72,7 +72,7 @@ enum ReqError {
     #[error("device: {0}")]
     Device(#[from] DeviceError),
     #[error("queue: {0}")]
-    Queue(String),
+    Queue(#[from] virtio_queue::Error),
     #[error("unsupported request {0}")]
     Unsupported(u32),
     #[error("eventfd: {0}")]
@@ -549,13 +549,10 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         };
         let tr = |va: u64| self.addr_map.va_to_gpa(va).ok_or(ReqError::RingAddr);
         let (d, u, a) = (tr(d)?, tr(u)?, tr(a)?);
-        let qerr = |e: virtio_queue::Error| ReqError::Queue(e.to_string());
-        let mut q = Queue::new(vr.size).map_err(qerr)?;
-        q.try_set_desc_table_address(GuestAddress(d))
-            .map_err(qerr)?;
-        q.try_set_avail_ring_address(GuestAddress(a))
-            .map_err(qerr)?;
-        q.try_set_used_ring_address(GuestAddress(u)).map_err(qerr)?;
+        let mut q = Queue::new(vr.size)?;
+        q.try_set_desc_table_address(GuestAddress(d))?;
+        q.try_set_avail_ring_address(GuestAddress(a))?;
+        q.try_set_used_ring_address(GuestAddress(u))?;
         q.set_event_idx(event_idx);
         q.set_next_avail(vr.base);
         q.set_ready(true);
@@ -564,7 +561,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
             if !q.is_valid(&*mem) {
                 return Err(ReqError::RingInvalid);
             }
-            let used = q.used_idx(&*mem, Ordering::Acquire).map_err(qerr)?;
+            let used = q.used_idx(&*mem, Ordering::Acquire)?;
             q.set_next_used(used.0);
         }
         let start = QueueStart {
