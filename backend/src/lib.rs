@@ -21,6 +21,7 @@
 
 pub mod crypto;
 pub mod net;
+mod ready;
 mod split_ring;
 pub mod vhost_user;
 mod virtq;

@@ -228,7 +228,9 @@ impl Processor for DataPath {
     }
 }
 
-/// Waits briefly for an asynchronous driver's completions.
+/// Waits briefly for an asynchronous driver's completions. The notifier is an eventfd the driver
+/// owns and lends as a raw descriptor (`CryptoQueue::notifier`), so it is polled and read
+/// directly rather than through `vmm-sys-util`'s `EventFd`, which would take ownership.
 fn wait_for_driver(notifier: Option<RawFd>) {
     match notifier {
         Some(fd) => {

@@ -3,7 +3,6 @@
 //! ring back when asked to stop.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
@@ -11,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::ready::{self, ReadySet};
 use crate::split_ring::publish_avail_event;
 use crate::vhost_user::QueueStart;
 
@@ -59,10 +59,12 @@ impl QueueWorker {
     /// Spawns a worker thread processing `start`'s ring with `proc_`.
     pub(crate) fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
-        let exit2 = exit.try_clone()?;
+        let waiter = ReadySet::new()?;
+        waiter.add(&start.kick, KICK)?;
+        waiter.add(&exit, EXIT)?;
         let thread = std::thread::Builder::new()
             .name(format!("vq{}", start.index))
-            .spawn(move || run(start, exit2, &mut proc_))?;
+            .spawn(move || run(start, waiter, &mut proc_))?;
         Ok(Self {
             exit,
             thread: Some(thread),
@@ -85,7 +87,13 @@ impl Drop for QueueWorker {
     }
 }
 
-fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
+/// Tokens of the descriptors a worker waits on.
+const KICK: u32 = 0;
+const EXIT: u32 = 1;
+
+/// The worker thread: drains the ring whenever `waiter` reports a kick, until it reports the
+/// exit eventfd.
+fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queue {
     let QueueStart {
         index,
         mut queue,
@@ -95,47 +103,27 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
         ..
     } = start;
     let notify = Notify::new(call);
-    let mut fds = [
-        libc::pollfd {
-            fd: kick.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: exit.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
     // Chains may already be waiting (a restart, or a kick sent before we started).
     let mut pending = true;
     loop {
         if pending {
             drain(index, &mut queue, &mem, &notify, p);
         }
-        fds[0].revents = 0;
-        fds[1].revents = 0;
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                pending = false;
-                continue;
+        let ready = match waiter.wait() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("vq{index}: poll: {e}");
+                break;
             }
-            warn!("vq{index}: poll: {e}");
+        };
+        if ready::has(ready, EXIT) {
             break;
         }
-        if fds[1].revents != 0 {
-            break;
-        }
-        pending = fds[0].revents != 0;
+        pending = ready::has(ready, KICK);
         if pending {
-            // Consume the kick (the counter resets; a kick arriving later wakes us again).
-            let mut v = [0u8; 8];
-            // SAFETY: reading the 8-byte eventfd counter into a live buffer; a failure (e.g.
-            // EAGAIN on a non-blocking fd) is harmless since we drain the ring anyway.
-            unsafe { libc::read(kick.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+            // Consume the kick (the counter resets; a kick arriving later wakes us again). A
+            // failure is harmless: the ring is drained anyway.
+            let _ = kick.read();
         }
     }
     debug!("vq{index}: worker exits");

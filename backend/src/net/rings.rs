@@ -2,8 +2,6 @@
 //! from the driver's TX ring, frames out into its RX ring (over several buffers with
 //! MRG_RXBUF), and the notifications both need.
 
-use std::os::fd::AsRawFd;
-
 use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
 use dpacc_spec::Seg;
 use virtio_queue::QueueT;
@@ -72,13 +70,13 @@ impl NetRings {
     }
 
     /// The TX ring's kick eventfd.
-    pub(crate) fn tx_kick(&self) -> i32 {
-        self.rings.tx.kick.as_raw_fd()
+    pub(crate) fn tx_kick(&self) -> &EventFd {
+        &self.rings.tx.kick
     }
 
     /// The RX ring's kick eventfd (the driver added buffers).
-    pub(crate) fn rx_kick(&self) -> i32 {
-        self.rings.rx.kick.as_raw_fd()
+    pub(crate) fn rx_kick(&self) -> &EventFd {
+        &self.rings.rx.kick
     }
 
     /// Takes a fresh guest memory snapshot (call once per wake-up, before using the rings).

@@ -127,8 +127,11 @@ impl Drop for VnfWorker {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FdRole {
     Exit,
-    /// A ring kick: drained, then every port is serviced.
-    Kick,
+    /// A kick of port `n`'s TX ring (the driver sent frames): drained, then every port is
+    /// serviced.
+    TxKick(usize),
+    /// A kick of port `n`'s RX ring (the driver added buffers): drained likewise.
+    RxKick(usize),
     /// A slot's wake-up for port `n`.
     Slot(usize),
     /// A TAP (serviced every pass anyway).
@@ -147,12 +150,6 @@ struct VnfLoop {
     t0: Instant,
 }
 
-fn drain_eventfd(fd: i32) {
-    let mut v = [0u8; 8];
-    // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a live buffer.
-    unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
-}
-
 impl VnfLoop {
     fn new(vnf: VnfInstance, spin: Duration) -> Self {
         Self {
@@ -169,6 +166,14 @@ impl VnfLoop {
 
     fn now(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// Consumes a kick of port `i`'s RX or TX ring (the counter resets; the next kick wakes the
+    /// worker again). A failure is harmless: every ring is serviced anyway.
+    fn drain_kick(&self, i: usize, rx: bool) {
+        if let Some(Port::Vhost { rings: Some(g), .. }) = self.vnf.ports.get(i) {
+            let _ = if rx { g.rx_kick() } else { g.tx_kick() }.read();
+        }
     }
 
     /// Takes offered rings / gives rings back for every port. True if anything changed.
@@ -212,10 +217,10 @@ impl VnfLoop {
                 Port::Vhost { slot, rings } => {
                     add(slot.wake_fd().as_raw_fd(), FdRole::Slot(i));
                     if let Some(g) = rings {
-                        add(g.tx_kick(), FdRole::Kick);
+                        add(g.tx_kick().as_raw_fd(), FdRole::TxKick(i));
                         if i == 0 {
                             // Drained so that it never stays readable; nothing waits on it.
-                            add(g.rx_kick(), FdRole::Kick);
+                            add(g.rx_kick().as_raw_fd(), FdRole::RxKick(i));
                         }
                     }
                 }
@@ -236,6 +241,10 @@ impl VnfLoop {
                 f.revents = 0;
             }
             let timeout = if busy { 0 } else { 100 };
+            // poll(2) rather than vmm-sys-util's epoll: the set is a handful of descriptors
+            // that changes whenever a frontend comes or goes (an epoll registration would have
+            // to follow every ring, and outlives our descriptor when the connection holds a
+            // duplicate), and the busy loop polls it with a zero timeout.
             // SAFETY: a live array of pollfd structs of the length passed.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
@@ -250,7 +259,8 @@ impl VnfLoop {
                 }
                 match role {
                     FdRole::Exit => quit = true,
-                    FdRole::Kick => drain_eventfd(f.fd),
+                    FdRole::TxKick(i) => self.drain_kick(*i, false),
+                    FdRole::RxKick(i) => self.drain_kick(*i, true),
                     FdRole::Slot(_) => slots = true,
                     FdRole::Tap => {}
                 }

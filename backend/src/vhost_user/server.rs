@@ -7,7 +7,7 @@
 //! accepted.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,6 +25,12 @@ use zeroize::Zeroize;
 use super::channel::{Channel, ChannelError, Msg};
 use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 use super::memory::{map_table, AddrMap, MemoryError};
+use crate::ready::{self, ReadySet};
+
+/// Tokens of the descriptors the accept/message loop waits on.
+const LISTENER: u32 = 0;
+const SHUTDOWN: u32 = 1;
+const FRONTEND: u32 = 2;
 
 /// `VIRTIO_F_VERSION_1`.
 pub(crate) const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -123,13 +129,20 @@ pub(crate) fn serve<D: VhostUserDevice>(
     dev: &mut D,
     shutdown: &EventFd,
 ) -> Result<(), ServeError> {
+    // Waiting for a frontend, and (the listener left out, so that a second frontend knocking
+    // does not keep waking us) serving one.
+    let mut accepting = ReadySet::new()?;
+    accepting.add(listener, LISTENER)?;
+    accepting.add(shutdown, SHUTDOWN)?;
+    let mut serving = ReadySet::new()?;
+    serving.add(shutdown, SHUTDOWN)?;
     loop {
-        let ready = poll2(listener.as_raw_fd(), shutdown.as_raw_fd())?;
-        if ready.1 {
+        let ready = accepting.wait()?;
+        if ready::has(ready, SHUTDOWN) {
             info!("shutdown requested");
             return Ok(());
         }
-        if !ready.0 {
+        if !ready::has(ready, LISTENER) {
             continue;
         }
         let stream = match listener.accept() {
@@ -141,9 +154,12 @@ pub(crate) fn serve<D: VhostUserDevice>(
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
         info!("frontend connected");
+        serving.add(&stream, FRONTEND)?;
         let mut c = Connection::new(dev, Channel::new(stream));
-        let end = c.run(shutdown);
+        let end = c.run(&mut serving);
         c.teardown();
+        // (Closing the socket would drop it from the set too; nothing else holds it.)
+        let _ = serving.remove(c.channel.stream());
         match end {
             Ok(End::Shutdown) => {
                 info!("shutdown requested");
@@ -153,34 +169,6 @@ pub(crate) fn serve<D: VhostUserDevice>(
             Err(e) => warn!("closing connection: {e}"),
         }
     }
-}
-
-/// Waits until `a` or `b` is readable; returns which.
-fn poll2(a: RawFd, b: RawFd) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r >= 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok((fds[0].revents != 0, fds[1].revents != 0))
 }
 
 fn pod<T: ByteValued + Default>(p: &[u8]) -> Result<T, ReqError> {
@@ -232,14 +220,16 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         .bits()
     }
 
-    fn run(&mut self, shutdown: &EventFd) -> Result<End, ChannelError> {
+    /// Handles the frontend's messages until it leaves or `serving` (the frontend's socket and
+    /// the shutdown eventfd) reports the shutdown.
+    fn run(&mut self, serving: &mut ReadySet) -> Result<End, ChannelError> {
         let mut msg = Msg::default();
         loop {
-            let ready = poll2(self.channel.stream().as_raw_fd(), shutdown.as_raw_fd())?;
-            if ready.1 {
+            let ready = serving.wait()?;
+            if ready::has(ready, SHUTDOWN) {
                 return Ok(End::Shutdown);
             }
-            if !ready.0 {
+            if !ready::has(ready, FRONTEND) {
                 continue;
             }
             match self.channel.recv(&mut msg) {
