@@ -15,18 +15,14 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem};
+use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE};
 
-/// `VRING_AVAIL_F_NO_INTERRUPT`.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-
-/// Descriptor flags.
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+/// `VRING_AVAIL_F_NO_INTERRUPT`, in the avail ring's 16-bit `flags`.
+const AVAIL_F_NO_INTERRUPT: u16 = VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// What [`SplitRing::pop_one`] took.
 #[derive(Debug)]
@@ -261,8 +257,8 @@ mod tests {
         // Two chains: [0x8000+64 readable], [0x9000+32 readable -> 0xa000+100 writable].
         vq.build_multiple_desc_chains(&[
             d(0x8000, 64, 0, 0),
-            d(0x9000, 32, 1, 2),
-            d(0xa000, 100, 2, 0),
+            d(0x9000, 32, F_NEXT, 2),
+            d(0xa000, 100, F_WRITE, 0),
         ])
         .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();

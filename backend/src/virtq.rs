@@ -15,18 +15,20 @@
 use std::ops::Deref;
 
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-/// Descriptor flag: the chain continues in `next`.
-const F_NEXT: u16 = 1;
-/// Descriptor flag: device-writable buffer.
-const F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a descriptor table.
-const F_INDIRECT: u16 = 4;
+/// Descriptor flag (`VRING_DESC_F_NEXT`, in the descriptor's 16-bit width): the chain
+/// continues in `next`.
+pub(crate) const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+/// Descriptor flag (`VRING_DESC_F_WRITE`): device-writable buffer.
+pub(crate) const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+/// Descriptor flag (`VRING_DESC_F_INDIRECT`): the buffer is a descriptor table.
+pub(crate) const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// Regions [`FastMem`] translates without the generic lookup (more fall back to it).
 const FAST_REGIONS: usize = 8;
 
@@ -529,10 +531,6 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestMemoryMmap};
-
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-    const F_INDIRECT: u16 = 4;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()

@@ -499,8 +499,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use crate::virtq::{F_NEXT, F_WRITE};
     const IN: u64 = 0x10_0000;
     const OUT: u64 = 0x18_0000;
 

@@ -5,14 +5,12 @@
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::Queue;
 
-use super::rings::VIRTIO_NET_F_MRG_RXBUF;
 use super::slot::{RingPair, RingSlot};
 use crate::vhost_user::{DeviceError, QueueStart, VhostUserDevice};
-
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// A virtio-net device whose rings a vNF worker processes.
 pub(crate) struct NetDevice {
@@ -53,7 +51,7 @@ impl VhostUserDevice for NetDevice {
     fn features(&self) -> u64 {
         // IN_ORDER: the worker uses every ring's buffers in the order they were made available
         // (NetRings never reorders), which lets drivers take their fast in-order paths.
-        VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MAC | VIRTIO_F_IN_ORDER
+        (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_F_IN_ORDER)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

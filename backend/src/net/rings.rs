@@ -2,30 +2,37 @@
 //! from the driver's TX ring, frames out into its RX ring (over several buffers with
 //! MRG_RXBUF), and the notifications both need.
 
+use std::mem::{offset_of, size_of};
+
 use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{virtio_net_hdr, virtio_net_hdr_v1, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::split_ring::publish_avail_event;
-use crate::split_ring::{Popped, SplitRing};
+use crate::split_ring::{publish_avail_event, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
-pub(crate) const NET_HDR_LEN: usize = 12;
-/// The legacy header without `num_buffers` (neither VERSION_1 nor MRG_RXBUF).
-const LEGACY_HDR_LEN: usize = 10;
-/// `VIRTIO_NET_F_MRG_RXBUF`.
-pub(crate) const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+/// Where its `num_buffers` (little endian) is.
+const NUM_BUFFERS_AT: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+/// The legacy `struct virtio_net_hdr`, without `num_buffers` (neither VERSION_1 nor
+/// MRG_RXBUF: 10 bytes).
+const LEGACY_HDR_LEN: usize = size_of::<virtio_net_hdr>();
 /// Most frames taken from a TX ring in one call.
 const MAX_BATCH: usize = 64;
 /// The header put before every received frame: no offloads, `num_buffers` 1 (patched when a
 /// frame spans several buffers; absent from the legacy 10-byte header).
-const RX_HDR: [u8; NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const RX_HDR: [u8; NET_HDR_LEN] = {
+    let mut h = [0; NET_HDR_LEN];
+    h[NUM_BUFFERS_AT] = 1;
+    h
+};
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
 
@@ -46,8 +53,8 @@ impl NetRings {
     /// Takes over a started ring pair.
     pub(crate) fn new(rings: RingPair) -> Self {
         let f = rings.rx.features;
-        let mrg = f & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let hdr_len = if mrg || f & VIRTIO_F_VERSION_1 != 0 {
+        let mrg = f & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let hdr_len = if mrg || f & (1 << VIRTIO_F_VERSION_1) != 0 {
             NET_HDR_LEN
         } else {
             LEGACY_HDR_LEN
@@ -297,7 +304,7 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     if nb > 1 && hdr == NET_HDR_LEN {
         // num_buffers (little endian) in the first chain's header: walk that chain again.
         if ring.walk(heads[0].0, chain).is_ok() {
-            let _ = chain.write(10, &(nb as u16).to_le_bytes());
+            let _ = chain.write(NUM_BUFFERS_AT, &(nb as u16).to_le_bytes());
         }
     }
     for &(h, len) in &heads[..nb] {
@@ -323,8 +330,8 @@ mod tests {
     const TX_Q: u64 = 0x0;
     const RX_Q: u64 = 0x8000;
     const R: u16 = 0; // readable
-    const W: u16 = 2; // device-writable
-    const NEXT: u16 = 1;
+    const W: u16 = crate::virtq::F_WRITE;
+    const NEXT: u16 = crate::virtq::F_NEXT;
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(Descriptor::new(addr, len, flags, next))
@@ -379,7 +386,7 @@ mod tests {
         m.read_obj(used.unchecked_add(2)).unwrap()
     }
 
-    const V1: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+    const V1: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
 
     #[test]
     fn broken_tx_chains_are_returned_and_counted_good_ones_delivered() {
@@ -474,7 +481,7 @@ mod tests {
         // Without MRG_RXBUF the same frame does not fit one 64-byte buffer: dropped, and the
         // buffers stay available.
         let m = mem();
-        let mut p = port(&m, VIRTIO_F_VERSION_1, &[], &rx);
+        let mut p = port(&m, 1 << VIRTIO_F_VERSION_1, &[], &rx);
         assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 0);
         assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..40]]), 1);

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVringAddr,
-    VhostUserVringState, VHOST_USER_CONFIG_SIZE,
+    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserVringAddr, VhostUserVringState, VHOST_USER_CONFIG_SIZE,
 };
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -31,15 +33,6 @@ use crate::ready::{self, ReadySet};
 const LISTENER: u32 = 0;
 const SHUTDOWN: u32 = 1;
 const FRONTEND: u32 = 2;
-
-/// `VIRTIO_F_VERSION_1`.
-pub(crate) const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// `VIRTIO_RING_F_INDIRECT_DESC`.
-pub(crate) const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// `VIRTIO_RING_F_EVENT_IDX`.
-pub(crate) const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-/// `VHOST_USER_F_PROTOCOL_FEATURES`.
-pub(crate) const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// How long a frontend may stall in the middle of a message before it is dropped.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,10 +199,10 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
 
     fn offered_features(&self) -> u64 {
         self.dev.features()
-            | VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VHOST_USER_F_PROTOCOL_FEATURES
+            | (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn offered_protocol(&self) -> u64 {
@@ -529,7 +522,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
     /// Starts ring `i` once it has memory, a size, addresses and a kick fd, unless it was
     /// explicitly disabled. (QEMU's cryptodev-vhost-user never sends SET_VRING_ENABLE.)
     fn try_start(&mut self, i: usize) -> Result<(), ReqError> {
-        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let vr = &self.vrings[i];
         if vr.started || vr.enabled == Some(false) || !self.mem_set || vr.size == 0 {
             return Ok(());
