@@ -1,4 +1,5 @@
-//! `dpacc-backend`: the vhost-user daemon.
+//! `dpacc-backend`: the vhost-user daemon. Its command line is [`cli`]; the devices and the
+//! vhost-user server are the `dpacc_backend` library.
 
 use std::io;
 use std::process::ExitCode;

@@ -1,7 +1,7 @@
 //! [`RingSlot`]: hands the ring pair of one vhost-user connection to the vNF worker and back.
 //!
-//! Every virtio-net port of a vNF (the vNF's own port and its vhost-user uplinks) is served on
-//! its own vhost-user connection thread, but all of a vNF's ports are processed by one worker
+//! Every virtio-net device of a vNF (its own, port 0, and its vhost-user uplinks) is served on
+//! its own vhost-user server thread, but all of a vNF's ports are processed by one worker
 //! thread, which owns the flow processor (no locks on the data path). A slot is the meeting
 //! point: the connection thread *offers* the rings once both are started, the worker *takes*
 //! them when its wake eventfd fires, and the connection thread *takes them back* (the worker

@@ -99,7 +99,7 @@ impl VnfWorker {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
-            .name("net-port".into())
+            .name("vnf-worker".into())
             .spawn(move || VnfLoop::new(vnf, spin).run(&exit2))?;
         Ok(Self {
             exit,
@@ -248,7 +248,7 @@ impl VnfLoop {
             // SAFETY: a live array of pollfd structs of the length passed.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                warn!("net port: poll: {}", io::Error::last_os_error());
+                warn!("vNF worker: poll: {}", io::Error::last_os_error());
                 break;
             }
             let mut slots = false;
@@ -296,7 +296,7 @@ impl VnfLoop {
             }
             self.flush();
         }
-        info!(stats = ?self.vnf.stats, "net port worker stops");
+        info!(stats = ?self.vnf.stats, "vNF worker stops");
         for p in &mut self.vnf.ports {
             if let Port::Vhost { slot, rings } = p {
                 slot.give_back(rings.take().map(NetRings::into_pair));
