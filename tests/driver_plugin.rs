@@ -375,9 +375,10 @@ fn wrong_abi_version_and_non_plugins_are_refused_clearly() {
         e.contains("is not a dpacc vendor plug-in: it does not export `dpacc_vendor_abi`"),
         "{e}"
     );
-    // And the backend command line reports it and exits non-zero.
-    let e = dpacc::backend::cli::make_driver(&DriverSpec::Plugin(so))
+    // And the backend (whose command line reports it and exits non-zero) gets it as an error.
+    let e = dpacc::backend::crypto::open_driver(&DriverSpec::Plugin(so))
         .err()
-        .expect("loading must fail");
+        .expect("loading must fail")
+        .to_string();
     assert!(e.contains("not a dpacc vendor plug-in"), "{e}");
 }

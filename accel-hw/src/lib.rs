@@ -15,15 +15,4 @@ pub mod select;
 
 pub use fallback::FallbackDriver;
 pub use plugin::{PluginDriver, PluginError};
-pub use select::{open_driver, DriverSpec, SelectError, DRIVER_HELP};
-
-use std::sync::Arc;
-
-use dpacc_spec::CryptoDriver;
-
-/// The AF_ALG driver.
-fn afalg_driver() -> Result<Arc<dyn CryptoDriver>, String> {
-    Ok(Arc::new(
-        afalg::AfAlgDriver::open().map_err(|e| e.to_string())?,
-    ))
-}
+pub use select::{open_driver, DriverSpec, DriverSpecError, SelectError, DRIVER_HELP};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use dpacc_spec::CryptoDriver;
 
+use crate::afalg::{AfAlgDriver, AfAlgError};
 use crate::fallback::FallbackDriver;
 use crate::plugin::{PluginDriver, PluginError};
 
@@ -25,18 +26,27 @@ pub const DRIVER_HELP: &str = "sw (software, always available), afalg (Linux ker
     API via AF_ALG), or plugin:PATH (a vendor plug-in .so, see docs/vendor-drivers.md); for \
     afalg and plugin, algorithms the driver lacks run on the software driver";
 
+/// Why a driver name was not understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverSpecError {
+    /// `plugin:` without a path.
+    #[error("plugin: needs a path, e.g. plugin:/usr/lib/libvendor.so")]
+    PluginPath,
+    /// Not a driver name.
+    #[error("unknown driver '{0}': expected sw, afalg or plugin:PATH")]
+    Unknown(String),
+}
+
 impl FromStr for DriverSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DriverSpecError;
+    fn from_str(s: &str) -> Result<Self, DriverSpecError> {
         match s {
             "sw" => Ok(Self::Sw),
             "afalg" => Ok(Self::AfAlg),
             _ => match s.strip_prefix("plugin:") {
-                Some("") => Err("plugin: needs a path, e.g. plugin:/usr/lib/libvendor.so".into()),
+                Some("") => Err(DriverSpecError::PluginPath),
                 Some(p) => Ok(Self::Plugin(PathBuf::from(p))),
-                None => Err(format!(
-                    "unknown driver '{s}': expected sw, afalg or plugin:PATH"
-                )),
+                None => Err(DriverSpecError::Unknown(s.to_string())),
             },
         }
     }
@@ -60,7 +70,7 @@ pub enum SelectError {
     Plugin(#[from] PluginError),
     /// The AF_ALG driver could not start.
     #[error("afalg: {0}")]
-    AfAlg(String),
+    AfAlg(#[from] AfAlgError),
 }
 
 /// Opens the driver `spec` names. `sw` is dpacc's software driver, passed in by the caller so
@@ -73,7 +83,7 @@ pub fn open_driver(
     let primary: Arc<dyn CryptoDriver> = match spec {
         DriverSpec::Sw => return Ok(sw),
         DriverSpec::Plugin(path) => Arc::new(PluginDriver::load(path)?),
-        DriverSpec::AfAlg => crate::afalg_driver().map_err(SelectError::AfAlg)?,
+        DriverSpec::AfAlg => Arc::new(AfAlgDriver::open()?),
     };
     Ok(Arc::new(FallbackDriver::new(primary, sw)))
 }
@@ -93,10 +103,12 @@ mod tests {
         assert!("plugin:"
             .parse::<DriverSpec>()
             .unwrap_err()
+            .to_string()
             .contains("needs a path"));
         assert!("qat"
             .parse::<DriverSpec>()
             .unwrap_err()
+            .to_string()
             .contains("unknown driver 'qat'"));
     }
 

@@ -1,14 +1,48 @@
 //! Command line of the `dpacc-backend` binary.
 
+use std::num::ParseIntError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dpacc_hw::DriverSpec;
-use dpacc_spec::CryptoDriver;
+use dpacc_backend::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
+use dpacc_backend::net::{NetBackendConfig, UplinkSpec};
+use dpacc_hw::{DriverSpec, SelectError};
 
-use crate::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
-use crate::net::UplinkSpec;
+/// Why a command-line value or the configuration it describes is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A `--port` item that is neither `socket=` nor `uplink=`.
+    #[error("bad --port item '{0}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET")]
+    VnfItem(String),
+    /// A `--port` without `socket=`.
+    #[error("--port needs socket=PATH")]
+    VnfSocket,
+    /// `tap:` with an empty or too long name.
+    #[error("a TAP name has 1 to 15 characters")]
+    TapName,
+    /// `vhost:` without a path.
+    #[error("vhost: needs a socket path")]
+    VhostPath,
+    /// Neither `tap:` nor `vhost:`.
+    #[error("unknown uplink '{0}': expected tap:NAME or vhost:SOCKET")]
+    Uplink(String),
+    /// Not six colon-separated hex bytes.
+    #[error("bad MAC address '{0}'")]
+    Mac(String),
+    /// Not a number.
+    #[error("{0}")]
+    Number(#[from] ParseIntError),
+    /// A ring size that is not a power of two up to the largest.
+    #[error("{0} is not a power of two in 1..=32768")]
+    QueueSize(u32),
+    /// A socket path or TAP name given twice (named as "socket PATH" or "TAP NAME").
+    #[error("{0} is used twice")]
+    UsedTwice(String),
+    /// The accelerator driver could not be opened.
+    #[error(transparent)]
+    Driver(#[from] SelectError),
+}
 
 /// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
 #[derive(Debug, Parser)]
@@ -45,8 +79,8 @@ pub struct NetArgs {
     pub uplinks: Vec<UplinkSpec>,
     /// A vNF port, `socket=PATH[,uplink=tap:NAME|vhost:SOCKET...]`. Repeatable: each port has
     /// its own flow processor, reachable only from that port, and its own uplinks.
-    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_port)]
-    pub ports: Vec<PortArg>,
+    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_vnf)]
+    pub vnfs: Vec<VnfArg>,
     /// Most flows each vNF may install.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
@@ -63,74 +97,69 @@ pub struct NetArgs {
     pub mac: [u8; 6],
 }
 
-/// One `--port`.
+/// One `--port`: a vNF instance's socket and uplinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortArg {
+pub struct VnfArg {
     /// Socket path.
     pub socket: PathBuf,
     /// Uplinks, ports 1.. in order.
     pub uplinks: Vec<UplinkSpec>,
 }
 
-fn parse_port(s: &str) -> Result<PortArg, String> {
+fn parse_vnf(s: &str) -> Result<VnfArg, CliError> {
     let mut socket = None;
     let mut uplinks = Vec::new();
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
             Some(("uplink", u)) => uplinks.push(parse_uplink(u)?),
-            _ => {
-                return Err(format!(
-                    "bad --port item '{part}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET"
-                ))
-            }
+            _ => return Err(CliError::VnfItem(part.to_string())),
         }
     }
-    let socket = socket.ok_or("--port needs socket=PATH")?;
-    Ok(PortArg { socket, uplinks })
+    let socket = socket.ok_or(CliError::VnfSocket)?;
+    Ok(VnfArg { socket, uplinks })
 }
 
-fn parse_uplink(s: &str) -> Result<UplinkSpec, String> {
+fn parse_uplink(s: &str) -> Result<UplinkSpec, CliError> {
     if let Some(n) = s.strip_prefix("tap:") {
         return match n.len() {
             1..=15 => Ok(UplinkSpec::Tap(n.to_string())),
-            _ => Err("a TAP name has 1 to 15 characters".into()),
+            _ => Err(CliError::TapName),
         };
     }
     if let Some(p) = s.strip_prefix("vhost:") {
         return match p.is_empty() {
             false => Ok(UplinkSpec::Vhost(PathBuf::from(p))),
-            true => Err("vhost: needs a socket path".into()),
+            true => Err(CliError::VhostPath),
         };
     }
-    Err(format!(
-        "unknown uplink '{s}': expected tap:NAME or vhost:SOCKET"
-    ))
+    Err(CliError::Uplink(s.to_string()))
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+fn parse_mac(s: &str) -> Result<[u8; 6], CliError> {
+    let bad = || CliError::Mac(s.to_string());
     let v: Vec<u8> = s
         .split(':')
         .map(|p| u8::from_str_radix(p, 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("bad MAC address '{s}'"))?;
-    v.try_into().map_err(|_| format!("bad MAC address '{s}'"))
+        .map_err(|_| bad())?;
+    v.try_into().map_err(|_| bad())
 }
 
 impl NetArgs {
-    /// The ports these options describe (socket, configuration), on the software fast path.
-    /// Fails if a socket path or TAP name is used twice (a second bind would silently take
-    /// over the first port's socket).
-    pub fn to_ports(&self) -> Result<Vec<(PathBuf, crate::net::NetBackendConfig)>, String> {
-        let ports: Vec<PortArg> = match &self.socket {
-            Some(s) => vec![PortArg {
+    /// The vNF instances these options describe (socket, configuration), on the software fast
+    /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
+    /// take over the first socket).
+    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, CliError> {
+        let vnfs: Vec<VnfArg> = match &self.socket {
+            Some(s) => vec![VnfArg {
                 socket: s.clone(),
                 uplinks: self.uplinks.clone(),
             }],
-            None => self.ports.clone(),
+            None => self.vnfs.clone(),
         };
         let mut seen = std::collections::HashSet::new();
-        for p in &ports {
+        for p in &vnfs {
             let names = std::iter::once(format!("socket {}", p.socket.display())).chain(
                 p.uplinks.iter().map(|u| match u {
                     UplinkSpec::Tap(n) => format!("TAP {n}"),
@@ -139,14 +168,14 @@ impl NetArgs {
             );
             for n in names {
                 if !seen.insert(n.clone()) {
-                    return Err(format!("{n} is used twice"));
+                    return Err(CliError::UsedTwice(n));
                 }
             }
         }
         let fastpath: Arc<dyn dpacc_spec::fastpath::FastPathDriver> = Arc::new(
             dpacc_sw::flow::SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new())),
         );
-        Ok(ports
+        Ok(vnfs
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
@@ -154,7 +183,7 @@ impl NetArgs {
                 mac[5] = mac[5].wrapping_add(i as u8);
                 (
                     p.socket,
-                    crate::net::NetBackendConfig {
+                    NetBackendConfig {
                         uplinks: p.uplinks,
                         max_flows: self.max_flows as usize,
                         queue_size: self.queue_size,
@@ -191,27 +220,22 @@ pub struct CryptoArgs {
     pub max_sessions: u64,
 }
 
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+fn parse_queue_size(s: &str) -> Result<u16, CliError> {
+    let v: u32 = s.parse()?;
     if v == 0 || v > u32::from(MAX_QUEUE_SIZE) || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two in 1..=32768"));
+        return Err(CliError::QueueSize(v));
     }
     Ok(v as u16)
 }
 
-/// Instantiates a driver (non-software drivers fall back to the software one per algorithm).
-pub fn make_driver(spec: &DriverSpec) -> Result<Arc<dyn CryptoDriver>, String> {
-    dpacc_hw::open_driver(spec, Arc::new(dpacc_sw::SwDriver::new())).map_err(|e| e.to_string())
-}
-
 impl CryptoArgs {
     /// The device configuration these options describe.
-    pub fn to_config(&self) -> Result<CryptoBackendConfig, String> {
+    pub fn to_config(&self) -> Result<CryptoBackendConfig, CliError> {
         Ok(CryptoBackendConfig {
             queues: self.queues,
             queue_size: self.queue_size,
             max_sessions: self.max_sessions as usize,
-            driver: make_driver(&self.driver)?,
+            driver: dpacc_backend::crypto::open_driver(&self.driver)?,
         })
     }
 }
@@ -272,7 +296,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
-        let ports = n.to_ports().unwrap();
+        let ports = n.to_vnfs().unwrap();
         assert_eq!(ports.len(), 2);
         assert_eq!(
             ports[0].1.uplinks,
@@ -291,7 +315,7 @@ mod tests {
         .unwrap();
         let Command::Net(n) = c.command else { panic!() };
         assert_eq!(
-            n.to_ports().unwrap()[0].1.uplinks,
+            n.to_vnfs().unwrap()[0].1.uplinks,
             [
                 UplinkSpec::Vhost("/u.sock".into()),
                 UplinkSpec::Tap("t0".into())
@@ -309,10 +333,10 @@ mod tests {
             let Command::Net(n) = Cli::try_parse_from(args).unwrap().command else {
                 panic!()
             };
-            let Err(e) = n.to_ports() else {
+            let Err(e) = n.to_vnfs() else {
                 panic!("{dup:?} accepted")
             };
-            assert!(e.contains("used twice"), "{e}");
+            assert!(e.to_string().contains("used twice"), "{e}");
         }
         for bad in ["vhost:", "tap:", "veth:x", "tap:sixteen-chars-xx"] {
             let e =

@@ -1,25 +1,29 @@
 //! # dpacc-backend: a vhost-user daemon serving virtio-crypto and virtio-net devices
 //!
-//! - [`vhost_user`]: a small, device-agnostic vhost-user protocol server (framing, the
-//!   per-connection state machine, guest memory mapping, the [`vhost_user::VhostUserDevice`]
-//!   trait devices implement).
-//! - [`virtq`]: descriptor chain walking and zero-copy carving into scatter-gather lists,
-//!   shared by every device.
-//! - [`net`]: the inline fast path's virtio-net port (flow processor between the vNF and TAP
-//!   uplinks), and [`net::serve`].
-//! - [`crypto`]: the virtio-crypto device: sessions, control queue, data queues, and the
+//! The library behind the `dpacc-backend` binary (whose command line lives in `src/cli.rs`),
+//! public so that end-to-end tests and benches can run a backend in-process:
+//!
+//! - [`crypto`]: the virtio-crypto device (sessions, control queue, data queues) and its
 //!   [`crypto::serve`] entry point.
-//! - [`cli`]: the command line of the `dpacc-backend` binary.
+//! - [`net`]: the inline fast path: per vNF, a virtio-net device whose frames pass through the
+//!   vNF's own flow-processor instance to its uplinks (TAP interfaces or further vhost-user
+//!   virtio-net devices), and its [`net::serve`] entry point.
+//! - [`vhost_user`]: a small, device-agnostic vhost-user protocol server (framing, the
+//!   per-connection state machine, guest memory mapping, the trait devices implement).
+//!
+//! Internally, `virtq` walks and checks descriptor chains and carves them into
+//! scatter-gather lists without copying, and `split_ring` is the batched split-ring view of
+//! the packet data path; every device uses both.
 //!
 //! Why our own vhost-user server: `docs/decisions/0001-vhost-user-server.md`.
 
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod crypto;
 pub mod net;
-pub mod split_ring;
+mod ready;
+mod split_ring;
 pub mod vhost_user;
-pub mod virtq;
+mod virtq;
 
 pub use crypto::{serve, CryptoBackendConfig};

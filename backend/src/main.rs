@@ -1,14 +1,38 @@
-//! `dpacc-backend`: the vhost-user daemon.
+//! `dpacc-backend`: the vhost-user daemon. Its command line is [`cli`]; the devices and the
+//! vhost-user server are the `dpacc_backend` library.
 
-use std::os::unix::net::UnixListener;
+use std::io;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dpacc_backend::cli::{Cli, Command};
-use dpacc_backend::vhost_user::{run_together, Job};
+use cli::{Cli, CliError, Command};
+use dpacc_backend::crypto::CryptoServeError;
+use dpacc_backend::net::NetServeError;
+use dpacc_backend::vhost_user::{bind, run_together, BindError, Job};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+mod cli;
+
+/// Why the daemon stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("eventfd: {0}")]
+    EventFd(io::Error),
+    #[error("pthread_sigmask failed")]
+    SignalMask,
+    #[error("starting the signal thread: {0}")]
+    SignalThread(io::Error),
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoServeError),
+    #[error(transparent)]
+    Net(#[from] NetServeError),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,12 +50,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let shutdown = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+fn run(cli: Cli) -> Result<(), MainError> {
+    let shutdown = EventFd::new(EFD_NONBLOCK).map_err(MainError::EventFd)?;
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask) and take them
     // synchronously in one thread, which signals the shutdown eventfd.
     let set = block_signals()?;
-    let notifier = shutdown.try_clone().map_err(|e| e.to_string())?;
+    let notifier = shutdown.try_clone().map_err(MainError::EventFd)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -41,31 +65,30 @@ fn run(cli: Cli) -> Result<(), String> {
             info!("signal {sig} received, shutting down");
             let _ = notifier.write(1);
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(MainError::SignalThread)?;
 
     match &cli.command {
         Command::Crypto(a) => {
             let config = a.to_config()?;
             let listener = bind(&a.socket)?;
-            let r = dpacc_backend::crypto::serve(&listener, config, &shutdown)
-                .map_err(|e| e.to_string());
+            let r = dpacc_backend::crypto::serve(&listener, config, &shutdown);
             drop(listener);
             let _ = std::fs::remove_file(&a.socket);
-            r
+            Ok(r?)
         }
         Command::Net(a) => {
             let (mut listeners, mut sockets, mut cfgs) = (Vec::new(), Vec::new(), Vec::new());
-            for (socket, cfg) in a.to_ports()? {
+            for (socket, cfg) in a.to_vnfs()? {
                 listeners.push(bind(&socket)?);
                 sockets.push(socket);
                 cfgs.push(cfg);
             }
             let shutdown = &shutdown;
             // One port failing (e.g. a TAP it cannot open) stops them all.
-            let jobs: Vec<Job<'_>> = listeners
+            let jobs: Vec<Job<'_, NetServeError>> = listeners
                 .iter()
                 .zip(cfgs)
-                .map(|(l, cfg)| -> Job<'_> {
+                .map(|(l, cfg)| -> Job<'_, NetServeError> {
                     Box::new(move || dpacc_backend::net::serve(l, cfg, shutdown))
                 })
                 .collect();
@@ -74,16 +97,12 @@ fn run(cli: Cli) -> Result<(), String> {
             for socket in &sockets {
                 let _ = std::fs::remove_file(socket);
             }
-            r
+            Ok(r?)
         }
     }
 }
 
-fn bind(socket: &std::path::Path) -> Result<UnixListener, String> {
-    dpacc_backend::vhost_user::bind(socket)
-}
-
-fn block_signals() -> Result<libc::sigset_t, String> {
+fn block_signals() -> Result<libc::sigset_t, MainError> {
     // SAFETY: sigemptyset/sigaddset initialize the set; pthread_sigmask only changes this
     // thread's mask (inherited by threads spawned afterwards).
     unsafe {
@@ -92,7 +111,7 @@ fn block_signals() -> Result<libc::sigset_t, String> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err("pthread_sigmask failed".into());
+            return Err(MainError::SignalMask);
         }
         Ok(set)
     }

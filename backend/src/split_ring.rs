@@ -15,22 +15,18 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem};
+use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE};
 
-/// `VRING_AVAIL_F_NO_INTERRUPT`.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-
-/// Descriptor flags.
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+/// `VRING_AVAIL_F_NO_INTERRUPT`, in the avail ring's 16-bit `flags`.
+const AVAIL_F_NO_INTERRUPT: u16 = VRING_AVAIL_F_NO_INTERRUPT as u16;
 
 /// What [`SplitRing::pop_one`] took.
 #[derive(Debug)]
-pub enum Popped {
+pub(crate) enum Popped {
     /// A chain of one non-empty direct descriptor.
     One {
         /// Its head (for [`SplitRing::put_used`]).
@@ -45,7 +41,7 @@ pub enum Popped {
 }
 
 /// A split virtqueue opened for one batch.
-pub struct SplitRing<'a, G: GuestMemoryBackend> {
+pub(crate) struct SplitRing<'a, G: GuestMemoryBackend> {
     mem: &'a FastMem<'a, G>,
     desc: u64,
     size: u16,
@@ -63,7 +59,7 @@ pub struct SplitRing<'a, G: GuestMemoryBackend> {
 impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     /// Opens `q` over `mem`. None if the ring is not ready or its avail or used ring is
     /// misaligned or not inside one region of guest memory.
-    pub fn open(q: &Queue, mem: &'a FastMem<'a, G>) -> Option<Self> {
+    pub(crate) fn open(q: &Queue, mem: &'a FastMem<'a, G>) -> Option<Self> {
         let size = q.size();
         if !q.ready() || size == 0 || !size.is_power_of_two() {
             return None;
@@ -106,7 +102,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Chains the driver has made available and we have not taken (0 if its index is more
     /// than a ring ahead: a broken driver gets nothing done until it repairs it).
-    pub fn pending(&mut self) -> u16 {
+    pub(crate) fn pending(&mut self) -> u16 {
         let idx = u16::from_le(self.avail_u16(1).load(Ordering::Acquire));
         let n = idx.wrapping_sub(self.next_avail);
         if n > self.size {
@@ -126,7 +122,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     /// [`pending`](Self::pending)). A chain of one plain descriptor (the common shape of a
     /// network buffer) comes back as that descriptor's segment; any other is walked into
     /// `chain` and checked (a chain failing the checks must still be returned as used).
-    pub fn pop_one(&mut self, chain: &mut ChainBufs) -> Option<Popped> {
+    pub(crate) fn pop_one(&mut self, chain: &mut ChainBufs) -> Option<Popped> {
         if self.next_avail == self.avail_idx {
             return None;
         }
@@ -150,7 +146,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Starts loading the descriptors of the next `n` pending chains into the cache (a
     /// batch's misses then overlap instead of coming one after another).
-    pub fn prefetch(&self, n: u16) {
+    pub(crate) fn prefetch(&self, n: u16) {
         for k in 0..n.min(self.avail_idx.wrapping_sub(self.next_avail)) {
             let head = self.head_at(self.next_avail.wrapping_add(k));
             if head < self.size {
@@ -163,17 +159,17 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Walks and checks chain `head` into `chain` (again, e.g. to patch a header after later
     /// chains were taken).
-    pub fn walk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
+    pub(crate) fn walk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
         chain.walk_table(head, self.desc, self.size, self.mem)
     }
 
     /// Un-takes the last `n` chains taken (they will be taken again next time).
-    pub fn unpop(&mut self, n: u16) {
+    pub(crate) fn unpop(&mut self, n: u16) {
         self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
     /// Returns chain `head` to the driver with `len` bytes written (published at `close`).
-    pub fn put_used(&mut self, head: u16, len: u32) {
+    pub(crate) fn put_used(&mut self, head: u16, len: u32) {
         let off = 4 + 8 * usize::from(self.next_used % self.size);
         // SAFETY: `off + 8 <= 4 + 8 * size` lies inside the used ring `open` checked (mapped,
         // 4-byte aligned, so the u32 stores are aligned).
@@ -187,7 +183,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Publishes the used elements, writes the indices back into `q`, and tells whether the
     /// driver wants a notification for them.
-    pub fn close(self, q: &mut Queue) -> bool {
+    pub(crate) fn close(self, q: &mut Queue) -> bool {
         q.set_next_avail(self.next_avail);
         q.set_next_used(self.next_used);
         if self.next_used == self.old_used {
@@ -208,6 +204,35 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
             u16::from_le(self.avail_u16(0).load(Ordering::Relaxed)) & AVAIL_F_NO_INTERRUPT == 0
         }
     }
+}
+
+/// Writes `avail_event` (the used ring's trailing field) = the next index we will read, even
+/// when EVENT_IDX was not negotiated with *us*.
+///
+/// QEMU's cryptodev-vhost-user acks only `VHOST_USER_F_PROTOCOL_FEATURES` to the backend (it
+/// never forwards what the guest negotiated), while the Linux guest negotiates EVENT_IDX with
+/// QEMU's virtio-crypto device and then kicks only when the avail index crosses `avail_event`.
+/// Without this the guest kicks once and then never again. The field exists in every split
+/// ring the Linux driver and QEMU allocate, and a driver without EVENT_IDX ignores it; without
+/// EVENT_IDX we also always signal the call eventfd (`needs_notification` is then true), which
+/// is correct for both kinds of driver.
+pub(crate) fn publish_avail_event(
+    q: &Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    // `used ring` = flags (2) + idx (2) + size × 8-byte elements, then `avail_event`.
+    let off = 4 + 8 * u64::from(q.size());
+    let addr =
+        q.used_ring()
+            .checked_add(off)
+            .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(
+                GuestAddress(q.used_ring()),
+            ))?;
+    mem.store(
+        q.next_avail().to_le(),
+        GuestAddress(addr),
+        std::sync::atomic::Ordering::Relaxed,
+    )
 }
 
 #[cfg(test)]
@@ -232,8 +257,8 @@ mod tests {
         // Two chains: [0x8000+64 readable], [0x9000+32 readable -> 0xa000+100 writable].
         vq.build_multiple_desc_chains(&[
             d(0x8000, 64, 0, 0),
-            d(0x9000, 32, 1, 2),
-            d(0xa000, 100, 2, 0),
+            d(0x9000, 32, F_NEXT, 2),
+            d(0xa000, 100, F_WRITE, 0),
         ])
         .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();

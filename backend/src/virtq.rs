@@ -15,27 +15,29 @@
 use std::ops::Deref;
 
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-/// Descriptor flag: the chain continues in `next`.
-const F_NEXT: u16 = 1;
-/// Descriptor flag: device-writable buffer.
-const F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a descriptor table.
-const F_INDIRECT: u16 = 4;
+/// Descriptor flag (`VRING_DESC_F_NEXT`, in the descriptor's 16-bit width): the chain
+/// continues in `next`.
+pub(crate) const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+/// Descriptor flag (`VRING_DESC_F_WRITE`): device-writable buffer.
+pub(crate) const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+/// Descriptor flag (`VRING_DESC_F_INDIRECT`): the buffer is a descriptor table.
+pub(crate) const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// Regions [`FastMem`] translates without the generic lookup (more fall back to it).
 const FAST_REGIONS: usize = 8;
 
 /// Most descriptors accepted in one chain (direct or indirect).
-pub const MAX_CHAIN_DESCS: usize = 1024;
+pub(crate) const MAX_CHAIN_DESCS: usize = 1024;
 
 /// Why a chain was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
+pub(crate) enum ChainError {
     /// A device-readable descriptor follows a device-writable one.
     #[error("readable descriptor after a writable one")]
     ReadableAfterWritable,
@@ -68,7 +70,7 @@ pub enum ChainError {
 
 /// One walked chain: its readable and writable streams. Reused across chains.
 #[derive(Debug)]
-pub struct ChainBufs {
+pub(crate) struct ChainBufs {
     head: u16,
     readable: Vec<Seg<'static>>,
     writable: Vec<Seg<'static>>,
@@ -84,7 +86,7 @@ impl Default for ChainBufs {
 
 impl ChainBufs {
     /// Buffers sized for [`MAX_CHAIN_DESCS`] descriptors (no allocation per chain).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             head: 0,
             readable: Vec::with_capacity(MAX_CHAIN_DESCS),
@@ -96,7 +98,11 @@ impl ChainBufs {
 
     /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
     /// what was collected so far (callers should not use them) and `head()` is still valid.
-    pub fn walk<M, G>(&mut self, chain: DescriptorChain<M>, mem: &G) -> Result<(), ChainError>
+    pub(crate) fn walk<M, G>(
+        &mut self,
+        chain: DescriptorChain<M>,
+        mem: &G,
+    ) -> Result<(), ChainError>
     where
         M: Deref,
         M::Target: GuestMemory,
@@ -161,7 +167,7 @@ impl ChainBufs {
     /// bytes), but reading descriptors and translating addresses through `mem`'s cached regions
     /// instead of the generic guest memory accessors. Errors the iterator would have stopped on
     /// silently are [`ChainError::Broken`].
-    pub fn walk_table<G: GuestMemoryBackend>(
+    pub(crate) fn walk_table<G: GuestMemoryBackend>(
         &mut self,
         head: u16,
         table: u64,
@@ -215,22 +221,22 @@ impl ChainBufs {
     }
 
     /// Head index of the last walked chain (for `add_used`).
-    pub fn head(&self) -> u16 {
+    pub(crate) fn head(&self) -> u16 {
         self.head
     }
 
     /// Device-readable bytes.
-    pub fn readable_len(&self) -> usize {
+    pub(crate) fn readable_len(&self) -> usize {
         self.read_len
     }
 
     /// Device-writable bytes.
-    pub fn writable_len(&self) -> usize {
+    pub(crate) fn writable_len(&self) -> usize {
         self.write_len
     }
 
     /// Copies `out.len()` bytes of the readable stream starting at `offset` into `out`.
-    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
         let mut done = 0;
         walk_range(&self.readable, self.read_len, offset, out.len(), |s| {
             let dst = &mut out[done..done + s.len()];
@@ -243,7 +249,7 @@ impl ChainBufs {
     }
 
     /// Copies `data` into the writable stream at `offset`.
-    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChainError> {
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) -> Result<(), ChainError> {
         let mut done = 0;
         walk_range(&self.writable, self.write_len, offset, data.len(), |s| {
             // SAFETY: as in `read`; the descriptor is device-writable.
@@ -255,7 +261,7 @@ impl ChainBufs {
 
     /// Appends the segments covering `len` readable bytes at `offset` to `out` (no copy).
     /// Fails without touching `out`'s capacity: it never grows `out`.
-    pub fn carve_readable(
+    pub(crate) fn carve_readable(
         &self,
         offset: usize,
         len: usize,
@@ -265,7 +271,7 @@ impl ChainBufs {
     }
 
     /// Appends the segments covering `len` writable bytes at `offset` to `out` (no copy).
-    pub fn carve_writable(
+    pub(crate) fn carve_writable(
         &self,
         offset: usize,
         len: usize,
@@ -273,16 +279,11 @@ impl ChainBufs {
     ) -> Result<(), ChainError> {
         carve(&self.writable, self.write_len, offset, len, out)
     }
-
-    /// Number of readable plus writable segments (an upper bound for carving both streams).
-    pub fn seg_count(&self) -> usize {
-        self.readable.len() + self.writable.len()
-    }
 }
 
 /// Hints the CPU to start loading the cache line at `p` (no effect where unsupported).
 #[inline(always)]
-pub fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
     unsafe {
@@ -306,7 +307,7 @@ const WORD: usize = std::mem::size_of::<Word>();
 /// # Safety
 /// `src..src + out.len()` must be mapped and readable.
 #[inline]
-pub unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
+pub(crate) unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
     let head = src.align_offset(WORD).min(out.len());
     let (h, rest) = out.split_at_mut(head);
     for (i, b) in h.iter_mut().enumerate() {
@@ -338,7 +339,7 @@ pub unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
 /// # Safety
 /// `dst..dst + data.len()` must be mapped and writable.
 #[inline]
-pub unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
+pub(crate) unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
     let head = dst.align_offset(WORD).min(data.len());
     let (h, rest) = data.split_at(head);
     for (i, b) in h.iter().enumerate() {
@@ -369,7 +370,7 @@ pub unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
 /// or two instead of the generic `GuestMemory` paths. Borrows the snapshot, so the cached host
 /// addresses cannot outlive the mappings; addresses outside the cached regions go through the
 /// snapshot's own lookup.
-pub struct FastMem<'a, G: GuestMemoryBackend> {
+pub(crate) struct FastMem<'a, G: GuestMemoryBackend> {
     mem: &'a G,
     regions: [(u64, u64, *mut u8); FAST_REGIONS],
     n: usize,
@@ -377,7 +378,7 @@ pub struct FastMem<'a, G: GuestMemoryBackend> {
 
 impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
     /// Caches the regions of `mem` (the first [`FAST_REGIONS`] that have a host mapping).
-    pub fn new(mem: &'a G) -> Self {
+    pub(crate) fn new(mem: &'a G) -> Self {
         let mut regions = [(0u64, 0u64, std::ptr::null_mut()); FAST_REGIONS];
         let mut n = 0;
         for r in mem.iter() {
@@ -398,7 +399,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// Host address of `len` (> 0) bytes at `addr`, all inside one region.
     #[inline]
-    pub fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
+    pub(crate) fn host(&self, addr: u64, len: u64) -> Option<*mut u8> {
         for &(start, rlen, ptr) in &self.regions[..self.n] {
             let off = addr.wrapping_sub(start);
             if addr >= start && off < rlen && len <= rlen - off {
@@ -411,7 +412,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// The segment of `len` (> 0) bytes at `addr`, inside one region.
     #[inline]
-    pub fn seg(&self, addr: u64, len: u32) -> Result<Seg<'static>, ChainError> {
+    pub(crate) fn seg(&self, addr: u64, len: u32) -> Result<Seg<'static>, ChainError> {
         match self.host(addr, u64::from(len)) {
             // SAFETY: `p..p+len` is inside one mapped region of the snapshot, which stays
             // mapped while the caller holds it (module docs).
@@ -422,7 +423,11 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 
     /// Descriptor `idx` of the table at `table`: (addr, len, flags, next).
     #[inline]
-    pub fn read_desc(&self, table: u64, idx: u16) -> Result<(u64, u32, u16, u16), ChainError> {
+    pub(crate) fn read_desc(
+        &self,
+        table: u64,
+        idx: u16,
+    ) -> Result<(u64, u32, u16, u16), ChainError> {
         let at = table
             .checked_add(u64::from(idx) * 16)
             .ok_or(ChainError::Broken)?;
@@ -526,10 +531,6 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestMemoryMmap};
-
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-    const F_INDIRECT: u16 = 4;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()

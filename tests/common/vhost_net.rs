@@ -122,28 +122,45 @@ fn free_hugepages() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why hugepages could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HugepagesError {
+    /// Writing `nr_hugepages` failed.
+    #[error("reserving hugepages: {0}")]
+    Reserve(std::io::Error),
+    /// The kernel reserved fewer than asked.
+    #[error("only {0} free")]
+    TooFew(u64),
+    /// `/dev/hugepages` could not be created.
+    #[error("{0}")]
+    MountPoint(std::io::Error),
+    /// `mount -t hugetlbfs` failed.
+    #[error("cannot mount hugetlbfs")]
+    Mount,
+}
+
 /// Makes sure `pages` 2 MiB hugepages are free and hugetlbfs is mounted at /dev/hugepages.
-pub fn ensure_hugepages(pages: u64) -> Result<(), String> {
+pub fn ensure_hugepages(pages: u64) -> Result<(), HugepagesError> {
     if free_hugepages() < pages {
         let total: u64 = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         std::fs::write("/proc/sys/vm/nr_hugepages", (total + pages).to_string())
-            .map_err(|e| format!("reserving hugepages: {e}"))?;
+            .map_err(HugepagesError::Reserve)?;
         if free_hugepages() < pages {
-            return Err(format!("only {} free", free_hugepages()));
+            return Err(HugepagesError::TooFew(free_hugepages()));
         }
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.contains(" hugetlbfs ")) {
-        std::fs::create_dir_all("/dev/hugepages").map_err(|e| e.to_string())?;
+        std::fs::create_dir_all("/dev/hugepages").map_err(HugepagesError::MountPoint)?;
         let ok = Command::new("mount")
             .args(["-t", "hugetlbfs", "nodev", "/dev/hugepages"])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return Err("cannot mount hugetlbfs".into());
+            return Err(HugepagesError::Mount);
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ use super::worker::{Notify, Processor};
 use crate::virtq::ChainBufs;
 
 /// Control queue processing state.
-pub struct ControlPath {
+pub(crate) struct ControlPath {
     driver: Arc<dyn CryptoDriver>,
     sessions: Arc<SessionTable>,
     chain: ChainBufs,
@@ -28,7 +28,7 @@ pub struct ControlPath {
 
 impl ControlPath {
     /// A control path creating sessions through `driver` into `sessions`.
-    pub fn new(driver: Arc<dyn CryptoDriver>, sessions: Arc<SessionTable>) -> Self {
+    pub(crate) fn new(driver: Arc<dyn CryptoDriver>, sessions: Arc<SessionTable>) -> Self {
         Self {
             driver,
             sessions,

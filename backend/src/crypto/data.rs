@@ -31,11 +31,11 @@ use super::worker::{Notify, Processor};
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
 
 /// Most chains taken from the ring per batch.
-pub const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// A batch also ends once its chains carry this many bytes (readable plus writable): large
 /// requests are completed (and the frontend signalled) in smaller groups, so the frontend can
 /// reap and refill while the rest of the ring is processed instead of waiting for a whole ring.
-pub const BATCH_BYTES: usize = 256 << 10;
+pub(crate) const BATCH_BYTES: usize = 256 << 10;
 /// Segment pool per worker: room for one worst-case chain plus a batch of ordinary ones.
 const POOL_SEGS: usize = 2 * MAX_CHAIN_DESCS + BATCH * 8;
 /// Segments one chain can need beyond its descriptor count (one split per carve).
@@ -62,7 +62,7 @@ struct Pending {
 }
 
 /// A data queue's processing state. All buffers are sized once, at start.
-pub struct DataPath {
+pub(crate) struct DataPath {
     driver: Box<dyn CryptoQueue>,
     sessions: Arc<SessionTable>,
     chain: ChainBufs,
@@ -75,7 +75,7 @@ pub struct DataPath {
 
 impl DataPath {
     /// A data path submitting to `driver`, resolving sessions in `sessions`.
-    pub fn new(driver: Box<dyn CryptoQueue>, sessions: Arc<SessionTable>) -> Self {
+    pub(crate) fn new(driver: Box<dyn CryptoQueue>, sessions: Arc<SessionTable>) -> Self {
         Self {
             driver,
             sessions,
@@ -89,7 +89,12 @@ impl DataPath {
     }
 
     /// Takes up to [`BATCH`] chains, runs them, completes them. Returns chains completed.
-    pub fn run_batch(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    pub(crate) fn run_batch(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        notify: &Notify,
+    ) -> usize {
         self.pool.clear();
         let mut n = 0;
         let mut bytes = 0usize;
@@ -223,7 +228,9 @@ impl Processor for DataPath {
     }
 }
 
-/// Waits briefly for an asynchronous driver's completions.
+/// Waits briefly for an asynchronous driver's completions. The notifier is an eventfd the driver
+/// owns and lends as a raw descriptor (`CryptoQueue::notifier`), so it is polled and read
+/// directly rather than through `vmm-sys-util`'s `EventFd`, which would take ownership.
 fn wait_for_driver(notifier: Option<RawFd>) {
     match notifier {
         Some(fd) => {
@@ -492,8 +499,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use crate::virtq::{F_NEXT, F_WRITE};
     const IN: u64 = 0x10_0000;
     const OUT: u64 = 0x18_0000;
 

@@ -4,12 +4,12 @@
 //! `cryptodev-vhost-user` sets up only the data queues and sends CREATE/CLOSE_CRYPTO_SESSION
 //! (26/27) instead of using the control queue; a virtio-user frontend sets up both.
 
-pub mod control;
-pub mod data;
-pub mod sessions;
+mod control;
+mod data;
+mod sessions;
 #[cfg(test)]
-pub(crate) mod test_driver;
-pub mod worker;
+mod test_driver;
+mod worker;
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDev
 use control::ControlPath;
 use data::DataPath;
 use sessions::SessionTable;
-use worker::Worker;
+use worker::QueueWorker;
 
 /// Largest ring size accepted.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -69,6 +69,14 @@ pub enum CryptoServeError {
     Serve(#[from] vhost_user::ServeError),
 }
 
+/// Opens the accelerator driver `spec` names for the device; every driver but the software
+/// one falls back to the software driver per algorithm.
+pub fn open_driver(
+    spec: &dpacc_hw::DriverSpec,
+) -> Result<Arc<dyn CryptoDriver>, dpacc_hw::SelectError> {
+    dpacc_hw::open_driver(spec, Arc::new(dpacc_sw::SwDriver::new()))
+}
+
 /// Serves the crypto device on `listener` (one frontend at a time) until `shutdown` is
 /// signalled. Workers are stopped before returning.
 pub fn serve(
@@ -88,16 +96,16 @@ pub fn serve(
 }
 
 /// The crypto device model.
-pub struct CryptoDevice {
+pub(crate) struct CryptoDevice {
     cfg: CryptoBackendConfig,
     config_space: [u8; 56],
     sessions: Arc<SessionTable>,
-    workers: Vec<Option<Worker>>,
+    workers: Vec<Option<QueueWorker>>,
 }
 
 impl CryptoDevice {
     /// A device with no frontend yet.
-    pub fn new(cfg: CryptoBackendConfig) -> Result<Self, CryptoServeError> {
+    pub(crate) fn new(cfg: CryptoBackendConfig) -> Result<Self, CryptoServeError> {
         if cfg.queues == 0 || cfg.queues >= 0x7fff {
             return Err(CryptoServeError::Config("queues must be 1..32766"));
         }
@@ -115,11 +123,6 @@ impl CryptoDevice {
             config_space,
             cfg,
         })
-    }
-
-    /// The session table (shared by the control queue and requests 26/27).
-    pub fn sessions(&self) -> &Arc<SessionTable> {
-        &self.sessions
     }
 
     fn stop_all(&mut self) {
@@ -201,15 +204,15 @@ impl VhostUserDevice for CryptoDevice {
                 .cfg
                 .driver
                 .open_queue(usize::from(self.cfg.queue_size))
-                .map_err(|e| DeviceError::Start(i, e.to_string()))?;
-            Worker::spawn(q, DataPath::new(dq, self.sessions.clone()))
+                .map_err(|e| DeviceError::Start(i, e.into()))?;
+            QueueWorker::spawn(q, DataPath::new(dq, self.sessions.clone()))
         } else {
-            Worker::spawn(
+            QueueWorker::spawn(
                 q,
                 ControlPath::new(self.cfg.driver.clone(), self.sessions.clone()),
             )
         };
-        self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.to_string()))?);
+        self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.into()))?);
         Ok(())
     }
 

@@ -49,7 +49,7 @@ struct Slot {
 }
 
 /// The table behind the lock.
-pub struct Table {
+pub(crate) struct Table {
     /// Generation of a never-used slot: random per table, so ids handed out by an earlier
     /// backend process (or table) are very unlikely to name a session of this one.
     first_gen: u32,
@@ -61,7 +61,7 @@ pub struct Table {
 
 impl Table {
     /// The session with this id, if open.
-    pub fn get(&self, id: u64) -> Option<&SessionHandle> {
+    pub(crate) fn get(&self, id: u64) -> Option<&SessionHandle> {
         let slot = self.slots.get((id & 0xffff_ffff) as usize)?;
         if u64::from(slot.gen) != id >> 32 {
             return None;
@@ -71,7 +71,7 @@ impl Table {
 }
 
 /// A bounded id → session table.
-pub struct SessionTable {
+pub(crate) struct SessionTable {
     inner: RwLock<Table>,
 }
 
@@ -85,7 +85,7 @@ impl std::fmt::Debug for SessionTable {
 
 impl SessionTable {
     /// A table for at most `max` open sessions.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             inner: RwLock::new(Table {
                 first_gen: random_gen(),
@@ -98,12 +98,12 @@ impl SessionTable {
     }
 
     /// Read access for a batch of lookups.
-    pub fn read(&self) -> RwLockReadGuard<'_, Table> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Table> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates a session through `driver` and returns its new id.
-    pub fn create(
+    pub(crate) fn create(
         &self,
         driver: &dyn CryptoDriver,
         params: &SessionParams<'_>,
@@ -139,7 +139,7 @@ impl SessionTable {
     }
 
     /// Closes a session; the driver session is dropped once no in-flight operation holds it.
-    pub fn close(&self, id: u64) -> Result<(), CryptoError> {
+    pub(crate) fn close(&self, id: u64) -> Result<(), CryptoError> {
         let removed = {
             let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
             let idx = (id & 0xffff_ffff) as usize;
@@ -162,7 +162,7 @@ impl SessionTable {
 
     /// Closes every session (frontend disconnect). Slots keep their generations moving, so an
     /// id a previous frontend held never names a session of the next one.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let old: Vec<SessionHandle> = {
             let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
             let Table {
@@ -181,16 +181,6 @@ impl SessionTable {
         };
         // Dropped outside the lock (zeroizing keys is the driver's Drop).
         drop(old);
-    }
-
-    /// Number of open sessions.
-    pub fn len(&self) -> usize {
-        self.read().live
-    }
-
-    /// Whether no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -217,7 +207,7 @@ mod tests {
         let c = t.create(&d, &p).unwrap();
         assert_ne!(c, a);
         t.clear();
-        assert!(t.is_empty());
+        assert_eq!(t.read().live, 0);
         assert!(t.read().get(b).is_none() && t.read().get(c).is_none());
         let e = t.create(&d, &p).unwrap();
         let f = t.create(&d, &p).unwrap();

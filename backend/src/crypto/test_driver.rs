@@ -8,7 +8,7 @@ use dpacc_spec::{
 };
 use std::sync::Arc;
 
-pub struct XorDriver;
+pub(crate) struct XorDriver;
 
 struct XorSession {
     info: SessionInfo,

@@ -1,30 +1,32 @@
-//! One thread per started ring: waits on the kick eventfd, drains the ring, signals the call
-//! eventfd (honouring EVENT_IDX), and hands the ring back when asked to stop.
+//! [`QueueWorker`]: one thread per started crypto ring (data or control queue): waits on the
+//! kick eventfd, drains the ring, signals the call eventfd (honouring EVENT_IDX), and hands the
+//! ring back when asked to stop.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::ready::{self, ReadySet};
+use crate::split_ring::publish_avail_event;
 use crate::vhost_user::QueueStart;
 
 /// Signals the frontend after used entries were added.
-pub struct Notify {
+pub(crate) struct Notify {
     call: Option<EventFd>,
 }
 
 impl Notify {
     /// Signals `call` (None: the frontend polls; nothing to signal).
-    pub fn new(call: Option<EventFd>) -> Self {
+    pub(crate) fn new(call: Option<EventFd>) -> Self {
         Self { call }
     }
 
     /// Signals the call eventfd if the ring's notification suppression allows it.
-    pub fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
+    pub(crate) fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
         let Some(call) = &self.call else {
             return;
         };
@@ -41,26 +43,28 @@ impl Notify {
 }
 
 /// What a worker does with the chains of its ring.
-pub trait Processor: Send + 'static {
+pub(crate) trait Processor: Send + 'static {
     /// Processes every available chain; returns how many were completed. Implementations
     /// signal through `notify` after each batch of used entries.
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize;
 }
 
-/// A running ring worker.
-pub struct Worker {
+/// The running worker thread of one crypto ring.
+pub(crate) struct QueueWorker {
     exit: EventFd,
     thread: Option<JoinHandle<Queue>>,
 }
 
-impl Worker {
+impl QueueWorker {
     /// Spawns a worker thread processing `start`'s ring with `proc_`.
-    pub fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
+    pub(crate) fn spawn<P: Processor>(start: QueueStart, mut proc_: P) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
-        let exit2 = exit.try_clone()?;
+        let waiter = ReadySet::new()?;
+        waiter.add(&start.kick, KICK)?;
+        waiter.add(&exit, EXIT)?;
         let thread = std::thread::Builder::new()
             .name(format!("vq{}", start.index))
-            .spawn(move || run(start, exit2, &mut proc_))?;
+            .spawn(move || run(start, waiter, &mut proc_))?;
         Ok(Self {
             exit,
             thread: Some(thread),
@@ -68,13 +72,13 @@ impl Worker {
     }
 
     /// Stops the worker (after its current batch) and returns the ring.
-    pub fn stop(mut self) -> Option<Queue> {
+    pub(crate) fn stop(mut self) -> Option<Queue> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }
 }
 
-impl Drop for Worker {
+impl Drop for QueueWorker {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.exit.write(1);
@@ -83,7 +87,13 @@ impl Drop for Worker {
     }
 }
 
-fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
+/// Tokens of the descriptors a worker waits on.
+const KICK: u32 = 0;
+const EXIT: u32 = 1;
+
+/// The worker thread: drains the ring whenever `waiter` reports a kick, until it reports the
+/// exit eventfd.
+fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queue {
     let QueueStart {
         index,
         mut queue,
@@ -92,81 +102,32 @@ fn run<P: Processor>(start: QueueStart, exit: EventFd, p: &mut P) -> Queue {
         mem,
         ..
     } = start;
-    let notify = Notify { call };
-    let mut fds = [
-        libc::pollfd {
-            fd: kick.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: exit.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let notify = Notify::new(call);
     // Chains may already be waiting (a restart, or a kick sent before we started).
     let mut pending = true;
     loop {
         if pending {
             drain(index, &mut queue, &mem, &notify, p);
         }
-        fds[0].revents = 0;
-        fds[1].revents = 0;
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                pending = false;
-                continue;
+        let ready = match waiter.wait() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("vq{index}: poll: {e}");
+                break;
             }
-            warn!("vq{index}: poll: {e}");
+        };
+        if ready::has(ready, EXIT) {
             break;
         }
-        if fds[1].revents != 0 {
-            break;
-        }
-        pending = fds[0].revents != 0;
+        pending = ready::has(ready, KICK);
         if pending {
-            // Consume the kick (the counter resets; a kick arriving later wakes us again).
-            let mut v = [0u8; 8];
-            // SAFETY: reading the 8-byte eventfd counter into a live buffer; a failure (e.g.
-            // EAGAIN on a non-blocking fd) is harmless since we drain the ring anyway.
-            unsafe { libc::read(kick.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+            // Consume the kick (the counter resets; a kick arriving later wakes us again). A
+            // failure is harmless: the ring is drained anyway.
+            let _ = kick.read();
         }
     }
     debug!("vq{index}: worker exits");
     queue
-}
-
-/// Writes `avail_event` (the used ring's trailing field) = the next index we will read, even
-/// when EVENT_IDX was not negotiated with *us*.
-///
-/// QEMU's cryptodev-vhost-user acks only `VHOST_USER_F_PROTOCOL_FEATURES` to the backend (it
-/// never forwards what the guest negotiated), while the Linux guest negotiates EVENT_IDX with
-/// QEMU's virtio-crypto device and then kicks only when the avail index crosses `avail_event`.
-/// Without this the guest kicks once and then never again. The field exists in every split
-/// ring the Linux driver and QEMU allocate, and a driver without EVENT_IDX ignores it; without
-/// EVENT_IDX we also always signal the call eventfd (`needs_notification` is then true), which
-/// is correct for both kinds of driver.
-pub(crate) fn publish_avail_event(
-    q: &Queue,
-    mem: &GuestMemoryMmap,
-) -> Result<(), vm_memory::GuestMemoryError> {
-    // `used ring` = flags (2) + idx (2) + size × 8-byte elements, then `avail_event`.
-    let off = 4 + 8 * u64::from(q.size());
-    let addr =
-        q.used_ring()
-            .checked_add(off)
-            .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(
-                GuestAddress(q.used_ring()),
-            ))?;
-    mem.store(
-        q.next_avail().to_le(),
-        GuestAddress(addr),
-        std::sync::atomic::Ordering::Relaxed,
-    )
 }
 
 fn drain<P: Processor>(

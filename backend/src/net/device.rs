@@ -1,30 +1,28 @@
-//! [`NetPortDevice`]: the vhost-user side of one virtio-net port (a vNF's own port or a
+//! [`NetDevice`]: the vhost-user side of one virtio-net device (a vNF's own port 0 or a
 //! vhost-user uplink). It negotiates, collects the two rings, and hands them to the vNF's
 //! worker through a [`RingSlot`].
 
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::Queue;
 
-use super::guest_port::VIRTIO_NET_F_MRG_RXBUF;
 use super::slot::{RingPair, RingSlot};
 use crate::vhost_user::{DeviceError, QueueStart, VhostUserDevice};
 
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
-
-/// A virtio-net device whose rings a port worker processes.
-pub struct NetPortDevice {
+/// A virtio-net device whose rings a vNF worker processes.
+pub(crate) struct NetDevice {
     mac: [u8; 6],
     queue_size: u16,
     slot: Arc<RingSlot>,
     pending: [Option<QueueStart>; 2],
 }
 
-impl NetPortDevice {
+impl NetDevice {
     /// A device with `mac` in its config space, feeding `slot`.
-    pub fn new(mac: [u8; 6], queue_size: u16, slot: Arc<RingSlot>) -> Self {
+    pub(crate) fn new(mac: [u8; 6], queue_size: u16, slot: Arc<RingSlot>) -> Self {
         Self {
             mac,
             queue_size,
@@ -41,7 +39,7 @@ impl NetPortDevice {
     }
 }
 
-impl VhostUserDevice for NetPortDevice {
+impl VhostUserDevice for NetDevice {
     fn num_queues(&self) -> usize {
         2
     }
@@ -52,8 +50,8 @@ impl VhostUserDevice for NetPortDevice {
 
     fn features(&self) -> u64 {
         // IN_ORDER: the worker uses every ring's buffers in the order they were made available
-        // (GuestPort never reorders), which lets drivers take their fast in-order paths.
-        VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MAC | VIRTIO_F_IN_ORDER
+        // (NetRings never reorders), which lets drivers take their fast in-order paths.
+        (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_F_IN_ORDER)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

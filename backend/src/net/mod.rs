@@ -1,39 +1,41 @@
-//! The inline fast path's device: per vNF, a virtio-net port (vhost-user) whose frames go
+//! The inline fast path's device: per vNF, a virtio-net device (vhost-user) whose frames go
 //! through the vNF's own flow-processor instance to its uplinks (TAP interfaces or further
-//! vhost-user virtio-net ports, e.g. another VM or a packet generator) and back.
+//! vhost-user virtio-net devices, e.g. another VM or a packet generator) and back.
 //!
 //! Rings: 0 = RX (device → driver), 1 = TX (driver → device). Features: VERSION_1, MRG_RXBUF,
 //! MAC, EVENT_IDX (no checksum or segmentation offloads: drivers compute checksums). Control
 //! frames (EtherType 0x88B5) the vNF sends on its own port go to its instance and are never
-//! forwarded. All ports of one vNF are processed by one worker thread ([`port`]).
+//! forwarded. All ports of one vNF instance are processed by one worker thread
+//! ([`vnf_worker`]); each virtio-net device hands its rings to it through a [`slot`].
 
 mod device;
-pub mod guest_port;
-pub mod port;
-pub mod slot;
-pub mod tap;
+mod rings;
+mod slot;
+mod tap;
+mod vnf_worker;
 
+use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig};
 use tracing::info;
-
-use crate::vhost_user::{run_together, Job};
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device::NetPortDevice;
-use port::{PortIo, PortState, PortStats, PortWorker};
+use crate::vhost_user::{run_together, BindError, Job, ServeError, ThreadPanicked};
+
+use device::NetDevice;
 use slot::RingSlot;
 use tap::Tap;
+use vnf_worker::{Port, VnfInstance, VnfStats, VnfWorker};
 
-/// One uplink of a vNF port.
+/// One uplink of a vNF instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UplinkSpec {
     /// A TAP interface (kernel side).
     Tap(String),
-    /// A vhost-user virtio-net port served on this socket path.
+    /// A vhost-user virtio-net device served on this socket path.
     Vhost(PathBuf),
 }
 
@@ -46,15 +48,15 @@ impl std::fmt::Display for UplinkSpec {
     }
 }
 
-/// Configuration of one vNF port.
+/// Configuration of one vNF instance.
 pub struct NetBackendConfig {
     /// Uplinks, ports 1.. in order.
     pub uplinks: Vec<UplinkSpec>,
-    /// Flow quota of the port's instance.
+    /// Flow quota of the instance.
     pub max_flows: usize,
     /// Largest ring size.
     pub queue_size: u16,
-    /// The MAC address in the vNF port's config space (uplink `k` gets it with the fifth
+    /// The MAC address in the vNF's virtio-net config space (uplink `k` gets it with the fifth
     /// byte increased by `k`).
     pub mac: [u8; 6],
     /// Creates the flow-processor instance.
@@ -63,47 +65,88 @@ pub struct NetBackendConfig {
     pub busy_poll: std::time::Duration,
 }
 
-/// Serves one vNF port on `listener` (and its vhost-user uplinks on their own sockets, which
-/// are bound here and removed on return) until `shutdown` fires.
+/// Why [`serve`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetServeError {
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(io::Error),
+    /// A TAP uplink could not be opened.
+    #[error("TAP {name}: {source}")]
+    Tap {
+        /// The interface name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A vhost-user uplink's socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The fast-path driver refused to create the flow-processor instance.
+    #[error("{0}")]
+    Instance(String),
+    /// The worker thread could not be started.
+    #[error("starting the vNF worker: {0}")]
+    Worker(io::Error),
+    /// A vhost-user server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// A vhost-user server thread panicked.
+    #[error(transparent)]
+    Panicked(#[from] ThreadPanicked),
+}
+
+/// Serves one vNF instance: its virtio-net device on `listener` (and its vhost-user uplinks on
+/// their own sockets, which are bound here and removed on return) until `shutdown` fires.
 pub fn serve(
     listener: &UnixListener,
     cfg: NetBackendConfig,
     shutdown: &EventFd,
-) -> Result<(), String> {
-    let new_slot = |name: String| RingSlot::new(name).map(Arc::new).map_err(|e| e.to_string());
+) -> Result<(), NetServeError> {
+    let new_slot = |name: String| {
+        RingSlot::new(name)
+            .map(Arc::new)
+            .map_err(NetServeError::EventFd)
+    };
     let vnf_slot = new_slot("vnf".into())?;
-    let mut ports = vec![PortIo::Guest {
+    let mut ports = vec![Port::Vhost {
         slot: vnf_slot.clone(),
-        port: None,
+        rings: None,
     }];
     let mut uplink_devs = Vec::new();
     let mut cleanup = SocketCleanup(Vec::new());
     for (k, u) in cfg.uplinks.iter().enumerate() {
         match u {
             UplinkSpec::Tap(n) => {
-                ports.push(PortIo::Tap(
-                    Tap::open(n).map_err(|e| format!("TAP {n}: {e}"))?,
-                ));
+                ports.push(Port::Tap(Tap::open(n).map_err(|source| {
+                    NetServeError::Tap {
+                        name: n.clone(),
+                        source,
+                    }
+                })?));
             }
             UplinkSpec::Vhost(path) => {
-                let l = crate::vhost_user::bind(path).map_err(|e| e.to_string())?;
+                let l = crate::vhost_user::bind(path)?;
                 cleanup.0.push(path.clone());
                 let slot = new_slot(format!("uplink {}", k + 1))?;
                 let mut mac = cfg.mac;
                 mac[4] = mac[4].wrapping_add(k as u8 + 1);
-                ports.push(PortIo::Guest {
+                ports.push(Port::Vhost {
                     slot: slot.clone(),
-                    port: None,
+                    rings: None,
                 });
-                uplink_devs.push((l, NetPortDevice::new(mac, cfg.queue_size, slot)));
+                uplink_devs.push((l, NetDevice::new(mac, cfg.queue_size, slot)));
             }
         }
     }
-    let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
-        name: "vnf".into(),
-        uplinks: cfg.uplinks.len() as u16,
-        max_flows: cfg.max_flows,
-    })?;
+    let proc_ = cfg
+        .fastpath
+        .create_instance(&InstanceConfig {
+            name: "vnf".into(),
+            uplinks: cfg.uplinks.len() as u16,
+            max_flows: cfg.max_flows,
+        })
+        .map_err(NetServeError::Instance)?;
     info!(
         "vNF port: uplinks [{}], max {} flows, fast path {}",
         cfg.uplinks
@@ -114,23 +157,23 @@ pub fn serve(
         cfg.max_flows,
         cfg.fastpath.name()
     );
-    let worker = PortWorker::spawn(
-        PortState {
+    let worker = VnfWorker::spawn(
+        VnfInstance {
             proc_,
             ports,
-            stats: PortStats::default(),
+            stats: VnfStats::default(),
             vnf_mac: [0xff; 6],
         },
         cfg.busy_poll,
     )
-    .map_err(|e| format!("starting the port worker: {e}"))?;
-    let mut vnf_dev = NetPortDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
-    let mut jobs: Vec<Job<'_>> = vec![Box::new(|| {
-        crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(|e| e.to_string())
+    .map_err(NetServeError::Worker)?;
+    let mut vnf_dev = NetDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
+    let mut jobs: Vec<Job<'_, NetServeError>> = vec![Box::new(|| {
+        crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(Into::into)
     })];
     for (l, dev) in &mut uplink_devs {
         jobs.push(Box::new(move || {
-            crate::vhost_user::serve(l, dev, shutdown).map_err(|e| e.to_string())
+            crate::vhost_user::serve(l, dev, shutdown).map_err(Into::into)
         }));
     }
     let r = run_together(jobs, shutdown);

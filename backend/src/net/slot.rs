@@ -1,7 +1,7 @@
-//! [`RingSlot`]: hands the ring pair of one vhost-user connection to the port worker and back.
+//! [`RingSlot`]: hands the ring pair of one vhost-user connection to the vNF worker and back.
 //!
-//! Every virtio-net port of a vNF (the vNF's own port and its vhost-user uplinks) is served on
-//! its own vhost-user connection thread, but all of a vNF's ports are processed by one worker
+//! Every virtio-net device of a vNF (its own, port 0, and its vhost-user uplinks) is served on
+//! its own vhost-user server thread, but all of a vNF's ports are processed by one worker
 //! thread, which owns the flow processor (no locks on the data path). A slot is the meeting
 //! point: the connection thread *offers* the rings once both are started, the worker *takes*
 //! them when its wake eventfd fires, and the connection thread *takes them back* (the worker
@@ -18,11 +18,11 @@ use crate::vhost_user::QueueStart;
 
 /// The two rings of one virtio-net connection: 0 = RX (device → driver), 1 = TX.
 #[derive(Debug)]
-pub struct RingPair {
+pub(crate) struct RingPair {
     /// Ring 0: device → driver.
-    pub rx: QueueStart,
+    pub(crate) rx: QueueStart,
     /// Ring 1: driver → device.
-    pub tx: QueueStart,
+    pub(crate) tx: QueueStart,
 }
 
 #[derive(Default)]
@@ -36,7 +36,7 @@ struct State {
 }
 
 /// The handoff point of one port's rings.
-pub struct RingSlot {
+pub(crate) struct RingSlot {
     name: String,
     wake: EventFd,
     state: Mutex<State>,
@@ -48,7 +48,7 @@ const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RingSlot {
     /// An empty slot; `name` appears in logs.
-    pub fn new(name: impl Into<String>) -> std::io::Result<Self> {
+    pub(crate) fn new(name: impl Into<String>) -> std::io::Result<Self> {
         Ok(Self {
             name: name.into(),
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -58,12 +58,12 @@ impl RingSlot {
     }
 
     /// The port's name for logs.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The eventfd the worker polls: readable when the slot changed.
-    pub fn wake_fd(&self) -> &EventFd {
+    pub(crate) fn wake_fd(&self) -> &EventFd {
         &self.wake
     }
 
@@ -74,7 +74,7 @@ impl RingSlot {
     }
 
     /// Connection side: both rings are started; the worker may take them.
-    pub fn offer(&self, rings: RingPair) {
+    pub(crate) fn offer(&self, rings: RingPair) {
         let mut s = self.lock();
         s.rings = Some(rings);
         s.want_back = false;
@@ -84,7 +84,7 @@ impl RingSlot {
 
     /// Connection side: takes the rings back (from the slot, or from the worker, which is
     /// woken and waited for). None if no rings were offered or the worker did not answer.
-    pub fn take_back(&self) -> Option<RingPair> {
+    pub(crate) fn take_back(&self) -> Option<RingPair> {
         let mut s = self.lock();
         if s.taken {
             s.want_back = true;
@@ -95,7 +95,7 @@ impl RingSlot {
                 .unwrap_or_else(|e| e.into_inner());
             s = g;
             if t.timed_out() {
-                warn!("{}: the port worker did not give its rings back", self.name);
+                warn!("{}: the vNF worker did not give its rings back", self.name);
                 return None;
             }
         }
@@ -105,7 +105,7 @@ impl RingSlot {
 
     /// Worker side, on a wake-up: gives `held` back if asked to, or takes offered rings.
     /// Returns true when `held` changed.
-    pub fn sync(&self, held: &mut Option<RingPair>) -> bool {
+    pub(crate) fn sync(&self, held: &mut Option<RingPair>) -> bool {
         // Non-blocking: an empty counter is just WouldBlock.
         let _ = self.wake.read();
         let mut s = self.lock();
@@ -127,7 +127,7 @@ impl RingSlot {
     }
 
     /// Worker side, when it stops: returns the rings it holds.
-    pub fn give_back(&self, held: Option<RingPair>) {
+    pub(crate) fn give_back(&self, held: Option<RingPair>) {
         if let Some(r) = held {
             self.put_back(&mut self.lock(), r);
         }

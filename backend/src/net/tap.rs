@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// An open TAP device.
 #[derive(Debug)]
-pub struct Tap {
+pub(crate) struct Tap {
     fd: OwnedFd,
     name: String,
 }
@@ -15,7 +15,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 impl Tap {
     /// Creates (or attaches to) the TAP interface `name` and brings nothing up: the operator
     /// (or test) configures it, possibly in another network namespace.
-    pub fn open(name: &str) -> io::Result<Self> {
+    pub(crate) fn open(name: &str) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -52,12 +52,12 @@ impl Tap {
     }
 
     /// The interface name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Reads one frame; `Ok(None)` when none is waiting.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         // SAFETY: reading into a live buffer of the given length.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -72,7 +72,7 @@ impl Tap {
     }
 
     /// Writes one frame (dropped by the kernel if the interface is down).
-    pub fn write(&self, frame: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: writing from a live buffer.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
         if n < 0 {
@@ -82,7 +82,7 @@ impl Tap {
     }
 
     /// The descriptor, for polling.
-    pub fn raw_fd(&self) -> RawFd {
+    pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }

@@ -6,28 +6,28 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as workers see it: swapped atomically on SET_MEM_TABLE, read without locks.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+pub(crate) type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
 
 /// Everything a device needs to run one ring.
 #[derive(Debug)]
-pub struct QueueStart {
+pub(crate) struct QueueStart {
     /// Ring index.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The configured ring (size, addresses, next avail/used, EVENT_IDX set).
-    pub queue: Queue,
+    pub(crate) queue: Queue,
     /// Frontend → backend notifications.
-    pub kick: EventFd,
+    pub(crate) kick: EventFd,
     /// Backend → frontend notifications (None: the frontend polls).
-    pub call: Option<EventFd>,
+    pub(crate) call: Option<EventFd>,
     /// Guest memory.
-    pub mem: GuestMem,
+    pub(crate) mem: GuestMem,
     /// The virtio features the frontend acknowledged.
-    pub features: u64,
+    pub(crate) features: u64,
 }
 
 /// The answer of a device to a device-specific vhost-user request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum DeviceReply {
+pub(crate) enum DeviceReply {
     /// The device does not know this request.
     Unknown,
     /// Handled; the request has no reply of its own (reply-ack applies).
@@ -38,20 +38,20 @@ pub enum DeviceReply {
 
 /// Why a device refused an operation.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub(crate) enum DeviceError {
     /// The ring index is not one of the device's.
     #[error("no queue {0}")]
     NoSuchQueue(usize),
-    /// Starting a worker failed.
+    /// Starting the queue's worker (or the driver queue behind it) failed.
     #[error("starting queue {0}: {1}")]
-    Start(usize, String),
+    Start(usize, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// The request is not supported by this device.
     #[error("not supported")]
     NotSupported,
 }
 
 /// A device model served over vhost-user.
-pub trait VhostUserDevice: Send {
+pub(crate) trait VhostUserDevice: Send {
     /// Number of virtqueues (GET_QUEUE_NUM).
     fn num_queues(&self) -> usize;
     /// Largest ring size accepted.

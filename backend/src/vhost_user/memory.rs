@@ -9,7 +9,7 @@ use vm_memory::{ByteValued, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegi
 
 /// Why a memory table was rejected.
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub(crate) enum MemoryError {
     /// The payload does not hold the declared regions, or the count is 0 / too large.
     #[error("malformed memory table")]
     Malformed,
@@ -26,10 +26,10 @@ pub enum MemoryError {
     InvalidRegion,
     /// mmap failed.
     #[error("mmap: {0}")]
-    Mmap(String),
+    Mmap(#[from] vm_memory::mmap::MmapRegionError),
     /// Regions overlap.
     #[error("regions overlap: {0}")]
-    Overlap(String),
+    Overlap(#[from] vm_memory::GuestRegionCollectionError),
 }
 
 /// One region's frontend-virtual to guest-physical mapping.
@@ -42,13 +42,13 @@ struct VaRange {
 
 /// Translates frontend virtual addresses to guest-physical addresses.
 #[derive(Clone, Debug, Default)]
-pub struct AddrMap {
+pub(crate) struct AddrMap {
     ranges: Vec<VaRange>,
 }
 
 impl AddrMap {
     /// The guest-physical address of frontend virtual address `va`, if it lies in a region.
-    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+    pub(crate) fn va_to_gpa(&self, va: u64) -> Option<u64> {
         self.ranges
             .iter()
             .find(|r| va >= r.user_addr && va - r.user_addr < r.size)
@@ -57,7 +57,7 @@ impl AddrMap {
 }
 
 /// Parses a SET_MEM_TABLE payload and maps every region (MAP_SHARED at `mmap_offset`).
-pub fn map_table(
+pub(crate) fn map_table(
     payload: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<(GuestMemoryMmap, AddrMap), MemoryError> {
@@ -69,7 +69,7 @@ pub fn map_table(
         .copied()
         .ok_or(MemoryError::Malformed)?;
     let n = hdr.num_regions as usize;
-    if n == 0 || n > super::conn::MAX_FDS || payload.len() != hdr_len + n * reg_len {
+    if n == 0 || n > super::channel::MAX_FDS || payload.len() != hdr_len + n * reg_len {
         return Err(MemoryError::Malformed);
     }
     if fds.len() != n {
@@ -100,8 +100,7 @@ pub fn map_table(
             .with_file_offset(FileOffset::new(File::from(fd), mo))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| MemoryError::Mmap(e.to_string()))?;
+            .build()?;
         let region =
             GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(MemoryError::InvalidRegion)?;
         regions.push(region);
@@ -112,7 +111,6 @@ pub fn map_table(
         });
     }
     regions.sort_by_key(vm_memory::GuestMemoryRegion::start_addr);
-    let mem =
-        GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Overlap(e.to_string()))?;
+    let mem = GuestMemoryMmap::from_regions(regions)?;
     Ok((mem, map))
 }

@@ -7,33 +7,32 @@
 //! accepted.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVringAddr,
-    VhostUserVringState, VHOST_USER_CONFIG_SIZE,
+    FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserVringAddr, VhostUserVringState, VHOST_USER_CONFIG_SIZE,
 };
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use zeroize::Zeroize;
 
-use super::conn::{Conn, ConnError, Msg};
+use super::channel::{Channel, ChannelError, Msg};
 use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 use super::memory::{map_table, AddrMap, MemoryError};
+use crate::ready::{self, ReadySet};
 
-/// `VIRTIO_F_VERSION_1`.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// `VIRTIO_RING_F_INDIRECT_DESC`.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// `VIRTIO_RING_F_EVENT_IDX`.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-/// `VHOST_USER_F_PROTOCOL_FEATURES`.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Tokens of the descriptors the accept/message loop waits on.
+const LISTENER: u32 = 0;
+const SHUTDOWN: u32 = 1;
+const FRONTEND: u32 = 2;
 
 /// How long a frontend may stall in the middle of a message before it is dropped.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,7 +71,7 @@ enum ReqError {
     #[error("device: {0}")]
     Device(#[from] DeviceError),
     #[error("queue: {0}")]
-    Queue(String),
+    Queue(#[from] virtio_queue::Error),
     #[error("unsupported request {0}")]
     Unsupported(u32),
     #[error("eventfd: {0}")]
@@ -104,9 +103,10 @@ enum End {
     Shutdown,
 }
 
-struct Session<'d, D: VhostUserDevice> {
+/// The state of one connected frontend: what it negotiated, its memory table, its rings.
+struct Connection<'d, D: VhostUserDevice> {
     dev: &'d mut D,
-    conn: Conn,
+    channel: Channel,
     features: u64,
     protocol: u64,
     mem: GuestMem,
@@ -117,18 +117,25 @@ struct Session<'d, D: VhostUserDevice> {
 }
 
 /// Serves frontends on `listener`, one at a time, until `shutdown` becomes readable.
-pub fn serve<D: VhostUserDevice>(
+pub(crate) fn serve<D: VhostUserDevice>(
     listener: &UnixListener,
     dev: &mut D,
     shutdown: &EventFd,
 ) -> Result<(), ServeError> {
+    // Waiting for a frontend, and (the listener left out, so that a second frontend knocking
+    // does not keep waking us) serving one.
+    let mut accepting = ReadySet::new()?;
+    accepting.add(listener, LISTENER)?;
+    accepting.add(shutdown, SHUTDOWN)?;
+    let mut serving = ReadySet::new()?;
+    serving.add(shutdown, SHUTDOWN)?;
     loop {
-        let ready = poll2(listener.as_raw_fd(), shutdown.as_raw_fd())?;
-        if ready.1 {
+        let ready = accepting.wait()?;
+        if ready::has(ready, SHUTDOWN) {
             info!("shutdown requested");
             return Ok(());
         }
-        if !ready.0 {
+        if !ready::has(ready, LISTENER) {
             continue;
         }
         let stream = match listener.accept() {
@@ -140,9 +147,12 @@ pub fn serve<D: VhostUserDevice>(
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
         info!("frontend connected");
-        let mut s = Session::new(dev, Conn::new(stream));
-        let end = s.run(shutdown);
-        s.teardown();
+        serving.add(&stream, FRONTEND)?;
+        let mut c = Connection::new(dev, Channel::new(stream));
+        let end = c.run(&mut serving);
+        c.teardown();
+        // (Closing the socket would drop it from the set too; nothing else holds it.)
+        let _ = serving.remove(c.channel.stream());
         match end {
             Ok(End::Shutdown) => {
                 info!("shutdown requested");
@@ -152,34 +162,6 @@ pub fn serve<D: VhostUserDevice>(
             Err(e) => warn!("closing connection: {e}"),
         }
     }
-}
-
-/// Waits until `a` or `b` is readable; returns which.
-fn poll2(a: RawFd, b: RawFd) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r >= 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok((fds[0].revents != 0, fds[1].revents != 0))
 }
 
 fn pod<T: ByteValued + Default>(p: &[u8]) -> Result<T, ReqError> {
@@ -199,12 +181,12 @@ fn eventfd_from(fd: OwnedFd) -> EventFd {
     unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }
 }
 
-impl<'d, D: VhostUserDevice> Session<'d, D> {
-    fn new(dev: &'d mut D, conn: Conn) -> Self {
+impl<'d, D: VhostUserDevice> Connection<'d, D> {
+    fn new(dev: &'d mut D, channel: Channel) -> Self {
         let n = dev.num_queues();
         Self {
             dev,
-            conn,
+            channel,
             features: 0,
             protocol: 0,
             mem: GuestMem::new(GuestMemoryMmap::new()),
@@ -217,10 +199,10 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
 
     fn offered_features(&self) -> u64 {
         self.dev.features()
-            | VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VHOST_USER_F_PROTOCOL_FEATURES
+            | (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn offered_protocol(&self) -> u64 {
@@ -231,19 +213,21 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
         .bits()
     }
 
-    fn run(&mut self, shutdown: &EventFd) -> Result<End, ConnError> {
+    /// Handles the frontend's messages until it leaves or `serving` (the frontend's socket and
+    /// the shutdown eventfd) reports the shutdown.
+    fn run(&mut self, serving: &mut ReadySet) -> Result<End, ChannelError> {
         let mut msg = Msg::default();
         loop {
-            let ready = poll2(self.conn.stream().as_raw_fd(), shutdown.as_raw_fd())?;
-            if ready.1 {
+            let ready = serving.wait()?;
+            if ready::has(ready, SHUTDOWN) {
                 return Ok(End::Shutdown);
             }
-            if !ready.0 {
+            if !ready::has(ready, FRONTEND) {
                 continue;
             }
-            match self.conn.recv(&mut msg) {
+            match self.channel.recv(&mut msg) {
                 Ok(()) => {}
-                Err(ConnError::Closed) => return Ok(End::Closed),
+                Err(ChannelError::Closed) => return Ok(End::Closed),
                 Err(e) => return Err(e),
             }
             self.handle(&mut msg)?;
@@ -257,7 +241,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
         self.dev.reset();
     }
 
-    fn handle(&mut self, msg: &mut Msg) -> Result<(), ConnError> {
+    fn handle(&mut self, msg: &mut Msg) -> Result<(), ChannelError> {
         let code = msg.request;
         let req = FrontendReq::try_from(code).ok();
         debug!(request = ?req, code, size = msg.payload.len(), "vhost-user request");
@@ -272,18 +256,18 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             }
             let acked = self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
             if msg.need_reply() && acked {
-                self.conn.reply_ack(code, ok)?;
+                self.channel.reply_ack(code, ok)?;
             }
         }
         Ok(())
     }
 
-    fn reply_u64(&mut self, code: u32, v: u64) -> Result<Outcome, ConnError> {
-        self.conn.reply(code, &v.to_ne_bytes())?;
+    fn reply_u64(&mut self, code: u32, v: u64) -> Result<Outcome, ChannelError> {
+        self.channel.reply(code, &v.to_ne_bytes())?;
         Ok(Outcome::Replied)
     }
 
-    fn dispatch(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<Outcome, ConnError> {
+    fn dispatch(&mut self, req: FrontendReq, msg: &mut Msg) -> Result<Outcome, ChannelError> {
         let code = msg.request;
         let p = &msg.payload[..];
         let r = match req {
@@ -321,14 +305,14 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             FrontendReq::GET_VRING_BASE => {
                 return match self.get_vring_base(p) {
                     Ok(state) => {
-                        self.conn.reply(code, state.as_slice())?;
+                        self.channel.reply(code, state.as_slice())?;
                         Ok(Outcome::Replied)
                     }
                     Err(e) => {
                         // The frontend waits for a reply: answer with the stored base.
                         warn!("GET_VRING_BASE: {e}");
                         let s = VhostUserVringState::new(0, 0);
-                        self.conn.reply(code, s.as_slice())?;
+                        self.channel.reply(code, s.as_slice())?;
                         Ok(Outcome::Replied)
                     }
                 };
@@ -339,7 +323,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             FrontendReq::SET_VRING_ENABLE => self.set_vring_enable(p),
             FrontendReq::GET_CONFIG => {
                 self.get_config(p);
-                self.conn.reply(code, &self.reply)?;
+                self.channel.reply(code, &self.reply)?;
                 return Ok(Outcome::Replied);
             }
             FrontendReq::SET_CONFIG => self.set_config(p),
@@ -350,7 +334,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
                 msg.payload.zeroize();
                 match r {
                     DeviceReply::Reply => {
-                        self.conn.reply(code, &self.reply)?;
+                        self.channel.reply(code, &self.reply)?;
                         self.reply.zeroize();
                         return Ok(Outcome::Replied);
                     }
@@ -538,7 +522,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
     /// Starts ring `i` once it has memory, a size, addresses and a kick fd, unless it was
     /// explicitly disabled. (QEMU's cryptodev-vhost-user never sends SET_VRING_ENABLE.)
     fn try_start(&mut self, i: usize) -> Result<(), ReqError> {
-        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let vr = &self.vrings[i];
         if vr.started || vr.enabled == Some(false) || !self.mem_set || vr.size == 0 {
             return Ok(());
@@ -548,13 +532,10 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
         };
         let tr = |va: u64| self.addr_map.va_to_gpa(va).ok_or(ReqError::RingAddr);
         let (d, u, a) = (tr(d)?, tr(u)?, tr(a)?);
-        let qerr = |e: virtio_queue::Error| ReqError::Queue(e.to_string());
-        let mut q = Queue::new(vr.size).map_err(qerr)?;
-        q.try_set_desc_table_address(GuestAddress(d))
-            .map_err(qerr)?;
-        q.try_set_avail_ring_address(GuestAddress(a))
-            .map_err(qerr)?;
-        q.try_set_used_ring_address(GuestAddress(u)).map_err(qerr)?;
+        let mut q = Queue::new(vr.size)?;
+        q.try_set_desc_table_address(GuestAddress(d))?;
+        q.try_set_avail_ring_address(GuestAddress(a))?;
+        q.try_set_used_ring_address(GuestAddress(u))?;
         q.set_event_idx(event_idx);
         q.set_next_avail(vr.base);
         q.set_ready(true);
@@ -563,7 +544,7 @@ impl<'d, D: VhostUserDevice> Session<'d, D> {
             if !q.is_valid(&*mem) {
                 return Err(ReqError::RingInvalid);
             }
-            let used = q.used_idx(&*mem, Ordering::Acquire).map_err(qerr)?;
+            let used = q.used_idx(&*mem, Ordering::Acquire)?;
             q.set_next_used(used.0);
         }
         let start = QueueStart {

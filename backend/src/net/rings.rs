@@ -1,38 +1,43 @@
-//! [`GuestPort`]: a running virtio-net ring pair seen from the device: frames in from the
-//! driver's TX ring, frames out into its RX ring (over several buffers with MRG_RXBUF), and
-//! the notifications both need.
+//! [`NetRings`]: the running virtio-net ring pair of one port, seen from the device: frames in
+//! from the driver's TX ring, frames out into its RX ring (over several buffers with
+//! MRG_RXBUF), and the notifications both need.
 
-use std::os::fd::AsRawFd;
+use std::mem::{offset_of, size_of};
 
 use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
 use dpacc_spec::Seg;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{virtio_net_hdr, virtio_net_hdr_v1, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::crypto::worker::publish_avail_event;
-use crate::split_ring::{Popped, SplitRing};
+use crate::split_ring::{publish_avail_event, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
-pub const NET_HDR_LEN: usize = 12;
-/// The legacy header without `num_buffers` (neither VERSION_1 nor MRG_RXBUF).
-const LEGACY_HDR_LEN: usize = 10;
-/// `VIRTIO_NET_F_MRG_RXBUF`.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+/// Where its `num_buffers` (little endian) is.
+const NUM_BUFFERS_AT: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+/// The legacy `struct virtio_net_hdr`, without `num_buffers` (neither VERSION_1 nor
+/// MRG_RXBUF: 10 bytes).
+const LEGACY_HDR_LEN: usize = size_of::<virtio_net_hdr>();
 /// Most frames taken from a TX ring in one call.
 const MAX_BATCH: usize = 64;
 /// The header put before every received frame: no offloads, `num_buffers` 1 (patched when a
 /// frame spans several buffers; absent from the legacy 10-byte header).
-const RX_HDR: [u8; NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const RX_HDR: [u8; NET_HDR_LEN] = {
+    let mut h = [0; NET_HDR_LEN];
+    h[NUM_BUFFERS_AT] = 1;
+    h
+};
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
 
-/// A virtio-net ring pair in use by a port worker.
-pub struct GuestPort {
+/// A virtio-net ring pair in use by a vNF worker.
+pub(crate) struct NetRings {
     rings: RingPair,
     mem: <GuestMem as GuestAddressSpace>::T,
     rx_call: Option<EventFd>,
@@ -44,12 +49,12 @@ pub struct GuestPort {
     armed: bool,
 }
 
-impl GuestPort {
+impl NetRings {
     /// Takes over a started ring pair.
-    pub fn new(rings: RingPair) -> Self {
+    pub(crate) fn new(rings: RingPair) -> Self {
         let f = rings.rx.features;
-        let mrg = f & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let hdr_len = if mrg || f & VIRTIO_F_VERSION_1 != 0 {
+        let mrg = f & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let hdr_len = if mrg || f & (1 << VIRTIO_F_VERSION_1) != 0 {
             NET_HDR_LEN
         } else {
             LEGACY_HDR_LEN
@@ -67,28 +72,28 @@ impl GuestPort {
     }
 
     /// Gives the rings back (with their current indices).
-    pub fn into_rings(self) -> RingPair {
+    pub(crate) fn into_pair(self) -> RingPair {
         self.rings
     }
 
     /// The TX ring's kick eventfd.
-    pub fn tx_kick(&self) -> i32 {
-        self.rings.tx.kick.as_raw_fd()
+    pub(crate) fn tx_kick(&self) -> &EventFd {
+        &self.rings.tx.kick
     }
 
     /// The RX ring's kick eventfd (the driver added buffers).
-    pub fn rx_kick(&self) -> i32 {
-        self.rings.rx.kick.as_raw_fd()
+    pub(crate) fn rx_kick(&self) -> &EventFd {
+        &self.rings.rx.kick
     }
 
     /// Takes a fresh guest memory snapshot (call once per wake-up, before using the rings).
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         self.mem = self.rings.tx.mem.memory();
     }
 
     /// Asks the driver for kicks again before the worker sleeps. True if frames arrived
     /// meanwhile (receive again instead of sleeping).
-    pub fn tx_rearm(&mut self) -> bool {
+    pub(crate) fn tx_rearm(&mut self) -> bool {
         let mem: &GuestMemoryMmap = &self.mem;
         self.armed = true;
         let _ = publish_avail_event(&self.rings.tx.queue, mem);
@@ -98,7 +103,7 @@ impl GuestPort {
     /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`),
     /// returning their chains to the driver. Returns (chains consumed, frames loaded); chains
     /// without a usable frame (broken, too short, too long) are counted in `bad`.
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         chain: &mut ChainBufs,
         pkts: &mut [PacketBuf],
@@ -182,7 +187,7 @@ impl GuestPort {
 
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
     /// frame does not fit. Returns how many were put (the caller drops the rest).
-    pub fn send<'f>(
+    pub(crate) fn send<'f>(
         &mut self,
         chain: &mut ChainBufs,
         frames: impl IntoIterator<Item = &'f [u8]>,
@@ -207,7 +212,7 @@ impl GuestPort {
     }
 
     /// Notifies the driver of frames put into its RX ring since the last flush.
-    pub fn rx_flush(&mut self) {
+    pub(crate) fn rx_flush(&mut self) {
         if std::mem::take(&mut self.rx_notify) {
             signal(&self.rx_call);
         }
@@ -299,7 +304,7 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     if nb > 1 && hdr == NET_HDR_LEN {
         // num_buffers (little endian) in the first chain's header: walk that chain again.
         if ring.walk(heads[0].0, chain).is_ok() {
-            let _ = chain.write(10, &(nb as u16).to_le_bytes());
+            let _ = chain.write(NUM_BUFFERS_AT, &(nb as u16).to_le_bytes());
         }
     }
     for &(h, len) in &heads[..nb] {
@@ -325,8 +330,8 @@ mod tests {
     const TX_Q: u64 = 0x0;
     const RX_Q: u64 = 0x8000;
     const R: u16 = 0; // readable
-    const W: u16 = 2; // device-writable
-    const NEXT: u16 = 1;
+    const W: u16 = crate::virtq::F_WRITE;
+    const NEXT: u16 = crate::virtq::F_NEXT;
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(Descriptor::new(addr, len, flags, next))
@@ -349,7 +354,7 @@ mod tests {
         features: u64,
         tx: &[RawDescriptor],
         rx: &[RawDescriptor],
-    ) -> GuestPort {
+    ) -> NetRings {
         let txq = MockSplitQueue::create(m, GuestAddress(TX_Q), 16);
         let rxq = MockSplitQueue::create(m, GuestAddress(RX_Q), 16);
         if !tx.is_empty() {
@@ -358,7 +363,7 @@ mod tests {
         if !rx.is_empty() {
             rxq.add_desc_chains(rx, 0).unwrap();
         }
-        GuestPort::new(RingPair {
+        NetRings::new(RingPair {
             rx: start(0, rxq.create_queue().unwrap(), m, features),
             tx: start(1, txq.create_queue().unwrap(), m, features),
         })
@@ -381,7 +386,7 @@ mod tests {
         m.read_obj(used.unchecked_add(2)).unwrap()
     }
 
-    const V1: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+    const V1: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
 
     #[test]
     fn broken_tx_chains_are_returned_and_counted_good_ones_delivered() {
@@ -476,7 +481,7 @@ mod tests {
         // Without MRG_RXBUF the same frame does not fit one 64-byte buffer: dropped, and the
         // buffers stay available.
         let m = mem();
-        let mut p = port(&m, VIRTIO_F_VERSION_1, &[], &rx);
+        let mut p = port(&m, 1 << VIRTIO_F_VERSION_1, &[], &rx);
         assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 0);
         assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..40]]), 1);

@@ -1,5 +1,6 @@
-//! The worker of one vNF: its flow-processor instance and all its ports (port 0, the vNF's
-//! own virtio-net port; uplinks 1.., TAP or vhost-user), on one thread, without locks.
+//! [`VnfWorker`]: the one thread that runs a vNF instance (its flow processor and all its
+//! ports: port 0, the vNF's own virtio-net device; uplinks 1.., TAP or vhost-user virtio-net),
+//! without locks.
 //!
 //! The worker runs from start-up to shutdown, whichever frontends come and go: virtio-net
 //! ring pairs arrive and leave through their [`RingSlot`]s. Frames for a port whose frontend
@@ -16,7 +17,7 @@ use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::guest_port::GuestPort;
+use super::rings::NetRings;
 use super::slot::RingSlot;
 use super::tap::Tap;
 use crate::virtq::ChainBufs;
@@ -28,26 +29,26 @@ const MAX_ROUNDS: usize = 64;
 
 /// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PortStats {
+pub(crate) struct VnfStats {
     /// Frames the vNF transmitted (data and control).
-    pub from_vnf: u64,
+    pub(crate) from_vnf: u64,
     /// Control frames handled.
-    pub control: u64,
+    pub(crate) control: u64,
     /// Frames put on the vNF's RX ring.
-    pub to_vnf: u64,
+    pub(crate) to_vnf: u64,
     /// Frames for a virtio port dropped because its RX ring had no room or no frontend.
-    pub rx_no_buffer: u64,
+    pub(crate) rx_no_buffer: u64,
     /// Frames received from uplinks.
-    pub from_uplinks: u64,
+    pub(crate) from_uplinks: u64,
     /// Frames sent to uplinks.
-    pub to_uplinks: u64,
+    pub(crate) to_uplinks: u64,
     /// Malformed TX chains or oversized frames.
-    pub bad_tx: u64,
+    pub(crate) bad_tx: u64,
     /// Non-empty batches taken from virtio TX rings (frames / batches = mean batch size).
-    pub batches: u64,
+    pub(crate) batches: u64,
 }
 
-impl PortStats {
+impl VnfStats {
     /// Counts `sent` of `wanted` frames put on virtio port `port`'s RX ring (the rest had no
     /// room or no frontend).
     fn count_out(&mut self, port: PortId, wanted: usize, sent: usize) {
@@ -60,60 +61,60 @@ impl PortStats {
     }
 }
 
-/// One port of a vNF's instance.
-pub enum PortIo {
-    /// A virtio-net port served over vhost-user (the vNF's own, or an uplink).
-    Guest {
+/// One port of a vNF instance, by [`PortId`].
+pub(crate) enum Port {
+    /// A virtio-net device served over vhost-user (the vNF's own, or an uplink).
+    Vhost {
         /// Where its rings arrive.
         slot: Arc<RingSlot>,
         /// The rings, while a frontend is attached.
-        port: Option<GuestPort>,
+        rings: Option<NetRings>,
     },
     /// A TAP uplink.
     Tap(Tap),
 }
 
-/// What a vNF's worker owns.
-pub struct PortState {
+/// A vNF instance: its flow processor and its ports (what its worker owns).
+pub(crate) struct VnfInstance {
     /// The vNF's flow processor.
-    pub proc_: Box<dyn FlowProcessor>,
-    /// Ports by [`PortId`]: 0 is the vNF's (always `Guest`), uplinks follow.
-    pub ports: Vec<PortIo>,
+    pub(crate) proc_: Box<dyn FlowProcessor>,
+    /// Ports by [`PortId`]: 0 is the vNF's (always `Vhost`), uplinks follow.
+    pub(crate) ports: Vec<Port>,
     /// Counters.
-    pub stats: PortStats,
+    pub(crate) stats: VnfStats,
     /// The vNF's MAC (learned from its control frames) for replies and events.
-    pub vnf_mac: [u8; 6],
+    pub(crate) vnf_mac: [u8; 6],
 }
 
-/// A running worker.
-pub struct PortWorker {
+/// The running worker thread of one vNF instance.
+pub(crate) struct VnfWorker {
     exit: EventFd,
-    thread: Option<JoinHandle<PortState>>,
+    thread: Option<JoinHandle<VnfInstance>>,
 }
 
-impl PortWorker {
+impl VnfWorker {
     /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
     /// sleeps.
-    pub fn spawn(state: PortState, spin: Duration) -> io::Result<Self> {
+    pub(crate) fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
-            .name("net-port".into())
-            .spawn(move || Worker::new(state, spin).run(&exit2))?;
+            .name("vnf-worker".into())
+            .spawn(move || VnfLoop::new(vnf, spin).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
         })
     }
 
-    /// Stops it (its rings go back to their slots) and returns the state.
-    pub fn stop(mut self) -> Option<PortState> {
+    /// Stops it (its rings go back to their slots) and returns the instance.
+    pub(crate) fn stop(mut self) -> Option<VnfInstance> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }
 }
 
-impl Drop for PortWorker {
+impl Drop for VnfWorker {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = self.exit.write(1);
@@ -126,16 +127,20 @@ impl Drop for PortWorker {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FdRole {
     Exit,
-    /// A ring kick: drained, then every port is serviced.
-    Kick,
+    /// A kick of port `n`'s TX ring (the driver sent frames): drained, then every port is
+    /// serviced.
+    TxKick(usize),
+    /// A kick of port `n`'s RX ring (the driver added buffers): drained likewise.
+    RxKick(usize),
     /// A slot's wake-up for port `n`.
     Slot(usize),
     /// A TAP (serviced every pass anyway).
     Tap,
 }
 
-struct Worker {
-    st: PortState,
+/// What the worker thread runs: the instance and its per-batch buffers.
+struct VnfLoop {
+    vnf: VnfInstance,
     spin: Duration,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
@@ -145,16 +150,10 @@ struct Worker {
     t0: Instant,
 }
 
-fn drain_eventfd(fd: i32) {
-    let mut v = [0u8; 8];
-    // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a live buffer.
-    unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
-}
-
-impl Worker {
-    fn new(st: PortState, spin: Duration) -> Self {
+impl VnfLoop {
+    fn new(vnf: VnfInstance, spin: Duration) -> Self {
         Self {
-            st,
+            vnf,
             spin,
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
@@ -169,12 +168,20 @@ impl Worker {
         self.t0.elapsed().as_nanos() as u64
     }
 
+    /// Consumes a kick of port `i`'s RX or TX ring (the counter resets; the next kick wakes the
+    /// worker again). A failure is harmless: every ring is serviced anyway.
+    fn drain_kick(&self, i: usize, rx: bool) {
+        if let Some(Port::Vhost { rings: Some(g), .. }) = self.vnf.ports.get(i) {
+            let _ = if rx { g.rx_kick() } else { g.tx_kick() }.read();
+        }
+    }
+
     /// Takes offered rings / gives rings back for every port. True if anything changed.
     fn sync_slots(&mut self) -> bool {
         let mut changed = false;
-        for (i, p) in self.st.ports.iter_mut().enumerate() {
-            if let PortIo::Guest { slot, port } = p {
-                let mut held = port.take().map(GuestPort::into_rings);
+        for (i, p) in self.vnf.ports.iter_mut().enumerate() {
+            if let Port::Vhost { slot, rings } = p {
+                let mut held = rings.take().map(NetRings::into_pair);
                 if slot.sync(&mut held) {
                     changed = true;
                     info!(
@@ -187,7 +194,7 @@ impl Worker {
                         }
                     );
                 }
-                *port = held.map(GuestPort::new);
+                *rings = held.map(NetRings::new);
             }
         }
         changed
@@ -205,26 +212,26 @@ impl Worker {
             });
             roles.push(role);
         };
-        for (i, p) in self.st.ports.iter().enumerate() {
+        for (i, p) in self.vnf.ports.iter().enumerate() {
             match p {
-                PortIo::Guest { slot, port } => {
+                Port::Vhost { slot, rings } => {
                     add(slot.wake_fd().as_raw_fd(), FdRole::Slot(i));
-                    if let Some(g) = port {
-                        add(g.tx_kick(), FdRole::Kick);
+                    if let Some(g) = rings {
+                        add(g.tx_kick().as_raw_fd(), FdRole::TxKick(i));
                         if i == 0 {
                             // Drained so that it never stays readable; nothing waits on it.
-                            add(g.rx_kick(), FdRole::Kick);
+                            add(g.rx_kick().as_raw_fd(), FdRole::RxKick(i));
                         }
                     }
                 }
-                PortIo::Tap(t) => add(t.raw_fd(), FdRole::Tap),
+                Port::Tap(t) => add(t.raw_fd(), FdRole::Tap),
             }
         }
         add(exit.as_raw_fd(), FdRole::Exit);
         (fds, roles)
     }
 
-    fn run(mut self, exit: &EventFd) -> PortState {
+    fn run(mut self, exit: &EventFd) -> VnfInstance {
         self.sync_slots();
         let mut last_expire = Instant::now();
         let (mut fds, mut roles) = self.poll_set(exit);
@@ -234,10 +241,14 @@ impl Worker {
                 f.revents = 0;
             }
             let timeout = if busy { 0 } else { 100 };
+            // poll(2) rather than vmm-sys-util's epoll: the set is a handful of descriptors
+            // that changes whenever a frontend comes or goes (an epoll registration would have
+            // to follow every ring, and outlives our descriptor when the connection holds a
+            // duplicate), and the busy loop polls it with a zero timeout.
             // SAFETY: a live array of pollfd structs of the length passed.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                warn!("net port: poll: {}", io::Error::last_os_error());
+                warn!("vNF worker: poll: {}", io::Error::last_os_error());
                 break;
             }
             let mut slots = false;
@@ -248,7 +259,8 @@ impl Worker {
                 }
                 match role {
                     FdRole::Exit => quit = true,
-                    FdRole::Kick => drain_eventfd(f.fd),
+                    FdRole::TxKick(i) => self.drain_kick(*i, false),
+                    FdRole::RxKick(i) => self.drain_kick(*i, true),
                     FdRole::Slot(_) => slots = true,
                     FdRole::Tap => {}
                 }
@@ -279,35 +291,35 @@ impl Worker {
                 last_expire = Instant::now();
                 self.emits.clear();
                 let t = self.now();
-                self.st.proc_.expire(t, &mut self.emits);
+                self.vnf.proc_.expire(t, &mut self.emits);
                 self.emit_all();
             }
             self.flush();
         }
-        info!(stats = ?self.st.stats, "net port worker stops");
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { slot, port } = p {
-                slot.give_back(port.take().map(GuestPort::into_rings));
+        info!(stats = ?self.vnf.stats, "vNF worker stops");
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { slot, rings } = p {
+                slot.give_back(rings.take().map(NetRings::into_pair));
             }
         }
-        self.st
+        self.vnf
     }
 
     /// Services the ports round-robin, a batch each per round, until none has input or
     /// [`MAX_ROUNDS`] rounds ran. True if it found input (poll again without sleeping).
     fn pass(&mut self) -> bool {
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 g.refresh();
             }
         }
         for round in 0..MAX_ROUNDS {
             let mut busy = false;
-            for i in 0..self.st.ports.len() {
-                busy |= match &self.st.ports[i] {
-                    PortIo::Guest { port: Some(_), .. } => self.guest_batch(i) > 0,
-                    PortIo::Guest { port: None, .. } => false,
-                    PortIo::Tap(_) => self.tap_batch(i) > 0,
+            for i in 0..self.vnf.ports.len() {
+                busy |= match &self.vnf.ports[i] {
+                    Port::Vhost { rings: Some(_), .. } => self.virtio_batch(i) > 0,
+                    Port::Vhost { rings: None, .. } => false,
+                    Port::Tap(_) => self.tap_batch(i) > 0,
                 };
             }
             self.flush();
@@ -322,42 +334,42 @@ impl Worker {
     /// drivers do not kick). True if frames came meanwhile (do not sleep).
     fn rearm(&mut self) -> bool {
         let mut more = false;
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 more |= g.tx_rearm();
             }
         }
         more
     }
 
-    /// Takes up to a batch of frames from guest port `i`'s TX ring and processes them.
+    /// Takes up to a batch of frames from virtio port `i`'s TX ring and processes them.
     /// Control frames from the vNF's own port go to its instance and are never forwarded;
     /// from an uplink they are ordinary frames. Returns the chains consumed.
-    fn guest_batch(&mut self, i: usize) -> usize {
+    fn virtio_batch(&mut self, i: usize) -> usize {
         let id = PortId(i as u16);
-        let PortIo::Guest { port: Some(g), .. } = &mut self.st.ports[i] else {
+        let Port::Vhost { rings: Some(g), .. } = &mut self.vnf.ports[i] else {
             return 0;
         };
         let (chains, mut n) = g.receive(
             &mut self.chain,
             &mut self.pkts,
             id,
-            &mut self.st.stats.bad_tx,
+            &mut self.vnf.stats.bad_tx,
         );
-        self.st.stats.batches += u64::from(chains > 0);
+        self.vnf.stats.batches += u64::from(chains > 0);
         if id != PortId::VNF {
-            self.st.stats.from_uplinks += n as u64;
+            self.vnf.stats.from_uplinks += n as u64;
         } else {
-            self.st.stats.from_vnf += n as u64;
+            self.vnf.stats.from_vnf += n as u64;
             // Take the control frames out (keeping the order of the others).
             let mut keep = 0;
             for j in 0..n {
                 if let Some((_, src, payload)) = proto::parse_frame(self.pkts[j].frame()) {
-                    self.st.stats.control += 1;
-                    self.st.vnf_mac = src;
+                    self.vnf.stats.control += 1;
+                    self.vnf.vnf_mac = src;
                     self.emits.clear();
                     let t = self.now();
-                    self.st.proc_.control(t, payload, &mut self.emits);
+                    self.vnf.proc_.control(t, payload, &mut self.emits);
                     self.emit_all();
                     continue;
                 }
@@ -374,7 +386,7 @@ impl Worker {
 
     /// Reads up to a batch of frames from TAP port `i` and processes them.
     fn tap_batch(&mut self, i: usize) -> usize {
-        let PortIo::Tap(tap) = &self.st.ports[i] else {
+        let Port::Tap(tap) = &self.vnf.ports[i] else {
             return 0;
         };
         let mut n = 0;
@@ -392,7 +404,7 @@ impl Worker {
                 }
             }
         }
-        self.st.stats.from_uplinks += n as u64;
+        self.vnf.stats.from_uplinks += n as u64;
         if n > 0 {
             self.process(n);
         }
@@ -401,7 +413,7 @@ impl Worker {
 
     fn process(&mut self, n: usize) {
         let t = self.now();
-        self.st
+        self.vnf
             .proc_
             .process(t, &mut self.pkts[..n], &mut self.verdicts[..n]);
         // Outputs to virtio ports go out in one ring pass per port; the rest one by one.
@@ -410,12 +422,12 @@ impl Worker {
             match self.verdicts[i] {
                 Verdict::Output(port) => {
                     if matches!(
-                        self.st.ports.get(usize::from(port.0)),
-                        Some(PortIo::Guest { .. })
+                        self.vnf.ports.get(usize::from(port.0)),
+                        Some(Port::Vhost { .. })
                     ) {
                         to_guests = true;
                     } else {
-                        output(&mut self.st, &mut self.chain, port, self.pkts[i].frame());
+                        output(&mut self.vnf, &mut self.chain, port, self.pkts[i].frame());
                     }
                 }
                 Verdict::Drop => {}
@@ -425,21 +437,21 @@ impl Worker {
                         continue; // vNF-originated misses are dropped, never looped back
                     }
                     proto::encode_packet_in(
-                        self.st.vnf_mac,
+                        self.vnf.vnf_mac,
                         p.in_port,
                         table,
                         p.frame(),
                         &mut self.frame,
                     );
-                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
         if !to_guests {
             return;
         }
-        for (pi, p) in self.st.ports.iter_mut().enumerate() {
-            let PortIo::Guest { port, .. } = p else {
+        for (pi, p) in self.vnf.ports.iter_mut().enumerate() {
+            let Port::Vhost { rings, .. } = p else {
                 continue;
             };
             let want = PortId(pi as u16);
@@ -451,7 +463,7 @@ impl Worker {
             if count == 0 {
                 continue;
             }
-            let sent = match port {
+            let sent = match rings {
                 Some(g) => {
                     let pkts = &self.pkts;
                     g.send(
@@ -465,7 +477,7 @@ impl Worker {
                 }
                 None => 0,
             };
-            self.st.stats.count_out(want, count, sent);
+            self.vnf.stats.count_out(want, count, sent);
         }
     }
 
@@ -473,14 +485,14 @@ impl Worker {
         let emits = std::mem::take(&mut self.emits);
         for e in &emits {
             match e {
-                Emit::Frame { port, frame } => output(&mut self.st, &mut self.chain, *port, frame),
+                Emit::Frame { port, frame } => output(&mut self.vnf, &mut self.chain, *port, frame),
                 Emit::Control(payload) => {
                     self.frame.clear();
-                    self.frame.extend_from_slice(&self.st.vnf_mac);
+                    self.frame.extend_from_slice(&self.vnf.vnf_mac);
                     self.frame.extend_from_slice(&proto::BACKEND_MAC);
                     self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
                     self.frame.extend_from_slice(payload);
-                    output(&mut self.st, &mut self.chain, PortId::VNF, &self.frame);
+                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
@@ -490,8 +502,8 @@ impl Worker {
 
     /// Notifies every guest of what its RX ring received.
     fn flush(&mut self) {
-        for p in &mut self.st.ports {
-            if let PortIo::Guest { port: Some(g), .. } = p {
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { rings: Some(g), .. } = p {
                 g.rx_flush();
             }
         }
@@ -499,14 +511,14 @@ impl Worker {
 }
 
 /// Sends `frame` out of `port`.
-fn output(st: &mut PortState, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
-    match st.ports.get_mut(usize::from(port.0)) {
-        Some(PortIo::Guest { port: g, .. }) => {
+fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
+    match vnf.ports.get_mut(usize::from(port.0)) {
+        Some(Port::Vhost { rings: g, .. }) => {
             let sent = g.as_mut().map_or(0, |g| g.send(chain, [frame]));
-            st.stats.count_out(port, 1, sent);
+            vnf.stats.count_out(port, 1, sent);
         }
-        Some(PortIo::Tap(tap)) => match tap.write(frame) {
-            Ok(()) => st.stats.to_uplinks += 1,
+        Some(Port::Tap(tap)) => match tap.write(frame) {
+            Ok(()) => vnf.stats.to_uplinks += 1,
             Err(e) => debug!("uplink {}: write: {e}", tap.name()),
         },
         None => debug!("output to missing port {}", port.0),

@@ -1,4 +1,4 @@
-//! vhost-user message framing over a unix stream socket.
+//! [`Channel`]: vhost-user message framing over a connected unix stream socket.
 //!
 //! A message is a 12-byte header (`request: u32`, `flags: u32`, `size: u32`, native endian)
 //! followed by `size` payload bytes; file descriptors travel as `SCM_RIGHTS` ancillary data
@@ -9,27 +9,27 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 /// Size of the message header.
-pub const HEADER_SIZE: usize = 12;
+pub(crate) const HEADER_SIZE: usize = 12;
 /// Largest payload accepted (the mem table and the 1072-byte crypto session both fit).
-pub const MAX_PAYLOAD: usize = vhost::vhost_user::message::MAX_MSG_SIZE;
+pub(crate) const MAX_PAYLOAD: usize = vhost::vhost_user::message::MAX_MSG_SIZE;
 /// Most file descriptors accepted with one message.
-pub const MAX_FDS: usize = vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
+pub(crate) const MAX_FDS: usize = vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
 
 /// Header flag bits.
-pub mod flags {
+pub(crate) mod flags {
     /// Protocol version 1 (bits 0..2).
-    pub const VERSION_1: u32 = 0x1;
+    pub(crate) const VERSION_1: u32 = 0x1;
     /// Version mask.
-    pub const VERSION_MASK: u32 = 0x3;
+    pub(crate) const VERSION_MASK: u32 = 0x3;
     /// The message is a reply.
-    pub const REPLY: u32 = 0x4;
+    pub(crate) const REPLY: u32 = 0x4;
     /// The sender wants a reply-ack.
-    pub const NEED_REPLY: u32 = 0x8;
+    pub(crate) const NEED_REPLY: u32 = 0x8;
 }
 
 /// Why a message could not be read or written. Any of these closes the connection.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnError {
+pub(crate) enum ChannelError {
     /// The peer closed the socket (cleanly, between messages).
     #[error("peer closed the connection")]
     Closed,
@@ -54,25 +54,25 @@ pub enum ConnError {
 
 /// One received message. The payload buffer is reused between messages.
 #[derive(Debug, Default)]
-pub struct Msg {
+pub(crate) struct Msg {
     /// Request code (`FrontendReq` value).
-    pub request: u32,
+    pub(crate) request: u32,
     /// Header flags.
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// Payload bytes (exactly `size` of them).
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
     /// Attached file descriptors, owned (closed on drop unless taken).
-    pub fds: Vec<OwnedFd>,
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 impl Msg {
     /// Whether the sender set NEED_REPLY.
-    pub fn need_reply(&self) -> bool {
+    pub(crate) fn need_reply(&self) -> bool {
         self.flags & flags::NEED_REPLY != 0
     }
 
     /// Takes the first attached fd, if any.
-    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
         if self.fds.is_empty() {
             None
         } else {
@@ -81,16 +81,16 @@ impl Msg {
     }
 }
 
-/// A vhost-user connection (the backend side).
+/// The message channel of one vhost-user connection (the backend side).
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Channel {
     stream: UnixStream,
     out: Vec<u8>,
 }
 
-impl Conn {
+impl Channel {
     /// Wraps an accepted stream.
-    pub fn new(stream: UnixStream) -> Self {
+    pub(crate) fn new(stream: UnixStream) -> Self {
         Self {
             stream,
             out: Vec::with_capacity(HEADER_SIZE + 1100),
@@ -98,17 +98,17 @@ impl Conn {
     }
 
     /// The underlying socket.
-    pub fn stream(&self) -> &UnixStream {
+    pub(crate) fn stream(&self) -> &UnixStream {
         &self.stream
     }
 
     /// Reads one message into `msg` (payload buffer reused, fds replaced).
-    pub fn recv(&mut self, msg: &mut Msg) -> Result<(), ConnError> {
+    pub(crate) fn recv(&mut self, msg: &mut Msg) -> Result<(), ChannelError> {
         msg.fds.clear();
         let mut hdr = [0u8; HEADER_SIZE];
         let n = recv_with_fds(&self.stream, &mut hdr, &mut msg.fds)?;
         if n == 0 {
-            return Err(ConnError::Closed);
+            return Err(ChannelError::Closed);
         }
         if n < HEADER_SIZE {
             self.stream.read_exact(&mut hdr[n..])?;
@@ -118,13 +118,13 @@ impl Conn {
         msg.flags = word(4);
         let size = word(8);
         if msg.flags & flags::VERSION_MASK != flags::VERSION_1 || msg.flags & !0xf != 0 {
-            return Err(ConnError::BadHeader {
+            return Err(ChannelError::BadHeader {
                 request: msg.request,
                 flags: msg.flags,
             });
         }
         if size as usize > MAX_PAYLOAD {
-            return Err(ConnError::TooLarge(size));
+            return Err(ChannelError::TooLarge(size));
         }
         msg.payload.clear();
         msg.payload.resize(size as usize, 0);
@@ -133,7 +133,7 @@ impl Conn {
     }
 
     /// Sends a reply for `request` with `payload`.
-    pub fn reply(&mut self, request: u32, payload: &[u8]) -> Result<(), ConnError> {
+    pub(crate) fn reply(&mut self, request: u32, payload: &[u8]) -> Result<(), ChannelError> {
         self.out.clear();
         self.out.extend_from_slice(&request.to_ne_bytes());
         self.out
@@ -146,7 +146,7 @@ impl Conn {
     }
 
     /// Sends a reply-ack (`u64` 0 on success, 1 on failure).
-    pub fn reply_ack(&mut self, request: u32, ok: bool) -> Result<(), ConnError> {
+    pub(crate) fn reply_ack(&mut self, request: u32, ok: bool) -> Result<(), ChannelError> {
         let v: u64 = if ok { 0 } else { 1 };
         self.reply(request, &v.to_ne_bytes())
     }
@@ -157,7 +157,7 @@ fn recv_with_fds(
     stream: &UnixStream,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
-) -> Result<usize, ConnError> {
+) -> Result<usize, ChannelError> {
     // Room for MAX_FDS descriptors of control data, u64-aligned.
     let mut cmsg_buf = [0u64; (MAX_FDS * 4 + 64) / 8];
     let mut iov = libc::iovec {
@@ -216,7 +216,7 @@ fn recv_with_fds(
     }
     if too_many {
         fds.clear();
-        return Err(ConnError::TooManyFds);
+        return Err(ChannelError::TooManyFds);
     }
     Ok(n)
 }
@@ -228,27 +228,27 @@ mod tests {
     #[test]
     fn garbage_and_oversized_headers_are_errors() {
         let (a, mut b) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(a);
+        let mut ch = Channel::new(a);
         let mut msg = Msg::default();
         b.write_all(&[0xff; 12]).unwrap();
         assert!(matches!(
-            conn.recv(&mut msg),
-            Err(ConnError::BadHeader { .. })
+            ch.recv(&mut msg),
+            Err(ChannelError::BadHeader { .. })
         ));
         let mut hdr = Vec::new();
         hdr.extend_from_slice(&1u32.to_ne_bytes());
         hdr.extend_from_slice(&1u32.to_ne_bytes());
         hdr.extend_from_slice(&100_000u32.to_ne_bytes());
         b.write_all(&hdr).unwrap();
-        assert!(matches!(conn.recv(&mut msg), Err(ConnError::TooLarge(_))));
+        assert!(matches!(ch.recv(&mut msg), Err(ChannelError::TooLarge(_))));
         drop(b);
-        assert!(matches!(conn.recv(&mut msg), Err(ConnError::Closed)));
+        assert!(matches!(ch.recv(&mut msg), Err(ChannelError::Closed)));
     }
 
     #[test]
     fn short_message_then_close_is_an_io_error() {
         let (a, mut b) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(a);
+        let mut ch = Channel::new(a);
         let mut msg = Msg::default();
         let mut hdr = Vec::new();
         hdr.extend_from_slice(&1u32.to_ne_bytes());
@@ -257,6 +257,6 @@ mod tests {
         hdr.extend_from_slice(&[1, 2, 3]);
         b.write_all(&hdr).unwrap();
         drop(b);
-        assert!(matches!(conn.recv(&mut msg), Err(ConnError::Io(_))));
+        assert!(matches!(ch.recv(&mut msg), Err(ChannelError::Io(_))));
     }
 }
