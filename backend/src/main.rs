@@ -71,6 +71,12 @@ fn run(cli: Cli) -> Result<(), MainError> {
         Command::Crypto(a) => {
             let config = a.to_config()?;
             let listener = bind(&a.socket)?;
+            info!(
+                "try it: echo -n 'attack at dawn' | dpacc crypto --socket {} --alg aes-128-gcm \
+                 --key 000102030405060708090a0b0c0d0e0f --iv 000000000000000000000001 encrypt \
+                 | od -An -tx1",
+                a.socket.display()
+            );
             let r = dpacc_backend::crypto::serve(&listener, config, &shutdown);
             drop(listener);
             let _ = std::fs::remove_file(&a.socket);
@@ -82,6 +88,9 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 listeners.push(bind(&socket)?);
                 sockets.push(socket);
                 cfgs.push(cfg);
+            }
+            if let Some(s) = sockets.first() {
+                info!("try it: dpacc flow --socket {} info", s.display());
             }
             let shutdown = &shutdown;
             // One port failing (e.g. a TAP it cannot open) stops them all.
