@@ -65,6 +65,9 @@
 //!
 //! ## Features
 //!
+//! - `cli` (default): the `dpacc` command-line tool and what only it needs (clap, hex, the
+//!   in-process software driver for `dpacc bench`). A vNF turns it off
+//!   (`default-features = false`) and links the library alone.
 //! - `testing`: `RawQueue` (`Queue::raw`, `CryptoDevice::with_raw_ctrl`), descriptor-level
 //!   access for tests that send malformed chains.
 
