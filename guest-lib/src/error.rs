@@ -14,7 +14,16 @@ pub enum Error {
     Crypto(#[from] CryptoError),
     /// The vhost-user connection failed or the backend refused a setup message.
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[from] vhost::Error),
+    /// The backend's socket could not be connected to.
+    #[error("transport: connect {}: {source}", path.display())]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: vhost::Error,
+    },
     /// The device broke the virtio protocol (bogus used id or length, missing status, ...).
     /// The queue that reported it should be considered unusable.
     #[error("device protocol violation: {0}")]
@@ -57,11 +66,5 @@ impl Error {
             Error::Crypto(e) => Some(*e),
             _ => None,
         }
-    }
-}
-
-impl From<vhost::Error> for Error {
-    fn from(e: vhost::Error) -> Self {
-        Error::Transport(e.to_string())
     }
 }

@@ -1,8 +1,20 @@
-//! # dpacc-guest: offload crypto from a vNF to a virtio-crypto device
+//! # dpacc-guest: what a vNF links to use its host's accelerators
 //!
-//! The library drives a standard virtio-crypto device (virtio device ID 20) served by a
-//! vhost-user backend: this process is the vhost-user frontend, with its own shared memory
-//! holding the split rings and the data buffers ([`DmaBuf`]), so requests are zero-copy.
+//! Two devices served by `dpacc-backend`, driven from this process:
+//!
+//! - **Look-aside crypto**: a standard virtio-crypto device (virtio device ID 20).
+//! - **The inline fast path** ([`net`]): a virtio-net port whose frames pass through the vNF's
+//!   own flow processor; [`net::FlowTable`] programs it over the port ([`net::VirtioNetPort`]
+//!   over virtio-user, or [`net::AfPacket`] on the port's interface inside a VM).
+//!
+//! With virtio-user ([`transport::virtio_user`]) this process is the vhost-user frontend of the
+//! backend's socket (containers, tests), with its own shared memory holding the split rings and
+//! the data buffers ([`DmaBuf`]), so requests are zero-copy. Drivers see queues through the
+//! [`transport::Transport`] trait only; a userspace virtio-pci transport (a vNF in a VM with the
+//! device behind VFIO) would implement it, but is not written yet: in a VM, crypto goes through
+//! the guest kernel's `virtio_crypto` driver.
+//!
+//! The crypto API:
 //!
 //! - [`CryptoDevice::connect`]: connect, negotiate, read [`capabilities`](CryptoDevice::capabilities).
 //! - [`CryptoDevice::create_session`] → [`Session`] (destroyed on drop), with synchronous
@@ -12,8 +24,6 @@
 //!   [`Op`]s over [`DmaBuf`]s, [`Queue::push`] many, [`Queue::flush`] once (one kick at most),
 //!   then [`Queue::poll`] / [`Queue::wait`] for [`Completion`]s, whose `result` tells an
 //!   authentication failure ([`CryptoError::AuthFailed`]) from a bad request.
-//! - [`RawQueue`]: descriptor-level access for tests that send malformed chains.
-//! - [`transport::Transport`]: virtio-user now, a userspace virtio-pci transport later.
 //!
 //! ```no_run
 //! use dpacc_guest::{CryptoDevice, Op, Options};
@@ -52,21 +62,29 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Features
+//!
+//! - `cli` (default): the `dpacc` command-line tool and what only it needs (clap, hex, the
+//!   in-process software driver for `dpacc bench`). A vNF turns it off
+//!   (`default-features = false`) and links the library alone.
+//! - `testing`: `RawQueue` (`Queue::raw`, `CryptoDevice::with_raw_ctrl`), descriptor-level
+//!   access for tests that send malformed chains.
 
 #![deny(missing_docs)]
 
-mod device;
+mod crypto;
 pub mod error;
 pub mod mem;
 pub mod net;
-pub mod request;
-mod session;
 pub mod transport;
 pub mod virtq;
 
-pub use device::{ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, RawQueue, Rejected};
+pub use crypto::request;
+#[cfg(feature = "testing")]
+pub use crypto::RawQueue;
+pub use crypto::{ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, Rejected, Session};
 pub use dpacc_spec::{Capabilities, CryptoError};
 pub use error::{Error, Result};
 pub use mem::DmaBuf;
-pub use session::Session;
 pub use virtq::{CompletionMode, RawDesc, UsedElem};

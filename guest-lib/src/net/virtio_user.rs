@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::FrameIo;
 use crate::mem::SharedMemory;
 use crate::transport::virtio_user::VirtioUser;
-use crate::transport::{QueueSetup, Transport, VIRTIO_RING_F_EVENT_IDX};
+use crate::transport::{setup_split_queue, Transport};
 use crate::virtq::{Notifier, RawDesc, RingLayout, SplitQueue};
 use crate::{Error, Result};
 
@@ -93,27 +93,11 @@ impl VirtioNetPort {
         let tx_off = rx_off + (usize::from(qs) * opts.rx_buf).next_multiple_of(4096);
         let total = tx_off + usize::from(qs) * TX_SLOT;
         let mem = t.setup_memory(total)?;
-        let event_idx = t.features() & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut mk = |index: u16, off: usize| -> Result<(SplitQueue, Box<dyn Notifier>)> {
-            let ptr = mem
-                .ptr_at(off, ring)
-                .ok_or(Error::InvalidArgument("memory too small"))?;
-            // SAFETY: `off` is a multiple of the 4 KiB-rounded ring size inside the fresh,
-            // zeroed shared mapping, used by this queue only.
-            let q = unsafe { SplitQueue::new(ptr, mem.gpa(off), qs, event_idx, true)? };
-            let (d, a, u) = q.ring_gpas();
-            let (dp, ap, up) = q.ring_ptrs();
-            let n = t.setup_queue(&QueueSetup {
-                index,
-                size: qs,
-                desc: (d, dp as u64),
-                avail: (a, ap as u64),
-                used: (u, up as u64),
-            })?;
-            Ok((q, n))
-        };
-        let (rx, rx_n) = mk(0, 0)?;
-        let (tx, tx_n) = mk(1, ring)?;
+        // SAFETY: the two rings sit at 0 and `ring` (a 4 KiB multiple) of the fresh, zeroed
+        // mapping, used by their queue only; `mem` is kept beside the queues in `Self`.
+        let (rx, rx_n) = unsafe { setup_split_queue(&mut t, &mem, 0, 0, qs, true)? };
+        // SAFETY: as above.
+        let (tx, tx_n) = unsafe { setup_split_queue(&mut t, &mem, ring, 1, qs, true)? };
         t.activate()?;
         let mut me = Self {
             _t: t,

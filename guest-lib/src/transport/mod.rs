@@ -1,18 +1,19 @@
-//! How the library reaches a virtio-crypto device.
+//! How the library reaches a virtio device (the crypto device or a fast-path net port).
 //!
 //! A [`Transport`] negotiates features, reads the config space, provides the shared memory the
-//! device can address, and wires up queues (addresses, kick and call). The crypto layer above
-//! only ever sees [`SplitQueue`](crate::virtq::SplitQueue)s and [`Notifier`]s.
-//! [`virtio_user::VirtioUser`] is the vhost-user transport; a userspace virtio-pci transport (a
-//! vNF in a VM, device behind VFIO) would implement the same trait.
+//! device can address, and wires up queues (addresses, kick and call). The device drivers above
+//! only ever see [`SplitQueue`]s and [`Notifier`]s, set up through the transport.
+//! [`virtio_user::VirtioUser`] is the one transport today: this process is the vhost-user
+//! frontend of the backend's socket (containers, tests). A userspace virtio-pci transport (a
+//! vNF in a VM, device behind VFIO) would implement the same trait; it is not written yet.
 
 pub mod virtio_user;
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mem::SharedMemory;
-use crate::virtq::Notifier;
+use crate::virtq::{Notifier, RingLayout, SplitQueue};
 
 /// virtio feature bit: modern device (virtio 1.x).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -24,7 +25,7 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Where one queue's rings are, for the device.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueSetup {
-    /// Queue index (data queues first, control queue last).
+    /// Queue index (crypto: data queues first, control queue last; net: RX, TX).
     pub index: u16,
     /// Number of entries.
     pub size: u16,
@@ -40,7 +41,7 @@ pub struct QueueSetup {
 pub trait Transport: Send {
     /// virtio feature bits that were negotiated.
     fn features(&self) -> u64;
-    /// Total queues the device has (data queues plus the control queue).
+    /// Total queues the device has (crypto: data queues plus the control queue).
     fn num_queues(&self) -> u16;
     /// Reads `buf.len()` bytes of the device config space from offset 0.
     fn read_config(&mut self, buf: &mut [u8]) -> Result<()>;
@@ -50,4 +51,44 @@ pub trait Transport: Send {
     fn setup_queue(&mut self, q: &QueueSetup) -> Result<Box<dyn Notifier>>;
     /// Starts the queues set up so far.
     fn activate(&mut self) -> Result<()>;
+}
+
+/// Lays out a split queue of `size` entries at byte `off` of `mem` (as [`RingLayout`] says),
+/// tells the device where it is through `t` and returns it with its notifier. EVENT_IDX is used
+/// when `t` negotiated it; `interrupts` says whether the queue asks the device for used-buffer
+/// notifications.
+///
+/// # Safety
+/// The `RingLayout::new(size).total` bytes at `off` must be zeroed and used by nobody but this
+/// queue and its device while the queue exists, and `mem` must outlive the queue (keep an
+/// `Arc` beside it).
+pub(crate) unsafe fn setup_split_queue(
+    t: &mut dyn Transport,
+    mem: &SharedMemory,
+    off: usize,
+    index: u16,
+    size: u16,
+    interrupts: bool,
+) -> Result<(SplitQueue, Box<dyn Notifier>)> {
+    if off % 4096 != 0 {
+        return Err(Error::InvalidArgument("ring offset must be 4 KiB-aligned"));
+    }
+    let ptr = mem
+        .ptr_at(off, RingLayout::new(size).total)
+        .ok_or(Error::InvalidArgument("memory too small"))?;
+    let event_idx = t.features() & VIRTIO_RING_F_EVENT_IDX != 0;
+    // SAFETY: `ptr` is 4 KiB-aligned (the mapping is page-aligned and so is `off`) and has the
+    // ring's bytes inside the mapping (checked above); zeroed, private to this queue and mapped
+    // long enough is what our caller promised.
+    let vq = unsafe { SplitQueue::new(ptr, mem.gpa(off), size, event_idx, interrupts)? };
+    let (d, a, u) = vq.ring_gpas();
+    let (dp, ap, up) = vq.ring_ptrs();
+    let notifier = t.setup_queue(&QueueSetup {
+        index,
+        size,
+        desc: (d, dp as u64),
+        avail: (a, ap as u64),
+        used: (u, up as u64),
+    })?;
+    Ok((vq, notifier))
 }

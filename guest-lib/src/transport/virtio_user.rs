@@ -57,8 +57,10 @@ impl VirtioUser {
         want_event_idx: bool,
         want_indirect: bool,
     ) -> Result<Self> {
-        let mut fe = Frontend::connect(path, 1)
-            .map_err(|e| Error::Transport(format!("connect {}: {e}", path.display())))?;
+        let mut fe = Frontend::connect(path, 1).map_err(|source| Error::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
         fe.set_owner()?;
         let offered = fe.get_features()?;
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();

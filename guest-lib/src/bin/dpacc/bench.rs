@@ -10,7 +10,7 @@ use dpacc_spec::{
     Completion, CryptoDriver, CryptoOp, Direction, Iv, MacAlg, Seg, SessionHandle, SessionParams,
 };
 
-use crate::{usage, Alg, AlgKind, DigestAlg, Fail};
+use crate::{usage, Alg, AlgKind, CliError, DigestAlg};
 
 /// Parsed `bench` arguments.
 pub struct Args {
@@ -35,7 +35,7 @@ const KEY: [u8; 64] = [0x42; 64];
 /// one completes, so the device always has work queued while the thread reaps completions.
 const IN_FLIGHT_BATCHES: usize = 4;
 
-fn params(alg: &str, size: usize) -> Result<(SessionParams<'static>, Kind), Fail> {
+fn params(alg: &str, size: usize) -> Result<(SessionParams<'static>, Kind), CliError> {
     if let Ok(a) = Alg::from_str(alg, true) {
         return Ok(match a.kind() {
             AlgKind::Cipher(c, klen) => {
@@ -114,7 +114,7 @@ impl Stats {
     }
 }
 
-pub fn run(a: Args) -> Result<(), Fail> {
+pub fn run(a: Args) -> Result<(), CliError> {
     if a.size == 0 || a.batch == 0 || a.queues == 0 || a.seconds.is_nan() || a.seconds <= 0.0 {
         return Err(usage(
             "--size, --batch, --queues and --seconds must be positive",
@@ -140,9 +140,9 @@ pub fn run(a: Args) -> Result<(), Fail> {
         arena_size: per_op * depth * a.queues as usize + (1 << 20),
         ..Options::default()
     };
-    let dev = CryptoDevice::connect(&a.socket, opts).map_err(|e| Fail {
-        code: 1,
-        msg: format!("cannot use the device at {}: {e}", a.socket.display()),
+    let dev = CryptoDevice::connect(&a.socket, opts).map_err(|source| CliError::Connect {
+        path: a.socket.clone(),
+        source,
     })?;
     let session = dev.create_session(&p)?;
     println!(
@@ -158,7 +158,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
             ""
         }
     );
-    let results: Vec<Result<Stats, Fail>> = std::thread::scope(|sc| {
+    let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..a.queues)
             .map(|i| {
                 let (dev, session) = (&dev, &session);
@@ -166,14 +166,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Fail {
-                        code: 1,
-                        msg: "bench thread panicked".into(),
-                    })
-                })
-            })
+            .map(|h| h.join().unwrap_or(Err(CliError::Panicked("bench thread"))))
             .collect()
     });
     let mut dev_stats = Stats { ops: 0, secs: 0.0 };
@@ -219,7 +212,7 @@ fn device_thread(
     size: usize,
     batch: usize,
     dur: Duration,
-) -> Result<Stats, Fail> {
+) -> Result<Stats, CliError> {
     let mut q = dev.queue(qi)?;
     let iv = vec![7u8; iv_len(kind)];
     // Buffers for `IN_FLIGHT_BATCHES` batches (capped by what the ring can hold).
@@ -284,7 +277,7 @@ fn device_thread(
 /// Operations per second of the in-process software driver for AES-128-GCM encryption of
 /// `size` bytes, batched by `batch`, on one thread (the raw figure ESP encapsulation is
 /// compared with).
-pub fn software_gcm128(size: usize, batch: usize, dur: Duration) -> Result<f64, Fail> {
+pub fn software_gcm128(size: usize, batch: usize, dur: Duration) -> Result<f64, CliError> {
     let p = SessionParams::Aead {
         alg: dpacc_spec::AeadAlg::AesGcm,
         key: &KEY[..16],
@@ -305,12 +298,10 @@ fn software(
     batch: usize,
     threads: u16,
     dur: Duration,
-) -> Result<Option<Stats>, Fail> {
+) -> Result<Option<Stats>, CliError> {
     let drv = dpacc_sw::SwDriver::new();
-    let handle = drv
-        .create_session(p)
-        .map_err(|e| Fail::from(dpacc_guest::Error::Crypto(e)))?;
-    let results: Vec<Result<Stats, Fail>> = std::thread::scope(|sc| {
+    let handle = drv.create_session(p).map_err(CliError::from)?;
+    let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let (drv, handle) = (&drv, &handle);
@@ -319,12 +310,8 @@ fn software(
             .collect();
         hs.into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Fail {
-                        code: 1,
-                        msg: "software bench thread panicked".into(),
-                    })
-                })
+                h.join()
+                    .unwrap_or(Err(CliError::Panicked("software bench thread")))
             })
             .collect()
     });
@@ -344,8 +331,8 @@ fn sw_thread(
     size: usize,
     batch: usize,
     dur: Duration,
-) -> Result<Stats, Fail> {
-    let sw_err = |e| Fail::from(dpacc_guest::Error::Crypto(e));
+) -> Result<Stats, CliError> {
+    let sw_err = CliError::from;
     let mut queue = drv.open_queue(batch).map_err(sw_err)?;
     let srcs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0x5a; size]).collect();
     let mut dsts: Vec<Vec<u8>> = (0..batch).map(|_| vec![0; size]).collect();
@@ -397,10 +384,7 @@ fn sw_thread(
         }
         n += taken as u64;
         if taken == 0 {
-            return Err(Fail {
-                code: 1,
-                msg: "software queue refused every operation".into(),
-            });
+            return Err(CliError::SoftwareQueueRefused);
         }
     }
     Ok(Stats {

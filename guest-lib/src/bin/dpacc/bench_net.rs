@@ -13,7 +13,7 @@ use dpacc_spec::fastpath::flow::{Action, FlowSpec, Match};
 use dpacc_spec::fastpath::proto::{SaDirection, SaSpec};
 use dpacc_spec::fastpath::PortId;
 
-use crate::{usage, Fail};
+use crate::{usage, CliError};
 
 /// Options of `dpacc bench net`.
 #[derive(clap::Args, Debug)]
@@ -61,7 +61,7 @@ fn frame(size: usize, dst_mac: [u8; 6]) -> Vec<u8> {
 }
 
 /// Runs the benchmark and prints the figures.
-pub fn run(a: Args) -> Result<(), Fail> {
+pub fn run(a: Args) -> Result<(), CliError> {
     if !(60..=1514).contains(&a.size) || a.batch == 0 || a.batch > 128 {
         return Err(usage("--size must be 60..1514 and --batch 1..128"));
     }
@@ -148,7 +148,7 @@ fn drive(
     mut rx: Option<&mut VirtioNetPort>,
     frames: &[&[u8]],
     dur: Duration,
-) -> Result<(u64, u64, f64), Fail> {
+) -> Result<(u64, u64, f64), CliError> {
     let mut buf = vec![0u8; 2048];
     let (mut sent, mut got) = (0u64, 0u64);
     let start = Instant::now();

@@ -11,7 +11,7 @@ use dpacc_spec::fastpath::flow::{Action, Bucket, FlowSpec, Match, Prefix};
 use dpacc_spec::fastpath::proto::{SaDirection, SaSpec, ETHERTYPE};
 use dpacc_spec::fastpath::PortId;
 
-use crate::{usage, Fail};
+use crate::{usage, CliError};
 
 /// Operations.
 #[derive(Subcommand, Debug)]
@@ -97,7 +97,7 @@ pub enum FlowOp {
     },
 }
 
-fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, Fail> {
+fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, CliError> {
     let r = if let Some(h) = v.strip_prefix("0x") {
         u64::from_str_radix(h, 16)
             .ok()
@@ -108,7 +108,7 @@ fn num<T: std::str::FromStr>(what: &str, v: &str) -> Result<T, Fail> {
     r.ok_or_else(|| usage(format!("bad {what} '{v}'")))
 }
 
-fn prefix(v: &str) -> Result<Prefix, Fail> {
+fn prefix(v: &str) -> Result<Prefix, CliError> {
     let (a, l) = v.split_once('/').unwrap_or((v, ""));
     let addr: IpAddr = a.parse().map_err(|_| usage(format!("bad address '{a}'")))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -123,7 +123,7 @@ fn prefix(v: &str) -> Result<Prefix, Fail> {
     Ok(Prefix { addr, len })
 }
 
-fn mac(v: &str) -> Result<[u8; 6], Fail> {
+fn mac(v: &str) -> Result<[u8; 6], CliError> {
     let b: Vec<u8> = v
         .split(':')
         .map(|p| u8::from_str_radix(p, 16))
@@ -133,7 +133,7 @@ fn mac(v: &str) -> Result<[u8; 6], Fail> {
 }
 
 /// Parses the `--match` syntax.
-pub fn parse_match(s: &str) -> Result<Match, Fail> {
+pub fn parse_match(s: &str) -> Result<Match, CliError> {
     let mut m = Match::default();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (k, v) = item.split_once('=').unwrap_or((item, ""));
@@ -160,7 +160,7 @@ pub fn parse_match(s: &str) -> Result<Match, Fail> {
 }
 
 /// Parses the `--actions` syntax.
-pub fn parse_actions(s: &str) -> Result<Vec<Action>, Fail> {
+pub fn parse_actions(s: &str) -> Result<Vec<Action>, CliError> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (k, v) = item.split_once(':').unwrap_or((item, ""));
@@ -190,14 +190,14 @@ pub fn parse_actions(s: &str) -> Result<Vec<Action>, Fail> {
     Ok(out)
 }
 
-fn secs_ns(s: f64) -> Result<u64, Fail> {
+fn secs_ns(s: f64) -> Result<u64, CliError> {
     if !(0.0..=1e9).contains(&s) {
         return Err(usage(format!("bad timeout {s}")));
     }
     Ok((s * 1e9) as u64)
 }
 
-fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), Fail> {
+fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), CliError> {
     match op {
         FlowOp::Add {
             cookie,
@@ -325,7 +325,7 @@ fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), Fail> {
 }
 
 /// Runs `dpacc flow`.
-pub fn run(socket: Option<PathBuf>, iface: Option<String>, op: FlowOp) -> Result<(), Fail> {
+pub fn run(socket: Option<PathBuf>, iface: Option<String>, op: FlowOp) -> Result<(), CliError> {
     match (socket, iface) {
         (Some(s), None) => {
             let port = VirtioNetPort::connect(&s, NetOptions::default())?;

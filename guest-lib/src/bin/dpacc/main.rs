@@ -15,9 +15,10 @@ use dpacc_spec::{
     AeadAlg, ChainAuth, ChainOrder, CipherAlg, Direction, HashAlg, MacAlg, SessionParams,
 };
 
-/// Offload crypto to a host accelerator through a dpacc virtio-crypto backend.
+/// Offload to host accelerators through dpacc: crypto through a virtio-crypto backend, and the
+/// flow processor of a fast-path virtio-net port.
 #[derive(Parser, Debug)]
-#[command(name = "dpacc", version, about, long_about = None)]
+#[command(name = "dpacc", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -260,78 +261,117 @@ enum Op {
     Decrypt,
 }
 
-/// A failure with its exit code.
-pub struct Fail {
-    code: u8,
-    msg: String,
+/// Why `dpacc` failed; [`CliError::exit_code`] says how it exits.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A usage mistake: bad arguments or input that cannot be valid.
+    #[error("{0}")]
+    Usage(String),
+    /// Verification failed (AEAD tag or chained MAC); nothing was written to stdout.
+    #[error("authentication failed: the data or its tag/MAC was modified (no output written)")]
+    AuthFailed,
+    /// The device at `path` could not be connected to or brought up.
+    #[error("cannot use the device at {}: {source}", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Error,
+    },
+    /// The library or the device refused an operation.
+    #[error(transparent)]
+    Device(Error),
+    /// Reading stdin or writing stdout failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread of `dpacc bench` panicked.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    /// The in-process software driver accepted none of a batch.
+    #[error("software queue refused every operation")]
+    SoftwareQueueRefused,
+}
+
+impl CliError {
+    /// 2 for usage mistakes (bad arguments, key/IV/digest/data lengths), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Device(e) => match e.crypto() {
+                Some(
+                    CryptoError::InvalidKeyLength
+                    | CryptoError::InvalidIvLength
+                    | CryptoError::InvalidDigestLength
+                    | CryptoError::InvalidDataLength,
+                ) => 2,
+                _ => 1,
+            },
+            _ => 1,
+        }
+    }
 }
 
 /// A usage mistake: exit 2.
-pub fn usage(msg: impl Into<String>) -> Fail {
-    Fail {
-        code: 2,
-        msg: msg.into(),
-    }
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
 }
 
-impl From<Error> for Fail {
+impl From<Error> for CliError {
     fn from(e: Error) -> Self {
-        let code = match e.crypto() {
-            Some(
-                CryptoError::InvalidKeyLength
-                | CryptoError::InvalidIvLength
-                | CryptoError::InvalidDigestLength
-                | CryptoError::InvalidDataLength,
-            ) => 2,
-            _ => 1,
-        };
-        let msg = match e.crypto() {
-            Some(CryptoError::AuthFailed) => {
-                "authentication failed: the data or its tag/MAC was modified (no output written)"
-                    .to_string()
-            }
-            _ => e.to_string(),
-        };
-        Fail { code, msg }
+        match e.crypto() {
+            Some(CryptoError::AuthFailed) => CliError::AuthFailed,
+            _ => CliError::Device(e),
+        }
     }
 }
 
-impl From<CryptoError> for Fail {
+impl From<CryptoError> for CliError {
     fn from(e: CryptoError) -> Self {
         Error::Crypto(e).into()
     }
 }
 
-fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>, Fail> {
+fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>, CliError> {
     hex::decode(v.trim()).map_err(|e| usage(format!("--{name}: not valid hex ({e})")))
 }
 
-fn read_stdin() -> Result<Vec<u8>, Fail> {
+fn read_stdin() -> Result<Vec<u8>, CliError> {
     let mut v = Vec::new();
-    std::io::stdin().read_to_end(&mut v).map_err(|e| Fail {
-        code: 1,
-        msg: format!("reading stdin: {e}"),
-    })?;
+    std::io::stdin()
+        .read_to_end(&mut v)
+        .map_err(|source| CliError::Io {
+            what: "reading stdin",
+            source,
+        })?;
     Ok(v)
 }
 
-fn write_stdout(b: &[u8]) -> Result<(), Fail> {
+fn write_stdout(b: &[u8]) -> Result<(), CliError> {
     let mut o = std::io::stdout().lock();
-    o.write_all(b).and_then(|()| o.flush()).map_err(|e| Fail {
-        code: 1,
-        msg: format!("writing stdout: {e}"),
-    })
+    o.write_all(b)
+        .and_then(|()| o.flush())
+        .map_err(|source| CliError::Io {
+            what: "writing stdout",
+            source,
+        })
 }
 
-fn connect(socket: &PathBuf, data_len: usize) -> Result<CryptoDevice, Fail> {
+fn connect(socket: &PathBuf, data_len: usize) -> Result<CryptoDevice, CliError> {
     let opts = Options {
         queues: Some(1),
         arena_size: data_len.saturating_mul(4).saturating_add(1 << 20),
         ..Options::default()
     };
-    CryptoDevice::connect(socket, opts).map_err(|e| Fail {
-        code: 1,
-        msg: format!("cannot use the device at {}: {e}", socket.display()),
+    CryptoDevice::connect(socket, opts).map_err(|source| CliError::Connect {
+        path: socket.clone(),
+        source,
     })
 }
 
@@ -345,7 +385,7 @@ fn crypto(
     auth_alg: Option<AuthAlg>,
     auth_key: Option<String>,
     op: Op,
-) -> Result<(), Fail> {
+) -> Result<(), CliError> {
     let key = hex_arg("key", &key)?;
     let aad = aad
         .map(|a| hex_arg("aad", &a))
@@ -391,7 +431,7 @@ fn crypto(
                 input
                     .len()
                     .checked_sub(mac_len)
-                    .ok_or_else(|| Fail::from(Error::Crypto(CryptoError::AuthFailed)))?
+                    .ok_or(CliError::AuthFailed)?
             } else {
                 input.len()
             };
@@ -462,7 +502,7 @@ fn crypto(
             }
             let input = read_stdin()?;
             if dir == Direction::Decrypt && input.len() < a.tag_len() {
-                return Err(Error::Crypto(CryptoError::AuthFailed).into());
+                return Err(CliError::AuthFailed);
             }
             let dev = connect(&socket, input.len())?;
             let s = dev.create_session(&SessionParams::Aead {
@@ -481,7 +521,7 @@ fn crypto(
     }
 }
 
-fn digest(socket: PathBuf, alg: DigestAlg, key: Option<String>) -> Result<(), Fail> {
+fn digest(socket: PathBuf, alg: DigestAlg, key: Option<String>) -> Result<(), CliError> {
     let (h, hmac) = alg.parts();
     let key = key.map(|k| hex_arg("key", &k)).transpose()?;
     let params = match (hmac, &key) {
@@ -547,9 +587,9 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("dpacc: {}", f.msg);
-            ExitCode::from(f.code)
+        Err(e) => {
+            eprintln!("dpacc: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use dpacc_spec::{CryptoError, Direction, SessionInfo};
 
-use crate::device::{Completion, Inner, Op};
+use super::device::Inner;
+use super::op::{Completion, Op};
+use super::request::digest_len;
 use crate::error::{Error, Result};
 use crate::mem::DmaBuf;
-use crate::request::digest_len;
 
 /// A device session (keys live in the backend). Destroyed over the control queue by
 /// [`close`](Self::close) or on drop. `Send + Sync`: build [`Op`]s for it from any thread.
@@ -29,7 +30,7 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(dev: Arc<Inner>, id: u64, service: u32, info: SessionInfo) -> Self {
+    pub(super) fn new(dev: Arc<Inner>, id: u64, service: u32, info: SessionInfo) -> Self {
         Self {
             dev,
             id,
@@ -70,7 +71,7 @@ impl Session {
     }
 
     fn alloc(&self, len: usize) -> Result<DmaBuf> {
-        DmaBuf::alloc(self.dev.shared(), len)
+        DmaBuf::alloc(&self.dev.shared, len)
     }
 
     fn alloc_from(&self, data: &[u8]) -> Result<DmaBuf> {

@@ -1,0 +1,263 @@
+//! The device handle: how to connect ([`Options`]), bringing the device up (negotiation, the
+//! shared region's layout, the queues) and what [`CryptoDevice`] offers once it is up.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dpacc_spec::virtio_crypto::{Config, S_HW_READY};
+use dpacc_spec::{Capabilities, CryptoError, SessionParams};
+use vm_memory::ByteValued;
+
+use super::control::CtrlState;
+use super::layout::{CTRL_SCRATCH, SLOT_SIZE};
+use super::op::{Completion, Op};
+use super::queue::{Queue, QueueState};
+use super::session::Session;
+use crate::error::{Error, Result};
+use crate::mem::{Arena, DmaBuf, Shared};
+use crate::transport::virtio_user::VirtioUser;
+use crate::transport::{setup_split_queue, Transport, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::virtq::{CompletionMode, RingLayout};
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Data queues to use (`None`: all the device offers).
+    pub queues: Option<u16>,
+    /// Entries per data queue (a power of two).
+    pub queue_size: u16,
+    /// How completions are noticed.
+    pub completion: CompletionMode,
+    /// Bytes of shared memory for [`DmaBuf`]s.
+    pub arena_size: usize,
+    /// How long to wait for a completion before giving up.
+    pub timeout: Duration,
+    /// Negotiate `VIRTIO_RING_F_EVENT_IDX` when offered.
+    pub event_idx: bool,
+    /// Use indirect descriptors when offered (one ring slot per request).
+    pub indirect: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            queues: None,
+            queue_size: 256,
+            completion: CompletionMode::Interrupt,
+            arena_size: 32 << 20,
+            timeout: Duration::from_secs(10),
+            event_idx: true,
+            indirect: true,
+        }
+    }
+}
+
+/// What every handle of one device shares.
+pub(super) struct Inner {
+    pub(super) shared: Arc<Shared>,
+    pub(super) ctrl: Mutex<CtrlState>,
+    /// The data queues not taken by a [`Queue`] handle, by index.
+    pool: Mutex<Vec<Option<QueueState>>>,
+    caps: Capabilities,
+    config: Config,
+    pub(super) opts: Options,
+    pub(super) indirect: bool,
+    // Last: the connection closes after everything above is gone.
+    _transport: Mutex<Box<dyn Transport>>,
+}
+
+/// A connected virtio-crypto device. Cheap to clone (an `Arc`); `Send + Sync`.
+#[derive(Clone)]
+pub struct CryptoDevice {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CryptoDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoDevice")
+            .field("queues", &self.num_queues())
+            .field("caps", &self.inner.caps)
+            .finish()
+    }
+}
+
+/// Locks `m`; a panic in another holder does not make the device unusable.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CryptoDevice {
+    /// Connects to a vhost-user backend's socket (virtio-user transport).
+    pub fn connect(path: impl AsRef<Path>, opts: Options) -> Result<Self> {
+        let t = VirtioUser::connect(path.as_ref(), opts.event_idx, opts.indirect)?;
+        Self::with_transport(Box::new(t), opts)
+    }
+
+    /// Brings the device up over any [`Transport`].
+    pub fn with_transport(mut t: Box<dyn Transport>, opts: Options) -> Result<Self> {
+        let mut cfg = Config::default();
+        t.read_config(cfg.as_mut_slice())?;
+        if cfg.status.to_native() & S_HW_READY == 0 {
+            return Err(Error::Unsupported(
+                "a ready device (config status S_HW_READY)",
+            ));
+        }
+        let max = cfg.max_dataqueues.to_native();
+        if max == 0 || max as u64 + 1 > t.num_queues() as u64 {
+            return Err(Error::Protocol(
+                "max_dataqueues does not match the device's queue count",
+            ));
+        }
+        let n = opts.queues.unwrap_or(max as u16);
+        if n == 0 || n as u32 > max {
+            return Err(Error::InvalidArgument(
+                "more data queues than the device has",
+            ));
+        }
+        let qsize = opts.queue_size;
+        if qsize == 0 || !qsize.is_power_of_two() || qsize > 32768 {
+            return Err(Error::InvalidArgument("queue size must be a power of two"));
+        }
+        let ctrl_size = qsize.min(64);
+        let indirect = opts.indirect && t.features() & VIRTIO_RING_F_INDIRECT_DESC != 0;
+
+        // Region layout: data rings, control ring, control scratch, request slots, arena. Rings
+        // and the scratch are 4 KiB multiples, so every ring starts 4 KiB-aligned.
+        let dring = RingLayout::new(qsize).total;
+        let cring = RingLayout::new(ctrl_size).total;
+        let ctrl_ring_off = dring * n as usize;
+        let scratch_off = ctrl_ring_off + cring;
+        let slots_off = scratch_off + CTRL_SCRATCH;
+        let slots_len = SLOT_SIZE * qsize as usize;
+        let arena_off = slots_off + slots_len * n as usize;
+        let total = arena_off
+            .checked_add(opts.arena_size)
+            .ok_or(Error::InvalidArgument("arena size"))?;
+        let mem = t.setup_memory(total)?;
+        let interrupts = opts.completion == CompletionMode::Interrupt;
+
+        let mut pool = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let off = dring * i as usize;
+            // SAFETY: data ring `i` has its own part of the fresh, zeroed region (layout above);
+            // `mem` outlives the queue (kept in `Inner::shared`, dropped after the queues).
+            let (vq, notifier) =
+                unsafe { setup_split_queue(&mut *t, &mem, off, i, qsize, interrupts)? };
+            let slots = slots_off + slots_len * i as usize;
+            pool.push(Some(QueueState::new(i, vq, notifier, slots)));
+        }
+        // The control queue always sleeps on its call eventfd.
+        // SAFETY: as above, the control ring's own part of the region.
+        let (cvq, cn) = unsafe {
+            setup_split_queue(&mut *t, &mem, ctrl_ring_off, max as u16, ctrl_size, true)?
+        };
+        t.activate()?;
+
+        let shared = Arc::new(Shared {
+            arena: Arena::new(arena_off, mem.len() - arena_off),
+            mem,
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                ctrl: Mutex::new(CtrlState::new(cvq, cn, scratch_off)),
+                pool: Mutex::new(pool),
+                caps: Capabilities::from_config(&cfg),
+                config: cfg,
+                opts,
+                indirect,
+                _transport: Mutex::new(t),
+            }),
+        })
+    }
+
+    /// What the device advertises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+
+    /// The raw config space.
+    pub fn config(&self) -> Config {
+        self.inner.config
+    }
+
+    /// Data queues in use.
+    pub fn num_queues(&self) -> u16 {
+        lock(&self.inner.pool).len() as u16
+    }
+
+    /// Whether requests go through indirect descriptor tables.
+    pub fn uses_indirect(&self) -> bool {
+        self.inner.indirect
+    }
+
+    /// Allocates a zeroed buffer of `len` bytes in the shared region.
+    pub fn alloc(&self, len: usize) -> Result<DmaBuf> {
+        DmaBuf::alloc(&self.inner.shared, len)
+    }
+
+    /// Allocates a buffer holding a copy of `data`.
+    pub fn alloc_from(&self, data: &[u8]) -> Result<DmaBuf> {
+        let mut b = self.alloc(data.len())?;
+        b.as_mut_slice().copy_from_slice(data);
+        Ok(b)
+    }
+
+    /// Creates a session over the control queue. Parameters are validated first (bad key or
+    /// digest lengths are [`CryptoError`]s without a device round trip).
+    pub fn create_session(&self, params: &SessionParams<'_>) -> Result<Session> {
+        let p = params.validated()?;
+        if !self.inner.caps.supports(&p) {
+            return Err(CryptoError::Unsupported.into());
+        }
+        let id = self.inner.create_session(&p)?;
+        Ok(Session::new(self.inner.clone(), id, p.service(), p.info()))
+    }
+
+    /// Takes data queue `index` for the caller's exclusive use (one per thread, no locks on the
+    /// data path). It returns to the device when the handle drops.
+    pub fn queue(&self, index: u16) -> Result<Queue> {
+        let mut pool = lock(&self.inner.pool);
+        let slot = pool
+            .get_mut(index as usize)
+            .ok_or(Error::InvalidArgument("queue index"))?;
+        let st = slot.take().ok_or(Error::NoQueue)?;
+        Ok(Queue::new(self.inner.clone(), st))
+    }
+
+    /// Takes any free data queue.
+    pub fn any_queue(&self) -> Result<Queue> {
+        let st = self.inner.take_any()?;
+        Ok(Queue::new(self.inner.clone(), st))
+    }
+
+    /// Runs one operation synchronously on any free data queue.
+    pub fn run(&self, op: Op) -> Result<Completion> {
+        self.inner.run_with(op)
+    }
+}
+
+impl Inner {
+    fn take_any(&self) -> Result<QueueState> {
+        let mut pool = lock(&self.pool);
+        pool.iter_mut()
+            .find_map(|s| s.take_if(|q| !q.broken))
+            .ok_or(Error::NoQueue)
+    }
+
+    /// Returns a queue taken by a [`Queue`] handle.
+    pub(super) fn put_back(&self, st: QueueState) {
+        let mut pool = lock(&self.pool);
+        let i = st.index as usize;
+        if let Some(s) = pool.get_mut(i) {
+            *s = Some(st);
+        }
+    }
+
+    /// Runs one operation synchronously on any free data queue.
+    pub(super) fn run_with(self: &Arc<Self>, op: Op) -> Result<Completion> {
+        let mut q = Queue::new(self.clone(), self.take_any()?);
+        q.run(op)
+    }
+}

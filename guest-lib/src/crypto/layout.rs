@@ -1,0 +1,73 @@
+//! Where the driver keeps request headers in the shared region: one slot per data-queue entry
+//! (indirect table, data request, IV, status) and one control scratch area (control request,
+//! keys, session input). The offsets are checked against the spec structs at compile time.
+
+use std::mem::{align_of, offset_of, size_of};
+
+use dpacc_spec::algo::{MAX_AUTH_KEY_LEN, MAX_CIPHER_KEY_LEN};
+use dpacc_spec::virtio_crypto::{DataRequest, SessionInput, CTRL_REQ_SIZE, DATA_REQ_SIZE};
+use dpacc_spec::Iv;
+
+use crate::mem::DMA_ALIGN;
+use crate::virtq::DESC_SIZE;
+
+/// Most descriptors one data request takes: request, IV, source, AAD, then destination and
+/// digest (a chain writes both), then the status byte. Zero-length parts are left out.
+pub(super) const MAX_REQ_DESCS: usize = 7;
+/// The device-writable status of a data request or a destroy-session request
+/// (`struct virtio_crypto_inhdr`: one byte).
+pub(super) const STATUS_LEN: usize = 1;
+/// Status byte value before the device writes one.
+pub(super) const STATUS_UNSET: u8 = 0xff;
+
+/// Bytes of per-request memory, one slot per data-queue entry.
+pub(super) const SLOT_SIZE: usize = 256;
+/// The slot's indirect descriptor table (room for [`MAX_REQ_DESCS`]).
+pub(super) const SLOT_TABLE: usize = 0;
+/// The slot's data request ([`DATA_REQ_SIZE`] bytes).
+pub(super) const SLOT_REQ: usize = 128;
+/// The slot's IV (up to [`Iv::MAX`] bytes).
+pub(super) const SLOT_IV: usize = SLOT_REQ + DATA_REQ_SIZE;
+/// The slot's status byte.
+pub(super) const SLOT_STATUS: usize = SLOT_IV + Iv::MAX;
+
+const _: () = {
+    // In order, without overlap, inside the slot.
+    assert!(SLOT_TABLE + MAX_REQ_DESCS * DESC_SIZE <= SLOT_REQ);
+    assert!(SLOT_REQ + DATA_REQ_SIZE <= SLOT_IV);
+    assert!(SLOT_IV + Iv::MAX <= SLOT_STATUS);
+    assert!(SLOT_STATUS + STATUS_LEN <= SLOT_SIZE);
+    assert!(size_of::<DataRequest>() == DATA_REQ_SIZE);
+    // Every slot's indirect table is 16-byte aligned (as `SplitQueue::add_indirect` asks), the
+    // request naturally aligned, and the arena after the slots stays cache-line aligned.
+    assert!(SLOT_TABLE % DESC_SIZE == 0 && SLOT_SIZE % DESC_SIZE == 0);
+    assert!(SLOT_REQ % align_of::<DataRequest>() == 0);
+    assert!(SLOT_SIZE % DMA_ALIGN == 0);
+};
+
+/// Bytes of the control queue's scratch area (one request at a time: the queue's lock).
+pub(super) const CTRL_SCRATCH: usize = 4096;
+/// The control request ([`CTRL_REQ_SIZE`] bytes).
+pub(super) const CTRL_REQ: usize = 0;
+/// The key material following a create-session request.
+pub(super) const CTRL_KEYS: usize = 128;
+/// The device-writable part: a [`SessionInput`] (create) or a status byte (destroy).
+pub(super) const CTRL_INPUT: usize = 2048;
+/// Bytes of a [`SessionInput`].
+pub(super) const SESSION_INPUT_LEN: usize = size_of::<SessionInput>();
+/// Offset of the status inside a [`SessionInput`].
+pub(super) const SESSION_INPUT_STATUS: usize = offset_of!(SessionInput, status);
+/// Bytes a device must write for a usable [`SessionInput`]: the session id and the status.
+pub(super) const SESSION_INPUT_MIN: usize = offset_of!(SessionInput, padding);
+
+const _: () = {
+    assert!(CTRL_REQ + CTRL_REQ_SIZE <= CTRL_KEYS);
+    // The longest keys a valid session carries (a chain: cipher key and MAC key) fit.
+    assert!(CTRL_KEYS + MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN <= CTRL_INPUT);
+    assert!(CTRL_INPUT + SESSION_INPUT_LEN <= CTRL_SCRATCH);
+    assert!(CTRL_INPUT + STATUS_LEN <= CTRL_SCRATCH);
+    assert!(CTRL_INPUT % align_of::<SessionInput>() == 0);
+    assert!(SESSION_INPUT_STATUS + size_of::<u32>() == SESSION_INPUT_MIN);
+    // What follows the scratch (the request slots, then the arena) stays page aligned.
+    assert!(CTRL_SCRATCH % 4096 == 0);
+};

@@ -1,0 +1,406 @@
+//! A data queue: the asynchronous batch API ([`Queue`]: push, flush, poll, wait) over one
+//! split queue and its per-request slots.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dpacc_spec::error::status_to_result;
+use dpacc_spec::virtio_crypto::DATA_REQ_SIZE;
+use dpacc_spec::CryptoError;
+use vm_memory::ByteValued;
+
+use super::device::Inner;
+use super::layout::{
+    MAX_REQ_DESCS, SLOT_IV, SLOT_REQ, SLOT_SIZE, SLOT_STATUS, SLOT_TABLE, STATUS_LEN, STATUS_UNSET,
+};
+use super::op::{Completion, Op, OpKind};
+use crate::error::{Error, Result};
+use crate::mem::DmaBuf;
+use crate::virtq::{CompletionMode, Notifier, RawDesc, SplitQueue};
+
+/// Tokens of chains posted through the raw API (the crypto path ignores their completions).
+pub(super) const RAW_TOKEN: u64 = 1 << 63;
+
+/// One data queue's driver state.
+pub(super) struct QueueState {
+    pub(super) index: u16,
+    pub(super) vq: SplitQueue,
+    pub(super) notifier: Box<dyn Notifier>,
+    /// Offset of this queue's request slots in the region.
+    slots_off: usize,
+    slots: Vec<Option<Op>>,
+    free_slots: Vec<u16>,
+    pub(super) broken: bool,
+}
+
+impl QueueState {
+    /// A fresh queue of `vq.size()` entries whose request slots start at `slots_off`.
+    pub(super) fn new(
+        index: u16,
+        vq: SplitQueue,
+        notifier: Box<dyn Notifier>,
+        slots_off: usize,
+    ) -> Self {
+        let size = vq.size();
+        Self {
+            index,
+            vq,
+            notifier,
+            slots_off,
+            slots: (0..size).map(|_| None).collect(),
+            free_slots: (0..size).rev().collect(),
+            broken: false,
+        }
+    }
+}
+
+/// A push the queue refused before the device saw it; the operation (and its buffers) comes
+/// back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected {
+    /// Why.
+    pub error: Error,
+    /// The operation, untouched.
+    pub op: Op,
+}
+
+/// Exclusive handle to one data queue: the asynchronous batch API (and, with the `testing`
+/// feature, descriptor-level access through `Queue::raw`).
+///
+/// `push` operations (no device notification), `flush` once per batch (one kick at most, and
+/// none if EVENT_IDX says the device is still busy), then `poll` or `wait` for
+/// [`Completion`]s. Nothing on this path allocates. Give each thread its own `Queue`.
+pub struct Queue {
+    pub(super) dev: Arc<Inner>,
+    st: Option<QueueState>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("index", &self.st.as_ref().map(|s| s.index))
+            .finish()
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(st) = self.st.take() {
+            self.dev.put_back(st);
+        }
+    }
+}
+
+impl Queue {
+    pub(super) fn new(dev: Arc<Inner>, st: QueueState) -> Self {
+        Self { dev, st: Some(st) }
+    }
+
+    pub(super) fn st(&mut self) -> &mut QueueState {
+        // Invariant: `st` is `Some` from construction until `drop`.
+        self.st.as_mut().expect("queue state present until drop")
+    }
+
+    /// The data queue index.
+    pub fn index(&self) -> u16 {
+        self.st.as_ref().map_or(u16::MAX, |s| s.index)
+    }
+
+    /// Operations pushed and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.st
+            .as_ref()
+            .map_or(0, |s| s.slots.len() - s.free_slots.len())
+    }
+
+    /// How many more operations can be pushed right now.
+    pub fn free_slots(&self) -> usize {
+        let Some(s) = self.st.as_ref() else { return 0 };
+        let descs = if self.dev.indirect {
+            s.vq.num_free() as usize
+        } else {
+            s.vq.num_free() as usize / MAX_REQ_DESCS
+        };
+        s.free_slots.len().min(descs)
+    }
+
+    /// Adds an operation without notifying the device. Lengths are checked here; a bad
+    /// operation, a full queue or a buffer from another device is [`Rejected`] with the
+    /// operation handed back.
+    // The op travels back by value in the error so a rejection costs no allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn push(&mut self, op: Op) -> std::result::Result<(), Rejected> {
+        let indirect = self.dev.indirect;
+        let shared = self.dev.shared.clone();
+        let st = self.st();
+        if st.broken {
+            return Err(Rejected {
+                error: Error::Protocol("queue broken by an earlier device protocol violation"),
+                op,
+            });
+        }
+        let (req, out_len) = match op.encode() {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(Rejected {
+                    error: e.into(),
+                    op,
+                })
+            }
+        };
+        let foreign = [&op.bufs.src, &op.bufs.dst, &op.bufs.aad, &op.bufs.digest]
+            .iter()
+            .any(|b| {
+                b.as_ref()
+                    .is_some_and(|b| !Arc::ptr_eq(b.shared(), &shared))
+            });
+        if foreign {
+            return Err(Rejected {
+                error: Error::InvalidArgument("DmaBuf from another device"),
+                op,
+            });
+        }
+        let Some(&slot) = st.free_slots.last() else {
+            return Err(Rejected {
+                error: Error::QueueFull,
+                op,
+            });
+        };
+        let mem = &shared.mem;
+        let soff = st.slots_off + slot as usize * SLOT_SIZE;
+        let iv = op.iv.as_slice();
+        // SAFETY: the slot is free (not referenced by any chain in flight) and private to this
+        // queue; all offsets are inside its SLOT_SIZE bytes.
+        unsafe {
+            let base = mem.as_ptr().add(soff);
+            std::ptr::copy_nonoverlapping(
+                req.as_slice().as_ptr(),
+                base.add(SLOT_REQ),
+                DATA_REQ_SIZE,
+            );
+            std::ptr::copy_nonoverlapping(iv.as_ptr(), base.add(SLOT_IV), iv.len());
+            *base.add(SLOT_STATUS) = STATUS_UNSET;
+        }
+        let b = &op.bufs;
+        let g = |o: &Option<DmaBuf>| o.as_ref().map_or((0, 0), |x| (x.gpa(), x.len() as u32));
+        let mut d = [RawDesc::default(); MAX_REQ_DESCS];
+        let mut k = 0;
+        let mut add = |desc: RawDesc| {
+            if desc.len > 0 {
+                d[k] = desc;
+                k += 1;
+            }
+        };
+        add(RawDesc::readable(
+            mem.gpa(soff + SLOT_REQ),
+            DATA_REQ_SIZE as u32,
+        ));
+        add(RawDesc::readable(mem.gpa(soff + SLOT_IV), iv.len() as u32));
+        let (src_gpa, src_len) = g(&b.src);
+        add(RawDesc::readable(src_gpa, src_len));
+        let (aad_gpa, aad_len) = g(&b.aad);
+        add(RawDesc::readable(aad_gpa, aad_len));
+        match op.kind {
+            OpKind::Hash => {
+                add(RawDesc::writable(g(&b.digest).0, out_len as u32));
+            }
+            OpKind::Chain => {
+                add(RawDesc::writable(g(&b.dst).0, src_len));
+                add(RawDesc::writable(
+                    g(&b.digest).0,
+                    (out_len - src_len as usize) as u32,
+                ));
+            }
+            OpKind::Cipher | OpKind::Aead => {
+                let dst = if op.in_place { src_gpa } else { g(&b.dst).0 };
+                add(RawDesc::writable(dst, out_len as u32));
+            }
+        }
+        add(RawDesc::writable(
+            mem.gpa(soff + SLOT_STATUS),
+            STATUS_LEN as u32,
+        ));
+        let chain = &d[..k];
+        let res = if indirect {
+            // SAFETY: the slot's table area (room for MAX_REQ_DESCS, 16-aligned: see `layout`)
+            // is free and private.
+            unsafe {
+                st.vq.add_indirect(
+                    mem.as_ptr().add(soff + SLOT_TABLE),
+                    mem.gpa(soff + SLOT_TABLE),
+                    chain,
+                    slot as u64,
+                )
+            }
+        } else {
+            st.vq.add(chain, slot as u64)
+        };
+        match res {
+            Ok(_) => {
+                st.free_slots.pop();
+                st.slots[slot as usize] = Some(op);
+                Ok(())
+            }
+            Err(error) => Err(Rejected { error, op }),
+        }
+    }
+
+    /// Publishes everything pushed since the last flush and kicks the device if it asked.
+    pub fn flush(&mut self) -> Result<()> {
+        let st = self.st();
+        if st.vq.publish() {
+            st.notifier.kick()?;
+        }
+        Ok(())
+    }
+
+    /// `push` then `flush`.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&mut self, op: Op) -> std::result::Result<(), Rejected> {
+        self.push(op)?;
+        self.flush().map_err(|error| Rejected {
+            error,
+            op: Op::empty(),
+        })
+    }
+
+    /// Moves finished operations into `out` (appending; reuse the `Vec` to avoid allocation)
+    /// without blocking. Returns how many. An error means the device broke the protocol.
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
+        let mem = self.dev.shared.clone();
+        let st = self.st();
+        let mut n = 0;
+        loop {
+            let used = match st.vq.reap() {
+                Ok(Some(u)) => u,
+                Ok(None) => return Ok(n),
+                Err(e) => {
+                    st.broken = true;
+                    return Err(e);
+                }
+            };
+            if used.token & RAW_TOKEN != 0 {
+                continue;
+            }
+            let slot = used.token as usize;
+            let Some(op) = st.slots.get_mut(slot).and_then(Option::take) else {
+                st.broken = true;
+                return Err(Error::Protocol("completion for an empty slot"));
+            };
+            st.free_slots.push(slot as u16);
+            let soff = st.slots_off + slot * SLOT_SIZE;
+            // SAFETY: the chain was reaped: the device is done with the slot's status byte.
+            let status = unsafe { *mem.mem.as_ptr().add(soff + SLOT_STATUS) };
+            let result = if used.len == 0 {
+                Err(CryptoError::Internal("device wrote no status"))
+            } else {
+                status_to_result(status).and_then(|()| op.verify())
+            };
+            out.push(Completion {
+                user_data: op.user_data,
+                result,
+                written: used.len,
+                bufs: op.bufs,
+            });
+            n += 1;
+        }
+    }
+
+    /// Blocks until at least one operation completes (or the timeout passes), then polls.
+    pub fn wait(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
+        self.wait_for(out, 1)
+    }
+
+    /// Blocks until at least `min` operations (at most all those in flight, at least one) have
+    /// completed, or the timeout passes, then polls. With interrupts and EVENT_IDX the device
+    /// is asked to interrupt only then, so a pipelining caller (e.g. waiting for a batch while
+    /// the next one is queued) is woken once per batch rather than once per completion.
+    pub fn wait_for(&mut self, out: &mut Vec<Completion>, min: usize) -> Result<usize> {
+        let in_flight = self.in_flight();
+        if in_flight == 0 {
+            return Ok(0);
+        }
+        // `in_flight` is at most the ring size (≤ 32768), so this fits.
+        let min = u16::try_from(min.clamp(1, in_flight)).unwrap_or(u16::MAX);
+        let timeout = self.dev.opts.timeout;
+        let mode = self.dev.opts.completion;
+        let st = self.st();
+        wait_used_n(&mut st.vq, &*st.notifier, mode, timeout, min)?;
+        self.poll(out)
+    }
+
+    /// Runs one operation to completion (the synchronous path). Other operations in flight on
+    /// this queue stay in flight, but their completions seen meanwhile are dropped, so use it on
+    /// an otherwise idle queue.
+    pub fn run(&mut self, op: Op) -> Result<Completion> {
+        let ud = op.user_data;
+        let tagged = op.with_user_data(u64::MAX);
+        self.submit(tagged).map_err(|r| r.error)?;
+        let mut out = Vec::with_capacity(4);
+        loop {
+            out.clear();
+            self.wait(&mut out)?;
+            if let Some(i) = out.iter().position(|c| c.user_data == u64::MAX) {
+                let mut c = out.swap_remove(i);
+                c.user_data = ud;
+                return Ok(c);
+            }
+            if self.in_flight() == 0 {
+                return Err(Error::Protocol("operation vanished"));
+            }
+        }
+    }
+}
+
+/// Blocks until the used ring has an entry (spinning or sleeping), or times out.
+pub(super) fn wait_used(
+    vq: &mut SplitQueue,
+    n: &dyn Notifier,
+    mode: CompletionMode,
+    timeout: Duration,
+) -> Result<()> {
+    wait_used_n(vq, n, mode, timeout, 1)
+}
+
+/// Blocks until the used ring has `min` (≥ 1) unreaped entries, or times out.
+fn wait_used_n(
+    vq: &mut SplitQueue,
+    n: &dyn Notifier,
+    mode: CompletionMode,
+    timeout: Duration,
+    min: u16,
+) -> Result<()> {
+    let min = min.max(1);
+    if vq.used_pending() >= min {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    match mode {
+        CompletionMode::Poll => {
+            let mut spins = 0u32;
+            while vq.used_pending() < min {
+                spins = spins.wrapping_add(1);
+                if spins % 64 == 0 {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(())
+        }
+        CompletionMode::Interrupt => loop {
+            if !vq.prepare_wait_for(min) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout);
+            }
+            n.wait(Some(deadline - now))?;
+        },
+    }
+}
