@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
-    Emit, FastPathDriver, FlowProcessor, InstanceConfig, PacketBuf, PortId, Verdict,
+    Emit, FastPathDriver, FlowProcessor, InstanceConfig, InstanceError, PacketBuf, PortId, Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
@@ -30,9 +30,12 @@ impl FastPathDriver for SwFastPath {
         "sw"
     }
 
-    fn create_instance(&self, cfg: &InstanceConfig) -> Result<Box<dyn FlowProcessor>, String> {
-        let mut p =
-            SwFlowProcessor::new(self.crypto.clone(), cfg.max_flows).map_err(|e| e.to_string())?;
+    fn create_instance(
+        &self,
+        cfg: &InstanceConfig,
+    ) -> Result<Box<dyn FlowProcessor>, InstanceError> {
+        let mut p = SwFlowProcessor::new(self.crypto.clone(), cfg.max_flows)
+            .map_err(|e| InstanceError::Config(e.to_string()))?;
         p.uplinks = cfg.uplinks;
         Ok(Box::new(p))
     }

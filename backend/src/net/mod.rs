@@ -19,7 +19,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig};
+use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError};
 use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -83,8 +83,8 @@ pub enum NetServeError {
     #[error(transparent)]
     Bind(#[from] BindError),
     /// The fast-path driver refused to create the flow-processor instance.
-    #[error("{0}")]
-    Instance(String),
+    #[error("creating the flow-processor instance: {0}")]
+    Instance(#[from] InstanceError),
     /// The worker thread could not be started.
     #[error("starting the vNF worker: {0}")]
     Worker(io::Error),
@@ -139,14 +139,11 @@ pub fn serve(
             }
         }
     }
-    let proc_ = cfg
-        .fastpath
-        .create_instance(&InstanceConfig {
-            name: "vnf".into(),
-            uplinks: cfg.uplinks.len() as u16,
-            max_flows: cfg.max_flows,
-        })
-        .map_err(NetServeError::Instance)?;
+    let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
+        name: "vnf".into(),
+        uplinks: cfg.uplinks.len() as u16,
+        max_flows: cfg.max_flows,
+    })?;
     info!(
         "vNF port: uplinks [{}], max {} flows, fast path {}",
         cfg.uplinks

@@ -214,10 +214,24 @@ pub trait FlowProcessor: Send {
     fn flow_count(&self) -> usize;
 }
 
+/// Why a fast-path driver could not create an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The configuration is out of the driver's range (e.g. a flow quota it cannot hold).
+    #[error("invalid instance configuration: {0}")]
+    Config(String),
+    /// The driver failed (out of resources, device error...).
+    #[error(transparent)]
+    Driver(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A fast-path driver creates isolated flow processors.
 pub trait FastPathDriver: Send + Sync {
     /// Short name.
     fn name(&self) -> &str;
     /// A new, empty instance for one vNF port.
-    fn create_instance(&self, cfg: &InstanceConfig) -> Result<Box<dyn FlowProcessor>, String>;
+    fn create_instance(
+        &self,
+        cfg: &InstanceConfig,
+    ) -> Result<Box<dyn FlowProcessor>, InstanceError>;
 }
