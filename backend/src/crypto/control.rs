@@ -1,13 +1,20 @@
-//! The control queue (virtio-user frontends only; QEMU keeps it and sends requests 26/27).
+//! Control requests: on the control queue (virtio-user frontends only; QEMU keeps the control
+//! queue and sends requests 26/27 instead), and in-band on a data queue (dpacc's extension,
+//! `dpacc_spec::in_band`, for drivers whose control queue is held by QEMU).
 //!
 //! Create: readable `CtrlRequest` (72 bytes) + key bytes, writable `SessionInput` (16 bytes).
 //! Destroy: readable `CtrlRequest`, writable 1-byte status.
+//! In-band `GET_CONFIG`: readable `CtrlRequest`, writable config (56 bytes) + 1-byte status.
+//! In-band `CLOSE_ALL_SESSIONS`: readable `CtrlRequest`, writable 1-byte status.
 
 use std::sync::Arc;
 
 use dpacc_spec::algo::{MAX_AUTH_KEY_LEN, MAX_CIPHER_KEY_LEN};
 use dpacc_spec::ctrl::{self, CtrlOp};
-use dpacc_spec::virtio_crypto::{self as vc, status, CtrlRequest, SessionInput, CTRL_REQ_SIZE};
+use dpacc_spec::in_band::{self, GET_CONFIG_INPUT_LEN};
+use dpacc_spec::virtio_crypto::{
+    self as vc, status, Config, CtrlRequest, SessionInput, CTRL_REQ_SIZE,
+};
 use dpacc_spec::{CryptoDriver, CryptoError};
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
@@ -18,28 +25,47 @@ use super::sessions::SessionTable;
 use super::worker::{Notify, Processor};
 use crate::virtq::ChainBufs;
 
-/// Control queue processing state.
-pub(crate) struct ControlPath {
+/// Runs control requests (create, destroy, and the in-band dpacc requests) against the
+/// device's session table.
+pub(crate) struct Control {
     driver: Arc<dyn CryptoDriver>,
     sessions: Arc<SessionTable>,
-    chain: ChainBufs,
+    /// The device's real config space (what in-band `GET_CONFIG` returns).
+    config: Config,
     keys: Box<[u8; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]>,
 }
 
-impl ControlPath {
-    /// A control path creating sessions through `driver` into `sessions`.
-    pub(crate) fn new(driver: Arc<dyn CryptoDriver>, sessions: Arc<SessionTable>) -> Self {
+/// The opcode of a walked chain's request, if it has one.
+pub(crate) fn request_opcode(c: &ChainBufs) -> Option<u32> {
+    let mut op = [0u8; 4];
+    c.read(0, &mut op).ok()?;
+    Some(u32::from_le_bytes(op))
+}
+
+impl Control {
+    /// Control requests creating sessions through `driver` into `sessions`; `config` is the
+    /// device's config space.
+    pub(crate) fn new(
+        driver: Arc<dyn CryptoDriver>,
+        sessions: Arc<SessionTable>,
+        config: Config,
+    ) -> Self {
         Self {
             driver,
             sessions,
-            chain: ChainBufs::new(),
+            config,
             keys: Box::new([0; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]),
         }
     }
 
+    /// Whether a walked data-queue chain is an in-band control request (it then goes to
+    /// [`handle`](Self::handle) instead of the data path).
+    pub(crate) fn is_in_band(c: &ChainBufs) -> bool {
+        c.readable_len() >= CTRL_REQ_SIZE && request_opcode(c).is_some_and(in_band::is_control)
+    }
+
     /// Handles the walked chain; returns the used length (0 when nothing could be written).
-    fn handle(&mut self) -> u32 {
-        let c = &self.chain;
+    pub(crate) fn handle(&mut self, c: &ChainBufs) -> u32 {
         let wl = c.writable_len();
         let mut req = CtrlRequest::default();
         let readable_ok =
@@ -59,7 +85,7 @@ impl ControlPath {
                 debug!("control: no room for the session input");
                 return 0;
             }
-            let (id, st) = match self.create(&req) {
+            let (id, st) = match self.create(c, &req) {
                 Ok(id) => (id, status::OK),
                 Err(e) => {
                     debug!("control: create session failed: {e}");
@@ -71,15 +97,29 @@ impl ControlPath {
                 status: u32::from(st).into(),
                 padding: 0.into(),
             };
-            if self.chain.write(0, out.as_slice()).is_err() {
+            if c.write(0, out.as_slice()).is_err() {
                 debug!("control: no room for the session input");
                 return 0;
             }
             return n as u32;
         }
-        // Destroy, unknown opcode, or a short request: a 1-byte status.
+        if readable_ok && op == in_band::GET_CONFIG {
+            if wl < GET_CONFIG_INPUT_LEN {
+                debug!("control: no room for the config");
+                return 0;
+            }
+            let n = GET_CONFIG_INPUT_LEN - 1;
+            if c.write(0, self.config.as_slice()).is_err() || c.write(n, &[status::OK]).is_err() {
+                return 0;
+            }
+            return GET_CONFIG_INPUT_LEN as u32;
+        }
+        // Destroy, close-all, unknown opcode, or a short request: a 1-byte status.
         let st = if !readable_ok {
             status::ERR
+        } else if op == in_band::CLOSE_ALL_SESSIONS {
+            self.sessions.clear();
+            status::OK
         } else {
             match ctrl::decode(&req, &[]) {
                 Ok(CtrlOp::Destroy(id)) => match self.sessions.close(id) {
@@ -90,22 +130,22 @@ impl ControlPath {
                 Err(e) => e.status(),
             }
         };
-        if wl == 0 || self.chain.write(0, &[st]).is_err() {
+        if wl == 0 || c.write(0, &[st]).is_err() {
             return 0;
         }
         1
     }
 
-    fn create(&mut self, req: &CtrlRequest) -> Result<u64, CryptoError> {
+    fn create(&mut self, c: &ChainBufs, req: &CtrlRequest) -> Result<u64, CryptoError> {
         let need = ctrl::key_bytes_after(req)?;
         if need > self.keys.len() {
             return Err(CryptoError::InvalidKeyLength);
         }
-        if CTRL_REQ_SIZE + need > self.chain.readable_len() {
+        if CTRL_REQ_SIZE + need > c.readable_len() {
             return Err(CryptoError::BadRequest);
         }
         let keys = &mut self.keys[..need];
-        let r = match self.chain.read(CTRL_REQ_SIZE, keys) {
+        let r = match c.read(CTRL_REQ_SIZE, keys) {
             Ok(()) => match ctrl::decode(req, keys) {
                 Ok(CtrlOp::Create(p)) => self.sessions.create(&*self.driver, &p),
                 Ok(CtrlOp::Destroy(_)) => Err(CryptoError::BadRequest),
@@ -118,12 +158,28 @@ impl ControlPath {
     }
 }
 
+/// The control queue's processing state.
+pub(crate) struct ControlPath {
+    control: Control,
+    chain: ChainBufs,
+}
+
+impl ControlPath {
+    /// A control queue running requests through `control`.
+    pub(crate) fn new(control: Control) -> Self {
+        Self {
+            control,
+            chain: ChainBufs::new(),
+        }
+    }
+}
+
 impl Processor for ControlPath {
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
         let mut n = 0;
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let used = match self.chain.walk(chain, mem) {
-                Ok(()) => self.handle(),
+                Ok(()) => self.control.handle(&self.chain),
                 Err(e) => {
                     debug!("control chain {}: {e}", self.chain.head());
                     0
@@ -195,7 +251,9 @@ mod tests {
     #[test]
     fn create_and_destroy_over_the_control_queue() {
         let sessions = Arc::new(SessionTable::new(1));
-        let mut cp = ControlPath::new(Arc::new(XorDriver), sessions.clone());
+        let driver: Arc<dyn CryptoDriver> = Arc::new(XorDriver);
+        let config = driver.capabilities().to_config(1);
+        let mut cp = ControlPath::new(Control::new(driver, sessions.clone(), config));
         let (used, out) = run(&mut cp, &create_req(&[1; 16]), 16);
         let si = input(&out);
         assert_eq!((used, si.status.to_native()), (16, u32::from(status::OK)));
