@@ -83,7 +83,9 @@ pub mod virtq;
 pub use crypto::request;
 #[cfg(feature = "testing")]
 pub use crypto::RawQueue;
-pub use crypto::{ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, Rejected, Session};
+pub use crypto::{
+    ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, Rejected, Session, SessionControl,
+};
 pub use dpacc_spec::{Capabilities, CryptoError};
 pub use error::{Error, Result};
 pub use mem::DmaBuf;

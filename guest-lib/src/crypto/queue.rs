@@ -52,6 +52,11 @@ impl QueueState {
             broken: false,
         }
     }
+
+    /// Whether nothing is in flight on the queue (no operation, no raw chain).
+    pub(super) fn idle(&self) -> bool {
+        self.free_slots.len() == self.slots.len() && self.vq.in_flight() == 0
+    }
 }
 
 /// A push the queue refused before the device saw it; the operation (and its buffers) comes
