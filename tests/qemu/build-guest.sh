@@ -20,7 +20,8 @@ kernel_pkg="${DPACC_GUEST_KERNEL_PKG:-linux-image-6.1.0-56-amd64}"
 wanted_modules=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
                 crypto_engine virtio_crypto af_alg algif_skcipher
                 algif_aead algif_hash ctr gcm ghash_generic sha512_generic
-                chacha_generic poly1305_generic chacha20poly1305 virtio_net)
+                chacha_generic poly1305_generic chacha20poly1305 virtio_net
+                uio uio_pci_generic)
 
 log() { echo "build-guest: $*" >&2; }
 die() { echo "build-guest: ERROR: $*" >&2; exit 1; }

@@ -200,6 +200,7 @@ impl Processor for ControlPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::data::DataPath;
     use crate::crypto::test_driver::XorDriver;
     use dpacc_spec::{CipherAlg, Direction, SessionParams};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -282,5 +283,124 @@ mod tests {
         assert_eq!(run(&mut cp, bad.as_slice(), 1), (1, vec![status::NOTSUPP]));
         // Create answer with no room for the session input: used 0.
         assert_eq!(run(&mut cp, &create_req(&[1; 16]), 4).0, 0);
+    }
+
+    /// Posts one chain on a *data* queue served by `dp`; returns (used len, writable bytes).
+    fn run_data(dp: &mut DataPath, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        m.write_slice(input, GuestAddress(IN)).unwrap();
+        m.write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
+            .unwrap();
+        let vq = MockSplitQueue::new(&m, 16);
+        let raw = [
+            RawDescriptor::from(Descriptor::new(IN, input.len() as u32, 1, 1)),
+            RawDescriptor::from(Descriptor::new(OUT, out_len, 2, 0)),
+        ];
+        vq.add_desc_chains(&raw, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        assert_eq!(dp.process(&mut q, &m, &Notify::new(None)), 1);
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        let mut out = vec![0u8; out_len as usize];
+        m.read_slice(&mut out, GuestAddress(OUT)).unwrap();
+        (used.len(), out)
+    }
+
+    fn bare(opcode: u32) -> Vec<u8> {
+        let mut r = CtrlRequest::default();
+        r.header.opcode = opcode.into();
+        r.as_slice().to_vec()
+    }
+
+    fn gcm_req(key: &[u8]) -> Vec<u8> {
+        let mut keys = Vec::new();
+        let req = ctrl::encode_create(
+            &SessionParams::Aead {
+                alg: dpacc_spec::AeadAlg::AesGcm,
+                key,
+                tag_len: 0,
+                dir: Direction::Encrypt,
+            },
+            &mut keys,
+        );
+        let mut v = req.as_slice().to_vec();
+        v.extend_from_slice(&keys);
+        v
+    }
+
+    /// An AEAD encrypt of 8 bytes with session `sid` (12-byte IV, no AAD).
+    fn aead_op(sid: u64) -> Vec<u8> {
+        let mut r = vc::DataRequest::default();
+        r.header.opcode = vc::AEAD_ENCRYPT.into();
+        r.header.session_id = sid.into();
+        r.set_body(&vc::AeadDataPara {
+            iv_len: 12.into(),
+            aad_len: 0.into(),
+            src_data_len: 8.into(),
+            dst_data_len: 24.into(),
+        });
+        let mut v = r.as_slice().to_vec();
+        v.extend_from_slice(&[0; 12 + 8]);
+        v
+    }
+
+    #[test]
+    fn control_requests_in_band_on_a_data_queue() {
+        let driver: Arc<dyn CryptoDriver> = Arc::new(XorDriver);
+        let sessions = Arc::new(SessionTable::new(4));
+        let config = driver.capabilities().to_config(2);
+        let control = Control::new(driver.clone(), sessions.clone(), config);
+        let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), sessions.clone())
+            .with_in_band_control(control);
+        // GET_CONFIG: the backend's config space, then the status byte.
+        let (used, out) = run_data(&mut dp, &bare(in_band::GET_CONFIG), 57);
+        assert_eq!(used, 57);
+        assert_eq!(&out[..56], config.as_slice());
+        assert_eq!(out[56], status::OK);
+        // An AEAD session (QEMU's control queue would answer NOTSUPP), then an operation in it.
+        let (used, out) = run_data(&mut dp, &gcm_req(&[5; 16]), 16);
+        let si = input(&out);
+        assert_eq!((used, si.status.to_native()), (16, u32::from(status::OK)));
+        let sid = si.session_id.to_native();
+        assert_eq!(run_data(&mut dp, &aead_op(sid), 25).1[24], status::OK);
+        // Destroy in-band: OK once, then ERR; the session is gone for the data path.
+        let destroy = ctrl::encode_destroy(vc::SERVICE_AEAD, sid);
+        assert_eq!(
+            run_data(&mut dp, destroy.as_slice(), 1),
+            (1, vec![status::OK])
+        );
+        assert_eq!(
+            run_data(&mut dp, destroy.as_slice(), 1),
+            (1, vec![status::ERR])
+        );
+        assert_eq!(run_data(&mut dp, &aead_op(sid), 25).1[24], status::INVSESS);
+        // CLOSE_ALL_SESSIONS: every session goes.
+        let a = input(&run_data(&mut dp, &gcm_req(&[6; 16]), 16).1)
+            .session_id
+            .to_native();
+        let b = input(&run_data(&mut dp, &gcm_req(&[7; 16]), 16).1)
+            .session_id
+            .to_native();
+        assert_eq!(
+            run_data(&mut dp, &bare(in_band::CLOSE_ALL_SESSIONS), 1),
+            (1, vec![status::OK])
+        );
+        assert!(sessions.read().get(a).is_none() && sessions.read().get(b).is_none());
+        // Hostile in-band requests: short writable parts write nothing, no panic.
+        assert_eq!(run_data(&mut dp, &bare(in_band::GET_CONFIG), 56).0, 0);
+        assert_eq!(run_data(&mut dp, &gcm_req(&[5; 16]), 15).0, 0);
+        assert_eq!(
+            run_data(&mut dp, &gcm_req(&[5; 16])[..80], 16).1[8],
+            status::ERR
+        );
+    }
+
+    #[test]
+    fn a_data_path_without_the_extension_answers_notsupp() {
+        // What a driver sees from a backend that does not know dpacc's in-band requests: the
+        // status (the last writable byte) says NOTSUPP.
+        let sessions = Arc::new(SessionTable::new(4));
+        let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), sessions);
+        let (used, out) = run_data(&mut dp, &bare(in_band::GET_CONFIG), 57);
+        assert_eq!((used, out[56]), (57, status::NOTSUPP));
     }
 }

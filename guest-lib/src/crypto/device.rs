@@ -210,35 +210,60 @@ impl CryptoDevice {
         };
         t.activate()?;
 
-        let in_band = match opts.session_control {
-            SessionControl::ControlQueue => false,
-            SessionControl::Auto if !t.vmm_mediated() => false,
-            want => {
-                let Some(st) = pool[0].as_mut() else {
-                    return Err(Error::NoQueue);
-                };
-                let (mode, timeout) = (opts.completion, opts.timeout);
-                match control::get_config_in_band(&mem, scratch_off, st, mode, timeout)? {
-                    Some(real) => {
-                        // The backend's algorithms; the VMM's queue count (what this
-                        // function has).
-                        let queues = cfg.max_dataqueues;
-                        cfg = real;
-                        cfg.max_dataqueues = queues;
-                        // A new owner starts from a clean session table (a previous owner
-                        // may have crashed with sessions open).
-                        control::close_all_in_band(&mem, scratch_off, st, mode, timeout)?;
-                        true
+        // Behind a VMM's model, ask the backend itself (dpacc's in-band GET_CONFIG) what it
+        // has, and find out which data queues reach it at all: QEMU 10 hands only data queue 0
+        // of a cryptodev-vhost-user device to the backend and answers requests on the others
+        // itself (NOTSUPP for anything it does not know).
+        let vmm = t.vmm_mediated();
+        let (mode, timeout) = (opts.completion, opts.timeout);
+        let mut real = None;
+        if vmm || opts.session_control == SessionControl::InBand {
+            let st = pool[0].as_mut().ok_or(Error::NoQueue)?;
+            real = control::get_config_in_band(&mem, scratch_off, st, mode, timeout)?;
+        }
+        if vmm {
+            let mut reach = 1;
+            if real.is_some() {
+                while reach < pool.len() {
+                    let st = pool[reach].as_mut().ok_or(Error::NoQueue)?;
+                    match control::get_config_in_band(&mem, scratch_off, st, mode, timeout)? {
+                        Some(_) => reach += 1,
+                        None => break,
                     }
-                    None if want == SessionControl::InBand => {
-                        return Err(Error::Unsupported(
-                            "dpacc's in-band session control (the backend does not offer it)",
-                        ))
-                    }
-                    None => false,
                 }
             }
+            if opts.queues.is_some_and(|q| usize::from(q) > reach) {
+                return Err(Error::Unsupported(
+                    "that many data queues reaching the backend (QEMU hands only data queue 0 of \
+                     a cryptodev-vhost-user device to it)",
+                ));
+            }
+            pool.truncate(reach);
+        }
+        let in_band = match (opts.session_control, &real) {
+            (SessionControl::ControlQueue, _) => false,
+            (SessionControl::InBand, None) => {
+                return Err(Error::Unsupported(
+                    "dpacc's in-band session control (the backend does not offer it)",
+                ))
+            }
+            (SessionControl::InBand, Some(_)) => true,
+            (SessionControl::Auto, r) => vmm && r.is_some(),
         };
+        if let Some(real) = real {
+            // The backend's algorithms (a VMM's control queue forwards what it forwards
+            // without checking them against its own config space); this function's queue
+            // count.
+            let queues = cfg.max_dataqueues;
+            cfg = real;
+            cfg.max_dataqueues = queues;
+        }
+        if in_band {
+            // A new owner starts from a clean session table (a previous owner may have
+            // crashed with sessions open).
+            let st = pool[0].as_mut().ok_or(Error::NoQueue)?;
+            control::close_all_in_band(&mem, scratch_off, st, mode, timeout)?;
+        }
 
         let shared = Arc::new(Shared {
             arena: Arena::new(arena_off, mem.len() - arena_off, &mem.breaks()),
