@@ -21,7 +21,8 @@
 //!   function and works;
 //! - net: `dpacc flow --pci` installs a flow, frames the vNF sends reach a namespace behind the
 //!   port's TAP uplink, a frame from the namespace misses the tables and arrives as PACKET_IN;
-//!   `dpacc pci unbind` gives the function back to the kernel.
+//!   `dpacc pci unbind` gives the function back to the kernel;
+//! - completions were waited for on the functions' interrupts (uio, INTx), not by polling.
 //!
 //! Needs QEMU (SKIPPED otherwise, a failure with CI=true), root, iproute2, python3 with
 //! `cryptography` (.ci/install-deps.sh).
@@ -177,6 +178,8 @@ $D flow --pci $N add --cookie 1 --match in_port=0 --actions output:1 || echo "DP
 $V net pci:$N @NSMAC@ 10.9.@SUBNET@.1 10.9.@SUBNET@.3 @FRAMES@ 30
 $D flow --pci $N stats --cookie 1
 $D pci unbind $N
+# Completions were waited for on the functions' interrupts (uio_pci_generic, INTx).
+echo "DPACC-IRQS $(grep uio_pci_generic /proc/interrupts | awk '{for (i = 2; i <= NF - 3; i++) s += $i} END {print s + 0}')"
 echo "DPACC-DONE"
 "#;
 
@@ -440,6 +443,15 @@ fn vnf_in_a_vm_drives_crypto_and_net_over_userspace_virtio_pci() {
     assert!(
         log.contains(&format!("{NET}: driver now virtio-pci")),
         "dpacc pci unbind\n{diag}"
+    );
+    let irqs = log
+        .lines()
+        .find_map(|l| l.strip_prefix("DPACC-IRQS "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        irqs >= 20,
+        "only {irqs} uio_pci_generic interrupts: completions were not signalled\n{diag}"
     );
     let received = peer_out
         .split_whitespace()

@@ -272,7 +272,10 @@ impl VirtioPci {
         let device_cfg = vc.device.as_ref().map(|r| map(r, 0)).transpose()?;
         let irq = match (sysfs::driver(&addr), sysfs::uio_node(&addr)) {
             (Some(d), Some(node)) if d == sysfs::UIO_DRIVER => {
-                Some(Arc::new(UioIrq::open(&node, isr)?))
+                let cfg_file = config
+                    .try_clone()
+                    .map_err(|e| PciError::Os("dup of the config space file", e))?;
+                Some(Arc::new(UioIrq::open(&node, isr, cfg_file)?))
             }
             _ => None,
         };

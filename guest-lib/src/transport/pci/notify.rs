@@ -1,11 +1,13 @@
 //! Notifications of a virtio PCI device: kicks through the notify BAR, and used-buffer
-//! interrupts through `uio_pci_generic` (legacy INTx: shared by all queues, acknowledged by
-//! reading the ISR byte, re-enabled by writing 1 to `/dev/uioN`).
+//! interrupts through `uio_pci_generic` (legacy INTx, shared by all queues). The kernel masks
+//! INTx (command register bit 10) when it fires and wakes `/dev/uioN`; the driver
+//! acknowledges the device by reading its ISR byte and unmasks INTx through the config space
+//! (`uio_pci_generic` has no `irqcontrol`, so writing to `/dev/uioN` would not).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +23,22 @@ const IRQ_SLICE: Duration = Duration::from_millis(2);
 /// Sleep between ring checks when the device has no interrupt line for us.
 const POLL_SLICE: Duration = Duration::from_micros(50);
 
+/// Command register bit: INTx disabled (set by `uio_pci_generic` when the line fires).
+const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+
 /// The device's interrupt through `/dev/uioN`.
 #[derive(Debug)]
 pub(crate) struct UioIrq {
     file: File,
     isr: Mmio,
+    /// The function's config space (to unmask INTx).
+    config: File,
 }
 
 impl UioIrq {
     /// Opens `node` and acknowledges anything pending (a previous owner may have left the
-    /// line masked).
-    pub(crate) fn open(node: &Path, isr: Mmio) -> Result<Self, PciError> {
+    /// line masked); `config` is the function's sysfs config space file.
+    pub(crate) fn open(node: &Path, isr: Mmio, config: File) -> Result<Self, PciError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -41,15 +48,24 @@ impl UioIrq {
                 path: node.to_path_buf(),
                 source,
             })?;
-        let irq = Self { file, isr };
+        let irq = Self { file, isr, config };
         irq.ack();
         Ok(irq)
     }
 
     /// Clears the device's interrupt (reading the ISR deasserts INTx) and unmasks the line.
+    /// The line is masked while this runs (the kernel masked it), so the read-modify-write of
+    /// the command register races with nothing.
     fn ack(&self) {
         let _ = self.isr.r8(0);
-        let _ = (&self.file).write(&1u32.to_ne_bytes());
+        let mut b = [0u8; 2];
+        if self.config.read_exact_at(&mut b, 4).is_ok() {
+            let cmd = u16::from_le_bytes(b);
+            if cmd & PCI_COMMAND_INTX_DISABLE != 0 {
+                let cmd = cmd & !PCI_COMMAND_INTX_DISABLE;
+                let _ = self.config.write_all_at(&cmd.to_le_bytes(), 4);
+            }
+        }
     }
 
     /// Waits at most `t` for an interrupt; `Ok(true)` if one came.
