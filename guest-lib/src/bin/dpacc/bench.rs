@@ -155,8 +155,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
             ", indirect descriptors"
         } else {
             ""
-        }
+        },
     );
+    if dev.uses_in_band_sessions() {
+        println!("sessions in-band on a data queue (the device is a VMM's model)");
+    }
     let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..a.queues)
             .map(|i| {

@@ -23,7 +23,7 @@ use dpacc_spec::{
 /// or a container) or, inside a VM, through the VM's virtio PCI function driven from userspace
 /// (`--pci BDF`: bind it with `dpacc pci bind BDF`, reserve 2 MiB hugepages, run as root).
 #[derive(Parser, Debug)]
-#[command(name = "dpacc", version, long_about = None)]
+#[command(name = "dpacc", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

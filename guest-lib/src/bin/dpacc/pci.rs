@@ -36,6 +36,12 @@ fn kind(id: u16) -> &'static str {
         2 => "block",
         3 => "console",
         4 => "rng",
+        5 => "balloon",
+        8 => "scsi",
+        9 => "9p",
+        16 => "gpu",
+        18 => "input",
+        19 => "vsock",
         20 => "crypto",
         _ => "other",
     }
