@@ -354,9 +354,9 @@ fn several_queues_from_several_threads() {
 }
 
 /// dpacc's in-band session control (what a vNF behind QEMU uses, `dpacc_spec::in_band`) over
-/// virtio-user: every session kind created on a data queue, then 80 AES-GCM operations in flight
-/// at once on each of two queues (the GCM spec's test case 4 as the answer), and destroys
-/// deferred while every queue is held.
+/// virtio-user: sessions created on a data queue, 80 AES-GCM operations in flight at once on
+/// each of two queues (the GCM spec's test case 4 as the answer), sessions created on a held
+/// queue while its operations are in flight, and destroys deferred while every queue is held.
 #[test]
 fn in_band_sessions_with_80_in_flight_on_two_queues() {
     let b = Backend::start("inband", 2, 3);
@@ -421,6 +421,17 @@ fn in_band_sessions_with_80_in_flight_on_two_queues() {
                 }
                 q.flush().unwrap();
                 assert_eq!(q.in_flight(), 80);
+                // A session created in-band on this (held) queue while the 80 are in flight;
+                // their completions seen meanwhile are kept for `wait`. Its destroy is
+                // deferred (every queue is held).
+                let s = q
+                    .create_session(&SessionParams::Hash {
+                        alg: HashAlg::Sha256,
+                        digest_len: 0,
+                    })
+                    .unwrap();
+                drop(s);
+                assert_eq!(q.in_flight(), 80);
                 let mut done = Vec::new();
                 while q.in_flight() > 0 {
                     q.wait(&mut done).unwrap();
@@ -433,8 +444,8 @@ fn in_band_sessions_with_80_in_flight_on_two_queues() {
             });
         }
     });
-    // ... and a destroy is deferred: the table holds 3 sessions, so the 3 below fit only
-    // once the deferred destroy of `enc` went out with the first of them.
+    // ... and destroys are deferred: the table holds 3 sessions, so the 3 below fit only once
+    // the deferred destroys of `enc` and of the two sessions above went out with the first.
     drop(enc);
     drop(queues);
     let more: Vec<_> = (0..3)

@@ -168,22 +168,67 @@ pub(super) fn close_all_in_band(
     Ok(status_to_result(s)?)
 }
 
+/// Posts `descs` in-band on a data queue its owner holds, and waits for that chain; the
+/// operations' completions seen meanwhile are stashed for the owner's next poll.
+fn roundtrip_held(
+    st: &mut QueueState,
+    mem: &SharedMemory,
+    mode: CompletionMode,
+    timeout: Duration,
+    descs: &[RawDesc],
+) -> Result<UsedElem> {
+    let head = st.vq.add(descs, CTRL_TOKEN)?;
+    if st.vq.publish() {
+        st.notifier.kick()?;
+    }
+    loop {
+        wait_used(&mut st.vq, &*st.notifier, mode, timeout)?;
+        while let Some(u) = st.vq.reap()? {
+            if u.head == head && u.token == CTRL_TOKEN {
+                return Ok(u);
+            }
+            if let Some(c) = st.complete(u, mem)? {
+                st.stash(c);
+            }
+        }
+    }
+}
+
 impl Inner {
-    /// Sends `descs` to wherever control requests go and waits for the answer.
-    fn ctrl_roundtrip(&self, c: &mut CtrlState, descs: &[RawDesc]) -> Result<UsedElem> {
+    /// Sends `descs` to wherever control requests go (the control queue; in-band: `held`, or
+    /// an idle data queue) and waits for the answer.
+    fn ctrl_roundtrip(
+        &self,
+        c: &mut CtrlState,
+        descs: &[RawDesc],
+        held: Option<&mut QueueState>,
+    ) -> Result<UsedElem> {
+        let (mode, timeout) = (self.opts.completion, self.opts.timeout);
         if !self.in_band {
-            let (mode, t) = (CompletionMode::Interrupt, self.opts.timeout);
-            return roundtrip(&mut c.vq, &*c.notifier, mode, t, descs, 0);
+            let t = self.opts.timeout;
+            return roundtrip(
+                &mut c.vq,
+                &*c.notifier,
+                CompletionMode::Interrupt,
+                t,
+                descs,
+                0,
+            );
+        }
+        if let Some(st) = held {
+            if st.broken {
+                return Err(Error::Protocol(
+                    "queue broken by an earlier device protocol violation",
+                ));
+            }
+            let r = roundtrip_held(st, &self.shared.mem, mode, timeout, descs);
+            if r.is_err() {
+                st.broken = true;
+            }
+            return r;
         }
         let mut st = self.take_idle()?;
-        let r = roundtrip(
-            &mut st.vq,
-            &*st.notifier,
-            self.opts.completion,
-            self.opts.timeout,
-            descs,
-            CTRL_TOKEN,
-        );
+        let r = roundtrip(&mut st.vq, &*st.notifier, mode, timeout, descs, CTRL_TOKEN);
         if r.is_err() {
             // The chain may still be in flight (timeout) or the ring is corrupt.
             st.broken = true;
@@ -193,10 +238,14 @@ impl Inner {
     }
 
     /// Creates a session for validated parameters; returns the device's session id.
-    pub(super) fn create_session(&self, p: &SessionParams<'_>) -> Result<u64> {
+    pub(super) fn create_session(
+        &self,
+        p: &SessionParams<'_>,
+        mut held: Option<&mut QueueState>,
+    ) -> Result<u64> {
         let mut guard = lock(&self.ctrl);
         let c = &mut *guard;
-        self.flush_deferred(c);
+        self.flush_deferred(c, held.as_deref_mut());
         let req = dpacc_spec::ctrl::encode_create(p, &mut c.keys);
         let mem = &self.shared.mem;
         let off = c.scratch_off;
@@ -230,7 +279,7 @@ impl Inner {
         }
         descs[k] = RawDesc::writable(mem.gpa(off + CTRL_INPUT), SESSION_INPUT_LEN as u32);
         k += 1;
-        let res = self.ctrl_roundtrip(c, &descs[..k]);
+        let res = self.ctrl_roundtrip(c, &descs[..k], held);
         // SAFETY: as above; the request completed (or the queue is dead), wipe the key copy.
         unsafe { std::ptr::write_bytes(mem.as_ptr().add(off + CTRL_KEYS), 0, klen) };
         let used = res?;
@@ -258,7 +307,7 @@ impl Inner {
     pub(super) fn destroy_session(&self, service: u32, id: u64) -> Result<()> {
         let mut guard = lock(&self.ctrl);
         let c = &mut *guard;
-        match self.destroy_locked(c, service, id) {
+        match self.destroy_locked(c, service, id, None) {
             Err(Error::NoQueue) => {
                 c.deferred.push((service, id));
                 Ok(())
@@ -267,17 +316,23 @@ impl Inner {
         }
     }
 
-    /// Sends the deferred destroys while a data queue is free.
-    fn flush_deferred(&self, c: &mut CtrlState) {
+    /// Sends the deferred destroys while a data queue is free (or on `held`).
+    fn flush_deferred(&self, c: &mut CtrlState, mut held: Option<&mut QueueState>) {
         while let Some((service, id)) = c.deferred.pop() {
-            if let Err(Error::NoQueue) = self.destroy_locked(c, service, id) {
+            if let Err(Error::NoQueue) = self.destroy_locked(c, service, id, held.as_deref_mut()) {
                 c.deferred.push((service, id));
                 return;
             }
         }
     }
 
-    fn destroy_locked(&self, c: &mut CtrlState, service: u32, id: u64) -> Result<()> {
+    fn destroy_locked(
+        &self,
+        c: &mut CtrlState,
+        service: u32,
+        id: u64,
+        held: Option<&mut QueueState>,
+    ) -> Result<()> {
         let req = dpacc_spec::ctrl::encode_destroy(service, id);
         let mem = &self.shared.mem;
         let off = c.scratch_off;
@@ -295,7 +350,7 @@ impl Inner {
             RawDesc::readable(mem.gpa(off + CTRL_REQ), CTRL_REQ_SIZE as u32),
             RawDesc::writable(mem.gpa(off + CTRL_INPUT), STATUS_LEN as u32),
         ];
-        let used = self.ctrl_roundtrip(c, &descs)?;
+        let used = self.ctrl_roundtrip(c, &descs, held)?;
         if (used.len as usize) < STATUS_LEN {
             return Err(Error::Protocol("destroy session: device wrote no status"));
         }

@@ -324,15 +324,10 @@ impl CryptoDevice {
 
     /// Creates a session (over the control queue, or in-band on a free data queue: see
     /// [`SessionControl`]; in-band, at least one data queue must not be held by a [`Queue`]
-    /// handle). Parameters are validated first (bad key or digest lengths are
-    /// [`CryptoError`]s without a device round trip).
+    /// handle, or use [`Queue::create_session`]). Parameters are validated first (bad key or
+    /// digest lengths are [`CryptoError`]s without a device round trip).
     pub fn create_session(&self, params: &SessionParams<'_>) -> Result<Session> {
-        let p = params.validated()?;
-        if !self.inner.caps.supports(&p) {
-            return Err(CryptoError::Unsupported.into());
-        }
-        let id = self.inner.create_session(&p)?;
-        Ok(Session::new(self.inner.clone(), id, p.service(), p.info()))
+        self.inner.open_session(params, None)
     }
 
     /// Takes data queue `index` for the caller's exclusive use (one per thread, no locks on the
@@ -359,6 +354,21 @@ impl CryptoDevice {
 }
 
 impl Inner {
+    /// Validates `params`, creates the session (in-band on `held` if given and sessions go
+    /// in-band) and wraps it.
+    pub(super) fn open_session(
+        self: &Arc<Self>,
+        params: &SessionParams<'_>,
+        held: Option<&mut QueueState>,
+    ) -> Result<Session> {
+        let p = params.validated()?;
+        if !self.caps.supports(&p) {
+            return Err(CryptoError::Unsupported.into());
+        }
+        let id = self.create_session(&p, held)?;
+        Ok(Session::new(self.clone(), id, p.service(), p.info()))
+    }
+
     /// Takes a free data queue with nothing in flight (for an in-band control request), the
     /// highest-numbered first (vNFs tend to take queues from 0 up).
     pub(super) fn take_idle(&self) -> Result<QueueState> {
