@@ -16,7 +16,8 @@
 //! - the batch API: 96 AES-GCM operations in flight at once on the data queue of each of two
 //!   crypto functions, in parallel; one tampered tag fails alone; the library finds that QEMU
 //!   hands only data queue 0 of a 2-queue device to the backend;
-//! - `dpacc bench --pci` prints ops/s (functional only under TCG);
+//! - `dpacc bench --pci` prints ops/s, with interrupts and with `--poll`, and `dpacc bench net
+//!   --pci` frames per second (functional only under TCG);
 //! - a vNF killed (SIGKILL) with operations in flight, then a new process opens the same
 //!   function and works;
 //! - net: `dpacc flow --pci` installs a flow, frames the vNF sends reach a namespace behind the
@@ -160,6 +161,7 @@ echo "DPACC-STEP batch"
 $V batch /dpacc/batch.txt pci:$A pci:$B
 echo "DPACC-STEP bench"
 $D bench --pci $A --alg aes-128-gcm --size 1024 --batch 64 --seconds 1
+$D bench --pci $B --alg hmac-sha256 --size 256 --seconds 1 --poll
 echo "DPACC-STEP crash"
 $V crash pci:$A
 echo "DPACC-CRASH-EXIT $?"
@@ -177,6 +179,7 @@ $D flow --pci $N info
 $D flow --pci $N add --cookie 1 --match in_port=0 --actions output:1 || echo "DPACC-NET-FAIL add"
 $V net pci:$N @NSMAC@ 10.9.@SUBNET@.1 10.9.@SUBNET@.3 @FRAMES@ 30
 $D flow --pci $N stats --cookie 1
+$D bench net --pci $N --seconds 1
 $D pci unbind $N
 # Completions were waited for on the functions' interrupts (uio_pci_generic, INTx).
 echo "DPACC-IRQS $(grep uio_pci_generic /proc/interrupts | awk '{for (i = 2; i <= NF - 3; i++) s += $i} END {print s + 0}')"
@@ -405,10 +408,18 @@ fn vnf_in_a_vm_drives_crypto_and_net_over_userspace_virtio_pci() {
         "the library must find that only data queue 0 reaches the backend\n{diag}"
     );
     assert!(!log.contains("DPACC-BATCH-ERROR"), "{diag}");
+    let figures = log
+        .lines()
+        .filter(|l| l.starts_with("device") && l.contains("ops/s"))
+        .count();
+    assert_eq!(
+        figures, 2,
+        "dpacc bench --pci (interrupts, then --poll) printed no figure\n{diag}"
+    );
     assert!(
         log.lines()
-            .any(|l| l.starts_with("device") && l.contains("ops/s")),
-        "dpacc bench --pci printed no figure\n{diag}"
+            .any(|l| l.starts_with("net ") && l.contains("Mpps") && l.contains("hairpin")),
+        "dpacc bench net --pci printed no figure\n{diag}"
     );
     assert!(log.contains("DPACC-CRASH pci:"), "{diag}");
     assert!(
