@@ -17,7 +17,8 @@
 //!   crypto functions, in parallel; one tampered tag fails alone; the library finds that QEMU
 //!   hands only data queue 0 of a 2-queue device to the backend;
 //! - `dpacc bench --pci` prints ops/s, with interrupts and with `--poll`, and `dpacc bench net
-//!   --pci` frames per second (functional only under TCG);
+//!   --pci` frames per second (functional only under TCG); a second process cannot open a
+//!   function the bench holds;
 //! - a vNF killed (SIGKILL) with operations in flight, then a new process opens the same
 //!   function and works;
 //! - net: `dpacc flow --pci` installs a flow, frames the vNF sends reach a namespace behind the
@@ -160,7 +161,18 @@ done </dpacc/cases/list
 echo "DPACC-STEP batch"
 $V batch /dpacc/batch.txt pci:$A pci:$B
 echo "DPACC-STEP bench"
-$D bench --pci $A --alg aes-128-gcm --size 1024 --batch 64 --seconds 1
+$D bench --pci $A --alg aes-128-gcm --size 1024 --batch 64 --seconds 2 &
+bench=$!
+sleep 1
+# One owner at a time.
+if $D digest --pci $A --alg sha256 </dev/null >/tmp/o 2>/tmp/e; then
+    echo "DPACC-CHECK in-use FAIL (it ran)"
+elif grep -q "in use by another process" /tmp/e; then
+    echo "DPACC-CHECK in-use ok"
+else
+    echo "DPACC-CHECK in-use FAIL: $(cat /tmp/e)"
+fi
+wait $bench
 $D bench --pci $B --alg hmac-sha256 --size 256 --seconds 1 --poll
 echo "DPACC-STEP crash"
 $V crash pci:$A
@@ -376,6 +388,7 @@ fn vnf_in_a_vm_drives_crypto_and_net_over_userspace_virtio_pci() {
     assert!(log.contains("DPACC-CHECK bound ok"), "{diag}");
     assert!(log.contains("DPACC-CHECK bind ok"), "{diag}");
     assert!(log.contains("DPACC-CHECK hugepages ok"), "{diag}");
+    assert!(log.contains("DPACC-CHECK in-use ok"), "{diag}");
     let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
     assert!(fails.is_empty(), "failures:\n{}\n{diag}", fails.join("\n"));
     let passed = log
