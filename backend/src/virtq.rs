@@ -12,15 +12,9 @@
 //! the type system cannot see: they are valid while the caller holds the guest memory snapshot
 //! that `walk` was given, which workers hold for a whole batch.
 
-use std::ops::Deref;
-
 use dpacc_spec::Seg;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
-use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 /// Descriptor flag (`VRING_DESC_F_NEXT`, in the descriptor's 16-bit width): the chain
 /// continues in `next`.
@@ -93,56 +87,6 @@ impl ChainBufs {
             writable: Vec::with_capacity(MAX_CHAIN_DESCS),
             read_len: 0,
             write_len: 0,
-        }
-    }
-
-    /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
-    /// what was collected so far (callers should not use them) and `head()` is still valid.
-    pub(crate) fn walk<M, G>(
-        &mut self,
-        chain: DescriptorChain<M>,
-        mem: &G,
-    ) -> Result<(), ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-        G: GuestMemoryBackend,
-    {
-        self.head = chain.head_index();
-        self.readable.clear();
-        self.writable.clear();
-        self.read_len = 0;
-        self.write_len = 0;
-        let mut total: u64 = 0;
-        let mut last: Option<Descriptor> = None;
-        for d in chain {
-            if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
-                return Err(ChainError::TooManyDescriptors);
-            }
-            let len = d.len();
-            if len == 0 {
-                // An empty buffer carries no bytes (e.g. empty AAD or an empty message to
-                // hash): nothing to map, but the readable-before-writable order still holds.
-                if !d.is_write_only() && !self.writable.is_empty() {
-                    return Err(ChainError::ReadableAfterWritable);
-                }
-                last = Some(d);
-                continue;
-            }
-            total += u64::from(len);
-            if total > u64::from(u32::MAX) {
-                return Err(ChainError::TooLong);
-            }
-            let seg = seg_at(mem, d.addr(), len)?;
-            self.push(seg, d.is_write_only())?;
-            last = Some(d);
-        }
-        match last {
-            // The iterator stops silently on errors; a last descriptor that still says "next"
-            // means the chain was cut short.
-            Some(d) if d.has_next() => Err(ChainError::Broken),
-            None => Err(ChainError::Broken),
-            _ => Ok(()),
         }
     }
 
@@ -528,7 +472,62 @@ fn carve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Deref;
+    use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::DescriptorChain;
+    use vm_memory::GuestMemory;
+
+    impl ChainBufs {
+        /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
+        /// what was collected so far (callers should not use them) and `head()` is still valid.
+        /// The reference walk over virtio-queue's own chain iterator, which the tests hold
+        /// [`walk_table`](Self::walk_table) (what the ring layer uses) against.
+        fn walk<M, G>(&mut self, chain: DescriptorChain<M>, mem: &G) -> Result<(), ChainError>
+        where
+            M: Deref,
+            M::Target: GuestMemory,
+            G: GuestMemoryBackend,
+        {
+            self.head = chain.head_index();
+            self.readable.clear();
+            self.writable.clear();
+            self.read_len = 0;
+            self.write_len = 0;
+            let mut total: u64 = 0;
+            let mut last: Option<Descriptor> = None;
+            for d in chain {
+                if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
+                    return Err(ChainError::TooManyDescriptors);
+                }
+                let len = d.len();
+                if len == 0 {
+                    // An empty buffer carries no bytes (e.g. empty AAD or an empty message to
+                    // hash): nothing to map, but the readable-before-writable order still holds.
+                    if !d.is_write_only() && !self.writable.is_empty() {
+                        return Err(ChainError::ReadableAfterWritable);
+                    }
+                    last = Some(d);
+                    continue;
+                }
+                total += u64::from(len);
+                if total > u64::from(u32::MAX) {
+                    return Err(ChainError::TooLong);
+                }
+                let seg = seg_at(mem, d.addr(), len)?;
+                self.push(seg, d.is_write_only())?;
+                last = Some(d);
+            }
+            match last {
+                // The iterator stops silently on errors; a last descriptor that still says "next"
+                // means the chain was cut short.
+                Some(d) if d.has_next() => Err(ChainError::Broken),
+                None => Err(ChainError::Broken),
+                _ => Ok(()),
+            }
+        }
+    }
+
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestMemoryMmap};
 

@@ -9,14 +9,15 @@ use dpacc_spec::algo::{MAX_AUTH_KEY_LEN, MAX_CIPHER_KEY_LEN};
 use dpacc_spec::ctrl::{self, CtrlOp};
 use dpacc_spec::virtio_crypto::{self as vc, status, CtrlRequest, SessionInput, CTRL_REQ_SIZE};
 use dpacc_spec::{CryptoDriver, CryptoError};
-use tracing::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use tracing::debug;
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use zeroize::Zeroize;
 
 use super::sessions::SessionTable;
 use super::worker::{Notify, Processor};
-use crate::virtq::ChainBufs;
+use crate::split_ring::SplitRing;
+use crate::virtq::{ChainBufs, FastMem};
 
 /// Control queue processing state.
 pub(crate) struct ControlPath {
@@ -119,24 +120,29 @@ impl ControlPath {
 }
 
 impl Processor for ControlPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        ring.pending();
         let mut n = 0;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let used = match self.chain.walk(chain, mem) {
+        while let Some(head) = ring.pop_head() {
+            let used = match ring.walk(head, &mut self.chain) {
                 Ok(()) => self.handle(),
                 Err(e) => {
-                    debug!("control chain {}: {e}", self.chain.head());
+                    debug!("control chain {head}: {e}");
                     0
                 }
             };
-            if let Err(e) = q.add_used(mem, self.chain.head(), used) {
-                warn!("control add_used: {e}");
-            }
+            ring.put_used(head, used);
             n += 1;
         }
-        if n > 0 {
-            notify.signal(q, mem);
-        }
+        notify.signal(ring.close(q));
         n
     }
 }
@@ -164,7 +170,7 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(cp.process(&mut q, &m, &Notify::new(None)), 1);
+        assert_eq!(cp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();

@@ -23,11 +23,12 @@ use dpacc_spec::{
     SessionInfo,
 };
 use tracing::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
+use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
 
 /// Most chains taken from the ring per batch.
@@ -92,40 +93,43 @@ impl DataPath {
     pub(crate) fn run_batch(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMemoryMmap,
+        mem: &FastMem<'_, GuestMemoryMmap>,
         notify: &Notify,
     ) -> usize {
         self.pool.clear();
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        let avail = ring.pending();
+        ring.prefetch(avail.min(BATCH as u16));
         let mut n = 0;
         let mut bytes = 0usize;
         {
-            let fast = FastMem::new(mem);
-            let (desc_table, qsize) = (q.desc_table(), q.size());
             let table = self.sessions.read();
             while n < BATCH
                 && bytes < BATCH_BYTES
                 && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
             {
-                let Some(chain) = q.pop_descriptor_chain(mem) else {
+                let Some(head) = ring.pop_head() else {
                     break;
                 };
                 let p = &mut self.pending[n];
                 *p = Pending::default();
-                let head = chain.head_index();
-                match self.chain.walk_table(head, desc_table, qsize, &fast) {
+                match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
                         parse(&self.chain, &mut self.pool, &table, p)
                     }
                     Err(e) => {
-                        debug!("chain {}: {e}; completed without status", self.chain.head());
-                        p.head = self.chain.head();
+                        debug!("chain {head}: {e}; completed without status");
+                        p.head = head;
                     }
                 }
                 n += 1;
             }
         }
         if n == 0 {
+            ring.close(q);
             return 0;
         }
         self.submit(n);
@@ -135,12 +139,10 @@ impl DataPath {
                 // memory that `mem` (held by the caller) keeps mapped.
                 unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
             }
-            if let Err(e) = q.add_used(mem, p.head, p.used_len) {
-                warn!("add_used: {e}");
-            }
+            ring.put_used(p.head, p.used_len);
             p.session = None;
         }
-        notify.signal(q, mem);
+        notify.signal(ring.close(q));
         n
     }
 
@@ -215,7 +217,12 @@ impl DataPath {
 }
 
 impl Processor for DataPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
         let mut total = 0;
         loop {
             // A batch may end early on its byte budget: go on until the ring is empty.
@@ -553,7 +560,8 @@ mod tests {
             vq.add_desc_chains(&raw, 0).unwrap();
             let mut q: Queue = vq.create_queue().unwrap();
             let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), self.sessions.clone());
-            let n = dp.run_batch(&mut q, &self.mem, &Notify::new(None));
+            let fast = FastMem::new(&self.mem);
+            let n = dp.run_batch(&mut q, &fast, &Notify::new(None));
             assert_eq!(n, 1);
             let used = vq.used().ring().ref_at(0).unwrap().load();
             let mut out = vec![0u8; out_len as usize];

@@ -6,14 +6,13 @@ use std::mem::{offset_of, size_of};
 
 use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
 use dpacc_spec::Seg;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{virtio_net_hdr, virtio_net_hdr_v1, VIRTIO_NET_F_MRG_RXBUF};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::split_ring::{publish_avail_event, Popped, SplitRing};
+use crate::split_ring::{Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
@@ -44,6 +43,8 @@ pub(crate) struct NetRings {
     tx_call: Option<EventFd>,
     hdr_len: usize,
     mrg: bool,
+    /// VIRTIO_F_IN_ORDER: one used element per TX batch.
+    in_order: bool,
     rx_notify: bool,
     /// The driver was asked for kicks (undone at the next receive, while the worker polls).
     armed: bool,
@@ -65,6 +66,7 @@ impl NetRings {
             tx_call: rings.tx.call.as_ref().and_then(|c| c.try_clone().ok()),
             hdr_len,
             mrg,
+            in_order: f & (1 << VIRTIO_F_IN_ORDER) != 0,
             rx_notify: false,
             armed: true,
             rings,
@@ -95,9 +97,15 @@ impl NetRings {
     /// meanwhile (receive again instead of sleeping).
     pub(crate) fn tx_rearm(&mut self) -> bool {
         let mem: &GuestMemoryMmap = &self.mem;
+        let fast = FastMem::new(mem);
+        let q = &mut self.rings.tx.queue;
+        let Some(mut ring) = SplitRing::open(q, &fast) else {
+            return false;
+        };
         self.armed = true;
-        let _ = publish_avail_event(&self.rings.tx.queue, mem);
-        matches!(self.rings.tx.queue.enable_notification(mem), Ok(true))
+        let more = ring.enable_kicks();
+        ring.close(q);
+        more
     }
 
     /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`),
@@ -112,13 +120,14 @@ impl NetRings {
     ) -> (usize, usize) {
         let mem: &GuestMemoryMmap = &self.mem;
         let q = &mut self.rings.tx.queue;
-        if std::mem::take(&mut self.armed) {
-            let _ = q.disable_notification(mem);
-        }
         let fast = FastMem::new(mem);
-        let Some(mut ring) = SplitRing::open(q, &fast) else {
+        let Some(ring) = SplitRing::open(q, &fast) else {
             return (0, 0);
         };
+        let mut ring = ring.in_order(self.in_order);
+        if std::mem::take(&mut self.armed) {
+            ring.disable_kicks();
+        }
         let avail = ring.pending();
         let k = usize::from(avail).min(pkts.len()).min(MAX_BATCH);
         ring.prefetch(k as u16);
@@ -323,6 +332,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
+    use virtio_queue::QueueT;
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
