@@ -203,6 +203,24 @@ impl ChainBufs {
         })
     }
 
+    /// Calls `f(dst, done, n)` for each piece of the `len` writable bytes at `offset`: `n`
+    /// bytes at host address `dst` (guest memory, device-writable), `done` bytes into the
+    /// range. For writers whose source is not one host slice (a frame partly in another
+    /// guest's buffer).
+    pub(crate) fn fill(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), ChainError> {
+        let mut done = 0;
+        walk_range(&self.writable, self.write_len, offset, len, |s| {
+            f(s.ptr(), done, s.len());
+            done += s.len();
+            Ok(())
+        })
+    }
+
     /// Appends the segments covering `len` readable bytes at `offset` to `out` (no copy).
     /// Fails without touching `out`'s capacity: it never grows `out`.
     pub(crate) fn carve_readable(
