@@ -87,6 +87,8 @@ pub struct SwFlowProcessor {
     /// Keyed per instance (ahash with random keys): fast, and not steerable by crafted
     /// traffic the way a fixed hash would be.
     emc: HashMap<FlowKey, Path, ahash::RandomState>,
+    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
+    last: Option<(FlowKey, Path)>,
     crypto: Arc<dyn CryptoDriver>,
     max_flows: usize,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
@@ -109,6 +111,7 @@ impl SwFlowProcessor {
                 queue,
             },
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
+            last: None,
             crypto,
             max_flows,
             uplinks: u16::MAX,
@@ -118,6 +121,7 @@ impl SwFlowProcessor {
 
     fn invalidate(&mut self) {
         self.emc.clear();
+        self.last = None;
     }
 
     /// Installs a flow (replacing one with the same table, priority and match).
@@ -260,7 +264,17 @@ impl SwFlowProcessor {
     fn one(&mut self, now: u64, p: &mut PacketBuf) -> Verdict {
         let (key, lay) = parse(p.frame(), p.in_port.0);
         let len = p.len() as u64;
-        if let Some(path) = self.emc.get(&key).copied() {
+        // Packets come in bursts of one flow: the previous packet's path first (a key compare),
+        // then the exact-match cache (a hash and a probe).
+        let hit = match &self.last {
+            Some((k, path)) if *k == key => Some(*path),
+            _ => self
+                .emc
+                .get(&key)
+                .copied()
+                .inspect(|&path| self.last = Some((key, path))),
+        };
+        if let Some(path) = hit {
             self.stats.emc_hits += 1;
             let mut lay = lay;
             let mut key = key;
@@ -305,6 +319,7 @@ impl SwFlowProcessor {
                         self.emc.clear();
                     }
                     self.emc.insert(first_key, path);
+                    self.last = Some((first_key, path));
                 }
                 return v;
             }
