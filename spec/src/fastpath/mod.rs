@@ -290,7 +290,9 @@ pub struct InstanceConfig {
 /// no locks. Times are monotonic nanoseconds supplied by the caller.
 pub trait FlowProcessor: Send {
     /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
-    /// Must not allocate or lock per packet.
+    /// Must not allocate or lock per packet. A packet may be partial (see [`PacketBuf`]):
+    /// its headers are in [`PacketBuf::frame`]; call [`PacketBuf::make_whole`] before using
+    /// bytes past them.
     fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
 
     /// Handles one control request (the payload after the Ethernet header of a frame with
