@@ -710,6 +710,11 @@ mod tests {
             assert!(pkts[1].is_whole() && pkts[2].is_whole());
             // A rewrite of the headers (what NAT or a MAC rewrite does).
             pkts[0].frame_mut()[..6].copy_from_slice(&[0xaa; 6]);
+            // A hostile driver rewrites its TX buffer after handing it over: what leaves is
+            // the headers the processor saw (our copy) and whatever the rest now holds, never
+            // headers it did not see.
+            m.write_slice(&[0xee; 1400], GuestAddress(0x2_000c))
+                .unwrap();
             let sent = dst.send(&mut ChainBufs::new(), pkts.iter().take(3).map(OutFrame::of));
             assert_eq!(sent, 3, "{case}");
             // The source's chains go back only now.
@@ -722,6 +727,7 @@ mod tests {
             );
             let mut want0 = big.clone();
             want0[..6].copy_from_slice(&[0xaa; 6]);
+            want0[HEADER_BYTES..].fill(0xee);
             // Read back what the destination's driver sees, frame by frame.
             let q = &dst.rings.rx.queue;
             let n_used = used_idx(&m, q);
