@@ -147,43 +147,56 @@ pub(crate) struct Entry {
 const _: () = assert!(std::mem::size_of::<Entry>() <= 112);
 
 /// Action lists, each stored once however many flows use it (most flows of a table share a
-/// few lists: "output:2", "set_ipv4_dst:X,output:1"), with a reference count.
+/// few lists: "output:2", "set_ipv4_dst:X,output:1"), with a reference count. The index maps
+/// a list's hash to its id; a list whose hash is taken by another (a collision) is stored
+/// unindexed, so it is merely not shared.
 #[derive(Default)]
 pub(crate) struct ActionLists {
-    lists: Vec<(Box<[Action]>, u32)>,
-    index: HashMap<Box<[Action]>, u32, ahash::RandomState>,
+    /// (list, references, indexed).
+    lists: Vec<(Box<[Action]>, u32, bool)>,
+    index: HashMap<u64, u32, ahash::RandomState>,
+    hasher: ahash::RandomState,
     free: Vec<u32>,
 }
 
 impl ActionLists {
     /// The id of `a` (stored if new), with one more reference.
     pub(crate) fn intern(&mut self, a: &[Action]) -> u32 {
-        if let Some(&id) = self.index.get(a) {
-            self.lists[id as usize].1 += 1;
-            return id;
+        let h = self.hasher.hash_one(a);
+        let slot = self.index.get(&h).copied();
+        if let Some(id) = slot {
+            let (list, refs, _) = &mut self.lists[id as usize];
+            if **list == *a {
+                *refs += 1;
+                return id;
+            }
         }
-        let b: Box<[Action]> = a.into();
+        let entry = (a.into(), 1, slot.is_none());
         let id = match self.free.pop() {
             Some(id) => {
-                self.lists[id as usize] = (b.clone(), 1);
+                self.lists[id as usize] = entry;
                 id
             }
             None => {
-                self.lists.push((b.clone(), 1));
+                self.lists.push(entry);
                 (self.lists.len() - 1) as u32
             }
         };
-        self.index.insert(b, id);
+        if slot.is_none() {
+            self.index.insert(h, id);
+        }
         id
     }
 
     /// Drops one reference to list `id` (freed with the last).
     pub(crate) fn release(&mut self, id: u32) {
-        let (list, refs) = &mut self.lists[id as usize];
+        let (list, refs, indexed) = &mut self.lists[id as usize];
         *refs -= 1;
         if *refs == 0 {
             let list = std::mem::take(list);
-            self.index.remove(&list);
+            if *indexed {
+                self.index.remove(&self.hasher.hash_one(&*list));
+            }
             self.free.push(id);
         }
     }
