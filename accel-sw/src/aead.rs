@@ -14,7 +14,9 @@
 //! key schedule, so [`RingKey`] keeps it in a `MaybeUninit` and zeroizes those bytes itself.
 //!
 //! ring needs contiguous buffers: a single-segment `dst` is sealed/opened in place (after a copy
-//! from `src` when out of place); scattered data goes through the queue's bounce buffer.
+//! from `src` when out of place); scattered data goes through the queue's bounce buffer. The
+//! AAD and the tag are always copied; the data is the one thing ring sees in guest memory
+//! (docs/decisions/0005-guest-memory-access.md says why that is acceptable).
 
 use std::mem::MaybeUninit;
 
@@ -110,21 +112,15 @@ impl AeadKey {
         if sg_len(dst) < len || sg_len(digest) < TAG_LEN {
             return Err(CryptoError::BufferTooSmall);
         }
-        let aad_len = sg_len(aad);
-        let aad_single = sg::single(aad);
-        let aad_bytes: &[u8] = match &aad_single {
-            // SAFETY: `aad` is readable with no writer (caller).
-            Some(s) => unsafe { s.as_slice() },
-            None => {
-                let buf = scratch
-                    .aad
-                    .get_mut(..aad_len)
-                    .ok_or(CryptoError::InvalidDataLength)?;
-                // SAFETY: readable `aad`, disjoint from our scratch.
-                unsafe { sg::gather(aad, 0, buf) };
-                buf
-            }
-        };
+        // The AAD is copied (it is small: 8 bytes for ESP), so no reference to it is formed
+        // over memory a guest may write (docs/decisions/0005-guest-memory-access.md).
+        let aad_bytes = scratch
+            .aad
+            .get_mut(..sg_len(aad))
+            .ok_or(CryptoError::InvalidDataLength)?;
+        // SAFETY: readable `aad`, disjoint from our scratch.
+        unsafe { sg::gather(aad, 0, aad_bytes) };
+        let aad_bytes: &[u8] = aad_bytes;
         let aad = Aad::from(aad_bytes);
         let key = self.key.get();
 

@@ -386,3 +386,118 @@ fn esp_tunnel_round_trip_rejects_replays_and_tampering() {
     let s = b.sa(0x1001).unwrap().stats;
     assert_eq!((s.packets, s.replay_drops, s.auth_drops), (6, 1, 3));
 }
+
+/// A frame loaded the way the backend loads uplink frames for one-copy forwarding: only the
+/// first HEADER_BYTES in the buffer, the rest left in `frame` (which must outlive the packet).
+fn partial(frame: &[u8], port: u16) -> PacketBuf {
+    use dpacc_spec::fastpath::HEADER_BYTES;
+    let mut b = PacketBuf::new();
+    b.load_area(PortId(port))[..HEADER_BYTES].copy_from_slice(&frame[..HEADER_BYTES]);
+    // SAFETY: `frame` outlives `b` in every caller, and nothing writes it meanwhile.
+    let ok = unsafe {
+        b.set_partial(
+            HEADER_BYTES,
+            frame.as_ptr().add(HEADER_BYTES),
+            frame.len() - HEADER_BYTES,
+        )
+    };
+    assert!(ok);
+    b
+}
+
+/// The frame of a partial packet as the backend forwards it: resident bytes, then the rest.
+fn forwarded(p: &PacketBuf) -> Vec<u8> {
+    let mut f = p.frame().to_vec();
+    if let Some((rest, n)) = p.rest() {
+        // SAFETY: `rest` points into a frame the test keeps alive.
+        f.extend_from_slice(unsafe { std::slice::from_raw_parts(rest, n) });
+    }
+    f
+}
+
+/// Partial frames (headers resident, the rest in the source buffer) give the same results as
+/// whole ones: NAT rewrites only the resident headers and leaves the rest to the one copy;
+/// ESP encapsulation and decapsulation load the rest first.
+#[test]
+fn partial_frames_give_the_same_results_as_whole_ones() {
+    let inner = tcp4([10, 0, 0, 1], [10, 0, 1, 1], 4000, 80, &[0x5a; 1400]);
+    // NAT.
+    let mut nat = proc_(4);
+    nat.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![
+                Action::SetIpv4Dst(Ipv4Addr::new(10, 9, 9, 9)),
+                Action::Output(PortId(2)),
+            ],
+        ),
+        0,
+    )
+    .unwrap();
+    let mut whole = pkt(&inner, 1);
+    let mut part = partial(&inner, 1);
+    assert_eq!(run1(&mut nat, 0, &mut whole), Verdict::Output(PortId(2)));
+    assert_eq!(run1(&mut nat, 0, &mut part), Verdict::Output(PortId(2)));
+    assert!(!part.is_whole(), "NAT needs no more than the headers");
+    assert_eq!(part.len(), inner.len());
+    assert_eq!(forwarded(&part), whole.frame());
+    let f = forwarded(&part);
+    assert_eq!(&f[30..34], &[10, 9, 9, 9]);
+    assert_eq!(
+        u16::from_be_bytes([f[50], f[51]]),
+        tcp_checksum(&f),
+        "TCP checksum"
+    );
+    // ESP: two identical gateways, one fed whole frames, one partial ones.
+    let gw = |p: &mut SwFlowProcessor| {
+        p.add_sa(sa(
+            7,
+            SaDir::Outbound {
+                src: Ipv4Addr::new(192, 0, 2, 1),
+                dst: Ipv4Addr::new(192, 0, 2, 2),
+            },
+        ))
+        .unwrap();
+        p.add_flow(
+            flow(
+                0,
+                1,
+                1,
+                Match::default(),
+                vec![Action::EspEncap(7), Action::Output(PortId(2))],
+            ),
+            0,
+        )
+        .unwrap();
+    };
+    let (mut a, mut b) = (proc_(4), proc_(4));
+    gw(&mut a);
+    gw(&mut b);
+    let mut w = pkt(&inner, 1);
+    let mut p = partial(&inner, 1);
+    assert_eq!(run1(&mut a, 0, &mut w), Verdict::Output(PortId(2)));
+    assert_eq!(run1(&mut b, 0, &mut p), Verdict::Output(PortId(2)));
+    assert!(p.is_whole());
+    assert_eq!(p.frame(), w.frame());
+    // Decapsulation of a partial ESP frame.
+    let wire = w.frame().to_vec();
+    let mut dec = proc_(4);
+    dec.add_sa(sa(7, SaDir::Inbound)).unwrap();
+    dec.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![Action::EspDecap, Action::Output(PortId(1))],
+        ),
+        0,
+    )
+    .unwrap();
+    let mut q = partial(&wire, 2);
+    assert_eq!(run1(&mut dec, 0, &mut q), Verdict::Output(PortId(1)));
+    assert_eq!(q.frame(), &inner[..]);
+}

@@ -192,6 +192,8 @@ impl Sa {
         let SaDir::Outbound { src, dst } = self.cfg.dir else {
             return Err(EspDrop::Malformed);
         };
+        // Every byte is encrypted: load the rest of a partial frame.
+        pkt.make_whole();
         let f = pkt.frame();
         if l2 < 14 || f.len() <= l2 {
             return Err(EspDrop::Malformed);
@@ -301,6 +303,8 @@ impl Sa {
         l4: usize,
         q: &mut dyn CryptoQueue,
     ) -> Result<(), EspDrop> {
+        // Every byte is authenticated and decrypted: load the rest of a partial frame.
+        pkt.make_whole();
         let len = pkt.len();
         if l2 < 14 || l4 <= l2 || len < l4 + ESP_HDR + 2 + ICV {
             return Err(EspDrop::Malformed);

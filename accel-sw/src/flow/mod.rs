@@ -10,10 +10,11 @@ pub mod checksum;
 pub mod esp;
 mod instance;
 pub mod key;
+mod table;
 
 pub use instance::SwFastPath;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dpacc_spec::fastpath::{PacketBuf, Verdict};
@@ -21,6 +22,7 @@ use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Sa, SaConfig, SaDir};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
+use table::Tables;
 
 pub use dpacc_spec::fastpath::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
@@ -64,34 +66,31 @@ pub struct InstanceStats {
     pub emc_hits: u64,
 }
 
-struct Entry {
-    spec: FlowSpec,
-    stats: FlowStats,
-    created: u64,
-    last_used: u64,
-}
-
 #[derive(Clone, Copy, Default)]
 struct Path {
     n: u8,
     hops: [(u8, u32); MAX_HOPS],
 }
 
-/// One vNF's flow processor.
-pub struct SwFlowProcessor {
-    tables: Vec<Vec<Entry>>,
-    /// (priority, match) of every entry per table, so installing is O(1) unless it replaces.
-    present: Vec<HashSet<(u16, Match)>>,
+/// What running actions needs besides the tables (borrowed apart from them).
+struct Exec {
     groups: HashMap<u32, Vec<Bucket>>,
     outbound: HashMap<u32, Sa>,
     inbound: HashMap<u32, Sa>,
+    queue: Box<dyn CryptoQueue>,
+}
+
+/// One vNF's flow processor.
+pub struct SwFlowProcessor {
+    t: Tables,
+    x: Exec,
     /// Keyed per instance (ahash with random keys): fast, and not steerable by crafted
     /// traffic the way a fixed hash would be.
     emc: HashMap<FlowKey, Path, ahash::RandomState>,
+    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
+    last: Option<(FlowKey, Path)>,
     crypto: Arc<dyn CryptoDriver>,
-    queue: Box<dyn CryptoQueue>,
     max_flows: usize,
-    flows: usize,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
@@ -104,16 +103,17 @@ impl SwFlowProcessor {
     pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
         let queue = crypto.open_queue(1)?;
         Ok(Self {
-            tables: (0..TABLES).map(|_| Vec::new()).collect(),
-            present: (0..TABLES).map(|_| HashSet::new()).collect(),
-            groups: HashMap::new(),
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
+            t: Tables::new(TABLES),
+            x: Exec {
+                groups: HashMap::new(),
+                outbound: HashMap::new(),
+                inbound: HashMap::new(),
+                queue,
+            },
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
+            last: None,
             crypto,
-            queue,
             max_flows,
-            flows: 0,
             uplinks: u16::MAX,
             stats: InstanceStats::default(),
         })
@@ -121,6 +121,7 @@ impl SwFlowProcessor {
 
     fn invalidate(&mut self) {
         self.emc.clear();
+        self.last = None;
     }
 
     /// Installs a flow (replacing one with the same table, priority and match).
@@ -137,37 +138,17 @@ impl SwFlowProcessor {
                 Action::Goto(_) if i + 1 != spec.actions.len() => {
                     return Err(FlowError::BadActions("goto must be the last action"))
                 }
-                Action::Group(g) if !self.groups.contains_key(&g) => {
+                Action::Group(g) if !self.x.groups.contains_key(&g) => {
                     return Err(FlowError::NotFound(format!("group {g}")))
                 }
-                Action::EspEncap(spi) if !self.outbound.contains_key(&spi) => {
+                Action::EspEncap(spi) if !self.x.outbound.contains_key(&spi) => {
                     return Err(FlowError::NotFound(format!("outbound SA {spi:#x}")))
                 }
                 _ => {}
             }
         }
-        let table = &mut self.tables[t];
-        let entry = Entry {
-            spec,
-            stats: FlowStats::default(),
-            created: now_ns,
-            last_used: now_ns,
-        };
-        let id = (entry.spec.priority, entry.spec.m);
-        if self.present[t].contains(&id) {
-            let old = table
-                .iter_mut()
-                .find(|e| (e.spec.priority, e.spec.m) == id)
-                .expect("indexed entry exists");
-            *old = entry;
-        } else {
-            if self.flows >= self.max_flows {
-                return Err(FlowError::Quota(self.max_flows));
-            }
-            let at = table.partition_point(|e| e.spec.priority >= entry.spec.priority);
-            table.insert(at, entry);
-            self.present[t].insert(id);
-            self.flows += 1;
+        if !self.t.insert(t, &spec, now_ns, self.max_flows) {
+            return Err(FlowError::Quota(self.max_flows));
         }
         self.invalidate();
         Ok(())
@@ -176,18 +157,10 @@ impl SwFlowProcessor {
     /// Removes every flow with `cookie`; returns their final counters.
     pub fn delete_flows(&mut self, cookie: u64) -> Vec<FlowStats> {
         let mut out = Vec::new();
-        for (t, present) in self.tables.iter_mut().zip(&mut self.present) {
-            t.retain(|e| {
-                let keep = e.spec.cookie != cookie;
-                if !keep {
-                    out.push(e.stats);
-                    present.remove(&(e.spec.priority, e.spec.m));
-                }
-                keep
-            });
-        }
-        self.flows -= out.len();
-        if !out.is_empty() {
+        let n = self
+            .t
+            .remove_if(|e| e.cookie == cookie, |e| out.push(e.stats));
+        if n > 0 {
             self.invalidate();
         }
         out
@@ -197,10 +170,11 @@ impl SwFlowProcessor {
     pub fn flow_stats(&self, cookie: u64) -> Option<FlowStats> {
         let mut found = None;
         for e in self
+            .t
             .tables
             .iter()
             .flatten()
-            .filter(|e| e.spec.cookie == cookie)
+            .filter(|e| e.cookie == cookie)
         {
             let s = found.get_or_insert(FlowStats::default());
             s.packets += e.stats.packets;
@@ -211,16 +185,17 @@ impl SwFlowProcessor {
 
     /// Up to `max` flows from index `start` (tables in order, then priority order).
     pub fn list(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
-        self.tables
+        self.t
+            .tables
             .iter()
             .enumerate()
             .flat_map(|(t, es)| es.iter().map(move |e| (t, e)))
             .skip(start)
             .take(max)
             .map(|(t, e)| dpacc_spec::fastpath::flow::FlowSummary {
-                cookie: e.spec.cookie,
+                cookie: e.cookie,
                 table: t as u8,
-                priority: e.spec.priority,
+                priority: e.priority,
                 stats: e.stats,
             })
             .collect()
@@ -228,7 +203,7 @@ impl SwFlowProcessor {
 
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
-        self.flows
+        self.t.flows()
     }
 
     /// Installs (or replaces) a select group.
@@ -248,7 +223,7 @@ impl SwFlowProcessor {
                 "bucket actions: rewrites and output only",
             ));
         }
-        self.groups.insert(id, buckets);
+        self.x.groups.insert(id, buckets);
         self.invalidate();
         Ok(())
     }
@@ -259,16 +234,19 @@ impl SwFlowProcessor {
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
         let sa = Sa::new(cfg, &*self.crypto)?;
         if outbound {
-            self.outbound.insert(spi, sa);
+            self.x.outbound.insert(spi, sa);
         } else {
-            self.inbound.insert(spi, sa);
+            self.x.inbound.insert(spi, sa);
         }
         Ok(())
     }
 
     /// The SA with `spi` (outbound first), for its counters.
     pub fn sa(&self, spi: u32) -> Option<&Sa> {
-        self.outbound.get(&spi).or_else(|| self.inbound.get(&spi))
+        self.x
+            .outbound
+            .get(&spi)
+            .or_else(|| self.x.inbound.get(&spi))
     }
 
     /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
@@ -286,19 +264,27 @@ impl SwFlowProcessor {
     fn one(&mut self, now: u64, p: &mut PacketBuf) -> Verdict {
         let (key, lay) = parse(p.frame(), p.in_port.0);
         let len = p.len() as u64;
-        if let Some(path) = self.emc.get(&key).copied() {
+        // Packets come in bursts of one flow: the previous packet's path first (a key compare),
+        // then the exact-match cache (a hash and a probe).
+        let hit = match &self.last {
+            Some((k, path)) if *k == key => Some(*path),
+            _ => self
+                .emc
+                .get(&key)
+                .copied()
+                .inspect(|&path| self.last = Some((key, path))),
+        };
+        if let Some(path) = hit {
             self.stats.emc_hits += 1;
             let mut lay = lay;
             let mut key = key;
             for &(t, i) in &path.hops[..usize::from(path.n)] {
-                let e = &mut self.tables[usize::from(t)][i as usize];
+                let e = &mut self.t.tables[usize::from(t)][i as usize];
                 e.stats.packets += 1;
                 e.stats.bytes += len;
                 e.last_used = now;
-                let actions = std::mem::take(&mut e.spec.actions);
-                let r = self.run(&actions, p, &mut key, &mut lay);
-                self.tables[usize::from(t)][i as usize].spec.actions = actions;
-                if let Some(v) = r {
+                let actions = self.t.acts.get(e.actions);
+                if let Some(v) = self.x.run(actions, p, &mut key, &mut lay) {
                     return v;
                 }
             }
@@ -310,31 +296,30 @@ impl SwFlowProcessor {
         let first_key = key;
         let mut t = 0usize;
         loop {
-            let Some(i) = self.tables[t].iter().position(|e| e.spec.m.matches(&key)) else {
+            let Some(i) = self.t.tables[t].iter().position(|e| e.m.matches(&key)) else {
                 return Verdict::Miss { table: t as u8 };
             };
-            let e = &mut self.tables[t][i];
+            let e = &mut self.t.tables[t][i];
             e.stats.packets += 1;
             e.stats.bytes += len;
             e.last_used = now;
-            let goto = match e.spec.actions.last() {
+            let actions = self.t.acts.get(e.actions);
+            let goto = match actions.last() {
                 Some(Action::Goto(g)) => Some(usize::from(*g)),
                 _ => None,
             };
-            if goto.is_some() && e.spec.actions.iter().any(Action::changes_key) {
+            if goto.is_some() && actions.iter().any(Action::changes_key) {
                 cacheable = false; // the next table matches on a rewritten packet
             }
             path.hops[usize::from(path.n)] = (t as u8, i as u32);
             path.n += 1;
-            let actions = std::mem::take(&mut e.spec.actions);
-            let r = self.run(&actions, p, &mut key, &mut lay);
-            self.tables[t][i].spec.actions = actions;
-            if let Some(v) = r {
+            if let Some(v) = self.x.run(actions, p, &mut key, &mut lay) {
                 if cacheable {
                     if self.emc.len() >= EMC_CAP {
                         self.emc.clear();
                     }
                     self.emc.insert(first_key, path);
+                    self.last = Some((first_key, path));
                 }
                 return v;
             }
@@ -345,6 +330,35 @@ impl SwFlowProcessor {
         }
     }
 
+    /// Removes flows past their timeouts, returning events for those that asked.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
+        let idle = |e: &table::Entry| {
+            e.idle_timeout_ns != 0 && now_ns.saturating_sub(e.last_used) >= e.idle_timeout_ns
+        };
+        let hard = |e: &table::Entry| now_ns >= e.hard_deadline;
+        let removed = self.t.remove_if(
+            |e| idle(e) || hard(e),
+            |e| {
+                if e.notify_expiry {
+                    out.push(Expired {
+                        cookie: e.cookie,
+                        reason: if hard(e) {
+                            ExpiryReason::Hard
+                        } else {
+                            ExpiryReason::Idle
+                        },
+                        stats: e.stats,
+                    });
+                }
+            },
+        );
+        if removed > 0 {
+            self.invalidate();
+        }
+    }
+}
+
+impl Exec {
     /// Runs `actions`; returns the verdict once one is reached (None: go on / goto).
     fn run(
         &mut self,
@@ -421,40 +435,6 @@ impl SwFlowProcessor {
             }
         }
         Verdict::Drop
-    }
-
-    /// Removes flows past their timeouts, returning events for those that asked.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
-        let mut removed = 0;
-        for (t, present) in self.tables.iter_mut().zip(&mut self.present) {
-            t.retain(|e| {
-                let idle = e.spec.idle_timeout_ns != 0
-                    && now_ns.saturating_sub(e.last_used) >= e.spec.idle_timeout_ns;
-                let hard = e.spec.hard_timeout_ns != 0
-                    && now_ns.saturating_sub(e.created) >= e.spec.hard_timeout_ns;
-                if !(idle || hard) {
-                    return true;
-                }
-                removed += 1;
-                present.remove(&(e.spec.priority, e.spec.m));
-                if e.spec.notify_expiry {
-                    out.push(Expired {
-                        cookie: e.spec.cookie,
-                        reason: if hard {
-                            ExpiryReason::Hard
-                        } else {
-                            ExpiryReason::Idle
-                        },
-                        stats: e.stats,
-                    });
-                }
-                false
-            });
-        }
-        if removed > 0 {
-            self.flows -= removed;
-            self.invalidate();
-        }
     }
 }
 

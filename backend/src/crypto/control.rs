@@ -16,14 +16,15 @@ use dpacc_spec::virtio_crypto::{
     self as vc, status, Config, CtrlRequest, SessionInput, CTRL_REQ_SIZE,
 };
 use dpacc_spec::{CryptoDriver, CryptoError};
-use tracing::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use tracing::debug;
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use zeroize::Zeroize;
 
 use super::sessions::SessionTable;
 use super::worker::{Notify, Processor};
-use crate::virtq::ChainBufs;
+use crate::split_ring::SplitRing;
+use crate::virtq::{ChainBufs, FastMem};
 
 /// Runs control requests (create, destroy, and the in-band dpacc requests) against the
 /// device's session table.
@@ -175,24 +176,29 @@ impl ControlPath {
 }
 
 impl Processor for ControlPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        ring.pending();
         let mut n = 0;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let used = match self.chain.walk(chain, mem) {
+        while let Some(head) = ring.pop_head() {
+            let used = match ring.walk(head, &mut self.chain) {
                 Ok(()) => self.control.handle(&self.chain),
                 Err(e) => {
-                    debug!("control chain {}: {e}", self.chain.head());
+                    debug!("control chain {head}: {e}");
                     0
                 }
             };
-            if let Err(e) = q.add_used(mem, self.chain.head(), used) {
-                warn!("control add_used: {e}");
-            }
+            ring.put_used(head, used);
             n += 1;
         }
-        if n > 0 {
-            notify.signal(q, mem);
-        }
+        notify.signal(ring.close(q));
         n
     }
 }
@@ -221,7 +227,7 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(cp.process(&mut q, &m, &Notify::new(None)), 1);
+        assert_eq!(cp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();
@@ -298,7 +304,7 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(dp.process(&mut q, &m, &Notify::new(None)), 1);
+        assert_eq!(dp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();

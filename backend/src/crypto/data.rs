@@ -23,12 +23,13 @@ use dpacc_spec::{
     SessionInfo,
 };
 use tracing::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
+use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
 
 /// Most chains taken from the ring per batch.
@@ -43,6 +44,12 @@ const POOL_SEGS: usize = 2 * MAX_CHAIN_DESCS + BATCH * 8;
 const CARVE_SLACK: usize = 8;
 
 type Range = (usize, usize);
+
+/// A completion slot no operation of ours can match (`user_data` out of every batch's range).
+const NO_COMPLETION: Completion = Completion {
+    user_data: u64::MAX,
+    result: Ok(()),
+};
 
 /// One parsed request of the current batch.
 #[derive(Default)]
@@ -74,6 +81,8 @@ pub(crate) struct DataPath {
     results: Vec<u8>,
     /// In-band control requests (`dpacc_spec::in_band`), when enabled.
     control: Option<Control>,
+    /// Per pending request: its operation was taken by the driver and has not completed.
+    in_flight: Vec<bool>,
 }
 
 impl DataPath {
@@ -86,9 +95,10 @@ impl DataPath {
             pending: (0..BATCH).map(|_| Pending::default()).collect(),
             pool: Vec::with_capacity(POOL_SEGS),
             ops: Vec::with_capacity(BATCH),
-            completions: vec![Completion::default(); BATCH],
+            completions: vec![NO_COMPLETION; BATCH],
             results: vec![status::OK; BATCH],
             control: None,
+            in_flight: vec![false; BATCH],
         }
     }
 
@@ -102,27 +112,29 @@ impl DataPath {
     pub(crate) fn run_batch(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMemoryMmap,
+        mem: &FastMem<'_, GuestMemoryMmap>,
         notify: &Notify,
     ) -> usize {
         self.pool.clear();
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        let avail = ring.pending();
+        ring.prefetch(avail.min(BATCH as u16));
         let mut n = 0;
         let mut bytes = 0usize;
         {
-            let fast = FastMem::new(mem);
-            let (desc_table, qsize) = (q.desc_table(), q.size());
             let mut table = self.sessions.read();
             while n < BATCH
                 && bytes < BATCH_BYTES
                 && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
             {
-                let Some(chain) = q.pop_descriptor_chain(mem) else {
+                let Some(head) = ring.pop_head() else {
                     break;
                 };
                 let p = &mut self.pending[n];
                 *p = Pending::default();
-                let head = chain.head_index();
-                match self.chain.walk_table(head, desc_table, qsize, &fast) {
+                match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
                         match self.control.as_mut() {
@@ -139,14 +151,15 @@ impl DataPath {
                         }
                     }
                     Err(e) => {
-                        debug!("chain {}: {e}; completed without status", self.chain.head());
-                        p.head = self.chain.head();
+                        debug!("chain {head}: {e}; completed without status");
+                        p.head = head;
                     }
                 }
                 n += 1;
             }
         }
         if n == 0 {
+            ring.close(q);
             return 0;
         }
         self.submit(n);
@@ -156,12 +169,10 @@ impl DataPath {
                 // memory that `mem` (held by the caller) keeps mapped.
                 unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
             }
-            if let Err(e) = q.add_used(mem, p.head, p.used_len) {
-                warn!("add_used: {e}");
-            }
+            ring.put_used(p.head, p.used_len);
             p.session = None;
         }
-        notify.signal(q, mem);
+        notify.signal(ring.close(q));
         n
     }
 
@@ -174,6 +185,7 @@ impl DataPath {
             ops,
             completions,
             results,
+            in_flight,
             ..
         } = self;
         let mut ops_vec = recycle(std::mem::take(ops));
@@ -198,30 +210,48 @@ impl DataPath {
             });
         }
         let total = ops_vec.len();
-        let (mut next, mut done) = (0, 0);
-        while done < total {
+        // Nothing the driver returns is trusted: counts are clamped to what was offered, and a
+        // batch ends only when every operation taken has completed exactly once (by its own
+        // user_data), so no segment goes back to the guest (or out of the memory snapshot)
+        // while the driver may still write through it.
+        in_flight[..n].fill(false);
+        let (mut next, mut outstanding) = (0usize, 0usize);
+        while next < total || outstanding > 0 {
             let mut taken = 0;
             if next < total {
                 // SAFETY: every segment points into guest memory kept mapped by the caller's
                 // memory snapshot, and into descriptors the guest handed to the device until we
-                // put them on the used ring, which happens only after every completion of this
-                // batch has been dequeued (this loop).
-                taken = unsafe { driver.enqueue(&ops_vec[next..]) };
+                // put them on the used ring, which happens only after every operation taken has
+                // completed (this loop). Per docs/decisions/0005-guest-memory-access.md the
+                // guest may still write to them meanwhile; drivers take no decision from them.
+                taken = unsafe { driver.enqueue(&ops_vec[next..]) }.min(total - next);
+                for op in &ops_vec[next..next + taken] {
+                    in_flight[op.user_data as usize] = true;
+                }
                 next += taken;
+                outstanding += taken;
             }
-            let got = driver.dequeue(completions);
+            let got = driver.dequeue(completions).min(completions.len());
             for c in &completions[..got] {
-                match results.get_mut(c.user_data as usize) {
-                    Some(r) if (c.user_data as usize) < n => {
-                        *r = match c.result {
+                let i = usize::try_from(c.user_data).unwrap_or(usize::MAX);
+                match in_flight.get_mut(i) {
+                    Some(f) if i < n && *f => {
+                        *f = false;
+                        outstanding -= 1;
+                        results[i] = match c.result {
                             Ok(()) => status::OK,
                             Err(e) => e.status(),
-                        }
+                        };
                     }
-                    _ => warn!("driver returned unknown completion {}", c.user_data),
+                    _ if c.user_data == NO_COMPLETION.user_data => {}
+                    _ => warn!(
+                        "driver returned an unknown or repeated completion {}",
+                        c.user_data
+                    ),
                 }
             }
-            done += got;
+            // What a driver claims beyond what it wrote must never look like a completion.
+            completions[..got].fill(NO_COMPLETION);
             if got == 0 && (taken == 0 || next == total) {
                 wait_for_driver(driver.notifier());
             }
@@ -236,7 +266,12 @@ impl DataPath {
 }
 
 impl Processor for DataPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
         let mut total = 0;
         loop {
             // A batch may end early on its byte budget: go on until the ring is empty.
@@ -514,7 +549,7 @@ fn parse_op(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::test_driver::XorDriver;
+    use crate::crypto::test_driver::{LyingQueue, XorDriver};
     use dpacc_spec::{CipherAlg, CryptoDriver, HashAlg, SessionParams};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -544,6 +579,11 @@ mod tests {
         /// Posts one chain: readable `input` (split into `splits`), `out_len` writable bytes
         /// (split in two when possible), runs one batch, returns (used len, writable bytes).
         fn run(&self, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+            self.run_with(input, out_len, XorDriver.open_queue(64).unwrap())
+        }
+
+        /// As `run`, on driver queue `dq`.
+        fn run_with(&self, input: &[u8], out_len: u32, dq: Box<dyn CryptoQueue>) -> (u32, Vec<u8>) {
             self.mem.write_slice(input, GuestAddress(IN)).unwrap();
             self.mem
                 .write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
@@ -573,8 +613,9 @@ mod tests {
             let vq = MockSplitQueue::new(&self.mem, 16);
             vq.add_desc_chains(&raw, 0).unwrap();
             let mut q: Queue = vq.create_queue().unwrap();
-            let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), self.sessions.clone());
-            let n = dp.run_batch(&mut q, &self.mem, &Notify::new(None));
+            let mut dp = DataPath::new(dq, self.sessions.clone());
+            let fast = FastMem::new(&self.mem);
+            let n = dp.run_batch(&mut q, &fast, &Notify::new(None));
             assert_eq!(n, 1);
             let used = vq.used().ring().ref_at(0).unwrap().load();
             let mut out = vec![0u8; out_len as usize];
@@ -619,6 +660,22 @@ mod tests {
         assert_eq!(out[32], status::OK);
         let want: Vec<u8> = (0..32u8).map(|b| b ^ 0x0f ^ 0x30).collect();
         assert_eq!(&out[..32], &want[..]);
+    }
+
+    /// A driver whose counts lie (it claims to take more than offered and to return more
+    /// completions than it wrote, repeats one and invents another): the batch still ends only
+    /// when the operation really completed, with its result, and nothing panics.
+    #[test]
+    fn driver_counts_are_not_trusted() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 32, 32);
+        input.extend_from_slice(&[0x30; 16]);
+        input.extend((0..32u8).collect::<Vec<_>>());
+        let honest = rig.run(&input, 33);
+        let lying = rig.run_with(&input, 33, Box::new(LyingQueue::new()));
+        assert_eq!(lying, honest);
+        assert_eq!(lying.1[32], status::OK);
     }
 
     #[test]

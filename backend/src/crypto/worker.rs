@@ -1,20 +1,22 @@
 //! [`QueueWorker`]: one thread per started crypto ring (data or control queue): waits on the
-//! kick eventfd, drains the ring, signals the call eventfd (honouring EVENT_IDX), and hands the
+//! kick eventfd, drains the ring through the ring layer ([`SplitRing`]), signals the call
+//! eventfd when the ring says the driver wants it (EVENT_IDX or NO_INTERRUPT), and hands the
 //! ring back when asked to stop.
 
 use std::io;
 use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::ready::{self, ReadySet};
-use crate::split_ring::publish_avail_event;
+use crate::split_ring::SplitRing;
 use crate::vhost_user::QueueStart;
+use crate::virtq::FastMem;
 
-/// Signals the frontend after used entries were added.
+/// Signals the frontend after used entries were published.
 pub(crate) struct Notify {
     call: Option<EventFd>,
 }
@@ -25,28 +27,27 @@ impl Notify {
         Self { call }
     }
 
-    /// Signals the call eventfd if the ring's notification suppression allows it.
-    pub(crate) fn signal(&self, q: &mut Queue, mem: &GuestMemoryMmap) {
-        let Some(call) = &self.call else {
-            return;
-        };
-        match q.needs_notification(mem) {
-            Ok(true) => {
-                if let Err(e) = call.write(1) {
-                    warn!("call eventfd: {e}");
-                }
+    /// Signals the call eventfd when `wanted` (what [`SplitRing::close`] decided).
+    pub(crate) fn signal(&self, wanted: bool) {
+        if let (true, Some(call)) = (wanted, &self.call) {
+            if let Err(e) = call.write(1) {
+                warn!("call eventfd: {e}");
             }
-            Ok(false) => {}
-            Err(e) => warn!("needs_notification: {e}"),
         }
     }
 }
 
 /// What a worker does with the chains of its ring.
 pub(crate) trait Processor: Send + 'static {
-    /// Processes every available chain; returns how many were completed. Implementations
-    /// signal through `notify` after each batch of used entries.
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize;
+    /// Processes the available chains (at least one batch, if any); returns how many were
+    /// completed. Implementations open the ring with [`SplitRing::open`] over `mem`, close it
+    /// after each batch and signal through `notify`.
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize;
 }
 
 /// The running worker thread of one crypto ring.
@@ -130,6 +131,8 @@ fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queu
     queue
 }
 
+/// Drains the ring with kicks off, then turns them back on; drains again if chains came
+/// meanwhile.
 fn drain<P: Processor>(
     index: usize,
     q: &mut Queue,
@@ -139,24 +142,32 @@ fn drain<P: Processor>(
 ) {
     // One memory snapshot per wakeup: segment pointers stay valid while it is held.
     let m = mem.memory();
+    let fast = FastMem::new(&*m);
     loop {
-        let _ = q.disable_notification(&*m);
-        let n = p.process(q, &m, notify);
-        if let Err(e) = publish_avail_event(q, &m) {
-            warn!("vq{index}: avail_event: {e}");
+        match SplitRing::open(q, &fast) {
+            Some(r) => {
+                r.disable_kicks();
+                r.close(q);
+            }
+            None => {
+                warn!("vq{index}: ring outside guest memory; waiting for the next kick");
+                return;
+            }
         }
-        match q.enable_notification(&*m) {
-            Ok(true) if n > 0 => continue,
-            Ok(true) => {
-                // More is announced but nothing could be popped: a broken avail ring.
+        let n = p.process(q, &fast, notify);
+        let Some(mut r) = SplitRing::open(q, &fast) else {
+            return;
+        };
+        let more = r.enable_kicks();
+        r.close(q);
+        match (more, n) {
+            (true, 0) => {
+                // More is announced but nothing could be taken: a broken avail ring.
                 warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
                 return;
             }
-            Ok(false) => return,
-            Err(e) => {
-                warn!("vq{index}: enable_notification: {e}");
-                return;
-            }
+            (true, _) => continue,
+            (false, _) => return,
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::rings::OutFrame;
+
 /// An open TAP device.
 #[derive(Debug)]
 pub(crate) struct Tap {
@@ -71,10 +73,25 @@ impl Tap {
         Ok(Some(n as usize))
     }
 
-    /// Writes one frame (dropped by the kernel if the interface is down).
-    pub(crate) fn write(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: writing from a live buffer.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    /// Writes one frame (dropped by the kernel if the interface is down): its first bytes
+    /// from host memory, the rest (if any) straight from where it is (a guest's TX buffer:
+    /// the kernel copies it, no copy of ours).
+    pub(crate) fn write(&self, frame: OutFrame<'_>) -> io::Result<()> {
+        let (rest, rest_len) = frame.rest();
+        let iov = [
+            libc::iovec {
+                iov_base: frame.head().as_ptr() as *mut libc::c_void,
+                iov_len: frame.head().len(),
+            },
+            libc::iovec {
+                iov_base: rest as *mut libc::c_void,
+                iov_len: rest_len,
+            },
+        ];
+        let cnt = if rest_len == 0 { 1 } else { 2 };
+        // SAFETY: both buffers are readable for their lengths (the rest by `OutFrame`'s
+        // contract); the kernel only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

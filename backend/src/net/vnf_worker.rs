@@ -17,7 +17,7 @@ use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::rings::NetRings;
+use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
 use super::tap::Tap;
 use crate::virtq::ChainBufs;
@@ -350,10 +350,13 @@ impl VnfLoop {
         let Port::Vhost { rings: Some(g), .. } = &mut self.vnf.ports[i] else {
             return 0;
         };
+        // Frames from uplinks may stay partly in the guest's buffer (one copy when forwarded);
+        // the vNF's own frames are loaded whole (control frames are parsed whole).
         let (chains, mut n) = g.receive(
             &mut self.chain,
             &mut self.pkts,
             id,
+            id != PortId::VNF,
             &mut self.vnf.stats.bad_tx,
         );
         self.vnf.stats.batches += u64::from(chains > 0);
@@ -380,6 +383,16 @@ impl VnfLoop {
         }
         if n > 0 {
             self.process(n);
+        }
+        // Every frame of the batch is forwarded: forget where partial ones came from, then
+        // give the TX chains back.
+        for p in &mut self.pkts[..n] {
+            if !p.is_whole() {
+                p.reset(id);
+            }
+        }
+        if let Port::Vhost { rings: Some(g), .. } = &mut self.vnf.ports[i] {
+            g.tx_complete();
         }
         chains
     }
@@ -427,15 +440,16 @@ impl VnfLoop {
                     ) {
                         to_guests = true;
                     } else {
-                        output(&mut self.vnf, &mut self.chain, port, self.pkts[i].frame());
+                        output(&mut self.vnf, &mut self.chain, port, &self.pkts[i]);
                     }
                 }
                 Verdict::Drop => {}
                 Verdict::Miss { table } => {
-                    let p = &self.pkts[i];
+                    let p = &mut self.pkts[i];
                     if p.in_port == PortId::VNF {
                         continue; // vNF-originated misses are dropped, never looped back
                     }
+                    p.make_whole();
                     proto::encode_packet_in(
                         self.vnf.vnf_mac,
                         p.in_port,
@@ -443,7 +457,7 @@ impl VnfLoop {
                         p.frame(),
                         &mut self.frame,
                     );
-                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
+                    output_whole(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
@@ -472,7 +486,7 @@ impl VnfLoop {
                             .iter()
                             .zip(pkts.iter())
                             .filter(|(v, _)| **v == Verdict::Output(want))
-                            .map(|(_, p)| p.frame()),
+                            .map(|(_, p)| OutFrame::of(p)),
                     )
                 }
                 None => 0,
@@ -485,14 +499,16 @@ impl VnfLoop {
         let emits = std::mem::take(&mut self.emits);
         for e in &emits {
             match e {
-                Emit::Frame { port, frame } => output(&mut self.vnf, &mut self.chain, *port, frame),
+                Emit::Frame { port, frame } => {
+                    output_whole(&mut self.vnf, &mut self.chain, *port, frame)
+                }
                 Emit::Control(payload) => {
                     self.frame.clear();
                     self.frame.extend_from_slice(&self.vnf.vnf_mac);
                     self.frame.extend_from_slice(&proto::BACKEND_MAC);
                     self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
                     self.frame.extend_from_slice(payload);
-                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
+                    output_whole(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
                 }
             }
         }
@@ -510,8 +526,17 @@ impl VnfLoop {
     }
 }
 
+/// Sends the frame of `p` (partial or whole) out of `port`.
+fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, p: &PacketBuf) {
+    send_out(vnf, chain, port, OutFrame::of(p));
+}
+
 /// Sends `frame` out of `port`.
-fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
+fn output_whole(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
+    send_out(vnf, chain, port, OutFrame::whole(frame));
+}
+
+fn send_out(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: OutFrame<'_>) {
     match vnf.ports.get_mut(usize::from(port.0)) {
         Some(Port::Vhost { rings: g, .. }) => {
             let sent = g.as_mut().map_or(0, |g| g.send(chain, [frame]));

@@ -27,22 +27,51 @@ pub const HEADROOM: usize = 128;
 /// Largest frame (without virtio-net header) a [`PacketBuf`] holds after headroom.
 pub const MAX_FRAME: usize = 9216;
 
+/// Bytes of a frame a device copies into a [`PacketBuf`] when it leaves the rest in the source
+/// buffer ([`PacketBuf::set_partial`]): every header the processors parse or rewrite (VLAN tag,
+/// IPv4 with options or IPv6, TCP/UDP ports and checksum) lies in the first 128 bytes.
+pub const HEADER_BYTES: usize = 128;
+
 /// One packet being processed: a fixed buffer with headroom, reused across batches (the data
 /// path allocates no packet buffers per packet).
+///
+/// A device may load only the frame's first bytes ([`PacketBuf::set_partial`]; at least
+/// [`HEADER_BYTES`]) and leave the rest in its source buffer (a guest's TX buffer), so that a
+/// forwarded frame is copied once, from the source straight into the destination. Then
+/// [`frame`](Self::frame) holds the resident bytes (all headers), [`len`](Self::len) is the
+/// whole frame's length, and a processor that needs every byte (ESP) calls
+/// [`make_whole`](Self::make_whole) first.
 #[derive(Clone)]
 pub struct PacketBuf {
     buf: Box<[u8]>,
     head: usize,
+    /// Resident bytes of the frame (after `head`).
     len: usize,
+    /// The frame's bytes past the resident ones, still in the source buffer.
+    rest: Option<Rest>,
     /// The port the frame arrived on.
     pub in_port: PortId,
 }
+
+/// The part of a partial frame still in its source buffer.
+#[derive(Clone, Copy, Debug)]
+struct Rest {
+    src: *const u8,
+    len: usize,
+}
+
+// SAFETY: `Rest` only describes memory; whoever sets it (`set_partial`, unsafe) vouches for it
+// while the buffer is in use by one thread at a time, which `&mut self` access guarantees.
+unsafe impl Send for Rest {}
+// SAFETY: as above; shared access never reads through the pointer.
+unsafe impl Sync for Rest {}
 
 impl std::fmt::Debug for PacketBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PacketBuf")
             .field("head", &self.head)
             .field("len", &self.len)
+            .field("rest", &self.rest.map(|r| r.len))
             .field("in_port", &self.in_port)
             .finish()
     }
@@ -61,6 +90,7 @@ impl PacketBuf {
             buf: vec![0u8; HEADROOM + MAX_FRAME + 64].into_boxed_slice(),
             head: HEADROOM,
             len: 0,
+            rest: None,
             in_port: PortId::VNF,
         }
     }
@@ -69,6 +99,7 @@ impl PacketBuf {
     pub fn reset(&mut self, in_port: PortId) {
         self.head = HEADROOM;
         self.len = 0;
+        self.rest = None;
         self.in_port = in_port;
     }
 
@@ -83,24 +114,79 @@ impl PacketBuf {
         true
     }
 
-    /// The frame.
+    /// The frame (its resident bytes, which hold every header, if it is partial).
     pub fn frame(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]
     }
 
-    /// The frame, writable.
+    /// The frame, writable (its resident bytes, if it is partial).
     pub fn frame_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.head..self.head + self.len]
     }
 
-    /// Frame length.
+    /// Frame length (the whole frame's, also when it is partial).
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.rest.map_or(0, |r| r.len)
     }
 
     /// True when the frame is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Whether every byte of the frame is in the buffer.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Loads a partial frame's remaining bytes from its source buffer (no-op when whole), so
+    /// that [`frame`](Self::frame) is the whole frame. The source may be guest memory that a
+    /// guest writes meanwhile: the bytes are copied as they are, and the headers already in
+    /// the buffer stay as they are.
+    pub fn make_whole(&mut self) {
+        let Some(r) = self.rest.take() else {
+            return;
+        };
+        let at = self.head + self.len;
+        // `set_partial` checked that the whole frame fits the buffer.
+        let dst = &mut self.buf[at..at + r.len];
+        // SAFETY: `set_partial`'s caller vouched that `r.src..r.src + r.len` stays readable
+        // while the frame is partial; `dst` is our own buffer, disjoint from it. A raw copy, no
+        // reference to the source is formed.
+        unsafe { std::ptr::copy_nonoverlapping(r.src, dst.as_mut_ptr(), r.len) };
+        self.len += r.len;
+    }
+
+    /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
+    /// device that forwards the frame: it copies them straight into the destination.
+    pub fn rest(&self) -> Option<(*const u8, usize)> {
+        self.rest.map(|r| (r.src, r.len))
+    }
+
+    /// Marks the buffer (loaded through [`load_area`](Self::load_area) with `resident`
+    /// bytes) as holding the first `resident` bytes of a frame whose next `rest_len` bytes
+    /// are at `rest`. False (nothing changed) if `resident` is below [`HEADER_BYTES`] or the
+    /// whole frame would not fit [`MAX_FRAME`].
+    ///
+    /// # Safety
+    /// `rest..rest + rest_len` must stay mapped and readable until the frame is made whole,
+    /// reset, reloaded or dropped.
+    pub unsafe fn set_partial(
+        &mut self,
+        resident: usize,
+        rest: *const u8,
+        rest_len: usize,
+    ) -> bool {
+        if resident < HEADER_BYTES || resident.saturating_add(rest_len) > MAX_FRAME {
+            return false;
+        }
+        self.head = HEADROOM;
+        self.len = resident;
+        self.rest = Some(Rest {
+            src: rest,
+            len: rest_len,
+        });
+        true
     }
 
     /// Free bytes in front of the frame.
@@ -108,13 +194,15 @@ impl PacketBuf {
         self.head
     }
 
-    /// Free bytes after the frame.
+    /// Free bytes after the frame (after the whole frame, if it is partial).
     pub fn tailroom(&self) -> usize {
-        self.buf.len() - self.head - self.len
+        self.buf.len() - self.head - self.len()
     }
 
     /// Grows the frame by `n` bytes at the front; returns the new frame. None if no room.
+    /// A partial frame is made whole first.
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.make_whole();
         if n > self.head {
             return None;
         }
@@ -123,8 +211,10 @@ impl PacketBuf {
         Some(self.frame_mut())
     }
 
-    /// Removes `n` bytes from the front. False if the frame is shorter.
+    /// Removes `n` bytes from the front. False if the frame is shorter. A partial frame is
+    /// made whole first.
     pub fn pull_front(&mut self, n: usize) -> bool {
+        self.make_whole();
         if n > self.len {
             return false;
         }
@@ -133,8 +223,10 @@ impl PacketBuf {
         true
     }
 
-    /// Sets the frame length (growing into tail room or shrinking). False if no room.
+    /// Sets the frame length (growing into tail room or shrinking). False if no room. A
+    /// partial frame is made whole first.
     pub fn set_len(&mut self, len: usize) -> bool {
+        self.make_whole();
         if self.head + len > self.buf.len() {
             return false;
         }
@@ -198,7 +290,9 @@ pub struct InstanceConfig {
 /// no locks. Times are monotonic nanoseconds supplied by the caller.
 pub trait FlowProcessor: Send {
     /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
-    /// Must not allocate or lock per packet.
+    /// Must not allocate or lock per packet. A packet may be partial (see [`PacketBuf`]):
+    /// its headers are in [`PacketBuf::frame`]; call [`PacketBuf::make_whole`] before using
+    /// bytes past them.
     fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
 
     /// Handles one control request (the payload after the Ethernet header of a frame with
