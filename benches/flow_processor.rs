@@ -75,7 +75,7 @@ fn spec(cookie: u64, m: Match, actions: Vec<Action>) -> FlowSpec {
 fn million_flows(distinct_actions: bool) {
     let n = 1_000_000u32;
     let before = LIVE.load(Ordering::Relaxed);
-    let mut fp = SwFlowProcessor::new(Arc::new(SwDriver::new()), n as usize).unwrap();
+    let fp = SwFlowProcessor::new(Arc::new(SwDriver::new()), n as usize).unwrap();
     let t = Instant::now();
     for i in 0..n {
         let m = Match {

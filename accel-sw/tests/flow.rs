@@ -130,7 +130,7 @@ fn nat_rewrites_fix_ip_and_tcp_checksums_incrementally() {
     let s = fp.flow_stats(7).unwrap();
     assert_eq!(s.packets, 3);
     assert!(
-        fp.stats.emc_hits >= 2,
+        fp.stats().emc_hits >= 2,
         "the exact-match cache serves repeats"
     );
 }
@@ -165,7 +165,8 @@ fn priorities_goto_misses_and_the_exact_match_cache() {
         assert_eq!(run1(&mut fp, 0, &mut c.clone()), Verdict::Miss { table: 1 });
     }
     assert_eq!(
-        fp.stats.emc_hits, 4,
+        fp.stats().emc_hits,
+        4,
         "a and b hit the cache twice each; misses are not cached"
     );
     assert_eq!(fp.flow_stats(1).unwrap().packets, 6);
@@ -383,7 +384,7 @@ fn esp_tunnel_round_trip_rejects_replays_and_tampering() {
         run1(&mut b, 0, &mut pkt(new.frame(), 2)),
         Verdict::Output(PortId(1))
     );
-    let s = b.sa(0x1001).unwrap().stats;
+    let s = b.sa_stats(0x1001).unwrap();
     assert_eq!((s.packets, s.replay_drops, s.auth_drops), (6, 1, 3));
 }
 

@@ -91,6 +91,14 @@ pub struct NetArgs {
     /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
+    /// uplinks; VIRTIO_NET_F_MQ when more than one), queues of every TAP uplink
+    /// (IFF_MULTI_QUEUE when more than one), and worker threads: one per pair, each with its
+    /// own lane of the vNF's flow processor (flows, groups and SAs are shared; counters are
+    /// per worker and summed). QEMU: `-netdev vhost-user,...,queues=N` and `-device
+    /// virtio-net-pci,mq=on,vectors=2N+2`; the guest enables up to this many.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(dpacc_backend::net::MAX_QUEUE_PAIRS)))]
+    pub queue_pairs: u16,
     /// MAC address the vNF port reports to its guest (the last byte is incremented per vNF
     /// port, the fifth per vhost-user uplink).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]
@@ -190,6 +198,7 @@ impl NetArgs {
                         mac,
                         fastpath: fastpath.clone(),
                         busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
+                        queue_pairs: self.queue_pairs,
                     },
                 )
             })

@@ -59,11 +59,12 @@ fn serve(ifname: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<E
     std::thread::spawn(move || {
         let mut io = AfPacket::open(&ifname, ETHERTYPE).unwrap();
         let drv = SwFastPath::new(Arc::new(SwDriver::new()));
-        let mut inst = drv
+        let inst = drv
             .create_instance(&InstanceConfig {
                 name: ifname,
                 uplinks: 2,
                 max_flows: 2,
+                lanes: 1,
             })
             .unwrap();
         let t0 = Instant::now();

@@ -74,6 +74,7 @@ pub fn spawn_backend(
         mac,
         fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
         busy_poll: Duration::from_micros(50),
+        queue_pairs: 1,
     };
     let stop = shutdown.clone();
     let backend = std::thread::spawn(move || serve(&listener, cfg, &stop).expect("net backend"));

@@ -4,8 +4,17 @@
 //! next header][ICV 16]`, nonce = salt ‖ IV, AAD = SPI ‖ seq (no extended sequence numbers).
 //! Inbound: anti-replay window of 64 packets (RFC 4303 §3.4.3) checked before and updated
 //! after the ICV check.
+//!
+//! An SA is shared by every lane of its instance (one per virtio-net queue pair): its
+//! sequence number is an atomic counter and its replay window one 128-bit atomic word updated
+//! by compare-and-swap, so two lanes never send the same sequence number and a packet
+//! replayed on another queue pair is still refused; its counters are per lane and summed when
+//! read.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use portable_atomic::AtomicU128;
 
 use dpacc_spec::fastpath::PacketBuf;
 use dpacc_spec::{
@@ -75,8 +84,8 @@ pub struct SaStats {
     pub other_drops: u64,
 }
 
-/// The RFC 4303 §3.4.3 sliding window (64 packets).
-#[derive(Clone, Copy, Debug, Default)]
+/// The RFC 4303 §3.4.3 sliding window (64 packets), as a value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
     top: u32,
     bits: u64,
@@ -106,16 +115,78 @@ impl ReplayWindow {
             self.bits |= 1u64 << (self.top - seq);
         }
     }
+
+    fn pack(self) -> u128 {
+        u128::from(self.top) << 64 | u128::from(self.bits)
+    }
+
+    fn unpack(v: u128) -> Self {
+        Self {
+            top: (v >> 64) as u32,
+            bits: v as u64,
+        }
+    }
+}
+
+/// A [`ReplayWindow`] shared by lanes: one 128-bit atomic word.
+#[derive(Debug, Default)]
+pub struct SharedWindow(AtomicU128);
+
+impl SharedWindow {
+    /// The window now.
+    pub fn get(&self) -> ReplayWindow {
+        ReplayWindow::unpack(self.0.load(Ordering::Acquire))
+    }
+
+    /// Whether `seq` may be processed now.
+    pub fn check(&self, seq: u32) -> bool {
+        self.get().check(seq)
+    }
+
+    /// Records `seq` unless it was recorded meanwhile (by another lane) or left the window:
+    /// true if this call recorded it.
+    pub fn accept(&self, seq: u32) -> bool {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let mut w = ReplayWindow::unpack(cur);
+            if !w.check(seq) {
+                return false;
+            }
+            w.accept(seq);
+            match self
+                .0
+                .compare_exchange_weak(cur, w.pack(), Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// Counters of one lane, written by that lane only (a load and a store, no read-modify-write).
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct LaneSaStats {
+    packets: AtomicU64,
+    replay_drops: AtomicU64,
+    auth_drops: AtomicU64,
+    other_drops: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// A live SA.
 pub struct Sa {
     cfg: SaConfig,
     session: SessionHandle,
-    seq: u32,
-    window: ReplayWindow,
-    /// Counters.
-    pub stats: SaStats,
+    /// The last sequence number sent (shared by the lanes; past `u32::MAX`: exhausted).
+    seq: AtomicU64,
+    window: SharedWindow,
+    /// Per lane.
+    stats: Box<[LaneSaStats]>,
 }
 
 impl std::fmt::Debug for Sa {
@@ -123,14 +194,23 @@ impl std::fmt::Debug for Sa {
         f.debug_struct("Sa")
             .field("spi", &self.cfg.spi)
             .field("dir", &self.cfg.dir)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl Sa {
-    /// Creates the SA's AEAD session on `driver`.
+    /// Creates the SA's AEAD session on `driver`, for one lane.
     pub fn new(cfg: SaConfig, driver: &dyn CryptoDriver) -> Result<Self, CryptoError> {
+        Self::with_lanes(cfg, driver, 1)
+    }
+
+    /// Creates the SA's AEAD session on `driver`, shared by `lanes` lanes.
+    pub fn with_lanes(
+        cfg: SaConfig,
+        driver: &dyn CryptoDriver,
+        lanes: usize,
+    ) -> Result<Self, CryptoError> {
         let dir = match cfg.dir {
             SaDir::Outbound { .. } => Direction::Encrypt,
             SaDir::Inbound => Direction::Decrypt,
@@ -144,9 +224,9 @@ impl Sa {
         Ok(Self {
             cfg,
             session,
-            seq: 0,
-            window: ReplayWindow::default(),
-            stats: SaStats::default(),
+            seq: AtomicU64::new(0),
+            window: SharedWindow::default(),
+            stats: (0..lanes.max(1)).map(|_| LaneSaStats::default()).collect(),
         })
     }
 
@@ -162,29 +242,59 @@ impl Sa {
         Iv::new(&n).expect("12 bytes")
     }
 
-    fn count(&mut self, r: Result<(), EspDrop>) -> Result<(), EspDrop> {
+    /// Counters, summed over the lanes.
+    pub fn stats(&self) -> SaStats {
+        let r = Ordering::Relaxed;
+        let mut s = SaStats::default();
+        for l in &*self.stats {
+            s.packets += l.packets.load(r);
+            s.replay_drops += l.replay_drops.load(r);
+            s.auth_drops += l.auth_drops.load(r);
+            s.other_drops += l.other_drops.load(r);
+        }
+        s
+    }
+
+    /// The replay window now.
+    pub fn window(&self) -> ReplayWindow {
+        self.window.get()
+    }
+
+    fn count(&self, lane: usize, r: Result<(), EspDrop>) -> Result<(), EspDrop> {
+        let Some(c) = self.stats.get(lane) else {
+            return r;
+        };
         match r {
-            Ok(()) => self.stats.packets += 1,
-            Err(EspDrop::Replay) => self.stats.replay_drops += 1,
-            Err(EspDrop::Auth) => self.stats.auth_drops += 1,
-            Err(_) => self.stats.other_drops += 1,
+            Ok(()) => bump(&c.packets),
+            Err(EspDrop::Replay) => bump(&c.replay_drops),
+            Err(EspDrop::Auth) => bump(&c.auth_drops),
+            Err(_) => bump(&c.other_drops),
         }
         r
     }
 
-    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` (tunnel mode).
+    /// Takes the next sequence number (None once the 32-bit space is used up: the SA must be
+    /// replaced).
+    fn next_seq(&self) -> Option<u32> {
+        let s = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        u32::try_from(s).ok()
+    }
+
+    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` (tunnel mode), on
+    /// lane `lane`.
     pub fn encap(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         q: &mut dyn CryptoQueue,
+        lane: usize,
     ) -> Result<(), EspDrop> {
         let r = self.encap_inner(pkt, l2, q);
-        self.count(r)
+        self.count(lane, r)
     }
 
     fn encap_inner(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         q: &mut dyn CryptoQueue,
@@ -210,10 +320,9 @@ impl Sa {
         if pkt.headroom() < grow_front || pkt.tailroom() < grow_tail {
             return Err(EspDrop::NoRoom);
         }
-        let Some(seq) = self.seq.checked_add(1) else {
+        let Some(seq) = self.next_seq() else {
             return Err(EspDrop::NoRoom); // sequence space exhausted: the SA must be replaced
         };
-        self.seq = seq;
         let old_len = pkt.len();
         let fr = pkt.push_front(grow_front).expect("headroom checked");
         fr.copy_within(grow_front..grow_front + l2, 0);
@@ -284,20 +393,21 @@ impl Sa {
     }
 
     /// Decapsulates the ESP packet (outer IPv4 after `l2` bytes of link header, ESP after
-    /// `l4`), leaving `[L2][inner packet]`.
+    /// `l4`), leaving `[L2][inner packet]`, on lane `lane`.
     pub fn decap(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         l4: usize,
         q: &mut dyn CryptoQueue,
+        lane: usize,
     ) -> Result<(), EspDrop> {
         let r = self.decap_inner(pkt, l2, l4, q);
-        self.count(r)
+        self.count(lane, r)
     }
 
     fn decap_inner(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         l4: usize,
@@ -345,7 +455,11 @@ impl Sa {
                 Err(_) => return Err(EspDrop::Crypto),
             }
         }
-        self.window.accept(seq);
+        if !self.window.accept(seq) {
+            // Another lane accepted the same number meanwhile: a replay after all.
+            fr[body..body + ct_len].fill(0);
+            return Err(EspDrop::Replay);
+        }
         let pad = usize::from(fr[body + ct_len - 2]);
         let nh = fr[body + ct_len - 1];
         let Some(inner) = ct_len.checked_sub(2 + pad) else {
@@ -381,5 +495,28 @@ mod tests {
         w.accept(100);
         assert!(!w.check(36), "100 - 36 = 64: outside the window");
         assert!(w.check(37) && !w.check(100) && w.check(101));
+    }
+
+    /// Lanes accepting the same sequence numbers at once: each number is accepted exactly
+    /// once, and the window ends where a single lane would have left it.
+    #[test]
+    fn a_shared_window_accepts_each_number_once_across_lanes() {
+        let w = std::sync::Arc::new(SharedWindow::default());
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || (1..=20_000u32).filter(|&s| w.accept(s)).count())
+            })
+            .collect();
+        let total: usize = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        // Whichever lane comes to a number first accepts it (it is inside the window then);
+        // the other is refused: every number exactly once.
+        assert_eq!(total, 20_000);
+        let mut single = ReplayWindow::default();
+        for s in 1..=20_000 {
+            single.accept(s);
+        }
+        assert_eq!(w.get().top, single.top);
+        assert!(!w.check(20_000) && !w.check(19_999) && w.check(20_001));
     }
 }

@@ -3,6 +3,13 @@
 //! tunnel encap/decap with AES-GCM on the crypto driver, weighted group select), per-flow
 //! counters, idle/hard timeouts, and an exact-match cache in front of the wildcard tables.
 //!
+//! One instance ([`SwInstance`]) serves a vNF; its data path runs on one or more lanes
+//! ([`SwLane`], one per worker thread: a virtio-net queue pair each). The lanes share the
+//! tables, groups and SAs ([`lanes::LaneLock`]: read without writing a shared line, changed by
+//! control requests between batches) and keep their own exact-match cache, crypto queue and
+//! counters (per flow and per instance, summed when read). [`SwFlowProcessor`] is an instance
+//! with its one lane, for single-threaded users.
+//!
 //! This is the typed core; the control protocol (`dpacc_spec::fastpath::proto`) and the
 //! vhost-user-net device are built on it.
 
@@ -10,18 +17,21 @@ pub mod checksum;
 pub mod esp;
 mod instance;
 pub mod key;
+mod lanes;
 mod table;
 
 pub use instance::SwFastPath;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dpacc_spec::fastpath::{PacketBuf, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
-use esp::{Sa, SaConfig, SaDir};
+use esp::{Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
+use lanes::{LaneLock, LaneToken};
 use table::Tables;
 
 pub use dpacc_spec::fastpath::flow::{
@@ -34,6 +44,8 @@ pub const TABLES: usize = 8;
 const EMC_CAP: usize = 8192;
 /// Longest goto chain.
 const MAX_HOPS: usize = TABLES;
+/// Most lanes an instance may have.
+pub const MAX_LANES: usize = 64;
 
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +67,7 @@ pub enum FlowError {
     Crypto(#[from] CryptoError),
 }
 
-/// Instance-wide counters.
+/// Instance-wide counters (summed over the lanes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InstanceStats {
     /// Packets that missed every table.
@@ -66,70 +78,302 @@ pub struct InstanceStats {
     pub emc_hits: u64,
 }
 
+/// One lane's instance counters, written by that lane only (a load and a store).
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct LaneStats {
+    misses: AtomicU64,
+    drops: AtomicU64,
+    emc_hits: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
 #[derive(Clone, Copy, Default)]
 struct Path {
     n: u8,
+    /// (table, slot) of each flow on the way.
     hops: [(u8, u32); MAX_HOPS],
 }
 
-/// What running actions needs besides the tables (borrowed apart from them).
-struct Exec {
+/// What the lanes share: changed only through [`LaneLock::write`].
+struct Core {
+    t: Tables,
     groups: HashMap<u32, Vec<Bucket>>,
     outbound: HashMap<u32, Sa>,
     inbound: HashMap<u32, Sa>,
-    queue: Box<dyn CryptoQueue>,
+    /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
+    generation: u64,
+    max_flows: usize,
 }
 
-/// One vNF's flow processor.
-pub struct SwFlowProcessor {
-    t: Tables,
-    x: Exec,
-    /// Keyed per instance (ahash with random keys): fast, and not steerable by crafted
-    /// traffic the way a fixed hash would be.
-    emc: HashMap<FlowKey, Path, ahash::RandomState>,
-    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
-    last: Option<(FlowKey, Path)>,
+/// A vNF's flow-processor instance, shared by its lanes and its control.
+pub struct SwInstance {
+    core: LaneLock<Core>,
+    stats: Box<[LaneStats]>,
     crypto: Arc<dyn CryptoDriver>,
-    max_flows: usize,
+    /// Control requests that run packets through the tables (PACKET_OUT) use this lane
+    /// state, with lane 0's counters, while they hold the write side.
+    control: Mutex<LaneState>,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
-    /// Counters.
-    pub stats: InstanceStats,
 }
 
-impl SwFlowProcessor {
-    /// An empty instance holding at most `max_flows` flows, doing ESP on `crypto`.
-    pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
-        let queue = crypto.open_queue(1)?;
+/// What one lane keeps to itself.
+struct LaneState {
+    /// Keyed per lane (ahash with random keys): fast, and not steerable by crafted traffic
+    /// the way a fixed hash would be.
+    emc: HashMap<FlowKey, Path, ahash::RandomState>,
+    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
+    last: Option<(FlowKey, Path)>,
+    /// The [`Core::generation`] the caches were filled under.
+    generation: u64,
+    queue: Box<dyn CryptoQueue>,
+}
+
+impl LaneState {
+    fn new(crypto: &dyn CryptoDriver) -> Result<Self, CryptoError> {
         Ok(Self {
-            t: Tables::new(TABLES),
-            x: Exec {
-                groups: HashMap::new(),
-                outbound: HashMap::new(),
-                inbound: HashMap::new(),
-                queue,
-            },
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
             last: None,
-            crypto,
-            max_flows,
-            uplinks: u16::MAX,
-            stats: InstanceStats::default(),
+            generation: 0,
+            queue: crypto.open_queue(1)?,
         })
     }
+}
 
-    fn invalidate(&mut self) {
-        self.emc.clear();
-        self.last = None;
+/// One lane of an instance: its data path on one worker thread.
+pub struct SwLane {
+    inst: Arc<SwInstance>,
+    token: Option<LaneToken>,
+    st: LaneState,
+}
+
+impl Drop for SwLane {
+    fn drop(&mut self) {
+        if let Some(t) = self.token.take() {
+            self.inst.core.release(t);
+        }
+    }
+}
+
+impl SwLane {
+    /// The lane's index.
+    pub fn index(&self) -> usize {
+        self.token.as_ref().map_or(0, LaneToken::index)
+    }
+
+    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
+    pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        let core = self.inst.core.read(token);
+        let lane = token.index();
+        run_batch(
+            &core,
+            &mut self.st,
+            &self.inst.stats[lane],
+            lane,
+            now_ns,
+            pkts,
+            verdicts,
+        );
+    }
+}
+
+fn run_batch(
+    core: &Core,
+    st: &mut LaneState,
+    stats: &LaneStats,
+    lane: usize,
+    now: u64,
+    pkts: &mut [PacketBuf],
+    verdicts: &mut [Verdict],
+) {
+    if st.generation != core.generation {
+        st.emc.clear();
+        st.last = None;
+        st.generation = core.generation;
+    }
+    let (mut drops, mut misses, mut hits) = (0, 0, 0);
+    for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+        let (verdict, hit) = one(core, st, lane, now, p);
+        *v = verdict;
+        hits += u64::from(hit);
+        match verdict {
+            Verdict::Drop => drops += 1,
+            Verdict::Miss { .. } => misses += 1,
+            Verdict::Output(_) => {}
+        }
+    }
+    add(&stats.emc_hits, hits);
+    if drops + misses > 0 {
+        add(&stats.drops, drops);
+        add(&stats.misses, misses);
+    }
+}
+
+/// One packet: (verdict, whether the exact-match cache answered).
+fn one(
+    core: &Core,
+    st: &mut LaneState,
+    lane: usize,
+    now: u64,
+    p: &mut PacketBuf,
+) -> (Verdict, bool) {
+    let (key, lay) = parse(p.frame(), p.in_port.0);
+    let len = p.len() as u64;
+    let counters = &core.t.lanes[lane].flows;
+    // Packets come in bursts of one flow: the previous packet's path first (a key compare),
+    // then the exact-match cache (a hash and a probe).
+    let hit = match &st.last {
+        Some((k, path)) if *k == key => Some(*path),
+        _ => st
+            .emc
+            .get(&key)
+            .copied()
+            .inspect(|&path| st.last = Some((key, path))),
+    };
+    let mut x = Exec {
+        core,
+        queue: &mut *st.queue,
+        lane,
+    };
+    if let Some(path) = hit {
+        let mut lay = lay;
+        let mut key = key;
+        for &(_, slot) in &path.hops[..usize::from(path.n)] {
+            counters[slot as usize].hit(1, len, now);
+            let e = core.t.entry(slot);
+            let actions = core.t.acts.get(&e.actions);
+            if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                return (v, true);
+            }
+        }
+        return (Verdict::Drop, true);
+    }
+    let mut path = Path::default();
+    let mut cacheable = true;
+    let (mut key, mut lay) = (key, lay);
+    let first_key = key;
+    let mut t = 0usize;
+    loop {
+        let Some((slot, e)) = core.t.table(t).find(|(_, e)| e.m.matches(&key)) else {
+            return (Verdict::Miss { table: t as u8 }, false);
+        };
+        counters[slot as usize].hit(1, len, now);
+        let actions = core.t.acts.get(&e.actions);
+        let goto = match actions.last() {
+            Some(Action::Goto(g)) => Some(usize::from(*g)),
+            _ => None,
+        };
+        if goto.is_some() && actions.iter().any(Action::changes_key) {
+            cacheable = false; // the next table matches on a rewritten packet
+        }
+        path.hops[usize::from(path.n)] = (t as u8, slot);
+        path.n += 1;
+        if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+            if cacheable {
+                if st.emc.len() >= EMC_CAP {
+                    st.emc.clear();
+                }
+                st.emc.insert(first_key, path);
+                st.last = Some((first_key, path));
+            }
+            return (v, false);
+        }
+        match goto {
+            Some(g) => t = g,
+            None => return (Verdict::Drop, false), // no output action: dropped
+        }
+    }
+}
+
+impl SwInstance {
+    /// An empty instance holding at most `max_flows` flows, doing ESP on `crypto`, whose
+    /// data path runs on `lanes` lanes (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
+    pub fn new(
+        crypto: Arc<dyn CryptoDriver>,
+        max_flows: usize,
+        lanes: usize,
+    ) -> Result<Arc<Self>, CryptoError> {
+        let lanes = lanes.clamp(1, MAX_LANES);
+        let control = Mutex::new(LaneState::new(&*crypto)?);
+        Ok(Arc::new(Self {
+            core: LaneLock::new(
+                Core {
+                    t: Tables::new(TABLES, lanes),
+                    groups: HashMap::new(),
+                    outbound: HashMap::new(),
+                    inbound: HashMap::new(),
+                    generation: 0,
+                    max_flows,
+                },
+                lanes,
+            ),
+            stats: (0..lanes).map(|_| LaneStats::default()).collect(),
+            crypto,
+            control,
+            uplinks: u16::MAX,
+        }))
+    }
+
+    /// Sets the number of uplinks (valid output ports 0..=uplinks for control requests).
+    /// Only before the instance is shared.
+    pub fn set_uplinks(self: &mut Arc<Self>, uplinks: u16) {
+        if let Some(i) = Arc::get_mut(self) {
+            i.uplinks = uplinks;
+        }
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.core.lanes()
+    }
+
+    /// Lane `i`, once (None if out of range or already taken; a dropped lane may be taken
+    /// again).
+    pub fn lane(self: &Arc<Self>, i: usize) -> Result<Option<SwLane>, CryptoError> {
+        let Some(token) = self.core.claim(i) else {
+            return Ok(None);
+        };
+        let st = match LaneState::new(&*self.crypto) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core.release(token);
+                return Err(e);
+            }
+        };
+        Ok(Some(SwLane {
+            inst: self.clone(),
+            token: Some(token),
+            st,
+        }))
+    }
+
+    /// Instance counters, summed over the lanes.
+    pub fn stats(&self) -> InstanceStats {
+        let r = Ordering::Relaxed;
+        let mut s = InstanceStats::default();
+        for l in &*self.stats {
+            s.misses += l.misses.load(r);
+            s.drops += l.drops.load(r);
+            s.emc_hits += l.emc_hits.load(r);
+        }
+        s
     }
 
     /// Installs a flow (replacing one with the same table, priority and match).
-    pub fn add_flow(&mut self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
+    pub fn add_flow(&self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
         let t = usize::from(spec.table);
         if t >= TABLES {
             return Err(FlowError::BadTable(format!("table {t} (0..{TABLES})")));
         }
+        let mut core = self.core.write();
         for (i, a) in spec.actions.iter().enumerate() {
             match *a {
                 Action::Goto(g) if usize::from(g) <= t || usize::from(g) >= TABLES => {
@@ -138,76 +382,79 @@ impl SwFlowProcessor {
                 Action::Goto(_) if i + 1 != spec.actions.len() => {
                     return Err(FlowError::BadActions("goto must be the last action"))
                 }
-                Action::Group(g) if !self.x.groups.contains_key(&g) => {
+                Action::Group(g) if !core.groups.contains_key(&g) => {
                     return Err(FlowError::NotFound(format!("group {g}")))
                 }
-                Action::EspEncap(spi) if !self.x.outbound.contains_key(&spi) => {
+                Action::EspEncap(spi) if !core.outbound.contains_key(&spi) => {
                     return Err(FlowError::NotFound(format!("outbound SA {spi:#x}")))
                 }
                 _ => {}
             }
         }
-        if !self.t.insert(t, &spec, now_ns, self.max_flows) {
-            return Err(FlowError::Quota(self.max_flows));
+        let max = core.max_flows;
+        if !core.t.insert(t, &spec, now_ns, max) {
+            return Err(FlowError::Quota(max));
         }
-        self.invalidate();
+        core.generation += 1;
         Ok(())
     }
 
     /// Removes every flow with `cookie`; returns their final counters.
-    pub fn delete_flows(&mut self, cookie: u64) -> Vec<FlowStats> {
+    pub fn delete_flows(&self, cookie: u64) -> Vec<FlowStats> {
         let mut out = Vec::new();
-        let n = self
+        let mut core = self.core.write();
+        let n = core
             .t
-            .remove_if(|e| e.cookie == cookie, |e| out.push(e.stats));
+            .remove_if(|e, _| e.cookie == cookie, |_, s| out.push(s));
         if n > 0 {
-            self.invalidate();
+            core.generation += 1;
         }
         out
     }
 
-    /// Counters of the flows with `cookie` (summed), if any.
+    /// Counters of the flows with `cookie` (summed over flows and lanes), if any.
     pub fn flow_stats(&self, cookie: u64) -> Option<FlowStats> {
+        let core = self.core.write();
         let mut found = None;
-        for e in self
-            .t
-            .tables
-            .iter()
-            .flatten()
-            .filter(|e| e.cookie == cookie)
-        {
-            let s = found.get_or_insert(FlowStats::default());
-            s.packets += e.stats.packets;
-            s.bytes += e.stats.bytes;
+        for t in 0..TABLES {
+            for (slot, _) in core.t.table(t).filter(|(_, e)| e.cookie == cookie) {
+                let s = found.get_or_insert(FlowStats::default());
+                let (c, _) = core.t.counters(slot);
+                s.packets += c.packets;
+                s.bytes += c.bytes;
+            }
         }
         found
     }
 
     /// Up to `max` flows from index `start` (tables in order, then priority order).
     pub fn list(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
-        self.t
-            .tables
-            .iter()
-            .enumerate()
-            .flat_map(|(t, es)| es.iter().map(move |e| (t, e)))
+        let core = self.core.write();
+        (0..TABLES)
+            .flat_map(|t| core.t.table(t).map(move |(s, e)| (t, s, e)))
             .skip(start)
             .take(max)
-            .map(|(t, e)| dpacc_spec::fastpath::flow::FlowSummary {
+            .map(|(t, s, e)| dpacc_spec::fastpath::flow::FlowSummary {
                 cookie: e.cookie,
                 table: t as u8,
                 priority: e.priority,
-                stats: e.stats,
+                stats: core.t.counters(s).0,
             })
             .collect()
     }
 
+    /// The flow quota.
+    pub fn max_flows(&self) -> usize {
+        self.core.write().max_flows
+    }
+
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
-        self.t.flows()
+        self.core.write().t.flows()
     }
 
     /// Installs (or replaces) a select group.
-    pub fn add_group(&mut self, id: u32, buckets: Vec<Bucket>) -> Result<(), FlowError> {
+    pub fn add_group(&self, id: u32, buckets: Vec<Bucket>) -> Result<(), FlowError> {
         if buckets.is_empty() || buckets.iter().any(|b| b.weight == 0) {
             return Err(FlowError::BadActions(
                 "a group needs buckets with weights > 0",
@@ -223,142 +470,123 @@ impl SwFlowProcessor {
                 "bucket actions: rewrites and output only",
             ));
         }
-        self.x.groups.insert(id, buckets);
-        self.invalidate();
+        let mut core = self.core.write();
+        core.groups.insert(id, buckets);
+        core.generation += 1;
         Ok(())
     }
 
     /// Installs an ESP SA (creating its AEAD session on the crypto driver).
-    pub fn add_sa(&mut self, cfg: SaConfig) -> Result<(), FlowError> {
+    pub fn add_sa(&self, cfg: SaConfig) -> Result<(), FlowError> {
         let spi = cfg.spi;
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
-        let sa = Sa::new(cfg, &*self.crypto)?;
+        let sa = Sa::with_lanes(cfg, &*self.crypto, self.lanes())?;
+        let mut core = self.core.write();
         if outbound {
-            self.x.outbound.insert(spi, sa);
+            core.outbound.insert(spi, sa);
         } else {
-            self.x.inbound.insert(spi, sa);
+            core.inbound.insert(spi, sa);
         }
+        core.generation += 1;
         Ok(())
     }
 
-    /// The SA with `spi` (outbound first), for its counters.
-    pub fn sa(&self, spi: u32) -> Option<&Sa> {
-        self.x
-            .outbound
+    /// The counters of the SA with `spi` (outbound first), summed over the lanes.
+    pub fn sa_stats(&self, spi: u32) -> Option<SaStats> {
+        let core = self.core.write();
+        core.outbound
             .get(&spi)
-            .or_else(|| self.x.inbound.get(&spi))
+            .or_else(|| core.inbound.get(&spi))
+            .map(Sa::stats)
     }
 
-    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
-    pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
-        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.one(now_ns, p);
-            match *v {
-                Verdict::Drop => self.stats.drops += 1,
-                Verdict::Miss { .. } => self.stats.misses += 1,
-                Verdict::Output(_) => {}
-            }
-        }
+    /// Runs a batch through the tables outside any lane (PACKET_OUT through the tables),
+    /// counted on lane 0.
+    pub fn process_control(&self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        let mut st = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self.core.write();
+        run_batch(&core, &mut st, &self.stats[0], 0, now_ns, pkts, verdicts);
     }
 
-    fn one(&mut self, now: u64, p: &mut PacketBuf) -> Verdict {
-        let (key, lay) = parse(p.frame(), p.in_port.0);
-        let len = p.len() as u64;
-        // Packets come in bursts of one flow: the previous packet's path first (a key compare),
-        // then the exact-match cache (a hash and a probe).
-        let hit = match &self.last {
-            Some((k, path)) if *k == key => Some(*path),
-            _ => self
-                .emc
-                .get(&key)
-                .copied()
-                .inspect(|&path| self.last = Some((key, path))),
+    /// Removes flows past their timeouts (idle: on no lane for the idle timeout), returning
+    /// events for those that asked.
+    pub fn expire(&self, now_ns: u64, out: &mut Vec<Expired>) {
+        let mut core = self.core.write();
+        let t = &core.t;
+        let idle = |e: &table::Entry, slot: u32| {
+            e.idle_timeout_ns != 0 && now_ns.saturating_sub(t.counters(slot).1) >= e.idle_timeout_ns
         };
-        if let Some(path) = hit {
-            self.stats.emc_hits += 1;
-            let mut lay = lay;
-            let mut key = key;
-            for &(t, i) in &path.hops[..usize::from(path.n)] {
-                let e = &mut self.t.tables[usize::from(t)][i as usize];
-                e.stats.packets += 1;
-                e.stats.bytes += len;
-                e.last_used = now;
-                let actions = self.t.acts.get(e.actions);
-                if let Some(v) = self.x.run(actions, p, &mut key, &mut lay) {
-                    return v;
+        let mut doomed = Vec::new();
+        for tb in 0..TABLES {
+            for (slot, e) in t.table(tb) {
+                if now_ns >= e.hard_deadline || idle(e, slot) {
+                    doomed.push(slot);
                 }
             }
-            return Verdict::Drop;
         }
-        let mut path = Path::default();
-        let mut cacheable = true;
-        let (mut key, mut lay) = (key, lay);
-        let first_key = key;
-        let mut t = 0usize;
-        loop {
-            let Some(i) = self.t.tables[t].iter().position(|e| e.m.matches(&key)) else {
-                return Verdict::Miss { table: t as u8 };
-            };
-            let e = &mut self.t.tables[t][i];
-            e.stats.packets += 1;
-            e.stats.bytes += len;
-            e.last_used = now;
-            let actions = self.t.acts.get(e.actions);
-            let goto = match actions.last() {
-                Some(Action::Goto(g)) => Some(usize::from(*g)),
-                _ => None,
-            };
-            if goto.is_some() && actions.iter().any(Action::changes_key) {
-                cacheable = false; // the next table matches on a rewritten packet
-            }
-            path.hops[usize::from(path.n)] = (t as u8, i as u32);
-            path.n += 1;
-            if let Some(v) = self.x.run(actions, p, &mut key, &mut lay) {
-                if cacheable {
-                    if self.emc.len() >= EMC_CAP {
-                        self.emc.clear();
-                    }
-                    self.emc.insert(first_key, path);
-                    self.last = Some((first_key, path));
-                }
-                return v;
-            }
-            match goto {
-                Some(g) => t = g,
-                None => return Verdict::Drop, // no output action: dropped
-            }
+        if doomed.is_empty() {
+            return;
         }
-    }
-
-    /// Removes flows past their timeouts, returning events for those that asked.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
-        let idle = |e: &table::Entry| {
-            e.idle_timeout_ns != 0 && now_ns.saturating_sub(e.last_used) >= e.idle_timeout_ns
-        };
-        let hard = |e: &table::Entry| now_ns >= e.hard_deadline;
-        let removed = self.t.remove_if(
-            |e| idle(e) || hard(e),
-            |e| {
+        doomed.sort_unstable();
+        let removed = core.t.remove_if(
+            |_, s| doomed.binary_search(&s).is_ok(),
+            |e, stats| {
                 if e.notify_expiry {
                     out.push(Expired {
                         cookie: e.cookie,
-                        reason: if hard(e) {
+                        reason: if now_ns >= e.hard_deadline {
                             ExpiryReason::Hard
                         } else {
                             ExpiryReason::Idle
                         },
-                        stats: e.stats,
+                        stats,
                     });
                 }
             },
         );
         if removed > 0 {
-            self.invalidate();
+            core.generation += 1;
         }
     }
 }
 
-impl Exec {
+/// An instance with its one lane: the flow processor for single-threaded users (tests,
+/// benches, PACKET_OUT), with the instance's typed API (through `Deref`) and `process`.
+pub struct SwFlowProcessor {
+    lane: SwLane,
+}
+
+impl SwFlowProcessor {
+    /// An empty one-lane instance holding at most `max_flows` flows, doing ESP on `crypto`.
+    pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
+        let inst = SwInstance::new(crypto, max_flows, 1)?;
+        let lane = inst
+            .lane(0)?
+            .ok_or(CryptoError::Internal("lane 0 of a new instance"))?;
+        Ok(Self { lane })
+    }
+
+    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
+    pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        self.lane.process(now_ns, pkts, verdicts);
+    }
+}
+
+impl std::ops::Deref for SwFlowProcessor {
+    type Target = SwInstance;
+    fn deref(&self) -> &SwInstance {
+        &self.lane.inst
+    }
+}
+
+/// Running actions over the shared state, on one lane.
+struct Exec<'a> {
+    core: &'a Core,
+    queue: &'a mut dyn CryptoQueue,
+    lane: usize,
+}
+
+impl Exec<'_> {
     /// Runs `actions`; returns the verdict once one is reached (None: go on / goto).
     fn run(
         &mut self,
@@ -374,17 +602,17 @@ impl Exec {
                 Action::Goto(_) => return None,
                 Action::Group(g) => return Some(self.select(g, p, key, lay)),
                 Action::EspEncap(spi) => {
-                    let sa = self.outbound.get_mut(&spi)?;
-                    if sa.encap(p, lay.l3, &mut *self.queue).is_err() {
+                    let sa = self.core.outbound.get(&spi)?;
+                    if sa.encap(p, lay.l3, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }
                     (*key, *lay) = parse(p.frame(), key.in_port);
                 }
                 Action::EspDecap => {
-                    let Some(sa) = self.inbound.get_mut(&key.spi).filter(|_| lay.l4 != 0) else {
+                    let Some(sa) = self.core.inbound.get(&key.spi).filter(|_| lay.l4 != 0) else {
                         return Some(Verdict::Drop);
                     };
-                    if sa.decap(p, lay.l3, lay.l4, &mut *self.queue).is_err() {
+                    if sa.decap(p, lay.l3, lay.l4, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }
                     (*key, *lay) = parse(p.frame(), key.in_port);
@@ -406,7 +634,7 @@ impl Exec {
         key: &mut FlowKey,
         lay: &mut Layout,
     ) -> Verdict {
-        let Some(buckets) = self.groups.get(&g) else {
+        let Some(buckets) = self.core.groups.get(&g) else {
             return Verdict::Drop;
         };
         let total: u64 = buckets.iter().map(|b| u64::from(b.weight)).sum();

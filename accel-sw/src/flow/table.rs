@@ -1,14 +1,16 @@
-//! How flows are stored: compact entries (a packed match, an interned action list, counters
-//! and timeouts: 112 bytes), priority-ordered per table, with a counted index of
-//! (priority, match) hashes so that installing a flow is O(1) unless it replaces one.
+//! How flows are stored: compact entries in a slab (a packed match, the action list inline
+//! when it has at most two actions, else an interned list, the cookie and the timeouts: 104
+//! bytes), tables as priority-ordered lists of slab slots, an index of (table, priority,
+//! match) hashes over the slots (4 bytes a bucket), and per-lane counters by slot (what the
+//! data path writes; [`LaneCounters`]).
 //!
-//! At 1 M flows this is about 150 heap bytes per flow (the entry, the vector's slack and the
-//! index), against 324 when every entry carried a `FlowSpec` (a `Vec` of actions each) and the
-//! index held whole matches.
+//! At 1 M flows with one lane this is about 140 heap bytes per flow, whether the flows share
+//! their action lists or each has its own short list (benches/flow_processor.rs prints both).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Prefix};
 
@@ -128,28 +130,39 @@ impl PackedMatch {
     }
 }
 
-/// One installed flow.
+/// Most actions kept inside an entry; longer lists are interned in [`ActionLists`].
+const INLINE_ACTIONS: usize = 2;
+
+/// A flow's action list: inline when short (most lists: "output:2", "set_ipv4_dst:X,output:1"
+/// — no allocation, no index entry, nothing shared), else an interned list's id.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ActionRef {
+    /// Up to [`INLINE_ACTIONS`] actions: (how many, the actions).
+    Inline(u8, [Action; INLINE_ACTIONS]),
+    /// A list in the [`ActionLists`].
+    Shared(u32),
+}
+
+/// One installed flow (its counters are per lane, by `slot`: [`LaneCounters`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     pub(crate) m: PackedMatch,
-    /// Its action list in the [`ActionLists`].
-    pub(crate) actions: u32,
+    pub(crate) actions: ActionRef,
     pub(crate) cookie: u64,
-    pub(crate) idle_timeout_ns: u64,
     /// When the hard timeout passes (`u64::MAX`: never).
     pub(crate) hard_deadline: u64,
-    pub(crate) last_used: u64,
-    pub(crate) stats: FlowStats,
+    /// Idle timeout (ns; 0 = never).
+    pub(crate) idle_timeout_ns: u64,
     pub(crate) priority: u16,
+    pub(crate) table: u8,
     pub(crate) notify_expiry: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() <= 112);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 104);
 
-/// Action lists, each stored once however many flows use it (most flows of a table share a
-/// few lists: "output:2", "set_ipv4_dst:X,output:1"), with a reference count. The index maps
-/// a list's hash to its id; a list whose hash is taken by another (a collision) is stored
-/// unindexed, so it is merely not shared.
+/// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
+/// with a reference count. The index maps a list's hash to its id; a list whose hash is taken
+/// by another (a collision) is stored unindexed, so it is merely not shared.
 #[derive(Default)]
 pub(crate) struct ActionLists {
     /// (list, references, indexed).
@@ -160,15 +173,20 @@ pub(crate) struct ActionLists {
 }
 
 impl ActionLists {
-    /// The id of `a` (stored if new), with one more reference.
-    pub(crate) fn intern(&mut self, a: &[Action]) -> u32 {
+    /// A reference to `a` (inline if short; else interned, with one more reference).
+    pub(crate) fn intern(&mut self, a: &[Action]) -> ActionRef {
+        if a.len() <= INLINE_ACTIONS {
+            let mut inline = [Action::Drop; INLINE_ACTIONS];
+            inline[..a.len()].copy_from_slice(a);
+            return ActionRef::Inline(a.len() as u8, inline);
+        }
         let h = self.hasher.hash_one(a);
         let slot = self.index.get(&h).copied();
         if let Some(id) = slot {
             let (list, refs, _) = &mut self.lists[id as usize];
             if **list == *a {
                 *refs += 1;
-                return id;
+                return ActionRef::Shared(id);
             }
         }
         let entry = (a.into(), 1, slot.is_none());
@@ -185,11 +203,14 @@ impl ActionLists {
         if slot.is_none() {
             self.index.insert(h, id);
         }
-        id
+        ActionRef::Shared(id)
     }
 
-    /// Drops one reference to list `id` (freed with the last).
-    pub(crate) fn release(&mut self, id: u32) {
+    /// Drops one reference (an interned list is freed with its last).
+    pub(crate) fn release(&mut self, r: ActionRef) {
+        let ActionRef::Shared(id) = r else {
+            return;
+        };
         let (list, refs, indexed) = &mut self.lists[id as usize];
         *refs -= 1;
         if *refs == 0 {
@@ -201,31 +222,78 @@ impl ActionLists {
         }
     }
 
-    /// List `id`.
+    /// The actions `r` refers to.
     #[inline]
-    pub(crate) fn get(&self, id: u32) -> &[Action] {
-        &self.lists[id as usize].0
+    pub(crate) fn get<'a>(&'a self, r: &'a ActionRef) -> &'a [Action] {
+        match r {
+            ActionRef::Inline(n, a) => &a[..usize::from(*n)],
+            ActionRef::Shared(id) => &self.lists[*id as usize].0,
+        }
     }
+}
+
+/// One flow's counters on one lane. Only that lane writes them (a load and a store, no
+/// read-modify-write: nothing else writes the line); anyone may read them.
+#[derive(Debug, Default)]
+pub(crate) struct FlowCounters {
+    pub(crate) packets: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    /// When the lane last matched the flow (monotonic ns, the instance's clock).
+    pub(crate) last_used: AtomicU64,
+}
+
+impl FlowCounters {
+    /// Counts `packets` packets of `bytes` bytes at `now` (the owning lane only).
+    #[inline]
+    pub(crate) fn hit(&self, packets: u64, bytes: u64, now: u64) {
+        let r = Ordering::Relaxed;
+        self.packets.store(self.packets.load(r) + packets, r);
+        self.bytes.store(self.bytes.load(r) + bytes, r);
+        self.last_used.store(now, r);
+    }
+
+    fn clear(&self, now: u64) {
+        let r = Ordering::Relaxed;
+        self.packets.store(0, r);
+        self.bytes.store(0, r);
+        self.last_used.store(now, r);
+    }
+}
+
+/// The flow counters of one lane, by slab slot.
+#[derive(Debug, Default)]
+pub(crate) struct LaneCounters {
+    pub(crate) flows: Vec<FlowCounters>,
 }
 
 /// The flow tables of one instance.
 pub(crate) struct Tables {
-    /// Per table, entries in priority order (highest first; equal priorities in install order).
-    pub(crate) tables: Vec<Vec<Entry>>,
+    /// Every flow, by slot (a free slot holds a stale entry, in no table).
+    pub(crate) slab: Vec<Entry>,
+    free: Vec<u32>,
+    /// Per table, the slots of its entries in priority order (highest first; equal
+    /// priorities in install order).
+    pub(crate) tables: Vec<Vec<u32>>,
     pub(crate) acts: ActionLists,
-    /// How many entries of each (table, priority, match) hash exist: installing checks here
-    /// and searches the table only when the hash is present (a replacement, in practice).
-    present: HashMap<u64, u32, ahash::RandomState>,
+    /// Per lane, the flows' counters by slot.
+    pub(crate) lanes: Vec<LaneCounters>,
+    /// The slots of all entries, by the hash of (table, priority, match): installing finds
+    /// the entry it replaces here.
+    index: hashbrown::HashTable<u32>,
     hasher: ahash::RandomState,
     flows: usize,
 }
 
 impl Tables {
-    pub(crate) fn new(n: usize) -> Self {
+    /// `n` empty tables whose flows are counted on `lanes` lanes.
+    pub(crate) fn new(n: usize, lanes: usize) -> Self {
         Self {
+            slab: Vec::new(),
+            free: Vec::new(),
             tables: (0..n).map(|_| Vec::new()).collect(),
             acts: ActionLists::default(),
-            present: HashMap::default(),
+            lanes: (0..lanes).map(|_| LaneCounters::default()).collect(),
+            index: hashbrown::HashTable::new(),
             hasher: ahash::RandomState::new(),
             flows: 0,
         }
@@ -235,91 +303,140 @@ impl Tables {
         self.flows
     }
 
-    fn id(&self, t: usize, priority: u16, m: &PackedMatch) -> u64 {
-        self.hasher.hash_one((t, priority, m))
+    fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
+        hasher.hash_one((t, priority, m))
+    }
+
+    /// The summed counters of the flow in `slot` over every lane, and when any lane last
+    /// used it.
+    pub(crate) fn counters(&self, slot: u32) -> (FlowStats, u64) {
+        let r = Ordering::Relaxed;
+        let mut s = FlowStats::default();
+        let mut last = 0;
+        for l in &self.lanes {
+            if let Some(c) = l.flows.get(slot as usize) {
+                s.packets += c.packets.load(r);
+                s.bytes += c.bytes.load(r);
+                last = last.max(c.last_used.load(r));
+            }
+        }
+        (s, last)
     }
 
     /// Installs `spec` in table `t` (checked by the caller), replacing the entry with the same
-    /// priority and match. False (nothing installed) when a new entry would exceed `max`.
+    /// priority and match (whose counters start again). False (nothing installed) when a new
+    /// entry would exceed `max`.
     pub(crate) fn insert(&mut self, t: usize, spec: &FlowSpec, now: u64, max: usize) -> bool {
         let m = PackedMatch::new(&spec.m);
-        let id = self.id(t, spec.priority, &m);
-        let replaces = self.present.contains_key(&id);
-        if !replaces && self.flows >= max {
+        let table = t as u8;
+        let id = Self::id(&self.hasher, table, spec.priority, &m);
+        let slab = &self.slab;
+        let old = self
+            .index
+            .find(id, |&s| {
+                let e = &slab[s as usize];
+                e.table == table && e.priority == spec.priority && e.m == m
+            })
+            .copied();
+        if old.is_none() && self.flows >= max {
             return false;
         }
         let entry = Entry {
             m,
             actions: self.acts.intern(&spec.actions),
             cookie: spec.cookie,
-            idle_timeout_ns: spec.idle_timeout_ns,
             hard_deadline: match spec.hard_timeout_ns {
                 0 => u64::MAX,
                 h => now.saturating_add(h),
             },
-            last_used: now,
-            stats: FlowStats::default(),
+            idle_timeout_ns: spec.idle_timeout_ns,
             priority: spec.priority,
+            table,
             notify_expiry: spec.notify_expiry,
         };
-        let table = &mut self.tables[t];
-        if replaces {
-            if let Some(old) = table
-                .iter_mut()
-                .find(|e| e.priority == entry.priority && e.m == entry.m)
-            {
-                let old_actions = std::mem::replace(old, entry).actions;
-                self.acts.release(old_actions);
-                return true;
+        if let Some(s) = old {
+            let old = std::mem::replace(&mut self.slab[s as usize], entry);
+            self.acts.release(old.actions);
+            for l in &self.lanes {
+                l.flows[s as usize].clear(now);
             }
-            // Only the hash was the same (a collision): a new entry after all.
-            if self.flows >= max {
-                self.acts.release(entry.actions);
-                return false;
-            }
+            return true;
         }
-        let at = table.partition_point(|e| e.priority >= entry.priority);
-        table.insert(at, entry);
-        *self.present.entry(id).or_insert(0) += 1;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = entry;
+                s
+            }
+            None => {
+                self.slab.push(entry);
+                let s = (self.slab.len() - 1) as u32;
+                for l in &mut self.lanes {
+                    l.flows.push(FlowCounters::default());
+                }
+                s
+            }
+        };
+        for l in &self.lanes {
+            l.flows[slot as usize].clear(now);
+        }
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index.insert_unique(id, slot, |&s| {
+            let e = &slab[s as usize];
+            Self::id(hasher, e.table, e.priority, &e.m)
+        });
+        let list = &mut self.tables[t];
+        let at = list.partition_point(|&s| slab[s as usize].priority >= spec.priority);
+        list.insert(at, slot);
         self.flows += 1;
         true
     }
 
-    /// Removes the entries `drop` selects (calling `removed` for each), keeping the index and
-    /// the action lists in step. Returns how many were removed.
+    /// Removes the entries `drop` selects (calling `removed` with each, its slot and its
+    /// summed counters), keeping the index, the action lists and the counters in step.
+    /// Returns how many were removed.
     pub(crate) fn remove_if(
         &mut self,
-        mut drop: impl FnMut(&Entry) -> bool,
-        mut removed: impl FnMut(&Entry),
+        mut drop: impl FnMut(&Entry, u32) -> bool,
+        mut removed: impl FnMut(&Entry, FlowStats),
     ) -> usize {
-        let mut n = 0;
-        let Self {
-            tables,
-            acts,
-            present,
-            hasher,
-            ..
-        } = self;
-        for (t, table) in tables.iter_mut().enumerate() {
-            table.retain(|e| {
-                if !drop(e) {
-                    return true;
+        let mut gone = Vec::new();
+        for list in &mut self.tables {
+            let slab = &self.slab;
+            list.retain(|&s| {
+                let e = &slab[s as usize];
+                if drop(e, s) {
+                    gone.push(s);
+                    false
+                } else {
+                    true
                 }
-                removed(e);
-                acts.release(e.actions);
-                let id = hasher.hash_one((t, e.priority, &e.m));
-                if let Some(c) = present.get_mut(&id) {
-                    *c -= 1;
-                    if *c == 0 {
-                        present.remove(&id);
-                    }
-                }
-                n += 1;
-                false
             });
         }
-        self.flows -= n;
-        n
+        for &s in &gone {
+            let (stats, _) = self.counters(s);
+            let e = &self.slab[s as usize];
+            removed(e, stats);
+            let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
+            if let Ok(o) = self.index.find_entry(id, |&x| x == s) {
+                o.remove();
+            }
+            let a = e.actions;
+            self.acts.release(a);
+            self.free.push(s);
+        }
+        self.flows -= gone.len();
+        gone.len()
+    }
+
+    /// The entry in `slot`.
+    #[inline]
+    pub(crate) fn entry(&self, slot: u32) -> &Entry {
+        &self.slab[slot as usize]
+    }
+
+    /// The entries of table `t` in priority order, with their slots.
+    pub(crate) fn table(&self, t: usize) -> impl Iterator<Item = (u32, &Entry)> + '_ {
+        self.tables[t].iter().map(|&s| (s, &self.slab[s as usize]))
     }
 }
 
@@ -327,6 +444,7 @@ impl Tables {
 mod tests {
     use super::*;
     use dpacc_spec::fastpath::flow::{ETH_IPV4, NO_VLAN};
+    use dpacc_spec::fastpath::PortId;
 
     /// The packed match decides like `Match::matches` on every field and prefix shape.
     #[test]
@@ -416,19 +534,89 @@ mod tests {
     }
 
     #[test]
-    fn action_lists_are_shared_and_freed() {
+    fn short_lists_are_inline_and_long_ones_shared_and_freed() {
         let mut a = ActionLists::default();
-        let out = [Action::Output(dpacc_spec::fastpath::PortId(1))];
-        let x = a.intern(&out);
-        let y = a.intern(&out);
-        assert_eq!(x, y);
-        let z = a.intern(&[Action::Drop]);
-        assert_ne!(x, z);
+        let out = [Action::Output(PortId(1))];
+        let r = a.intern(&out);
+        assert!(matches!(r, ActionRef::Inline(1, _)));
+        assert_eq!(a.get(&r), &out);
+        let two = [Action::SetL4Dst(7), Action::Output(PortId(2))];
+        let r2 = a.intern(&two);
+        assert_eq!(a.get(&r2), &two);
+        let long = [Action::SetL4Src(1), Action::SetL4Dst(2), Action::Goto(3)];
+        let x = a.intern(&long);
+        let y = a.intern(&long);
+        let (ActionRef::Shared(xi), ActionRef::Shared(yi)) = (x, y) else {
+            panic!("a list of three is interned")
+        };
+        assert_eq!(xi, yi);
+        let other = [Action::SetL4Src(1), Action::SetL4Dst(2), Action::Drop];
+        let z = a.intern(&other);
         a.release(x);
-        assert_eq!(a.get(y), &out);
+        assert_eq!(a.get(&y), &long);
         a.release(y);
         // Freed: the id is reused for the next new list.
-        assert_eq!(a.intern(&[Action::Goto(3)]), x);
-        assert_eq!(a.get(z), &[Action::Drop]);
+        let w = a.intern(&[Action::Goto(3), Action::Goto(4), Action::Goto(5)]);
+        assert!(matches!(w, ActionRef::Shared(i) if i == xi));
+        assert_eq!(a.get(&z), &other);
+    }
+
+    fn spec(priority: u16, dport: u16, cookie: u64) -> FlowSpec {
+        FlowSpec {
+            table: 0,
+            priority,
+            cookie,
+            m: Match {
+                dport: Some(dport),
+                ..Match::default()
+            },
+            actions: vec![Action::Output(PortId(1))],
+            idle_timeout_ns: 1,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        }
+    }
+
+    /// Slots are reused, the index follows replacements and removals, the priority order
+    /// holds, and every lane's counters of a slot start again when it is reused.
+    #[test]
+    fn slots_index_and_counters_stay_in_step() {
+        let mut t = Tables::new(2, 2);
+        assert!(t.insert(0, &spec(5, 1, 1), 0, 3));
+        assert!(t.insert(0, &spec(9, 2, 2), 0, 3));
+        assert!(t.insert(0, &spec(5, 3, 3), 0, 3));
+        assert!(!t.insert(0, &spec(5, 4, 4), 0, 3), "quota");
+        assert!(t.insert(0, &spec(5, 3, 33), 0, 3), "a replacement fits");
+        let order: Vec<u64> = t.table(0).map(|(_, e)| e.cookie).collect();
+        assert_eq!(order, [2, 1, 33]);
+        t.lanes[0].flows[1].hit(2, 100, 7);
+        t.lanes[1].flows[1].hit(1, 50, 9);
+        assert_eq!(
+            t.counters(1),
+            (
+                FlowStats {
+                    packets: 3,
+                    bytes: 150
+                },
+                9
+            )
+        );
+        let mut seen = Vec::new();
+        assert_eq!(
+            t.remove_if(
+                |e, _| e.cookie == 2,
+                |e, s| seen.push((e.cookie, s.packets))
+            ),
+            1
+        );
+        assert_eq!(seen, [(2, 3)]);
+        assert!(t.insert(0, &spec(9, 2, 22), 10, 3), "slot 1 reused");
+        assert_eq!(t.counters(1).0, FlowStats::default());
+        assert_eq!(t.slab.len(), 3);
+        // The index finds the new entry: replacing it keeps the count.
+        assert!(t.insert(0, &spec(9, 2, 222), 10, 3));
+        assert_eq!(t.flows(), 3);
+        let order: Vec<u64> = t.table(0).map(|(_, e)| e.cookie).collect();
+        assert_eq!(order, [222, 1, 33]);
     }
 }

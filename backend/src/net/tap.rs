@@ -16,8 +16,10 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 impl Tap {
     /// Creates (or attaches to) the TAP interface `name` and brings nothing up: the operator
-    /// (or test) configures it, possibly in another network namespace.
-    pub(crate) fn open(name: &str) -> io::Result<Self> {
+    /// (or test) configures it, possibly in another network namespace. With `multi_queue`
+    /// (IFF_MULTI_QUEUE) every open attaches one more queue of the same interface: one per
+    /// worker, and the kernel spreads the frames it sends over the queues by flow.
+    pub(crate) fn open(name: &str, multi_queue: bool) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -42,7 +44,12 @@ impl Tap {
             for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
                 *d = *s as libc::c_char;
             }
-            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+            let mq = if multi_queue {
+                libc::IFF_MULTI_QUEUE
+            } else {
+                0
+            };
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | mq) as libc::c_short;
             if libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut ifr) < 0 {
                 return Err(io::Error::last_os_error());
             }

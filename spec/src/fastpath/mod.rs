@@ -1,7 +1,8 @@
 //! The inline / fast-path contract: per-vNF flow processors and the packets they work on.
 //!
 //! Each vNF port of a `dpacc-backend net` device owns one isolated [`FlowProcessor`] made by a
-//! [`FastPathDriver`]. The backend hands it batches of Ethernet frames (virtio-net header
+//! [`FastPathDriver`], whose data path runs on one [`FlowLane`] per worker thread (virtio-net
+//! queue pair). The backend hands a lane batches of Ethernet frames (virtio-net header
 //! already stripped) received on the vNF port or on the uplinks that belong to it; for each the
 //! processor returns a [`Verdict`]. Control frames (EtherType [`proto::ETHERTYPE`]) sent by the
 //! vNF go to [`FlowProcessor::control`] instead; the backend never forwards them.
@@ -284,28 +285,45 @@ pub struct InstanceConfig {
     pub uplinks: u16,
     /// Flow quota (`--max-flows`).
     pub max_flows: usize,
+    /// Data-path lanes: worker threads that process packets of this instance at the same
+    /// time, one per virtio-net queue pair (`--queue-pairs`); at least 1.
+    pub lanes: usize,
 }
 
-/// A per-vNF flow-processor instance. Owned by one worker thread; never shared, so it needs
-/// no locks. Times are monotonic nanoseconds supplied by the caller.
-pub trait FlowProcessor: Send {
+/// A per-vNF flow-processor instance: its flows, groups, SAs and counters, shared by the
+/// instance's lanes ([`FlowLane`], one per worker thread) and changed by control requests
+/// (which may arrive on any worker). Times are monotonic nanoseconds supplied by the caller,
+/// on one clock for all lanes.
+///
+/// Drivers keep the data path free of locks and of shared writes per packet: each lane has
+/// its own caches and counters (summed when read); shared per-SA state (sequence numbers,
+/// anti-replay windows) stays correct across lanes; idle timeouts see every lane's traffic.
+pub trait FlowProcessor: Send + Sync {
+    /// Lane `index` (`0..lanes`), once: None if out of range or already taken (a dropped
+    /// lane may be taken again).
+    fn lane(&self, index: usize) -> Option<Box<dyn FlowLane>>;
+
+    /// Handles one control request (the payload after the Ethernet header of a frame with
+    /// [`proto::ETHERTYPE`] sent by the vNF). Responses, and frames to transmit (PACKET_OUT),
+    /// are pushed to `out`. Malformed requests produce an error response, never a panic.
+    /// Never call it from inside [`FlowLane::process`].
+    fn control(&self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>);
+
+    /// Expires flows whose idle or hard timeout passed (idle: on no lane), pushing one event
+    /// per expired flow (when the flow asked for it) to `out`. Called a few times per second.
+    fn expire(&self, now_ns: u64, out: &mut Vec<Emit>);
+
+    /// Installed flows (all tables).
+    fn flow_count(&self) -> usize;
+}
+
+/// One lane of a [`FlowProcessor`]: the data path on one worker thread.
+pub trait FlowLane: Send {
     /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
     /// Must not allocate or lock per packet. A packet may be partial (see [`PacketBuf`]):
     /// its headers are in [`PacketBuf::frame`]; call [`PacketBuf::make_whole`] before using
     /// bytes past them.
     fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
-
-    /// Handles one control request (the payload after the Ethernet header of a frame with
-    /// [`proto::ETHERTYPE`] sent by the vNF). Responses, and frames to transmit (PACKET_OUT),
-    /// are pushed to `out`. Malformed requests produce an error response, never a panic.
-    fn control(&mut self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>);
-
-    /// Expires flows whose idle or hard timeout passed, pushing one event per expired flow
-    /// (when the flow asked for it) to `out`. Called a few times per second.
-    fn expire(&mut self, now_ns: u64, out: &mut Vec<Emit>);
-
-    /// Installed flows (all tables).
-    fn flow_count(&self) -> usize;
 }
 
 /// Why a fast-path driver could not create an instance.
@@ -323,9 +341,9 @@ pub enum InstanceError {
 pub trait FastPathDriver: Send + Sync {
     /// Short name.
     fn name(&self) -> &str;
-    /// A new, empty instance for one vNF port.
+    /// A new, empty instance for one vNF port, with `cfg.lanes` lanes.
     fn create_instance(
         &self,
         cfg: &InstanceConfig,
-    ) -> Result<Box<dyn FlowProcessor>, InstanceError>;
+    ) -> Result<std::sync::Arc<dyn FlowProcessor>, InstanceError>;
 }
