@@ -10,7 +10,13 @@
 #     frame or decapsulates an ESP one, AES-128-GCM) against raw software AES-128-GCM on the
 #     same payload;
 #   - the flow table: 1 M flows installed (inserts/s, heap bytes per flow) against the targets
-#     of issue 12 (1 M inserts/s, 160 bytes).
+#     of issue 12 (1 M inserts/s, 160 bytes);
+#   - multi-queue, 64-byte frames: dpacc-backend net --queue-pairs 2 (two workers, free to run
+#     on both cores) against testpmd io-fwd with two queues per port and two forwarding
+#     lcores (one per core), the generator looping on two queues per port from core 0; and
+#     the 2-worker figure over the 1-worker one. On this 2-core machine the generator shares
+#     core 0 with a worker (or a testpmd lcore): the figure shows what a second worker costs or
+#     gains when cores are shared, not how far two free cores would scale.
 #
 # Needs root (hugepages), Debian's dpdk-dev, release builds of dpacc-backend and dpacc, and
 # cargo (for the flow-table figure):
@@ -18,7 +24,8 @@
 # Environment: SECONDS_RUN (default 5), BURSTS (default 4), TARGET (default target/release),
 # TARGET_B (a second build's directory, e.g. of the previous commit: its dpacc-backend is
 # measured in the same run, for before/after), PERF (a file: profile dpacc-backend during the
-# 64-byte run with `perf record`), NO_FLOWS (skip the flow-table figure).
+# 64-byte run with `perf record`), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the
+# multi-queue figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TARGET:-target/release}
@@ -36,7 +43,7 @@ grep -q hugetlbfs /proc/mounts || { mkdir -p /dev/hugepages; mount -t hugetlbfs 
 
 # The generator: frames/s it received on both ports, measured over the last RUN seconds.
 generate() {
-  local a=$1 b=$2 txpkts=${3:-64} out=$DIR/gen.log
+  local a=$1 b=$2 txpkts=${3:-64} q=${4:-1} out=$DIR/gen.log
   {
     sleep 2
     echo "start tx_first $BURSTS"
@@ -44,8 +51,9 @@ generate() {
     sleep "$RUN"; echo "show port stats all"
     echo "stop"; echo "quit"
   } | dpdk-testpmd -l 0,1 --main-lcore 1 -m 256 --no-pci --single-file-segments --in-memory \
-      --vdev "net_virtio_user0,path=$a" --vdev "net_virtio_user1,path=$b" \
-      -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --txpkts="$txpkts" >"$out" 2>&1
+      --vdev "net_virtio_user0,path=$a,queues=$q" --vdev "net_virtio_user1,path=$b,queues=$q" \
+      -- -i --forward-mode=io --nb-cores=1 --rxq="$q" --txq="$q" --total-num-mbufs=16384 \
+      --txpkts="$txpkts" >"$out" 2>&1
   # The last two Rx-pps lines are the two ports over the last interval.
   grep -a "Rx-pps:" "$out" | tail -2 | awk '{s += $2} END {print s}'
 }
@@ -63,6 +71,18 @@ PMD64=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 64)
 PMD1400=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 1400)
 kill "$BE" 2>/dev/null; wait "$BE" 2>/dev/null || true
 pkill -f "file-prefix be$$" 2>/dev/null || true
+PMDMQ=0
+if [ -z "${NO_MQ:-}" ]; then
+  # Two queues per port, two forwarding lcores (lcore 1 on core 0, lcore 2 on core 1).
+  { sleep 1; echo start; sleep 30; echo quit; } | dpdk-testpmd --lcores '0@0,1@0,2@1' --no-huge -m 512 --no-pci \
+      --file-prefix "bq$$" --vdev "net_vhost0,iface=$DIR/q0.sock,queues=2" --vdev "net_vhost1,iface=$DIR/q1.sock,queues=2" \
+      -- -i --forward-mode=io --nb-cores=2 --rxq=2 --txq=2 --total-num-mbufs=32768 >"$DIR/bq.log" 2>&1 &
+  BQ=$!
+  wait_socket "$DIR/q1.sock"
+  PMDMQ=$(generate "$DIR/q0.sock" "$DIR/q1.sock" 64 2)
+  kill "$BQ" 2>/dev/null; wait "$BQ" 2>/dev/null || true
+  pkill -f "file-prefix bq$$" 2>/dev/null || true
+fi
 
 # 2. dpacc-backend net (build $1, tag $2): the vNF port plus two vhost-user uplinks; the vNF
 #    installs the flows with the CLI and leaves (forwarding goes on without it). The worker
@@ -71,7 +91,10 @@ pkill -f "file-prefix be$$" 2>/dev/null || true
 dpacc() {
   local B=$1 tag=$2 mode=${3:-all} d=$DIR/$2
   mkdir -p "$d"
-  taskset -c 1 "$B/dpacc-backend" net --socket "$d/vnf.sock" \
+  local qp="" cpus=1
+  if [ "$mode" = mq ]; then qp="--queue-pairs 2"; cpus=0,1; fi
+  # shellcheck disable=SC2086 # $qp is empty or two words
+  taskset -c $cpus "$B/dpacc-backend" net --socket "$d/vnf.sock" $qp \
       --uplink "vhost:$d/u1.sock" --uplink "vhost:$d/u2.sock" 2>"$d/dpacc.log" &
   local P=$!
   wait_socket "$d/u2.sock"
@@ -82,7 +105,13 @@ dpacc() {
     # Profile the backend while the generator runs (perf report -i $PERF afterwards).
     (sleep 4; exec perf record -e cpu-clock -F 4999 -g -o "$PERF" -p "$P" -- sleep 3) >/dev/null 2>&1 &
   fi
-  local r64 r1400 esp=0 raw=0
+  local r64 r1400=0 esp=0 raw=0
+  if [ "$mode" = mq ]; then
+    r64=$(generate "$d/u1.sock" "$d/u2.sock" 64 2)
+    kill "$P" 2>/dev/null; wait "$P" 2>/dev/null || true
+    echo "$r64 0 0 0"
+    return
+  fi
   r64=$(generate "$d/u1.sock" "$d/u2.sock" 64)
   r1400=$(generate "$d/u1.sock" "$d/u2.sock" 1400)
   if [ "$mode" = all ]; then
@@ -111,16 +140,22 @@ if [ -n "${TARGET_B:-}" ]; then
   read -r B64 B1400 _ _ < <(dpacc "$TARGET_B" b plain)
 fi
 
+MQ64=0
+if [ -z "${NO_MQ:-}" ]; then
+  read -r MQ64 _ _ _ < <(dpacc "$T" mq mq)
+fi
+
 # 3. The flow table.
 FLOWS=""
 if [ -z "${NO_FLOWS:-}" ]; then
   FLOWS=$(cargo bench -q --bench flow_processor -- --bench no-criterion-run 2>/dev/null | grep '^flow_processor/1M_flows' || true)
 fi
 
-python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" <<'PY'
+python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" <<'PY'
 import re, sys
 pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400 = (float(x or 0) for x in sys.argv[1:9])
 tb, flows = sys.argv[9], sys.argv[10]
+pmdmq, mq64 = (float(x or 0) for x in sys.argv[11:13])
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
 print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
 for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
@@ -130,6 +165,10 @@ for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
 print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
 print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
       f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {r(esp/1e6, raw)}")
+if pmdmq or mq64:
+    print("Multi-queue, 64 B, two queue pairs per port, generator on core 0 shared with a worker (Mpps):")
+    print(f"  dpdk-testpmd io-fwd 2 lcores {pmdmq/1e6:6.2f}   dpacc --queue-pairs 2 {mq64/1e6:6.2f}   {r(mq64, pmdmq)}")
+    print(f"  dpacc 2 workers / 1 worker: {r(mq64, a64)}   testpmd 2 lcores / 1 lcore: {r(pmdmq, pmd64)}")
 for line in flows.splitlines():
     m = re.search(r"1M_flows(\S*): .* = (\d+) inserts/s; (\d+) bytes per flow", line)
     if m:

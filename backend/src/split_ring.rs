@@ -28,7 +28,9 @@ use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_N
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
-use crate::virtq::{prefetch, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE};
+use crate::virtq::{
+    prefetch, prefetch_write, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE,
+};
 
 /// `VRING_AVAIL_F_NO_INTERRUPT`, in the avail ring's 16-bit `flags`.
 const AVAIL_F_NO_INTERRUPT: u16 = VRING_AVAIL_F_NO_INTERRUPT as u16;
@@ -186,6 +188,37 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
                 if let Some(p) = self.mem.host(self.desc + 16 * u64::from(head), 16) {
                     prefetch(p);
                 }
+            }
+        }
+    }
+
+    /// Prefetches for a later batch: the descriptors of the pending chains `skip + n..skip +
+    /// 2n` (ahead of the next `skip`), and, for write, the first cache line of the buffers of
+    /// chains `skip..skip + n` (whose descriptors an earlier call prefetched). Hints only:
+    /// the descriptor fields are read once as plain data to aim a prefetch, which never
+    /// faults; nothing is taken or trusted.
+    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16) {
+        let pending = self.avail_idx.wrapping_sub(self.next_avail);
+        let desc_at = |k: u16| {
+            let head = self.head_at(self.next_avail.wrapping_add(k));
+            (head < self.size)
+                .then(|| self.mem.host(self.desc + 16 * u64::from(head), 16))
+                .flatten()
+        };
+        for k in skip..skip.saturating_add(n).min(pending) {
+            if let Some(d) = desc_at(k) {
+                // SAFETY: `d..d + 16` is mapped guest memory (checked by `host`); an 8-byte
+                // unaligned read of plain data, used only as a prefetch address.
+                let addr = u64::from_le(unsafe { std::ptr::read_unaligned(d as *const u64) });
+                if let Some(b) = self.mem.host(addr, 1) {
+                    prefetch_write(b);
+                }
+            }
+        }
+        let far = skip.saturating_add(n);
+        for k in far..far.saturating_add(n).min(pending) {
+            if let Some(d) = desc_at(k) {
+                prefetch(d);
             }
         }
     }

@@ -255,6 +255,19 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Hints the CPU to start loading the cache line at `p` for writing (prefetchw where the CPU
+/// has it; a plain prefetch otherwise).
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_ET0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Copies `out.len()` bytes from guest memory at `src` into `out`: a raw-pointer memcpy (wide
 /// loads), read once; the bytes are then used from `out` only, never re-read from the guest
 /// (docs/decisions/0005-guest-memory-access.md). No reference to guest memory is formed.
