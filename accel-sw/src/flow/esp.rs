@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use portable_atomic::AtomicU128;
 
-use dpacc_spec::fastpath::PacketBuf;
+use dpacc_spec::fastpath::{PacketBuf, MAX_FRAME};
 use dpacc_spec::{
     run_sync, AeadAlg, CryptoDriver, CryptoError, CryptoOp, CryptoQueue, Direction, Iv, Seg,
     SessionHandle, SessionParams,
@@ -477,6 +477,363 @@ impl Sa {
         assert!(pkt.set_len(l2 + inner));
         Ok(())
     }
+}
+
+/// Which AEAD a pending packet still needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Seal,
+    Open,
+}
+
+/// What a pending ESP packet still needs where its frame lands: the AEAD over `span` bytes
+/// at `off` of the output frame (the ICV after them on encap; `tag` on decap). Everything
+/// here was copied from the packet when it was processed: nothing is read back from guest
+/// memory but the decrypted trailer, which is checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deferred {
+    spi: u32,
+    work: Work,
+    nonce: [u8; 12],
+    aad: [u8; 8],
+    off: usize,
+    span: usize,
+    tag: [u8; ICV],
+    seq: u32,
+}
+
+impl Deferred {
+    /// The SPI of the SA that finishes it (outbound for a seal, inbound for an open).
+    pub(crate) fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// True for an encapsulation (the outbound SA).
+    pub(crate) fn outbound(&self) -> bool {
+        self.work == Work::Seal
+    }
+}
+
+/// The segments covering `len` bytes at `off` of the stream `segs`, in `out`.
+fn carve<'a, 'o>(
+    segs: &[Seg<'a>],
+    off: usize,
+    len: usize,
+    out: &'o mut [Seg<'a>; 16],
+) -> Option<&'o [Seg<'a>]> {
+    let mut n = 0;
+    let mut pos = 0;
+    let end = off.checked_add(len)?;
+    for s in segs {
+        let (a, b) = (pos, pos + s.len());
+        pos = b;
+        if b <= off || a >= end {
+            continue;
+        }
+        let from = off.max(a) - a;
+        let to = end.min(b) - a;
+        if n == out.len() {
+            return None;
+        }
+        // SAFETY: `from..to` lies inside the segment, which the caller vouches for.
+        out[n] = unsafe { Seg::from_raw(s.ptr().add(from), to - from) };
+        n += 1;
+    }
+    (pos >= end).then_some(&out[..n])
+}
+
+impl Sa {
+    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` without loading
+    /// the rest of a partial frame: the outer headers and the ESP trailer are written now,
+    /// the payload is sealed where the frame lands ([`finish`](Self::finish)). `pkt` is
+    /// marked pending.
+    pub(crate) fn encap_deferred(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        lane: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let r = self.encap_deferred_inner(pkt, l2);
+        if let Err(e) = r {
+            let _ = self.count(lane, Err(e));
+        }
+        r
+    }
+
+    fn encap_deferred_inner(&self, pkt: &mut PacketBuf, l2: usize) -> Result<Deferred, EspDrop> {
+        let SaDir::Outbound { src, dst } = self.cfg.dir else {
+            return Err(EspDrop::Malformed);
+        };
+        let f = pkt.frame();
+        if l2 < 14 || f.len() <= l2 {
+            return Err(EspDrop::Malformed);
+        }
+        let nh = match f[l2] >> 4 {
+            4 => 4u8,
+            6 => 41u8,
+            _ => return Err(EspDrop::Malformed),
+        };
+        let inner = pkt.len() - l2;
+        let pad = (4 - (inner + 2) % 4) % 4;
+        let grow_front = 20 + ESP_HDR;
+        if pkt.headroom() < grow_front || pkt.len() + grow_front + pad + 2 + ICV > MAX_FRAME {
+            return Err(EspDrop::NoRoom);
+        }
+        let Some(seq) = self.next_seq() else {
+            return Err(EspDrop::NoRoom);
+        };
+        let total = pkt.len() + grow_front + pad + 2 + ICV;
+        let fr = pkt.push_front(grow_front).ok_or(EspDrop::NoRoom)?;
+        fr.copy_within(grow_front..grow_front + l2, 0);
+        fr[l2 - 2..l2].copy_from_slice(&ETH_IPV4.to_be_bytes());
+        write_outer(&mut fr[l2..l2 + 20], (total - l2) as u16, src, dst);
+        let e = l2 + 20;
+        fr[e..e + 4].copy_from_slice(&self.cfg.spi.to_be_bytes());
+        fr[e + 4..e + 8].copy_from_slice(&seq.to_be_bytes());
+        fr[e + 8..e + 16].copy_from_slice(&u64::from(seq).to_be_bytes());
+        let mut trailer = [0u8; 3 + 2 + ICV];
+        for (i, b) in trailer[..pad].iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        trailer[pad] = pad as u8;
+        trailer[pad + 1] = nh;
+        if !pkt.push_tail(&trailer[..pad + 2 + ICV]) {
+            return Err(EspDrop::NoRoom);
+        }
+        let mut d = Deferred {
+            spi: self.cfg.spi,
+            work: Work::Seal,
+            nonce: [0; 12],
+            aad: [0; 8],
+            off: e + ESP_HDR,
+            span: inner + pad + 2,
+            tag: [0; ICV],
+            seq,
+        };
+        d.nonce[..4].copy_from_slice(&self.cfg.salt);
+        d.nonce[4..].copy_from_slice(&u64::from(seq).to_be_bytes());
+        d.aad[..4].copy_from_slice(&self.cfg.spi.to_be_bytes());
+        d.aad[4..].copy_from_slice(&seq.to_be_bytes());
+        pkt.set_pending();
+        Ok(d)
+    }
+
+    /// Decapsulates the ESP packet (outer IPv4 after `l2`, ESP after `l4`) without loading
+    /// the rest of a partial frame: the outer headers go, the ICV is copied aside, and the
+    /// payload is opened where the frame lands ([`finish`](Self::finish)), which also checks
+    /// and strips the trailer. `pkt` is marked pending.
+    pub(crate) fn decap_deferred(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        l4: usize,
+        lane: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let r = self.decap_deferred_inner(pkt, l2, l4);
+        if let Err(e) = r {
+            let _ = self.count(lane, Err(e));
+        }
+        r
+    }
+
+    fn decap_deferred_inner(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        l4: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let len = pkt.len();
+        let fr = pkt.frame();
+        if l2 < 14 || l4 <= l2 || fr.len() < l4 + ESP_HDR || len < l4 + ESP_HDR + 2 + ICV {
+            return Err(EspDrop::Malformed);
+        }
+        let ip_total = usize::from(u16::from_be_bytes([fr[l2 + 2], fr[l2 + 3]]));
+        let end = l2 + ip_total;
+        if end > len || end < l4 + ESP_HDR + 2 + ICV {
+            return Err(EspDrop::Malformed);
+        }
+        let seq = u32::from_be_bytes([fr[l4 + 4], fr[l4 + 5], fr[l4 + 6], fr[l4 + 7]]);
+        if !self.window.check(seq) {
+            return Err(EspDrop::Replay);
+        }
+        let mut d = Deferred {
+            spi: self.cfg.spi,
+            work: Work::Open,
+            nonce: [0; 12],
+            aad: [0; 8],
+            off: l2,
+            span: end - ICV - (l4 + ESP_HDR),
+            tag: [0; ICV],
+            seq,
+        };
+        d.nonce[..4].copy_from_slice(&self.cfg.salt);
+        d.nonce[4..].copy_from_slice(&fr[l4 + 8..l4 + 16]);
+        d.aad.copy_from_slice(&fr[l4..l4 + 8]);
+        if !pkt.read_at(end - ICV, &mut d.tag) {
+            return Err(EspDrop::Malformed);
+        }
+        // [L2][outer IP][ESP header][ct][ICV] -> [L2][ct]: the link header moves forward
+        // over the outer headers; the ICV (and any Ethernet padding) is cut.
+        let shift = l4 + ESP_HDR - l2;
+        let fr = pkt.frame_mut();
+        fr.copy_within(0..l2, shift);
+        if !pkt.pull_front(shift) || !pkt.truncate(l2 + d.span) {
+            return Err(EspDrop::Malformed);
+        }
+        pkt.set_pending();
+        Ok(d)
+    }
+
+    /// Runs what `d` still needs over the output frame, whose bytes `frame` covers in order
+    /// (guest memory or the packet's own buffer). Returns the frame's final length, or None
+    /// (dropped and counted; a failed open leaves no plaintext behind).
+    pub(crate) fn finish(
+        &self,
+        d: &Deferred,
+        frame: &[Seg<'_>],
+        q: &mut dyn CryptoQueue,
+        lane: usize,
+    ) -> Option<usize> {
+        let r = self.finish_inner(d, frame, q);
+        match r {
+            Ok(n) => {
+                let _ = self.count(lane, Ok(()));
+                Some(n)
+            }
+            Err(e) => {
+                let _ = self.count(lane, Err(e));
+                None
+            }
+        }
+    }
+
+    fn finish_inner(
+        &self,
+        d: &Deferred,
+        frame: &[Seg<'_>],
+        q: &mut dyn CryptoQueue,
+    ) -> Result<usize, EspDrop> {
+        let total = dpacc_spec::sg_len(frame);
+        let mut data = [Seg::from_ref(&[]); 16];
+        let data = carve(frame, d.off, d.span, &mut data).ok_or(EspDrop::Malformed)?;
+        let aad = [Seg::from_ref(&d.aad)];
+        let nonce = Iv::new(&d.nonce).expect("12 bytes");
+        match d.work {
+            Work::Seal => {
+                let mut tag = [Seg::from_ref(&[]); 16];
+                let tag = carve(frame, d.off + d.span, ICV, &mut tag).ok_or(EspDrop::Malformed)?;
+                let op = CryptoOp {
+                    session: &self.session,
+                    iv: nonce,
+                    src: data,
+                    dst: data,
+                    aad: &aad,
+                    digest: tag,
+                    chain: Default::default(),
+                    user_data: 0,
+                };
+                run_sync(q, &op).map_err(|_| EspDrop::Crypto)?;
+                Ok(total)
+            }
+            Work::Open => {
+                let tag = [Seg::from_ref(&d.tag)];
+                let op = CryptoOp {
+                    session: &self.session,
+                    iv: nonce,
+                    src: data,
+                    dst: data,
+                    aad: &aad,
+                    digest: &tag,
+                    chain: Default::default(),
+                    user_data: 0,
+                };
+                match run_sync(q, &op) {
+                    Ok(()) => {}
+                    Err(CryptoError::AuthFailed) => return Err(EspDrop::Auth),
+                    Err(_) => return Err(EspDrop::Crypto),
+                }
+                let wipe = |data: &[Seg<'_>]| {
+                    for s in data {
+                        // SAFETY: the segment is writable memory of the output frame.
+                        unsafe { std::ptr::write_bytes(s.ptr(), 0, s.len()) };
+                    }
+                };
+                if !self.window.accept(d.seq) {
+                    wipe(data);
+                    return Err(EspDrop::Replay);
+                }
+                // The trailer, copied once out of the (decrypted) frame and checked.
+                let mut t = [0u8; 2];
+                // SAFETY: `d.off + d.span <= total` (carve succeeded); readable segments.
+                unsafe { crate::sg::gather(frame, d.off + d.span - 2, &mut t) };
+                let (pad, nh) = (usize::from(t[0]), t[1]);
+                let et = match nh {
+                    4 => ETH_IPV4,
+                    41 => ETH_IPV6,
+                    _ => {
+                        wipe(data);
+                        return Err(EspDrop::Malformed);
+                    }
+                };
+                let Some(inner) = d.span.checked_sub(2 + pad) else {
+                    wipe(data);
+                    return Err(EspDrop::Malformed);
+                };
+                // SAFETY: `d.off >= 14`: the EtherType lies in the frame's link header.
+                unsafe { crate::sg::scatter(frame, d.off - 2, &et.to_be_bytes()) };
+                Ok(d.off + inner)
+            }
+        }
+    }
+
+    /// [`finish`](Self::finish) in the packet's own buffer (made whole): for destinations
+    /// that take host bytes.
+    pub(crate) fn finish_here(
+        &self,
+        d: &Deferred,
+        pkt: &mut PacketBuf,
+        q: &mut dyn CryptoQueue,
+        lane: usize,
+    ) -> bool {
+        pkt.make_whole();
+        let n = {
+            let frame = [Seg::from_mut(pkt.frame_mut())];
+            self.finish(d, &frame, q, lane)
+        };
+        pkt.clear_pending();
+        n.is_some_and(|n| pkt.set_len(n))
+    }
+}
+
+/// Writes an outer IPv4 header (no options, DF, TTL 64, ESP) with its checksum.
+fn write_outer(ip: &mut [u8], total: u16, src: Ipv4Addr, dst: Ipv4Addr) {
+    ip.copy_from_slice(&[
+        0x45,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        IPPROTO_ESP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::ipv4_header(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 #[cfg(test)]

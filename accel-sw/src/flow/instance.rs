@@ -242,4 +242,20 @@ impl FlowLane for SwLane {
     fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
         SwLane::process(self, now_ns, pkts, verdicts);
     }
+
+    fn enable_finish(&mut self) -> bool {
+        SwLane::enable_finish(self)
+    }
+
+    fn finish(&mut self, index: usize, frame: &[dpacc_spec::Seg<'_>]) -> Option<usize> {
+        SwLane::finish(self, index, frame)
+    }
+
+    fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        SwLane::finish_here(self, index, pkt)
+    }
+
+    fn end_batch(&mut self) {
+        SwLane::end_batch(self);
+    }
 }

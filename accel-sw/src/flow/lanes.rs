@@ -77,8 +77,20 @@ impl<T> LaneLock<T> {
 
     /// Reads as lane `t` until the guard drops (one batch). Waits only while a writer is
     /// inside. Never call [`write`](Self::write) while holding it (it would wait for itself).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn read<'a>(&'a self, t: &'a LaneToken) -> ReadGuard<'a, T> {
+        self.enter(t);
+        ReadGuard {
+            lock: self,
+            flag: &self.readers[t.0].0,
+        }
+    }
+
+    /// Enters lane `t`'s read section without a guard (for a section that spans calls: a
+    /// batch and the finishing of its pending packets). Leave with [`leave`](Self::leave);
+    /// read with [`get`](Self::get) in between.
+    #[inline]
+    pub(crate) fn enter(&self, t: &LaneToken) {
         let flag = &self.readers[t.0].0;
         loop {
             flag.store(true, Ordering::Relaxed);
@@ -97,7 +109,24 @@ impl<T> LaneLock<T> {
                 }
             }
         }
-        ReadGuard { lock: self, flag }
+    }
+
+    /// Leaves lane `t`'s read section.
+    #[inline]
+    pub(crate) fn leave(&self, t: &LaneToken) {
+        self.readers[t.0].0.store(false, Ordering::Release);
+    }
+
+    /// The data, inside lane `t`'s read section.
+    ///
+    /// # Safety
+    /// The caller entered with `t` ([`enter`](Self::enter)) and has not left; the reference
+    /// must not outlive the section.
+    #[inline]
+    pub(crate) unsafe fn get(&self, t: &LaneToken) -> &T {
+        debug_assert!(self.readers[t.0].0.load(Ordering::Relaxed));
+        // SAFETY: the caller is inside its read section: no writer is inside.
+        unsafe { &*self.data.get() }
     }
 
     /// Exclusive access, once every lane has left its batch.
@@ -121,11 +150,13 @@ impl<T> LaneLock<T> {
 }
 
 /// A lane's read access (one batch).
+#[cfg(test)]
 pub(crate) struct ReadGuard<'a, T> {
     lock: &'a LaneLock<T>,
     flag: &'a AtomicBool,
 }
 
+#[cfg(test)]
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -135,6 +166,7 @@ impl<T> Deref for ReadGuard<'_, T> {
     }
 }
 
+#[cfg(test)]
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
         self.flag.store(false, Ordering::Release);

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use dpacc_spec::fastpath::{PacketBuf, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
-use esp::{Sa, SaConfig, SaDir, SaStats};
+use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
 use lanes::{LaneLock, LaneToken};
 use table::Tables;
@@ -150,10 +150,17 @@ pub struct SwLane {
     inst: Arc<SwInstance>,
     token: Option<LaneToken>,
     st: LaneState,
+    /// The device finishes pending packets ([`SwLane::enable_finish`]).
+    defer: bool,
+    /// Inside the read section (from `process` until every pending packet is finished).
+    inside: bool,
+    /// What each pending packet of the batch still needs, by index.
+    pending: Vec<Option<Deferred>>,
 }
 
 impl Drop for SwLane {
     fn drop(&mut self) {
+        self.leave();
         if let Some(t) = self.token.take() {
             self.inst.core.release(t);
         }
@@ -166,25 +173,96 @@ impl SwLane {
         self.token.as_ref().map_or(0, LaneToken::index)
     }
 
-    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.inside) {
+            if let Some(t) = &self.token {
+                self.inst.core.leave(t);
+            }
+        }
+    }
+
+    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`. With
+    /// [`enable_finish`](Self::enable_finish), ESP packets followed by an output leave
+    /// pending (headers done, AEAD deferred to where the frame lands), and the lane stays in
+    /// its read section until [`end_batch`](Self::end_batch) (or the next batch), so that
+    /// the SAs finishing them cannot change meanwhile.
     pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        self.leave();
         let Some(token) = &self.token else {
             return;
         };
-        let core = self.inst.core.read(token);
+        self.inst.core.enter(token);
+        self.inside = true;
+        // SAFETY: inside the read section just entered; `core` is not used after `leave`.
+        let core = unsafe { self.inst.core.get(token) };
         let lane = token.index();
+        let pending = if self.defer {
+            self.pending.clear();
+            self.pending.resize(pkts.len(), None);
+            Some(&mut self.pending[..])
+        } else {
+            None
+        };
         run_batch(
-            &core,
+            core,
             &mut self.st,
             &self.inst.stats[lane],
             lane,
             now_ns,
             pkts,
             verdicts,
+            pending,
         );
+        if !self.pending.iter().any(Option::is_some) {
+            self.leave();
+        }
+    }
+
+    /// Lets `process` leave ESP packets pending (see [`process`](Self::process)).
+    pub fn enable_finish(&mut self) -> bool {
+        self.defer = true;
+        true
+    }
+
+    /// The SA and work of pending packet `index`, inside the read section.
+    fn pending_sa(&mut self, index: usize) -> Option<(&Sa, Deferred, usize, &mut LaneState)> {
+        if !self.inside {
+            return None;
+        }
+        let d = self.pending.get_mut(index)?.take()?;
+        let token = self.token.as_ref()?;
+        // SAFETY: inside the read section (`inside`), entered with this token.
+        let core = unsafe { self.inst.core.get(token) };
+        let sa = if d.outbound() {
+            core.outbound.get(&d.spi())
+        } else {
+            core.inbound.get(&d.spi())
+        }?;
+        Some((sa, d, token.index(), &mut self.st))
+    }
+
+    /// Runs the deferred AEAD of pending packet `index` over its frame where it landed.
+    pub fn finish(&mut self, index: usize, frame: &[dpacc_spec::Seg<'_>]) -> Option<usize> {
+        let (sa, d, lane, st) = self.pending_sa(index)?;
+        sa.finish(&d, frame, &mut *st.queue, lane)
+    }
+
+    /// Runs the deferred AEAD of pending packet `index` in its own buffer.
+    pub fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        match self.pending_sa(index) {
+            Some((sa, d, lane, st)) => sa.finish_here(&d, pkt, &mut *st.queue, lane),
+            None => false,
+        }
+    }
+
+    /// Ends the batch: pending packets not finished are dropped.
+    pub fn end_batch(&mut self) {
+        self.pending.clear();
+        self.leave();
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_batch(
     core: &Core,
     st: &mut LaneState,
@@ -193,6 +271,7 @@ fn run_batch(
     now: u64,
     pkts: &mut [PacketBuf],
     verdicts: &mut [Verdict],
+    mut pending: Option<&mut [Option<Deferred>]>,
 ) {
     if st.generation != core.generation {
         st.emc.clear();
@@ -200,8 +279,9 @@ fn run_batch(
         st.generation = core.generation;
     }
     let (mut drops, mut misses, mut hits) = (0, 0, 0);
-    for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-        let (verdict, hit) = one(core, st, lane, now, p);
+    for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+        let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
+        let (verdict, hit) = one(core, st, lane, now, p, defer);
         *v = verdict;
         hits += u64::from(hit);
         match verdict {
@@ -217,13 +297,15 @@ fn run_batch(
     }
 }
 
-/// One packet: (verdict, whether the exact-match cache answered).
+/// One packet: (verdict, whether the exact-match cache answered). With `defer`, an ESP
+/// action followed by an output leaves the packet pending and its work in `defer`.
 fn one(
     core: &Core,
     st: &mut LaneState,
     lane: usize,
     now: u64,
     p: &mut PacketBuf,
+    defer: Option<&mut Option<Deferred>>,
 ) -> (Verdict, bool) {
     let (key, lay) = parse(p.frame(), p.in_port.0);
     let len = p.len() as u64;
@@ -242,6 +324,7 @@ fn one(
         core,
         queue: &mut *st.queue,
         lane,
+        defer,
     };
     if let Some(path) = hit {
         let mut lay = lay;
@@ -352,6 +435,9 @@ impl SwInstance {
             inst: self.clone(),
             token: Some(token),
             st,
+            defer: false,
+            inside: false,
+            pending: Vec::new(),
         }))
     }
 
@@ -505,7 +591,16 @@ impl SwInstance {
     pub fn process_control(&self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
         let mut st = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let core = self.core.write();
-        run_batch(&core, &mut st, &self.stats[0], 0, now_ns, pkts, verdicts);
+        run_batch(
+            &core,
+            &mut st,
+            &self.stats[0],
+            0,
+            now_ns,
+            pkts,
+            verdicts,
+            None,
+        );
     }
 
     /// Removes flows past their timeouts (idle: on no lane for the idle timeout), returning
@@ -584,6 +679,8 @@ struct Exec<'a> {
     core: &'a Core,
     queue: &'a mut dyn CryptoQueue,
     lane: usize,
+    /// Where a deferred ESP packet's work goes (None: ESP runs here, on a whole frame).
+    defer: Option<&'a mut Option<Deferred>>,
 }
 
 impl Exec<'_> {
@@ -595,7 +692,9 @@ impl Exec<'_> {
         key: &mut FlowKey,
         lay: &mut Layout,
     ) -> Option<Verdict> {
-        for a in actions {
+        for (k, a) in actions.iter().enumerate() {
+            // ESP right before an output can leave its AEAD to where the frame lands.
+            let last = matches!(actions.get(k + 1), Some(Action::Output(_)));
             match *a {
                 Action::Output(port) => return Some(Verdict::Output(port)),
                 Action::Drop => return Some(Verdict::Drop),
@@ -603,6 +702,13 @@ impl Exec<'_> {
                 Action::Group(g) => return Some(self.select(g, p, key, lay)),
                 Action::EspEncap(spi) => {
                     let sa = self.core.outbound.get(&spi)?;
+                    if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
+                        match sa.encap_deferred(p, lay.l3, self.lane) {
+                            Ok(d) => *slot = Some(d),
+                            Err(_) => return Some(Verdict::Drop),
+                        }
+                        continue;
+                    }
                     if sa.encap(p, lay.l3, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }
@@ -612,6 +718,13 @@ impl Exec<'_> {
                     let Some(sa) = self.core.inbound.get(&key.spi).filter(|_| lay.l4 != 0) else {
                         return Some(Verdict::Drop);
                     };
+                    if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
+                        match sa.decap_deferred(p, lay.l3, lay.l4, self.lane) {
+                            Ok(d) => *slot = Some(d),
+                            Err(_) => return Some(Verdict::Drop),
+                        }
+                        continue;
+                    }
                     if sa.decap(p, lay.l3, lay.l4, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }

@@ -43,6 +43,11 @@ pub(crate) struct OutFrame<'a> {
     head: &'a [u8],
     rest: *const u8,
     rest_len: usize,
+    /// Host bytes after the rest (a trailer the processor added to a partial frame).
+    tail: &'a [u8],
+    /// Pending packet `i` of the batch: the frame must be finished where it lands (the
+    /// `finish` callback of [`NetRings::send`]) before it is published.
+    finish: Option<usize>,
 }
 
 impl<'a> OutFrame<'a> {
@@ -52,6 +57,8 @@ impl<'a> OutFrame<'a> {
             head: frame,
             rest: std::ptr::null(),
             rest_len: 0,
+            tail: &[],
+            finish: None,
         }
     }
 
@@ -64,12 +71,28 @@ impl<'a> OutFrame<'a> {
             head: p.frame(),
             rest,
             rest_len,
+            tail: p.tail(),
+            finish: None,
+        }
+    }
+
+    /// The frame of packet `i` of a batch: [`of`](Self::of), to be finished where it lands
+    /// if the packet is pending.
+    pub(crate) fn of_batch(p: &'a PacketBuf, i: usize) -> Self {
+        Self {
+            finish: p.is_pending().then_some(i),
+            ..Self::of(p)
         }
     }
 
     /// Length of the whole frame.
     pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.rest_len
+        self.head.len() + self.rest_len + self.tail.len()
+    }
+
+    /// The host bytes after the rest.
+    pub(crate) fn tail(&self) -> &'a [u8] {
+        self.tail
     }
 
     /// The bytes in host memory.
@@ -93,14 +116,22 @@ impl<'a> OutFrame<'a> {
             // SAFETY: `dst..dst + in_head` is inside the caller's range.
             unsafe { write_guest(dst, &self.head[from..from + in_head]) };
         }
-        if n > in_head {
-            let at = from + in_head - h;
-            // SAFETY: `at + (n - in_head) <= rest_len` (caller: `from + n <= len`), readable by
-            // the contract of `of`; `dst + in_head..dst + n` is the caller's. Both may be guest
+        let r_from = (from + in_head).saturating_sub(h);
+        let in_rest = self.rest_len.saturating_sub(r_from).min(n - in_head);
+        if in_rest > 0 {
+            // SAFETY: `r_from + in_rest <= rest_len`, readable by the contract of `of`;
+            // `dst + in_head..dst + in_head + in_rest` is the caller's. Both may be guest
             // memory, even the same guest's (a hostile driver may overlap its RX and TX
             // buffers), so a memmove on raw pointers: no reference is formed
             // (docs/decisions/0005-guest-memory-access.md).
-            unsafe { std::ptr::copy(self.rest.add(at), dst.add(in_head), n - in_head) };
+            unsafe { std::ptr::copy(self.rest.add(r_from), dst.add(in_head), in_rest) };
+        }
+        let done = in_head + in_rest;
+        if n > done {
+            let t_from = from + done - h - self.rest_len;
+            // SAFETY: `t_from + (n - done) <= tail.len()` (caller: `from + n <= len`); the
+            // destination range is the caller's.
+            unsafe { write_guest(dst.add(done), &self.tail[t_from..t_from + n - done]) };
         }
     }
 }
@@ -310,11 +341,15 @@ impl NetRings {
     }
 
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
-    /// frame does not fit. Returns how many were put (the caller drops the rest).
+    /// frame does not fit. A frame to be finished ([`OutFrame::of_batch`]) is written, then
+    /// `finish(i, where it lies)` runs before it is published: its final length, or None
+    /// (the frame is dropped and its buffers stay available). Returns how many frames were
+    /// put or dropped that way (the caller drops the rest for want of room).
     pub(crate) fn send<'f>(
         &mut self,
         chain: &mut ChainBufs,
         frames: impl IntoIterator<Item = OutFrame<'f>>,
+        finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
     ) -> usize {
         let mem: &GuestMemoryMmap = &self.mem;
         let fast = FastMem::new(mem);
@@ -326,7 +361,7 @@ impl NetRings {
         ring.prefetch(avail.min(MAX_BATCH as u16));
         let mut sent = 0;
         for f in frames {
-            if !put_frame(&mut ring, chain, f, self.hdr_len, self.mrg) {
+            if !put_frame(&mut ring, chain, f, self.hdr_len, self.mrg, finish) {
                 break;
             }
             sent += 1;
@@ -353,16 +388,23 @@ fn signal(call: &Option<EventFd>) {
     }
 }
 
+/// Most pieces of guest memory a frame to be finished may land in.
+const MAX_PIECES: usize = 32;
+
 /// Puts one frame into the RX ring (over several chains with MRG_RXBUF). On a shortage the
 /// chains it took are put back and false is returned; unusable chains before the frame's
-/// first are returned to the driver empty.
+/// first are returned to the driver empty. A frame to be finished is finished before it is
+/// published (dropped, its chains put back, if `finish` says so: true all the same).
 fn put_frame<G: vm_memory::GuestMemoryBackend>(
     ring: &mut SplitRing<'_, G>,
     chain: &mut ChainBufs,
     frame: OutFrame<'_>,
     hdr: usize,
     mrg: bool,
+    finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
 ) -> bool {
+    let mut pieces = [Seg::from_ref(&[]); MAX_PIECES];
+    let mut np = 0usize;
     let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
     let mut nb = 0usize;
     let total = hdr + frame.len();
@@ -390,7 +432,19 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
                     write_guest(seg.ptr(), &RX_HDR[..hdr]);
                     frame.copy_to(0, seg.ptr().add(hdr), frame.len());
                 }
-                ring.put_used(head, total as u32);
+                let mut len = frame.len();
+                if let Some(i) = frame.finish {
+                    // SAFETY: the frame's bytes, just written, in the same buffer.
+                    let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
+                    match finish(i, &at) {
+                        Some(n) if n <= len => len = n,
+                        _ => {
+                            ring.unpop(1);
+                            return true;
+                        }
+                    }
+                }
+                ring.put_used(head, (hdr + len) as u32);
                 return true;
             }
             // Otherwise walk it (again) the general way.
@@ -423,7 +477,13 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         // SAFETY: every piece `fill` hands out is device-writable guest memory of the walked
         // chain (mapped by the caller's snapshot); `from + take <= frame.len()`.
         let r = chain.fill(written, take, |dst, at, k| unsafe {
-            frame.copy_to(from + at, dst, k)
+            frame.copy_to(from + at, dst, k);
+            if frame.finish.is_some() {
+                if np < MAX_PIECES {
+                    pieces[np] = Seg::from_raw(dst, k);
+                }
+                np += 1;
+            }
         });
         if r.is_err() {
             ring.unpop(nb as u16 + 1);
@@ -433,6 +493,33 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         written += take;
         heads[nb] = (chain.head(), written as u32);
         nb += 1;
+    }
+    if let Some(i) = frame.finish {
+        let n = if np <= MAX_PIECES {
+            finish(i, &pieces[..np])
+        } else {
+            None
+        };
+        match n {
+            Some(n) if n <= frame.len() => {
+                // A shorter frame (ESP decap): the lengths follow, and chains left with
+                // nothing (the last taken) are put back.
+                let mut left = hdr + n;
+                let mut keep = 0;
+                for h in &mut heads[..nb] {
+                    let l = (h.1 as usize).min(left);
+                    h.1 = l as u32;
+                    left -= l;
+                    keep += usize::from(l > 0);
+                }
+                ring.unpop((nb - keep) as u16);
+                nb = keep;
+            }
+            _ => {
+                ring.unpop(nb as u16);
+                return true;
+            }
+        }
     }
     if nb > 1 && hdr == NET_HDR_LEN {
         // num_buffers (little endian) in the first chain's header: walk that chain again.
@@ -594,7 +681,11 @@ mod tests {
         let mut p = port(&m, V1, &[], &rx);
         let frame: Vec<u8> = (0..100u8).collect();
         assert_eq!(
-            p.send(&mut ChainBufs::new(), [OutFrame::whole(&frame[..])]),
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
             1
         );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
@@ -608,7 +699,11 @@ mod tests {
         assert_eq!(&got[12..], &frame[..]);
         // No buffer left: the next frame is refused and the ring stays as it was.
         assert_eq!(
-            p.send(&mut ChainBufs::new(), [OutFrame::whole(&frame[..])]),
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
             0
         );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
@@ -621,7 +716,11 @@ mod tests {
         let mut p = port(&m, V1, &[], &rx);
         let frame: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
         assert_eq!(
-            p.send(&mut ChainBufs::new(), [OutFrame::whole(&frame[..])]),
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
             1
         );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
@@ -641,12 +740,20 @@ mod tests {
         let m = mem();
         let mut p = port(&m, 1 << VIRTIO_F_VERSION_1, &[], &rx);
         assert_eq!(
-            p.send(&mut ChainBufs::new(), [OutFrame::whole(&frame[..])]),
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
             0
         );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 0);
         assert_eq!(
-            p.send(&mut ChainBufs::new(), [OutFrame::whole(&frame[..40])]),
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..40])],
+                &mut |_, _| None
+            ),
             1
         );
         assert_eq!(used(&m, &p.rings.rx.queue, 0), (0, 52));
@@ -719,7 +826,11 @@ mod tests {
             // headers it did not see.
             m.write_slice(&[0xee; 1400], GuestAddress(0x2_000c))
                 .unwrap();
-            let sent = dst.send(&mut ChainBufs::new(), pkts.iter().take(3).map(OutFrame::of));
+            let sent = dst.send(
+                &mut ChainBufs::new(),
+                pkts.iter().take(3).map(OutFrame::of),
+                &mut |_, _| None,
+            );
             assert_eq!(sent, 3, "{case}");
             // The source's chains go back only now.
             assert_eq!(used_idx(&m, &src.rings.tx.queue), 0);

@@ -85,6 +85,7 @@ impl Tap {
     /// the kernel copies it, no copy of ours).
     pub(crate) fn write(&self, frame: OutFrame<'_>) -> io::Result<()> {
         let (rest, rest_len) = frame.rest();
+        let tail = frame.tail();
         let iov = [
             libc::iovec {
                 iov_base: frame.head().as_ptr() as *mut libc::c_void,
@@ -94,8 +95,20 @@ impl Tap {
                 iov_base: rest as *mut libc::c_void,
                 iov_len: rest_len,
             },
+            libc::iovec {
+                iov_base: tail.as_ptr() as *mut libc::c_void,
+                iov_len: tail.len(),
+            },
         ];
-        let cnt = if rest_len == 0 { 1 } else { 2 };
+        let cnt = if tail.is_empty() {
+            if rest_len == 0 {
+                1
+            } else {
+                2
+            }
+        } else {
+            3
+        };
         // SAFETY: both buffers are readable for their lengths (the rest by `OutFrame`'s
         // contract); the kernel only reads them.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };

@@ -214,7 +214,9 @@ struct VnfLoop {
 }
 
 impl VnfLoop {
-    fn new(vnf: VnfInstance, spin: Duration) -> Self {
+    fn new(mut vnf: VnfInstance, spin: Duration) -> Self {
+        // ESP frames are then sealed or opened where they land (their one copy).
+        vnf.lane.enable_finish();
         Self {
             vnf,
             spin,
@@ -555,6 +557,11 @@ impl VnfLoop {
                     ) {
                         to_guests = true;
                     } else {
+                        // A TAP takes host bytes: a pending frame is finished in its buffer.
+                        let p = &mut self.pkts[i];
+                        if p.is_pending() && !self.vnf.lane.finish_here(i, p) {
+                            continue;
+                        }
                         let f = OutFrame::of(&self.pkts[i]);
                         send_out(&mut self.vnf, &mut self.chain, &mut self.touched, port, f);
                     }
@@ -584,9 +591,15 @@ impl VnfLoop {
                 }
             }
         }
-        if !to_guests {
-            return;
+        if to_guests {
+            self.to_guests(n);
         }
+        self.vnf.lane.end_batch();
+    }
+
+    /// Puts the frames of the batch's first `n` packets bound for virtio ports into their RX
+    /// rings, a ring pass per port; pending frames are finished where they land.
+    fn to_guests(&mut self, n: usize) {
         for pi in 0..self.vnf.shared.ports.len() {
             if !matches!(self.vnf.shared.ports[pi], SharedPort::Vhost { .. }) {
                 continue;
@@ -604,8 +617,10 @@ impl VnfLoop {
             let frames = verdicts
                 .iter()
                 .zip(pkts.iter())
-                .filter(|(v, _)| **v == Verdict::Output(want))
-                .map(|(_, p)| OutFrame::of(p));
+                .enumerate()
+                .filter(|(_, (v, _))| **v == Verdict::Output(want))
+                .map(|(i, (_, p))| OutFrame::of_batch(p, i));
+            let lane = &mut self.vnf.lane;
             let sent = send_virtio(
                 &self.vnf.shared,
                 self.vnf.index,
@@ -613,6 +628,7 @@ impl VnfLoop {
                 &mut self.touched,
                 pi,
                 frames,
+                &mut |i, at| lane.finish(i, at),
             );
             self.vnf.stats.count_out(want, count, sent);
         }
@@ -689,7 +705,8 @@ fn pick_pair(attached: u64, k: usize) -> Option<usize> {
 }
 
 /// Puts `frames` into virtio port `p`'s RX ring of the pair [`pick_pair`] chooses, holding
-/// its lock for the batch. Returns how many went in.
+/// its lock for the batch (pending frames finished with `finish` where they land). Returns
+/// how many went in.
 fn send_virtio<'f>(
     shared: &VnfShared,
     k: usize,
@@ -697,6 +714,7 @@ fn send_virtio<'f>(
     touched: &mut Vec<(usize, usize)>,
     p: usize,
     frames: impl IntoIterator<Item = OutFrame<'f>>,
+    finish: &mut dyn FnMut(usize, &[dpacc_spec::Seg<'_>]) -> Option<usize>,
 ) -> usize {
     let Some(SharedPort::Vhost { pairs, attached }) = shared.ports.get(p) else {
         return 0;
@@ -708,7 +726,7 @@ fn send_virtio<'f>(
         return 0;
     };
     let sent = match lock(cell).as_mut() {
-        Some(g) => g.send(chain, frames),
+        Some(g) => g.send(chain, frames, finish),
         None => 0,
     };
     if sent > 0 && !touched.contains(&(p, q)) {
@@ -728,7 +746,15 @@ fn send_out(
     let i = usize::from(port.0);
     match vnf.ports.get(i) {
         Some(Port::Vhost(_)) => {
-            let sent = send_virtio(&vnf.shared, vnf.index, chain, touched, i, [frame]);
+            let sent = send_virtio(
+                &vnf.shared,
+                vnf.index,
+                chain,
+                touched,
+                i,
+                [frame],
+                &mut |_, _| None,
+            );
             vnf.stats.count_out(port, 1, sent);
         }
         Some(Port::Tap(tap)) => match tap.write(frame) {

@@ -42,6 +42,12 @@ pub const HEADER_BYTES: usize = 128;
 /// [`frame`](Self::frame) holds the resident bytes (all headers), [`len`](Self::len) is the
 /// whole frame's length, and a processor that needs every byte (ESP) calls
 /// [`make_whole`](Self::make_whole) first.
+///
+/// A processor may also leave a partial frame's payload untransformed and mark the packet
+/// *pending* ([`PacketBuf::set_pending`]): the device then runs the rest of its work where
+/// the frame lands, through [`FlowLane::finish`] (e.g. an AEAD in place in the destination
+/// buffer, after the frame's one copy), and the bytes of [`tail`](Self::tail) follow the
+/// rest.
 #[derive(Clone)]
 pub struct PacketBuf {
     buf: Box<[u8]>,
@@ -50,9 +56,18 @@ pub struct PacketBuf {
     len: usize,
     /// The frame's bytes past the resident ones, still in the source buffer.
     rest: Option<Rest>,
+    /// Bytes after the rest of a partial frame (a trailer added without loading the rest).
+    tail: [u8; MAX_TAIL],
+    tail_len: u8,
+    /// The device must call [`FlowLane::finish`] for this packet.
+    pending: bool,
     /// The port the frame arrived on.
     pub in_port: PortId,
 }
+
+/// Most bytes a processor may append after the rest of a partial frame
+/// ([`PacketBuf::push_tail`]).
+pub const MAX_TAIL: usize = 32;
 
 /// The part of a partial frame still in its source buffer.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +88,8 @@ impl std::fmt::Debug for PacketBuf {
             .field("head", &self.head)
             .field("len", &self.len)
             .field("rest", &self.rest.map(|r| r.len))
+            .field("tail", &self.tail_len)
+            .field("pending", &self.pending)
             .field("in_port", &self.in_port)
             .finish()
     }
@@ -92,6 +109,9 @@ impl PacketBuf {
             head: HEADROOM,
             len: 0,
             rest: None,
+            tail: [0; MAX_TAIL],
+            tail_len: 0,
+            pending: false,
             in_port: PortId::VNF,
         }
     }
@@ -101,6 +121,8 @@ impl PacketBuf {
         self.head = HEADROOM;
         self.len = 0;
         self.rest = None;
+        self.tail_len = 0;
+        self.pending = false;
         self.in_port = in_port;
     }
 
@@ -127,7 +149,94 @@ impl PacketBuf {
 
     /// Frame length (the whole frame's, also when it is partial).
     pub fn len(&self) -> usize {
-        self.len + self.rest.map_or(0, |r| r.len)
+        self.len + self.rest.map_or(0, |r| r.len) + usize::from(self.tail_len)
+    }
+
+    /// Bytes that follow the rest of a partial frame (empty for a whole frame).
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..usize::from(self.tail_len)]
+    }
+
+    /// Appends `bytes` to the frame without loading the rest of a partial one. False
+    /// (nothing changed) if there is no room.
+    pub fn push_tail(&mut self, bytes: &[u8]) -> bool {
+        if self.rest.is_none() {
+            let at = self.head + self.len;
+            let Some(dst) = self.buf.get_mut(at..at + bytes.len()) else {
+                return false;
+            };
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return true;
+        }
+        let t = usize::from(self.tail_len);
+        if t + bytes.len() > MAX_TAIL || self.len() + bytes.len() > MAX_FRAME {
+            return false;
+        }
+        self.tail[t..t + bytes.len()].copy_from_slice(bytes);
+        self.tail_len += bytes.len() as u8;
+        true
+    }
+
+    /// Shortens the frame to `len` bytes without loading the rest of a partial one (the rest
+    /// is cut; the resident bytes are kept whole). False (nothing changed) if `len` is longer
+    /// than the frame or shorter than its resident bytes, or the frame has a tail.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        if len > self.len() || self.tail_len != 0 {
+            return false;
+        }
+        match &mut self.rest {
+            None => self.len = len,
+            Some(r) => {
+                let Some(keep) = len.checked_sub(self.len) else {
+                    return false;
+                };
+                r.len = keep;
+            }
+        }
+        true
+    }
+
+    /// Copies `out.len()` bytes of the frame at `offset` into `out` (resident bytes, the rest
+    /// in its source buffer, the tail). False if the range is outside the frame.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(out.len()) else {
+            return false;
+        };
+        if end > self.len() {
+            return false;
+        }
+        let (res, rest) = (self.len, self.rest.map_or(0, |r| r.len));
+        for (i, b) in out.iter_mut().enumerate() {
+            let at = offset + i;
+            *b = if at < res {
+                self.buf[self.head + at]
+            } else if at < res + rest {
+                let r = self.rest.expect("inside the rest");
+                // SAFETY: `at - res < r.len`: inside the rest, readable while the frame is
+                // partial (`set_partial`'s contract); one byte copied, no reference formed.
+                unsafe { std::ptr::read(r.src.add(at - res)) }
+            } else {
+                self.tail[at - res - rest]
+            };
+        }
+        true
+    }
+
+    /// Marks the packet as pending: the device must run [`FlowLane::finish`] (or
+    /// [`FlowLane::finish_here`]) for it before the frame is delivered anywhere.
+    pub fn set_pending(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether the packet is pending (see [`set_pending`](Self::set_pending)).
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Clears the pending mark (the processor finished the packet).
+    pub fn clear_pending(&mut self) {
+        self.pending = false;
     }
 
     /// True when the frame is empty.
@@ -149,13 +258,17 @@ impl PacketBuf {
             return;
         };
         let at = self.head + self.len;
-        // `set_partial` checked that the whole frame fits the buffer.
+        // `set_partial` and `push_tail` checked that the whole frame fits the buffer.
         let dst = &mut self.buf[at..at + r.len];
         // SAFETY: `set_partial`'s caller vouched that `r.src..r.src + r.len` stays readable
         // while the frame is partial; `dst` is our own buffer, disjoint from it. A raw copy, no
         // reference to the source is formed.
         unsafe { std::ptr::copy_nonoverlapping(r.src, dst.as_mut_ptr(), r.len) };
         self.len += r.len;
+        let t = usize::from(std::mem::take(&mut self.tail_len));
+        let at = self.head + self.len;
+        self.buf[at..at + t].copy_from_slice(&self.tail[..t]);
+        self.len += t;
     }
 
     /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
@@ -322,8 +435,36 @@ pub trait FlowLane: Send {
     /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
     /// Must not allocate or lock per packet. A packet may be partial (see [`PacketBuf`]):
     /// its headers are in [`PacketBuf::frame`]; call [`PacketBuf::make_whole`] before using
-    /// bytes past them.
+    /// bytes past them. After [`enable_finish`](Self::enable_finish), an output packet may
+    /// be pending ([`PacketBuf::is_pending`]); the device then calls
+    /// [`finish`](Self::finish) or [`finish_here`](Self::finish_here) for it, and
+    /// [`end_batch`](Self::end_batch) once every frame of the batch is out or dropped.
     fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
+
+    /// The device will finish pending packets: the lane may defer work on a frame's payload
+    /// to where the frame lands (its one copy). True if the lane does so.
+    fn enable_finish(&mut self) -> bool {
+        false
+    }
+
+    /// Finishes pending packet `index` of the batch where its frame now lies: `frame` covers
+    /// its bytes, in order (guest memory the device wrote, raw pointers). Returns the
+    /// frame's final length (at most its length), or None: drop it (the lane wiped what it
+    /// must not release).
+    fn finish(&mut self, index: usize, frame: &[crate::Seg<'_>]) -> Option<usize> {
+        let _ = (index, frame);
+        None
+    }
+
+    /// Finishes pending packet `index` in its own buffer (made whole): for destinations that
+    /// take host bytes (a TAP). False: drop it.
+    fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        let _ = (index, pkt);
+        false
+    }
+
+    /// Ends the batch `process` began: every pending packet is finished or dropped.
+    fn end_batch(&mut self) {}
 }
 
 /// Why a fast-path driver could not create an instance.
