@@ -592,14 +592,14 @@ impl VnfLoop {
             }
         }
         if to_guests {
-            self.to_guests(n);
+            self.send_to_guests(n);
         }
         self.vnf.lane.end_batch();
     }
 
     /// Puts the frames of the batch's first `n` packets bound for virtio ports into their RX
     /// rings, a ring pass per port; pending frames are finished where they land.
-    fn to_guests(&mut self, n: usize) {
+    fn send_to_guests(&mut self, n: usize) {
         for pi in 0..self.vnf.shared.ports.len() {
             if !matches!(self.vnf.shared.ports[pi], SharedPort::Vhost { .. }) {
                 continue;
