@@ -23,6 +23,7 @@ fn backend() -> &'static PathBuf {
             queue_size: 256,
             max_sessions: 64,
             driver: Arc::new(dpacc_sw::SwDriver::new()),
+            busy_poll: std::time::Duration::from_micros(50),
         };
         std::thread::spawn(move || {
             let never = EventFd::new(EFD_NONBLOCK).unwrap();
