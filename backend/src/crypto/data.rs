@@ -27,6 +27,7 @@ use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
+use dpacc_spec::in_band;
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::split_ring::SplitRing;
@@ -186,8 +187,14 @@ impl DataPath {
                 match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
+                        // The request header, read once (a data request and a control request
+                        // have the same size and the opcode in the same place).
+                        let mut req = DataRequest::default();
+                        let has_req = self.chain.readable_len() >= DATA_REQ_SIZE
+                            && self.chain.read(0, req.as_mut_slice()).is_ok();
+                        let opcode = req.header.opcode.to_native();
                         match self.control.as_mut() {
-                            Some(ctrl) if Control::is_in_band(&self.chain) => {
+                            Some(ctrl) if has_req && in_band::is_control(opcode) => {
                                 // An in-band control request runs now, without the table's read
                                 // lock (creating a session takes the write lock); it completes
                                 // with this batch, in ring order, without a status write below.
@@ -198,6 +205,7 @@ impl DataPath {
                             }
                             _ => parse(
                                 &self.chain,
+                                has_req.then_some(&req),
                                 &mut self.pool,
                                 &table,
                                 &mut self.batch_sessions,
@@ -389,6 +397,7 @@ fn sum(parts: &[usize]) -> Result<usize, CryptoError> {
 /// (`p.status == OK`) or the error status to report.
 fn parse(
     c: &ChainBufs,
+    req: Option<&DataRequest>,
     pool: &mut Vec<Seg<'static>>,
     table: &Table,
     sessions: &mut BatchSessions,
@@ -406,7 +415,11 @@ fn parse(
     }
     p.status_at = pool.pop();
     p.used_len = wl as u32;
-    p.status = match parse_op(c, pool, table, sessions, p) {
+    let parsed = match req {
+        Some(req) => parse_op(c, req, pool, table, sessions, p),
+        None => Err(CryptoError::BadRequest),
+    };
+    p.status = match parsed {
         Ok(()) => status::OK,
         Err(e) => {
             pool.truncate(mark);
@@ -416,6 +429,7 @@ fn parse(
     };
 }
 
+#[inline]
 fn carve_r(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -428,6 +442,7 @@ fn carve_r(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn carve_w(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -440,6 +455,7 @@ fn carve_w(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, CryptoError> {
     if len != want || len > Iv::MAX {
         return Err(CryptoError::InvalidIvLength);
@@ -452,6 +468,7 @@ fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, Cry
 
 fn parse_op(
     c: &ChainBufs,
+    req: &DataRequest,
     pool: &mut Vec<Seg<'static>>,
     table: &Table,
     sessions: &mut BatchSessions,
@@ -463,9 +480,6 @@ fn parse_op(
     if rl < DATA_REQ_SIZE {
         return Err(CryptoError::BadRequest);
     }
-    let mut req = DataRequest::default();
-    c.read(0, req.as_mut_slice())
-        .map_err(|_| CryptoError::BadRequest)?;
     let opcode = req.header.opcode.to_native();
     let want_dir = match opcode {
         vc::CIPHER_ENCRYPT | vc::AEAD_ENCRYPT => Some(Direction::Encrypt),
