@@ -161,8 +161,8 @@ impl AeadKey {
                 } else {
                     &lc::AES_256_GCM
                 };
-                let unbound = lc::UnboundKey::new(algo, key)
-                    .map_err(|_| CryptoError::InvalidKeyLength)?;
+                let unbound =
+                    lc::UnboundKey::new(algo, key).map_err(|_| CryptoError::InvalidKeyLength)?;
                 Engine::AwsLc(lc::LessSafeKey::new(unbound))
             }
             (AeadAlg::ChaCha20Poly1305, 32) => {

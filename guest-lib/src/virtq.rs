@@ -744,7 +744,10 @@ mod tests {
         // Awake: the device, which has now used entries 0..4, sees no new request.
         let ev = q.used_event_atomic().load(Ordering::Relaxed);
         assert_eq!(ev, asked);
-        assert!(!need_event(ev, 6, 4), "two more completions would not interrupt");
+        assert!(
+            !need_event(ev, 6, 4),
+            "two more completions would not interrupt"
+        );
         assert!(q.prepare_wait());
         assert_eq!(q.used_event_atomic().load(Ordering::Relaxed), 4);
     }

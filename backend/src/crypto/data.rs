@@ -27,11 +27,11 @@ use virtio_queue::Queue;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
-use dpacc_spec::in_band;
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
+use dpacc_spec::in_band;
 
 /// Most chains taken from the ring per batch.
 pub(crate) const BATCH: usize = 64;

@@ -279,7 +279,14 @@ pub fn run(a: Args) -> Result<(), CliError> {
         println!("summary   {} (ratios are device/raw, same run)", a.alg);
         println!(
             "{:>10} {:>6} {:>7} {:>13} {:>13} {:>7} {:>12} {:>16}",
-            "mode", "queues", "size", "device ops/s", "raw ops/s", "ratio", "backend busy", "per backend core"
+            "mode",
+            "queues",
+            "size",
+            "device ops/s",
+            "raw ops/s",
+            "ratio",
+            "backend busy",
+            "per backend core"
         );
         for r in &rows {
             let (busy, per_core) = match r.backend_busy {
@@ -313,7 +320,10 @@ fn backend_cpu(dev: &CryptoDevice, queues: u16) -> Option<f64> {
     }
     let mut ticks = 0u64;
     let mut seen = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let path = t.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         let is_data_worker = comm
