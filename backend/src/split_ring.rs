@@ -223,6 +223,50 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         }
     }
 
+    /// Starts loading, for each of the next `n` pending chains whose head is an indirect
+    /// descriptor, its descriptor table (up to two cache lines), so that the walks of a batch
+    /// find the tables in cache instead of missing on each in turn (the driver wrote them on
+    /// another core). Reads the head descriptors, which [`prefetch`](Self::prefetch) should
+    /// have started loading. Only hints: nothing is checked or kept.
+    pub(crate) fn prefetch_tables(&self, n: u16) {
+        for k in 0..n.min(self.avail_idx.wrapping_sub(self.next_avail)) {
+            let head = self.head_at(self.next_avail.wrapping_add(k));
+            if head >= self.size {
+                continue;
+            }
+            if let Ok((addr, len, flags, _)) = self.mem.read_desc(self.desc, head) {
+                if flags & F_INDIRECT != 0 && len >= 16 {
+                    prefetch_lines(self.mem, addr, u64::from(len).min(128));
+                }
+            }
+        }
+    }
+
+    /// Starts loading the first buffer (up to two cache lines: a request header) of the
+    /// `k`-th pending chain after the last one taken, through its indirect table if it has one
+    /// (which [`prefetch_tables`](Self::prefetch_tables) should have loaded). Only a hint.
+    pub(crate) fn prefetch_first_buffer(&self, k: u16) {
+        if k >= self.avail_idx.wrapping_sub(self.next_avail) {
+            return;
+        }
+        let head = self.head_at(self.next_avail.wrapping_add(k));
+        if head >= self.size {
+            return;
+        }
+        let Ok((mut addr, mut len, flags, _)) = self.mem.read_desc(self.desc, head) else {
+            return;
+        };
+        if flags & F_INDIRECT != 0 {
+            match self.mem.read_desc(addr, 0) {
+                Ok((a, l, _, _)) => (addr, len) = (a, l),
+                Err(_) => return,
+            }
+        }
+        if len > 0 {
+            prefetch_lines(self.mem, addr, u64::from(len).min(128));
+        }
+    }
+
     /// Walks and checks chain `head` into `chain` (again, e.g. to patch a header after later
     /// chains were taken).
     pub(crate) fn walk(&self, head: u16, chain: &mut ChainBufs) -> Result<(), ChainError> {
@@ -318,6 +362,21 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         } else {
             u16::from_le(self.avail_u16(0).load(Ordering::Relaxed)) & AVAIL_F_NO_INTERRUPT == 0
         }
+    }
+}
+
+/// Prefetches the cache lines of `len` (> 0) bytes at guest address `addr`, if they lie in one
+/// region.
+fn prefetch_lines<G: GuestMemoryBackend>(mem: &FastMem<'_, G>, addr: u64, len: u64) {
+    if let Some(p) = mem.host(addr, len) {
+        let mut off = 0;
+        while off < len {
+            // `off < len` and the `len` bytes at `p` are inside one region.
+            prefetch(p.wrapping_add(off as usize));
+            off += 64;
+        }
+        // The last byte's line, when `addr` is not line-aligned.
+        prefetch(p.wrapping_add(len as usize - 1));
     }
 }
 

@@ -180,7 +180,20 @@ impl ChainBufs {
     }
 
     /// Copies `out.len()` bytes of the readable stream starting at `offset` into `out`.
+    #[inline]
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
+        // The common case: inside the first readable descriptor (a request header, its IV).
+        if let Some(first) = self.readable.first() {
+            if offset
+                .checked_add(out.len())
+                .is_some_and(|end| end <= first.len())
+            {
+                // SAFETY: `offset..offset + out.len()` lies inside the segment, which is guest
+                // memory the caller keeps mapped (module docs); `out` is ours.
+                unsafe { read_guest(first.ptr().add(offset), out) };
+                return Ok(());
+            }
+        }
         let mut done = 0;
         walk_range(&self.readable, self.read_len, offset, out.len(), |s| {
             let dst = &mut out[done..done + s.len()];
@@ -223,6 +236,7 @@ impl ChainBufs {
 
     /// Appends the segments covering `len` readable bytes at `offset` to `out` (no copy).
     /// Fails without touching `out`'s capacity: it never grows `out`.
+    #[inline]
     pub(crate) fn carve_readable(
         &self,
         offset: usize,
@@ -233,6 +247,7 @@ impl ChainBufs {
     }
 
     /// Appends the segments covering `len` writable bytes at `offset` to `out` (no copy).
+    #[inline]
     pub(crate) fn carve_writable(
         &self,
         offset: usize,

@@ -36,13 +36,6 @@ pub(crate) struct Control {
     keys: Box<[u8; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]>,
 }
 
-/// The opcode of a walked chain's request, if it has one.
-pub(crate) fn request_opcode(c: &ChainBufs) -> Option<u32> {
-    let mut op = [0u8; 4];
-    c.read(0, &mut op).ok()?;
-    Some(u32::from_le_bytes(op))
-}
-
 impl Control {
     /// Control requests creating sessions through `driver` into `sessions`; `config` is the
     /// device's config space.
@@ -57,12 +50,6 @@ impl Control {
             config,
             keys: Box::new([0; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]),
         }
-    }
-
-    /// Whether a walked data-queue chain is an in-band control request (it then goes to
-    /// [`handle`](Self::handle) instead of the data path).
-    pub(crate) fn is_in_band(c: &ChainBufs) -> bool {
-        c.readable_len() >= CTRL_REQ_SIZE && request_opcode(c).is_some_and(in_band::is_control)
     }
 
     /// Handles the walked chain; returns the used length (0 when nothing could be written).

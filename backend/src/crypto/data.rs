@@ -31,6 +31,7 @@ use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
+use dpacc_spec::in_band;
 
 /// Most chains taken from the ring per batch.
 pub(crate) const BATCH: usize = 64;
@@ -60,7 +61,8 @@ struct Pending {
     used_len: u32,
     /// `status::OK` while the operation is to be run; otherwise the final status.
     status: u8,
-    session: Option<SessionHandle>,
+    /// Index of the operation's session in the batch's [`BatchSessions`].
+    session: Option<u8>,
     iv: Iv,
     src: Range,
     dst: Range,
@@ -69,10 +71,51 @@ struct Pending {
     chain: ChainRanges,
 }
 
+/// The sessions the operations of one batch use, each handle cloned once per batch (not once
+/// per operation: a reference count's atomic add and sub per 64-byte request cost more than
+/// the rest of its parsing), with its key-free summary.
+#[derive(Default)]
+struct BatchSessions {
+    list: Vec<(u64, SessionHandle, SessionInfo)>,
+}
+
+impl BatchSessions {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(n),
+        }
+    }
+
+    /// The index of session `id` (open in `table`, which is always asked: a session closed
+    /// in-band earlier in the batch is gone) and its summary, adding it on first use.
+    fn get(&mut self, table: &Table, id: u64) -> Option<(u8, SessionInfo)> {
+        let handle = table.get(id)?;
+        if let Some(i) = self.list.iter().rposition(|e| e.0 == id) {
+            return Some((i as u8, self.list[i].2));
+        }
+        // At most one entry per operation of the batch (BATCH <= 255); never grows.
+        if self.list.len() == self.list.capacity() || self.list.len() > usize::from(u8::MAX) {
+            return None;
+        }
+        let info = handle.info();
+        self.list.push((id, handle.clone(), info));
+        Some(((self.list.len() - 1) as u8, info))
+    }
+
+    fn handle(&self, i: u8) -> Option<&SessionHandle> {
+        self.list.get(usize::from(i)).map(|e| &e.1)
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+    }
+}
+
 /// A data queue's processing state. All buffers are sized once, at start.
 pub(crate) struct DataPath {
     driver: Box<dyn CryptoQueue>,
     sessions: Arc<SessionTable>,
+    batch_sessions: BatchSessions,
     chain: ChainBufs,
     pending: Vec<Pending>,
     pool: Vec<Seg<'static>>,
@@ -91,6 +134,7 @@ impl DataPath {
         Self {
             driver,
             sessions,
+            batch_sessions: BatchSessions::with_capacity(BATCH),
             chain: ChainBufs::new(),
             pending: (0..BATCH).map(|_| Pending::default()).collect(),
             pool: Vec::with_capacity(POOL_SEGS),
@@ -119,8 +163,13 @@ impl DataPath {
         let Some(mut ring) = SplitRing::open(q, mem) else {
             return 0;
         };
-        let avail = ring.pending();
-        ring.prefetch(avail.min(BATCH as u16));
+        let avail = ring.pending().min(BATCH as u16);
+        // The descriptors and request headers of a batch were written on the driver's core:
+        // start loading all of them before the first walk (head descriptors, then the indirect
+        // tables), and each request header one chain ahead of its parse.
+        ring.prefetch(avail);
+        ring.prefetch_tables(avail);
+        ring.prefetch_first_buffer(0);
         let mut n = 0;
         let mut bytes = 0usize;
         {
@@ -132,13 +181,20 @@ impl DataPath {
                 let Some(head) = ring.pop_head() else {
                     break;
                 };
+                ring.prefetch_first_buffer(0);
                 let p = &mut self.pending[n];
                 *p = Pending::default();
                 match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
+                        // The request header, read once (a data request and a control request
+                        // have the same size and the opcode in the same place).
+                        let mut req = DataRequest::default();
+                        let has_req = self.chain.readable_len() >= DATA_REQ_SIZE
+                            && self.chain.read(0, req.as_mut_slice()).is_ok();
+                        let opcode = req.header.opcode.to_native();
                         match self.control.as_mut() {
-                            Some(ctrl) if Control::is_in_band(&self.chain) => {
+                            Some(ctrl) if has_req && in_band::is_control(opcode) => {
                                 // An in-band control request runs now, without the table's read
                                 // lock (creating a session takes the write lock); it completes
                                 // with this batch, in ring order, without a status write below.
@@ -147,7 +203,14 @@ impl DataPath {
                                 p.used_len = ctrl.handle(&self.chain);
                                 table = self.sessions.read();
                             }
-                            _ => parse(&self.chain, &mut self.pool, &table, p),
+                            _ => parse(
+                                &self.chain,
+                                has_req.then_some(&req),
+                                &mut self.pool,
+                                &table,
+                                &mut self.batch_sessions,
+                                p,
+                            ),
                         }
                     }
                     Err(e) => {
@@ -170,8 +233,8 @@ impl DataPath {
                 unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
             }
             ring.put_used(p.head, p.used_len);
-            p.session = None;
         }
+        self.batch_sessions.clear();
         notify.signal(ring.close(q));
         n
     }
@@ -180,6 +243,7 @@ impl DataPath {
     fn submit(&mut self, n: usize) {
         let Self {
             driver,
+            batch_sessions,
             pending,
             pool,
             ops,
@@ -194,7 +258,7 @@ impl DataPath {
             if p.status != status::OK || p.status_at.is_none() {
                 continue;
             }
-            let Some(session) = p.session.as_ref() else {
+            let Some(session) = p.session.and_then(|i| batch_sessions.handle(i)) else {
                 continue;
             };
             let sl = |r: Range| &pool[r.0..r.1];
@@ -331,7 +395,14 @@ fn sum(parts: &[usize]) -> Result<usize, CryptoError> {
 
 /// Parses the walked chain into `p`: the status location, and either a runnable operation
 /// (`p.status == OK`) or the error status to report.
-fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pending) {
+fn parse(
+    c: &ChainBufs,
+    req: Option<&DataRequest>,
+    pool: &mut Vec<Seg<'static>>,
+    table: &Table,
+    sessions: &mut BatchSessions,
+    p: &mut Pending,
+) {
     p.head = c.head();
     let wl = c.writable_len();
     if wl == 0 {
@@ -344,7 +415,11 @@ fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pen
     }
     p.status_at = pool.pop();
     p.used_len = wl as u32;
-    p.status = match parse_op(c, pool, table, p) {
+    let parsed = match req {
+        Some(req) => parse_op(c, req, pool, table, sessions, p),
+        None => Err(CryptoError::BadRequest),
+    };
+    p.status = match parsed {
         Ok(()) => status::OK,
         Err(e) => {
             pool.truncate(mark);
@@ -354,6 +429,7 @@ fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pen
     };
 }
 
+#[inline]
 fn carve_r(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -366,6 +442,7 @@ fn carve_r(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn carve_w(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -378,6 +455,7 @@ fn carve_w(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, CryptoError> {
     if len != want || len > Iv::MAX {
         return Err(CryptoError::InvalidIvLength);
@@ -390,8 +468,10 @@ fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, Cry
 
 fn parse_op(
     c: &ChainBufs,
+    req: &DataRequest,
     pool: &mut Vec<Seg<'static>>,
     table: &Table,
+    sessions: &mut BatchSessions,
     p: &mut Pending,
 ) -> Result<(), CryptoError> {
     let rl = c.readable_len();
@@ -400,9 +480,6 @@ fn parse_op(
     if rl < DATA_REQ_SIZE {
         return Err(CryptoError::BadRequest);
     }
-    let mut req = DataRequest::default();
-    c.read(0, req.as_mut_slice())
-        .map_err(|_| CryptoError::BadRequest)?;
     let opcode = req.header.opcode.to_native();
     let want_dir = match opcode {
         vc::CIPHER_ENCRYPT | vc::AEAD_ENCRYPT => Some(Direction::Encrypt),
@@ -410,10 +487,9 @@ fn parse_op(
         vc::HASH | vc::MAC => None,
         _ => return Err(CryptoError::Unsupported),
     };
-    let session = table
-        .get(req.header.session_id.to_native())
+    let (session, info) = sessions
+        .get(table, req.header.session_id.to_native())
         .ok_or(CryptoError::InvalidSession)?;
-    let info = session.info();
     let off = DATA_REQ_SIZE;
     let dir_ok = |d: Direction| Some(d) == want_dir;
     match opcode {
@@ -542,7 +618,7 @@ fn parse_op(
             p.aad = carve_r(c, pool, data + src_len, aad_len)?;
         }
     }
-    p.session = Some(session.clone());
+    p.session = Some(session);
     Ok(())
 }
 
