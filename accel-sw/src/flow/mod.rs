@@ -18,6 +18,7 @@ pub mod esp;
 mod instance;
 pub mod key;
 mod lanes;
+mod policy;
 mod table;
 
 pub use instance::SwFastPath;
@@ -76,6 +77,8 @@ pub struct InstanceStats {
     pub drops: u64,
     /// Exact-match cache hits.
     pub emc_hits: u64,
+    /// Of `drops`, those the operator's policy dropped.
+    pub policy_drops: u64,
 }
 
 /// One lane's instance counters, written by that lane only (a load and a store).
@@ -85,6 +88,7 @@ struct LaneStats {
     misses: AtomicU64,
     drops: AtomicU64,
     emc_hits: AtomicU64,
+    policy_drops: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -107,6 +111,8 @@ struct Core {
     /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
     generation: u64,
     max_flows: usize,
+    /// The operator's policy (never the vNF's: its control protocol cannot reach it).
+    policy: Option<Arc<policy::Compiled>>,
 }
 
 /// A vNF's flow-processor instance, shared by its lanes and its control.
@@ -117,6 +123,8 @@ pub struct SwInstance {
     /// Control requests that run packets through the tables (PACKET_OUT) use this lane
     /// state, with lane 0's counters, while they hold the write side.
     control: Mutex<LaneState>,
+    /// The policy in force, for reading its counters without the lanes' lock.
+    operator: Mutex<Option<Arc<policy::Compiled>>>,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
@@ -196,7 +204,8 @@ impl SwLane {
         // SAFETY: inside the read section just entered; `core` is not used after `leave`.
         let core = unsafe { self.inst.core.get(token) };
         let lane = token.index();
-        let pending = if self.defer {
+        // Egress rules judge an output's final headers: nothing is left pending then.
+        let pending = if self.defer && !core.policy.as_ref().is_some_and(|p| p.polices_egress()) {
             self.pending.clear();
             self.pending.resize(pkts.len(), None);
             Some(&mut self.pending[..])
@@ -278,10 +287,17 @@ fn run_batch(
         st.last = None;
         st.generation = core.generation;
     }
-    let (mut drops, mut misses, mut hits) = (0, 0, 0);
+    let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
     for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
-        let (verdict, hit) = one(core, st, lane, now, p, defer);
+        let (verdict, hit) = match &core.policy {
+            None => one(core, st, lane, now, p, defer),
+            Some(pol) => {
+                let (v, hit, d) = pol.police(p, now, lane, |p| one(core, st, lane, now, p, defer));
+                denied += u64::from(d);
+                (v, hit)
+            }
+        };
         *v = verdict;
         hits += u64::from(hit);
         match verdict {
@@ -294,6 +310,9 @@ fn run_batch(
     if drops + misses > 0 {
         add(&stats.drops, drops);
         add(&stats.misses, misses);
+        if denied > 0 {
+            add(&stats.policy_drops, denied);
+        }
     }
 }
 
@@ -395,12 +414,14 @@ impl SwInstance {
                     inbound: HashMap::new(),
                     generation: 0,
                     max_flows,
+                    policy: None,
                 },
                 lanes,
             ),
             stats: (0..lanes).map(|_| LaneStats::default()).collect(),
             crypto,
             control,
+            operator: Mutex::new(None),
             uplinks: u16::MAX,
         }))
     }
@@ -449,6 +470,7 @@ impl SwInstance {
             s.misses += l.misses.load(r);
             s.drops += l.drops.load(r);
             s.emc_hits += l.emc_hits.load(r);
+            s.policy_drops += l.policy_drops.load(r);
         }
         s
     }
