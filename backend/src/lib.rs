@@ -21,7 +21,9 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod crypto;
+pub mod metrics;
 pub mod net;
 mod ready;
 mod split_ring;
