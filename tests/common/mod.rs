@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod guest;
 pub mod netns;
 pub mod vhost_net;
