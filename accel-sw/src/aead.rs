@@ -66,6 +66,7 @@ impl Drop for RingKey {
 }
 
 /// The library behind a key.
+#[allow(clippy::large_enum_variant)] // one per session, never moved on the data path
 enum Engine {
     /// AES-GCM on AWS-LC: in place or out of place.
     AwsLc(aws_lc_rs::aead::LessSafeKey),
@@ -141,6 +142,7 @@ pub(crate) struct AeadScratch<'a> {
 }
 
 /// Where the data of one operation is transformed.
+#[allow(clippy::enum_variant_names)] // `Place::OutOfPlace` says what it means
 enum Place<'a> {
     /// From one `src` segment into one disjoint `dst` segment (AWS-LC only).
     OutOfPlace { src: Seg<'a>, dst: Seg<'a> },
