@@ -319,6 +319,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vnfs_have_names_given_or_from_the_socket_stem() {
+        let net = |args: &[&str]| {
+            let mut v = vec!["dpacc-backend", "net"];
+            v.extend(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Net(n) => n,
+                Command::Crypto(_) => panic!(),
+            }
+        };
+        let n = net(&[
+            "--port",
+            "name=blue,socket=/run/a.sock",
+            "--port",
+            "socket=/run/red.sock,uplink=tap:r0",
+        ]);
+        let names: Vec<_> = n
+            .named_vnfs()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["blue", "red"]);
+        let n = net(&["--port", "socket=/a/x.sock", "--port", "socket=/b/x.sock"]);
+        let e = n.named_vnfs().unwrap_err().to_string();
+        assert!(e.contains("vNF name x is used twice"), "{e}");
+        assert_eq!(
+            net(&["--socket", "/run/v.sock"]).named_vnfs().unwrap()[0].0,
+            "v"
+        );
+        // With an API socket the daemon may start with no vNF.
+        let n = net(&["--api-socket", "/run/api.sock"]);
+        assert!(n.named_vnfs().unwrap().is_empty());
+        assert!(
+            Cli::try_parse_from(["dpacc-backend", "net", "--port", "name=,socket=/a"]).is_err()
+        );
+    }
+
+    #[test]
     fn flags_parse_and_validate() {
         let c = Cli::try_parse_from([
             "dpacc-backend",

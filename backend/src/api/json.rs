@@ -422,8 +422,24 @@ mod tests {
         assert_eq!(p.ingress.default, PolicyAction::Deny);
         assert_eq!(p.egress.default, PolicyAction::Allow);
         // Back to JSON (with counters) and in again: the same policy.
-        let c = PolicyCounters::default();
+        let one = RuleCounters {
+            packets: 1,
+            bytes: 60,
+            denies: 1,
+        };
+        let c = PolicyCounters {
+            ingress: ListCounters {
+                rules: vec![one; 3],
+                default: one,
+            },
+            egress: ListCounters {
+                rules: vec![one],
+                default: RuleCounters::default(),
+            },
+        };
         let out = serde_json::to_string(&PolicyJson::of(&p, Some(&c))).unwrap();
+        let one_json = r#""counters":{"packets":1,"bytes":60,"denies":1}"#;
+        assert_eq!(out.matches(one_json).count(), 4, "{out}");
         assert!(out.contains("\"counters\""), "{out}");
         assert_eq!(policy(&out).unwrap(), p);
         assert_eq!(policy("{}").unwrap(), Policy::default());

@@ -134,7 +134,11 @@ impl ApiServer {
                         }
                     };
                     let reply = match read_body(&mut req) {
-                        Ok(body) => handle(&target, req.method().as_str(), req.url(), &body),
+                        // A bug must not take the API down: a panic becomes a 500.
+                        Ok(body) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            handle(&target, req.method().as_str(), req.url(), &body)
+                        }))
+                        .unwrap_or_else(|_| Reply::error(500, "internal error (see the log)")),
                         Err(r) => r,
                     };
                     debug!("API: {} {} -> {}", req.method(), req.url(), reply.status);

@@ -312,3 +312,145 @@ pub fn handle(target: &Target, method: &str, url: &str, body: &[u8]) -> Reply {
         Target::Crypto(v) => crypto_routes(v.get(), method, &segs),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::vnfs::VnfTemplate;
+
+    fn registry() -> Arc<VnfRegistry> {
+        Arc::new(VnfRegistry::new(VnfTemplate {
+            max_flows: 64,
+            queue_size: 256,
+            mac: [0x52, 0x54, 0, 0xdc, 0xac, 1],
+            fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
+                dpacc_sw::SwDriver::new(),
+            ))),
+            busy_poll: std::time::Duration::ZERO,
+            queue_pairs: 1,
+        }))
+    }
+
+    fn err(r: &Reply) -> String {
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["error"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn every_error_has_its_status_and_a_message() {
+        let t = Target::Net(registry());
+        for (m, p, body, status) in [
+            ("GET", "/", "", 404),
+            ("GET", "/vnfs/x/y/z", "", 404),
+            ("GET", "/vnfs/none", "", 404),
+            ("DELETE", "/vnfs/none", "", 404),
+            ("GET", "/vnfs/none/policy", "", 404),
+            ("PUT", "/vnfs/none/policy", "{}", 404),
+            ("PUT", "/vnfs/x", "", 400),
+            ("PUT", "/vnfs/x", "null", 400),
+            ("PUT", "/vnfs/x", "{\"socket\": 5}", 400),
+            (
+                "PUT",
+                "/vnfs/.x",
+                "{\"socket\": \"/nonexistent-dir/x.sock\"}",
+                400,
+            ),
+            (
+                "PUT",
+                "/vnfs/x",
+                "{\"socket\": \"/nonexistent-dir/x.sock\"}",
+                400,
+            ),
+            (
+                "PUT",
+                "/vnfs/x",
+                "{\"socket\": \"/tmp/x.sock\", \"max_flows\": 0}",
+                422,
+            ),
+            ("POST", "/metrics", "", 405),
+            ("DELETE", "/vnfs", "", 405),
+            ("HEAD", "/vnfs/x/stats", "", 405),
+        ] {
+            let r = handle(&t, m, p, body.as_bytes());
+            assert_eq!(r.status, status, "{m} {p} {body}: {}", r.body);
+            assert!(!err(&r).is_empty());
+            assert_eq!(r.allow.is_some(), status == 405);
+        }
+        assert_eq!(handle(&t, "GET", "/vnfs?x=1", b"").status, 200);
+        assert_eq!(handle(&t, "GET", "/metrics", b"").status, 200);
+        let c = Target::Crypto(Arc::new(OnceLock::new()));
+        assert_eq!(handle(&c, "GET", "/stats", b"").status, 503);
+        assert_eq!(handle(&c, "GET", "/metrics", b"").status, 200);
+        assert_eq!(handle(&c, "PUT", "/vnfs/x", b"{}").status, 404);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let t = Target::Net(registry());
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let methods = ["GET", "PUT", "DELETE", "POST", "\u{0}"];
+        let paths = [
+            "/vnfs/a",
+            "/vnfs/a/policy",
+            "/vnfs/%00",
+            "//vnfs//a//",
+            "/metrics",
+        ];
+        for _ in 0..2000 {
+            let len = (next() % 64) as usize;
+            let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let m = methods[(next() % 5) as usize];
+            let p = paths[(next() % 5) as usize];
+            let r = handle(&t, m, p, &body);
+            assert!(
+                r.status == 200 || (400..500).contains(&r.status),
+                "{m} {p}: {}",
+                r.status
+            );
+        }
+        // Structured garbage on a real vNF: policies with every kind of wrong value.
+        let sock = std::env::temp_dir().join(format!("dpacc-routes-{}.sock", std::process::id()));
+        let body = format!(r#"{{"socket": "{}"}}"#, sock.display());
+        assert_eq!(handle(&t, "PUT", "/vnfs/a", body.as_bytes()).status, 201);
+        for (body, status) in [
+            (
+                r#"{"ingress": {"rules": [{"match": {"src": "1.2.3.4/999"}, "action": "deny"}]}}"#,
+                400,
+            ),
+            (
+                r#"{"ingress": {"rules": [{"match": {"proto": -1}, "action": "deny"}]}}"#,
+                400,
+            ),
+            (
+                r#"{"ingress": {"rules": [{"action": "rate_limit", "bytes_per_sec": 18446744073709551615}]}}"#,
+                200,
+            ),
+            (r#"{"ingress": {"rules": {}}}"#, 400),
+            (r#"{"ingress": null}"#, 400),
+        ] {
+            let r = handle(&t, "PUT", "/vnfs/a/policy", body.as_bytes());
+            assert_eq!(r.status, status, "{body}: {}", r.body);
+        }
+        for _ in 0..500 {
+            let len = (next() % 48) as usize;
+            let mut body = br#"{"ingress": {"rules": [{"#.to_vec();
+            let alphabet: &[u8] = b"{}[]\":,0123456789actionmatchdeny";
+            body.extend((0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]));
+            let r = handle(&t, "PUT", "/vnfs/a/policy", &body);
+            assert!(
+                r.status == 200 || r.status == 400 || r.status == 422,
+                "{}",
+                r.status
+            );
+        }
+        assert_eq!(handle(&t, "GET", "/vnfs/a/stats", b"").status, 200);
+        assert_eq!(handle(&t, "DELETE", "/vnfs/a", b"").status, 204);
+        assert!(!sock.exists());
+    }
+}
