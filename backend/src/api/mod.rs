@@ -1,6 +1,7 @@
 //! The management API: HTTP/1.1 with JSON bodies on a host-only unix socket
-//! (`--api-socket PATH`, mode 0600), served by the `tiny_http` crate on a thread of its own
-//! (no data-path worker ever waits for it). Resources and errors: spec/api.md and
+//! (`--api-socket PATH`, mode 0600), served by the `tiny_http` crate on threads of its own
+//! (an `api` thread taking requests, each handled on a short-lived thread, at most 8 at once;
+//! no data-path worker ever waits for them). Resources and errors: spec/api.md and
 //! spec/openapi.yaml; routing in [`routes`], bodies in [`json`], the vNFs in [`vnfs`].
 
 pub mod json;
@@ -10,7 +11,7 @@ pub mod vnfs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -48,6 +49,8 @@ pub enum ApiError {
 pub struct ApiServer {
     server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
+    /// Requests being handled.
+    active: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
     path: PathBuf,
 }
@@ -114,6 +117,25 @@ fn respond(req: tiny_http::Request, r: Reply) {
     }
 }
 
+/// Most requests handled at once (more get 503).
+const MAX_ACTIVE: usize = 8;
+
+fn serve_one(target: &Target, mut req: tiny_http::Request) {
+    let reply = match read_body(&mut req) {
+        // A bug must not take the API down: a panic becomes a 500.
+        Ok(body) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handle(target, req.method().as_str(), req.url(), &body)
+        }))
+        .unwrap_or_else(|_| Reply::error(500, "internal error (see the log)")),
+        Err(r) => r,
+    };
+    debug!("API: {} {} -> {}", req.method(), req.url(), reply.status);
+    if reply.status >= 400 {
+        info!("API: {} {} -> {}", req.method(), req.url(), reply.status);
+    }
+    respond(req, reply);
+}
+
 impl ApiServer {
     /// Serves `target` on a new unix socket at `path` (a stale socket file is replaced; a
     /// live one, or another kind of file, is refused).
@@ -121,11 +143,15 @@ impl ApiServer {
         let server = Arc::new(bind(path)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, stop2) = (server.clone(), stop.clone());
+        let active = Arc::new(AtomicUsize::new(0));
+        let active2 = active.clone();
+        let target = Arc::new(target);
         let thread = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                let active = active2;
                 while !stop2.load(Ordering::Acquire) {
-                    let mut req = match s2.recv_timeout(Duration::from_millis(500)) {
+                    let req = match s2.recv_timeout(Duration::from_millis(500)) {
                         Ok(Some(r)) => r,
                         Ok(None) => continue,
                         Err(e) => {
@@ -133,19 +159,24 @@ impl ApiServer {
                             continue;
                         }
                     };
-                    let reply = match read_body(&mut req) {
-                        // A bug must not take the API down: a panic becomes a 500.
-                        Ok(body) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            handle(&target, req.method().as_str(), req.url(), &body)
-                        }))
-                        .unwrap_or_else(|_| Reply::error(500, "internal error (see the log)")),
-                        Err(r) => r,
-                    };
-                    debug!("API: {} {} -> {}", req.method(), req.url(), reply.status);
-                    if reply.status >= 400 {
-                        info!("API: {} {} -> {}", req.method(), req.url(), reply.status);
+                    // Each request on a thread of its own (a client that stalls in its body
+                    // holds only that one), at most MAX_ACTIVE at once.
+                    if active.fetch_add(1, Ordering::AcqRel) >= MAX_ACTIVE {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        respond(req, Reply::error(503, "too many requests in progress"));
+                        continue;
                     }
-                    respond(req, reply);
+                    let (target, done) = (target.clone(), active.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("api-request".into())
+                        .spawn(move || {
+                            serve_one(&target, req);
+                            done.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if let Err(e) = spawned {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        warn!("API: starting a request thread: {e}");
+                    }
                 }
             })
             .map_err(ApiError::Thread)?;
@@ -153,6 +184,7 @@ impl ApiServer {
         Ok(Self {
             server,
             stop,
+            active,
             thread: Some(thread),
             path: path.to_path_buf(),
         })
@@ -168,6 +200,12 @@ impl ApiServer {
             self.stop.store(true, Ordering::Release);
             self.server.unblock();
             let _ = t.join();
+            // Let requests in progress finish (a vNF being created is then in the registry
+            // and stopped with the others).
+            let t = std::time::Instant::now();
+            while self.active.load(Ordering::Acquire) > 0 && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -230,12 +230,22 @@ fn vnf_routes(reg: &VnfRegistry, method: &str, segs: &[&str], body: &[u8]) -> Re
                         return policy_error(e);
                     }
                     match p.set_policy(Some(pol.clone())) {
-                        Ok(()) => Reply::json(200, &PolicyJson::of(&pol, None)),
+                        Ok(()) => {
+                            tracing::info!(
+                                "vNF {name}: operator policy set ({} ingress, {} egress rules)",
+                                pol.ingress.rules.len(),
+                                pol.egress.rules.len()
+                            );
+                            Reply::json(200, &PolicyJson::of(&pol, None))
+                        }
                         Err(e) => policy_error(e),
                     }
                 }
                 "DELETE" => match p.set_policy(None) {
-                    Ok(()) => Reply::empty(204),
+                    Ok(()) => {
+                        tracing::info!("vNF {name}: operator policy removed");
+                        Reply::empty(204)
+                    }
                     Err(e) => policy_error(e),
                 },
                 _ => Reply::method_not_allowed(method, "GET, PUT, DELETE"),
