@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+mod guest_log;
 pub mod net;
 mod ready;
 mod split_ring;

@@ -9,13 +9,14 @@ use dpacc_spec::algo::{MAX_AUTH_KEY_LEN, MAX_CIPHER_KEY_LEN};
 use dpacc_spec::ctrl::{self, CtrlOp};
 use dpacc_spec::virtio_crypto::{self as vc, status, CtrlRequest, SessionInput, CTRL_REQ_SIZE};
 use dpacc_spec::{CryptoDriver, CryptoError};
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use zeroize::Zeroize;
 
 use super::sessions::SessionTable;
 use super::worker::{Notify, Processor};
+use crate::guest_log::guest_warn;
 use crate::virtq::ChainBufs;
 
 /// Control queue processing state.
@@ -130,7 +131,7 @@ impl Processor for ControlPath {
                 }
             };
             if let Err(e) = q.add_used(mem, self.chain.head(), used) {
-                warn!("control add_used: {e}");
+                guest_warn!("control add_used: {e}");
             }
             n += 1;
         }

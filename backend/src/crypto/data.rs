@@ -28,6 +28,7 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
+use crate::guest_log::guest_warn;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
 
 /// Most chains taken from the ring per batch.
@@ -136,7 +137,7 @@ impl DataPath {
                 unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
             }
             if let Err(e) = q.add_used(mem, p.head, p.used_len) {
-                warn!("add_used: {e}");
+                guest_warn!("add_used: {e}");
             }
             p.session = None;
         }

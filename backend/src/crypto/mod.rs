@@ -18,13 +18,14 @@ use dpacc_spec::vhost_user_crypto::{
     QemuCryptoSession, VHOST_USER_CLOSE_CRYPTO_SESSION, VHOST_USER_CREATE_CRYPTO_SESSION,
 };
 use dpacc_spec::CryptoDriver;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::Queue;
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 use zeroize::Zeroize;
 
+use crate::guest_log::guest_warn;
 use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDevice};
 use control::ControlPath;
 use data::DataPath;
@@ -138,7 +139,7 @@ impl CryptoDevice {
         let n = payload.len().min(std::mem::size_of::<QemuCryptoSession>());
         s.as_mut_slice()[..n].copy_from_slice(&payload[..n]);
         let id = if payload.len() != std::mem::size_of::<QemuCryptoSession>() {
-            warn!("CREATE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+            guest_warn!("CREATE_CRYPTO_SESSION: payload of {} bytes", payload.len());
             -1
         } else {
             match s
@@ -150,7 +151,7 @@ impl CryptoDevice {
                     id as i64
                 }
                 Err(e) => {
-                    warn!("CREATE_CRYPTO_SESSION failed: {e}");
+                    guest_warn!("CREATE_CRYPTO_SESSION failed: {e}");
                     -1
                 }
             }
@@ -228,14 +229,14 @@ impl VhostUserDevice for CryptoDevice {
             }
             VHOST_USER_CLOSE_CRYPTO_SESSION => {
                 let Ok(b) = <[u8; 8]>::try_from(payload) else {
-                    warn!("CLOSE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+                    guest_warn!("CLOSE_CRYPTO_SESSION: payload of {} bytes", payload.len());
                     return DeviceReply::Ack(false);
                 };
                 let id = u64::from_ne_bytes(b);
                 match self.sessions.close(id) {
                     Ok(()) => DeviceReply::Ack(true),
                     Err(e) => {
-                        warn!("CLOSE_CRYPTO_SESSION {id:#x}: {e}");
+                        guest_warn!("CLOSE_CRYPTO_SESSION {id:#x}: {e}");
                         DeviceReply::Ack(false)
                     }
                 }

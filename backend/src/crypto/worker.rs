@@ -10,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::guest_log::guest_warn;
 use crate::ready::{self, ReadySet};
 use crate::split_ring::publish_avail_event;
 use crate::vhost_user::QueueStart;
@@ -33,11 +34,11 @@ impl Notify {
         match q.needs_notification(mem) {
             Ok(true) => {
                 if let Err(e) = call.write(1) {
-                    warn!("call eventfd: {e}");
+                    guest_warn!("call eventfd: {e}");
                 }
             }
             Ok(false) => {}
-            Err(e) => warn!("needs_notification: {e}"),
+            Err(e) => guest_warn!("needs_notification: {e}"),
         }
     }
 }
@@ -143,18 +144,18 @@ fn drain<P: Processor>(
         let _ = q.disable_notification(&*m);
         let n = p.process(q, &m, notify);
         if let Err(e) = publish_avail_event(q, &m) {
-            warn!("vq{index}: avail_event: {e}");
+            guest_warn!("vq{index}: avail_event: {e}");
         }
         match q.enable_notification(&*m) {
             Ok(true) if n > 0 => continue,
             Ok(true) => {
                 // More is announced but nothing could be popped: a broken avail ring.
-                warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
+                guest_warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
                 return;
             }
             Ok(false) => return,
             Err(e) => {
-                warn!("vq{index}: enable_notification: {e}");
+                guest_warn!("vq{index}: enable_notification: {e}");
                 return;
             }
         }

@@ -6,8 +6,10 @@
 
 mod channel;
 mod device;
+pub(crate) mod fault;
 mod memory;
 mod server;
+mod tables;
 
 pub(crate) use device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 pub(crate) use server::serve;
