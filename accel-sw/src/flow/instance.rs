@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
-    Emit, FastPathDriver, FlowProcessor, InstanceConfig, InstanceError, PacketBuf, PortId, Verdict,
+    Emit, FastPathDriver, FlowProcessor, InstanceConfig, InstanceError, PacketBuf, PortId, Usage,
+    Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
@@ -34,7 +35,7 @@ impl FastPathDriver for SwFastPath {
         &self,
         cfg: &InstanceConfig,
     ) -> Result<Box<dyn FlowProcessor>, InstanceError> {
-        let mut p = SwFlowProcessor::new(self.crypto.clone(), cfg.max_flows)
+        let mut p = SwFlowProcessor::with_quotas(self.crypto.clone(), cfg.quotas)
             .map_err(|e| InstanceError::Config(e.to_string()))?;
         p.uplinks = cfg.uplinks;
         Ok(Box::new(p))
@@ -43,7 +44,7 @@ impl FastPathDriver for SwFastPath {
 
 fn code(e: &FlowError) -> ErrorCode {
     match e {
-        FlowError::Quota(_) => ErrorCode::Quota,
+        FlowError::Quota(..) => ErrorCode::Quota,
         FlowError::BadTable(_) => ErrorCode::BadTable,
         FlowError::BadActions(_) => ErrorCode::BadActions,
         FlowError::NotFound(_) => ErrorCode::NotFound,
@@ -95,7 +96,8 @@ impl SwFlowProcessor {
                 txid,
                 Body::HelloReply {
                     tables: TABLES as u8,
-                    max_flows: u32::try_from(self.max_flows).unwrap_or(u32::MAX),
+                    max_flows: u32::try_from(self.quotas().flows).unwrap_or(u32::MAX),
+                    usage: Some(self.usage()),
                 },
             ),
             Body::FlowAdd(spec) => {
@@ -228,5 +230,13 @@ impl FlowProcessor for SwFlowProcessor {
 
     fn flow_count(&self) -> usize {
         SwFlowProcessor::flow_count(self)
+    }
+
+    fn usage(&self) -> Usage {
+        SwFlowProcessor::usage(self)
+    }
+
+    fn clear(&mut self) {
+        SwFlowProcessor::clear(self);
     }
 }

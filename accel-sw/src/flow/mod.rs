@@ -10,17 +10,20 @@ pub mod checksum;
 pub mod esp;
 mod instance;
 pub mod key;
+mod quota;
 
 pub use instance::SwFastPath;
+pub use quota::QuotaKind;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::{PacketBuf, Verdict};
+use dpacc_spec::fastpath::{PacketBuf, Quotas, Usage, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Sa, SaConfig, SaDir};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
+use quota::Ledger;
 
 pub use dpacc_spec::fastpath::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
@@ -36,9 +39,9 @@ const MAX_HOPS: usize = TABLES;
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
-    /// `--max-flows` reached.
-    #[error("flow quota exceeded ({0} flows)")]
-    Quota(usize),
+    /// A quota reached (`--max-flows`, `--max-groups`...): which, and its value.
+    #[error("{}", .0.message(*.1))]
+    Quota(QuotaKind, usize),
     /// A table number out of range or a goto that does not go forward.
     #[error("bad table or goto: {0}")]
     BadTable(String),
@@ -90,8 +93,7 @@ pub struct SwFlowProcessor {
     emc: HashMap<FlowKey, Path, ahash::RandomState>,
     crypto: Arc<dyn CryptoDriver>,
     queue: Box<dyn CryptoQueue>,
-    max_flows: usize,
-    flows: usize,
+    ledger: Ledger,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
@@ -100,8 +102,20 @@ pub struct SwFlowProcessor {
 }
 
 impl SwFlowProcessor {
-    /// An empty instance holding at most `max_flows` flows, doing ESP on `crypto`.
+    /// An empty instance holding at most `max_flows` flows (the other quotas at their
+    /// defaults), doing ESP on `crypto`.
     pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
+        Self::with_quotas(
+            crypto,
+            Quotas {
+                flows: max_flows,
+                ..Quotas::default()
+            },
+        )
+    }
+
+    /// An empty instance with these quotas, doing ESP on `crypto`.
+    pub fn with_quotas(crypto: Arc<dyn CryptoDriver>, quotas: Quotas) -> Result<Self, CryptoError> {
         let queue = crypto.open_queue(1)?;
         Ok(Self {
             tables: (0..TABLES).map(|_| Vec::new()).collect(),
@@ -112,8 +126,7 @@ impl SwFlowProcessor {
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
             crypto,
             queue,
-            max_flows,
-            flows: 0,
+            ledger: Ledger::new(quotas),
             uplinks: u16::MAX,
             stats: InstanceStats::default(),
         })
@@ -126,6 +139,7 @@ impl SwFlowProcessor {
     /// Installs a flow (replacing one with the same table, priority and match).
     pub fn add_flow(&mut self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
         let t = usize::from(spec.table);
+        self.ledger.check_actions(&spec.actions)?;
         if t >= TABLES {
             return Err(FlowError::BadTable(format!("table {t} (0..{TABLES})")));
         }
@@ -161,13 +175,11 @@ impl SwFlowProcessor {
                 .expect("indexed entry exists");
             *old = entry;
         } else {
-            if self.flows >= self.max_flows {
-                return Err(FlowError::Quota(self.max_flows));
-            }
+            self.ledger.check_new_flow()?;
             let at = table.partition_point(|e| e.spec.priority >= entry.spec.priority);
             table.insert(at, entry);
             self.present[t].insert(id);
-            self.flows += 1;
+            self.ledger.flows += 1;
         }
         self.invalidate();
         Ok(())
@@ -186,7 +198,7 @@ impl SwFlowProcessor {
                 keep
             });
         }
-        self.flows -= out.len();
+        self.ledger.flows -= out.len();
         if !out.is_empty() {
             self.invalidate();
         }
@@ -228,7 +240,28 @@ impl SwFlowProcessor {
 
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
-        self.flows
+        self.ledger.flows
+    }
+
+    /// What the instance holds against its quotas, and its memory.
+    pub fn usage(&self) -> Usage {
+        self.ledger.usage()
+    }
+
+    /// The quotas.
+    pub fn quotas(&self) -> &Quotas {
+        &self.ledger.quotas
+    }
+
+    /// Removes every flow, group and SA (their crypto sessions close) and frees their memory.
+    pub fn clear(&mut self) {
+        self.tables = (0..TABLES).map(|_| Vec::new()).collect();
+        self.present = (0..TABLES).map(|_| HashSet::new()).collect();
+        self.groups = HashMap::new();
+        self.outbound = HashMap::new();
+        self.inbound = HashMap::new();
+        self.invalidate();
+        self.ledger = Ledger::new(self.ledger.quotas);
     }
 
     /// Installs (or replaces) a select group.
@@ -248,6 +281,9 @@ impl SwFlowProcessor {
                 "bucket actions: rewrites and output only",
             ));
         }
+        let old = self.groups.get(&id).map(Vec::len);
+        self.ledger.check_group(&buckets, old)?;
+        self.ledger.group_added(buckets.len(), old);
         self.groups.insert(id, buckets);
         self.invalidate();
         Ok(())
@@ -257,11 +293,20 @@ impl SwFlowProcessor {
     pub fn add_sa(&mut self, cfg: SaConfig) -> Result<(), FlowError> {
         let spi = cfg.spi;
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
-        let sa = Sa::new(cfg, &*self.crypto)?;
-        if outbound {
-            self.outbound.insert(spi, sa);
+        let map = if outbound {
+            &self.outbound
         } else {
-            self.inbound.insert(spi, sa);
+            &self.inbound
+        };
+        self.ledger.check_sa(map.contains_key(&spi))?;
+        let sa = Sa::new(cfg, &*self.crypto)?;
+        let old = if outbound {
+            self.outbound.insert(spi, sa)
+        } else {
+            self.inbound.insert(spi, sa)
+        };
+        if old.is_none() {
+            self.ledger.sas += 1;
         }
         Ok(())
     }
@@ -452,7 +497,7 @@ impl SwFlowProcessor {
             });
         }
         if removed > 0 {
-            self.flows -= removed;
+            self.ledger.flows -= removed;
             self.invalidate();
         }
     }

@@ -5,6 +5,10 @@
 //! The worker runs from start-up to shutdown, whichever frontends come and go: virtio-net
 //! ring pairs arrive and leave through their [`RingSlot`]s. Frames for a port whose frontend
 //! is absent are dropped and counted.
+//!
+//! While the vNF itself (port 0) is away, its flows keep forwarding between the uplinks (a
+//! vNF restart costs no traffic); if it stays away longer than its keep time, its flows,
+//! groups and SAs are removed and their memory freed.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,6 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::rings::NetRings;
 use super::slot::RingSlot;
 use super::tap::Tap;
+use crate::guest_log::guest_info;
 use crate::virtq::ChainBufs;
 
 const BATCH: usize = 32;
@@ -94,13 +99,17 @@ pub(crate) struct VnfWorker {
 
 impl VnfWorker {
     /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
-    /// sleeps.
-    pub(crate) fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
+    /// sleeps, and clears the instance once the vNF has been away for `keep_detached`.
+    pub(crate) fn spawn(
+        vnf: VnfInstance,
+        spin: Duration,
+        keep_detached: Duration,
+    ) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("vnf-worker".into())
-            .spawn(move || VnfLoop::new(vnf, spin).run(&exit2))?;
+            .spawn(move || VnfLoop::new(vnf, spin, keep_detached).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
@@ -142,6 +151,10 @@ enum FdRole {
 struct VnfLoop {
     vnf: VnfInstance,
     spin: Duration,
+    keep_detached: Duration,
+    /// Since when the vNF (port 0) has been away; None while it is attached or after its
+    /// state was cleared.
+    away_since: Option<Instant>,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
     chain: ChainBufs,
@@ -151,10 +164,12 @@ struct VnfLoop {
 }
 
 impl VnfLoop {
-    fn new(vnf: VnfInstance, spin: Duration) -> Self {
+    fn new(vnf: VnfInstance, spin: Duration, keep_detached: Duration) -> Self {
         Self {
             vnf,
             spin,
+            keep_detached,
+            away_since: Some(Instant::now()),
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
             chain: ChainBufs::new(),
@@ -184,7 +199,7 @@ impl VnfLoop {
                 let mut held = rings.take().map(NetRings::into_pair);
                 if slot.sync(&mut held) {
                     changed = true;
-                    info!(
+                    guest_info!(
                         "port {i} ({}): frontend {}",
                         slot.name(),
                         if held.is_some() {
@@ -197,7 +212,42 @@ impl VnfLoop {
                 *rings = held.map(NetRings::new);
             }
         }
+        if changed {
+            let attached = matches!(
+                self.vnf.ports.first(),
+                Some(Port::Vhost { rings: Some(_), .. })
+            );
+            match (attached, self.away_since) {
+                (true, _) => self.away_since = None,
+                (false, None) => self.away_since = Some(Instant::now()),
+                (false, Some(_)) => {}
+            }
+        }
         changed
+    }
+
+    /// Clears the instance once the vNF has been away for its keep time.
+    fn forget_if_away(&mut self) {
+        let Some(t) = self.away_since else {
+            return;
+        };
+        if t.elapsed() < self.keep_detached {
+            return;
+        }
+        self.away_since = None;
+        let u = self.vnf.proc_.usage();
+        if u.flows + u.groups + u.sas == 0 {
+            return;
+        }
+        self.vnf.proc_.clear();
+        info!(
+            "vNF away for {} s: removed its {} flows, {} groups and {} SAs ({} KiB freed)",
+            t.elapsed().as_secs(),
+            u.flows,
+            u.groups,
+            u.sas,
+            u.memory.saturating_sub(self.vnf.proc_.usage().memory) >> 10
+        );
     }
 
     /// What the worker waits on: `exit`, every slot's wake-up, the rings' kicks, the TAPs.
@@ -293,6 +343,7 @@ impl VnfLoop {
                 let t = self.now();
                 self.vnf.proc_.expire(t, &mut self.emits);
                 self.emit_all();
+                self.forget_if_away();
             }
             self.flush();
         }

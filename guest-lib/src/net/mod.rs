@@ -14,7 +14,7 @@ pub mod flow_table;
 pub mod virtio_user;
 
 pub use af_packet::AfPacket;
-pub use flow_table::{Event, FlowTable};
+pub use flow_table::{Event, FlowTable, InstanceInfo};
 pub use virtio_user::{NetOptions, VirtioNetPort};
 
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
