@@ -122,7 +122,11 @@ impl ControlPath {
 impl Processor for ControlPath {
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
         let mut n = 0;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        // At most a ring's worth per call (the worker paces a ring that never runs dry).
+        while n < usize::from(q.size()) {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
             let used = match self.chain.walk(chain, mem) {
                 Ok(()) => self.handle(),
                 Err(e) => {

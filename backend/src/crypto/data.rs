@@ -219,10 +219,11 @@ impl Processor for DataPath {
     fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
         let mut total = 0;
         loop {
-            // A batch may end early on its byte budget: go on until the ring is empty.
+            // A batch may end early on its byte budget: go on until the ring is empty, or a
+            // ring's worth is done (a ring that never runs dry is the worker's to pace).
             let n = self.run_batch(q, mem, notify);
             total += n;
-            if n == 0 {
+            if n == 0 || total >= usize::from(q.size()) {
                 return total;
             }
         }

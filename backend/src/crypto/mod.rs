@@ -4,12 +4,12 @@
 //! `cryptodev-vhost-user` sets up only the data queues and sends CREATE/CLOSE_CRYPTO_SESSION
 //! (26/27) instead of using the control queue; a virtio-user frontend sets up both.
 
-mod control;
-mod data;
-mod sessions;
+pub(crate) mod control;
+pub(crate) mod data;
+pub(crate) mod sessions;
 #[cfg(test)]
 mod test_driver;
-mod worker;
+pub(crate) mod worker;
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub fn serve(
 pub(crate) struct CryptoDevice {
     cfg: CryptoBackendConfig,
     config_space: [u8; 56],
-    sessions: Arc<SessionTable>,
+    pub(crate) sessions: Arc<SessionTable>,
     workers: Vec<Option<QueueWorker>>,
 }
 
@@ -126,7 +126,7 @@ impl CryptoDevice {
         })
     }
 
-    fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         for w in &mut self.workers {
             if let Some(w) = w.take() {
                 w.stop();
@@ -134,7 +134,7 @@ impl CryptoDevice {
         }
     }
 
-    fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
+    pub(crate) fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
         let mut s = QemuCryptoSession::default();
         let n = payload.len().min(std::mem::size_of::<QemuCryptoSession>());
         s.as_mut_slice()[..n].copy_from_slice(&payload[..n]);
@@ -156,12 +156,21 @@ impl CryptoDevice {
                 }
             }
         };
-        // Never echo key material back; QEMU reads only the session id.
-        s.key_area_mut().zeroize();
-        s.auth_key_area_mut().zeroize();
-        s.session_id = id;
-        reply.extend_from_slice(s.as_slice());
+        // Never echo anything the request carried beyond its opcode (key material: the sym
+        // arm's keys, and the asym arm's key, which spans most of the union); QEMU reads only
+        // the session id.
         s.as_mut_slice().zeroize();
+        let reply_s = QemuCryptoSession {
+            op_code: u64::from_ne_bytes(
+                payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            ),
+            session_id: id,
+            ..QemuCryptoSession::default()
+        };
+        reply.extend_from_slice(reply_s.as_slice());
     }
 }
 

@@ -107,10 +107,12 @@ fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queu
     // Chains may already be waiting (a restart, or a kick sent before we started).
     let mut pending = true;
     loop {
-        if pending {
-            drain(index, &mut queue, &mem, &notify, p);
-        }
-        let ready = match waiter.wait() {
+        // A ring that never runs dry (a busy driver, or a hostile one whose rings overlap so
+        // that our used entries announce new available ones) is drained a slice at a time,
+        // looking at the exit eventfd in between, so the worker always stops when asked.
+        let more = pending && drain(index, &mut queue, &mem, &notify, p);
+        let ready = if more { waiter.poll() } else { waiter.wait() };
+        let ready = match ready {
             Ok(r) => r,
             Err(e) => {
                 warn!("vq{index}: poll: {e}");
@@ -120,7 +122,7 @@ fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queu
         if ready::has(ready, EXIT) {
             break;
         }
-        pending = ready::has(ready, KICK);
+        pending = more || ready::has(ready, KICK);
         if pending {
             // Consume the kick (the counter resets; a kick arriving later wakes us again). A
             // failure is harmless: the ring is drained anyway.
@@ -131,16 +133,21 @@ fn run<P: Processor>(start: QueueStart, mut waiter: ReadySet, p: &mut P) -> Queu
     queue
 }
 
+/// Passes over the ring one drain takes at most before the worker looks at its exit eventfd.
+const DRAIN_ROUNDS: usize = 16;
+
+/// Processes the ring until it runs dry (true: not dry yet after [`DRAIN_ROUNDS`] passes;
+/// call again).
 fn drain<P: Processor>(
     index: usize,
     q: &mut Queue,
     mem: &crate::vhost_user::GuestMem,
     notify: &Notify,
     p: &mut P,
-) {
+) -> bool {
     // One memory snapshot per wakeup: segment pointers stay valid while it is held.
     let m = mem.memory();
-    loop {
+    for _ in 0..DRAIN_ROUNDS {
         let _ = q.disable_notification(&*m);
         let n = p.process(q, &m, notify);
         if let Err(e) = publish_avail_event(q, &m) {
@@ -151,13 +158,14 @@ fn drain<P: Processor>(
             Ok(true) => {
                 // More is announced but nothing could be popped: a broken avail ring.
                 guest_warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
-                return;
+                return false;
             }
-            Ok(false) => return,
+            Ok(false) => return false,
             Err(e) => {
                 guest_warn!("vq{index}: enable_notification: {e}");
-                return;
+                return false;
             }
         }
     }
+    true
 }
