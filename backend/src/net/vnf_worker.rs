@@ -12,13 +12,14 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::proto::{self, ETHERTYPE};
 use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_FRAME};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::rings::NetRings;
@@ -31,6 +32,8 @@ const BATCH: usize = 32;
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 /// Rounds of a pass before the worker looks at its control events again.
 const MAX_ROUNDS: usize = 64;
+/// Panics (bugs) a worker survives, each resetting its vNF's instance, before it gives up.
+const MAX_PANICS: u32 = 3;
 
 /// Counters of one vNF's worker, logged when it stops.
 #[derive(Clone, Copy, Debug, Default)]
@@ -281,7 +284,31 @@ impl VnfLoop {
         (fds, roles)
     }
 
+    /// Runs until `exit`, then gives every ring back and returns the instance. A panic (a bug)
+    /// resets this vNF's flows, groups and SAs and the loop goes on; after [`MAX_PANICS`] the
+    /// worker stops serving (this vNF's ports go dark; other vNFs never notice).
     fn run(mut self, exit: &EventFd) -> VnfInstance {
+        let mut panics = 0;
+        while std::panic::catch_unwind(AssertUnwindSafe(|| self.serve(exit))).is_err() {
+            panics += 1;
+            let clear = std::panic::catch_unwind(AssertUnwindSafe(|| self.vnf.proc_.clear()));
+            if panics >= MAX_PANICS || clear.is_err() {
+                error!("vNF worker panicked {panics} time(s) (a bug): it stops serving this vNF");
+                break;
+            }
+            error!("vNF worker panicked (a bug): this vNF's flows, groups and SAs are reset");
+        }
+        info!(stats = ?self.vnf.stats, "vNF worker stops");
+        for p in &mut self.vnf.ports {
+            if let Port::Vhost { slot, rings } = p {
+                slot.give_back(rings.take().map(NetRings::into_pair));
+            }
+        }
+        self.vnf
+    }
+
+    /// The worker's loop, until `exit` is signalled.
+    fn serve(&mut self, exit: &EventFd) {
         self.sync_slots();
         let mut last_expire = Instant::now();
         let (mut fds, mut roles) = self.poll_set(exit);
@@ -347,13 +374,6 @@ impl VnfLoop {
             }
             self.flush();
         }
-        info!(stats = ?self.vnf.stats, "vNF worker stops");
-        for p in &mut self.vnf.ports {
-            if let Port::Vhost { slot, rings } = p {
-                slot.give_back(rings.take().map(NetRings::into_pair));
-            }
-        }
-        self.vnf
     }
 
     /// Services the ports round-robin, a batch each per round, until none has input or
@@ -573,5 +593,95 @@ fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u
             Err(e) => debug!("uplink {}: write: {e}", tap.name()),
         },
         None => debug!("output to missing port {}", port.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpacc_spec::fastpath::Usage;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A flow processor whose `expire` panics the first `panics` times.
+    struct Buggy {
+        panics: u32,
+        expires: Arc<AtomicU32>,
+        clears: Arc<AtomicU32>,
+    }
+
+    impl FlowProcessor for Buggy {
+        fn process(&mut self, _: u64, _: &mut [PacketBuf], _: &mut [Verdict]) {}
+        fn control(&mut self, _: u64, _: &[u8], _: &mut Vec<Emit>) {}
+        fn expire(&mut self, _: u64, _: &mut Vec<Emit>) {
+            let n = self.expires.fetch_add(1, Ordering::SeqCst);
+            if n < self.panics {
+                panic!("injected bug {n}");
+            }
+        }
+        fn flow_count(&self) -> usize {
+            0
+        }
+        fn usage(&self) -> Usage {
+            Usage::default()
+        }
+        fn clear(&mut self) {
+            self.clears.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn worker(panics: u32) -> (VnfWorker, Arc<AtomicU32>, Arc<AtomicU32>) {
+        let (expires, clears) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let w = VnfWorker::spawn(
+            VnfInstance {
+                proc_: Box::new(Buggy {
+                    panics,
+                    expires: expires.clone(),
+                    clears: clears.clone(),
+                }),
+                ports: vec![Port::Vhost {
+                    slot: Arc::new(RingSlot::new("vnf").unwrap()),
+                    rings: None,
+                }],
+                stats: VnfStats::default(),
+                vnf_mac: [0xff; 6],
+            },
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        (w, expires, clears)
+    }
+
+    #[test]
+    fn a_panic_resets_the_instance_and_the_worker_goes_on() {
+        let (w, expires, clears) = worker(1);
+        let t = Instant::now();
+        while expires.load(Ordering::SeqCst) < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the worker kept expiring"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            clears.load(Ordering::SeqCst),
+            1,
+            "the instance was reset once"
+        );
+        assert!(w.stop().is_some(), "the worker returns its instance");
+    }
+
+    #[test]
+    fn a_worker_that_keeps_panicking_stops_alone() {
+        let (w, expires, clears) = worker(u32::MAX);
+        let t = Instant::now();
+        while expires.load(Ordering::SeqCst) < MAX_PANICS {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(expires.load(Ordering::SeqCst), MAX_PANICS, "it stopped");
+        assert_eq!(clears.load(Ordering::SeqCst), MAX_PANICS);
+        assert!(w.stop().is_some());
     }
 }
