@@ -20,6 +20,9 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guest_log;
 pub mod net;
 mod ready;

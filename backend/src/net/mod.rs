@@ -8,11 +8,11 @@
 //! forwarded. All ports of one vNF instance are processed by one worker thread
 //! ([`vnf_worker`]); each virtio-net device hands its rings to it through a [`slot`].
 
-mod device;
-mod rings;
-mod slot;
+pub(crate) mod device;
+pub(crate) mod rings;
+pub(crate) mod slot;
 mod tap;
-mod vnf_worker;
+pub(crate) mod vnf_worker;
 
 use std::io;
 use std::os::unix::net::UnixListener;

@@ -608,3 +608,43 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         Ok(())
     }
 }
+
+/// One connection driven message by message (the fuzzing entry point of the state machine):
+/// no accept loop, no waiting.
+#[cfg(feature = "fuzzing")]
+pub(crate) struct Driver<'d, D: VhostUserDevice> {
+    conn: Connection<'d, D>,
+    msg: Msg,
+}
+
+#[cfg(feature = "fuzzing")]
+impl<'d, D: VhostUserDevice> Driver<'d, D> {
+    /// A connection of `dev` over `stream` (the frontend writes to the other end).
+    pub(crate) fn new(
+        dev: &'d mut D,
+        tables: &'d mut GuestTables,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Self {
+        tables.begin_connection();
+        Self {
+            conn: Connection::new(dev, tables, Channel::new(stream)),
+            msg: Msg::default(),
+        }
+    }
+
+    /// Reads and handles one message; false once the connection would be closed (a framing
+    /// error, or its memory faulted).
+    pub(crate) fn step(&mut self) -> bool {
+        if self.conn.channel.recv(&mut self.msg).is_err() {
+            return false;
+        }
+        self.conn.handle(&mut self.msg).is_ok() && !self.conn.tables.faulted()
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl<D: VhostUserDevice> Drop for Driver<'_, D> {
+    fn drop(&mut self) {
+        self.conn.teardown();
+    }
+}
