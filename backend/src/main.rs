@@ -51,6 +51,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
+    raise_fd_limit();
     let shutdown = EventFd::new(EFD_NONBLOCK).map_err(MainError::EventFd)?;
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask) and take them
     // synchronously in one thread, which signals the shutdown eventfd.
@@ -107,6 +108,19 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 let _ = std::fs::remove_file(socket);
             }
             Ok(r?)
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every frontend holds a few
+/// (memory regions, ring eventfds), and running out would refuse connections of every tenant.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with an initialised struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }

@@ -157,12 +157,24 @@ pub(crate) fn serve<D: VhostUserDevice>(
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if accept_error_is_transient(&e) => {
+                // Out of descriptors or memory, or the peer gave up: not this socket's end
+                // (and never the daemon's). Try again shortly.
+                guest_warn!("accept: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT)))
+            .and_then(|()| serving.add(&stream, FRONTEND));
+        if let Err(e) = setup {
+            guest_warn!("refusing a frontend: {e}");
+            continue;
+        }
         guest_info!("frontend connected");
-        serving.add(&stream, FRONTEND)?;
         tables.begin_connection();
         let mut c = Connection::new(dev, &mut tables, Channel::new(stream));
         // A panic is a bug, but one frontend's bug: it ends this connection only.
@@ -187,6 +199,23 @@ pub(crate) fn serve<D: VhostUserDevice>(
             Err(_) => error!("closing connection: handling its messages panicked"),
         }
     }
+}
+
+/// Whether an `accept` failure is a passing condition (descriptors or memory exhausted, a
+/// connection aborted before it was accepted) rather than a broken listener.
+fn accept_error_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+        )
+    )
 }
 
 /// Logs the end of a server loop (with what guests made us suppress or contain).
