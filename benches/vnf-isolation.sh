@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The cost of isolating vNF ports in processes (ADR 0011): one dpacc-backend serving N vNF
-# ports (in-process containment) against N dpacc-backend processes serving one port each (a
-# process per vNF port, as a supervisor would run them), in the same run:
+# ports (in-process containment) against `dpacc-backend net --isolate` (a supervisor and one
+# process per vNF port), in the same run:
 #   - start-up time until every socket is bound;
 #   - memory: resident (VmRSS) and proportional (Pss, shared pages split) of all processes,
 #     idle and after each vNF connected once;
 #   - frames per second of two vNFs forwarding at once (`dpacc bench net` hairpins, 64 B) and
 #     of one alone.
-# Prints the figures and the ratios (processes / one process).
+# Prints the figures and the ratios (--isolate / one process).
 #
 # Needs release builds:  cargo build --release -p dpacc-backend -p dpacc-guest
 # Measure alone:         flock -x /work/team/cpu.lock benches/vnf-isolation.sh
@@ -22,7 +22,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$DIR"
+  [ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
 
@@ -66,19 +66,19 @@ t_one=$(calc "$(now) - $t0")
 A=$(measure one one "$ONE")
 kill "$ONE"; wait "$ONE" 2>/dev/null || true
 
-# 2. N processes, one port each.
+# 2. `--isolate`: a supervisor and N processes, one port each.
+args=()
+for i in $(seq "$N"); do args+=(--port "socket=$DIR/many$i.sock"); done
 t0=$(now)
-MANY=()
-for i in $(seq "$N"); do
-  RUST_LOG=warn "$T/dpacc-backend" net --socket "$DIR/many$i.sock" 2>"$DIR/many$i.log" &
-  PIDS+=($!); MANY+=($!)
-done
+RUST_LOG=warn "$T/dpacc-backend" net --isolate "${args[@]}" 2>"$DIR/many.log" &
+PIDS+=($!); SUP=$!
 wait_sockets $(for i in $(seq "$N"); do echo "$DIR/many$i.sock"; done)
 t_many=$(calc "$(now) - $t0")
-B=$(measure many many "${MANY[@]}")
+read -r -a MANY < "/proc/$SUP/task/$SUP/children"
+B=$(measure many many "$SUP" "${MANY[@]}")
 
 get() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
-printf '%-44s %14s %14s %8s\n' "$N vNF ports" "one process" "$N processes" "ratio"
+printf '%-44s %14s %14s %8s\n' "$N vNF ports" "one process" "--isolate" "ratio"
 for k in idle_rss_kib idle_pss_kib used_rss_kib used_pss_kib solo_mpps pair_mpps; do
   a=$(get "$A" "$k"); b=$(get "$B" "$k")
   printf '%-44s %14s %14s %8.2f\n' "$k" "$a" "$b" "$(calc "$b / $a")"

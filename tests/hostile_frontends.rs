@@ -436,3 +436,70 @@ fn guest_triggered_log_lines_are_rate_limited() {
         .unwrap_or_else(|| panic!("no exit summary:\n{log}"));
     assert!(n >= 990, "{n} suppressed:\n{log}");
 }
+
+/// `--isolate`: each vNF port in a process of its own. Killing one port's process outright
+/// (what a bug in unsafe code or a vendor plug-in would do) leaves the other port serving,
+/// and the supervisor brings the killed one back.
+#[test]
+fn isolated_ports_survive_the_death_of_one() {
+    let (a, b) = (sock("isoa"), sock("isob"));
+    let mut d = Daemon::start(
+        &[
+            "net",
+            "--isolate",
+            "--port",
+            &format!("socket={}", a.display()),
+            "--port",
+            &format!("socket={}", b.display()),
+        ],
+        &[&a, &b],
+    );
+    let hello = |s: &Path| {
+        let mut ft = FlowTable::new(
+            VirtioNetPort::connect(s, NetOptions::default())?,
+            [0x02, 0, 0, 0, 0x0c, 0x01],
+        );
+        ft.hello()
+    };
+    assert_eq!(hello(&a).unwrap(), (8, 65536));
+    let mut vnf_b = FlowTable::new(
+        VirtioNetPort::connect(&b, NetOptions::default()).unwrap(),
+        [0x02, 0, 0, 0, 0x0b, 0x01],
+    );
+    vnf_b.add_flow(flow(1, 0, 0)).unwrap();
+    // The child serving A.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.pid())).unwrap();
+    let pids: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "one process per port");
+    let child_a = *pids
+        .iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(a.to_str().unwrap()))
+                .unwrap_or(false)
+        })
+        .expect("a child serves A");
+    // SAFETY: killing a process of the daemon under test.
+    unsafe { libc::kill(child_a, libc::SIGKILL) };
+    // B never noticed: same flows, same connection.
+    assert_eq!(vnf_b.hello().unwrap(), (8, 65536));
+    assert_eq!(vnf_b.list().unwrap().len(), 1);
+    // A comes back (in a new, empty process).
+    let t = Instant::now();
+    loop {
+        if let Ok(h) = hello(&a) {
+            assert_eq!(h, (8, 65536));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "A was not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.assert_alive("after a child died");
+    assert!(d.stderr().contains("restarting in"), "{}", d.stderr());
+    let log = d.stop();
+    assert!(log.contains("stopping 2 vNF port process(es)"), "{log}");
+}

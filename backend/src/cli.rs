@@ -108,6 +108,11 @@ pub struct NetArgs {
     /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Serve each vNF port from a process of its own (this binary, one `--port` each),
+    /// restarted if it dies; this process only supervises them. Costs about 0.3 MiB of
+    /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
+    #[arg(long)]
+    pub isolate: bool,
     /// MAC address the vNF port reports to its guest (the last byte is incremented per vNF
     /// port, the fifth per vhost-user uplink).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]

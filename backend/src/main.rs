@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod cli;
+mod supervise;
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ enum MainError {
     Crypto(#[from] CryptoServeError),
     #[error(transparent)]
     Net(#[from] NetServeError),
+    #[error(transparent)]
+    Supervise(#[from] supervise::SuperviseError),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,16 @@ fn run(cli: Cli) -> Result<(), MainError> {
             drop(listener);
             let _ = std::fs::remove_file(&a.socket);
             Ok(r?)
+        }
+        Command::Net(a) if a.isolate => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let children = a
+                .to_vnfs()?
+                .iter()
+                .enumerate()
+                .map(|(i, (_, cfg))| supervise::child_args(&args, i, cfg.mac))
+                .collect();
+            Ok(supervise::supervise(children, &shutdown)?)
         }
         Command::Net(a) => {
             let (mut listeners, mut sockets, mut cfgs) = (Vec::new(), Vec::new(), Vec::new());
