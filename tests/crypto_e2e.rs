@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{h, Backend};
-use dpacc::guest::{CompletionMode, CryptoDevice, Error, Op, RawDesc};
+use dpacc::guest::{CompletionMode, CryptoDevice, Error, Op, Options, RawDesc, SessionControl};
 use dpacc::spec::virtio_crypto::{self as vc, status};
 use dpacc::spec::{
     AeadAlg, ChainAuth, ChainOrder, CipherAlg, CryptoError, Direction, HashAlg, MacAlg,
@@ -351,6 +351,113 @@ fn several_queues_from_several_threads() {
             });
         }
     });
+}
+
+/// dpacc's in-band session control (what a vNF behind QEMU uses, `dpacc_spec::in_band`) over
+/// virtio-user: sessions created on a data queue, 80 AES-GCM operations in flight at once on
+/// each of two queues (the GCM spec's test case 4 as the answer), sessions created on a held
+/// queue while its operations are in flight, and destroys deferred while every queue is held.
+#[test]
+fn in_band_sessions_with_80_in_flight_on_two_queues() {
+    let b = Backend::start("inband", 2, 3);
+    let opts = Options {
+        session_control: SessionControl::InBand,
+        queue_size: 128,
+        arena_size: 4 << 20,
+        timeout: Duration::from_secs(10),
+        ..Options::default()
+    };
+    let dev = CryptoDevice::connect(b.path(), opts).unwrap();
+    assert!(dev.uses_in_band_sessions());
+    assert_eq!(dev.num_queues(), 2);
+    // SHA-256("abc") (FIPS 180-4) through an in-band hash session.
+    let sha = dev
+        .create_session(&SessionParams::Hash {
+            alg: HashAlg::Sha256,
+            digest_len: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        sha.digest(b"abc").unwrap(),
+        h("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    drop(sha);
+    let key = h("feffe9928665731c6d6a8f9467308308");
+    let iv = h("cafebabefacedbaddecaf888");
+    let pt = h("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+    let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+    let expected = h("42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e0915bc94fbc3221a5db94fae95ae7121a47");
+    let enc = dev
+        .create_session(&SessionParams::Aead {
+            alg: AeadAlg::AesGcm,
+            key: &key,
+            tag_len: 16,
+            dir: Direction::Encrypt,
+        })
+        .unwrap();
+    let mut queues = [dev.queue(0).unwrap(), dev.queue(1).unwrap()];
+    // Every queue is held: an in-band create has nowhere to go ...
+    let e = dev
+        .create_session(&SessionParams::Hash {
+            alg: HashAlg::Sha1,
+            digest_len: 0,
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::NoQueue), "{e}");
+    std::thread::scope(|sc| {
+        for q in queues.iter_mut() {
+            let (dev, enc, iv, pt, aad, expected) = (&dev, &enc, &iv, &pt, &aad, &expected);
+            sc.spawn(move || {
+                for i in 0..80u64 {
+                    let op = Op::aead(
+                        enc,
+                        iv,
+                        Some(dev.alloc_from(aad).unwrap()),
+                        dev.alloc_from(pt).unwrap(),
+                        dev.alloc(pt.len() + 16).unwrap(),
+                    )
+                    .with_user_data(i);
+                    q.push(op).unwrap();
+                }
+                q.flush().unwrap();
+                assert_eq!(q.in_flight(), 80);
+                // A session created in-band on this (held) queue while the 80 are in flight;
+                // their completions seen meanwhile are kept for `wait`. Its destroy is
+                // deferred (every queue is held).
+                let s = q
+                    .create_session(&SessionParams::Hash {
+                        alg: HashAlg::Sha256,
+                        digest_len: 0,
+                    })
+                    .unwrap();
+                drop(s);
+                assert_eq!(q.in_flight(), 80);
+                let mut done = Vec::new();
+                while q.in_flight() > 0 {
+                    q.wait(&mut done).unwrap();
+                }
+                assert_eq!(done.len(), 80);
+                for c in done {
+                    c.result.unwrap();
+                    assert_eq!(c.bufs.dst.unwrap().as_slice(), &expected[..]);
+                }
+            });
+        }
+    });
+    // ... and destroys are deferred: the table holds 3 sessions, so the 3 below fit only once
+    // the deferred destroys of `enc` and of the two sessions above went out with the first.
+    drop(enc);
+    drop(queues);
+    let more: Vec<_> = (0..3)
+        .map(|_| {
+            dev.create_session(&SessionParams::Hash {
+                alg: HashAlg::Sha256,
+                digest_len: 0,
+            })
+            .expect("the deferred destroy freed its slot")
+        })
+        .collect();
+    assert_eq!(more.len(), 3);
 }
 
 #[test]

@@ -25,6 +25,7 @@ fn afalg_driver_in_a_real_guest_kernel() {
         &dir,
         "/dpacc/afalg_selftest\n",
         &[("afalg_selftest", &bin)],
+        &[],
     );
     let b = boot(&guest, &dir, &initrd, &[], Duration::from_secs(240));
     let (status, log) = (b.status, b.serial.clone());

@@ -37,7 +37,7 @@ fn stock_guest_virtio_net_programs_its_flows_and_reaches_a_namespace() {
     let guest = build_guest();
     let dpacc = static_binary("dpacc-guest", ["--bin", "dpacc"]);
     let dir = guest.join("runs/net_guest");
-    let initrd = initrd_with(&guest, &dir, RUN, &[("dpacc", &dpacc)]);
+    let initrd = initrd_with(&guest, &dir, RUN, &[("dpacc", &dpacc)], &[]);
     let sock = net.socket.to_str().unwrap().to_string();
     let b = boot(
         &guest,

@@ -20,7 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::crypto::control::ControlPath;
+use crate::crypto::control::{Control, ControlPath};
 use crate::crypto::data::DataPath;
 use crate::crypto::sessions::SessionTable;
 use crate::crypto::worker::{Notify, Processor};
@@ -437,8 +437,17 @@ fn sessions(driver: &dyn CryptoDriver) -> Arc<SessionTable> {
     Arc::new(t)
 }
 
-/// Runs the crypto data queue (or, with `control`, the control queue) over a ring in a guest
-/// memory image made of `bytes`. Returns the chains completed.
+/// The control-request handler of a device with one data queue over `table`.
+fn control_of(driver: &Arc<dyn CryptoDriver>, table: &Arc<SessionTable>) -> Control {
+    Control::new(
+        driver.clone(),
+        table.clone(),
+        driver.capabilities().to_config(1),
+    )
+}
+
+/// Runs the crypto data queue (with in-band control requests) or, with `control`, the control
+/// queue over a ring in a guest memory image made of `bytes`. Returns the chains completed.
 pub fn crypto_ring(bytes: &[u8], p: RingParams, control: bool) -> usize {
     let mem = image(bytes);
     let Some(mut q) = queue(p, &mem) else {
@@ -448,10 +457,12 @@ pub fn crypto_ring(bytes: &[u8], p: RingParams, control: bool) -> usize {
     let table = sessions(&*driver);
     let notify = Notify::new(None);
     let n = if control {
-        ControlPath::new(driver, table).process(&mut q, &mem, &notify)
+        ControlPath::new(control_of(&driver, &table)).process(&mut q, &mem, &notify)
     } else {
         let dq = driver.open_queue(256).expect("driver queue");
-        DataPath::new(dq, table).process(&mut q, &mem, &notify)
+        DataPath::new(dq, table.clone())
+            .with_in_band_control(control_of(&driver, &table))
+            .process(&mut q, &mem, &notify)
     };
     assert!(n <= 1 << 16, "{n} chains completed from one ring pass");
     n
@@ -532,10 +543,14 @@ pub fn crypto_request(kind: CryptoRequest, req: &[u8], writable: u32) {
     let table = sessions(&*driver);
     let notify = Notify::new(None);
     let n = match kind {
-        CryptoRequest::Control => ControlPath::new(driver, table).process(&mut q, &mem, &notify),
+        CryptoRequest::Control => {
+            ControlPath::new(control_of(&driver, &table)).process(&mut q, &mem, &notify)
+        }
         _ => {
             let dq = driver.open_queue(256).expect("driver queue");
-            DataPath::new(dq, table).process(&mut q, &mem, &notify)
+            DataPath::new(dq, table.clone())
+                .with_in_band_control(control_of(&driver, &table))
+                .process(&mut q, &mem, &notify)
         }
     };
     assert_eq!(n, 1, "the one chain is completed");

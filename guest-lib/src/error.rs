@@ -24,6 +24,12 @@ pub enum Error {
         #[source]
         source: vhost::Error,
     },
+    /// A virtio PCI function could not be used (inside a VM).
+    #[error(transparent)]
+    Pci(#[from] crate::transport::pci::PciError),
+    /// A device endpoint that is neither `pci:DDDD:BB:DD.F` nor `vhost-user:PATH`.
+    #[error("bad device '{0}': expected pci:DDDD:BB:DD.F (inside a VM) or vhost-user:PATH")]
+    InvalidEndpoint(String),
     /// The device broke the virtio protocol (bogus used id or length, missing status, ...).
     /// The queue that reported it should be considered unusable.
     #[error("device protocol violation: {0}")]

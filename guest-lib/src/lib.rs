@@ -5,18 +5,24 @@
 //! - **Look-aside crypto**: a standard virtio-crypto device (virtio device ID 20).
 //! - **The inline fast path** ([`net`]): a virtio-net port whose frames pass through the vNF's
 //!   own flow processor; [`net::FlowTable`] programs it over the port ([`net::VirtioNetPort`]
-//!   over virtio-user, or [`net::AfPacket`] on the port's interface inside a VM).
+//!   over virtio-user or the VM's virtio-net PCI function, or [`net::AfPacket`] on the kernel's
+//!   interface inside a VM).
 //!
-//! With virtio-user ([`transport::virtio_user`]) this process is the vhost-user frontend of the
-//! backend's socket (containers, tests), with its own shared memory holding the split rings and
-//! the data buffers ([`DmaBuf`]), so requests are zero-copy. Drivers see queues through the
-//! [`transport::Transport`] trait only; a userspace virtio-pci transport (a vNF in a VM with the
-//! device behind VFIO) would implement it, but is not written yet: in a VM, crypto goes through
-//! the guest kernel's `virtio_crypto` driver.
+//! Devices are reached through a [`transport::Transport`], named by an endpoint string, so a
+//! vNF's code is the same in a container and in a VM:
+//!
+//! - `vhost-user:PATH` ([`transport::virtio_user`]): this process is the vhost-user frontend of
+//!   the backend's socket (containers, tests), with its own shared memory holding the split
+//!   rings and the data buffers ([`DmaBuf`]), so requests are zero-copy;
+//! - `pci:DDDD:BB:DD.F` ([`transport::pci`]): inside a VM, this process drives the VM's
+//!   virtio PCI function itself (bound to `uio_pci_generic`, DMA memory in 2 MiB hugepages with
+//!   guest-physical addresses; root). Behind QEMU, crypto sessions are created in-band on a
+//!   data queue ([`SessionControl`]), so every algorithm the backend has is usable.
 //!
 //! The crypto API:
 //!
-//! - [`CryptoDevice::connect`]: connect, negotiate, read [`capabilities`](CryptoDevice::capabilities).
+//! - [`CryptoDevice::open`] (`"pci:..."` or `"vhost-user:..."`) or [`CryptoDevice::connect`]
+//!   (a socket path): negotiate, read [`capabilities`](CryptoDevice::capabilities).
 //! - [`CryptoDevice::create_session`] → [`Session`] (destroyed on drop), with synchronous
 //!   conveniences: [`Session::encrypt`], [`Session::decrypt`], [`Session::digest`],
 //!   [`Session::chain`], [`Session::verify_then_decrypt`].
@@ -63,6 +69,28 @@
 //! # }
 //! ```
 //!
+//! The same vNF inside a VM, on the VM's `virtio-crypto-pci` and `virtio-net-pci` functions
+//! (bound to `uio_pci_generic`, e.g. with `dpacc pci bind`; hugepages reserved; as root):
+//!
+//! ```no_run
+//! use dpacc_guest::net::{FlowTable, NetOptions, VirtioNetPort};
+//! use dpacc_guest::{CryptoDevice, Options};
+//! use dpacc_spec::{AeadAlg, Direction, SessionParams};
+//!
+//! # fn main() -> Result<(), dpacc_guest::Error> {
+//! // "pci:0000:00:04.0" in a VM, "vhost-user:/run/dpacc/crypto.sock" in a container.
+//! let dev = CryptoDevice::open("pci:0000:00:04.0", Options::default())?;
+//! let key = [0x11u8; 32];
+//! let enc = dev.create_session(&SessionParams::Aead { alg: AeadAlg::AesGcm, key: &key, tag_len: 0, dir: Direction::Encrypt })?;
+//! let sealed = enc.encrypt(&[0u8; 12], b"header", b"payload")?; // or the batch API: dev.queue(0)?
+//! let port = VirtioNetPort::open("pci:0000:00:05.0", NetOptions::default())?;
+//! let mac = port.mac();
+//! let mut flows = FlowTable::new(port, mac); // exception packets in, flows out: flows.add_flow(..)
+//! # let _ = (sealed, flows.hello()?);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Features
 //!
 //! - `cli` (default): the `dpacc` command-line tool and what only it needs (clap, hex, the
@@ -83,7 +111,9 @@ pub mod virtq;
 pub use crypto::request;
 #[cfg(feature = "testing")]
 pub use crypto::RawQueue;
-pub use crypto::{ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, Rejected, Session};
+pub use crypto::{
+    ct_eq, Completion, CryptoDevice, Op, OpBufs, Options, Queue, Rejected, Session, SessionControl,
+};
 pub use dpacc_spec::{Capabilities, CryptoError};
 pub use error::{Error, Result};
 pub use mem::DmaBuf;

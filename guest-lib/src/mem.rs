@@ -1,9 +1,17 @@
 //! The one shared-memory region the device sees, and [`DmaBuf`]s carved out of it.
 //!
-//! The region is a memfd (sealed against shrinking and growing) mapped `MAP_SHARED` in this
-//! process and passed to the backend with `VHOST_USER_SET_MEM_TABLE`. Inside it live the split
-//! rings, per-request header slots and an arena of data buffers. Every address a descriptor
-//! carries is a "guest physical" address: `gpa_base + offset`.
+//! Inside the region live the split rings, per-request header slots and an arena of data
+//! buffers. Two kinds:
+//!
+//! - virtio-user: a memfd (sealed against shrinking and growing) mapped `MAP_SHARED` in this
+//!   process and passed to the backend with `VHOST_USER_SET_MEM_TABLE`; every address a
+//!   descriptor carries is `gpa_base + offset`.
+//! - virtio-pci inside a VM: 2 MiB hugepages whose guest-physical addresses come from
+//!   `/proc/self/pagemap` ([`transport::pci`](crate::transport::pci)); the region is a series of
+//!   *DMA segments* (2 MiB each) and the address of byte `offset` is its page's physical
+//!   address plus the offset inside the page. Pages are mapped in physical order, so runs of
+//!   physically contiguous pages are contiguous here too; nothing the device reads or writes
+//!   in one piece (a ring, a request slot, a [`DmaBuf`]) crosses a break between two runs.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -14,6 +22,20 @@ use crate::error::{Error, Result};
 /// Alignment of every arena allocation (a cache line).
 pub const DMA_ALIGN: usize = 64;
 
+/// Size of a DMA segment of hugepage memory (a 2 MiB hugepage).
+pub const DMA_SEGMENT: usize = 2 << 20;
+
+/// Where to put `len` bytes at or after `off`, aligned to `align` (a power of two): with
+/// `segment` (hugepage memory), a piece no longer than a segment is moved to the next segment
+/// rather than straddle two, so the device sees it contiguous whatever the pages' addresses.
+pub(crate) fn place(off: usize, len: usize, align: usize, segment: Option<usize>) -> usize {
+    let off = off.next_multiple_of(align);
+    match segment {
+        Some(s) if len > 0 && len <= s && off / s != (off + len - 1) / s => off.next_multiple_of(s),
+        _ => off,
+    }
+}
+
 /// A memfd-backed, shared, zero-initialised memory region.
 #[derive(Debug)]
 pub struct SharedMemory {
@@ -21,6 +43,8 @@ pub struct SharedMemory {
     ptr: *mut u8,
     size: usize,
     gpa_base: u64,
+    /// Hugepage memory: the device address of each [`DMA_SEGMENT`], in order.
+    pages: Option<Box<[u64]>>,
 }
 
 // SAFETY: the mapping is process-wide and lives as long as `self`; every access through the raw
@@ -88,7 +112,24 @@ impl SharedMemory {
             ptr: ptr.cast(),
             size,
             gpa_base,
+            pages: None,
         })
+    }
+
+    /// A region of [`DMA_SEGMENT`]-sized pages whose device addresses are `pages`, mapped at
+    /// `ptr` (`pages.len() * DMA_SEGMENT` bytes) from `file`.
+    ///
+    /// # Safety
+    /// `ptr` must be a mapping of that size owned by the new value (it is unmapped on drop),
+    /// and page `i` of it must be the memory the device reaches at `pages[i]`.
+    pub(crate) unsafe fn from_pages(file: File, ptr: *mut u8, pages: Box<[u64]>) -> Self {
+        Self {
+            file,
+            ptr,
+            size: pages.len() * DMA_SEGMENT,
+            gpa_base: pages.first().copied().unwrap_or(0),
+            pages: Some(pages),
+        }
     }
 
     /// Start of the mapping in this process.
@@ -111,14 +152,41 @@ impl SharedMemory {
         self.gpa_base
     }
 
-    /// The memfd (for `SET_MEM_TABLE`).
+    /// The memfd (for `SET_MEM_TABLE`; byte `offset` of a linear region is at file offset
+    /// `offset`).
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
-    /// Guest address of byte `offset`.
+    /// Guest address of byte `offset` (the device's view; for hugepage memory the guest-physical
+    /// address).
+    #[inline]
     pub fn gpa(&self, offset: usize) -> u64 {
-        self.gpa_base + offset as u64
+        match &self.pages {
+            None => self.gpa_base + offset as u64,
+            Some(p) => {
+                let page = p.get(offset / DMA_SEGMENT).copied().unwrap_or(0);
+                page + (offset % DMA_SEGMENT) as u64
+            }
+        }
+    }
+
+    /// Whether the region is made of [`DMA_SEGMENT`]s that may not be contiguous for the
+    /// device (hugepage memory).
+    pub fn is_segmented(&self) -> bool {
+        self.pages.is_some()
+    }
+
+    /// Offsets where the device's view of the region jumps (a page that does not follow its
+    /// predecessor physically). Nothing the device accesses in one piece may cross one.
+    pub fn breaks(&self) -> Vec<usize> {
+        let Some(p) = &self.pages else {
+            return Vec::new();
+        };
+        (1..p.len())
+            .filter(|&i| p[i - 1].checked_add(DMA_SEGMENT as u64) != Some(p[i]))
+            .map(|i| i * DMA_SEGMENT)
+            .collect()
     }
 
     /// Pointer to byte `offset`; `None` when `offset..offset + len` leaves the region.
@@ -148,13 +216,36 @@ impl Drop for SharedMemory {
 pub(crate) struct Arena {
     /// Sorted, coalesced free blocks (offset, len).
     free: Mutex<Vec<(usize, usize)>>,
+    /// Offsets no block spans (the region's [`SharedMemory::breaks`]).
+    breaks: Vec<usize>,
 }
 
 impl Arena {
-    pub(crate) fn new(offset: usize, len: usize) -> Self {
-        Self {
-            free: Mutex::new(vec![(offset, len)]),
+    /// An arena over `offset..offset + len`, whose blocks never span one of `breaks`.
+    pub(crate) fn new(offset: usize, len: usize, breaks: &[usize]) -> Self {
+        let end = offset + len;
+        let inner: Vec<usize> = breaks
+            .iter()
+            .copied()
+            .filter(|&b| b > offset && b < end)
+            .collect();
+        let mut free = Vec::with_capacity(inner.len() + 1);
+        let mut start = offset;
+        for &b in &inner {
+            free.push((start, b - start));
+            start = b;
         }
+        if end > start {
+            free.push((start, end - start));
+        }
+        Self {
+            free: Mutex::new(free),
+            breaks: inner,
+        }
+    }
+
+    fn joins(&self, left_end: usize, right_start: usize) -> bool {
+        left_end == right_start && self.breaks.binary_search(&left_end).is_err()
     }
 
     pub(crate) fn alloc(&self, len: usize) -> Option<usize> {
@@ -175,12 +266,12 @@ impl Arena {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let i = free.partition_point(|&(o, _)| o < off);
         free.insert(i, (off, len));
-        // Coalesce with the right neighbour, then the left one.
-        if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
+        // Coalesce with the right neighbour, then the left one (never across a break).
+        if i + 1 < free.len() && self.joins(free[i].0 + free[i].1, free[i + 1].0) {
             free[i].1 += free[i + 1].1;
             free.remove(i + 1);
         }
-        if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
+        if i > 0 && self.joins(free[i - 1].0 + free[i - 1].1, free[i].0) {
             free[i - 1].1 += free[i].1;
             free.remove(i);
         }
@@ -294,7 +385,7 @@ mod tests {
 
     #[test]
     fn arena_allocates_aligned_and_coalesces() {
-        let a = Arena::new(4096, 4096);
+        let a = Arena::new(4096, 4096, &[]);
         let x = a.alloc(10).unwrap();
         let y = a.alloc(100).unwrap();
         let z = a.alloc(64).unwrap();
@@ -308,10 +399,41 @@ mod tests {
     }
 
     #[test]
+    fn arena_blocks_never_span_a_break() {
+        let a = Arena::new(0, 3000, &[1024, 2048, 9999]);
+        // 1000 bytes fit before the first break; 1100 do not fit anywhere.
+        assert_eq!(a.alloc(1000), Some(0));
+        assert_eq!(a.alloc(1100), None);
+        assert_eq!(a.alloc(1024), Some(1024));
+        a.free(0, 1000);
+        a.free(1024, 1024);
+        // Freed blocks do not coalesce across the breaks.
+        assert_eq!(a.alloc(2048), None);
+        assert_eq!(a.alloc(1024), Some(0));
+        assert_eq!(a.alloc(1024), Some(1024));
+        assert_eq!(a.alloc(1024), None);
+        assert_eq!(a.alloc(896), Some(2048));
+    }
+
+    #[test]
+    fn placement_keeps_pieces_inside_a_segment() {
+        let seg = Some(DMA_SEGMENT);
+        assert_eq!(place(0, 4096, 4096, seg), 0);
+        assert_eq!(
+            place(DMA_SEGMENT - 4096, 4096, 4096, seg),
+            DMA_SEGMENT - 4096
+        );
+        assert_eq!(place(DMA_SEGMENT - 4096, 8192, 4096, seg), DMA_SEGMENT);
+        assert_eq!(place(100, 64, 4096, None), 4096);
+        // Longer than a segment: only aligned.
+        assert_eq!(place(8192, 3 * DMA_SEGMENT, 4096, seg), 8192);
+    }
+
+    #[test]
     fn dma_buf_round_trip() {
         let shared = Arc::new(Shared {
             mem: Arc::new(SharedMemory::new(8192, 0x1_0000_0000).unwrap()),
-            arena: Arena::new(4096, 4096),
+            arena: Arena::new(4096, 4096, &[]),
         });
         let mut b = DmaBuf::alloc(&shared, 100).unwrap();
         assert_eq!(b.gpa(), 0x1_0000_1000);

@@ -2,6 +2,8 @@
 //!
 //! - [`virtio_crypto`]: the virtio-crypto device's constants and wire structs.
 //! - [`ctrl`]: decoding/encoding control-queue session requests.
+//! - [`in_band`]: dpacc's control requests on a data queue (for VMMs that keep the control
+//!   queue, such as QEMU).
 //! - [`vhost_user_crypto`]: QEMU's vhost-user CREATE/CLOSE_CRYPTO_SESSION payloads.
 //! - [`algo`]: algorithms and [`SessionParams`](algo::SessionParams) in Rust terms.
 //! - [`driver`]: the look-aside crypto driver traits.
@@ -17,6 +19,7 @@ pub mod ctrl;
 pub mod driver;
 pub mod error;
 pub mod fastpath;
+pub mod in_band;
 pub mod vhost_user_crypto;
 pub mod virtio_crypto;
 

@@ -77,17 +77,24 @@ pub fn static_binary(pkg: &str, what: [&str; 2]) -> PathBuf {
     dir.join("x86_64-unknown-linux-gnu").join(sub).join(what[1])
 }
 
-/// The base initramfs plus `/dpacc/run` (a shell script) and stripped `binaries`
-/// (installed as `/dpacc/<name>`), in run directory `dir` (recreated).
+/// The base initramfs plus `/dpacc/run` (a shell script), stripped `binaries` (installed as
+/// `/dpacc/<name>`) and data `files` (`/dpacc/<relative path>`), in run directory `dir`
+/// (recreated).
 pub fn initrd_with(
     guest: &Path,
     dir: &Path,
     run_script: &str,
     binaries: &[(&str, &Path)],
+    files: &[(String, Vec<u8>)],
 ) -> PathBuf {
     let _ = fs::remove_dir_all(dir);
     let root = dir.join("root/dpacc");
     fs::create_dir_all(&root).unwrap();
+    for (name, data) in files {
+        let p = root.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
     for (name, bin) in binaries {
         run(
             Command::new("strip")

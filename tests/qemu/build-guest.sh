@@ -15,12 +15,13 @@ workspace="$(cd "$here/../.." && pwd)"
 outdir="${1:-$workspace/target/qemu-guest}"
 kernel_pkg="${DPACC_GUEST_KERNEL_PKG:-linux-image-6.1.0-56-amd64}"
 # The virtio-crypto + AF_ALG stack (skcipher for the virtio-crypto tests; aead, hash and the
-# kernel's own gcm/ctr/sha512/chacha20poly1305 for the AF_ALG driver test); their own
-# dependencies are added below.
+# kernel's own gcm/ctr/sha512/chacha20poly1305 for the AF_ALG driver test), virtio_net, and
+# uio + uio_pci_generic (the userspace virtio-pci test); their own dependencies are added below.
 wanted_modules=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
                 crypto_engine virtio_crypto af_alg algif_skcipher
                 algif_aead algif_hash ctr gcm ghash_generic sha512_generic
-                chacha_generic poly1305_generic chacha20poly1305 virtio_net)
+                chacha_generic poly1305_generic chacha20poly1305 virtio_net
+                uio uio_pci_generic)
 
 log() { echo "build-guest: $*" >&2; }
 die() { echo "build-guest: ERROR: $*" >&2; exit 1; }

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
+use super::control::Control;
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::guest_log::guest_warn;
@@ -72,6 +73,8 @@ pub(crate) struct DataPath {
     ops: Vec<CryptoOp<'static>>,
     completions: Vec<Completion>,
     results: Vec<u8>,
+    /// In-band control requests (`dpacc_spec::in_band`), when enabled.
+    control: Option<Control>,
 }
 
 impl DataPath {
@@ -86,7 +89,14 @@ impl DataPath {
             ops: Vec::with_capacity(BATCH),
             completions: vec![Completion::default(); BATCH],
             results: vec![status::OK; BATCH],
+            control: None,
         }
+    }
+
+    /// Also serves in-band control requests (`dpacc_spec::in_band`) through `control`.
+    pub(crate) fn with_in_band_control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Takes up to [`BATCH`] chains, runs them, completes them. Returns chains completed.
@@ -102,7 +112,7 @@ impl DataPath {
         {
             let fast = FastMem::new(mem);
             let (desc_table, qsize) = (q.desc_table(), q.size());
-            let table = self.sessions.read();
+            let mut table = self.sessions.read();
             while n < BATCH
                 && bytes < BATCH_BYTES
                 && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
@@ -116,7 +126,18 @@ impl DataPath {
                 match self.chain.walk_table(head, desc_table, qsize, &fast) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
-                        parse(&self.chain, &mut self.pool, &table, p)
+                        match self.control.as_mut() {
+                            Some(ctrl) if Control::is_in_band(&self.chain) => {
+                                // An in-band control request runs now, without the table's read
+                                // lock (creating a session takes the write lock); it completes
+                                // with this batch, in ring order, without a status write below.
+                                drop(table);
+                                p.head = self.chain.head();
+                                p.used_len = ctrl.handle(&self.chain);
+                                table = self.sessions.read();
+                            }
+                            _ => parse(&self.chain, &mut self.pool, &table, p),
+                        }
                     }
                     Err(e) => {
                         debug!("chain {}: {e}; completed without status", self.chain.head());

@@ -2,7 +2,8 @@
 //!
 //! Queue layout: data queues `0..N`, control queue `N` (`num_queues = N + 1`). QEMU's
 //! `cryptodev-vhost-user` sets up only the data queues and sends CREATE/CLOSE_CRYPTO_SESSION
-//! (26/27) instead of using the control queue; a virtio-user frontend sets up both.
+//! (26/27) instead of using the control queue; a virtio-user frontend sets up both. Data queues
+//! also take control requests in-band (`dpacc_spec::in_band`), for drivers behind QEMU.
 
 pub(crate) mod control;
 pub(crate) mod data;
@@ -27,7 +28,7 @@ use zeroize::Zeroize;
 
 use crate::guest_log::guest_warn;
 use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDevice};
-use control::ControlPath;
+use control::{Control, ControlPath};
 use data::DataPath;
 use sessions::SessionTable;
 use worker::QueueWorker;
@@ -99,7 +100,8 @@ pub fn serve(
 /// The crypto device model.
 pub(crate) struct CryptoDevice {
     cfg: CryptoBackendConfig,
-    config_space: [u8; 56],
+    /// The config space (also what in-band `GET_CONFIG` returns).
+    config: dpacc_spec::virtio_crypto::Config,
     pub(crate) sessions: Arc<SessionTable>,
     workers: Vec<Option<QueueWorker>>,
 }
@@ -115,13 +117,11 @@ impl CryptoDevice {
                 "queue size must be a power of two up to 32768",
             ));
         }
-        let mut config_space = [0u8; 56];
-        let c = cfg.driver.capabilities().to_config(u32::from(cfg.queues));
-        config_space.copy_from_slice(c.as_slice());
+        let config = cfg.driver.capabilities().to_config(u32::from(cfg.queues));
         Ok(Self {
+            config,
             sessions: Arc::new(SessionTable::new(cfg.max_sessions)),
             workers: (0..=cfg.queues).map(|_| None).collect(),
-            config_space,
             cfg,
         })
     }
@@ -132,6 +132,10 @@ impl CryptoDevice {
                 w.stop();
             }
         }
+    }
+
+    fn control(&self) -> Control {
+        Control::new(self.cfg.driver.clone(), self.sessions.clone(), self.config)
     }
 
     pub(crate) fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
@@ -195,7 +199,7 @@ impl VhostUserDevice for CryptoDevice {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = offset
                 .checked_add(i)
-                .and_then(|o| self.config_space.get(o))
+                .and_then(|o| self.config.as_slice().get(o))
                 .copied()
                 .unwrap_or(0);
         }
@@ -215,12 +219,13 @@ impl VhostUserDevice for CryptoDevice {
                 .driver
                 .open_queue(usize::from(self.cfg.queue_size))
                 .map_err(|e| DeviceError::Start(i, e.into()))?;
-            QueueWorker::spawn(q, DataPath::new(dq, self.sessions.clone()))
+            // Data queues also take in-band control requests (dpacc_spec::in_band): QEMU keeps
+            // the control queue and forwards only some session types.
+            let path =
+                DataPath::new(dq, self.sessions.clone()).with_in_band_control(self.control());
+            QueueWorker::spawn(q, path)
         } else {
-            QueueWorker::spawn(
-                q,
-                ControlPath::new(self.cfg.driver.clone(), self.sessions.clone()),
-            )
+            QueueWorker::spawn(q, ControlPath::new(self.control()))
         };
         self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.into()))?);
         Ok(())

@@ -2,7 +2,7 @@
 //!
 //! - `device`: how to connect ([`Options`]), bring-up, the [`CryptoDevice`] handle.
 //! - `layout`: the per-request slots and the control scratch area in the shared region.
-//! - `control`: the control queue (session create and destroy).
+//! - `control`: session create and destroy (control queue, or in-band on a data queue).
 //! - `session`: [`Session`] and its synchronous conveniences.
 //! - `op`: operations ([`Op`], [`OpBufs`], [`Completion`]), their checks and encoding.
 //! - [`request`]: the bytes of a data request for a session's operation.
@@ -19,7 +19,7 @@ mod raw;
 pub mod request;
 mod session;
 
-pub use device::{CryptoDevice, Options};
+pub use device::{CryptoDevice, Options, SessionControl};
 pub use op::{ct_eq, Completion, Op, OpBufs};
 pub use queue::{Queue, Rejected};
 #[cfg(feature = "testing")]

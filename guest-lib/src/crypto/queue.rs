@@ -1,6 +1,7 @@
 //! A data queue: the asynchronous batch API ([`Queue`]: push, flush, poll, wait) over one
 //! split queue and its per-request slots.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,8 @@ use super::layout::{
 };
 use super::op::{Completion, Op, OpKind};
 use crate::error::{Error, Result};
-use crate::mem::DmaBuf;
-use crate::virtq::{CompletionMode, Notifier, RawDesc, SplitQueue};
+use crate::mem::{DmaBuf, SharedMemory};
+use crate::virtq::{CompletionMode, Notifier, RawDesc, SplitQueue, UsedElem};
 
 /// Tokens of chains posted through the raw API (the crypto path ignores their completions).
 pub(super) const RAW_TOKEN: u64 = 1 << 63;
@@ -30,6 +31,9 @@ pub(super) struct QueueState {
     slots_off: usize,
     slots: Vec<Option<Op>>,
     free_slots: Vec<u16>,
+    /// Completions reaped while an in-band control request waited on this queue; `poll`
+    /// hands them out first. Sized once (at most one per slot).
+    stash: VecDeque<Completion>,
     pub(super) broken: bool,
 }
 
@@ -49,8 +53,51 @@ impl QueueState {
             slots_off,
             slots: (0..size).map(|_| None).collect(),
             free_slots: (0..size).rev().collect(),
+            stash: VecDeque::with_capacity(usize::from(size)),
             broken: false,
         }
+    }
+
+    /// Turns a reaped used entry into its operation's completion (`None` for a raw or control
+    /// chain). A protocol violation marks the queue broken.
+    pub(super) fn complete(
+        &mut self,
+        used: UsedElem,
+        mem: &SharedMemory,
+    ) -> Result<Option<Completion>> {
+        if used.token & RAW_TOKEN != 0 {
+            return Ok(None);
+        }
+        let slot = used.token as usize;
+        let Some(op) = self.slots.get_mut(slot).and_then(Option::take) else {
+            self.broken = true;
+            return Err(Error::Protocol("completion for an empty slot"));
+        };
+        self.free_slots.push(slot as u16);
+        let soff = self.slots_off + slot * SLOT_SIZE;
+        // SAFETY: the chain was reaped: the device is done with the slot's status byte.
+        let status = unsafe { *mem.as_ptr().add(soff + SLOT_STATUS) };
+        let result = if used.len == 0 {
+            Err(CryptoError::Internal("device wrote no status"))
+        } else {
+            status_to_result(status).and_then(|()| op.verify())
+        };
+        Ok(Some(Completion {
+            user_data: op.user_data,
+            result,
+            written: used.len,
+            bufs: op.bufs,
+        }))
+    }
+
+    /// Keeps a completion for the next `poll` (see `stash`).
+    pub(super) fn stash(&mut self, c: Completion) {
+        self.stash.push_back(c);
+    }
+
+    /// Whether nothing is in flight on the queue (no operation, no raw chain).
+    pub(super) fn idle(&self) -> bool {
+        self.free_slots.len() == self.slots.len() && self.vq.in_flight() == 0
     }
 }
 
@@ -107,11 +154,12 @@ impl Queue {
         self.st.as_ref().map_or(u16::MAX, |s| s.index)
     }
 
-    /// Operations pushed and not yet completed.
+    /// Operations pushed and not yet handed out by [`poll`](Self::poll) /
+    /// [`wait`](Self::wait).
     pub fn in_flight(&self) -> usize {
         self.st
             .as_ref()
-            .map_or(0, |s| s.slots.len() - s.free_slots.len())
+            .map_or(0, |s| s.slots.len() - s.free_slots.len() + s.stash.len())
     }
 
     /// How many more operations can be pushed right now.
@@ -255,6 +303,20 @@ impl Queue {
         Ok(())
     }
 
+    /// Creates a session like [`CryptoDevice::create_session`](super::CryptoDevice::create_session),
+    /// sending the request in-band on *this* queue when sessions go in-band: a thread that holds
+    /// every data queue (a VM under QEMU has one) can still create sessions. Operations in
+    /// flight stay in flight; their completions seen meanwhile are kept for the next
+    /// [`poll`](Self::poll). Destroys deferred while every queue was held go out first.
+    pub fn create_session(
+        &mut self,
+        params: &dpacc_spec::SessionParams<'_>,
+    ) -> Result<super::Session> {
+        let dev = self.dev.clone();
+        let st = self.st.as_mut();
+        dev.open_session(params, st)
+    }
+
     /// `push` then `flush`.
     #[allow(clippy::result_large_err)]
     pub fn submit(&mut self, op: Op) -> std::result::Result<(), Rejected> {
@@ -270,7 +332,8 @@ impl Queue {
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let mem = self.dev.shared.clone();
         let st = self.st();
-        let mut n = 0;
+        let mut n = st.stash.len();
+        out.extend(st.stash.drain(..));
         loop {
             let used = match st.vq.reap() {
                 Ok(Some(u)) => u,
@@ -280,30 +343,10 @@ impl Queue {
                     return Err(e);
                 }
             };
-            if used.token & RAW_TOKEN != 0 {
-                continue;
+            if let Some(c) = st.complete(used, &mem.mem)? {
+                out.push(c);
+                n += 1;
             }
-            let slot = used.token as usize;
-            let Some(op) = st.slots.get_mut(slot).and_then(Option::take) else {
-                st.broken = true;
-                return Err(Error::Protocol("completion for an empty slot"));
-            };
-            st.free_slots.push(slot as u16);
-            let soff = st.slots_off + slot * SLOT_SIZE;
-            // SAFETY: the chain was reaped: the device is done with the slot's status byte.
-            let status = unsafe { *mem.mem.as_ptr().add(soff + SLOT_STATUS) };
-            let result = if used.len == 0 {
-                Err(CryptoError::Internal("device wrote no status"))
-            } else {
-                status_to_result(status).and_then(|()| op.verify())
-            };
-            out.push(Completion {
-                user_data: op.user_data,
-                result,
-                written: used.len,
-                bufs: op.bufs,
-            });
-            n += 1;
         }
     }
 
@@ -317,6 +360,9 @@ impl Queue {
     /// is asked to interrupt only then, so a pipelining caller (e.g. waiting for a batch while
     /// the next one is queued) is woken once per batch rather than once per completion.
     pub fn wait_for(&mut self, out: &mut Vec<Completion>, min: usize) -> Result<usize> {
+        if self.st.as_ref().is_some_and(|s| !s.stash.is_empty()) {
+            return self.poll(out);
+        }
         let in_flight = self.in_flight();
         if in_flight == 0 {
             return Ok(0);

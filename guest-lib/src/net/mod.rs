@@ -2,8 +2,9 @@
 //! port, and programming the port's flow processor over the control protocol
 //! (`dpacc_spec::fastpath::proto`).
 //!
-//! Frame transports implement [`FrameIo`]: virtio-user straight to `dpacc-backend net`
-//! (containers, tests) or an AF_PACKET socket on the stock virtio-net interface inside a VM.
+//! Frame transports implement [`FrameIo`]: [`VirtioNetPort`] (virtio-user straight to
+//! `dpacc-backend net` from a container, or the VM's virtio-net PCI function driven from
+//! userspace), or an AF_PACKET socket on the stock virtio-net interface inside a VM.
 
 use std::time::Duration;
 
@@ -11,11 +12,11 @@ use crate::Result;
 
 pub mod af_packet;
 pub mod flow_table;
-pub mod virtio_user;
+pub mod port;
 
 pub use af_packet::AfPacket;
 pub use flow_table::{Event, FlowTable, InstanceInfo};
-pub use virtio_user::{NetOptions, VirtioNetPort};
+pub use port::{NetOptions, VirtioNetPort};
 
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
 pub trait FrameIo: Send {

@@ -2,13 +2,21 @@
 //!
 //! A [`Transport`] negotiates features, reads the config space, provides the shared memory the
 //! device can address, and wires up queues (addresses, kick and call). The device drivers above
-//! only ever see [`SplitQueue`]s and [`Notifier`]s, set up through the transport.
-//! [`virtio_user::VirtioUser`] is the one transport today: this process is the vhost-user
-//! frontend of the backend's socket (containers, tests). A userspace virtio-pci transport (a
-//! vNF in a VM, device behind VFIO) would implement the same trait; it is not written yet.
+//! only ever see [`SplitQueue`]s and [`Notifier`]s, set up through the transport. Two:
+//!
+//! - [`virtio_user::VirtioUser`]: this process is the vhost-user frontend of the backend's
+//!   socket (containers, tests);
+//! - [`pci::VirtioPci`]: a vNF inside a VM drives the VM's virtio PCI function itself
+//!   (`uio_pci_generic`, hugepage DMA memory).
+//!
+//! [`Endpoint`] names either (`vhost-user:/run/dpacc/crypto.sock`, `pci:0000:00:04.0`), so a
+//! vNF's code is the same in a container and in a VM.
 
+pub mod pci;
 pub mod virtio_user;
 
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -51,6 +59,86 @@ pub trait Transport: Send {
     fn setup_queue(&mut self, q: &QueueSetup) -> Result<Box<dyn Notifier>>;
     /// Starts the queues set up so far.
     fn activate(&mut self) -> Result<()>;
+    /// `Some(n)`: the memory from [`setup_memory`](Self::setup_memory) is contiguous for the
+    /// device only within aligned `n`-byte segments (hugepages), so nothing the device
+    /// accesses in one piece may straddle two (see [`crate::mem`]).
+    fn dma_segment(&self) -> Option<usize> {
+        None
+    }
+    /// Largest size of queue `index` (0: the queue does not exist).
+    fn max_queue_size(&mut self, _index: u16) -> u16 {
+        32768
+    }
+    /// Whether the device is a VMM's model in front of the backend (QEMU's virtio PCI device):
+    /// its config space and control queue are then the VMM's own, and only the data queues
+    /// reach the backend.
+    fn vmm_mediated(&self) -> bool {
+        false
+    }
+}
+
+/// Where a device is: `pci:DDDD:BB:DD.F` (inside a VM) or `vhost-user:PATH` (the backend's
+/// socket, from a container or the host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A virtio PCI function of this VM.
+    Pci(pci::PciAddress),
+    /// A vhost-user socket.
+    VhostUser(PathBuf),
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(a) = s.strip_prefix("pci:") {
+            Ok(Self::Pci(a.parse()?))
+        } else if let Some(p) = s.strip_prefix("vhost-user:") {
+            if p.is_empty() {
+                return Err(Error::InvalidEndpoint(s.to_string()));
+            }
+            Ok(Self::VhostUser(PathBuf::from(p)))
+        } else {
+            Err(Error::InvalidEndpoint(s.to_string()))
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pci(a) => write!(f, "pci:{a}"),
+            Self::VhostUser(p) => write!(f, "vhost-user:{}", p.display()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Opens the transport to a device of virtio type `virtio_id` (`pci::caps::VIRTIO_ID_*`),
+    /// asking for `device_features` and, when offered and wanted, EVENT_IDX and INDIRECT_DESC.
+    pub fn open(
+        &self,
+        virtio_id: u16,
+        device_features: u64,
+        want_event_idx: bool,
+        want_indirect: bool,
+    ) -> Result<Box<dyn Transport>> {
+        Ok(match self {
+            Self::Pci(a) => Box::new(pci::VirtioPci::open(
+                *a,
+                virtio_id,
+                device_features,
+                want_event_idx,
+                want_indirect,
+            )?),
+            Self::VhostUser(p) => Box::new(virtio_user::VirtioUser::connect_with(
+                p,
+                device_features,
+                want_event_idx,
+                want_indirect,
+            )?),
+        })
+    }
 }
 
 /// Lays out a split queue of `size` entries at byte `off` of `mem` (as [`RingLayout`] says),
@@ -73,8 +161,12 @@ pub(crate) unsafe fn setup_split_queue(
     if off % 4096 != 0 {
         return Err(Error::InvalidArgument("ring offset must be 4 KiB-aligned"));
     }
+    let total = RingLayout::new(size).total;
+    if crate::mem::place(off, total, 4096, t.dma_segment()) != off {
+        return Err(Error::InvalidArgument("ring straddles two DMA segments"));
+    }
     let ptr = mem
-        .ptr_at(off, RingLayout::new(size).total)
+        .ptr_at(off, total)
         .ok_or(Error::InvalidArgument("memory too small"))?;
     let event_idx = t.features() & VIRTIO_RING_F_EVENT_IDX != 0;
     // SAFETY: `ptr` is 4 KiB-aligned (the mapping is page-aligned and so is `off`) and has the

@@ -1,11 +1,10 @@
 //! `dpacc bench`: throughput through the backend (async batch API, one thread per queue) and
 //! through the software driver called in-process, with the same algorithm, size and batch.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use dpacc_guest::{CompletionMode, CryptoDevice, Op, OpBufs, Options, Session};
+use dpacc_guest::{CompletionMode, CryptoDevice, Op, OpBufs, Options, Session, SessionControl};
 use dpacc_spec::{
     Completion, CryptoDriver, CryptoOp, Direction, Iv, MacAlg, Seg, SessionHandle, SessionParams,
 };
@@ -14,7 +13,9 @@ use crate::{usage, Alg, AlgKind, CliError, DigestAlg};
 
 /// Parsed `bench` arguments.
 pub struct Args {
-    pub socket: PathBuf,
+    /// `vhost-user:PATH` or `pci:BDF`.
+    pub device: String,
+    pub sessions: SessionControl,
     pub alg: String,
     pub size: usize,
     pub batch: usize,
@@ -138,12 +139,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
             CompletionMode::Interrupt
         },
         arena_size: per_op * depth * a.queues as usize + (1 << 20),
+        session_control: a.sessions,
         ..Options::default()
     };
-    let dev = CryptoDevice::connect(&a.socket, opts).map_err(|source| CliError::Connect {
-        path: a.socket.clone(),
-        source,
-    })?;
+    let dev = crate::open(&a.device, opts)?;
     let session = dev.create_session(&p)?;
     println!(
         "alg {} size {} batch {} queues {} ({} completions{})",
@@ -156,8 +155,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
             ", indirect descriptors"
         } else {
             ""
-        }
+        },
     );
+    if dev.uses_in_band_sessions() {
+        println!("sessions in-band on a data queue (the device is a VMM's model)");
+    }
     let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..a.queues)
             .map(|i| {

@@ -17,10 +17,14 @@ use crate::{usage, CliError};
 
 /// Options of `dpacc bench net`.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("port").required(true).args(["socket", "pci"])))]
 pub struct Args {
     /// vhost-user socket of the vNF port (`dpacc-backend net --socket`).
     #[arg(long)]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// The VM's virtio-net PCI function (DDDD:BB:DD.F), driven from userspace (hairpin only).
+    #[arg(long, value_name = "BDF", conflicts_with = "uplinks")]
+    pci: Option<String>,
     /// The port's vhost-user uplink sockets (`--uplink vhost:SOCKET`), twice: frames go in on
     /// the first (port 1) and out of the second (port 2). Without: a hairpin on the vNF port.
     #[arg(long = "uplink", value_name = "SOCKET")]
@@ -68,7 +72,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if !matches!(a.uplinks.len(), 0 | 2) {
         return Err(usage("give --uplink twice (ports 1 and 2) or not at all"));
     }
-    let port = VirtioNetPort::connect(&a.socket, NetOptions::default())?;
+    let port = crate::flow::open_port(&crate::endpoint(a.socket.as_ref(), a.pci.as_deref()))?;
     let mac = port.mac();
     let mut ft = FlowTable::new(port, mac);
     let (in_port, out_port) = if a.uplinks.is_empty() { (0, 0) } else { (1, 2) };

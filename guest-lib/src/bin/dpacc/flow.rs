@@ -1,5 +1,6 @@
-//! `dpacc flow`: program a vNF port's flow processor by hand, over virtio-user (`--socket`) or
-//! an AF_PACKET socket on the port's interface inside a VM (`--iface`).
+//! `dpacc flow`: program a vNF port's flow processor by hand, over virtio-user (`--socket`), the
+//! VM's virtio-net PCI function driven from userspace (`--pci`), or an AF_PACKET socket on the
+//! port's interface inside a VM (`--iface`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -344,18 +345,37 @@ fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), CliError> 
 }
 
 /// Runs `dpacc flow`.
-pub fn run(socket: Option<PathBuf>, iface: Option<String>, op: FlowOp) -> Result<(), CliError> {
-    match (socket, iface) {
-        (Some(s), None) => {
-            let port = VirtioNetPort::connect(&s, NetOptions::default())?;
-            let mac = port.mac();
-            run_on(FlowTable::new(port, mac), op)
-        }
-        (None, Some(i)) => {
+pub fn run(
+    socket: Option<PathBuf>,
+    pci: Option<String>,
+    iface: Option<String>,
+    op: FlowOp,
+) -> Result<(), CliError> {
+    match (socket, pci, iface) {
+        (Some(s), None, None) => port(&crate::endpoint(Some(&s), None), op),
+        (None, Some(p), None) => port(&crate::endpoint(None, Some(&p)), op),
+        (None, None, Some(i)) => {
             let io = AfPacket::open(&i, ETHERTYPE)?;
             let mac = io.mac();
             run_on(FlowTable::new(io, mac), op)
         }
-        _ => Err(usage("give exactly one of --socket PATH or --iface NAME")),
+        _ => Err(usage(
+            "give exactly one of --socket PATH, --pci BDF or --iface NAME",
+        )),
     }
+}
+
+/// The port at `device` (`vhost-user:PATH` or `pci:BDF`).
+fn port(device: &str, op: FlowOp) -> Result<(), CliError> {
+    let port = open_port(device)?;
+    let mac = port.mac();
+    run_on(FlowTable::new(port, mac), op)
+}
+
+/// Opens a net port, mapping failures to [`CliError::Connect`].
+pub fn open_port(device: &str) -> Result<VirtioNetPort, CliError> {
+    VirtioNetPort::open(device, NetOptions::default()).map_err(|source| CliError::Connect {
+        device: device.to_string(),
+        source,
+    })
 }

@@ -4,24 +4,81 @@
 mod bench;
 mod bench_net;
 mod flow;
+mod pci;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dpacc_guest::{CryptoDevice, CryptoError, Error, Options};
+use dpacc_guest::{CryptoDevice, CryptoError, Error, Options, SessionControl};
 use dpacc_spec::{
     AeadAlg, ChainAuth, ChainOrder, CipherAlg, Direction, HashAlg, MacAlg, SessionParams,
 };
 
 /// Offload to host accelerators through dpacc: crypto through a virtio-crypto backend, and the
 /// flow processor of a fast-path virtio-net port.
+///
+/// Every device is reached either through the backend's vhost-user socket (`--socket`: the host
+/// or a container) or, inside a VM, through the VM's virtio PCI function driven from userspace
+/// (`--pci BDF`: bind it with `dpacc pci bind BDF`, reserve 2 MiB hugepages, run as root).
 #[derive(Parser, Debug)]
-#[command(name = "dpacc", version, long_about = None)]
+#[command(name = "dpacc", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Which crypto device: the backend's socket, or a virtio-crypto PCI function of this VM.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct DeviceArg {
+    /// vhost-user socket of the backend (virtio-user: on the host or in a container).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The VM's virtio-crypto PCI function (DDDD:BB:DD.F), driven from userspace: bound to
+    /// uio_pci_generic (`dpacc pci bind`), with free 2 MiB hugepages, as root.
+    #[arg(long, value_name = "BDF")]
+    pci: Option<String>,
+}
+
+impl DeviceArg {
+    /// The library's endpoint string (`vhost-user:PATH` or `pci:BDF`).
+    pub fn endpoint(&self) -> String {
+        endpoint(self.socket.as_ref(), self.pci.as_deref())
+    }
+}
+
+/// `vhost-user:PATH` or `pci:BDF` (socket first; callers make sure one is given).
+pub fn endpoint(socket: Option<&PathBuf>, pci: Option<&str>) -> String {
+    match (socket, pci) {
+        (Some(s), _) => format!("vhost-user:{}", s.display()),
+        (None, Some(p)) => format!("pci:{p}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Where session requests go (`--sessions`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Sessions {
+    /// The control queue; inside a VM in-band on a data queue when the backend offers it.
+    #[default]
+    Auto,
+    /// Always the device's control queue (inside a VM: QEMU's, which creates AES-CBC and
+    /// cipher+MAC chain sessions only).
+    ControlQueue,
+    /// Always in-band on a data queue (dpacc's extension).
+    InBand,
+}
+
+impl Sessions {
+    fn control(self) -> SessionControl {
+        match self {
+            Sessions::Auto => SessionControl::Auto,
+            Sessions::ControlQueue => SessionControl::ControlQueue,
+            Sessions::InBand => SessionControl::InBand,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,11 +88,22 @@ enum Cmd {
         /// vhost-user socket of `dpacc-backend net` (virtio-user, containers and tests).
         #[arg(long, global = true)]
         socket: Option<PathBuf>,
-        /// The port's network interface inside a VM (AF_PACKET; needs CAP_NET_RAW).
+        /// The VM's virtio-net PCI function (DDDD:BB:DD.F), driven from userspace (see
+        /// `dpacc pci bind`).
+        #[arg(long, global = true, value_name = "BDF")]
+        pci: Option<String>,
+        /// The port's network interface inside a VM (AF_PACKET on the kernel's virtio-net;
+        /// needs CAP_NET_RAW).
         #[arg(long, global = true)]
         iface: Option<String>,
         #[command(subcommand)]
         op: flow::FlowOp,
+    },
+    /// Prepare the VM's virtio PCI functions for `--pci` (bind them to uio_pci_generic), or
+    /// give them back to the kernel.
+    Pci {
+        #[command(subcommand)]
+        op: pci::PciOp,
     },
     /// Encrypt or decrypt stdin to stdout (no padding: CBC input must be a multiple of 16).
     ///
@@ -44,9 +112,11 @@ enum Cmd {
     /// the trailing mac before writing the plaintext. An authentication failure prints an error
     /// and exits 1 with nothing on stdout; bad key/IV lengths exit 2.
     Crypto {
-        /// vhost-user socket of the backend.
-        #[arg(long)]
-        socket: PathBuf,
+        #[command(flatten)]
+        dev: DeviceArg,
+        /// Where session requests go.
+        #[arg(long, value_enum, default_value_t)]
+        sessions: Sessions,
         /// Algorithm.
         #[arg(long, value_enum)]
         alg: Alg,
@@ -71,9 +141,11 @@ enum Cmd {
     },
     /// Print the hex digest (or HMAC) of stdin.
     Digest {
-        /// vhost-user socket of the backend.
-        #[arg(long)]
-        socket: PathBuf,
+        #[command(flatten)]
+        dev: DeviceArg,
+        /// Where session requests go.
+        #[arg(long, value_enum, default_value_t)]
+        sessions: Sessions,
         /// Hash or HMAC.
         #[arg(long, value_enum)]
         alg: DigestAlg,
@@ -88,8 +160,14 @@ enum Cmd {
         #[command(subcommand)]
         net: Option<BenchNet>,
         /// vhost-user socket of the backend.
-        #[arg(long, required = true)]
+        #[arg(long, conflicts_with = "pci")]
         socket: Option<PathBuf>,
+        /// The VM's virtio-crypto PCI function (DDDD:BB:DD.F), driven from userspace.
+        #[arg(long, value_name = "BDF")]
+        pci: Option<String>,
+        /// Where session requests go.
+        #[arg(long, value_enum, default_value_t)]
+        sessions: Sessions,
         /// Algorithm: a cipher/AEAD name (encrypt), or a digest name.
         #[arg(long, required = true)]
         alg: Option<String>,
@@ -270,11 +348,11 @@ pub enum CliError {
     /// Verification failed (AEAD tag or chained MAC); nothing was written to stdout.
     #[error("authentication failed: the data or its tag/MAC was modified (no output written)")]
     AuthFailed,
-    /// The device at `path` could not be connected to or brought up.
-    #[error("cannot use the device at {}: {source}", path.display())]
+    /// The device could not be connected to or brought up.
+    #[error("cannot use the device {device}: {source}")]
     Connect {
-        /// The socket.
-        path: PathBuf,
+        /// The endpoint (`vhost-user:PATH` or `pci:BDF`).
+        device: String,
         /// Why.
         #[source]
         source: Error,
@@ -363,21 +441,28 @@ fn write_stdout(b: &[u8]) -> Result<(), CliError> {
         })
 }
 
-fn connect(socket: &PathBuf, data_len: usize) -> Result<CryptoDevice, CliError> {
-    let opts = Options {
-        queues: Some(1),
-        arena_size: data_len.saturating_mul(4).saturating_add(1 << 20),
-        ..Options::default()
-    };
-    CryptoDevice::connect(socket, opts).map_err(|source| CliError::Connect {
-        path: socket.clone(),
+/// Opens a crypto device, mapping failures to [`CliError::Connect`].
+pub fn open(device: &str, opts: Options) -> Result<CryptoDevice, CliError> {
+    CryptoDevice::open(device, opts).map_err(|source| CliError::Connect {
+        device: device.to_string(),
         source,
     })
 }
 
+fn connect(dev: &DeviceArg, sessions: Sessions, data_len: usize) -> Result<CryptoDevice, CliError> {
+    let opts = Options {
+        queues: Some(1),
+        arena_size: data_len.saturating_mul(4).saturating_add(1 << 20),
+        session_control: sessions.control(),
+        ..Options::default()
+    };
+    open(&dev.endpoint(), opts)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn crypto(
-    socket: PathBuf,
+    dev: DeviceArg,
+    sessions: Sessions,
     alg: Alg,
     key: String,
     iv: Option<String>,
@@ -440,7 +525,7 @@ fn crypto(
                     "{name}: input must be a multiple of 16 bytes (no padding is applied), got {data_len}"
                 )));
             }
-            let dev = connect(&socket, input.len())?;
+            let dev = connect(&dev, sessions, input.len())?;
             let out = match auth {
                 None => {
                     let s = dev.create_session(&SessionParams::Cipher {
@@ -504,7 +589,7 @@ fn crypto(
             if dir == Direction::Decrypt && input.len() < a.tag_len() {
                 return Err(CliError::AuthFailed);
             }
-            let dev = connect(&socket, input.len())?;
+            let dev = connect(&dev, sessions, input.len())?;
             let s = dev.create_session(&SessionParams::Aead {
                 alg: a,
                 key: &key,
@@ -521,7 +606,12 @@ fn crypto(
     }
 }
 
-fn digest(socket: PathBuf, alg: DigestAlg, key: Option<String>) -> Result<(), CliError> {
+fn digest(
+    dev: DeviceArg,
+    sessions: Sessions,
+    alg: DigestAlg,
+    key: Option<String>,
+) -> Result<(), CliError> {
     let (h, hmac) = alg.parts();
     let key = key.map(|k| hex_arg("key", &k)).transpose()?;
     let params = match (hmac, &key) {
@@ -538,7 +628,7 @@ fn digest(socket: PathBuf, alg: DigestAlg, key: Option<String>) -> Result<(), Cl
         },
     };
     let input = read_stdin()?;
-    let dev = connect(&socket, input.len())?;
+    let dev = connect(&dev, sessions, input.len())?;
     let s = dev.create_session(&params)?;
     let d = s.digest(&input)?;
     write_stdout(format!("{}\n", hex::encode(d)).as_bytes())
@@ -548,7 +638,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Crypto {
-            socket,
+            dev,
+            sessions,
             alg,
             key,
             iv,
@@ -556,9 +647,20 @@ fn main() -> ExitCode {
             auth_alg,
             auth_key,
             op,
-        } => crypto(socket, alg, key, iv, aad, auth_alg, auth_key, op),
-        Cmd::Digest { socket, alg, key } => digest(socket, alg, key),
-        Cmd::Flow { socket, iface, op } => flow::run(socket, iface, op),
+        } => crypto(dev, sessions, alg, key, iv, aad, auth_alg, auth_key, op),
+        Cmd::Digest {
+            dev,
+            sessions,
+            alg,
+            key,
+        } => digest(dev, sessions, alg, key),
+        Cmd::Flow {
+            socket,
+            pci,
+            iface,
+            op,
+        } => flow::run(socket, pci, iface, op),
+        Cmd::Pci { op } => pci::run(op),
         Cmd::Bench {
             net: Some(BenchNet::Net(a)),
             ..
@@ -566,15 +668,18 @@ fn main() -> ExitCode {
         Cmd::Bench {
             net: None,
             socket,
+            pci,
+            sessions,
             alg,
             size,
             batch,
             queues,
             seconds,
             poll,
-        } => match (socket, alg, size) {
-            (Some(socket), Some(alg), Some(size)) => bench::run(bench::Args {
-                socket,
+        } => match (endpoint(socket.as_ref(), pci.as_deref()), alg, size) {
+            (device, Some(alg), Some(size)) if !device.is_empty() => bench::run(bench::Args {
+                device,
+                sessions: sessions.control(),
                 alg,
                 size,
                 batch,
@@ -582,7 +687,9 @@ fn main() -> ExitCode {
                 seconds,
                 poll,
             }),
-            _ => Err(usage("dpacc bench needs --socket, --alg and --size")),
+            _ => Err(usage(
+                "dpacc bench needs --socket or --pci, --alg and --size",
+            )),
         },
     };
     match r {

@@ -1,15 +1,17 @@
-//! [`VirtioNetPort`]: a vNF port over virtio-user, straight to `dpacc-backend net`'s socket
-//! (containers and tests): this process is the vhost-user frontend and drives the RX and TX
-//! rings of a virtio-net device in its own shared memory.
+//! [`VirtioNetPort`]: a vNF port driven from this process, the RX and TX rings of a virtio-net
+//! device in memory the device can reach: over virtio-user straight to `dpacc-backend net`'s
+//! socket (containers and tests), or over the VM's `virtio-net-pci` function (a vNF in a VM;
+//! QEMU hands the rings to the same backend).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::FrameIo;
-use crate::mem::SharedMemory;
+use crate::mem::{place, SharedMemory};
+use crate::transport::pci::caps::VIRTIO_ID_NET;
 use crate::transport::virtio_user::VirtioUser;
-use crate::transport::{setup_split_queue, Transport};
+use crate::transport::{setup_split_queue, Endpoint, Transport};
 use crate::virtq::{Notifier, RawDesc, RingLayout, SplitQueue};
 use crate::{Error, Result};
 
@@ -43,13 +45,17 @@ impl Default for NetOptions {
 
 /// A virtio-net port driven from this process.
 pub struct VirtioNetPort {
-    _t: VirtioUser,
+    // First: dropping the transport stops the device before the memory can go.
+    _t: Box<dyn Transport>,
     mem: Arc<SharedMemory>,
     rx: SplitQueue,
     tx: SplitQueue,
     rx_n: Box<dyn Notifier>,
     tx_n: Box<dyn Notifier>,
     rx_off: usize,
+    /// Bytes between RX buffers (`rx_buf`, or the next power of two on hugepage memory so
+    /// that no buffer straddles two DMA segments).
+    rx_stride: usize,
     tx_off: usize,
     opts: NetOptions,
     mrg: bool,
@@ -66,17 +72,40 @@ impl std::fmt::Debug for VirtioNetPort {
     }
 }
 
+fn wanted_features(opts: &NetOptions) -> u64 {
+    VIRTIO_NET_F_MAC
+        | if opts.mrg_rxbuf {
+            VIRTIO_NET_F_MRG_RXBUF
+        } else {
+            0
+        }
+}
+
 impl VirtioNetPort {
+    /// Opens the port at `endpoint`: `pci:DDDD:BB:DD.F` (a `virtio-net-pci` function of this
+    /// VM, see [`transport::pci`](crate::transport::pci)) or `vhost-user:PATH` (the port's
+    /// socket).
+    pub fn open(endpoint: &str, opts: NetOptions) -> Result<Self> {
+        let ep: Endpoint = endpoint.parse()?;
+        let t = ep.open(VIRTIO_ID_NET, wanted_features(&opts), true, false)?;
+        Self::with_transport(t, opts)
+    }
+
     /// Connects to a vhost-user net device at `path`, sets up the rings and posts RX buffers.
     pub fn connect(path: impl AsRef<Path>, opts: NetOptions) -> Result<Self> {
-        let want = VIRTIO_NET_F_MAC
-            | if opts.mrg_rxbuf {
-                VIRTIO_NET_F_MRG_RXBUF
-            } else {
-                0
-            };
-        let mut t = VirtioUser::connect_with(path.as_ref(), want, true, false)?;
-        let qs = opts.queue_size;
+        let t = VirtioUser::connect_with(path.as_ref(), wanted_features(&opts), true, false)?;
+        Self::with_transport(Box::new(t), opts)
+    }
+
+    /// Brings the port up over any [`Transport`] (RX queue 0, TX queue 1).
+    pub fn with_transport(mut t: Box<dyn Transport>, opts: NetOptions) -> Result<Self> {
+        if t.num_queues() < 2 {
+            return Err(Error::Protocol("a net device needs an RX and a TX queue"));
+        }
+        let qs = opts
+            .queue_size
+            .min(t.max_queue_size(0))
+            .min(t.max_queue_size(1));
         if qs == 0 || !qs.is_power_of_two() || opts.rx_buf < HDR + 14 {
             return Err(Error::InvalidArgument("queue size or RX buffer size"));
         }
@@ -88,16 +117,25 @@ impl VirtioNetPort {
         }
         let mut mac = [0u8; 6];
         t.read_config(&mut mac)?;
+        let seg = t.dma_segment();
+        let rx_stride = match seg {
+            Some(s) if opts.rx_buf <= s => opts.rx_buf.next_power_of_two(),
+            Some(_) => return Err(Error::InvalidArgument("RX buffers above 2 MiB")),
+            None => opts.rx_buf,
+        };
         let ring = RingLayout::new(qs).total;
-        let rx_off = 2 * ring;
-        let tx_off = rx_off + (usize::from(qs) * opts.rx_buf).next_multiple_of(4096);
-        let total = tx_off + usize::from(qs) * TX_SLOT;
+        let n = usize::from(qs);
+        let rx_ring = place(0, ring, 4096, seg);
+        let tx_ring = place(rx_ring + ring, ring, 4096, seg);
+        let rx_off = place(tx_ring + ring, n * rx_stride, rx_stride.max(4096), seg);
+        let tx_off = place(rx_off + n * rx_stride, n * TX_SLOT, 4096, seg);
+        let total = tx_off + n * TX_SLOT;
         let mem = t.setup_memory(total)?;
-        // SAFETY: the two rings sit at 0 and `ring` (a 4 KiB multiple) of the fresh, zeroed
+        // SAFETY: the two rings have their own 4 KiB-aligned parts of the fresh, zeroed
         // mapping, used by their queue only; `mem` is kept beside the queues in `Self`.
-        let (rx, rx_n) = unsafe { setup_split_queue(&mut t, &mem, 0, 0, qs, true)? };
+        let (rx, rx_n) = unsafe { setup_split_queue(&mut *t, &mem, rx_ring, 0, qs, true)? };
         // SAFETY: as above.
-        let (tx, tx_n) = unsafe { setup_split_queue(&mut t, &mem, ring, 1, qs, true)? };
+        let (tx, tx_n) = unsafe { setup_split_queue(&mut *t, &mem, tx_ring, 1, qs, true)? };
         t.activate()?;
         let mut me = Self {
             _t: t,
@@ -107,6 +145,7 @@ impl VirtioNetPort {
             rx_n,
             tx_n,
             rx_off,
+            rx_stride,
             tx_off,
             opts,
             mrg,
@@ -133,7 +172,7 @@ impl VirtioNetPort {
     }
 
     fn post_rx(&mut self, slot: u16) -> Result<()> {
-        let off = self.rx_off + usize::from(slot) * self.opts.rx_buf;
+        let off = self.rx_off + usize::from(slot) * self.rx_stride;
         self.rx.add(
             &[RawDesc::writable(
                 self.mem.gpa(off),
@@ -145,7 +184,7 @@ impl VirtioNetPort {
     }
 
     fn rx_bytes(&self, slot: u64, len: usize) -> &[u8] {
-        let off = self.rx_off + slot as usize * self.opts.rx_buf;
+        let off = self.rx_off + slot as usize * self.rx_stride;
         let p = self.mem.ptr_at(off, len).expect("inside the RX area");
         // SAFETY: the buffer was returned by the device (used ring), so it is ours to read
         // until we post it again; `len` was checked against the buffer size.
