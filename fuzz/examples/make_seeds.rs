@@ -15,7 +15,7 @@ use dpacc_spec::fastpath::proto::{Body, Message, SaDirection, SaSpec};
 use dpacc_spec::fastpath::PortId;
 use dpacc_spec::vhost_user_crypto::{QemuCryptoSession, QemuSymSessionInfo};
 use dpacc_spec::virtio_crypto::{self as vc, DataRequest};
-use dpacc_spec::{ctrl, SessionParams};
+use dpacc_spec::{ctrl, in_band, SessionParams};
 use vm_memory::ByteValued;
 
 fn save(target: &str, name: &str, data: &[u8]) {
@@ -130,6 +130,35 @@ fn crypto_seeds() {
             "crypto_request",
             &format!("control-create-{i}"),
             &Writer::default().u8(1).u16(w as u16).bytes(&req).0,
+        );
+    }
+    // The same requests in-band, on a data queue (dpacc_spec::in_band), and its own two.
+    for (i, p) in session_params().iter().enumerate().take(3) {
+        let (req, w) = create_request(p);
+        save(
+            "crypto_request",
+            &format!("in-band-create-{i}"),
+            &Writer::default().u8(0).u16(w as u16).bytes(&req).0,
+        );
+    }
+    for (name, op, w) in [
+        (
+            "in-band-get-config",
+            in_band::GET_CONFIG,
+            in_band::GET_CONFIG_INPUT_LEN,
+        ),
+        ("in-band-close-all", in_band::CLOSE_ALL_SESSIONS, 1),
+    ] {
+        let mut req = vc::CtrlRequest::default();
+        req.header.opcode = op.into();
+        save(
+            "crypto_request",
+            name,
+            &Writer::default()
+                .u8(0)
+                .u16(w as u16)
+                .bytes(req.as_slice())
+                .0,
         );
     }
     let destroy = ctrl::encode_destroy(vc::SERVICE_CIPHER, session_id(0));
