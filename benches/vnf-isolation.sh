@@ -74,7 +74,7 @@ RUST_LOG=warn "$T/dpacc-backend" net --isolate "${args[@]}" 2>"$DIR/many.log" &
 PIDS+=($!); SUP=$!
 wait_sockets $(for i in $(seq "$N"); do echo "$DIR/many$i.sock"; done)
 t_many=$(calc "$(now) - $t0")
-read -r -a MANY < "/proc/$SUP/task/$SUP/children"
+read -r -a MANY < "/proc/$SUP/task/$SUP/children" || true  # (no trailing newline)
 B=$(measure many many "$SUP" "${MANY[@]}")
 
 get() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
