@@ -109,7 +109,7 @@ pub struct NetArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
     /// Serve each vNF port from a process of its own (this binary, one `--port` each),
-    /// restarted if it dies; this process only supervises them. Costs about 0.3 MiB of
+    /// restarted if it dies; this process only supervises them. Costs about 0.4 MiB of
     /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
     #[arg(long)]
     pub isolate: bool,
