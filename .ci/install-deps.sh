@@ -5,7 +5,7 @@
 #   - iproute2: `ip netns` / TAP / veth for the fast-path tests in network namespaces
 #   - scapy + cryptography (PyPI): the independent ESP (RFC 4303/4106) peer of the fast-path tests
 #   - dpdk-dev: dpdk-testpmd, whose virtio-user PMD is the independent peer on vhost-user
-#     uplinks (tests/net_vhost_uplink.rs) and the reference in benches/net-vs-testpmd.sh; it
+#     uplinks (tests/net_vhost_uplink.rs) and the reference in benches/peers.sh; it
 #     needs 2 MiB hugepages, reserved and mounted here (the test tops them up if it can)
 set -euo pipefail
 log() { echo "install-deps(ci): $*" >&2; }

@@ -44,6 +44,7 @@ fn start_backend() -> (std::path::PathBuf, Arc<EventFd>) {
             queue_size: 1024,
             max_sessions: 16,
             driver: Arc::new(SwDriver::new()),
+            busy_poll: std::time::Duration::from_micros(50),
         };
         serve(&listener, config, &s).expect("serve");
     });

@@ -5,7 +5,7 @@
 //! and all 32 received.
 //!
 //! `cargo bench --bench net_path -- --quick`. The comparison with DPDK's testpmd between two
-//! vhost-user ports is `benches/net-vs-testpmd.sh`.
+//! vhost-user ports is `benches/peers.sh`.
 
 #[path = "../tests/common/vhost_net.rs"]
 #[allow(dead_code)]

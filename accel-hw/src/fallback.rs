@@ -159,7 +159,8 @@ impl CryptoQueue for FallbackQueue {
                 &mut self.secondary
             };
             // SAFETY: the same operations (with the inner session) under our caller's promise.
-            let took = unsafe { q.enqueue(&run) };
+            // A count past what was offered is not believed.
+            let took = unsafe { q.enqueue(&run) }.min(run.len());
             i += took;
             if took < run.len() {
                 break;
@@ -170,8 +171,10 @@ impl CryptoQueue for FallbackQueue {
     }
 
     fn dequeue(&mut self, out: &mut [Completion]) -> usize {
-        let n = self.primary.dequeue(out);
-        n + self.secondary.dequeue(&mut out[n..])
+        // Counts are clamped to the room given: a primary claiming more than `out` holds
+        // cannot make us slice past it.
+        let n = self.primary.dequeue(out).min(out.len());
+        n + self.secondary.dequeue(&mut out[n..]).min(out.len() - n)
     }
 
     fn in_flight(&self) -> usize {

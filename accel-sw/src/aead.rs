@@ -1,27 +1,39 @@
-//! AES-GCM and ChaCha20-Poly1305 over `ring`.
+//! AES-GCM over AWS-LC (`aws-lc-rs`), out of place; ChaCha20-Poly1305 over `ring`, in place.
 //!
-//! Chosen by measurement (seal in place, 8-byte AAD, this 2-core AVX-512/VAES machine, release
-//! build, ring 0.17.14 vs aes-gcm 0.11.1 / chacha20poly1305 0.11.0):
+//! Chosen by measurement (docs/decisions/0013-aead-library.md; one core of this 2-core
+//! AVX-512/VAES machine, release build, SCHED_FIFO, 32 buffers in turn, ops/s of one call):
 //!
 //! | | 64 B | 1 KiB | 16 KiB |
 //! |---|---|---|---|
-//! | AES-256-GCM ring | 0.78 GB/s | 5.05 GB/s | 8.62 GB/s |
-//! | AES-256-GCM RustCrypto | 0.28 GB/s | 1.70 GB/s | 2.44 GB/s |
-//! | ChaCha20-Poly1305 ring | 0.38 GB/s | 1.79 GB/s | 2.64 GB/s |
-//! | ChaCha20-Poly1305 RustCrypto | 0.04 GB/s | 0.46 GB/s | 1.29 GB/s |
+//! | AES-256-GCM seal, ring 0.17.14, copy src → dst then in place (before) | 11.3 M | 4.2 M | 0.31-0.34 M (5.1-5.6 GB/s) |
+//! | AES-256-GCM seal, aws-lc-rs 1.19, src → dst out of place | 12.2 M | 6.0 M | 0.57-0.60 M (9.4-9.9 GB/s) |
+//! | AES-256-GCM open, ring, copy then in place (before) | 11.3 M | 3.8 M | 0.38-0.39 M |
+//! | AES-256-GCM open, aws-lc-rs, out of place | 14.9 M | 4.0-4.5 M | 0.56 M |
+//! | ChaCha20-Poly1305 seal, ring, copy then in place | 3.6-4.5 M | 1.25 M | 1.25-1.48 GB/s |
+//! | ChaCha20-Poly1305 seal, aws-lc-rs, out of place | 4.5-4.7 M | 1.2-1.3 M | 1.47-1.55 GB/s |
 //!
-//! ring is 2.8–3.5× faster for GCM and 2–10× for ChaCha20-Poly1305. ring does not zeroize its
-//! key schedule, so [`RingKey`] keeps it in a `MaybeUninit` and zeroizes those bytes itself.
+//! AWS-LC's AES-GCM (its AVX-512/VAES code) is 1.4-1.8x ring's from 1 KiB up and no slower
+//! below, and it works out of place: `src` is read and `dst` written in one pass, where ring
+//! (in-place only) needs a copy of `src` into `dst` first. ChaCha20-Poly1305 measures the same
+//! on both, so it stays on ring. The earlier choice of ring over RustCrypto (2.8-3.5x for GCM,
+//! 2-10x for ChaCha20-Poly1305) still stands for ChaCha20-Poly1305.
 //!
-//! ring needs contiguous buffers: a single-segment `dst` is sealed/opened in place (after a copy
-//! from `src` when out of place); scattered data goes through the queue's bounce buffer.
+//! Key material: AWS-LC keeps the expanded key in an `EVP_AEAD_CTX` it allocates with
+//! `OPENSSL_malloc`; `aws-lc-rs` frees it with `EVP_AEAD_CTX_free`, whose `OPENSSL_free`
+//! cleanses the allocation before freeing it. ring does not zeroize its key schedule, so
+//! [`RingKey`] keeps it in a `MaybeUninit` and zeroizes those bytes itself.
+//!
+//! Buffers: with one `src` and one `dst` segment that are disjoint, AES-GCM runs straight from
+//! `src` into `dst`; with `src` and `dst` the same memory it runs in place. Otherwise (ring, a
+//! partial overlap a guest may send, scattered data) the old ways remain: `dst` in place after
+//! a copy (`memmove`) from `src`, or the queue's bounce buffer. The AAD and the tag are always
+//! copied; the data is the one thing the libraries see in guest memory, as slices for the span
+//! of one call (docs/decisions/0005-guest-memory-access.md says why that is acceptable).
 
 use std::mem::MaybeUninit;
 
 use dpacc_spec::{sg_len, AeadAlg, CryptoError, Direction, Iv, Seg};
-use ring::aead::{
-    Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
-};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use zeroize::Zeroize;
 
 use crate::sg;
@@ -53,10 +65,73 @@ impl Drop for RingKey {
     }
 }
 
+/// The library behind a key. One per session, never in an array: the size difference of the
+/// variants costs nothing, and boxing the larger would add a pointer chase per operation.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    /// AES-GCM on AWS-LC: in place or out of place.
+    AwsLc(aws_lc_rs::aead::LessSafeKey),
+    /// ChaCha20-Poly1305 on ring: in place only.
+    Ring(RingKey),
+}
+
+impl Engine {
+    fn seal_in_place(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Option<Tag16> {
+        match self {
+            Engine::AwsLc(k) => {
+                let n = aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce);
+                let t = k
+                    .seal_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(aad), buf)
+                    .ok()?;
+                Tag16::from_slice(t.as_ref())
+            }
+            Engine::Ring(k) => {
+                let n = Nonce::assume_unique_for_key(nonce);
+                let t = k
+                    .get()
+                    .seal_in_place_separate_tag(n, Aad::from(aad), buf)
+                    .ok()?;
+                Tag16::from_slice(t.as_ref())
+            }
+        }
+    }
+
+    fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        tag: [u8; TAG_LEN],
+        buf: &mut [u8],
+    ) -> bool {
+        match self {
+            Engine::AwsLc(k) => {
+                let n = aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce);
+                k.open_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(aad), &tag, buf)
+                    .is_ok()
+            }
+            Engine::Ring(k) => {
+                let n = Nonce::assume_unique_for_key(nonce);
+                k.get()
+                    .open_in_place_separate_tag(n, Aad::from(aad), Tag::from(tag), buf, 0..)
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// A 16-byte tag on the stack.
+struct Tag16([u8; TAG_LEN]);
+
+impl Tag16 {
+    fn from_slice(t: &[u8]) -> Option<Self> {
+        Some(Self(t.try_into().ok()?))
+    }
+}
+
 /// An AEAD session's key and direction.
 pub(crate) struct AeadKey {
     dir: Direction,
-    key: RingKey,
+    engine: Engine,
 }
 
 /// Buffers of the queue an AEAD operation may use.
@@ -67,29 +142,64 @@ pub(crate) struct AeadScratch<'a> {
     pub aad: &'a mut [u8],
 }
 
+/// Where the data of one operation is transformed.
+enum Place<'a> {
+    /// From one `src` segment into one disjoint `dst` segment (AWS-LC only).
+    Apart { src: Seg<'a>, dst: Seg<'a> },
+    /// In the one `dst` segment (after a copy from `src` unless they are the same memory).
+    Dst(Seg<'a>),
+    /// In the bounce buffer (scattered data).
+    Bounce,
+}
+
 impl AeadKey {
     /// Expands `key` for `alg`.
     pub(crate) fn new(alg: AeadAlg, dir: Direction, key: &[u8]) -> Result<Self, CryptoError> {
-        let algo = match (alg, key.len()) {
-            (AeadAlg::AesGcm, 16) => &AES_128_GCM,
-            (AeadAlg::AesGcm, 32) => &AES_256_GCM,
-            (AeadAlg::ChaCha20Poly1305, 32) => &CHACHA20_POLY1305,
+        use aws_lc_rs::aead as lc;
+        let engine = match (alg, key.len()) {
+            (AeadAlg::AesGcm, 16 | 32) => {
+                let algo = if key.len() == 16 {
+                    &lc::AES_128_GCM
+                } else {
+                    &lc::AES_256_GCM
+                };
+                let unbound =
+                    lc::UnboundKey::new(algo, key).map_err(|_| CryptoError::InvalidKeyLength)?;
+                Engine::AwsLc(lc::LessSafeKey::new(unbound))
+            }
+            (AeadAlg::ChaCha20Poly1305, 32) => {
+                let unbound = UnboundKey::new(&CHACHA20_POLY1305, key)
+                    .map_err(|_| CryptoError::InvalidKeyLength)?;
+                Engine::Ring(RingKey {
+                    key: MaybeUninit::new(LessSafeKey::new(unbound)),
+                })
+            }
             _ => return Err(CryptoError::InvalidKeyLength),
         };
-        let unbound = UnboundKey::new(algo, key).map_err(|_| CryptoError::InvalidKeyLength)?;
-        Ok(Self {
-            dir,
-            key: RingKey {
-                key: MaybeUninit::new(LessSafeKey::new(unbound)),
-            },
-        })
+        Ok(Self { dir, engine })
+    }
+
+    /// Where to run an operation of `len` bytes from `src` to `dst` (lengths checked).
+    fn place<'a>(&self, src: &[Seg<'a>], dst: &[Seg<'a>], len: usize) -> Place<'a> {
+        let Some(d) = sg::single(dst).filter(|d| d.len() >= len && len > 0) else {
+            return Place::Bounce;
+        };
+        // SAFETY: the first `len` bytes of a segment at least that long.
+        let d = unsafe { Seg::from_raw(d.ptr(), len) };
+        match (&self.engine, sg::single(src)) {
+            (Engine::AwsLc(_), Some(s)) if s.ptr() != d.ptr() && disjoint(&s, &d) => {
+                Place::Apart { src: s, dst: d }
+            }
+            _ => Place::Dst(d),
+        }
     }
 
     /// Runs one AEAD operation (see the `CryptoOp` table).
     ///
     /// # Safety
     /// `src`, `aad` and (on decrypt) `digest` valid for reads; `dst` and (on encrypt) `digest`
-    /// valid for writes; `src`/`dst` the same memory or disjoint; nothing overlaps `scratch`.
+    /// valid for writes; `src`/`dst` the same memory or disjoint (a partial overlap gives a
+    /// wrong result, nothing worse); nothing overlaps `scratch`.
     pub(crate) unsafe fn run(
         &self,
         iv: &Iv,
@@ -99,97 +209,166 @@ impl AeadKey {
         digest: &[Seg<'_>],
         scratch: AeadScratch<'_>,
     ) -> Result<(), CryptoError> {
-        if iv.as_slice().len() != NONCE_LEN {
-            return Err(CryptoError::InvalidIvLength);
-        }
-        let nonce = || {
-            Nonce::try_assume_unique_for_key(iv.as_slice())
-                .map_err(|_| CryptoError::InvalidIvLength)
-        };
+        let nonce: [u8; NONCE_LEN] = iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::InvalidIvLength)?;
         let len = sg_len(src);
         if sg_len(dst) < len || sg_len(digest) < TAG_LEN {
             return Err(CryptoError::BufferTooSmall);
         }
-        let aad_len = sg_len(aad);
-        let aad_single = sg::single(aad);
-        let aad_bytes: &[u8] = match &aad_single {
-            // SAFETY: `aad` is readable with no writer (caller).
-            Some(s) => unsafe { s.as_slice() },
-            None => {
-                let buf = scratch
-                    .aad
-                    .get_mut(..aad_len)
-                    .ok_or(CryptoError::InvalidDataLength)?;
-                // SAFETY: readable `aad`, disjoint from our scratch.
-                unsafe { sg::gather(aad, 0, buf) };
-                buf
-            }
-        };
-        let aad = Aad::from(aad_bytes);
-        let key = self.key.get();
+        // The AAD is copied (it is small: 8 bytes for ESP), so no reference to it is formed
+        // over memory a guest may write (docs/decisions/0005-guest-memory-access.md).
+        let aad_bytes = scratch
+            .aad
+            .get_mut(..sg_len(aad))
+            .ok_or(CryptoError::InvalidDataLength)?;
+        // SAFETY: readable `aad`, disjoint from our scratch.
+        unsafe { sg::gather(aad, 0, aad_bytes) };
+        let aad: &[u8] = aad_bytes;
 
-        // Where the transformation happens: `dst` itself when it is one segment, else the bounce
-        // buffer.
-        let direct = match sg::single(dst) {
-            Some(d) if d.len() >= len => Some(d),
-            _ => None,
-        };
-        let scattered = direct.is_none();
-        let buf: &mut [u8] = match direct {
-            Some(d) => {
-                // SAFETY: `dst` is writable and nothing else references it during the call
-                // (caller); `src` is readable and either the same memory (no copy) or disjoint,
-                // and `copy` tolerates overlap anyway.
-                unsafe {
-                    sg::copy(src, dst, 0, len);
-                    std::slice::from_raw_parts_mut(d.ptr(), len)
-                }
+        match self.dir {
+            Direction::Encrypt => {
+                // SAFETY: forwarded from our caller.
+                let tag = unsafe { self.seal(nonce, aad, src, dst, len, scratch.data)? };
+                // SAFETY: `digest` is writable on encrypt and `tag` is a local.
+                unsafe { sg::scatter(digest, 0, &tag.0) };
+                Ok(())
             }
-            None => {
-                let b = scratch
-                    .data
+            Direction::Decrypt => {
+                let mut tag = [0u8; TAG_LEN];
+                // SAFETY: `digest` is readable, `tag` a local.
+                unsafe { sg::gather(digest, 0, &mut tag) };
+                // SAFETY: forwarded from our caller.
+                unsafe { self.open(nonce, aad, tag, src, dst, len, scratch.data) }
+            }
+        }
+    }
+
+    /// Encrypts `len` bytes of `src` into `dst`; returns the tag.
+    ///
+    /// # Safety
+    /// As [`run`](Self::run).
+    unsafe fn seal(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        src: &[Seg<'_>],
+        dst: &[Seg<'_>],
+        len: usize,
+        bounce: &mut [u8],
+    ) -> Result<Tag16, CryptoError> {
+        let failed = CryptoError::Internal("AEAD seal failed");
+        match (self.place(src, dst, len), &self.engine) {
+            (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
+                let mut tag = [0u8; TAG_LEN];
+                // SAFETY: `src` is readable and `dst` writable for `len` bytes, they do not
+                // overlap (`place`), and nothing else references them during this one call.
+                let (s, d) = unsafe { (src.as_slice(), dst.as_mut_slice()) };
+                k.seal_out_of_place_scatter(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::from(aad),
+                    s,
+                    d,
+                    &[],
+                    &mut tag,
+                )
+                .map_err(|_| failed)?;
+                Ok(Tag16(tag))
+            }
+            (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
+                // SAFETY: `dst` is writable and nothing else references it during the call
+                // (caller); `src` is readable and either the same memory (no copy) or not,
+                // and `copy` tolerates overlap anyway.
+                let buf = unsafe {
+                    sg::copy(src, dst, 0, len);
+                    d.as_mut_slice()
+                };
+                self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)
+            }
+            (Place::Bounce, _) => {
+                let b = bounce
                     .get_mut(..len)
                     .ok_or(CryptoError::InvalidDataLength)?;
                 // SAFETY: readable `src`, disjoint from our scratch.
                 unsafe { sg::gather(src, 0, b) };
-                b
-            }
-        };
-
-        match self.dir {
-            Direction::Encrypt => {
-                let tag = key
-                    .seal_in_place_separate_tag(nonce()?, aad, buf)
-                    .map_err(|_| CryptoError::Internal("AEAD seal failed"))?;
-                if scattered {
-                    // SAFETY: writable `dst`, disjoint from our scratch.
-                    unsafe { sg::scatter(dst, 0, buf) };
-                }
-                // SAFETY: `digest` is writable on encrypt and `tag` is a local.
-                unsafe { sg::scatter(digest, 0, tag.as_ref()) };
-                Ok(())
-            }
-            Direction::Decrypt => {
-                let mut t = [0u8; TAG_LEN];
-                // SAFETY: `digest` is readable, `t` a local.
-                unsafe { sg::gather(digest, 0, &mut t) };
-                let tag = Tag::from(t);
-                match key.open_in_place_separate_tag(nonce()?, aad, tag, buf, 0..) {
-                    Ok(_) => {
-                        if scattered {
-                            // SAFETY: writable `dst`, disjoint from our scratch.
-                            unsafe { sg::scatter(dst, 0, buf) };
-                        }
-                        Ok(())
-                    }
-                    Err(_) => {
-                        // Release nothing: wipe what ring left in the buffer (dst itself when
-                        // direct; the bounce buffer otherwise, dst untouched).
-                        buf.zeroize();
-                        Err(CryptoError::AuthFailed)
-                    }
-                }
+                let tag = self.engine.seal_in_place(nonce, aad, b).ok_or(failed)?;
+                // SAFETY: writable `dst`, disjoint from our scratch.
+                unsafe { sg::scatter(dst, 0, b) };
+                Ok(tag)
             }
         }
     }
+
+    /// Decrypts `len` bytes of `src` into `dst` if `tag` verifies; otherwise leaves no
+    /// plaintext behind (what a library wrote into `dst` is wiped).
+    ///
+    /// # Safety
+    /// As [`run`](Self::run).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn open(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        tag: [u8; TAG_LEN],
+        src: &[Seg<'_>],
+        dst: &[Seg<'_>],
+        len: usize,
+        bounce: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        match (self.place(src, dst, len), &self.engine) {
+            (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
+                // SAFETY: as in `seal`.
+                let (s, d) = unsafe { (src.as_slice(), dst.as_mut_slice()) };
+                let ok = k
+                    .open_separate_gather(
+                        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                        aws_lc_rs::aead::Aad::from(aad),
+                        s,
+                        &tag,
+                        d,
+                    )
+                    .is_ok();
+                if ok {
+                    return Ok(());
+                }
+                // AWS-LC leaves the unverified plaintext in `dst`.
+                d.zeroize();
+                Err(CryptoError::AuthFailed)
+            }
+            (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
+                // SAFETY: as in `seal`.
+                let buf = unsafe {
+                    sg::copy(src, dst, 0, len);
+                    d.as_mut_slice()
+                };
+                if self.engine.open_in_place(nonce, aad, tag, buf) {
+                    return Ok(());
+                }
+                buf.zeroize();
+                Err(CryptoError::AuthFailed)
+            }
+            (Place::Bounce, _) => {
+                let b = bounce
+                    .get_mut(..len)
+                    .ok_or(CryptoError::InvalidDataLength)?;
+                // SAFETY: readable `src`, disjoint from our scratch.
+                unsafe { sg::gather(src, 0, b) };
+                if self.engine.open_in_place(nonce, aad, tag, b) {
+                    // SAFETY: writable `dst`, disjoint from our scratch.
+                    unsafe { sg::scatter(dst, 0, b) };
+                    return Ok(());
+                }
+                // Release nothing: `dst` is untouched; wipe the bounce buffer.
+                b.zeroize();
+                Err(CryptoError::AuthFailed)
+            }
+        }
+    }
+}
+
+/// Whether two segments share no byte.
+fn disjoint(a: &Seg<'_>, b: &Seg<'_>) -> bool {
+    let (a0, b0) = (a.ptr() as usize, b.ptr() as usize);
+    a0.saturating_add(a.len()) <= b0 || b0.saturating_add(b.len()) <= a0
 }

@@ -4,7 +4,8 @@
 //! dpacc deployment has a driver even without an accelerator (and a fallback next to one).
 //!
 //! - AES-128/192/256 CBC and CTR: RustCrypto `aes` block cipher, modes in `cipher.rs`.
-//! - AES-GCM, ChaCha20-Poly1305: `ring` (chosen by measurement, see `aead.rs` for the figures).
+//! - AES-GCM: AWS-LC (`aws-lc-rs`), out of place; ChaCha20-Poly1305: `ring` (chosen by
+//!   measurement, see `aead.rs` and docs/decisions/0013-aead-library.md).
 //! - SHA-1/256/384/512 and HMAC: RustCrypto `sha1`/`sha2`/`hmac` (see `digest.rs`).
 //! - Chained cipher + hash/MAC (IPsec ESP): `chain.rs`.
 //!

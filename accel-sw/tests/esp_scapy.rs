@@ -107,7 +107,7 @@ fn frame(ip: &[u8]) -> Vec<u8> {
 }
 
 fn processor(dir: SaDir) -> SwFlowProcessor {
-    let mut p = SwFlowProcessor::new(Arc::new(SwDriver::new()), 8).unwrap();
+    let p = SwFlowProcessor::new(Arc::new(SwDriver::new()), 8).unwrap();
     p.add_sa(SaConfig {
         spi: SPI,
         key: Zeroizing::new(hex::decode(KEY).unwrap()),
@@ -190,7 +190,7 @@ fn we_decrypt_scapy_esp_and_reject_replays_and_tampering() {
     for w in [&wire[0], &wire[3]] {
         assert_eq!(run(&mut dec, &frame(w)).0, Verdict::Drop);
     }
-    let s = dec.sa(SPI).unwrap().stats;
+    let s = dec.sa_stats(SPI).unwrap();
     assert_eq!((s.packets, s.replay_drops), (6, 2));
     // A fresh scapy SA stream (seq 1..) is all replays now; tampered copies of the last one are
     // authentication failures once the window moves: encrypt 8 more and flip a bit in #8.
@@ -215,6 +215,6 @@ fn we_decrypt_scapy_esp_and_reject_replays_and_tampering() {
         run(&mut dec, &frame(&wire2[7])).0,
         Verdict::Output(PortId(1))
     );
-    let s = dec.sa(SPI).unwrap().stats;
+    let s = dec.sa_stats(SPI).unwrap();
     assert_eq!((s.packets, s.replay_drops, s.auth_drops), (8, 8, 1));
 }

@@ -130,7 +130,7 @@ fn nat_rewrites_fix_ip_and_tcp_checksums_incrementally() {
     let s = fp.flow_stats(7).unwrap();
     assert_eq!(s.packets, 3);
     assert!(
-        fp.stats.emc_hits >= 2,
+        fp.stats().emc_hits >= 2,
         "the exact-match cache serves repeats"
     );
 }
@@ -165,7 +165,8 @@ fn priorities_goto_misses_and_the_exact_match_cache() {
         assert_eq!(run1(&mut fp, 0, &mut c.clone()), Verdict::Miss { table: 1 });
     }
     assert_eq!(
-        fp.stats.emc_hits, 4,
+        fp.stats().emc_hits,
+        4,
         "a and b hit the cache twice each; misses are not cached"
     );
     assert_eq!(fp.flow_stats(1).unwrap().packets, 6);
@@ -383,6 +384,248 @@ fn esp_tunnel_round_trip_rejects_replays_and_tampering() {
         run1(&mut b, 0, &mut pkt(new.frame(), 2)),
         Verdict::Output(PortId(1))
     );
-    let s = b.sa(0x1001).unwrap().stats;
+    let s = b.sa_stats(0x1001).unwrap();
     assert_eq!((s.packets, s.replay_drops, s.auth_drops), (6, 1, 3));
+}
+
+/// A frame loaded the way the backend loads uplink frames for one-copy forwarding: only the
+/// first HEADER_BYTES in the buffer, the rest left in `frame` (which must outlive the packet).
+fn partial(frame: &[u8], port: u16) -> PacketBuf {
+    use dpacc_spec::fastpath::HEADER_BYTES;
+    let mut b = PacketBuf::new();
+    b.load_area(PortId(port))[..HEADER_BYTES].copy_from_slice(&frame[..HEADER_BYTES]);
+    // SAFETY: `frame` outlives `b` in every caller, and nothing writes it meanwhile.
+    let ok = unsafe {
+        b.set_partial(
+            HEADER_BYTES,
+            frame.as_ptr().add(HEADER_BYTES),
+            frame.len() - HEADER_BYTES,
+        )
+    };
+    assert!(ok);
+    b
+}
+
+/// The frame of a partial packet as the backend forwards it: resident bytes, then the rest.
+fn forwarded(p: &PacketBuf) -> Vec<u8> {
+    let mut f = p.frame().to_vec();
+    if let Some((rest, n)) = p.rest() {
+        // SAFETY: `rest` points into a frame the test keeps alive.
+        f.extend_from_slice(unsafe { std::slice::from_raw_parts(rest, n) });
+    }
+    f
+}
+
+/// Partial frames (headers resident, the rest in the source buffer) give the same results as
+/// whole ones: NAT rewrites only the resident headers and leaves the rest to the one copy;
+/// ESP encapsulation and decapsulation load the rest first.
+#[test]
+fn partial_frames_give_the_same_results_as_whole_ones() {
+    let inner = tcp4([10, 0, 0, 1], [10, 0, 1, 1], 4000, 80, &[0x5a; 1400]);
+    // NAT.
+    let mut nat = proc_(4);
+    nat.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![
+                Action::SetIpv4Dst(Ipv4Addr::new(10, 9, 9, 9)),
+                Action::Output(PortId(2)),
+            ],
+        ),
+        0,
+    )
+    .unwrap();
+    let mut whole = pkt(&inner, 1);
+    let mut part = partial(&inner, 1);
+    assert_eq!(run1(&mut nat, 0, &mut whole), Verdict::Output(PortId(2)));
+    assert_eq!(run1(&mut nat, 0, &mut part), Verdict::Output(PortId(2)));
+    assert!(!part.is_whole(), "NAT needs no more than the headers");
+    assert_eq!(part.len(), inner.len());
+    assert_eq!(forwarded(&part), whole.frame());
+    let f = forwarded(&part);
+    assert_eq!(&f[30..34], &[10, 9, 9, 9]);
+    assert_eq!(
+        u16::from_be_bytes([f[50], f[51]]),
+        tcp_checksum(&f),
+        "TCP checksum"
+    );
+    // ESP: two identical gateways, one fed whole frames, one partial ones.
+    let gw = |p: &mut SwFlowProcessor| {
+        p.add_sa(sa(
+            7,
+            SaDir::Outbound {
+                src: Ipv4Addr::new(192, 0, 2, 1),
+                dst: Ipv4Addr::new(192, 0, 2, 2),
+            },
+        ))
+        .unwrap();
+        p.add_flow(
+            flow(
+                0,
+                1,
+                1,
+                Match::default(),
+                vec![Action::EspEncap(7), Action::Output(PortId(2))],
+            ),
+            0,
+        )
+        .unwrap();
+    };
+    let (mut a, mut b) = (proc_(4), proc_(4));
+    gw(&mut a);
+    gw(&mut b);
+    let mut w = pkt(&inner, 1);
+    let mut p = partial(&inner, 1);
+    assert_eq!(run1(&mut a, 0, &mut w), Verdict::Output(PortId(2)));
+    assert_eq!(run1(&mut b, 0, &mut p), Verdict::Output(PortId(2)));
+    assert!(p.is_whole());
+    assert_eq!(p.frame(), w.frame());
+    // Decapsulation of a partial ESP frame.
+    let wire = w.frame().to_vec();
+    let mut dec = proc_(4);
+    dec.add_sa(sa(7, SaDir::Inbound)).unwrap();
+    dec.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![Action::EspDecap, Action::Output(PortId(1))],
+        ),
+        0,
+    )
+    .unwrap();
+    let mut q = partial(&wire, 2);
+    assert_eq!(run1(&mut dec, 0, &mut q), Verdict::Output(PortId(1)));
+    assert_eq!(q.frame(), &inner[..]);
+}
+
+/// Two lanes of one instance on two threads (what two queue-pair workers do): the flows and
+/// SAs are shared, the counters are summed over the lanes, idle expiry sees traffic on
+/// either lane, the outbound sequence numbers of the two lanes never repeat, and a packet
+/// accepted on one lane is refused as a replay on the other.
+#[test]
+fn lanes_share_flows_and_sas_and_sum_their_counters() {
+    use dpacc_sw::flow::SwInstance;
+    let (gw_a, gw_b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let enc = SwInstance::new(Arc::new(SwDriver::new()), 8, 2).unwrap();
+    let dec = SwInstance::new(Arc::new(SwDriver::new()), 8, 2).unwrap();
+    enc.add_sa(sa(
+        7,
+        SaDir::Outbound {
+            src: gw_a,
+            dst: gw_b,
+        },
+    ))
+    .unwrap();
+    dec.add_sa(sa(7, SaDir::Inbound)).unwrap();
+    let mut idle = flow(
+        0,
+        1,
+        1,
+        Match::default(),
+        vec![Action::EspEncap(7), Action::Output(PortId(2))],
+    );
+    idle.idle_timeout_ns = 1_000_000;
+    idle.notify_expiry = true;
+    enc.add_flow(idle, 0).unwrap();
+    dec.add_flow(
+        flow(
+            0,
+            1,
+            2,
+            Match::default(),
+            vec![Action::EspDecap, Action::Output(PortId(1))],
+        ),
+        0,
+    )
+    .unwrap();
+    // 500 packets per lane, encapsulated on two threads at once.
+    let per_lane = 500;
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let mut lane = enc.lane(i).unwrap().expect("lane");
+            std::thread::spawn(move || {
+                let f = tcp4(
+                    [10, 0, 0, 1],
+                    [10, 0, 1, 1],
+                    1000 + i as u16,
+                    80,
+                    &[i as u8; 100],
+                );
+                let mut out = Vec::new();
+                for _ in 0..per_lane {
+                    let mut p = [pkt(&f, 1)];
+                    let mut v = [Verdict::Drop];
+                    lane.process(10, &mut p, &mut v);
+                    assert_eq!(v[0], Verdict::Output(PortId(2)));
+                    out.push(p[0].frame().to_vec());
+                }
+                out
+            })
+        })
+        .collect();
+    let sealed: Vec<Vec<Vec<u8>>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        enc.lane(0).unwrap().is_some(),
+        "a dropped lane can be taken again"
+    );
+    assert!(enc.lane(2).unwrap().is_none(), "only two lanes");
+    let s = enc.flow_stats(1).unwrap();
+    assert_eq!(s.packets, 2 * per_lane, "counters summed over the lanes");
+    assert_eq!(enc.sa_stats(7).unwrap().packets, 2 * per_lane);
+    // Sequence numbers (ESP header after L2 + outer IP + SPI): each used once, 1..=1000.
+    let mut seqs: Vec<u32> = sealed
+        .iter()
+        .flatten()
+        .map(|f| u32::from_be_bytes([f[38], f[39], f[40], f[41]]))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=2 * per_lane as u32).collect::<Vec<_>>());
+    // Decapsulate the same packets on both decap lanes at once: every one is accepted by
+    // exactly one lane (the newest 64 are in the window; all arrive in order per lane).
+    let all: Vec<Vec<u8>> = sealed.into_iter().flatten().collect();
+    let all = Arc::new(all);
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let mut lane = dec.lane(i).unwrap().expect("lane");
+            let all = all.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for f in all.iter() {
+                    let mut p = [pkt(f, 2)];
+                    let mut v = [Verdict::Drop];
+                    lane.process(10, &mut p, &mut v);
+                    ok += u32::from(v[0] == Verdict::Output(PortId(1)));
+                }
+                ok
+            })
+        })
+        .collect();
+    let accepted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let st = dec.sa_stats(7).unwrap();
+    assert_eq!(u64::from(accepted), st.packets);
+    assert!(
+        accepted <= 2 * per_lane as u32,
+        "a packet accepted twice: {accepted}"
+    );
+    assert_eq!(st.auth_drops, 0);
+    assert_eq!(st.packets + st.replay_drops, 4 * per_lane);
+    // Idle expiry sees lane 1's traffic: used at t = 10 on both lanes; touch it on lane 1
+    // only at t = 900 000; it must still live at 1 500 000 and die at 1 900 001.
+    let mut l1 = enc.lane(1).unwrap().expect("lane 1");
+    let f = tcp4([10, 0, 0, 1], [10, 0, 1, 1], 5, 80, b"x");
+    let mut v = [Verdict::Drop];
+    l1.process(900_000, &mut [pkt(&f, 1)], &mut v);
+    let mut ev = Vec::new();
+    enc.expire(1_500_000, &mut ev);
+    assert!(ev.is_empty(), "lane 1 used it 600 us ago");
+    enc.expire(1_900_001, &mut ev);
+    assert_eq!(
+        (ev.len(), ev[0].cookie, ev[0].stats.packets),
+        (1, 1, 2 * per_lane + 1)
+    );
 }

@@ -10,7 +10,7 @@ use dpacc_spec::fastpath::{Emit, FastPathDriver, FlowProcessor, InstanceConfig, 
 use dpacc_sw::flow::SwFastPath;
 use dpacc_sw::SwDriver;
 
-fn instance(max_flows: usize) -> Box<dyn FlowProcessor> {
+fn instance(max_flows: usize) -> std::sync::Arc<dyn FlowProcessor> {
     SwFastPath::new(Arc::new(SwDriver::new()))
         .create_instance(&InstanceConfig {
             name: "test".into(),
@@ -19,11 +19,12 @@ fn instance(max_flows: usize) -> Box<dyn FlowProcessor> {
                 flows: max_flows,
                 ..Default::default()
             },
+            lanes: 1,
         })
         .unwrap()
 }
 
-fn ask(p: &mut dyn FlowProcessor, now: u64, txid: u32, body: Body) -> Vec<Emit> {
+fn ask(p: &dyn FlowProcessor, now: u64, txid: u32, body: Body) -> Vec<Emit> {
     let mut req = Vec::new();
     Message { txid, body }.encode(&mut req);
     let mut out = Vec::new();
@@ -57,8 +58,8 @@ fn add(cookie: u64, dport: u16, actions: Vec<Action>, idle: u64) -> Body {
 
 #[test]
 fn requests_get_replies_and_clear_errors() {
-    let mut p = instance(1);
-    let r = only_reply(&ask(&mut *p, 0, 1, Body::Hello));
+    let p = instance(1);
+    let r = only_reply(&ask(&*p, 0, 1, Body::Hello));
     let Body::HelloReply {
         tables: 8,
         max_flows: 1,
@@ -71,7 +72,7 @@ fn requests_get_replies_and_clear_errors() {
     assert_eq!((u.flows, u.groups, u.sas), (0, 0, 0));
     assert!(u.memory > 0 && u.memory < u.max_memory, "{u:?}");
     let r = only_reply(&ask(
-        &mut *p,
+        &*p,
         0,
         2,
         add(5, 80, vec![Action::Output(PortId(2))], 100),
@@ -84,7 +85,7 @@ fn requests_get_replies_and_clear_errors() {
         }
     );
     let r = only_reply(&ask(
-        &mut *p,
+        &*p,
         0,
         3,
         add(6, 81, vec![Action::Output(PortId(1))], 0),
@@ -97,7 +98,7 @@ fn requests_get_replies_and_clear_errors() {
         }
     );
     let r = only_reply(&ask(
-        &mut *p,
+        &*p,
         0,
         4,
         add(5, 80, vec![Action::Output(PortId(3))], 0),
@@ -112,7 +113,7 @@ fn requests_get_replies_and_clear_errors() {
         ),
         "{r:?}"
     );
-    let r = only_reply(&ask(&mut *p, 0, 5, Body::FlowStatsRequest { cookie: 9 }));
+    let r = only_reply(&ask(&*p, 0, 5, Body::FlowStatsRequest { cookie: 9 }));
     assert_eq!(
         r.body,
         Body::Error {
@@ -121,7 +122,7 @@ fn requests_get_replies_and_clear_errors() {
         }
     );
     let r = only_reply(&ask(
-        &mut *p,
+        &*p,
         0,
         6,
         Body::PacketIn {
@@ -153,15 +154,15 @@ fn requests_get_replies_and_clear_errors() {
 
 #[test]
 fn packet_out_and_expiry_events() {
-    let mut p = instance(8);
+    let p = instance(8);
     only_reply(&ask(
-        &mut *p,
+        &*p,
         0,
         1,
         add(5, 80, vec![Action::Output(PortId(2))], 1_000),
     ));
     let out = ask(
-        &mut *p,
+        &*p,
         0,
         2,
         Body::PacketOut {
@@ -184,7 +185,7 @@ fn packet_out_and_expiry_events() {
     f[23] = 6;
     f[36..38].copy_from_slice(&80u16.to_be_bytes());
     let out = ask(
-        &mut *p,
+        &*p,
         10,
         3,
         Body::PacketOut {
@@ -213,17 +214,12 @@ fn packet_out_and_expiry_events() {
 
 #[test]
 fn flow_list_is_paged() {
-    let mut p = instance(100);
+    let p = instance(100);
     for c in 0..100u16 {
-        only_reply(&ask(
-            &mut *p,
-            0,
-            1,
-            add(u64::from(c), c, vec![Action::Drop], 0),
-        ));
+        only_reply(&ask(&*p, 0, 1, add(u64::from(c), c, vec![Action::Drop], 0)));
     }
     for (start, want) in [(0u32, 40usize), (40, 40), (80, 20), (100, 0)] {
-        let r = only_reply(&ask(&mut *p, 0, 2, Body::FlowListRequest { start }));
+        let r = only_reply(&ask(&*p, 0, 2, Body::FlowListRequest { start }));
         let Body::FlowListReply {
             total,
             start: s,
@@ -249,7 +245,7 @@ fn quota_error(out: &[Emit]) -> String {
     }
 }
 
-fn usage(p: &mut dyn FlowProcessor) -> dpacc_spec::fastpath::Usage {
+fn usage(p: &dyn FlowProcessor) -> dpacc_spec::fastpath::Usage {
     match only_reply(&ask(p, 0, 1, Body::Hello)).body {
         Body::HelloReply { usage: Some(u), .. } => u,
         other => panic!("{other:?}"),
@@ -268,14 +264,15 @@ fn every_object_has_a_quota_and_clear_frees_them_all() {
         sas: 2,
         actions: 4,
     };
-    let mut p = SwFastPath::new(Arc::new(SwDriver::new()))
+    let p = SwFastPath::new(Arc::new(SwDriver::new()))
         .create_instance(&InstanceConfig {
             name: "quota".into(),
             uplinks: 2,
             quotas,
+            lanes: 2,
         })
         .unwrap();
-    let p = &mut *p;
+    let p = &*p;
     let empty = usage(p);
     assert_eq!(
         (

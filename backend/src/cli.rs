@@ -113,6 +113,14 @@ pub struct NetArgs {
     /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
     #[arg(long)]
     pub isolate: bool,
+    /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
+    /// uplinks; VIRTIO_NET_F_MQ when more than one), queues of every TAP uplink
+    /// (IFF_MULTI_QUEUE when more than one), and worker threads: one per pair, each with its
+    /// own lane of the vNF's flow processor (flows, groups and SAs are shared; counters are
+    /// per worker and summed). QEMU: `-netdev vhost-user,...,queues=N` and `-device
+    /// virtio-net-pci,mq=on,vectors=2N+2`; the guest enables up to this many.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(dpacc_backend::net::MAX_QUEUE_PAIRS)))]
+    pub queue_pairs: u16,
     /// MAC address the vNF port reports to its guest (the last byte is incremented per vNF
     /// port, the fifth per vhost-user uplink).
     #[arg(long, default_value = "52:54:00:dc:ac:01", value_parser = parse_mac)]
@@ -219,6 +227,7 @@ impl NetArgs {
                         mac,
                         fastpath: fastpath.clone(),
                         busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
+                        queue_pairs: self.queue_pairs,
                     },
                 )
             })
@@ -247,6 +256,11 @@ pub struct CryptoArgs {
     /// Most crypto sessions open at once.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_sessions: u64,
+    /// Microseconds each data-queue worker keeps polling its ring after it runs dry before it
+    /// sleeps until a kick (0: sleep at once; more: lower latency and no kicks while requests
+    /// keep coming, more CPU).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub busy_poll_us: u64,
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, CliError> {
@@ -265,6 +279,7 @@ impl CryptoArgs {
             queue_size: self.queue_size,
             max_sessions: self.max_sessions as usize,
             driver: dpacc_backend::crypto::open_driver(&self.driver)?,
+            busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
         })
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +28,11 @@ use crate::crypto::worker::{Notify, Processor};
 use crate::crypto::{CryptoBackendConfig, CryptoDevice};
 use crate::net::device::NetDevice;
 use crate::net::rings::NetRings;
+use crate::net::rings::OutFrame;
 use crate::net::slot::{RingPair, RingSlot};
-use crate::net::vnf_worker::{Port, VnfInstance, VnfStats, VnfWorker};
+use crate::net::vnf_worker::{Port, SharedPort, VnfInstance, VnfShared, VnfStats, VnfWorker};
 use crate::vhost_user::{channel, memory, server, tables, GuestMem, QueueStart};
-use crate::virtq::ChainBufs;
+use crate::virtq::{ChainBufs, FastMem};
 
 fn memfd(size: usize, seal: bool) -> OwnedFd {
     // SAFETY: creating and sizing a memfd we own.
@@ -162,6 +164,7 @@ pub fn vhost_user_session(device: Device, ops: &[SessionOp]) {
                 queue_size: 64,
                 max_sessions: 8,
                 driver: Arc::new(dpacc_sw::SwDriver::new()),
+                busy_poll: Duration::ZERO,
             })
             .expect("config");
             // Predictable ids: the first session a frontend creates is 1 << 32.
@@ -183,23 +186,28 @@ pub fn vhost_user_session(device: Device, ops: &[SessionOp]) {
                         sas: 4,
                         actions: 8,
                     },
+                    lanes: 1,
                 })
                 .expect("instance");
+            let lane = proc_.lane(0).expect("lane 0");
             let worker = VnfWorker::spawn(
                 VnfInstance {
-                    proc_,
-                    ports: vec![Port::Vhost {
-                        slot: slot.clone(),
-                        rings: None,
-                    }],
+                    shared: Arc::new(VnfShared {
+                        proc_,
+                        ports: vec![SharedPort::vhost(1)],
+                        epoch: std::time::Instant::now(),
+                        vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+                    }),
+                    lane,
+                    index: 0,
+                    ports: vec![Port::Vhost(slot.clone())],
                     stats: VnfStats::default(),
-                    vnf_mac: [0xff; 6],
                 },
                 Duration::ZERO,
                 Duration::from_secs(60),
             )
             .expect("worker");
-            let mut dev = NetDevice::new([2, 0, 0, 0, 0, 1], 64, slot);
+            let mut dev = NetDevice::new([2, 0, 0, 0, 0, 1], 64, vec![slot]);
             run_session(&mut dev, &mut tables, &mem_fd, base.cast(), ops);
             worker.stop();
         }
@@ -456,13 +464,14 @@ pub fn crypto_ring(bytes: &[u8], p: RingParams, control: bool) -> usize {
     let driver: Arc<dyn CryptoDriver> = Arc::new(dpacc_sw::SwDriver::new());
     let table = sessions(&*driver);
     let notify = Notify::new(None);
+    let fast = FastMem::new(&mem);
     let n = if control {
-        ControlPath::new(control_of(&driver, &table)).process(&mut q, &mem, &notify)
+        ControlPath::new(control_of(&driver, &table)).process(&mut q, &fast, &notify)
     } else {
         let dq = driver.open_queue(256).expect("driver queue");
         DataPath::new(dq, table.clone())
             .with_in_band_control(control_of(&driver, &table))
-            .process(&mut q, &mem, &notify)
+            .process(&mut q, &fast, &notify)
     };
     assert!(n <= 1 << 16, "{n} chains completed from one ring pass");
     n
@@ -495,6 +504,7 @@ pub fn crypto_request(kind: CryptoRequest, req: &[u8], writable: u32) {
             queue_size: 64,
             max_sessions: 8,
             driver,
+            busy_poll: Duration::ZERO,
         })
         .expect("config");
         let mut reply = Vec::new();
@@ -542,15 +552,16 @@ pub fn crypto_request(kind: CryptoRequest, req: &[u8], writable: u32) {
     .expect("a valid ring");
     let table = sessions(&*driver);
     let notify = Notify::new(None);
+    let fast = FastMem::new(&mem);
     let n = match kind {
         CryptoRequest::Control => {
-            ControlPath::new(control_of(&driver, &table)).process(&mut q, &mem, &notify)
+            ControlPath::new(control_of(&driver, &table)).process(&mut q, &fast, &notify)
         }
         _ => {
             let dq = driver.open_queue(256).expect("driver queue");
             DataPath::new(dq, table.clone())
                 .with_in_band_control(control_of(&driver, &table))
-                .process(&mut q, &mem, &notify)
+                .process(&mut q, &fast, &notify)
         }
     };
     assert_eq!(n, 1, "the one chain is completed");
@@ -573,13 +584,16 @@ pub fn crypto_request(kind: CryptoRequest, req: &[u8], writable: u32) {
 }
 
 /// Runs a vNF port's rings (RX ring `rx`, TX ring `tx`) over an image made of `bytes`: takes
-/// what the driver transmitted, then puts it back on the RX ring followed by `extra`.
-/// Returns (frames received, frames sent).
+/// what the driver transmitted, then puts it back on the RX ring followed by `extra`, and
+/// gives the TX chains back. With `partial`, frames are taken as from an uplink: the bytes
+/// past their headers stay in the TX buffers and are copied from there into the RX buffers
+/// (the one-copy path). Returns (frames received, frames sent).
 pub fn net_rings(
     bytes: &[u8],
     rx: RingParams,
     tx: RingParams,
     features: u64,
+    partial: bool,
     extra: &[u8],
 ) -> (usize, usize) {
     let m = image(bytes);
@@ -603,15 +617,22 @@ pub fn net_rings(
     let mut chain = ChainBufs::new();
     let mut pkts: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::new()).collect();
     let mut bad = 0;
-    let (_, n) = rings.receive(&mut chain, &mut pkts, PortId::VNF, &mut bad);
+    let port = if partial { PortId(1) } else { PortId::VNF };
+    let (_, n) = rings.receive(&mut chain, &mut pkts, port, partial, &mut bad);
     let sent = rings.send(
         &mut chain,
         pkts[..n]
             .iter()
-            .map(PacketBuf::frame)
-            .chain(std::iter::once(extra)),
+            .map(OutFrame::of)
+            .chain(std::iter::once(OutFrame::whole(extra))),
+        &mut |_, _| None,
     );
+    // The partial frames' rest is in the TX buffers: forget it before they go back.
+    for p in &mut pkts[..n] {
+        p.reset(port);
+    }
     rings.rx_flush();
+    rings.tx_complete();
     let _ = rings.tx_rearm();
     (n, sent)
 }

@@ -12,8 +12,10 @@
 //!   per-connection state machine, guest memory mapping, the trait devices implement).
 //!
 //! Internally, `virtq` walks and checks descriptor chains and carves them into
-//! scatter-gather lists without copying, and `split_ring` is the batched split-ring view of
-//! the packet data path; every device uses both.
+//! scatter-gather lists without copying, and `split_ring` is the ring layer: the batched
+//! split-ring view that every ring of every device uses (crypto data and control queues,
+//! virtio-net RX and TX); see `docs/decisions/0004-ring-layer.md`. How guest memory is
+//! accessed: `docs/decisions/0005-guest-memory-access.md`.
 //!
 //! Why our own vhost-user server: `docs/decisions/0001-vhost-user-server.md`.
 

@@ -1,7 +1,8 @@
 //! `dpacc-backend net --isolate`: one child process per vNF port, each this same binary
 //! serving that one port, restarted when it dies; the parent only watches (ADR 0011).
 //!
-//! A child gets the parent's arguments with `--isolate` and every other `--port` removed, and
+//! A child gets the parent's arguments with `--isolate` and every other `--port` removed (so
+//! `--queue-pairs`, the quotas and the rest apply to each child as they would in one process), and
 //! the MAC its port would have had in a shared process (`--mac` + its index), so what a vNF
 //! sees does not depend on the mode.
 
@@ -179,6 +180,8 @@ mod tests {
             "--mac=02:00:00:00:00:10",
             "--busy-poll-us",
             "0",
+            "--queue-pairs",
+            "2",
         ]
         .iter()
         .map(OsString::from)
@@ -194,6 +197,8 @@ mod tests {
                 "socket=/b",
                 "--busy-poll-us",
                 "0",
+                "--queue-pairs",
+                "2",
                 "--mac",
                 "02:00:00:00:00:11"
             ]

@@ -12,15 +12,9 @@
 //! the type system cannot see: they are valid while the caller holds the guest memory snapshot
 //! that `walk` was given, which workers hold for a whole batch.
 
-use std::ops::Deref;
-
 use dpacc_spec::Seg;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
-use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 /// Descriptor flag (`VRING_DESC_F_NEXT`, in the descriptor's 16-bit width): the chain
 /// continues in `next`.
@@ -93,56 +87,6 @@ impl ChainBufs {
             writable: Vec::with_capacity(MAX_CHAIN_DESCS),
             read_len: 0,
             write_len: 0,
-        }
-    }
-
-    /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
-    /// what was collected so far (callers should not use them) and `head()` is still valid.
-    pub(crate) fn walk<M, G>(
-        &mut self,
-        chain: DescriptorChain<M>,
-        mem: &G,
-    ) -> Result<(), ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-        G: GuestMemoryBackend,
-    {
-        self.head = chain.head_index();
-        self.readable.clear();
-        self.writable.clear();
-        self.read_len = 0;
-        self.write_len = 0;
-        let mut total: u64 = 0;
-        let mut last: Option<Descriptor> = None;
-        for d in chain {
-            if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
-                return Err(ChainError::TooManyDescriptors);
-            }
-            let len = d.len();
-            if len == 0 {
-                // An empty buffer carries no bytes (e.g. empty AAD or an empty message to
-                // hash): nothing to map, but the readable-before-writable order still holds.
-                if !d.is_write_only() && !self.writable.is_empty() {
-                    return Err(ChainError::ReadableAfterWritable);
-                }
-                last = Some(d);
-                continue;
-            }
-            total += u64::from(len);
-            if total > u64::from(u32::MAX) {
-                return Err(ChainError::TooLong);
-            }
-            let seg = seg_at(mem, d.addr(), len)?;
-            self.push(seg, d.is_write_only())?;
-            last = Some(d);
-        }
-        match last {
-            // The iterator stops silently on errors; a last descriptor that still says "next"
-            // means the chain was cut short.
-            Some(d) if d.has_next() => Err(ChainError::Broken),
-            None => Err(ChainError::Broken),
-            _ => Ok(()),
         }
     }
 
@@ -236,7 +180,20 @@ impl ChainBufs {
     }
 
     /// Copies `out.len()` bytes of the readable stream starting at `offset` into `out`.
+    #[inline]
     pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), ChainError> {
+        // The common case: inside the first readable descriptor (a request header, its IV).
+        if let Some(first) = self.readable.first() {
+            if offset
+                .checked_add(out.len())
+                .is_some_and(|end| end <= first.len())
+            {
+                // SAFETY: `offset..offset + out.len()` lies inside the segment, which is guest
+                // memory the caller keeps mapped (module docs); `out` is ours.
+                unsafe { read_guest(first.ptr().add(offset), out) };
+                return Ok(());
+            }
+        }
         let mut done = 0;
         walk_range(&self.readable, self.read_len, offset, out.len(), |s| {
             let dst = &mut out[done..done + s.len()];
@@ -259,8 +216,27 @@ impl ChainBufs {
         })
     }
 
+    /// Calls `f(dst, done, n)` for each piece of the `len` writable bytes at `offset`: `n`
+    /// bytes at host address `dst` (guest memory, device-writable), `done` bytes into the
+    /// range. For writers whose source is not one host slice (a frame partly in another
+    /// guest's buffer).
+    pub(crate) fn fill(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), ChainError> {
+        let mut done = 0;
+        walk_range(&self.writable, self.write_len, offset, len, |s| {
+            f(s.ptr(), done, s.len());
+            done += s.len();
+            Ok(())
+        })
+    }
+
     /// Appends the segments covering `len` readable bytes at `offset` to `out` (no copy).
     /// Fails without touching `out`'s capacity: it never grows `out`.
+    #[inline]
     pub(crate) fn carve_readable(
         &self,
         offset: usize,
@@ -271,6 +247,7 @@ impl ChainBufs {
     }
 
     /// Appends the segments covering `len` writable bytes at `offset` to `out` (no copy).
+    #[inline]
     pub(crate) fn carve_writable(
         &self,
         offset: usize,
@@ -293,76 +270,41 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// The widest word [`read_guest`] and [`write_guest`] move with one volatile access.
-#[cfg(target_arch = "x86_64")]
-type Word = std::arch::x86_64::__m128i;
-#[cfg(not(target_arch = "x86_64"))]
-type Word = u64;
-const WORD: usize = std::mem::size_of::<Word>();
-
-/// Copies `out.len()` bytes from guest memory at `src` into `out` with volatile loads
-/// (the guest may write concurrently): bytes up to the first word boundary, then aligned
-/// word loads (16 bytes, one instruction each on x86_64), then the tail.
-///
-/// # Safety
-/// `src..src + out.len()` must be mapped and readable.
-#[inline]
-pub(crate) unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
-    let head = src.align_offset(WORD).min(out.len());
-    let (h, rest) = out.split_at_mut(head);
-    for (i, b) in h.iter_mut().enumerate() {
-        // SAFETY: the head bytes are inside the range the caller vouched for.
-        *b = unsafe { std::ptr::read_volatile(src.add(i)) };
-    }
-    // SAFETY: `head <= len`, so this stays inside (or one past) the range.
-    let mut p = unsafe { src.add(head) };
-    let mut chunks = rest.chunks_exact_mut(WORD);
-    for c in &mut chunks {
-        // SAFETY: `p` is word-aligned (head) and `p..p+WORD` is inside the range; the word is
-        // plain data copied out byte for byte.
-        unsafe {
-            let v = std::ptr::read_volatile(p as *const Word);
-            std::ptr::copy_nonoverlapping((&v as *const Word).cast::<u8>(), c.as_mut_ptr(), WORD);
-        }
-        // SAFETY: stays inside (or one past) the range.
-        p = unsafe { p.add(WORD) };
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        // SAFETY: the tail bytes are inside the range.
-        *b = unsafe { std::ptr::read_volatile(p.add(i)) };
-    }
+/// Hints the CPU to start loading the cache line at `p` for writing (prefetchw where the CPU
+/// has it; a plain prefetch otherwise).
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_ET0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
-/// Copies `data` into guest memory at `dst` with volatile stores, an aligned word at a time
-/// between a byte-wise head and tail (as [`read_guest`]).
+/// Copies `out.len()` bytes from guest memory at `src` into `out`: a raw-pointer memcpy (wide
+/// loads), read once; the bytes are then used from `out` only, never re-read from the guest
+/// (docs/decisions/0005-guest-memory-access.md). No reference to guest memory is formed.
 ///
 /// # Safety
-/// `dst..dst + data.len()` must be mapped and writable.
+/// `src..src + out.len()` must be mapped and readable, and not overlap `out`.
+#[inline]
+pub(crate) unsafe fn read_guest(src: *const u8, out: &mut [u8]) {
+    // SAFETY: the caller vouches for the source range; `out` is ours and disjoint from it.
+    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+}
+
+/// Copies `data` into guest memory at `dst`: a raw-pointer memcpy (wide stores: a 64-byte
+/// frame is a few stores, not a store per word, which matters when the destination lines miss
+/// and the store buffer fills).
+///
+/// # Safety
+/// `dst..dst + data.len()` must be mapped and writable, and not overlap `data`.
 #[inline]
 pub(crate) unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
-    let head = dst.align_offset(WORD).min(data.len());
-    let (h, rest) = data.split_at(head);
-    for (i, b) in h.iter().enumerate() {
-        // SAFETY: the head bytes are inside the range the caller vouched for.
-        unsafe { std::ptr::write_volatile(dst.add(i), *b) };
-    }
-    // SAFETY: `head <= len`, so this stays inside (or one past) the range.
-    let mut p = unsafe { dst.add(head) };
-    let mut chunks = rest.chunks_exact(WORD);
-    for c in &mut chunks {
-        // SAFETY: `c` holds WORD bytes (an unaligned read of plain data); `p` is word-aligned
-        // (head) and `p..p+WORD` is inside the range.
-        unsafe {
-            let v = std::ptr::read_unaligned(c.as_ptr() as *const Word);
-            std::ptr::write_volatile(p as *mut Word, v);
-        }
-        // SAFETY: stays inside (or one past) the range.
-        p = unsafe { p.add(WORD) };
-    }
-    for (i, b) in chunks.remainder().iter().enumerate() {
-        // SAFETY: the tail bytes are inside the range.
-        unsafe { std::ptr::write_volatile(p.add(i), *b) };
-    }
+    // SAFETY: the caller vouches for the destination range; `data` is ours and disjoint.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
 }
 
 /// Guest address translation for one batch: the regions of a guest memory snapshot, cached as
@@ -528,7 +470,62 @@ fn carve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Deref;
+    use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::DescriptorChain;
+    use vm_memory::GuestMemory;
+
+    impl ChainBufs {
+        /// Walks `chain` over `mem`, replacing the previous contents. On error the buffers hold
+        /// what was collected so far (callers should not use them) and `head()` is still valid.
+        /// The reference walk over virtio-queue's own chain iterator, which the tests hold
+        /// [`walk_table`](Self::walk_table) (what the ring layer uses) against.
+        fn walk<M, G>(&mut self, chain: DescriptorChain<M>, mem: &G) -> Result<(), ChainError>
+        where
+            M: Deref,
+            M::Target: GuestMemory,
+            G: GuestMemoryBackend,
+        {
+            self.head = chain.head_index();
+            self.readable.clear();
+            self.writable.clear();
+            self.read_len = 0;
+            self.write_len = 0;
+            let mut total: u64 = 0;
+            let mut last: Option<Descriptor> = None;
+            for d in chain {
+                if self.readable.len() + self.writable.len() >= MAX_CHAIN_DESCS {
+                    return Err(ChainError::TooManyDescriptors);
+                }
+                let len = d.len();
+                if len == 0 {
+                    // An empty buffer carries no bytes (e.g. empty AAD or an empty message to
+                    // hash): nothing to map, but the readable-before-writable order still holds.
+                    if !d.is_write_only() && !self.writable.is_empty() {
+                        return Err(ChainError::ReadableAfterWritable);
+                    }
+                    last = Some(d);
+                    continue;
+                }
+                total += u64::from(len);
+                if total > u64::from(u32::MAX) {
+                    return Err(ChainError::TooLong);
+                }
+                let seg = seg_at(mem, d.addr(), len)?;
+                self.push(seg, d.is_write_only())?;
+                last = Some(d);
+            }
+            match last {
+                // The iterator stops silently on errors; a last descriptor that still says "next"
+                // means the chain was cut short.
+                Some(d) if d.has_next() => Err(ChainError::Broken),
+                None => Err(ChainError::Broken),
+                _ => Ok(()),
+            }
+        }
+    }
+
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
@@ -544,7 +541,7 @@ mod tests {
     fn guest_copies_at_every_alignment_and_length() {
         let src: Vec<u8> = (0..200u8).collect();
         let mut area = vec![0u8; 256];
-        for off in 0..WORD + 1 {
+        for off in 0..17 {
             for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 150] {
                 let mut out = vec![0xeeu8; len];
                 // SAFETY: `src[off..off + len]` is inside `src`.

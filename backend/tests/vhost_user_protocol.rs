@@ -67,6 +67,7 @@ impl Daemon {
             queue_size: 256,
             max_sessions,
             driver,
+            busy_poll: std::time::Duration::ZERO,
         };
         let thread = std::thread::spawn(move || serve(&listener, config, &sd).unwrap());
         Self {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use dpacc_fuzz::Reader;
 use dpacc_spec::fastpath::proto::{Body, Message};
-use dpacc_spec::fastpath::{Emit, FlowProcessor, Quotas};
-use dpacc_sw::flow::SwFlowProcessor;
+use dpacc_spec::fastpath::{Emit, FastPathDriver, InstanceConfig, Quotas};
+use dpacc_sw::flow::SwFastPath;
 use libfuzzer_sys::fuzz_target;
 
 const QUOTAS: Quotas = Quotas {
@@ -42,9 +42,15 @@ fuzz_target!(|data: &[u8]| {
     while !r.is_empty() && frames.len() < 64 {
         frames.push((u16::from(r.u8()), r.chunk()));
     }
-    let mut p = SwFlowProcessor::with_quotas(Arc::new(dpacc_sw::SwDriver::new()), QUOTAS)
+    // As the backend makes it: through the driver, shared by two lanes.
+    let p = SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new()))
+        .create_instance(&InstanceConfig {
+            name: "fuzz".into(),
+            uplinks: 2,
+            quotas: QUOTAS,
+            lanes: 2,
+        })
         .expect("instance");
-    p.uplinks = 2;
     let mut now = 0u64;
     let mut out = Vec::new();
     for &(step, bytes) in &frames {
@@ -54,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             round_trips(m);
         }
         out.clear();
-        FlowProcessor::control(&mut p, now, bytes, &mut out);
+        p.control(now, bytes, &mut out);
         let replies: Vec<Message> = out
             .iter()
             .filter_map(|e| match e {
@@ -82,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if step % 7 == 3 {
             out.clear();
-            FlowProcessor::expire(&mut p, now, &mut out);
+            p.expire(now, &mut out);
         }
         let u = p.usage();
         assert!(u.flows as usize <= QUOTAS.flows && u.groups as usize <= QUOTAS.groups);

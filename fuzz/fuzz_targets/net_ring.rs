@@ -1,8 +1,11 @@
 //! Descriptor-chain walking of a vNF port's virtio-net rings over a guest memory image the
 //! fuzzer writes: frames taken from the TX ring (headers, lengths, chains) and put back on the
-//! RX ring (mergeable buffers, legacy headers).
+//! RX ring (mergeable buffers, legacy headers), through the ring layer (`SplitRing`); as the
+//! vNF's own frames (loaded whole) or as an uplink's (left partly in the TX buffers and copied
+//! from there straight into the RX buffers).
 //!
-//! Input: `log2 size u8 | features u8 (bit 0 VERSION_1, 1 MRG_RXBUF, 2 EVENT_IDX) | RX
+//! Input: `log2 size u8 | features u8 (bit 0 VERSION_1, 1 MRG_RXBUF, 2 EVENT_IDX; bit 3: as an
+//! uplink, partial frames) | RX
 //! next_avail u16 | TX next_avail u16 | extra frame (chunk)`, then the image: the RX ring's
 //! descriptors at 0 (avail 0x1000, used 0x2000), the TX ring's at 0x4000 (0x5000, 0x6000).
 
@@ -33,5 +36,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let (rx, tx) = (ring(0, r.u16()), ring(0x4000, r.u16()));
     let extra = r.chunk();
-    fuzzing::net_rings(r.rest(), rx, tx, features, extra);
+    fuzzing::net_rings(r.rest(), rx, tx, features, f & 8 != 0, extra);
 });

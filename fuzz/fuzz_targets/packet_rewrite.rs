@@ -34,9 +34,8 @@ fn flow(table: u8, priority: u16, m: Match, actions: Vec<Action>) -> FlowSpec {
 }
 
 fn instance() -> SwFlowProcessor {
-    let mut p =
-        SwFlowProcessor::with_quotas(Arc::new(dpacc_sw::SwDriver::new()), Quotas::default())
-            .expect("instance");
+    let p = SwFlowProcessor::with_quotas(Arc::new(dpacc_sw::SwDriver::new()), Quotas::default())
+        .expect("instance");
     let sa = |dir| SaConfig {
         spi: SPI,
         key: Zeroizing::new(vec![0x42; 16]),

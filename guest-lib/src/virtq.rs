@@ -133,6 +133,8 @@ pub struct SplitQueue {
     kicked_idx: u16,
     /// Next used index to consume.
     last_used: u16,
+    /// `last_used` when `used_event` was last written.
+    event_at: u16,
     /// Per descriptor: next in the free list or in its chain (driver-private).
     next: Vec<u16>,
     /// Per head: descriptors in the chain (0 = not in flight).
@@ -197,6 +199,7 @@ impl SplitQueue {
             avail_idx: 0,
             kicked_idx: 0,
             last_used: 0,
+            event_at: 0,
             next: (1..=size).collect(),
             chain_len: vec![0; n],
             writable: vec![0; n],
@@ -429,7 +432,13 @@ impl SplitQueue {
         self.chain_len[h] = 0;
         self.in_flight -= 1;
         self.last_used = self.last_used.wrapping_add(1);
-        self.refresh_used_event();
+        // `used_event` is not moved per entry: with interrupts it is set only before sleeping
+        // (`prepare_wait_for`), so a device finishing work while the driver is awake (reaping,
+        // refilling) raises no interrupt nobody waits for (a stale `used_event` behind the
+        // used index suppresses them); polled, it is kept far ahead, refreshed now and then.
+        if !self.interrupts && self.last_used.wrapping_sub(self.event_at) >= 0x4000 {
+            self.refresh_used_event();
+        }
         Ok(Some(UsedElem {
             head,
             token: self.token[h],
@@ -437,7 +446,8 @@ impl SplitQueue {
         }))
     }
 
-    fn refresh_used_event(&self) {
+    fn refresh_used_event(&mut self) {
+        self.event_at = self.last_used;
         if !self.event_idx {
             return;
         }
@@ -702,10 +712,44 @@ mod tests {
             assert_eq!(u.token, i);
         }
         assert_eq!(q.num_free(), 4);
+        // Before sleeping, the driver asks for an interrupt at the next entry.
+        assert!(q.prepare_wait());
         assert_eq!(
             q.used_event_atomic().load(Ordering::Relaxed),
             70_000u32 as u16
         );
+    }
+
+    /// With interrupts and EVENT_IDX, reaping leaves `used_event` where the last wait put it:
+    /// entries completed while the driver is awake raise no interrupt; the next wait asks for
+    /// one again.
+    #[test]
+    fn interrupts_only_asked_for_before_sleeping() {
+        let (_m, mut q, mut dev) = setup(8, true);
+        let chain = [RawDesc::readable(0x10, 1), RawDesc::writable(0x20, 1)];
+        for i in 0..4u64 {
+            q.add(&chain, i).unwrap();
+        }
+        q.publish();
+        assert!(q.prepare_wait_for(2));
+        let asked = q.used_event_atomic().load(Ordering::Relaxed);
+        assert_eq!(asked, 1, "interrupt once two entries are used");
+        for _ in 0..4 {
+            let (h, _) = dev.pop().unwrap();
+            dev.push_used(h as u32, 1);
+        }
+        for _ in 0..4 {
+            q.reap().unwrap().unwrap();
+        }
+        // Awake: the device, which has now used entries 0..4, sees no new request.
+        let ev = q.used_event_atomic().load(Ordering::Relaxed);
+        assert_eq!(ev, asked);
+        assert!(
+            !need_event(ev, 6, 4),
+            "two more completions would not interrupt"
+        );
+        assert!(q.prepare_wait());
+        assert_eq!(q.used_event_atomic().load(Ordering::Relaxed), 4);
     }
 
     #[test]

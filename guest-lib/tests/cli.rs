@@ -23,6 +23,7 @@ fn backend() -> &'static PathBuf {
             queue_size: 256,
             max_sessions: 64,
             driver: Arc::new(dpacc_sw::SwDriver::new()),
+            busy_poll: std::time::Duration::from_micros(50),
         };
         std::thread::spawn(move || {
             let never = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -245,6 +246,81 @@ fn bench_reports_device_software_and_ratio() {
     let out = String::from_utf8(out).unwrap();
     assert!(
         out.contains("device") && out.contains("software") && out.contains("ratio"),
+        "{out}"
+    );
+}
+
+/// A sweep prints one case (device, raw, same-run ratio, the backend workers' CPU) per size ×
+/// mode × queue count, then a summary row each; --latency prints percentiles per mode.
+#[test]
+fn bench_sweeps_cases_and_measures_latency() {
+    let (rc, out, err) = cli(
+        &[
+            "bench",
+            "--socket",
+            "SOCK",
+            "--alg",
+            "aes-256-gcm",
+            "--size",
+            "64,1024",
+            "--mode",
+            "interrupt,poll",
+            "--queues",
+            "1,2",
+            "--batch",
+            "8",
+            "--seconds",
+            "0.1",
+        ],
+        b"",
+    );
+    assert_eq!(rc, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let count = |p: &str| out.lines().filter(|l| l.starts_with(p)).count();
+    assert_eq!(count("case "), 8, "{out}");
+    assert_eq!(count("device "), 8, "{out}");
+    assert_eq!(count("raw "), 8, "{out}");
+    assert_eq!(count("ratio     device/raw = "), 8, "{out}");
+    // The backend runs in this test's process: its data-queue workers are found and measured.
+    assert_eq!(count("backend   data-queue workers busy"), 8, "{out}");
+    let rows = out
+        .lines()
+        .skip_while(|l| !l.starts_with("summary"))
+        .filter(|l| l.contains("interrupts") || l.contains("polled"))
+        .count();
+    assert_eq!(rows, 8, "{out}");
+
+    let (rc, out, err) = cli(
+        &[
+            "bench",
+            "--socket",
+            "SOCK",
+            "--alg",
+            "aes-256-gcm",
+            "--size",
+            "64",
+            "--mode",
+            "interrupt,poll",
+            "--latency",
+            "--seconds",
+            "0.1",
+        ],
+        b"",
+    );
+    assert_eq!(rc, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let lat: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("device") && l.contains("p50") && l.contains("p99"))
+        .collect();
+    assert_eq!(lat.len(), 2, "{out}");
+    assert!(out.contains("latency   aes-256-gcm 64 B, one operation in flight, interrupts"));
+    assert!(out.contains("latency   aes-256-gcm 64 B, one operation in flight, polled"));
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("ratio     device/raw p50"))
+            .count(),
+        2,
         "{out}"
     );
 }

@@ -43,6 +43,7 @@ fn add_stats_del_info_and_clear_errors() {
                 dpacc_sw::SwDriver::new(),
             ))),
             busy_poll: std::time::Duration::from_micros(50),
+            queue_pairs: 1,
         };
         serve(&listener, cfg, &stop2).unwrap();
     });

@@ -59,7 +59,7 @@ fn serve(ifname: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<E
     std::thread::spawn(move || {
         let mut io = AfPacket::open(&ifname, ETHERTYPE).unwrap();
         let drv = SwFastPath::new(Arc::new(SwDriver::new()));
-        let mut inst = drv
+        let inst = drv
             .create_instance(&InstanceConfig {
                 name: ifname,
                 uplinks: 2,
@@ -67,6 +67,7 @@ fn serve(ifname: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<E
                     flows: 2,
                     ..Default::default()
                 },
+                lanes: 1,
             })
             .unwrap();
         let t0 = Instant::now();

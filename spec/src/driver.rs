@@ -91,7 +91,9 @@ impl<'a> Seg<'a> {
     /// The bytes, read-only.
     ///
     /// # Safety
-    /// No `&mut` to any of these bytes may be live while the returned slice is.
+    /// No `&mut` to any of these bytes may be live while the returned slice is. Over guest
+    /// memory, only for the span of one primitive call on opaque data (see
+    /// [`CryptoQueue::enqueue`]).
     pub unsafe fn as_slice(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
@@ -105,7 +107,8 @@ impl<'a> Seg<'a> {
     ///
     /// # Safety
     /// The segment must be writable (a destination), and no other reference to any of these
-    /// bytes may be live while the returned slice is.
+    /// bytes may be live while the returned slice is. Over guest memory, only for the span of
+    /// one primitive call on opaque data (see [`CryptoQueue::enqueue`]).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
         if self.len == 0 {
@@ -489,12 +492,20 @@ pub trait CryptoQueue: Send {
     /// took. Every taken operation produces exactly one [`Completion`]. The `ops` slice itself
     /// (and the segment lists it points to) may be reused as soon as this returns.
     ///
+    /// Segments may lie in guest memory that a misbehaving guest writes while the operation
+    /// runs (docs/decisions/0005-guest-memory-access.md). A driver treats segment contents as
+    /// opaque bytes in and out: it takes no decision (a length, an index, an address, a branch
+    /// that matters to anyone but that guest) from them, copies small parameters it needs
+    /// twice (tag, AAD) before use, and forms Rust slices over them only for the span of one
+    /// call into a primitive that reads and writes them as data.
+    ///
     /// # Safety
-    /// The memory behind every [`Seg`] of every taken operation must stay valid (and not be
-    /// accessed by anyone else) until that operation's completion has been dequeued.
+    /// The memory behind every [`Seg`] of every taken operation must stay mapped (and the
+    /// caller must not access it) until that operation's completion has been dequeued.
     unsafe fn enqueue(&mut self, ops: &[CryptoOp<'_>]) -> usize;
 
-    /// Moves finished completions into `out`; returns how many.
+    /// Moves finished completions into `out`; returns how many. Callers clamp the count to
+    /// `out.len()` and match completions by `user_data`: neither is trusted blindly.
     fn dequeue(&mut self, out: &mut [Completion]) -> usize;
 
     /// Operations taken but not yet dequeued.
@@ -522,10 +533,19 @@ pub fn run_sync(queue: &mut dyn CryptoQueue, op: &CryptoOp<'_>) -> Result<(), Cr
     if taken == 0 {
         return Err(CryptoError::Busy);
     }
-    let mut done = [Completion::default()];
+    let mut done = [Completion {
+        user_data: !op.user_data,
+        result: Err(CryptoError::Internal("no completion")),
+    }];
     loop {
-        if queue.dequeue(&mut done) == 1 {
-            return done[0].result;
+        // A count alone is not believed: the one completion must be ours.
+        if queue.dequeue(&mut done) > 0 {
+            return match done[0].user_data == op.user_data {
+                true => done[0].result,
+                false => Err(CryptoError::Internal(
+                    "the driver returned a foreign completion",
+                )),
+            };
         }
         std::thread::yield_now();
     }

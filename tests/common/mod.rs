@@ -50,6 +50,7 @@ impl Backend {
             queue_size: 1024,
             max_sessions,
             driver,
+            busy_poll: std::time::Duration::from_micros(50),
         };
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {

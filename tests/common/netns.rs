@@ -43,6 +43,12 @@ pub struct Net {
 impl Net {
     /// Starts a port with two TAP uplinks in two new namespaces, addressed 10.9.SUBNET.1/.2.
     pub fn start(tag: &str, subnet: u8) -> Option<Self> {
+        Self::start_with(tag, subnet, 1)
+    }
+
+    /// The same with `queue_pairs` queue pairs (and workers; multi-queue TAPs when more than
+    /// one).
+    pub fn start_with(tag: &str, subnet: u8, queue_pairs: u16) -> Option<Self> {
         let id = std::process::id() % 10_000;
         let ns = [format!("dpns{id}{tag}1"), format!("dpns{id}{tag}2")];
         let taps = [format!("dpt{id}{tag}1"), format!("dpt{id}{tag}2")];
@@ -63,6 +69,7 @@ impl Net {
             64,
             256,
             [0x52, 0x54, 0, 0xdc, 0xac, subnet],
+            queue_pairs,
         );
         let t = Instant::now();
         while !taps.iter().all(|n| sh(&["ip", "link", "show", "dev", n])) {

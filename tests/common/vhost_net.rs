@@ -38,6 +38,7 @@ impl VhostNet {
             max_flows,
             1024,
             [0x52, 0x54, 0, 0xdc, 0xac, 0x01],
+            1,
         );
         let t = Instant::now();
         while !uplinks.iter().all(|u| u.exists()) {
@@ -57,13 +58,15 @@ impl VhostNet {
 }
 
 /// Serves a vNF port on `socket` (a stale file is replaced) with these uplinks, on the
-/// software fast path, from a thread of the test process; fire the eventfd to stop it.
+/// software fast path with `queue_pairs` pairs (and workers), from a thread of the test
+/// process; fire the eventfd to stop it.
 pub fn spawn_backend(
     socket: &Path,
     uplinks: Vec<UplinkSpec>,
     max_flows: usize,
     queue_size: u16,
     mac: [u8; 6],
+    queue_pairs: u16,
 ) -> (Arc<EventFd>, std::thread::JoinHandle<()>) {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).unwrap();
@@ -79,6 +82,7 @@ pub fn spawn_backend(
         mac,
         fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),
         busy_poll: Duration::from_micros(50),
+        queue_pairs,
     };
     let stop = shutdown.clone();
     let backend = std::thread::spawn(move || serve(&listener, cfg, &stop).expect("net backend"));

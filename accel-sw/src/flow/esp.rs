@@ -4,10 +4,19 @@
 //! next header][ICV 16]`, nonce = salt ‖ IV, AAD = SPI ‖ seq (no extended sequence numbers).
 //! Inbound: anti-replay window of 64 packets (RFC 4303 §3.4.3) checked before and updated
 //! after the ICV check.
+//!
+//! An SA is shared by every lane of its instance (one per virtio-net queue pair): its
+//! sequence number is an atomic counter and its replay window one 128-bit atomic word updated
+//! by compare-and-swap, so two lanes never send the same sequence number and a packet
+//! replayed on another queue pair is still refused; its counters are per lane and summed when
+//! read.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use dpacc_spec::fastpath::PacketBuf;
+use portable_atomic::AtomicU128;
+
+use dpacc_spec::fastpath::{PacketBuf, MAX_FRAME};
 use dpacc_spec::{
     run_sync, AeadAlg, CryptoDriver, CryptoError, CryptoOp, CryptoQueue, Direction, Iv, Seg,
     SessionHandle, SessionParams,
@@ -75,8 +84,8 @@ pub struct SaStats {
     pub other_drops: u64,
 }
 
-/// The RFC 4303 §3.4.3 sliding window (64 packets).
-#[derive(Clone, Copy, Debug, Default)]
+/// The RFC 4303 §3.4.3 sliding window (64 packets), as a value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
     top: u32,
     bits: u64,
@@ -106,16 +115,78 @@ impl ReplayWindow {
             self.bits |= 1u64 << (self.top - seq);
         }
     }
+
+    fn pack(self) -> u128 {
+        u128::from(self.top) << 64 | u128::from(self.bits)
+    }
+
+    fn unpack(v: u128) -> Self {
+        Self {
+            top: (v >> 64) as u32,
+            bits: v as u64,
+        }
+    }
+}
+
+/// A [`ReplayWindow`] shared by lanes: one 128-bit atomic word.
+#[derive(Debug, Default)]
+pub struct SharedWindow(AtomicU128);
+
+impl SharedWindow {
+    /// The window now.
+    pub fn get(&self) -> ReplayWindow {
+        ReplayWindow::unpack(self.0.load(Ordering::Acquire))
+    }
+
+    /// Whether `seq` may be processed now.
+    pub fn check(&self, seq: u32) -> bool {
+        self.get().check(seq)
+    }
+
+    /// Records `seq` unless it was recorded meanwhile (by another lane) or left the window:
+    /// true if this call recorded it.
+    pub fn accept(&self, seq: u32) -> bool {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let mut w = ReplayWindow::unpack(cur);
+            if !w.check(seq) {
+                return false;
+            }
+            w.accept(seq);
+            match self
+                .0
+                .compare_exchange_weak(cur, w.pack(), Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// Counters of one lane, written by that lane only (a load and a store, no read-modify-write).
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct LaneSaStats {
+    packets: AtomicU64,
+    replay_drops: AtomicU64,
+    auth_drops: AtomicU64,
+    other_drops: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// A live SA.
 pub struct Sa {
     cfg: SaConfig,
     session: SessionHandle,
-    seq: u32,
-    window: ReplayWindow,
-    /// Counters.
-    pub stats: SaStats,
+    /// The last sequence number sent (shared by the lanes; past `u32::MAX`: exhausted).
+    seq: AtomicU64,
+    window: SharedWindow,
+    /// Per lane.
+    stats: Box<[LaneSaStats]>,
 }
 
 impl std::fmt::Debug for Sa {
@@ -123,14 +194,23 @@ impl std::fmt::Debug for Sa {
         f.debug_struct("Sa")
             .field("spi", &self.cfg.spi)
             .field("dir", &self.cfg.dir)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl Sa {
-    /// Creates the SA's AEAD session on `driver`.
+    /// Creates the SA's AEAD session on `driver`, for one lane.
     pub fn new(cfg: SaConfig, driver: &dyn CryptoDriver) -> Result<Self, CryptoError> {
+        Self::with_lanes(cfg, driver, 1)
+    }
+
+    /// Creates the SA's AEAD session on `driver`, shared by `lanes` lanes.
+    pub fn with_lanes(
+        cfg: SaConfig,
+        driver: &dyn CryptoDriver,
+        lanes: usize,
+    ) -> Result<Self, CryptoError> {
         let dir = match cfg.dir {
             SaDir::Outbound { .. } => Direction::Encrypt,
             SaDir::Inbound => Direction::Decrypt,
@@ -144,9 +224,9 @@ impl Sa {
         Ok(Self {
             cfg,
             session,
-            seq: 0,
-            window: ReplayWindow::default(),
-            stats: SaStats::default(),
+            seq: AtomicU64::new(0),
+            window: SharedWindow::default(),
+            stats: (0..lanes.max(1)).map(|_| LaneSaStats::default()).collect(),
         })
     }
 
@@ -162,29 +242,59 @@ impl Sa {
         Iv::new(&n).expect("12 bytes")
     }
 
-    fn count(&mut self, r: Result<(), EspDrop>) -> Result<(), EspDrop> {
+    /// Counters, summed over the lanes.
+    pub fn stats(&self) -> SaStats {
+        let r = Ordering::Relaxed;
+        let mut s = SaStats::default();
+        for l in &*self.stats {
+            s.packets += l.packets.load(r);
+            s.replay_drops += l.replay_drops.load(r);
+            s.auth_drops += l.auth_drops.load(r);
+            s.other_drops += l.other_drops.load(r);
+        }
+        s
+    }
+
+    /// The replay window now.
+    pub fn window(&self) -> ReplayWindow {
+        self.window.get()
+    }
+
+    fn count(&self, lane: usize, r: Result<(), EspDrop>) -> Result<(), EspDrop> {
+        let Some(c) = self.stats.get(lane) else {
+            return r;
+        };
         match r {
-            Ok(()) => self.stats.packets += 1,
-            Err(EspDrop::Replay) => self.stats.replay_drops += 1,
-            Err(EspDrop::Auth) => self.stats.auth_drops += 1,
-            Err(_) => self.stats.other_drops += 1,
+            Ok(()) => bump(&c.packets),
+            Err(EspDrop::Replay) => bump(&c.replay_drops),
+            Err(EspDrop::Auth) => bump(&c.auth_drops),
+            Err(_) => bump(&c.other_drops),
         }
         r
     }
 
-    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` (tunnel mode).
+    /// Takes the next sequence number (None once the 32-bit space is used up: the SA must be
+    /// replaced).
+    fn next_seq(&self) -> Option<u32> {
+        let s = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        u32::try_from(s).ok()
+    }
+
+    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` (tunnel mode), on
+    /// lane `lane`.
     pub fn encap(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         q: &mut dyn CryptoQueue,
+        lane: usize,
     ) -> Result<(), EspDrop> {
         let r = self.encap_inner(pkt, l2, q);
-        self.count(r)
+        self.count(lane, r)
     }
 
     fn encap_inner(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         q: &mut dyn CryptoQueue,
@@ -192,6 +302,8 @@ impl Sa {
         let SaDir::Outbound { src, dst } = self.cfg.dir else {
             return Err(EspDrop::Malformed);
         };
+        // Every byte is encrypted: load the rest of a partial frame.
+        pkt.make_whole();
         let f = pkt.frame();
         if l2 < 14 || f.len() <= l2 {
             return Err(EspDrop::Malformed);
@@ -208,10 +320,9 @@ impl Sa {
         if pkt.headroom() < grow_front || pkt.tailroom() < grow_tail {
             return Err(EspDrop::NoRoom);
         }
-        let Some(seq) = self.seq.checked_add(1) else {
+        let Some(seq) = self.next_seq() else {
             return Err(EspDrop::NoRoom); // sequence space exhausted: the SA must be replaced
         };
-        self.seq = seq;
         let old_len = pkt.len();
         let fr = pkt.push_front(grow_front).expect("headroom checked");
         fr.copy_within(grow_front..grow_front + l2, 0);
@@ -282,25 +393,28 @@ impl Sa {
     }
 
     /// Decapsulates the ESP packet (outer IPv4 after `l2` bytes of link header, ESP after
-    /// `l4`), leaving `[L2][inner packet]`.
+    /// `l4`), leaving `[L2][inner packet]`, on lane `lane`.
     pub fn decap(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         l4: usize,
         q: &mut dyn CryptoQueue,
+        lane: usize,
     ) -> Result<(), EspDrop> {
         let r = self.decap_inner(pkt, l2, l4, q);
-        self.count(r)
+        self.count(lane, r)
     }
 
     fn decap_inner(
-        &mut self,
+        &self,
         pkt: &mut PacketBuf,
         l2: usize,
         l4: usize,
         q: &mut dyn CryptoQueue,
     ) -> Result<(), EspDrop> {
+        // Every byte is authenticated and decrypted: load the rest of a partial frame.
+        pkt.make_whole();
         let len = pkt.len();
         if l2 < 14 || l4 <= l2 || len < l4 + ESP_HDR + 2 + ICV {
             return Err(EspDrop::Malformed);
@@ -341,7 +455,11 @@ impl Sa {
                 Err(_) => return Err(EspDrop::Crypto),
             }
         }
-        self.window.accept(seq);
+        if !self.window.accept(seq) {
+            // Another lane accepted the same number meanwhile: a replay after all.
+            fr[body..body + ct_len].fill(0);
+            return Err(EspDrop::Replay);
+        }
         let pad = usize::from(fr[body + ct_len - 2]);
         let nh = fr[body + ct_len - 1];
         let Some(inner) = ct_len.checked_sub(2 + pad) else {
@@ -361,6 +479,363 @@ impl Sa {
     }
 }
 
+/// Which AEAD a pending packet still needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Seal,
+    Open,
+}
+
+/// What a pending ESP packet still needs where its frame lands: the AEAD over `span` bytes
+/// at `off` of the output frame (the ICV after them on encap; `tag` on decap). Everything
+/// here was copied from the packet when it was processed: nothing is read back from guest
+/// memory but the decrypted trailer, which is checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deferred {
+    spi: u32,
+    work: Work,
+    nonce: [u8; 12],
+    aad: [u8; 8],
+    off: usize,
+    span: usize,
+    tag: [u8; ICV],
+    seq: u32,
+}
+
+impl Deferred {
+    /// The SPI of the SA that finishes it (outbound for a seal, inbound for an open).
+    pub(crate) fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// True for an encapsulation (the outbound SA).
+    pub(crate) fn outbound(&self) -> bool {
+        self.work == Work::Seal
+    }
+}
+
+/// The segments covering `len` bytes at `off` of the stream `segs`, in `out`.
+fn carve<'a, 'o>(
+    segs: &[Seg<'a>],
+    off: usize,
+    len: usize,
+    out: &'o mut [Seg<'a>; 16],
+) -> Option<&'o [Seg<'a>]> {
+    let mut n = 0;
+    let mut pos = 0;
+    let end = off.checked_add(len)?;
+    for s in segs {
+        let (a, b) = (pos, pos + s.len());
+        pos = b;
+        if b <= off || a >= end {
+            continue;
+        }
+        let from = off.max(a) - a;
+        let to = end.min(b) - a;
+        if n == out.len() {
+            return None;
+        }
+        // SAFETY: `from..to` lies inside the segment, which the caller vouches for.
+        out[n] = unsafe { Seg::from_raw(s.ptr().add(from), to - from) };
+        n += 1;
+    }
+    (pos >= end).then_some(&out[..n])
+}
+
+impl Sa {
+    /// Encapsulates the IP packet after the `l2`-byte link header of `pkt` without loading
+    /// the rest of a partial frame: the outer headers and the ESP trailer are written now,
+    /// the payload is sealed where the frame lands ([`finish`](Self::finish)). `pkt` is
+    /// marked pending.
+    pub(crate) fn encap_deferred(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        lane: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let r = self.encap_deferred_inner(pkt, l2);
+        if let Err(e) = r {
+            let _ = self.count(lane, Err(e));
+        }
+        r
+    }
+
+    fn encap_deferred_inner(&self, pkt: &mut PacketBuf, l2: usize) -> Result<Deferred, EspDrop> {
+        let SaDir::Outbound { src, dst } = self.cfg.dir else {
+            return Err(EspDrop::Malformed);
+        };
+        let f = pkt.frame();
+        if l2 < 14 || f.len() <= l2 {
+            return Err(EspDrop::Malformed);
+        }
+        let nh = match f[l2] >> 4 {
+            4 => 4u8,
+            6 => 41u8,
+            _ => return Err(EspDrop::Malformed),
+        };
+        let inner = pkt.len() - l2;
+        let pad = (4 - (inner + 2) % 4) % 4;
+        let grow_front = 20 + ESP_HDR;
+        if pkt.headroom() < grow_front || pkt.len() + grow_front + pad + 2 + ICV > MAX_FRAME {
+            return Err(EspDrop::NoRoom);
+        }
+        let Some(seq) = self.next_seq() else {
+            return Err(EspDrop::NoRoom);
+        };
+        let total = pkt.len() + grow_front + pad + 2 + ICV;
+        let fr = pkt.push_front(grow_front).ok_or(EspDrop::NoRoom)?;
+        fr.copy_within(grow_front..grow_front + l2, 0);
+        fr[l2 - 2..l2].copy_from_slice(&ETH_IPV4.to_be_bytes());
+        write_outer(&mut fr[l2..l2 + 20], (total - l2) as u16, src, dst);
+        let e = l2 + 20;
+        fr[e..e + 4].copy_from_slice(&self.cfg.spi.to_be_bytes());
+        fr[e + 4..e + 8].copy_from_slice(&seq.to_be_bytes());
+        fr[e + 8..e + 16].copy_from_slice(&u64::from(seq).to_be_bytes());
+        let mut trailer = [0u8; 3 + 2 + ICV];
+        for (i, b) in trailer[..pad].iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        trailer[pad] = pad as u8;
+        trailer[pad + 1] = nh;
+        if !pkt.push_tail(&trailer[..pad + 2 + ICV]) {
+            return Err(EspDrop::NoRoom);
+        }
+        let mut d = Deferred {
+            spi: self.cfg.spi,
+            work: Work::Seal,
+            nonce: [0; 12],
+            aad: [0; 8],
+            off: e + ESP_HDR,
+            span: inner + pad + 2,
+            tag: [0; ICV],
+            seq,
+        };
+        d.nonce[..4].copy_from_slice(&self.cfg.salt);
+        d.nonce[4..].copy_from_slice(&u64::from(seq).to_be_bytes());
+        d.aad[..4].copy_from_slice(&self.cfg.spi.to_be_bytes());
+        d.aad[4..].copy_from_slice(&seq.to_be_bytes());
+        pkt.set_pending();
+        Ok(d)
+    }
+
+    /// Decapsulates the ESP packet (outer IPv4 after `l2`, ESP after `l4`) without loading
+    /// the rest of a partial frame: the outer headers go, the ICV is copied aside, and the
+    /// payload is opened where the frame lands ([`finish`](Self::finish)), which also checks
+    /// and strips the trailer. `pkt` is marked pending.
+    pub(crate) fn decap_deferred(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        l4: usize,
+        lane: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let r = self.decap_deferred_inner(pkt, l2, l4);
+        if let Err(e) = r {
+            let _ = self.count(lane, Err(e));
+        }
+        r
+    }
+
+    fn decap_deferred_inner(
+        &self,
+        pkt: &mut PacketBuf,
+        l2: usize,
+        l4: usize,
+    ) -> Result<Deferred, EspDrop> {
+        let len = pkt.len();
+        let fr = pkt.frame();
+        if l2 < 14 || l4 <= l2 || fr.len() < l4 + ESP_HDR || len < l4 + ESP_HDR + 2 + ICV {
+            return Err(EspDrop::Malformed);
+        }
+        let ip_total = usize::from(u16::from_be_bytes([fr[l2 + 2], fr[l2 + 3]]));
+        let end = l2 + ip_total;
+        if end > len || end < l4 + ESP_HDR + 2 + ICV {
+            return Err(EspDrop::Malformed);
+        }
+        let seq = u32::from_be_bytes([fr[l4 + 4], fr[l4 + 5], fr[l4 + 6], fr[l4 + 7]]);
+        if !self.window.check(seq) {
+            return Err(EspDrop::Replay);
+        }
+        let mut d = Deferred {
+            spi: self.cfg.spi,
+            work: Work::Open,
+            nonce: [0; 12],
+            aad: [0; 8],
+            off: l2,
+            span: end - ICV - (l4 + ESP_HDR),
+            tag: [0; ICV],
+            seq,
+        };
+        d.nonce[..4].copy_from_slice(&self.cfg.salt);
+        d.nonce[4..].copy_from_slice(&fr[l4 + 8..l4 + 16]);
+        d.aad.copy_from_slice(&fr[l4..l4 + 8]);
+        if !pkt.read_at(end - ICV, &mut d.tag) {
+            return Err(EspDrop::Malformed);
+        }
+        // [L2][outer IP][ESP header][ct][ICV] -> [L2][ct]: the link header moves forward
+        // over the outer headers; the ICV (and any Ethernet padding) is cut.
+        let shift = l4 + ESP_HDR - l2;
+        let fr = pkt.frame_mut();
+        fr.copy_within(0..l2, shift);
+        if !pkt.pull_front(shift) || !pkt.truncate(l2 + d.span) {
+            return Err(EspDrop::Malformed);
+        }
+        pkt.set_pending();
+        Ok(d)
+    }
+
+    /// Runs what `d` still needs over the output frame, whose bytes `frame` covers in order
+    /// (guest memory or the packet's own buffer). Returns the frame's final length, or None
+    /// (dropped and counted; a failed open leaves no plaintext behind).
+    pub(crate) fn finish(
+        &self,
+        d: &Deferred,
+        frame: &[Seg<'_>],
+        q: &mut dyn CryptoQueue,
+        lane: usize,
+    ) -> Option<usize> {
+        let r = self.finish_inner(d, frame, q);
+        match r {
+            Ok(n) => {
+                let _ = self.count(lane, Ok(()));
+                Some(n)
+            }
+            Err(e) => {
+                let _ = self.count(lane, Err(e));
+                None
+            }
+        }
+    }
+
+    fn finish_inner(
+        &self,
+        d: &Deferred,
+        frame: &[Seg<'_>],
+        q: &mut dyn CryptoQueue,
+    ) -> Result<usize, EspDrop> {
+        let total = dpacc_spec::sg_len(frame);
+        let mut data = [Seg::from_ref(&[]); 16];
+        let data = carve(frame, d.off, d.span, &mut data).ok_or(EspDrop::Malformed)?;
+        let aad = [Seg::from_ref(&d.aad)];
+        let nonce = Iv::new(&d.nonce).expect("12 bytes");
+        match d.work {
+            Work::Seal => {
+                let mut tag = [Seg::from_ref(&[]); 16];
+                let tag = carve(frame, d.off + d.span, ICV, &mut tag).ok_or(EspDrop::Malformed)?;
+                let op = CryptoOp {
+                    session: &self.session,
+                    iv: nonce,
+                    src: data,
+                    dst: data,
+                    aad: &aad,
+                    digest: tag,
+                    chain: Default::default(),
+                    user_data: 0,
+                };
+                run_sync(q, &op).map_err(|_| EspDrop::Crypto)?;
+                Ok(total)
+            }
+            Work::Open => {
+                let tag = [Seg::from_ref(&d.tag)];
+                let op = CryptoOp {
+                    session: &self.session,
+                    iv: nonce,
+                    src: data,
+                    dst: data,
+                    aad: &aad,
+                    digest: &tag,
+                    chain: Default::default(),
+                    user_data: 0,
+                };
+                match run_sync(q, &op) {
+                    Ok(()) => {}
+                    Err(CryptoError::AuthFailed) => return Err(EspDrop::Auth),
+                    Err(_) => return Err(EspDrop::Crypto),
+                }
+                let wipe = |data: &[Seg<'_>]| {
+                    for s in data {
+                        // SAFETY: the segment is writable memory of the output frame.
+                        unsafe { std::ptr::write_bytes(s.ptr(), 0, s.len()) };
+                    }
+                };
+                if !self.window.accept(d.seq) {
+                    wipe(data);
+                    return Err(EspDrop::Replay);
+                }
+                // The trailer, copied once out of the (decrypted) frame and checked.
+                let mut t = [0u8; 2];
+                // SAFETY: `d.off + d.span <= total` (carve succeeded); readable segments.
+                unsafe { crate::sg::gather(frame, d.off + d.span - 2, &mut t) };
+                let (pad, nh) = (usize::from(t[0]), t[1]);
+                let et = match nh {
+                    4 => ETH_IPV4,
+                    41 => ETH_IPV6,
+                    _ => {
+                        wipe(data);
+                        return Err(EspDrop::Malformed);
+                    }
+                };
+                let Some(inner) = d.span.checked_sub(2 + pad) else {
+                    wipe(data);
+                    return Err(EspDrop::Malformed);
+                };
+                // SAFETY: `d.off >= 14`: the EtherType lies in the frame's link header.
+                unsafe { crate::sg::scatter(frame, d.off - 2, &et.to_be_bytes()) };
+                Ok(d.off + inner)
+            }
+        }
+    }
+
+    /// [`finish`](Self::finish) in the packet's own buffer (made whole): for destinations
+    /// that take host bytes.
+    pub(crate) fn finish_here(
+        &self,
+        d: &Deferred,
+        pkt: &mut PacketBuf,
+        q: &mut dyn CryptoQueue,
+        lane: usize,
+    ) -> bool {
+        pkt.make_whole();
+        let n = {
+            let frame = [Seg::from_mut(pkt.frame_mut())];
+            self.finish(d, &frame, q, lane)
+        };
+        pkt.clear_pending();
+        n.is_some_and(|n| pkt.set_len(n))
+    }
+}
+
+/// Writes an outer IPv4 header (no options, DF, TTL 64, ESP) with its checksum.
+fn write_outer(ip: &mut [u8], total: u16, src: Ipv4Addr, dst: Ipv4Addr) {
+    ip.copy_from_slice(&[
+        0x45,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        IPPROTO_ESP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::ipv4_header(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +852,28 @@ mod tests {
         w.accept(100);
         assert!(!w.check(36), "100 - 36 = 64: outside the window");
         assert!(w.check(37) && !w.check(100) && w.check(101));
+    }
+
+    /// Lanes accepting the same sequence numbers at once: each number is accepted exactly
+    /// once, and the window ends where a single lane would have left it.
+    #[test]
+    fn a_shared_window_accepts_each_number_once_across_lanes() {
+        let w = std::sync::Arc::new(SharedWindow::default());
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || (1..=20_000u32).filter(|&s| w.accept(s)).count())
+            })
+            .collect();
+        let total: usize = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        // Whichever lane comes to a number first accepts it (it is inside the window then);
+        // the other is refused: every number exactly once.
+        assert_eq!(total, 20_000);
+        let mut single = ReplayWindow::default();
+        for s in 1..=20_000 {
+            single.accept(s);
+        }
+        assert_eq!(w.get().top, single.top);
+        assert!(!w.check(20_000) && !w.check(19_999) && w.check(20_001));
     }
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
-    Emit, FastPathDriver, FlowProcessor, InstanceConfig, InstanceError, PacketBuf, PortId, Usage,
-    Verdict,
+    Emit, FastPathDriver, FlowLane, FlowProcessor, InstanceConfig, InstanceError, PacketBuf,
+    PortId, Usage, Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
 
 use super::esp::{SaConfig, SaDir};
-use super::{Action, FlowError, SwFlowProcessor, TABLES};
+use super::{Action, FlowError, SwInstance, SwLane, TABLES};
 
 /// The software fast-path driver.
 pub struct SwFastPath {
@@ -34,11 +34,11 @@ impl FastPathDriver for SwFastPath {
     fn create_instance(
         &self,
         cfg: &InstanceConfig,
-    ) -> Result<Box<dyn FlowProcessor>, InstanceError> {
-        let mut p = SwFlowProcessor::with_quotas(self.crypto.clone(), cfg.quotas)
+    ) -> Result<Arc<dyn FlowProcessor>, InstanceError> {
+        let mut p = SwInstance::with_quotas(self.crypto.clone(), cfg.quotas, cfg.lanes)
             .map_err(|e| InstanceError::Config(e.to_string()))?;
-        p.uplinks = cfg.uplinks;
-        Ok(Box::new(p))
+        p.set_uplinks(cfg.uplinks);
+        Ok(Arc::new(SwShared(p)))
     }
 }
 
@@ -69,7 +69,10 @@ fn error(out: &mut Vec<Emit>, txid: u32, code: ErrorCode, msg: impl Into<String>
     );
 }
 
-impl SwFlowProcessor {
+/// An instance behind the fast-path contract.
+struct SwShared(Arc<SwInstance>);
+
+impl SwInstance {
     fn check_ports(&self, actions: &[Action]) -> Result<(), FlowError> {
         for a in actions {
             if let Action::Output(PortId(p)) = a {
@@ -84,7 +87,7 @@ impl SwFlowProcessor {
     }
 
     fn handle(
-        &mut self,
+        &self,
         now: u64,
         txid: u32,
         body: Body,
@@ -96,7 +99,7 @@ impl SwFlowProcessor {
                 txid,
                 Body::HelloReply {
                     tables: TABLES as u8,
-                    max_flows: u32::try_from(self.quotas().flows).unwrap_or(u32::MAX),
+                    max_flows: u32::try_from(self.max_flows()).unwrap_or(u32::MAX),
                     usage: Some(self.usage()),
                 },
             ),
@@ -167,7 +170,7 @@ impl SwFlowProcessor {
                     return Err(FlowError::BadActions("packet-out frame too long"));
                 }
                 let mut v = [Verdict::Drop];
-                self.process(now, &mut b, &mut v);
+                self.process_control(now, &mut b, &mut v);
                 if let Verdict::Output(p) = v[0] {
                     out.push(Emit::Frame {
                         port: p,
@@ -201,42 +204,67 @@ fn kind(b: &Body) -> &'static str {
     }
 }
 
-impl FlowProcessor for SwFlowProcessor {
-    fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
-        SwFlowProcessor::process(self, now_ns, pkts, verdicts);
+impl FlowProcessor for SwShared {
+    fn lane(&self, index: usize) -> Option<Box<dyn FlowLane>> {
+        match self.0.lane(index) {
+            Ok(Some(l)) => Some(Box::new(l)),
+            _ => None,
+        }
     }
 
-    fn control(&mut self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>) {
+    fn control(&self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>) {
         let txid = request
             .get(4..8)
             .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
         match Message::decode(request) {
             Err(e) => error(out, txid, e.code(), e.to_string()),
             Ok(m) => {
-                if let Err(e) = self.handle(now_ns, m.txid, m.body, out) {
+                if let Err(e) = self.0.handle(now_ns, m.txid, m.body, out) {
                     error(out, m.txid, code(&e), e.to_string());
                 }
             }
         }
     }
 
-    fn expire(&mut self, now_ns: u64, out: &mut Vec<Emit>) {
+    fn expire(&self, now_ns: u64, out: &mut Vec<Emit>) {
         let mut ev = Vec::new();
-        SwFlowProcessor::expire(self, now_ns, &mut ev);
+        self.0.expire(now_ns, &mut ev);
         for e in ev {
             reply(out, 0, Body::FlowExpired(e));
         }
     }
 
     fn flow_count(&self) -> usize {
-        SwFlowProcessor::flow_count(self)
+        self.0.flow_count()
     }
 
     fn usage(&self) -> Usage {
-        SwFlowProcessor::usage(self)
+        self.0.usage()
     }
 
-    fn clear(&mut self) {
-        SwFlowProcessor::clear(self);
+    fn clear(&self) {
+        self.0.clear();
+    }
+}
+
+impl FlowLane for SwLane {
+    fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        SwLane::process(self, now_ns, pkts, verdicts);
+    }
+
+    fn enable_finish(&mut self) -> bool {
+        SwLane::enable_finish(self)
+    }
+
+    fn finish(&mut self, index: usize, frame: &[dpacc_spec::Seg<'_>]) -> Option<usize> {
+        SwLane::finish(self, index, frame)
+    }
+
+    fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        SwLane::finish_here(self, index, pkt)
+    }
+
+    fn end_batch(&mut self) {
+        SwLane::end_batch(self);
     }
 }

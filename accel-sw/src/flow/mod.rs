@@ -3,6 +3,13 @@
 //! tunnel encap/decap with AES-GCM on the crypto driver, weighted group select), per-flow
 //! counters, idle/hard timeouts, and an exact-match cache in front of the wildcard tables.
 //!
+//! One instance ([`SwInstance`]) serves a vNF; its data path runs on one or more lanes
+//! ([`SwLane`], one per worker thread: a virtio-net queue pair each). The lanes share the
+//! tables, groups and SAs ([`lanes::LaneLock`]: read without writing a shared line, changed by
+//! control requests between batches) and keep their own exact-match cache, crypto queue and
+//! counters (per flow and per instance, summed when read). [`SwFlowProcessor`] is an instance
+//! with its one lane, for single-threaded users.
+//!
 //! This is the typed core; the control protocol (`dpacc_spec::fastpath::proto`) and the
 //! vhost-user-net device are built on it.
 
@@ -10,20 +17,25 @@ pub mod checksum;
 pub mod esp;
 mod instance;
 pub mod key;
+mod lanes;
 mod quota;
+mod table;
 
 pub use instance::SwFastPath;
 pub use quota::QuotaKind;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dpacc_spec::fastpath::{PacketBuf, Quotas, Usage, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
-use esp::{Sa, SaConfig, SaDir};
+use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
+use lanes::{LaneLock, LaneToken};
 use quota::Ledger;
+use table::Tables;
 
 pub use dpacc_spec::fastpath::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
@@ -35,6 +47,8 @@ pub const TABLES: usize = 8;
 const EMC_CAP: usize = 8192;
 /// Longest goto chain.
 const MAX_HOPS: usize = TABLES;
+/// Most lanes an instance may have.
+pub const MAX_LANES: usize = 64;
 
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +70,7 @@ pub enum FlowError {
     Crypto(#[from] CryptoError),
 }
 
-/// Instance-wide counters.
+/// Instance-wide counters (summed over the lanes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InstanceStats {
     /// Packets that missed every table.
@@ -67,79 +81,402 @@ pub struct InstanceStats {
     pub emc_hits: u64,
 }
 
-struct Entry {
-    spec: FlowSpec,
-    stats: FlowStats,
-    created: u64,
-    last_used: u64,
+/// One lane's instance counters, written by that lane only (a load and a store).
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct LaneStats {
+    misses: AtomicU64,
+    drops: AtomicU64,
+    emc_hits: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 #[derive(Clone, Copy, Default)]
 struct Path {
     n: u8,
+    /// (table, slot) of each flow on the way.
     hops: [(u8, u32); MAX_HOPS],
 }
 
-/// One vNF's flow processor.
-pub struct SwFlowProcessor {
-    tables: Vec<Vec<Entry>>,
-    /// (priority, match) of every entry per table, so installing is O(1) unless it replaces.
-    present: Vec<HashSet<(u16, Match)>>,
+/// What the lanes share: changed only through [`LaneLock::write`].
+struct Core {
+    t: Tables,
     groups: HashMap<u32, Vec<Bucket>>,
     outbound: HashMap<u32, Sa>,
     inbound: HashMap<u32, Sa>,
-    /// Keyed per instance (ahash with random keys): fast, and not steerable by crafted
-    /// traffic the way a fixed hash would be.
-    emc: HashMap<FlowKey, Path, ahash::RandomState>,
-    crypto: Arc<dyn CryptoDriver>,
-    queue: Box<dyn CryptoQueue>,
+    /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
+    generation: u64,
+    /// The quotas, and the groups, buckets and SAs held against them (flows are counted by
+    /// the tables).
     ledger: Ledger,
+}
+
+/// A vNF's flow-processor instance, shared by its lanes and its control.
+pub struct SwInstance {
+    core: LaneLock<Core>,
+    stats: Box<[LaneStats]>,
+    crypto: Arc<dyn CryptoDriver>,
+    /// Control requests that run packets through the tables (PACKET_OUT) use this lane
+    /// state, with lane 0's counters, while they hold the write side.
+    control: Mutex<LaneState>,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
-    /// Counters.
-    pub stats: InstanceStats,
 }
 
-impl SwFlowProcessor {
-    /// An empty instance holding at most `max_flows` flows (the other quotas at their
-    /// defaults), doing ESP on `crypto`.
-    pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
-        Self::with_quotas(
-            crypto,
-            Quotas {
-                flows: max_flows,
-                ..Quotas::default()
-            },
-        )
-    }
+/// What one lane keeps to itself.
+struct LaneState {
+    /// Keyed per lane (ahash with random keys): fast, and not steerable by crafted traffic
+    /// the way a fixed hash would be.
+    emc: HashMap<FlowKey, Path, ahash::RandomState>,
+    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
+    last: Option<(FlowKey, Path)>,
+    /// The [`Core::generation`] the caches were filled under.
+    generation: u64,
+    queue: Box<dyn CryptoQueue>,
+}
 
-    /// An empty instance with these quotas, doing ESP on `crypto`.
-    pub fn with_quotas(crypto: Arc<dyn CryptoDriver>, quotas: Quotas) -> Result<Self, CryptoError> {
-        let queue = crypto.open_queue(1)?;
+impl LaneState {
+    fn new(crypto: &dyn CryptoDriver) -> Result<Self, CryptoError> {
         Ok(Self {
-            tables: (0..TABLES).map(|_| Vec::new()).collect(),
-            present: (0..TABLES).map(|_| HashSet::new()).collect(),
-            groups: HashMap::new(),
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
-            crypto,
-            queue,
-            ledger: Ledger::new(quotas),
-            uplinks: u16::MAX,
-            stats: InstanceStats::default(),
+            last: None,
+            generation: 0,
+            queue: crypto.open_queue(1)?,
         })
     }
+}
 
-    fn invalidate(&mut self) {
-        self.emc.clear();
+/// One lane of an instance: its data path on one worker thread.
+pub struct SwLane {
+    inst: Arc<SwInstance>,
+    token: Option<LaneToken>,
+    st: LaneState,
+    /// The device finishes pending packets ([`SwLane::enable_finish`]).
+    defer: bool,
+    /// Inside the read section (from `process` until every pending packet is finished).
+    inside: bool,
+    /// What each pending packet of the batch still needs, by index.
+    pending: Vec<Option<Deferred>>,
+}
+
+impl Drop for SwLane {
+    fn drop(&mut self) {
+        self.leave();
+        if let Some(t) = self.token.take() {
+            self.inst.core.release(t);
+        }
+    }
+}
+
+impl SwLane {
+    /// The lane's index.
+    pub fn index(&self) -> usize {
+        self.token.as_ref().map_or(0, LaneToken::index)
+    }
+
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.inside) {
+            if let Some(t) = &self.token {
+                self.inst.core.leave(t);
+            }
+        }
+    }
+
+    /// Processes a batch in place: `verdicts[i]` for `pkts[i]`. With
+    /// [`enable_finish`](Self::enable_finish), ESP packets followed by an output leave
+    /// pending (headers done, AEAD deferred to where the frame lands), and the lane stays in
+    /// its read section until [`end_batch`](Self::end_batch) (or the next batch), so that
+    /// the SAs finishing them cannot change meanwhile.
+    pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        self.leave();
+        let Some(token) = &self.token else {
+            return;
+        };
+        self.inst.core.enter(token);
+        self.inside = true;
+        // SAFETY: inside the read section just entered; `core` is not used after `leave`.
+        let core = unsafe { self.inst.core.get(token) };
+        let lane = token.index();
+        let pending = if self.defer {
+            self.pending.clear();
+            self.pending.resize(pkts.len(), None);
+            Some(&mut self.pending[..])
+        } else {
+            None
+        };
+        run_batch(
+            core,
+            &mut self.st,
+            &self.inst.stats[lane],
+            lane,
+            now_ns,
+            pkts,
+            verdicts,
+            pending,
+        );
+        if !self.pending.iter().any(Option::is_some) {
+            self.leave();
+        }
+    }
+
+    /// Lets `process` leave ESP packets pending (see [`process`](Self::process)).
+    pub fn enable_finish(&mut self) -> bool {
+        self.defer = true;
+        true
+    }
+
+    /// The SA and work of pending packet `index`, inside the read section.
+    fn pending_sa(&mut self, index: usize) -> Option<(&Sa, Deferred, usize, &mut LaneState)> {
+        if !self.inside {
+            return None;
+        }
+        let d = self.pending.get_mut(index)?.take()?;
+        let token = self.token.as_ref()?;
+        // SAFETY: inside the read section (`inside`), entered with this token.
+        let core = unsafe { self.inst.core.get(token) };
+        let sa = if d.outbound() {
+            core.outbound.get(&d.spi())
+        } else {
+            core.inbound.get(&d.spi())
+        }?;
+        Some((sa, d, token.index(), &mut self.st))
+    }
+
+    /// Runs the deferred AEAD of pending packet `index` over its frame where it landed.
+    pub fn finish(&mut self, index: usize, frame: &[dpacc_spec::Seg<'_>]) -> Option<usize> {
+        let (sa, d, lane, st) = self.pending_sa(index)?;
+        sa.finish(&d, frame, &mut *st.queue, lane)
+    }
+
+    /// Runs the deferred AEAD of pending packet `index` in its own buffer.
+    pub fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        match self.pending_sa(index) {
+            Some((sa, d, lane, st)) => sa.finish_here(&d, pkt, &mut *st.queue, lane),
+            None => false,
+        }
+    }
+
+    /// Ends the batch: pending packets not finished are dropped.
+    pub fn end_batch(&mut self) {
+        self.pending.clear();
+        self.leave();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    core: &Core,
+    st: &mut LaneState,
+    stats: &LaneStats,
+    lane: usize,
+    now: u64,
+    pkts: &mut [PacketBuf],
+    verdicts: &mut [Verdict],
+    mut pending: Option<&mut [Option<Deferred>]>,
+) {
+    if st.generation != core.generation {
+        st.emc.clear();
+        st.last = None;
+        st.generation = core.generation;
+    }
+    let (mut drops, mut misses, mut hits) = (0, 0, 0);
+    for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+        let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
+        let (verdict, hit) = one(core, st, lane, now, p, defer);
+        *v = verdict;
+        hits += u64::from(hit);
+        match verdict {
+            Verdict::Drop => drops += 1,
+            Verdict::Miss { .. } => misses += 1,
+            Verdict::Output(_) => {}
+        }
+    }
+    add(&stats.emc_hits, hits);
+    if drops + misses > 0 {
+        add(&stats.drops, drops);
+        add(&stats.misses, misses);
+    }
+}
+
+/// One packet: (verdict, whether the exact-match cache answered). With `defer`, an ESP
+/// action followed by an output leaves the packet pending and its work in `defer`.
+fn one(
+    core: &Core,
+    st: &mut LaneState,
+    lane: usize,
+    now: u64,
+    p: &mut PacketBuf,
+    defer: Option<&mut Option<Deferred>>,
+) -> (Verdict, bool) {
+    let (key, lay) = parse(p.frame(), p.in_port.0);
+    let len = p.len() as u64;
+    let counters = &core.t.lanes[lane].flows;
+    // Packets come in bursts of one flow: the previous packet's path first (a key compare),
+    // then the exact-match cache (a hash and a probe).
+    let hit = match &st.last {
+        Some((k, path)) if *k == key => Some(*path),
+        _ => st
+            .emc
+            .get(&key)
+            .copied()
+            .inspect(|&path| st.last = Some((key, path))),
+    };
+    let mut x = Exec {
+        core,
+        queue: &mut *st.queue,
+        lane,
+        defer,
+    };
+    if let Some(path) = hit {
+        let mut lay = lay;
+        let mut key = key;
+        for &(_, slot) in &path.hops[..usize::from(path.n)] {
+            counters[slot as usize].hit(1, len, now);
+            let e = core.t.entry(slot);
+            let actions = core.t.acts.get(&e.actions);
+            if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                return (v, true);
+            }
+        }
+        return (Verdict::Drop, true);
+    }
+    let mut path = Path::default();
+    let mut cacheable = true;
+    let (mut key, mut lay) = (key, lay);
+    let first_key = key;
+    let mut t = 0usize;
+    loop {
+        let Some((slot, e)) = core.t.table(t).find(|(_, e)| e.m.matches(&key)) else {
+            return (Verdict::Miss { table: t as u8 }, false);
+        };
+        counters[slot as usize].hit(1, len, now);
+        let actions = core.t.acts.get(&e.actions);
+        let goto = match actions.last() {
+            Some(Action::Goto(g)) => Some(usize::from(*g)),
+            _ => None,
+        };
+        if goto.is_some() && actions.iter().any(Action::changes_key) {
+            cacheable = false; // the next table matches on a rewritten packet
+        }
+        path.hops[usize::from(path.n)] = (t as u8, slot);
+        path.n += 1;
+        if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+            if cacheable {
+                if st.emc.len() >= EMC_CAP {
+                    st.emc.clear();
+                }
+                st.emc.insert(first_key, path);
+                st.last = Some((first_key, path));
+            }
+            return (v, false);
+        }
+        match goto {
+            Some(g) => t = g,
+            None => return (Verdict::Drop, false), // no output action: dropped
+        }
+    }
+}
+
+impl SwInstance {
+    /// An empty instance holding at most `max_flows` flows (the other quotas at their
+    /// defaults), doing ESP on `crypto`, whose data path runs on `lanes` lanes
+    /// (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
+    pub fn new(
+        crypto: Arc<dyn CryptoDriver>,
+        max_flows: usize,
+        lanes: usize,
+    ) -> Result<Arc<Self>, CryptoError> {
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas, lanes)
+    }
+
+    /// An empty instance with these quotas, doing ESP on `crypto`, on `lanes` lanes.
+    pub fn with_quotas(
+        crypto: Arc<dyn CryptoDriver>,
+        quotas: Quotas,
+        lanes: usize,
+    ) -> Result<Arc<Self>, CryptoError> {
+        let lanes = lanes.clamp(1, MAX_LANES);
+        let control = Mutex::new(LaneState::new(&*crypto)?);
+        Ok(Arc::new(Self {
+            core: LaneLock::new(
+                Core {
+                    t: Tables::new(TABLES, lanes),
+                    groups: HashMap::new(),
+                    outbound: HashMap::new(),
+                    inbound: HashMap::new(),
+                    generation: 0,
+                    ledger: Ledger::new(quotas, lanes),
+                },
+                lanes,
+            ),
+            stats: (0..lanes).map(|_| LaneStats::default()).collect(),
+            crypto,
+            control,
+            uplinks: u16::MAX,
+        }))
+    }
+
+    /// Sets the number of uplinks (valid output ports 0..=uplinks for control requests).
+    /// Only before the instance is shared.
+    pub fn set_uplinks(self: &mut Arc<Self>, uplinks: u16) {
+        if let Some(i) = Arc::get_mut(self) {
+            i.uplinks = uplinks;
+        }
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.core.lanes()
+    }
+
+    /// Lane `i`, once (None if out of range or already taken; a dropped lane may be taken
+    /// again).
+    pub fn lane(self: &Arc<Self>, i: usize) -> Result<Option<SwLane>, CryptoError> {
+        let Some(token) = self.core.claim(i) else {
+            return Ok(None);
+        };
+        let st = match LaneState::new(&*self.crypto) {
+            Ok(s) => s,
+            Err(e) => {
+                self.core.release(token);
+                return Err(e);
+            }
+        };
+        Ok(Some(SwLane {
+            inst: self.clone(),
+            token: Some(token),
+            st,
+            defer: false,
+            inside: false,
+            pending: Vec::new(),
+        }))
+    }
+
+    /// Instance counters, summed over the lanes.
+    pub fn stats(&self) -> InstanceStats {
+        let r = Ordering::Relaxed;
+        let mut s = InstanceStats::default();
+        for l in &*self.stats {
+            s.misses += l.misses.load(r);
+            s.drops += l.drops.load(r);
+            s.emc_hits += l.emc_hits.load(r);
+        }
+        s
     }
 
     /// Installs a flow (replacing one with the same table, priority and match).
-    pub fn add_flow(&mut self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
+    pub fn add_flow(&self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
         let t = usize::from(spec.table);
-        self.ledger.check_actions(&spec.actions)?;
+        let mut core = self.core.write();
+        core.ledger.check_actions(&spec.actions)?;
         if t >= TABLES {
             return Err(FlowError::BadTable(format!("table {t} (0..{TABLES})")));
         }
@@ -151,121 +488,105 @@ impl SwFlowProcessor {
                 Action::Goto(_) if i + 1 != spec.actions.len() => {
                     return Err(FlowError::BadActions("goto must be the last action"))
                 }
-                Action::Group(g) if !self.groups.contains_key(&g) => {
+                Action::Group(g) if !core.groups.contains_key(&g) => {
                     return Err(FlowError::NotFound(format!("group {g}")))
                 }
-                Action::EspEncap(spi) if !self.outbound.contains_key(&spi) => {
+                Action::EspEncap(spi) if !core.outbound.contains_key(&spi) => {
                     return Err(FlowError::NotFound(format!("outbound SA {spi:#x}")))
                 }
                 _ => {}
             }
         }
-        let table = &mut self.tables[t];
-        let entry = Entry {
-            spec,
-            stats: FlowStats::default(),
-            created: now_ns,
-            last_used: now_ns,
-        };
-        let id = (entry.spec.priority, entry.spec.m);
-        if self.present[t].contains(&id) {
-            let old = table
-                .iter_mut()
-                .find(|e| (e.spec.priority, e.spec.m) == id)
-                .expect("indexed entry exists");
-            *old = entry;
-        } else {
-            self.ledger.check_new_flow()?;
-            let at = table.partition_point(|e| e.spec.priority >= entry.spec.priority);
-            table.insert(at, entry);
-            self.present[t].insert(id);
-            self.ledger.flows += 1;
+        let max = core.ledger.quotas.flows;
+        if !core.t.insert(t, &spec, now_ns, max) {
+            return Err(FlowError::Quota(QuotaKind::Flows, max));
         }
-        self.invalidate();
+        core.generation += 1;
         Ok(())
     }
 
     /// Removes every flow with `cookie`; returns their final counters.
-    pub fn delete_flows(&mut self, cookie: u64) -> Vec<FlowStats> {
+    pub fn delete_flows(&self, cookie: u64) -> Vec<FlowStats> {
         let mut out = Vec::new();
-        for (t, present) in self.tables.iter_mut().zip(&mut self.present) {
-            t.retain(|e| {
-                let keep = e.spec.cookie != cookie;
-                if !keep {
-                    out.push(e.stats);
-                    present.remove(&(e.spec.priority, e.spec.m));
-                }
-                keep
-            });
-        }
-        self.ledger.flows -= out.len();
-        if !out.is_empty() {
-            self.invalidate();
+        let mut core = self.core.write();
+        let n = core
+            .t
+            .remove_if(|e, _| e.cookie == cookie, |_, s| out.push(s));
+        if n > 0 {
+            core.generation += 1;
         }
         out
     }
 
-    /// Counters of the flows with `cookie` (summed), if any.
+    /// Counters of the flows with `cookie` (summed over flows and lanes), if any.
     pub fn flow_stats(&self, cookie: u64) -> Option<FlowStats> {
+        let core = self.core.write();
         let mut found = None;
-        for e in self
-            .tables
-            .iter()
-            .flatten()
-            .filter(|e| e.spec.cookie == cookie)
-        {
-            let s = found.get_or_insert(FlowStats::default());
-            s.packets += e.stats.packets;
-            s.bytes += e.stats.bytes;
+        for t in 0..TABLES {
+            for (slot, _) in core.t.table(t).filter(|(_, e)| e.cookie == cookie) {
+                let s = found.get_or_insert(FlowStats::default());
+                let (c, _) = core.t.counters(slot);
+                s.packets += c.packets;
+                s.bytes += c.bytes;
+            }
         }
         found
     }
 
     /// Up to `max` flows from index `start` (tables in order, then priority order).
     pub fn list(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
-        self.tables
-            .iter()
-            .enumerate()
-            .flat_map(|(t, es)| es.iter().map(move |e| (t, e)))
+        let core = self.core.write();
+        (0..TABLES)
+            .flat_map(|t| core.t.table(t).map(move |(s, e)| (t, s, e)))
             .skip(start)
             .take(max)
-            .map(|(t, e)| dpacc_spec::fastpath::flow::FlowSummary {
-                cookie: e.spec.cookie,
+            .map(|(t, s, e)| dpacc_spec::fastpath::flow::FlowSummary {
+                cookie: e.cookie,
                 table: t as u8,
-                priority: e.spec.priority,
-                stats: e.stats,
+                priority: e.priority,
+                stats: core.t.counters(s).0,
             })
             .collect()
     }
 
+    /// The flow quota.
+    pub fn max_flows(&self) -> usize {
+        self.quotas().flows
+    }
+
+    /// The quotas.
+    pub fn quotas(&self) -> Quotas {
+        self.core.write().ledger.quotas
+    }
+
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
-        self.ledger.flows
+        self.core.write().t.flows()
     }
 
     /// What the instance holds against its quotas, and its memory.
     pub fn usage(&self) -> Usage {
-        self.ledger.usage()
+        let core = self.core.write();
+        core.ledger.usage(&core.t)
     }
 
-    /// The quotas.
-    pub fn quotas(&self) -> &Quotas {
-        &self.ledger.quotas
-    }
-
-    /// Removes every flow, group and SA (their crypto sessions close) and frees their memory.
-    pub fn clear(&mut self) {
-        self.tables = (0..TABLES).map(|_| Vec::new()).collect();
-        self.present = (0..TABLES).map(|_| HashSet::new()).collect();
-        self.groups = HashMap::new();
-        self.outbound = HashMap::new();
-        self.inbound = HashMap::new();
-        self.invalidate();
-        self.ledger = Ledger::new(self.ledger.quotas);
+    /// Removes every flow, group and SA (their crypto sessions close) and frees their memory,
+    /// once no lane is inside a batch; lanes find the instance empty from their next batch.
+    /// The instance counters stay.
+    pub fn clear(&self) {
+        let mut core = self.core.write();
+        let quotas = core.ledger.quotas;
+        let lanes = self.lanes();
+        core.t = Tables::new(TABLES, lanes);
+        core.groups = HashMap::new();
+        core.outbound = HashMap::new();
+        core.inbound = HashMap::new();
+        core.ledger = Ledger::new(quotas, lanes);
+        core.generation += 1;
     }
 
     /// Installs (or replaces) a select group.
-    pub fn add_group(&mut self, id: u32, buckets: Vec<Bucket>) -> Result<(), FlowError> {
+    pub fn add_group(&self, id: u32, buckets: Vec<Bucket>) -> Result<(), FlowError> {
         if buckets.is_empty() || buckets.iter().any(|b| b.weight == 0) {
             return Err(FlowError::BadActions(
                 "a group needs buckets with weights > 0",
@@ -281,115 +602,165 @@ impl SwFlowProcessor {
                 "bucket actions: rewrites and output only",
             ));
         }
-        let old = self.groups.get(&id).map(Vec::len);
-        self.ledger.check_group(&buckets, old)?;
-        self.ledger.group_added(buckets.len(), old);
-        self.groups.insert(id, buckets);
-        self.invalidate();
+        let mut core = self.core.write();
+        let old = core.groups.get(&id).map(Vec::len);
+        core.ledger.check_group(&buckets, old)?;
+        core.ledger.group_added(buckets.len(), old);
+        core.groups.insert(id, buckets);
+        core.generation += 1;
         Ok(())
     }
 
     /// Installs an ESP SA (creating its AEAD session on the crypto driver).
-    pub fn add_sa(&mut self, cfg: SaConfig) -> Result<(), FlowError> {
+    pub fn add_sa(&self, cfg: SaConfig) -> Result<(), FlowError> {
         let spi = cfg.spi;
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
-        let map = if outbound {
-            &self.outbound
-        } else {
-            &self.inbound
+        let replaces = |core: &Core| {
+            if outbound {
+                core.outbound.contains_key(&spi)
+            } else {
+                core.inbound.contains_key(&spi)
+            }
         };
-        self.ledger.check_sa(map.contains_key(&spi))?;
-        let sa = Sa::new(cfg, &*self.crypto)?;
+        // Checked before the session is made (a refused SA costs the driver nothing), and
+        // again under the same lock as the insert (a concurrent SA_ADD may have taken the
+        // last place meanwhile).
+        {
+            let core = self.core.write();
+            core.ledger.check_sa(replaces(&core))?;
+        }
+        let sa = Sa::with_lanes(cfg, &*self.crypto, self.lanes())?;
+        let mut core = self.core.write();
+        core.ledger.check_sa(replaces(&core))?;
         let old = if outbound {
-            self.outbound.insert(spi, sa)
+            core.outbound.insert(spi, sa)
         } else {
-            self.inbound.insert(spi, sa)
+            core.inbound.insert(spi, sa)
         };
         if old.is_none() {
-            self.ledger.sas += 1;
+            core.ledger.sas += 1;
         }
+        core.generation += 1;
         Ok(())
     }
 
-    /// The SA with `spi` (outbound first), for its counters.
-    pub fn sa(&self, spi: u32) -> Option<&Sa> {
-        self.outbound.get(&spi).or_else(|| self.inbound.get(&spi))
+    /// The counters of the SA with `spi` (outbound first), summed over the lanes.
+    pub fn sa_stats(&self, spi: u32) -> Option<SaStats> {
+        let core = self.core.write();
+        core.outbound
+            .get(&spi)
+            .or_else(|| core.inbound.get(&spi))
+            .map(Sa::stats)
+    }
+
+    /// Runs a batch through the tables outside any lane (PACKET_OUT through the tables),
+    /// counted on lane 0.
+    pub fn process_control(&self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
+        let mut st = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self.core.write();
+        run_batch(
+            &core,
+            &mut st,
+            &self.stats[0],
+            0,
+            now_ns,
+            pkts,
+            verdicts,
+            None,
+        );
+    }
+
+    /// Removes flows past their timeouts (idle: on no lane for the idle timeout), returning
+    /// events for those that asked.
+    pub fn expire(&self, now_ns: u64, out: &mut Vec<Expired>) {
+        let mut core = self.core.write();
+        let t = &core.t;
+        let idle = |e: &table::Entry, slot: u32| {
+            e.idle_timeout_ns != 0 && now_ns.saturating_sub(t.counters(slot).1) >= e.idle_timeout_ns
+        };
+        let mut doomed = Vec::new();
+        for tb in 0..TABLES {
+            for (slot, e) in t.table(tb) {
+                if now_ns >= e.hard_deadline || idle(e, slot) {
+                    doomed.push(slot);
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        doomed.sort_unstable();
+        let removed = core.t.remove_if(
+            |_, s| doomed.binary_search(&s).is_ok(),
+            |e, stats| {
+                if e.notify_expiry {
+                    out.push(Expired {
+                        cookie: e.cookie,
+                        reason: if now_ns >= e.hard_deadline {
+                            ExpiryReason::Hard
+                        } else {
+                            ExpiryReason::Idle
+                        },
+                        stats,
+                    });
+                }
+            },
+        );
+        if removed > 0 {
+            core.generation += 1;
+        }
+    }
+}
+
+/// An instance with its one lane: the flow processor for single-threaded users (tests,
+/// benches, PACKET_OUT), with the instance's typed API (through `Deref`) and `process`.
+pub struct SwFlowProcessor {
+    lane: SwLane,
+}
+
+impl SwFlowProcessor {
+    /// An empty one-lane instance holding at most `max_flows` flows (the other quotas at
+    /// their defaults), doing ESP on `crypto`.
+    pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas)
+    }
+
+    /// An empty one-lane instance with these quotas, doing ESP on `crypto`.
+    pub fn with_quotas(crypto: Arc<dyn CryptoDriver>, quotas: Quotas) -> Result<Self, CryptoError> {
+        let inst = SwInstance::with_quotas(crypto, quotas, 1)?;
+        let lane = inst
+            .lane(0)?
+            .ok_or(CryptoError::Internal("lane 0 of a new instance"))?;
+        Ok(Self { lane })
     }
 
     /// Processes a batch in place: `verdicts[i]` for `pkts[i]`.
     pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
-        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.one(now_ns, p);
-            match *v {
-                Verdict::Drop => self.stats.drops += 1,
-                Verdict::Miss { .. } => self.stats.misses += 1,
-                Verdict::Output(_) => {}
-            }
-        }
+        self.lane.process(now_ns, pkts, verdicts);
     }
+}
 
-    fn one(&mut self, now: u64, p: &mut PacketBuf) -> Verdict {
-        let (key, lay) = parse(p.frame(), p.in_port.0);
-        let len = p.len() as u64;
-        if let Some(path) = self.emc.get(&key).copied() {
-            self.stats.emc_hits += 1;
-            let mut lay = lay;
-            let mut key = key;
-            for &(t, i) in &path.hops[..usize::from(path.n)] {
-                let e = &mut self.tables[usize::from(t)][i as usize];
-                e.stats.packets += 1;
-                e.stats.bytes += len;
-                e.last_used = now;
-                let actions = std::mem::take(&mut e.spec.actions);
-                let r = self.run(&actions, p, &mut key, &mut lay);
-                self.tables[usize::from(t)][i as usize].spec.actions = actions;
-                if let Some(v) = r {
-                    return v;
-                }
-            }
-            return Verdict::Drop;
-        }
-        let mut path = Path::default();
-        let mut cacheable = true;
-        let (mut key, mut lay) = (key, lay);
-        let first_key = key;
-        let mut t = 0usize;
-        loop {
-            let Some(i) = self.tables[t].iter().position(|e| e.spec.m.matches(&key)) else {
-                return Verdict::Miss { table: t as u8 };
-            };
-            let e = &mut self.tables[t][i];
-            e.stats.packets += 1;
-            e.stats.bytes += len;
-            e.last_used = now;
-            let goto = match e.spec.actions.last() {
-                Some(Action::Goto(g)) => Some(usize::from(*g)),
-                _ => None,
-            };
-            if goto.is_some() && e.spec.actions.iter().any(Action::changes_key) {
-                cacheable = false; // the next table matches on a rewritten packet
-            }
-            path.hops[usize::from(path.n)] = (t as u8, i as u32);
-            path.n += 1;
-            let actions = std::mem::take(&mut e.spec.actions);
-            let r = self.run(&actions, p, &mut key, &mut lay);
-            self.tables[t][i].spec.actions = actions;
-            if let Some(v) = r {
-                if cacheable {
-                    if self.emc.len() >= EMC_CAP {
-                        self.emc.clear();
-                    }
-                    self.emc.insert(first_key, path);
-                }
-                return v;
-            }
-            match goto {
-                Some(g) => t = g,
-                None => return Verdict::Drop, // no output action: dropped
-            }
-        }
+impl std::ops::Deref for SwFlowProcessor {
+    type Target = SwInstance;
+    fn deref(&self) -> &SwInstance {
+        &self.lane.inst
     }
+}
 
+/// Running actions over the shared state, on one lane.
+struct Exec<'a> {
+    core: &'a Core,
+    queue: &'a mut dyn CryptoQueue,
+    lane: usize,
+    /// Where a deferred ESP packet's work goes (None: ESP runs here, on a whole frame).
+    defer: Option<&'a mut Option<Deferred>>,
+}
+
+impl Exec<'_> {
     /// Runs `actions`; returns the verdict once one is reached (None: go on / goto).
     fn run(
         &mut self,
@@ -398,24 +769,40 @@ impl SwFlowProcessor {
         key: &mut FlowKey,
         lay: &mut Layout,
     ) -> Option<Verdict> {
-        for a in actions {
+        for (k, a) in actions.iter().enumerate() {
+            // ESP right before an output can leave its AEAD to where the frame lands.
+            let last = matches!(actions.get(k + 1), Some(Action::Output(_)));
             match *a {
                 Action::Output(port) => return Some(Verdict::Output(port)),
                 Action::Drop => return Some(Verdict::Drop),
                 Action::Goto(_) => return None,
                 Action::Group(g) => return Some(self.select(g, p, key, lay)),
                 Action::EspEncap(spi) => {
-                    let sa = self.outbound.get_mut(&spi)?;
-                    if sa.encap(p, lay.l3, &mut *self.queue).is_err() {
+                    let sa = self.core.outbound.get(&spi)?;
+                    if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
+                        match sa.encap_deferred(p, lay.l3, self.lane) {
+                            Ok(d) => *slot = Some(d),
+                            Err(_) => return Some(Verdict::Drop),
+                        }
+                        continue;
+                    }
+                    if sa.encap(p, lay.l3, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }
                     (*key, *lay) = parse(p.frame(), key.in_port);
                 }
                 Action::EspDecap => {
-                    let Some(sa) = self.inbound.get_mut(&key.spi).filter(|_| lay.l4 != 0) else {
+                    let Some(sa) = self.core.inbound.get(&key.spi).filter(|_| lay.l4 != 0) else {
                         return Some(Verdict::Drop);
                     };
-                    if sa.decap(p, lay.l3, lay.l4, &mut *self.queue).is_err() {
+                    if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
+                        match sa.decap_deferred(p, lay.l3, lay.l4, self.lane) {
+                            Ok(d) => *slot = Some(d),
+                            Err(_) => return Some(Verdict::Drop),
+                        }
+                        continue;
+                    }
+                    if sa.decap(p, lay.l3, lay.l4, self.queue, self.lane).is_err() {
                         return Some(Verdict::Drop);
                     }
                     (*key, *lay) = parse(p.frame(), key.in_port);
@@ -437,7 +824,7 @@ impl SwFlowProcessor {
         key: &mut FlowKey,
         lay: &mut Layout,
     ) -> Verdict {
-        let Some(buckets) = self.groups.get(&g) else {
+        let Some(buckets) = self.core.groups.get(&g) else {
             return Verdict::Drop;
         };
         let total: u64 = buckets.iter().map(|b| u64::from(b.weight)).sum();
@@ -466,40 +853,6 @@ impl SwFlowProcessor {
             }
         }
         Verdict::Drop
-    }
-
-    /// Removes flows past their timeouts, returning events for those that asked.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
-        let mut removed = 0;
-        for (t, present) in self.tables.iter_mut().zip(&mut self.present) {
-            t.retain(|e| {
-                let idle = e.spec.idle_timeout_ns != 0
-                    && now_ns.saturating_sub(e.last_used) >= e.spec.idle_timeout_ns;
-                let hard = e.spec.hard_timeout_ns != 0
-                    && now_ns.saturating_sub(e.created) >= e.spec.hard_timeout_ns;
-                if !(idle || hard) {
-                    return true;
-                }
-                removed += 1;
-                present.remove(&(e.spec.priority, e.spec.m));
-                if e.spec.notify_expiry {
-                    out.push(Expired {
-                        cookie: e.spec.cookie,
-                        reason: if hard {
-                            ExpiryReason::Hard
-                        } else {
-                            ExpiryReason::Idle
-                        },
-                        stats: e.stats,
-                    });
-                }
-                false
-            });
-        }
-        if removed > 0 {
-            self.ledger.flows -= removed;
-            self.invalidate();
-        }
     }
 }
 

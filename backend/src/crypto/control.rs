@@ -23,8 +23,8 @@ use zeroize::Zeroize;
 
 use super::sessions::SessionTable;
 use super::worker::{Notify, Processor};
-use crate::guest_log::guest_warn;
-use crate::virtq::ChainBufs;
+use crate::split_ring::SplitRing;
+use crate::virtq::{ChainBufs, FastMem};
 
 /// Runs control requests (create, destroy, and the in-band dpacc requests) against the
 /// device's session table.
@@ -34,13 +34,6 @@ pub(crate) struct Control {
     /// The device's real config space (what in-band `GET_CONFIG` returns).
     config: Config,
     keys: Box<[u8; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]>,
-}
-
-/// The opcode of a walked chain's request, if it has one.
-pub(crate) fn request_opcode(c: &ChainBufs) -> Option<u32> {
-    let mut op = [0u8; 4];
-    c.read(0, &mut op).ok()?;
-    Some(u32::from_le_bytes(op))
 }
 
 impl Control {
@@ -57,12 +50,6 @@ impl Control {
             config,
             keys: Box::new([0; MAX_CIPHER_KEY_LEN + MAX_AUTH_KEY_LEN]),
         }
-    }
-
-    /// Whether a walked data-queue chain is an in-band control request (it then goes to
-    /// [`handle`](Self::handle) instead of the data path).
-    pub(crate) fn is_in_band(c: &ChainBufs) -> bool {
-        c.readable_len() >= CTRL_REQ_SIZE && request_opcode(c).is_some_and(in_band::is_control)
     }
 
     /// Handles the walked chain; returns the used length (0 when nothing could be written).
@@ -176,28 +163,34 @@ impl ControlPath {
 }
 
 impl Processor for ControlPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
-        let mut n = 0;
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
         // At most a ring's worth per call (the worker paces a ring that never runs dry).
-        while n < usize::from(q.size()) {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+        let max = usize::from(q.size());
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        ring.pending();
+        let mut n = 0;
+        while n < max {
+            let Some(head) = ring.pop_head() else {
                 break;
             };
-            let used = match self.chain.walk(chain, mem) {
+            let used = match ring.walk(head, &mut self.chain) {
                 Ok(()) => self.control.handle(&self.chain),
                 Err(e) => {
-                    debug!("control chain {}: {e}", self.chain.head());
+                    debug!("control chain {head}: {e}");
                     0
                 }
             };
-            if let Err(e) = q.add_used(mem, self.chain.head(), used) {
-                guest_warn!("control add_used: {e}");
-            }
+            ring.put_used(head, used);
             n += 1;
         }
-        if n > 0 {
-            notify.signal(q, mem);
-        }
+        notify.signal(ring.close(q));
         n
     }
 }
@@ -226,7 +219,7 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(cp.process(&mut q, &m, &Notify::new(None)), 1);
+        assert_eq!(cp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();
@@ -303,7 +296,7 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(dp.process(&mut q, &m, &Notify::new(None)), 1);
+        assert_eq!(dp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();

@@ -29,8 +29,9 @@ use vm_memory::{ByteValued, GuestMemoryMmap};
 use super::control::Control;
 use super::sessions::{SessionTable, Table};
 use super::worker::{Notify, Processor};
-use crate::guest_log::guest_warn;
+use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
+use dpacc_spec::in_band;
 
 /// Most chains taken from the ring per batch.
 pub(crate) const BATCH: usize = 64;
@@ -45,6 +46,12 @@ const CARVE_SLACK: usize = 8;
 
 type Range = (usize, usize);
 
+/// A completion slot no operation of ours can match (`user_data` out of every batch's range).
+const NO_COMPLETION: Completion = Completion {
+    user_data: u64::MAX,
+    result: Ok(()),
+};
+
 /// One parsed request of the current batch.
 #[derive(Default)]
 struct Pending {
@@ -54,7 +61,8 @@ struct Pending {
     used_len: u32,
     /// `status::OK` while the operation is to be run; otherwise the final status.
     status: u8,
-    session: Option<SessionHandle>,
+    /// Index of the operation's session in the batch's [`BatchSessions`].
+    session: Option<u8>,
     iv: Iv,
     src: Range,
     dst: Range,
@@ -63,10 +71,51 @@ struct Pending {
     chain: ChainRanges,
 }
 
+/// The sessions the operations of one batch use, each handle cloned once per batch (not once
+/// per operation: a reference count's atomic add and sub per 64-byte request cost more than
+/// the rest of its parsing), with its key-free summary.
+#[derive(Default)]
+struct BatchSessions {
+    list: Vec<(u64, SessionHandle, SessionInfo)>,
+}
+
+impl BatchSessions {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(n),
+        }
+    }
+
+    /// The index of session `id` (open in `table`, which is always asked: a session closed
+    /// in-band earlier in the batch is gone) and its summary, adding it on first use.
+    fn get(&mut self, table: &Table, id: u64) -> Option<(u8, SessionInfo)> {
+        let handle = table.get(id)?;
+        if let Some(i) = self.list.iter().rposition(|e| e.0 == id) {
+            return Some((i as u8, self.list[i].2));
+        }
+        // At most one entry per operation of the batch (BATCH <= 255); never grows.
+        if self.list.len() == self.list.capacity() || self.list.len() > usize::from(u8::MAX) {
+            return None;
+        }
+        let info = handle.info();
+        self.list.push((id, handle.clone(), info));
+        Some(((self.list.len() - 1) as u8, info))
+    }
+
+    fn handle(&self, i: u8) -> Option<&SessionHandle> {
+        self.list.get(usize::from(i)).map(|e| &e.1)
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+    }
+}
+
 /// A data queue's processing state. All buffers are sized once, at start.
 pub(crate) struct DataPath {
     driver: Box<dyn CryptoQueue>,
     sessions: Arc<SessionTable>,
+    batch_sessions: BatchSessions,
     chain: ChainBufs,
     pending: Vec<Pending>,
     pool: Vec<Seg<'static>>,
@@ -75,6 +124,8 @@ pub(crate) struct DataPath {
     results: Vec<u8>,
     /// In-band control requests (`dpacc_spec::in_band`), when enabled.
     control: Option<Control>,
+    /// Per pending request: its operation was taken by the driver and has not completed.
+    in_flight: Vec<bool>,
 }
 
 impl DataPath {
@@ -83,13 +134,15 @@ impl DataPath {
         Self {
             driver,
             sessions,
+            batch_sessions: BatchSessions::with_capacity(BATCH),
             chain: ChainBufs::new(),
             pending: (0..BATCH).map(|_| Pending::default()).collect(),
             pool: Vec::with_capacity(POOL_SEGS),
             ops: Vec::with_capacity(BATCH),
-            completions: vec![Completion::default(); BATCH],
+            completions: vec![NO_COMPLETION; BATCH],
             results: vec![status::OK; BATCH],
             control: None,
+            in_flight: vec![false; BATCH],
         }
     }
 
@@ -103,31 +156,45 @@ impl DataPath {
     pub(crate) fn run_batch(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMemoryMmap,
+        mem: &FastMem<'_, GuestMemoryMmap>,
         notify: &Notify,
     ) -> usize {
         self.pool.clear();
+        let Some(mut ring) = SplitRing::open(q, mem) else {
+            return 0;
+        };
+        let avail = ring.pending().min(BATCH as u16);
+        // The descriptors and request headers of a batch were written on the driver's core:
+        // start loading all of them before the first walk (head descriptors, then the indirect
+        // tables), and each request header one chain ahead of its parse.
+        ring.prefetch(avail);
+        ring.prefetch_tables(avail);
+        ring.prefetch_first_buffer(0);
         let mut n = 0;
         let mut bytes = 0usize;
         {
-            let fast = FastMem::new(mem);
-            let (desc_table, qsize) = (q.desc_table(), q.size());
             let mut table = self.sessions.read();
             while n < BATCH
                 && bytes < BATCH_BYTES
                 && self.pool.capacity() - self.pool.len() >= MAX_CHAIN_DESCS + CARVE_SLACK
             {
-                let Some(chain) = q.pop_descriptor_chain(mem) else {
+                let Some(head) = ring.pop_head() else {
                     break;
                 };
+                ring.prefetch_first_buffer(0);
                 let p = &mut self.pending[n];
                 *p = Pending::default();
-                let head = chain.head_index();
-                match self.chain.walk_table(head, desc_table, qsize, &fast) {
+                match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         bytes += self.chain.readable_len() + self.chain.writable_len();
+                        // The request header, read once (a data request and a control request
+                        // have the same size and the opcode in the same place).
+                        let mut req = DataRequest::default();
+                        let has_req = self.chain.readable_len() >= DATA_REQ_SIZE
+                            && self.chain.read(0, req.as_mut_slice()).is_ok();
+                        let opcode = req.header.opcode.to_native();
                         match self.control.as_mut() {
-                            Some(ctrl) if Control::is_in_band(&self.chain) => {
+                            Some(ctrl) if has_req && in_band::is_control(opcode) => {
                                 // An in-band control request runs now, without the table's read
                                 // lock (creating a session takes the write lock); it completes
                                 // with this batch, in ring order, without a status write below.
@@ -136,18 +203,26 @@ impl DataPath {
                                 p.used_len = ctrl.handle(&self.chain);
                                 table = self.sessions.read();
                             }
-                            _ => parse(&self.chain, &mut self.pool, &table, p),
+                            _ => parse(
+                                &self.chain,
+                                has_req.then_some(&req),
+                                &mut self.pool,
+                                &table,
+                                &mut self.batch_sessions,
+                                p,
+                            ),
                         }
                     }
                     Err(e) => {
-                        debug!("chain {}: {e}; completed without status", self.chain.head());
-                        p.head = self.chain.head();
+                        debug!("chain {head}: {e}; completed without status");
+                        p.head = head;
                     }
                 }
                 n += 1;
             }
         }
         if n == 0 {
+            ring.close(q);
             return 0;
         }
         self.submit(n);
@@ -157,12 +232,10 @@ impl DataPath {
                 // memory that `mem` (held by the caller) keeps mapped.
                 unsafe { std::ptr::write_volatile(s.ptr(), p.status) };
             }
-            if let Err(e) = q.add_used(mem, p.head, p.used_len) {
-                guest_warn!("add_used: {e}");
-            }
-            p.session = None;
+            ring.put_used(p.head, p.used_len);
         }
-        notify.signal(q, mem);
+        self.batch_sessions.clear();
+        notify.signal(ring.close(q));
         n
     }
 
@@ -170,11 +243,13 @@ impl DataPath {
     fn submit(&mut self, n: usize) {
         let Self {
             driver,
+            batch_sessions,
             pending,
             pool,
             ops,
             completions,
             results,
+            in_flight,
             ..
         } = self;
         let mut ops_vec = recycle(std::mem::take(ops));
@@ -183,7 +258,7 @@ impl DataPath {
             if p.status != status::OK || p.status_at.is_none() {
                 continue;
             }
-            let Some(session) = p.session.as_ref() else {
+            let Some(session) = p.session.and_then(|i| batch_sessions.handle(i)) else {
                 continue;
             };
             let sl = |r: Range| &pool[r.0..r.1];
@@ -199,30 +274,48 @@ impl DataPath {
             });
         }
         let total = ops_vec.len();
-        let (mut next, mut done) = (0, 0);
-        while done < total {
+        // Nothing the driver returns is trusted: counts are clamped to what was offered, and a
+        // batch ends only when every operation taken has completed exactly once (by its own
+        // user_data), so no segment goes back to the guest (or out of the memory snapshot)
+        // while the driver may still write through it.
+        in_flight[..n].fill(false);
+        let (mut next, mut outstanding) = (0usize, 0usize);
+        while next < total || outstanding > 0 {
             let mut taken = 0;
             if next < total {
                 // SAFETY: every segment points into guest memory kept mapped by the caller's
                 // memory snapshot, and into descriptors the guest handed to the device until we
-                // put them on the used ring, which happens only after every completion of this
-                // batch has been dequeued (this loop).
-                taken = unsafe { driver.enqueue(&ops_vec[next..]) };
+                // put them on the used ring, which happens only after every operation taken has
+                // completed (this loop). Per docs/decisions/0005-guest-memory-access.md the
+                // guest may still write to them meanwhile; drivers take no decision from them.
+                taken = unsafe { driver.enqueue(&ops_vec[next..]) }.min(total - next);
+                for op in &ops_vec[next..next + taken] {
+                    in_flight[op.user_data as usize] = true;
+                }
                 next += taken;
+                outstanding += taken;
             }
-            let got = driver.dequeue(completions);
+            let got = driver.dequeue(completions).min(completions.len());
             for c in &completions[..got] {
-                match results.get_mut(c.user_data as usize) {
-                    Some(r) if (c.user_data as usize) < n => {
-                        *r = match c.result {
+                let i = usize::try_from(c.user_data).unwrap_or(usize::MAX);
+                match in_flight.get_mut(i) {
+                    Some(f) if i < n && *f => {
+                        *f = false;
+                        outstanding -= 1;
+                        results[i] = match c.result {
                             Ok(()) => status::OK,
                             Err(e) => e.status(),
-                        }
+                        };
                     }
-                    _ => warn!("driver returned unknown completion {}", c.user_data),
+                    _ if c.user_data == NO_COMPLETION.user_data => {}
+                    _ => warn!(
+                        "driver returned an unknown or repeated completion {}",
+                        c.user_data
+                    ),
                 }
             }
-            done += got;
+            // What a driver claims beyond what it wrote must never look like a completion.
+            completions[..got].fill(NO_COMPLETION);
             if got == 0 && (taken == 0 || next == total) {
                 wait_for_driver(driver.notifier());
             }
@@ -237,7 +330,12 @@ impl DataPath {
 }
 
 impl Processor for DataPath {
-    fn process(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, notify: &Notify) -> usize {
+    fn process(
+        &mut self,
+        q: &mut Queue,
+        mem: &FastMem<'_, GuestMemoryMmap>,
+        notify: &Notify,
+    ) -> usize {
         let mut total = 0;
         loop {
             // A batch may end early on its byte budget: go on until the ring is empty, or a
@@ -298,7 +396,14 @@ fn sum(parts: &[usize]) -> Result<usize, CryptoError> {
 
 /// Parses the walked chain into `p`: the status location, and either a runnable operation
 /// (`p.status == OK`) or the error status to report.
-fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pending) {
+fn parse(
+    c: &ChainBufs,
+    req: Option<&DataRequest>,
+    pool: &mut Vec<Seg<'static>>,
+    table: &Table,
+    sessions: &mut BatchSessions,
+    p: &mut Pending,
+) {
     p.head = c.head();
     let wl = c.writable_len();
     if wl == 0 {
@@ -311,7 +416,11 @@ fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pen
     }
     p.status_at = pool.pop();
     p.used_len = wl as u32;
-    p.status = match parse_op(c, pool, table, p) {
+    let parsed = match req {
+        Some(req) => parse_op(c, req, pool, table, sessions, p),
+        None => Err(CryptoError::BadRequest),
+    };
+    p.status = match parsed {
         Ok(()) => status::OK,
         Err(e) => {
             pool.truncate(mark);
@@ -321,6 +430,7 @@ fn parse(c: &ChainBufs, pool: &mut Vec<Seg<'static>>, table: &Table, p: &mut Pen
     };
 }
 
+#[inline]
 fn carve_r(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -333,6 +443,7 @@ fn carve_r(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn carve_w(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -345,6 +456,7 @@ fn carve_w(
     Ok((s, pool.len()))
 }
 
+#[inline]
 fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, CryptoError> {
     if len != want || len > Iv::MAX {
         return Err(CryptoError::InvalidIvLength);
@@ -357,8 +469,10 @@ fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, Cry
 
 fn parse_op(
     c: &ChainBufs,
+    req: &DataRequest,
     pool: &mut Vec<Seg<'static>>,
     table: &Table,
+    sessions: &mut BatchSessions,
     p: &mut Pending,
 ) -> Result<(), CryptoError> {
     let rl = c.readable_len();
@@ -367,9 +481,6 @@ fn parse_op(
     if rl < DATA_REQ_SIZE {
         return Err(CryptoError::BadRequest);
     }
-    let mut req = DataRequest::default();
-    c.read(0, req.as_mut_slice())
-        .map_err(|_| CryptoError::BadRequest)?;
     let opcode = req.header.opcode.to_native();
     let want_dir = match opcode {
         vc::CIPHER_ENCRYPT | vc::AEAD_ENCRYPT => Some(Direction::Encrypt),
@@ -377,10 +488,9 @@ fn parse_op(
         vc::HASH | vc::MAC => None,
         _ => return Err(CryptoError::Unsupported),
     };
-    let session = table
-        .get(req.header.session_id.to_native())
+    let (session, info) = sessions
+        .get(table, req.header.session_id.to_native())
         .ok_or(CryptoError::InvalidSession)?;
-    let info = session.info();
     let off = DATA_REQ_SIZE;
     let dir_ok = |d: Direction| Some(d) == want_dir;
     match opcode {
@@ -509,14 +619,14 @@ fn parse_op(
             p.aad = carve_r(c, pool, data + src_len, aad_len)?;
         }
     }
-    p.session = Some(session.clone());
+    p.session = Some(session);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::test_driver::XorDriver;
+    use crate::crypto::test_driver::{LyingQueue, XorDriver};
     use dpacc_spec::{CipherAlg, CryptoDriver, HashAlg, SessionParams};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -546,6 +656,11 @@ mod tests {
         /// Posts one chain: readable `input` (split into `splits`), `out_len` writable bytes
         /// (split in two when possible), runs one batch, returns (used len, writable bytes).
         fn run(&self, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+            self.run_with(input, out_len, XorDriver.open_queue(64).unwrap())
+        }
+
+        /// As `run`, on driver queue `dq`.
+        fn run_with(&self, input: &[u8], out_len: u32, dq: Box<dyn CryptoQueue>) -> (u32, Vec<u8>) {
             self.mem.write_slice(input, GuestAddress(IN)).unwrap();
             self.mem
                 .write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
@@ -575,8 +690,9 @@ mod tests {
             let vq = MockSplitQueue::new(&self.mem, 16);
             vq.add_desc_chains(&raw, 0).unwrap();
             let mut q: Queue = vq.create_queue().unwrap();
-            let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), self.sessions.clone());
-            let n = dp.run_batch(&mut q, &self.mem, &Notify::new(None));
+            let mut dp = DataPath::new(dq, self.sessions.clone());
+            let fast = FastMem::new(&self.mem);
+            let n = dp.run_batch(&mut q, &fast, &Notify::new(None));
             assert_eq!(n, 1);
             let used = vq.used().ring().ref_at(0).unwrap().load();
             let mut out = vec![0u8; out_len as usize];
@@ -621,6 +737,22 @@ mod tests {
         assert_eq!(out[32], status::OK);
         let want: Vec<u8> = (0..32u8).map(|b| b ^ 0x0f ^ 0x30).collect();
         assert_eq!(&out[..32], &want[..]);
+    }
+
+    /// A driver whose counts lie (it claims to take more than offered and to return more
+    /// completions than it wrote, repeats one and invents another): the batch still ends only
+    /// when the operation really completed, with its result, and nothing panics.
+    #[test]
+    fn driver_counts_are_not_trusted() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 32, 32);
+        input.extend_from_slice(&[0x30; 16]);
+        input.extend((0..32u8).collect::<Vec<_>>());
+        let honest = rig.run(&input, 33);
+        let lying = rig.run_with(&input, 33, Box::new(LyingQueue::new()));
+        assert_eq!(lying, honest);
+        assert_eq!(lying.1[32], status::OK);
     }
 
     #[test]

@@ -47,7 +47,13 @@ pub struct CryptoBackendConfig {
     pub max_sessions: usize,
     /// The accelerator driver.
     pub driver: Arc<dyn CryptoDriver>,
+    /// How long a data-queue worker keeps polling its ring after it runs dry before it sleeps
+    /// until a kick (zero: sleep at once). Bounded by [`MAX_BUSY_POLL`].
+    pub busy_poll: std::time::Duration,
 }
+
+/// Longest accepted [`CryptoBackendConfig::busy_poll`].
+pub const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for CryptoBackendConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,6 +62,7 @@ impl std::fmt::Debug for CryptoBackendConfig {
             .field("queue_size", &self.queue_size)
             .field("max_sessions", &self.max_sessions)
             .field("driver", &self.driver.name())
+            .field("busy_poll", &self.busy_poll)
             .finish()
     }
 }
@@ -116,6 +123,9 @@ impl CryptoDevice {
             return Err(CryptoServeError::Config(
                 "queue size must be a power of two up to 32768",
             ));
+        }
+        if cfg.busy_poll > MAX_BUSY_POLL {
+            return Err(CryptoServeError::Config("busy poll longer than a second"));
         }
         let config = cfg.driver.capabilities().to_config(u32::from(cfg.queues));
         Ok(Self {
@@ -223,9 +233,14 @@ impl VhostUserDevice for CryptoDevice {
             // the control queue and forwards only some session types.
             let path =
                 DataPath::new(dq, self.sessions.clone()).with_in_band_control(self.control());
-            QueueWorker::spawn(q, path)
+            QueueWorker::spawn(q, path, self.cfg.busy_poll)
         } else {
-            QueueWorker::spawn(q, ControlPath::new(self.control()))
+            // The control queue sleeps at once: session requests are rare.
+            QueueWorker::spawn(
+                q,
+                ControlPath::new(self.control()),
+                std::time::Duration::ZERO,
+            )
         };
         self.workers[i] = Some(started.map_err(|e| DeviceError::Start(i, e.into()))?);
         Ok(())

@@ -112,3 +112,46 @@ impl CryptoQueue for XorQueue {
         self.done.len()
     }
 }
+
+/// A queue over [`XorDriver`]'s that lies about counts: `enqueue` claims 1000 more operations
+/// than it took, every other `dequeue` returns nothing (completions come later, as from an
+/// asynchronous driver), and the others hand back one real completion followed by a repeat of
+/// it and one nobody asked for, claiming more entries than `out` holds.
+pub(crate) struct LyingQueue {
+    inner: Box<dyn CryptoQueue>,
+    calls: usize,
+}
+
+impl LyingQueue {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: XorDriver.open_queue(64).expect("queue"),
+            calls: 0,
+        }
+    }
+}
+
+impl CryptoQueue for LyingQueue {
+    unsafe fn enqueue(&mut self, ops: &[CryptoOp<'_>]) -> usize {
+        // SAFETY: forwarded from our caller.
+        let took = unsafe { self.inner.enqueue(ops) };
+        took + 1000
+    }
+    fn dequeue(&mut self, out: &mut [Completion]) -> usize {
+        self.calls += 1;
+        if self.calls % 2 == 1 || out.len() < 3 {
+            return 0;
+        }
+        if self.inner.dequeue(&mut out[..1]) == 1 {
+            out[1] = out[0];
+            out[2] = Completion {
+                user_data: 9999,
+                result: Ok(()),
+            };
+        }
+        out.len() + 7
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}

@@ -2,11 +2,13 @@
 //! through the vNF's own flow-processor instance to its uplinks (TAP interfaces or further
 //! vhost-user virtio-net devices, e.g. another VM or a packet generator) and back.
 //!
-//! Rings: 0 = RX (device → driver), 1 = TX (driver → device). Features: VERSION_1, MRG_RXBUF,
-//! MAC, EVENT_IDX (no checksum or segmentation offloads: drivers compute checksums). Control
-//! frames (EtherType 0x88B5) the vNF sends on its own port go to its instance and are never
-//! forwarded. All ports of one vNF instance are processed by one worker thread
-//! ([`vnf_worker`]); each virtio-net device hands its rings to it through a [`slot`].
+//! Rings: 2k = RX (device → driver), 2k + 1 = TX (driver → device) of queue pair k. Features:
+//! VERSION_1, MRG_RXBUF, MAC, EVENT_IDX, IN_ORDER, and MQ with more than one pair (no checksum
+//! or segmentation offloads: drivers compute checksums). Control frames (EtherType 0x88B5) the
+//! vNF sends on its own port go to its instance and are never forwarded. Each vNF instance
+//! has one worker thread per queue pair ([`vnf_worker`]): worker k serves pair k of every
+//! virtio port of the vNF and queue k of its TAP uplinks, with lane k of the flow processor;
+//! each virtio-net device hands pair k's rings to worker k through a [`slot`].
 
 pub(crate) mod device;
 pub(crate) mod rings;
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError, Quotas};
+use std::sync::atomic::AtomicU64;
 use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -28,7 +31,7 @@ use crate::vhost_user::{run_together, BindError, Job, ServeError, ThreadPanicked
 use device::NetDevice;
 use slot::RingSlot;
 use tap::Tap;
-use vnf_worker::{Port, VnfInstance, VnfStats, VnfWorker};
+use vnf_worker::{Port, SharedPort, VnfInstance, VnfShared, VnfStats, VnfWorker};
 
 /// One uplink of a vNF instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,9 +67,16 @@ pub struct NetBackendConfig {
     pub mac: [u8; 6],
     /// Creates the flow-processor instance.
     pub fastpath: Arc<dyn FastPathDriver>,
-    /// How long the worker busy-polls its rings after they run dry before it sleeps.
+    /// How long a worker busy-polls its rings after they run dry before it sleeps.
     pub busy_poll: std::time::Duration,
+    /// Queue pairs of every virtio-net device of the vNF (its own and its vhost-user
+    /// uplinks), queues of every TAP uplink, and worker threads (one per pair): 1 to
+    /// [`MAX_QUEUE_PAIRS`].
+    pub queue_pairs: u16,
 }
+
+/// Most queue pairs (and workers) of a vNF instance.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 /// Why [`serve`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +101,12 @@ pub enum NetServeError {
     /// The worker thread could not be started.
     #[error("starting the vNF worker: {0}")]
     Worker(io::Error),
+    /// The fast-path driver gave no lane for a worker.
+    #[error("the fast-path driver has no lane {0} for this instance")]
+    NoLane(usize),
+    /// A queue-pair count out of range.
+    #[error("queue pairs must be 1..={MAX_QUEUE_PAIRS}, not {0}")]
+    QueuePairs(u16),
     /// A vhost-user server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -106,39 +122,49 @@ pub fn serve(
     cfg: NetBackendConfig,
     shutdown: &EventFd,
 ) -> Result<(), NetServeError> {
-    let new_slot = |name: String| {
-        RingSlot::new(name)
-            .map(Arc::new)
-            .map_err(NetServeError::EventFd)
+    let n = cfg.queue_pairs;
+    if n == 0 || n > MAX_QUEUE_PAIRS {
+        return Err(NetServeError::QueuePairs(n));
+    }
+    let n = usize::from(n);
+    let new_slots = |name: String| -> Result<Vec<Arc<RingSlot>>, NetServeError> {
+        (0..n)
+            .map(|k| {
+                RingSlot::new(format!("{name} pair {k}"))
+                    .map(Arc::new)
+                    .map_err(NetServeError::EventFd)
+            })
+            .collect()
     };
-    let vnf_slot = new_slot("vnf".into())?;
-    let mut ports = vec![Port::Vhost {
-        slot: vnf_slot.clone(),
-        rings: None,
-    }];
+    // Per port, the slots of its pairs (virtio) or the queues of each worker (TAP).
+    enum Setup {
+        Vhost(Vec<Arc<RingSlot>>),
+        Tap(Vec<Tap>),
+    }
+    let vnf_slots = new_slots("vnf".into())?;
+    let mut setup = vec![Setup::Vhost(vnf_slots.clone())];
     let mut uplink_devs = Vec::new();
     let mut cleanup = SocketCleanup(Vec::new());
     for (k, u) in cfg.uplinks.iter().enumerate() {
         match u {
-            UplinkSpec::Tap(n) => {
-                ports.push(Port::Tap(Tap::open(n).map_err(|source| {
-                    NetServeError::Tap {
-                        name: n.clone(),
+            UplinkSpec::Tap(name) => {
+                let queues = (0..n)
+                    .map(|_| Tap::open(name, n > 1))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| NetServeError::Tap {
+                        name: name.clone(),
                         source,
-                    }
-                })?));
+                    })?;
+                setup.push(Setup::Tap(queues));
             }
             UplinkSpec::Vhost(path) => {
                 let l = crate::vhost_user::bind(path)?;
                 cleanup.0.push(path.clone());
-                let slot = new_slot(format!("uplink {}", k + 1))?;
+                let slots = new_slots(format!("uplink {}", k + 1))?;
                 let mut mac = cfg.mac;
                 mac[4] = mac[4].wrapping_add(k as u8 + 1);
-                ports.push(Port::Vhost {
-                    slot: slot.clone(),
-                    rings: None,
-                });
-                uplink_devs.push((l, NetDevice::new(mac, cfg.queue_size, slot)));
+                setup.push(Setup::Vhost(slots.clone()));
+                uplink_devs.push((l, NetDevice::new(mac, cfg.queue_size, slots)));
             }
         }
     }
@@ -146,11 +172,13 @@ pub fn serve(
         name: "vnf".into(),
         uplinks: cfg.uplinks.len() as u16,
         quotas: cfg.quotas,
+        lanes: n,
     })?;
     let q = cfg.quotas;
     info!(
         "vNF port: uplinks [{}], at most {} flows, {} groups ({} buckets), {} SAs, {} actions \
-         per list ({} KiB), kept {} s after the vNF leaves; fast path {}",
+         per list ({} KiB), kept {} s after the vNF leaves; {n} queue pair(s) and worker(s), \
+         fast path {}",
         cfg.uplinks
             .iter()
             .map(ToString::to_string)
@@ -165,18 +193,53 @@ pub fn serve(
         cfg.keep_detached.as_secs(),
         cfg.fastpath.name()
     );
-    let worker = VnfWorker::spawn(
-        VnfInstance {
-            proc_,
-            ports,
-            stats: VnfStats::default(),
-            vnf_mac: [0xff; 6],
-        },
-        cfg.busy_poll,
-        cfg.keep_detached,
-    )
-    .map_err(NetServeError::Worker)?;
-    let mut vnf_dev = NetDevice::new(cfg.mac, cfg.queue_size, vnf_slot);
+    let shared = Arc::new(VnfShared {
+        proc_: proc_.clone(),
+        ports: setup
+            .iter()
+            .map(|s| match s {
+                Setup::Vhost(_) => SharedPort::vhost(n),
+                Setup::Tap(_) => SharedPort::Tap,
+            })
+            .collect(),
+        epoch: std::time::Instant::now(),
+        vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+    });
+    // Worker k's view of the ports: pair k's slot, TAP queue k.
+    let mut views: Vec<Vec<Port>> = (0..n).map(|_| Vec::new()).collect();
+    for s in setup {
+        match s {
+            Setup::Vhost(slots) => {
+                for (v, slot) in views.iter_mut().zip(slots) {
+                    v.push(Port::Vhost(slot));
+                }
+            }
+            Setup::Tap(queues) => {
+                for (v, q) in views.iter_mut().zip(queues) {
+                    v.push(Port::Tap(q));
+                }
+            }
+        }
+    }
+    let mut workers = Vec::new();
+    for (k, ports) in views.into_iter().enumerate() {
+        let lane = proc_.lane(k).ok_or(NetServeError::NoLane(k))?;
+        workers.push(
+            VnfWorker::spawn(
+                VnfInstance {
+                    shared: shared.clone(),
+                    lane,
+                    index: k,
+                    ports,
+                    stats: VnfStats::default(),
+                },
+                cfg.busy_poll,
+                cfg.keep_detached,
+            )
+            .map_err(NetServeError::Worker)?,
+        );
+    }
+    let mut vnf_dev = NetDevice::new(cfg.mac, cfg.queue_size, vnf_slots);
     let mut jobs: Vec<Job<'_, NetServeError>> = vec![Box::new(|| {
         crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(Into::into)
     })];
@@ -186,7 +249,9 @@ pub fn serve(
         }));
     }
     let r = run_together(jobs, shutdown);
-    worker.stop();
+    for w in workers {
+        w.stop();
+    }
     r
 }
 

@@ -4,16 +4,15 @@
 
 use std::mem::{offset_of, size_of};
 
-use dpacc_spec::fastpath::{PacketBuf, PortId, MAX_FRAME};
+use dpacc_spec::fastpath::{PacketBuf, PortId, HEADER_BYTES, MAX_FRAME};
 use dpacc_spec::Seg;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{virtio_net_hdr, virtio_net_hdr_v1, VIRTIO_NET_F_MRG_RXBUF};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::split_ring::{publish_avail_event, Popped, SplitRing};
+use crate::split_ring::{Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
 
@@ -36,6 +35,107 @@ const RX_HDR: [u8; NET_HDR_LEN] = {
 /// Most RX buffers one frame may span with MRG_RXBUF.
 const MAX_RX_BUFS: usize = 16;
 
+/// A frame on its way out: its first bytes in host memory (the headers the flow processor
+/// parsed and may have rewritten), the rest, if any, still in the source guest's TX buffer
+/// (a partial [`PacketBuf`]). Writing it is the frame's one copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutFrame<'a> {
+    head: &'a [u8],
+    rest: *const u8,
+    rest_len: usize,
+    /// Host bytes after the rest (a trailer the processor added to a partial frame).
+    tail: &'a [u8],
+    /// Pending packet `i` of the batch: the frame must be finished where it lands (the
+    /// `finish` callback of [`NetRings::send`]) before it is published.
+    finish: Option<usize>,
+}
+
+impl<'a> OutFrame<'a> {
+    /// A frame wholly in host memory.
+    pub(crate) fn whole(frame: &'a [u8]) -> Self {
+        Self {
+            head: frame,
+            rest: std::ptr::null(),
+            rest_len: 0,
+            tail: &[],
+            finish: None,
+        }
+    }
+
+    /// The frame of `p`, partial or whole. The rest of a partial frame is readable for as
+    /// long as `p` is borrowed (`PacketBuf::set_partial`'s contract, which the worker keeps by
+    /// holding the source's memory snapshot and TX chains until its batch is forwarded).
+    pub(crate) fn of(p: &'a PacketBuf) -> Self {
+        let (rest, rest_len) = p.rest().unwrap_or((std::ptr::null(), 0));
+        Self {
+            head: p.frame(),
+            rest,
+            rest_len,
+            tail: p.tail(),
+            finish: None,
+        }
+    }
+
+    /// The frame of packet `i` of a batch: [`of`](Self::of), to be finished where it lands
+    /// if the packet is pending.
+    pub(crate) fn of_batch(p: &'a PacketBuf, i: usize) -> Self {
+        Self {
+            finish: p.is_pending().then_some(i),
+            ..Self::of(p)
+        }
+    }
+
+    /// Length of the whole frame.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.rest_len + self.tail.len()
+    }
+
+    /// The host bytes after the rest.
+    pub(crate) fn tail(&self) -> &'a [u8] {
+        self.tail
+    }
+
+    /// The bytes in host memory.
+    pub(crate) fn head(&self) -> &'a [u8] {
+        self.head
+    }
+
+    /// Where the rest is, and how long (null, 0 for a whole frame).
+    pub(crate) fn rest(&self) -> (*const u8, usize) {
+        (self.rest, self.rest_len)
+    }
+
+    /// Copies bytes `from..from + n` of the frame into guest memory at `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + n` must be mapped and writable, and `from + n <= self.len()`.
+    unsafe fn copy_to(&self, from: usize, dst: *mut u8, n: usize) {
+        let h = self.head.len();
+        let in_head = h.saturating_sub(from).min(n);
+        if in_head > 0 {
+            // SAFETY: `dst..dst + in_head` is inside the caller's range.
+            unsafe { write_guest(dst, &self.head[from..from + in_head]) };
+        }
+        let r_from = (from + in_head).saturating_sub(h);
+        let in_rest = self.rest_len.saturating_sub(r_from).min(n - in_head);
+        if in_rest > 0 {
+            // SAFETY: `r_from + in_rest <= rest_len`, readable by the contract of `of`;
+            // `dst + in_head..dst + in_head + in_rest` is the caller's. Both may be guest
+            // memory, even the same guest's (a hostile driver may overlap its RX and TX
+            // buffers), so a memmove on raw pointers: no reference is formed
+            // (docs/decisions/0005-guest-memory-access.md).
+            unsafe { std::ptr::copy(self.rest.add(r_from), dst.add(in_head), in_rest) };
+        }
+        let done = in_head + in_rest;
+        if n > done {
+            let t_from = from + done - h - self.rest_len;
+            // SAFETY: `t_from + (n - done) <= tail.len()` (caller: `from + n <= len`); the
+            // destination range is the caller's.
+            unsafe { write_guest(dst.add(done), &self.tail[t_from..t_from + n - done]) };
+        }
+    }
+}
+
 /// A virtio-net ring pair in use by a vNF worker.
 pub(crate) struct NetRings {
     rings: RingPair,
@@ -44,9 +144,14 @@ pub(crate) struct NetRings {
     tx_call: Option<EventFd>,
     hdr_len: usize,
     mrg: bool,
+    /// VIRTIO_F_IN_ORDER: one used element per TX batch.
+    in_order: bool,
     rx_notify: bool,
     /// The driver was asked for kicks (undone at the next receive, while the worker polls).
     armed: bool,
+    /// TX chains taken by the last `receive`, returned by `tx_complete` once their frames are
+    /// forwarded (a partial frame's rest is read from them until then).
+    tx_taken: Vec<u16>,
 }
 
 impl NetRings {
@@ -65,8 +170,10 @@ impl NetRings {
             tx_call: rings.tx.call.as_ref().and_then(|c| c.try_clone().ok()),
             hdr_len,
             mrg,
+            in_order: f & (1 << VIRTIO_F_IN_ORDER) != 0,
             rx_notify: false,
             armed: true,
+            tx_taken: Vec::with_capacity(MAX_BATCH),
             rings,
         }
     }
@@ -95,30 +202,42 @@ impl NetRings {
     /// meanwhile (receive again instead of sleeping).
     pub(crate) fn tx_rearm(&mut self) -> bool {
         let mem: &GuestMemoryMmap = &self.mem;
+        let fast = FastMem::new(mem);
+        let q = &mut self.rings.tx.queue;
+        let Some(mut ring) = SplitRing::open(q, &fast) else {
+            return false;
+        };
         self.armed = true;
-        let _ = publish_avail_event(&self.rings.tx.queue, mem);
-        matches!(self.rings.tx.queue.enable_notification(mem), Ok(true))
+        let more = ring.enable_kicks();
+        ring.close(q);
+        more
     }
 
-    /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`),
-    /// returning their chains to the driver. Returns (chains consumed, frames loaded); chains
-    /// without a usable frame (broken, too short, too long) are counted in `bad`.
+    /// Moves up to `pkts.len()` frames from the TX ring into `pkts` (arriving on `port`).
+    /// With `partial`, a frame longer than [`HEADER_BYTES`] in one buffer is loaded only up to
+    /// them, its rest left in place for the one copy that forwards it. The chains stay taken
+    /// until [`tx_complete`](Self::tx_complete), which the caller must call once the batch is
+    /// forwarded (before the next `receive`, `refresh` or `into_pair`). Returns (chains
+    /// taken, frames loaded); chains without a usable frame (broken, too short, too long) are
+    /// counted in `bad`.
     pub(crate) fn receive(
         &mut self,
         chain: &mut ChainBufs,
         pkts: &mut [PacketBuf],
         port: PortId,
+        partial: bool,
         bad: &mut u64,
     ) -> (usize, usize) {
+        self.tx_taken.clear();
         let mem: &GuestMemoryMmap = &self.mem;
         let q = &mut self.rings.tx.queue;
-        if std::mem::take(&mut self.armed) {
-            let _ = q.disable_notification(mem);
-        }
         let fast = FastMem::new(mem);
         let Some(mut ring) = SplitRing::open(q, &fast) else {
             return (0, 0);
         };
+        if std::mem::take(&mut self.armed) {
+            ring.disable_kicks();
+        }
         let avail = ring.pending();
         let k = usize::from(avail).min(pkts.len()).min(MAX_BATCH);
         ring.prefetch(k as u16);
@@ -156,41 +275,81 @@ impl NetRings {
         };
         let mut n = 0;
         for &(seg, head) in &frames[..taken] {
-            ring.put_used(head, 0);
+            self.tx_taken.push(head);
             let p = &mut pkts[n];
             let loaded = match seg {
                 Some(s) => frame_len(s.len()).inspect(|&len| {
                     // SAFETY: `s` lies in guest memory that `mem` keeps mapped; `hdr..s.len()`
                     // is inside it.
-                    unsafe { read_guest(s.ptr().add(hdr), &mut p.load_area(port)[..len]) };
+                    let src = unsafe { s.ptr().add(hdr) };
+                    let area = p.load_area(port);
+                    if partial && len > HEADER_BYTES {
+                        // SAFETY: as above for the first HEADER_BYTES; the rest stays readable
+                        // until the batch is forwarded: the chain is returned only by
+                        // `tx_complete`, and `mem` (this snapshot) is replaced only by
+                        // `refresh`, which the worker calls between batches.
+                        unsafe {
+                            read_guest(src, &mut area[..HEADER_BYTES]);
+                            p.set_partial(HEADER_BYTES, src.add(HEADER_BYTES), len - HEADER_BYTES);
+                        }
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { read_guest(src, &mut area[..len]) };
+                        p.set_len(len);
+                    }
                 }),
                 // Several segments (or a broken chain): walk it again the general way.
                 None => ring
                     .walk(head, chain)
                     .ok()
                     .and_then(|()| frame_len(chain.readable_len()))
-                    .filter(|&len| chain.read(hdr, &mut p.load_area(port)[..len]).is_ok()),
+                    .filter(|&len| chain.read(hdr, &mut p.load_area(port)[..len]).is_ok())
+                    .inspect(|&len| {
+                        p.set_len(len);
+                    }),
             };
             match loaded {
-                Some(len) => {
-                    p.set_len(len);
-                    n += 1;
-                }
+                Some(_) => n += 1,
                 None => *bad += 1,
             }
         }
-        if ring.close(q) {
-            signal(&self.tx_call);
-        }
+        ring.close(q);
         (taken, n)
     }
 
+    /// Returns the TX chains the last [`receive`](Self::receive) took to the driver (with
+    /// IN_ORDER as one used element), once their frames are forwarded.
+    pub(crate) fn tx_complete(&mut self) {
+        if self.tx_taken.is_empty() {
+            return;
+        }
+        let mem: &GuestMemoryMmap = &self.mem;
+        let fast = FastMem::new(mem);
+        let q = &mut self.rings.tx.queue;
+        let Some(ring) = SplitRing::open(q, &fast) else {
+            self.tx_taken.clear();
+            return;
+        };
+        let mut ring = ring.in_order(self.in_order);
+        for &h in &self.tx_taken {
+            ring.put_used(h, 0);
+        }
+        self.tx_taken.clear();
+        if ring.close(q) {
+            signal(&self.tx_call);
+        }
+    }
+
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
-    /// frame does not fit. Returns how many were put (the caller drops the rest).
+    /// frame does not fit. A frame to be finished ([`OutFrame::of_batch`]) is written, then
+    /// `finish(i, where it lies)` runs before it is published: its final length, or None
+    /// (the frame is dropped and its buffers stay available). Returns how many frames were
+    /// put or dropped that way (the caller drops the rest for want of room).
     pub(crate) fn send<'f>(
         &mut self,
         chain: &mut ChainBufs,
-        frames: impl IntoIterator<Item = &'f [u8]>,
+        frames: impl IntoIterator<Item = OutFrame<'f>>,
+        finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
     ) -> usize {
         let mem: &GuestMemoryMmap = &self.mem;
         let fast = FastMem::new(mem);
@@ -202,11 +361,15 @@ impl NetRings {
         ring.prefetch(avail.min(MAX_BATCH as u16));
         let mut sent = 0;
         for f in frames {
-            if !put_frame(&mut ring, chain, f, self.hdr_len, self.mrg) {
+            if !put_frame(&mut ring, chain, f, self.hdr_len, self.mrg, finish) {
                 break;
             }
             sent += 1;
         }
+        // The next batch's buffers (for write) and the one after's descriptors: their misses
+        // overlap this batch's processing instead of stalling the next copies (the buffers
+        // are most often lines the driver's core touched last).
+        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2);
         self.rx_notify |= ring.close(q);
         sent
     }
@@ -225,16 +388,23 @@ fn signal(call: &Option<EventFd>) {
     }
 }
 
+/// Most pieces of guest memory a frame to be finished may land in.
+const MAX_PIECES: usize = 32;
+
 /// Puts one frame into the RX ring (over several chains with MRG_RXBUF). On a shortage the
 /// chains it took are put back and false is returned; unusable chains before the frame's
-/// first are returned to the driver empty.
+/// first are returned to the driver empty. A frame to be finished is finished before it is
+/// published (dropped, its chains put back, if `finish` says so: true all the same).
 fn put_frame<G: vm_memory::GuestMemoryBackend>(
     ring: &mut SplitRing<'_, G>,
     chain: &mut ChainBufs,
-    frame: &[u8],
+    frame: OutFrame<'_>,
     hdr: usize,
     mrg: bool,
+    finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
 ) -> bool {
+    let mut pieces = [Seg::from_ref(&[]); MAX_PIECES];
+    let mut np = 0usize;
     let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
     let mut nb = 0usize;
     let total = hdr + frame.len();
@@ -260,9 +430,21 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
                 // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
                 unsafe {
                     write_guest(seg.ptr(), &RX_HDR[..hdr]);
-                    write_guest(seg.ptr().add(hdr), frame);
+                    frame.copy_to(0, seg.ptr().add(hdr), frame.len());
                 }
-                ring.put_used(head, total as u32);
+                let mut len = frame.len();
+                if let Some(i) = frame.finish {
+                    // SAFETY: the frame's bytes, just written, in the same buffer.
+                    let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
+                    match finish(i, &at) {
+                        Some(n) if n <= len => len = n,
+                        _ => {
+                            ring.unpop(1);
+                            return true;
+                        }
+                    }
+                }
+                ring.put_used(head, (hdr + len) as u32);
                 return true;
             }
             // Otherwise walk it (again) the general way.
@@ -292,7 +474,18 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         }
         let take = (room - written).min(total - done);
         let from = done - hdr;
-        if chain.write(written, &frame[from..from + take]).is_err() {
+        // SAFETY: every piece `fill` hands out is device-writable guest memory of the walked
+        // chain (mapped by the caller's snapshot); `from + take <= frame.len()`.
+        let r = chain.fill(written, take, |dst, at, k| unsafe {
+            frame.copy_to(from + at, dst, k);
+            if frame.finish.is_some() {
+                if np < MAX_PIECES {
+                    pieces[np] = Seg::from_raw(dst, k);
+                }
+                np += 1;
+            }
+        });
+        if r.is_err() {
             ring.unpop(nb as u16 + 1);
             return false;
         }
@@ -300,6 +493,33 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
         written += take;
         heads[nb] = (chain.head(), written as u32);
         nb += 1;
+    }
+    if let Some(i) = frame.finish {
+        let n = if np <= MAX_PIECES {
+            finish(i, &pieces[..np])
+        } else {
+            None
+        };
+        match n {
+            Some(n) if n <= frame.len() => {
+                // A shorter frame (ESP decap): the lengths follow, and chains left with
+                // nothing (the last taken) are put back.
+                let mut left = hdr + n;
+                let mut keep = 0;
+                for h in &mut heads[..nb] {
+                    let l = (h.1 as usize).min(left);
+                    h.1 = l as u32;
+                    left -= l;
+                    keep += usize::from(l > 0);
+                }
+                ring.unpop((nb - keep) as u16);
+                nb = keep;
+            }
+            _ => {
+                ring.unpop(nb as u16);
+                return true;
+            }
+        }
     }
     if nb > 1 && hdr == NET_HDR_LEN {
         // num_buffers (little endian) in the first chain's header: walk that chain again.
@@ -323,6 +543,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
+    use virtio_queue::QueueT;
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -355,8 +576,19 @@ mod tests {
         tx: &[RawDescriptor],
         rx: &[RawDescriptor],
     ) -> NetRings {
-        let txq = MockSplitQueue::create(m, GuestAddress(TX_Q), 16);
-        let rxq = MockSplitQueue::create(m, GuestAddress(RX_Q), 16);
+        port_at(m, features, (TX_Q, RX_Q), tx, rx)
+    }
+
+    /// As `port`, with the rings at `(tx, rx)`.
+    fn port_at(
+        m: &GuestMemoryMmap,
+        features: u64,
+        (tx_at, rx_at): (u64, u64),
+        tx: &[RawDescriptor],
+        rx: &[RawDescriptor],
+    ) -> NetRings {
+        let txq = MockSplitQueue::create(m, GuestAddress(tx_at), 16);
+        let rxq = MockSplitQueue::create(m, GuestAddress(rx_at), 16);
         if !tx.is_empty() {
             txq.add_desc_chains(tx, 0).unwrap();
         }
@@ -408,8 +640,11 @@ mod tests {
         let mut chain = ChainBufs::new();
         let mut pkts: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new()).collect();
         let mut bad = 0;
-        let (chains, n) = p.receive(&mut chain, &mut pkts, PortId(1), &mut bad);
+        let (chains, n) = p.receive(&mut chain, &mut pkts, PortId(1), true, &mut bad);
         assert_eq!((chains, n, bad), (7, 2, 5));
+        // Taken, not yet returned: the frames may still be read from the driver's buffers.
+        assert_eq!(used_idx(&m, &p.rings.tx.queue), 0);
+        p.tx_complete();
         assert_eq!(pkts[0].frame(), &frame[..]);
         assert_eq!(pkts[1].frame(), &frame[..]);
         assert_eq!(pkts[0].in_port, PortId(1));
@@ -428,7 +663,8 @@ mod tests {
         m.write_obj(40_000u16, avail.unchecked_add(2)).unwrap();
         let mut pkts = vec![PacketBuf::new()];
         let mut bad = 0;
-        let r = p.receive(&mut ChainBufs::new(), &mut pkts, PortId(1), &mut bad);
+        let r = p.receive(&mut ChainBufs::new(), &mut pkts, PortId(1), true, &mut bad);
+        p.tx_complete();
         assert_eq!((r, bad), ((0, 0), 0));
         assert_eq!(used_idx(&m, &p.rings.tx.queue), 0);
     }
@@ -444,7 +680,14 @@ mod tests {
         ];
         let mut p = port(&m, V1, &[], &rx);
         let frame: Vec<u8> = (0..100u8).collect();
-        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 1);
+        assert_eq!(
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
+            1
+        );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
         for i in 0..3 {
             assert_eq!(used(&m, &p.rings.rx.queue, i), (i as u32, 0));
@@ -455,7 +698,14 @@ mod tests {
         assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
         assert_eq!(&got[12..], &frame[..]);
         // No buffer left: the next frame is refused and the ring stays as it was.
-        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
+        assert_eq!(
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
+            0
+        );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
     }
 
@@ -465,7 +715,14 @@ mod tests {
         let rx: Vec<_> = (0..4).map(|i| d(0x6_0000 + i * 0x100, 64, W, 0)).collect();
         let mut p = port(&m, V1, &[], &rx);
         let frame: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
-        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 1);
+        assert_eq!(
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
+            1
+        );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 4);
         let mut all = Vec::new();
         for i in 0..4u64 {
@@ -482,9 +739,157 @@ mod tests {
         // buffers stay available.
         let m = mem();
         let mut p = port(&m, 1 << VIRTIO_F_VERSION_1, &[], &rx);
-        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..]]), 0);
+        assert_eq!(
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..])],
+                &mut |_, _| None
+            ),
+            0
+        );
         assert_eq!(used_idx(&m, &p.rings.rx.queue), 0);
-        assert_eq!(p.send(&mut ChainBufs::new(), [&frame[..40]]), 1);
+        assert_eq!(
+            p.send(
+                &mut ChainBufs::new(),
+                [OutFrame::whole(&frame[..40])],
+                &mut |_, _| None
+            ),
+            1
+        );
         assert_eq!(used(&m, &p.rings.rx.queue, 0), (0, 52));
+    }
+
+    /// One-copy forwarding: frames longer than HEADER_BYTES stay in the source's TX buffer
+    /// (only their headers are loaded, and may be rewritten), the TX chains are returned only
+    /// after the frames left, and each lands whole in the destination: over MRG_RXBUF buffers
+    /// (num_buffers counted), over a chain of several RX descriptors without MRG_RXBUF, or in
+    /// one buffer. Frames of several TX descriptors and short frames are loaded whole.
+    #[test]
+    fn one_copy_forward_to_mrg_and_non_mrg_peers_and_chained_rx_buffers() {
+        let big: Vec<u8> = (0..1400u32).map(|i| (i * 13 + 7) as u8).collect();
+        let small: Vec<u8> = (0..90u8).collect();
+        for case in ["mrg", "chained", "one"] {
+            let m = mem();
+            m.write_slice(&big, GuestAddress(0x2_000c)).unwrap();
+            m.write_slice(&small, GuestAddress(0x3_000c)).unwrap();
+            m.write_slice(&big[..700], GuestAddress(0x4_0000)).unwrap();
+            m.write_slice(&big[700..], GuestAddress(0x4_1000)).unwrap();
+            let tx = [
+                d(0x2_0000, 12 + 1400, R, 0),  // 0: one buffer: partial
+                d(0x3_0000, 12 + 90, R, 0),    // 1: short: whole
+                d(0x4_2000, 12, R | NEXT, 3),  // 2: header ...
+                d(0x4_0000, 700, R | NEXT, 4), // 3: ... data in two descriptors: whole
+                d(0x4_1000, 700, R, 0),        // 4
+            ];
+            let (features, rx): (u64, Vec<RawDescriptor>) = match case {
+                // Buffers of 512 bytes: 1412 bytes need three.
+                "mrg" => (
+                    V1,
+                    (0..9).map(|i| d(0x6_0000 + i * 0x400, 512, W, 0)).collect(),
+                ),
+                // Without MRG_RXBUF: chains of three 600-byte descriptors.
+                "chained" => (
+                    1 << VIRTIO_F_VERSION_1,
+                    (0..9)
+                        .map(|i| {
+                            let last = i % 3 == 2;
+                            let f = if last { W } else { W | NEXT };
+                            d(
+                                0x6_0000 + i * 0x400,
+                                600,
+                                f,
+                                if last { 0 } else { i as u16 + 1 },
+                            )
+                        })
+                        .collect(),
+                ),
+                _ => (
+                    V1,
+                    (0..3)
+                        .map(|i| d(0x6_0000 + i * 0x800, 2048, W, 0))
+                        .collect(),
+                ),
+            };
+            let mut src = port(&m, V1, &tx, &[]);
+            let mut dst = port_at(&m, features, (0x1_0000, 0x1_8000), &[], &rx);
+            let mut pkts: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new()).collect();
+            let mut bad = 0;
+            let r = src.receive(&mut ChainBufs::new(), &mut pkts, PortId(1), true, &mut bad);
+            assert_eq!((r, bad), ((3, 3), 0), "{case}");
+            assert!(!pkts[0].is_whole() && pkts[0].frame().len() == HEADER_BYTES);
+            assert_eq!(pkts[0].len(), 1400);
+            assert!(pkts[1].is_whole() && pkts[2].is_whole());
+            // A rewrite of the headers (what NAT or a MAC rewrite does).
+            pkts[0].frame_mut()[..6].copy_from_slice(&[0xaa; 6]);
+            // A hostile driver rewrites its TX buffer after handing it over: what leaves is
+            // the headers the processor saw (our copy) and whatever the rest now holds, never
+            // headers it did not see.
+            m.write_slice(&[0xee; 1400], GuestAddress(0x2_000c))
+                .unwrap();
+            let sent = dst.send(
+                &mut ChainBufs::new(),
+                pkts.iter().take(3).map(OutFrame::of),
+                &mut |_, _| None,
+            );
+            assert_eq!(sent, 3, "{case}");
+            // The source's chains go back only now.
+            assert_eq!(used_idx(&m, &src.rings.tx.queue), 0);
+            src.tx_complete();
+            assert_eq!(
+                used_idx(&m, &src.rings.tx.queue),
+                3,
+                "every chain returned once"
+            );
+            let mut want0 = big.clone();
+            want0[..6].copy_from_slice(&[0xaa; 6]);
+            want0[HEADER_BYTES..].fill(0xee);
+            // Read back what the destination's driver sees, frame by frame.
+            let q = &dst.rings.rx.queue;
+            let n_used = used_idx(&m, q);
+            let mut frames = Vec::new();
+            let mut i = 0u64;
+            while i < u64::from(n_used) {
+                let (id, len) = used(&m, q, i);
+                let mut bytes = vec![0u8; len as usize];
+                // Read the chain `id` describes (one buffer, or three chained ones).
+                let mut at = 0usize;
+                let mut desc = id as u64;
+                while at < bytes.len() {
+                    let (addr, cap) = match case {
+                        "mrg" => (0x6_0000 + desc * 0x400, 512),
+                        "chained" => (0x6_0000 + desc * 0x400, 600),
+                        _ => (0x6_0000 + desc * 0x800, 2048),
+                    };
+                    let k = (bytes.len() - at).min(cap);
+                    m.read_slice(&mut bytes[at..at + k], GuestAddress(addr))
+                        .unwrap();
+                    at += k;
+                    desc += 1;
+                }
+                let nb = if case == "mrg" {
+                    u16::from_le_bytes([bytes[10], bytes[11]])
+                } else {
+                    1
+                };
+                let mut f = bytes[12..].to_vec();
+                for _ in 1..nb {
+                    i += 1;
+                    let (id, len) = used(&m, q, i);
+                    let mut more = vec![0u8; len as usize];
+                    m.read_slice(&mut more, GuestAddress(0x6_0000 + u64::from(id) * 0x400))
+                        .unwrap();
+                    f.extend(more);
+                }
+                frames.push(f);
+                i += 1;
+            }
+            assert_eq!(frames.len(), 3, "{case}");
+            assert!(
+                frames[0] == want0,
+                "{case}: the big frame, headers rewritten"
+            );
+            assert_eq!(frames[1], small, "{case}");
+            assert!(frames[2] == big, "{case}: the frame of two TX descriptors");
+        }
     }
 }

@@ -3,6 +3,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::rings::OutFrame;
+
 /// An open TAP device.
 #[derive(Debug)]
 pub(crate) struct Tap {
@@ -14,8 +16,10 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 impl Tap {
     /// Creates (or attaches to) the TAP interface `name` and brings nothing up: the operator
-    /// (or test) configures it, possibly in another network namespace.
-    pub(crate) fn open(name: &str) -> io::Result<Self> {
+    /// (or test) configures it, possibly in another network namespace. With `multi_queue`
+    /// (IFF_MULTI_QUEUE) every open attaches one more queue of the same interface: one per
+    /// worker, and the kernel spreads the frames it sends over the queues by flow.
+    pub(crate) fn open(name: &str, multi_queue: bool) -> io::Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -40,7 +44,12 @@ impl Tap {
             for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
                 *d = *s as libc::c_char;
             }
-            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+            let mq = if multi_queue {
+                libc::IFF_MULTI_QUEUE
+            } else {
+                0
+            };
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | mq) as libc::c_short;
             if libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut ifr) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -71,10 +80,38 @@ impl Tap {
         Ok(Some(n as usize))
     }
 
-    /// Writes one frame (dropped by the kernel if the interface is down).
-    pub(crate) fn write(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: writing from a live buffer.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    /// Writes one frame (dropped by the kernel if the interface is down): its first bytes
+    /// from host memory, the rest (if any) straight from where it is (a guest's TX buffer:
+    /// the kernel copies it, no copy of ours).
+    pub(crate) fn write(&self, frame: OutFrame<'_>) -> io::Result<()> {
+        let (rest, rest_len) = frame.rest();
+        let tail = frame.tail();
+        let iov = [
+            libc::iovec {
+                iov_base: frame.head().as_ptr() as *mut libc::c_void,
+                iov_len: frame.head().len(),
+            },
+            libc::iovec {
+                iov_base: rest as *mut libc::c_void,
+                iov_len: rest_len,
+            },
+            libc::iovec {
+                iov_base: tail.as_ptr() as *mut libc::c_void,
+                iov_len: tail.len(),
+            },
+        ];
+        let cnt = if tail.is_empty() {
+            if rest_len == 0 {
+                1
+            } else {
+                2
+            }
+        } else {
+            3
+        };
+        // SAFETY: both buffers are readable for their lengths (the rest by `OutFrame`'s
+        // contract); the kernel only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

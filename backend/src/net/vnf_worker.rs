@@ -1,28 +1,37 @@
-//! [`VnfWorker`]: the one thread that runs a vNF instance (its flow processor and all its
-//! ports: port 0, the vNF's own virtio-net device; uplinks 1.., TAP or vhost-user virtio-net),
-//! without locks.
+//! [`VnfWorker`]: a thread that runs one lane of a vNF instance: queue pair `k` of every
+//! virtio port of the vNF (port 0, the vNF's own virtio-net device; vhost-user uplinks) and
+//! queue `k` of every TAP uplink, through the instance's lane `k` of the flow processor.
+//! A vNF with `--queue-pairs N` has N workers; with one, it is the whole instance.
 //!
-//! The worker runs from start-up to shutdown, whichever frontends come and go: virtio-net
-//! ring pairs arrive and leave through their [`RingSlot`]s. Frames for a port whose frontend
-//! is absent are dropped and counted.
+//! Each worker takes frames only from its own pairs' TX rings (no lock is shared there). Its
+//! frames leave through the destination port's pair `k` if the frontend enabled it, else
+//! through another enabled pair of that port; so a pair's RX ring is shared by the workers,
+//! each taking its lock for the span of one batch (uncontended when every port has all its
+//! pairs). Control frames go to the instance from whichever worker received them; worker 0
+//! expires flows. Pairs arrive and leave through their [`RingSlot`]s, whichever frontends
+//! come and go; frames for a port with no enabled pair are dropped and counted.
 //!
-//! While the vNF itself (port 0) is away, its flows keep forwarding between the uplinks (a
-//! vNF restart costs no traffic); if it stays away longer than its keep time, its flows,
-//! groups and SAs are removed and their memory freed.
+//! While the vNF itself (port 0) is away (no pair attached), its flows keep forwarding between
+//! the uplinks (a vNF restart costs no traffic); if it stays away longer than its keep time,
+//! worker 0 removes its flows, groups and SAs and their memory is freed.
+//!
+//! A panic in a worker (a bug) resets the vNF's instance, which all its workers share, and
+//! that worker goes on; see [`VnfLoop::run`].
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::proto::{self, ETHERTYPE};
-use dpacc_spec::fastpath::{Emit, FlowProcessor, PacketBuf, PortId, Verdict, MAX_FRAME};
+use dpacc_spec::fastpath::{Emit, FlowLane, FlowProcessor, PacketBuf, PortId, Verdict, MAX_FRAME};
 use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::rings::NetRings;
+use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
 use super::tap::Tap;
 use crate::guest_log::guest_info;
@@ -69,40 +78,97 @@ impl VnfStats {
     }
 }
 
-/// One port of a vNF instance, by [`PortId`].
-pub(crate) enum Port {
+/// One queue pair of a virtio port: its rings while the frontend has them started. Only the
+/// pair's own worker takes frames from its TX ring and attaches or detaches it; any worker
+/// may put frames into its RX ring, holding the lock for one batch.
+pub(crate) type PairCell = Mutex<Option<NetRings>>;
+
+fn lock(c: &PairCell) -> MutexGuard<'_, Option<NetRings>> {
+    // A poisoned lock only means a worker panicked holding it; the rings are consistent
+    // between batches (indices are written back at every close).
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A port of a vNF instance as every worker sees it, by [`PortId`].
+pub(crate) enum SharedPort {
     /// A virtio-net device served over vhost-user (the vNF's own, or an uplink).
     Vhost {
-        /// Where its rings arrive.
-        slot: Arc<RingSlot>,
-        /// The rings, while a frontend is attached.
-        rings: Option<NetRings>,
+        /// Its queue pairs.
+        pairs: Box<[PairCell]>,
+        /// Bit `k`: pair `k` is attached.
+        attached: AtomicU64,
     },
-    /// A TAP uplink.
+    /// A TAP uplink (each worker has its own queue).
+    Tap,
+}
+
+impl SharedPort {
+    /// A virtio port with `n` queue pairs, none attached.
+    pub(crate) fn vhost(n: usize) -> Self {
+        Self::Vhost {
+            pairs: (0..n).map(|_| Mutex::new(None)).collect(),
+            attached: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the workers of a vNF instance share.
+pub(crate) struct VnfShared {
+    /// The vNF's flow processor.
+    pub(crate) proc_: Arc<dyn FlowProcessor>,
+    /// Ports by [`PortId`]: 0 is the vNF's (always `Vhost`), uplinks follow.
+    pub(crate) ports: Vec<SharedPort>,
+    /// The clock of every lane (flow timeouts compare times from all of them).
+    pub(crate) epoch: Instant,
+    /// The vNF's MAC (learned from its control frames) for replies and events: 48 bits.
+    pub(crate) vnf_mac: AtomicU64,
+}
+
+impl VnfShared {
+    fn vnf_mac(&self) -> [u8; 6] {
+        let b = self.vnf_mac.load(Ordering::Relaxed).to_le_bytes();
+        [b[0], b[1], b[2], b[3], b[4], b[5]]
+    }
+
+    fn set_vnf_mac(&self, m: [u8; 6]) {
+        let mut b = [0u8; 8];
+        b[..6].copy_from_slice(&m);
+        self.vnf_mac.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+/// Port `i` as one worker holds it.
+pub(crate) enum Port {
+    /// A virtio-net port: where this worker's pair of it arrives.
+    Vhost(Arc<RingSlot>),
+    /// A TAP uplink: this worker's queue of it.
     Tap(Tap),
 }
 
-/// A vNF instance: its flow processor and its ports (what its worker owns).
+/// What one worker runs: lane `index` of a vNF instance.
 pub(crate) struct VnfInstance {
-    /// The vNF's flow processor.
-    pub(crate) proc_: Box<dyn FlowProcessor>,
-    /// Ports by [`PortId`]: 0 is the vNF's (always `Vhost`), uplinks follow.
+    /// What every worker of the vNF shares.
+    pub(crate) shared: Arc<VnfShared>,
+    /// This worker's lane of the flow processor.
+    pub(crate) lane: Box<dyn FlowLane>,
+    /// The lane (and queue pair) index.
+    pub(crate) index: usize,
+    /// This worker's view of the ports, by [`PortId`].
     pub(crate) ports: Vec<Port>,
     /// Counters.
     pub(crate) stats: VnfStats,
-    /// The vNF's MAC (learned from its control frames) for replies and events.
-    pub(crate) vnf_mac: [u8; 6],
 }
 
-/// The running worker thread of one vNF instance.
+/// A running worker thread.
 pub(crate) struct VnfWorker {
     exit: EventFd,
     thread: Option<JoinHandle<VnfInstance>>,
 }
 
 impl VnfWorker {
-    /// Starts the worker thread; it busy-polls for `spin` after its ports run dry before it
-    /// sleeps, and clears the instance once the vNF has been away for `keep_detached`.
+    /// Starts the worker thread; it busy-polls for `spin` after its rings run dry before it
+    /// sleeps, and (worker 0) clears the instance once the vNF has been away for
+    /// `keep_detached`.
     pub(crate) fn spawn(
         vnf: VnfInstance,
         spin: Duration,
@@ -111,7 +177,7 @@ impl VnfWorker {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
-            .name("vnf-worker".into())
+            .name(format!("vnf-worker-{}", vnf.index))
             .spawn(move || VnfLoop::new(vnf, spin, keep_detached).run(&exit2))?;
         Ok(Self {
             exit,
@@ -119,7 +185,7 @@ impl VnfWorker {
         })
     }
 
-    /// Stops it (its rings go back to their slots) and returns the instance.
+    /// Stops it (its rings go back to their slots) and returns its part of the instance.
     pub(crate) fn stop(mut self) -> Option<VnfInstance> {
         let _ = self.exit.write(1);
         self.thread.take().and_then(|t| t.join().ok())
@@ -150,87 +216,123 @@ enum FdRole {
     Tap,
 }
 
-/// What the worker thread runs: the instance and its per-batch buffers.
+/// What the worker thread runs: its part of the instance and its per-batch buffers.
 struct VnfLoop {
     vnf: VnfInstance,
     spin: Duration,
     keep_detached: Duration,
-    /// Since when the vNF (port 0) has been away; None while it is attached or after its
-    /// state was cleared.
+    /// Since when the vNF (port 0) has been away (worker 0 keeps it); None while it is
+    /// attached or once its state was cleared.
     away_since: Option<Instant>,
+    /// The vNF was attached at the last look.
+    was_attached: bool,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
     chain: ChainBufs,
     emits: Vec<Emit>,
     frame: Vec<u8>,
-    t0: Instant,
+    /// (port, pair) RX rings this worker put frames into since the last flush.
+    touched: Vec<(usize, usize)>,
 }
 
 impl VnfLoop {
-    fn new(vnf: VnfInstance, spin: Duration, keep_detached: Duration) -> Self {
+    fn new(mut vnf: VnfInstance, spin: Duration, keep_detached: Duration) -> Self {
+        // ESP frames are then sealed or opened where they land (their one copy).
+        vnf.lane.enable_finish();
         Self {
             vnf,
             spin,
             keep_detached,
             away_since: Some(Instant::now()),
+            was_attached: false,
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
             chain: ChainBufs::new(),
             emits: Vec::new(),
             frame: Vec::with_capacity(MAX_FRAME + 64),
-            t0: Instant::now(),
+            touched: Vec::new(),
         }
     }
 
     fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
+        self.vnf.shared.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// This worker's pair of virtio port `i`.
+    fn own(&self, i: usize) -> Option<&PairCell> {
+        match self.vnf.shared.ports.get(i) {
+            Some(SharedPort::Vhost { pairs, .. }) => pairs.get(self.vnf.index),
+            _ => None,
+        }
     }
 
     /// Consumes a kick of port `i`'s RX or TX ring (the counter resets; the next kick wakes the
     /// worker again). A failure is harmless: every ring is serviced anyway.
     fn drain_kick(&self, i: usize, rx: bool) {
-        if let Some(Port::Vhost { rings: Some(g), .. }) = self.vnf.ports.get(i) {
-            let _ = if rx { g.rx_kick() } else { g.tx_kick() }.read();
+        if let Some(c) = self.own(i) {
+            if let Some(g) = lock(c).as_ref() {
+                let _ = if rx { g.rx_kick() } else { g.tx_kick() }.read();
+            }
         }
     }
 
-    /// Takes offered rings / gives rings back for every port. True if anything changed.
+    /// Takes offered rings / gives rings back for this worker's pair of every port. True if
+    /// anything changed.
     fn sync_slots(&mut self) -> bool {
         let mut changed = false;
-        for (i, p) in self.vnf.ports.iter_mut().enumerate() {
-            if let Port::Vhost { slot, rings } = p {
-                let mut held = rings.take().map(NetRings::into_pair);
-                if slot.sync(&mut held) {
-                    changed = true;
-                    guest_info!(
-                        "port {i} ({}): frontend {}",
-                        slot.name(),
-                        if held.is_some() {
-                            "attached"
-                        } else {
-                            "detached"
-                        }
-                    );
-                }
-                *rings = held.map(NetRings::new);
+        let k = self.vnf.index;
+        for (i, p) in self.vnf.ports.iter().enumerate() {
+            let (Port::Vhost(slot), Some(SharedPort::Vhost { pairs, attached })) =
+                (p, self.vnf.shared.ports.get(i))
+            else {
+                continue;
+            };
+            let Some(cell) = pairs.get(k) else {
+                continue;
+            };
+            let mut g = lock(cell);
+            let mut held = g.take().map(NetRings::into_pair);
+            if slot.sync(&mut held) {
+                changed = true;
+                guest_info!(
+                    "port {i} ({}) pair {k}: frontend {}",
+                    slot.name(),
+                    if held.is_some() {
+                        "attached"
+                    } else {
+                        "detached"
+                    }
+                );
             }
-        }
-        if changed {
-            let attached = matches!(
-                self.vnf.ports.first(),
-                Some(Port::Vhost { rings: Some(_), .. })
-            );
-            match (attached, self.away_since) {
-                (true, _) => self.away_since = None,
-                (false, None) => self.away_since = Some(Instant::now()),
-                (false, Some(_)) => {}
+            let bit = 1u64 << k;
+            if held.is_some() {
+                attached.fetch_or(bit, Ordering::AcqRel);
+            } else {
+                attached.fetch_and(!bit, Ordering::AcqRel);
             }
+            *g = held.map(NetRings::new);
         }
         changed
     }
 
-    /// Clears the instance once the vNF has been away for its keep time.
+    /// Whether any pair of the vNF's own port (port 0) is attached.
+    fn vnf_attached(&self) -> bool {
+        matches!(
+            self.vnf.shared.ports.first(),
+            Some(SharedPort::Vhost { attached, .. }) if attached.load(Ordering::Acquire) != 0
+        )
+    }
+
+    /// Clears the instance once the vNF has been away for its keep time (worker 0, with
+    /// expiry).
     fn forget_if_away(&mut self) {
+        let attached = self.vnf_attached();
+        if attached {
+            self.away_since = None;
+        } else if self.was_attached {
+            self.away_since = Some(Instant::now());
+        }
+        self.was_attached = attached;
         let Some(t) = self.away_since else {
             return;
         };
@@ -238,18 +340,19 @@ impl VnfLoop {
             return;
         }
         self.away_since = None;
-        let u = self.vnf.proc_.usage();
+        let proc_ = &self.vnf.shared.proc_;
+        let u = proc_.usage();
         if u.flows + u.groups + u.sas == 0 {
             return;
         }
-        self.vnf.proc_.clear();
+        proc_.clear();
         info!(
             "vNF away for {} s: removed its {} flows, {} groups and {} SAs ({} KiB freed)",
             t.elapsed().as_secs(),
             u.flows,
             u.groups,
             u.sas,
-            u.memory.saturating_sub(self.vnf.proc_.usage().memory) >> 10
+            u.memory.saturating_sub(proc_.usage().memory) >> 10
         );
     }
 
@@ -267,9 +370,11 @@ impl VnfLoop {
         };
         for (i, p) in self.vnf.ports.iter().enumerate() {
             match p {
-                Port::Vhost { slot, rings } => {
+                Port::Vhost(slot) => {
                     add(slot.wake_fd().as_raw_fd(), FdRole::Slot(i));
-                    if let Some(g) = rings {
+                    if let Some(g) = self.own(i).map(lock).as_deref().and_then(Option::as_ref) {
+                        // The descriptors stay open while the rings are attached, and only
+                        // this worker detaches them (then it builds a new set).
                         add(g.tx_kick().as_raw_fd(), FdRole::TxKick(i));
                         if i == 0 {
                             // Drained so that it never stays readable; nothing waits on it.
@@ -284,24 +389,50 @@ impl VnfLoop {
         (fds, roles)
     }
 
-    /// Runs until `exit`, then gives every ring back and returns the instance. A panic (a bug)
-    /// resets this vNF's flows, groups and SAs and the loop goes on; after [`MAX_PANICS`] the
-    /// worker stops serving (this vNF's ports go dark; other vNFs never notice).
+    /// Runs until `exit`, then gives this worker's rings back and returns its part of the
+    /// instance.
+    ///
+    /// A panic (a bug) resets the vNF's instance and the loop goes on: this worker's lane
+    /// first leaves the batch it was in (so that the reset, which waits for every lane to be
+    /// out of its batch, does not wait for it), then every flow, group and SA of the vNF is
+    /// removed. The instance is shared by all the vNF's workers: the other lanes finish the
+    /// batch they are in, then find the instance empty (their caches are dropped; their
+    /// packets miss and go to the vNF as PACKET_IN until it installs its flows again) and
+    /// keep running; their rings are untouched. After [`MAX_PANICS`] this worker stops
+    /// serving (its queue pair of every port goes dark; if it is worker 0, flows no longer
+    /// expire); the vNF's other workers and other vNFs go on.
     fn run(mut self, exit: &EventFd) -> VnfInstance {
         let mut panics = 0;
         while std::panic::catch_unwind(AssertUnwindSafe(|| self.serve(exit))).is_err() {
             panics += 1;
-            let clear = std::panic::catch_unwind(AssertUnwindSafe(|| self.vnf.proc_.clear()));
-            if panics >= MAX_PANICS || clear.is_err() {
-                error!("vNF worker panicked {panics} time(s) (a bug): it stops serving this vNF");
+            let reset = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.vnf.lane.end_batch();
+                self.touched.clear();
+                self.vnf.shared.proc_.clear();
+            }));
+            if panics >= MAX_PANICS || reset.is_err() {
+                error!(
+                    worker = self.vnf.index,
+                    "vNF worker panicked {panics} time(s) (a bug): it stops serving its queue pair"
+                );
                 break;
             }
-            error!("vNF worker panicked (a bug): this vNF's flows, groups and SAs are reset");
+            error!(
+                worker = self.vnf.index,
+                "vNF worker panicked (a bug): this vNF's flows, groups and SAs are reset"
+            );
         }
-        info!(stats = ?self.vnf.stats, "vNF worker stops");
-        for p in &mut self.vnf.ports {
-            if let Port::Vhost { slot, rings } = p {
-                slot.give_back(rings.take().map(NetRings::into_pair));
+        info!(worker = self.vnf.index, stats = ?self.vnf.stats, "vNF worker stops");
+        let k = self.vnf.index;
+        for (i, p) in self.vnf.ports.iter().enumerate() {
+            let (Port::Vhost(slot), Some(SharedPort::Vhost { pairs, attached })) =
+                (p, self.vnf.shared.ports.get(i))
+            else {
+                continue;
+            };
+            if let Some(cell) = pairs.get(k) {
+                attached.fetch_and(!(1u64 << k), Ordering::AcqRel);
+                slot.give_back(lock(cell).take().map(NetRings::into_pair));
             }
         }
         self.vnf
@@ -364,11 +495,11 @@ impl VnfLoop {
             if !busy {
                 busy = self.rearm();
             }
-            if last_expire.elapsed() >= EXPIRE_EVERY {
+            if self.vnf.index == 0 && last_expire.elapsed() >= EXPIRE_EVERY {
                 last_expire = Instant::now();
                 self.emits.clear();
                 let t = self.now();
-                self.vnf.proc_.expire(t, &mut self.emits);
+                self.vnf.shared.proc_.expire(t, &mut self.emits);
                 self.emit_all();
                 self.forget_if_away();
             }
@@ -379,8 +510,13 @@ impl VnfLoop {
     /// Services the ports round-robin, a batch each per round, until none has input or
     /// [`MAX_ROUNDS`] rounds ran. True if it found input (poll again without sleeping).
     fn pass(&mut self) -> bool {
-        for p in &mut self.vnf.ports {
-            if let Port::Vhost { rings: Some(g), .. } = p {
+        for i in 0..self.vnf.ports.len() {
+            if let Some(g) = self
+                .own(i)
+                .map(lock)
+                .as_deref_mut()
+                .and_then(Option::as_mut)
+            {
                 g.refresh();
             }
         }
@@ -388,8 +524,7 @@ impl VnfLoop {
             let mut busy = false;
             for i in 0..self.vnf.ports.len() {
                 busy |= match &self.vnf.ports[i] {
-                    Port::Vhost { rings: Some(_), .. } => self.virtio_batch(i) > 0,
-                    Port::Vhost { rings: None, .. } => false,
+                    Port::Vhost(_) => self.virtio_batch(i) > 0,
                     Port::Tap(_) => self.tap_batch(i) > 0,
                 };
             }
@@ -405,28 +540,39 @@ impl VnfLoop {
     /// drivers do not kick). True if frames came meanwhile (do not sleep).
     fn rearm(&mut self) -> bool {
         let mut more = false;
-        for p in &mut self.vnf.ports {
-            if let Port::Vhost { rings: Some(g), .. } = p {
+        for i in 0..self.vnf.ports.len() {
+            if let Some(g) = self
+                .own(i)
+                .map(lock)
+                .as_deref_mut()
+                .and_then(Option::as_mut)
+            {
                 more |= g.tx_rearm();
             }
         }
         more
     }
 
-    /// Takes up to a batch of frames from virtio port `i`'s TX ring and processes them.
-    /// Control frames from the vNF's own port go to its instance and are never forwarded;
-    /// from an uplink they are ordinary frames. Returns the chains consumed.
+    /// Takes up to a batch of frames from this worker's pair of virtio port `i` and processes
+    /// them. Control frames from the vNF's own port go to its instance and are never
+    /// forwarded; from an uplink they are ordinary frames. Returns the chains consumed.
     fn virtio_batch(&mut self, i: usize) -> usize {
         let id = PortId(i as u16);
-        let Port::Vhost { rings: Some(g), .. } = &mut self.vnf.ports[i] else {
+        let VnfLoop {
+            vnf, chain, pkts, ..
+        } = self;
+        let Some(SharedPort::Vhost { pairs, .. }) = vnf.shared.ports.get(i) else {
             return 0;
         };
-        let (chains, mut n) = g.receive(
-            &mut self.chain,
-            &mut self.pkts,
-            id,
-            &mut self.vnf.stats.bad_tx,
-        );
+        let Some(cell) = pairs.get(vnf.index) else {
+            return 0;
+        };
+        // Frames from uplinks may stay partly in the guest's buffer (one copy when forwarded);
+        // the vNF's own frames are loaded whole (control frames are parsed whole).
+        let (chains, mut n) = match lock(cell).as_mut() {
+            Some(g) => g.receive(chain, pkts, id, id != PortId::VNF, &mut vnf.stats.bad_tx),
+            None => return 0,
+        };
         self.vnf.stats.batches += u64::from(chains > 0);
         if id != PortId::VNF {
             self.vnf.stats.from_uplinks += n as u64;
@@ -437,10 +583,10 @@ impl VnfLoop {
             for j in 0..n {
                 if let Some((_, src, payload)) = proto::parse_frame(self.pkts[j].frame()) {
                     self.vnf.stats.control += 1;
-                    self.vnf.vnf_mac = src;
+                    self.vnf.shared.set_vnf_mac(src);
                     self.emits.clear();
                     let t = self.now();
-                    self.vnf.proc_.control(t, payload, &mut self.emits);
+                    self.vnf.shared.proc_.control(t, payload, &mut self.emits);
                     self.emit_all();
                     continue;
                 }
@@ -452,10 +598,26 @@ impl VnfLoop {
         if n > 0 {
             self.process(n);
         }
+        // Every frame of the batch is forwarded: forget where partial ones came from, then
+        // give the TX chains back.
+        for p in &mut self.pkts[..n] {
+            if !p.is_whole() {
+                p.reset(id);
+            }
+        }
+        if let Some(g) = self
+            .own(i)
+            .map(lock)
+            .as_deref_mut()
+            .and_then(Option::as_mut)
+        {
+            g.tx_complete();
+        }
         chains
     }
 
-    /// Reads up to a batch of frames from TAP port `i` and processes them.
+    /// Reads up to a batch of frames from this worker's queue of TAP port `i` and processes
+    /// them.
     fn tap_batch(&mut self, i: usize) -> usize {
         let Port::Tap(tap) = &self.vnf.ports[i] else {
             return 0;
@@ -485,7 +647,7 @@ impl VnfLoop {
     fn process(&mut self, n: usize) {
         let t = self.now();
         self.vnf
-            .proc_
+            .lane
             .process(t, &mut self.pkts[..n], &mut self.verdicts[..n]);
         // Outputs to virtio ports go out in one ring pass per port; the rest one by one.
         let mut to_guests = false;
@@ -493,38 +655,58 @@ impl VnfLoop {
             match self.verdicts[i] {
                 Verdict::Output(port) => {
                     if matches!(
-                        self.vnf.ports.get(usize::from(port.0)),
-                        Some(Port::Vhost { .. })
+                        self.vnf.shared.ports.get(usize::from(port.0)),
+                        Some(SharedPort::Vhost { .. })
                     ) {
                         to_guests = true;
                     } else {
-                        output(&mut self.vnf, &mut self.chain, port, self.pkts[i].frame());
+                        // A TAP takes host bytes: a pending frame is finished in its buffer.
+                        let p = &mut self.pkts[i];
+                        if p.is_pending() && !self.vnf.lane.finish_here(i, p) {
+                            continue;
+                        }
+                        let f = OutFrame::of(&self.pkts[i]);
+                        send_out(&mut self.vnf, &mut self.chain, &mut self.touched, port, f);
                     }
                 }
                 Verdict::Drop => {}
                 Verdict::Miss { table } => {
-                    let p = &self.pkts[i];
+                    let p = &mut self.pkts[i];
                     if p.in_port == PortId::VNF {
                         continue; // vNF-originated misses are dropped, never looped back
                     }
+                    p.make_whole();
                     proto::encode_packet_in(
-                        self.vnf.vnf_mac,
+                        self.vnf.shared.vnf_mac(),
                         p.in_port,
                         table,
                         p.frame(),
                         &mut self.frame,
                     );
-                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
+                    let f = OutFrame::whole(&self.frame);
+                    send_out(
+                        &mut self.vnf,
+                        &mut self.chain,
+                        &mut self.touched,
+                        PortId::VNF,
+                        f,
+                    );
                 }
             }
         }
-        if !to_guests {
-            return;
+        if to_guests {
+            self.send_to_guests(n);
         }
-        for (pi, p) in self.vnf.ports.iter_mut().enumerate() {
-            let Port::Vhost { rings, .. } = p else {
+        self.vnf.lane.end_batch();
+    }
+
+    /// Puts the frames of the batch's first `n` packets bound for virtio ports into their RX
+    /// rings, a ring pass per port; pending frames are finished where they land.
+    fn send_to_guests(&mut self, n: usize) {
+        for pi in 0..self.vnf.shared.ports.len() {
+            if !matches!(self.vnf.shared.ports[pi], SharedPort::Vhost { .. }) {
                 continue;
-            };
+            }
             let want = PortId(pi as u16);
             let verdicts = &self.verdicts[..n];
             let count = verdicts
@@ -534,20 +716,23 @@ impl VnfLoop {
             if count == 0 {
                 continue;
             }
-            let sent = match rings {
-                Some(g) => {
-                    let pkts = &self.pkts;
-                    g.send(
-                        &mut self.chain,
-                        verdicts
-                            .iter()
-                            .zip(pkts.iter())
-                            .filter(|(v, _)| **v == Verdict::Output(want))
-                            .map(|(_, p)| p.frame()),
-                    )
-                }
-                None => 0,
-            };
+            let pkts = &self.pkts;
+            let frames = verdicts
+                .iter()
+                .zip(pkts.iter())
+                .enumerate()
+                .filter(|(_, (v, _))| **v == Verdict::Output(want))
+                .map(|(i, (_, p))| OutFrame::of_batch(p, i));
+            let lane = &mut self.vnf.lane;
+            let sent = send_virtio(
+                &self.vnf.shared,
+                self.vnf.index,
+                &mut self.chain,
+                &mut self.touched,
+                pi,
+                frames,
+                &mut |i, at| lane.finish(i, at),
+            );
             self.vnf.stats.count_out(want, count, sent);
         }
     }
@@ -556,14 +741,26 @@ impl VnfLoop {
         let emits = std::mem::take(&mut self.emits);
         for e in &emits {
             match e {
-                Emit::Frame { port, frame } => output(&mut self.vnf, &mut self.chain, *port, frame),
+                Emit::Frame { port, frame } => send_out(
+                    &mut self.vnf,
+                    &mut self.chain,
+                    &mut self.touched,
+                    *port,
+                    OutFrame::whole(frame),
+                ),
                 Emit::Control(payload) => {
                     self.frame.clear();
-                    self.frame.extend_from_slice(&self.vnf.vnf_mac);
+                    self.frame.extend_from_slice(&self.vnf.shared.vnf_mac());
                     self.frame.extend_from_slice(&proto::BACKEND_MAC);
                     self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
                     self.frame.extend_from_slice(payload);
-                    output(&mut self.vnf, &mut self.chain, PortId::VNF, &self.frame);
+                    send_out(
+                        &mut self.vnf,
+                        &mut self.chain,
+                        &mut self.touched,
+                        PortId::VNF,
+                        OutFrame::whole(&self.frame),
+                    );
                 }
             }
         }
@@ -571,21 +768,96 @@ impl VnfLoop {
         self.emits.clear();
     }
 
-    /// Notifies every guest of what its RX ring received.
+    /// Notifies every guest of what this worker put into its RX rings.
     fn flush(&mut self) {
-        for p in &mut self.vnf.ports {
-            if let Port::Vhost { rings: Some(g), .. } = p {
-                g.rx_flush();
+        for (p, q) in self.touched.drain(..) {
+            if let Some(SharedPort::Vhost { pairs, .. }) = self.vnf.shared.ports.get(p) {
+                if let Some(g) = pairs
+                    .get(q)
+                    .map(lock)
+                    .as_deref_mut()
+                    .and_then(Option::as_mut)
+                {
+                    g.rx_flush();
+                }
             }
         }
     }
 }
 
+/// The pair of a port with the `attached` mask that worker `k` sends through: its own if
+/// attached, else one of the attached ones (spread over the workers). None if none is.
+fn pick_pair(attached: u64, k: usize) -> Option<usize> {
+    if k < 64 && attached & (1 << k) != 0 {
+        return Some(k);
+    }
+    let n = attached.count_ones() as usize;
+    if n == 0 {
+        return None;
+    }
+    let mut nth = k % n;
+    let mut m = attached;
+    loop {
+        let b = m.trailing_zeros() as usize;
+        if nth == 0 {
+            return Some(b);
+        }
+        nth -= 1;
+        m &= m - 1;
+    }
+}
+
+/// Puts `frames` into virtio port `p`'s RX ring of the pair [`pick_pair`] chooses, holding
+/// its lock for the batch (pending frames finished with `finish` where they land). Returns
+/// how many went in.
+fn send_virtio<'f>(
+    shared: &VnfShared,
+    k: usize,
+    chain: &mut ChainBufs,
+    touched: &mut Vec<(usize, usize)>,
+    p: usize,
+    frames: impl IntoIterator<Item = OutFrame<'f>>,
+    finish: &mut dyn FnMut(usize, &[dpacc_spec::Seg<'_>]) -> Option<usize>,
+) -> usize {
+    let Some(SharedPort::Vhost { pairs, attached }) = shared.ports.get(p) else {
+        return 0;
+    };
+    let Some(q) = pick_pair(attached.load(Ordering::Acquire), k) else {
+        return 0;
+    };
+    let Some(cell) = pairs.get(q) else {
+        return 0;
+    };
+    let sent = match lock(cell).as_mut() {
+        Some(g) => g.send(chain, frames, finish),
+        None => 0,
+    };
+    if sent > 0 && !touched.contains(&(p, q)) {
+        touched.push((p, q));
+    }
+    sent
+}
+
 /// Sends `frame` out of `port`.
-fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u8]) {
-    match vnf.ports.get_mut(usize::from(port.0)) {
-        Some(Port::Vhost { rings: g, .. }) => {
-            let sent = g.as_mut().map_or(0, |g| g.send(chain, [frame]));
+fn send_out(
+    vnf: &mut VnfInstance,
+    chain: &mut ChainBufs,
+    touched: &mut Vec<(usize, usize)>,
+    port: PortId,
+    frame: OutFrame<'_>,
+) {
+    let i = usize::from(port.0);
+    match vnf.ports.get(i) {
+        Some(Port::Vhost(_)) => {
+            let sent = send_virtio(
+                &vnf.shared,
+                vnf.index,
+                chain,
+                touched,
+                i,
+                [frame],
+                &mut |_, _| None,
+            );
             vnf.stats.count_out(port, 1, sent);
         }
         Some(Port::Tap(tap)) => match tap.write(frame) {
@@ -600,7 +872,19 @@ fn output(vnf: &mut VnfInstance, chain: &mut ChainBufs, port: PortId, frame: &[u
 mod tests {
     use super::*;
     use dpacc_spec::fastpath::Usage;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn workers_use_their_own_pair_or_share_the_enabled_ones() {
+        assert_eq!(pick_pair(0b11, 1), Some(1));
+        assert_eq!(pick_pair(0b01, 1), Some(0), "pair 1 disabled: pair 0");
+        assert_eq!(pick_pair(0, 0), None);
+        assert_eq!(pick_pair(0b1010, 0), Some(1));
+        assert_eq!(pick_pair(0b1010, 2), Some(1));
+        assert_eq!(pick_pair(0b1010, 3), Some(3));
+        assert_eq!(pick_pair(0b1010, 4), Some(1));
+        assert_eq!(pick_pair(0b1010, 5), Some(3));
+    }
 
     /// A flow processor whose `expire` panics the first `panics` times.
     struct Buggy {
@@ -609,10 +893,18 @@ mod tests {
         clears: Arc<AtomicU32>,
     }
 
-    impl FlowProcessor for Buggy {
+    struct IdleLane;
+
+    impl FlowLane for IdleLane {
         fn process(&mut self, _: u64, _: &mut [PacketBuf], _: &mut [Verdict]) {}
-        fn control(&mut self, _: u64, _: &[u8], _: &mut Vec<Emit>) {}
-        fn expire(&mut self, _: u64, _: &mut Vec<Emit>) {
+    }
+
+    impl FlowProcessor for Buggy {
+        fn lane(&self, _: usize) -> Option<Box<dyn FlowLane>> {
+            Some(Box::new(IdleLane))
+        }
+        fn control(&self, _: u64, _: &[u8], _: &mut Vec<Emit>) {}
+        fn expire(&self, _: u64, _: &mut Vec<Emit>) {
             let n = self.expires.fetch_add(1, Ordering::SeqCst);
             if n < self.panics {
                 panic!("injected bug {n}");
@@ -624,26 +916,31 @@ mod tests {
         fn usage(&self) -> Usage {
             Usage::default()
         }
-        fn clear(&mut self) {
+        fn clear(&self) {
             self.clears.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     fn worker(panics: u32) -> (VnfWorker, Arc<AtomicU32>, Arc<AtomicU32>) {
         let (expires, clears) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let proc_: Arc<dyn FlowProcessor> = Arc::new(Buggy {
+            panics,
+            expires: expires.clone(),
+            clears: clears.clone(),
+        });
+        let lane = proc_.lane(0).unwrap();
         let w = VnfWorker::spawn(
             VnfInstance {
-                proc_: Box::new(Buggy {
-                    panics,
-                    expires: expires.clone(),
-                    clears: clears.clone(),
+                shared: Arc::new(VnfShared {
+                    proc_,
+                    ports: vec![SharedPort::vhost(1)],
+                    epoch: Instant::now(),
+                    vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
                 }),
-                ports: vec![Port::Vhost {
-                    slot: Arc::new(RingSlot::new("vnf").unwrap()),
-                    rings: None,
-                }],
+                lane,
+                index: 0,
+                ports: vec![Port::Vhost(Arc::new(RingSlot::new("vnf").unwrap()))],
                 stats: VnfStats::default(),
-                vnf_mac: [0xff; 6],
             },
             Duration::ZERO,
             Duration::from_secs(60),

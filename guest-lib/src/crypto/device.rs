@@ -85,6 +85,8 @@ pub(super) struct Inner {
     pub(super) indirect: bool,
     /// Session requests go in-band on a data queue (`dpacc_spec::in_band`).
     pub(super) in_band: bool,
+    /// The backend's process id, when the transport can tell.
+    backend_pid: Option<u32>,
     // Last: the connection closes after everything above is gone.
     _transport: Mutex<Box<dyn Transport>>,
 }
@@ -279,6 +281,7 @@ impl CryptoDevice {
                 opts,
                 indirect,
                 in_band,
+                backend_pid: t.backend_pid(),
                 _transport: Mutex::new(t),
             }),
         })
@@ -292,6 +295,13 @@ impl CryptoDevice {
     /// The raw config space.
     pub fn config(&self) -> Config {
         self.inner.config
+    }
+
+    /// The process id of the backend serving this device, when the transport can tell
+    /// (virtio-user: the peer of the vhost-user socket; `None` inside a VM). For diagnostics
+    /// and benchmarks, e.g. reading how busy its worker threads are.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.inner.backend_pid
     }
 
     /// Data queues in use.

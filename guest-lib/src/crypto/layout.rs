@@ -1,6 +1,13 @@
 //! Where the driver keeps request headers in the shared region: one slot per data-queue entry
-//! (indirect table, data request, IV, status) and one control scratch area (control request,
+//! (data request, IV, status, indirect table) and one control scratch area (control request,
 //! keys, session input). The offsets are checked against the spec structs at compile time.
+//!
+//! A slot is laid out so that an ordinary request costs the device three cache lines, all
+//! written by this driver on its core and read (the status written) on the device's: the
+//! 72-byte request and the IV right after it (one readable descriptor for both), the status
+//! byte in the same line as the request's tail and the IV, and an indirect table of four
+//! descriptors (request and IV, source, destination, status) in one line of its own. Requests
+//! with AAD or a digest beside the destination spill into a fourth line.
 
 use std::mem::{align_of, offset_of, size_of};
 
@@ -11,9 +18,9 @@ use dpacc_spec::Iv;
 use crate::mem::DMA_ALIGN;
 use crate::virtq::DESC_SIZE;
 
-/// Most descriptors one data request takes: request, IV, source, AAD, then destination and
+/// Most descriptors one data request takes: request and IV, source, AAD, then destination and
 /// digest (a chain writes both), then the status byte. Zero-length parts are left out.
-pub(super) const MAX_REQ_DESCS: usize = 7;
+pub(super) const MAX_REQ_DESCS: usize = 6;
 /// The device-writable status of a data request or a destroy-session request
 /// (`struct virtio_crypto_inhdr`: one byte).
 pub(super) const STATUS_LEN: usize = 1;
@@ -22,22 +29,27 @@ pub(super) const STATUS_UNSET: u8 = 0xff;
 
 /// Bytes of per-request memory, one slot per data-queue entry.
 pub(super) const SLOT_SIZE: usize = 256;
-/// The slot's indirect descriptor table (room for [`MAX_REQ_DESCS`]).
-pub(super) const SLOT_TABLE: usize = 0;
-/// The slot's data request ([`DATA_REQ_SIZE`] bytes).
-pub(super) const SLOT_REQ: usize = 128;
-/// The slot's IV (up to [`Iv::MAX`] bytes).
+/// The slot's data request ([`DATA_REQ_SIZE`] bytes), at the start of a cache line.
+pub(super) const SLOT_REQ: usize = 0;
+/// The slot's IV (up to [`Iv::MAX`] bytes), right after the request: one descriptor covers
+/// both.
 pub(super) const SLOT_IV: usize = SLOT_REQ + DATA_REQ_SIZE;
-/// The slot's status byte.
+/// The slot's status byte, in the line that holds the request's tail and the IV.
 pub(super) const SLOT_STATUS: usize = SLOT_IV + Iv::MAX;
+/// The slot's indirect descriptor table (room for [`MAX_REQ_DESCS`]), on a line boundary.
+pub(super) const SLOT_TABLE: usize = 128;
 
 const _: () = {
     // In order, without overlap, inside the slot.
-    assert!(SLOT_TABLE + MAX_REQ_DESCS * DESC_SIZE <= SLOT_REQ);
-    assert!(SLOT_REQ + DATA_REQ_SIZE <= SLOT_IV);
+    assert!(SLOT_REQ + DATA_REQ_SIZE == SLOT_IV);
     assert!(SLOT_IV + Iv::MAX <= SLOT_STATUS);
-    assert!(SLOT_STATUS + STATUS_LEN <= SLOT_SIZE);
+    assert!(SLOT_STATUS + STATUS_LEN <= SLOT_TABLE);
+    assert!(SLOT_TABLE + MAX_REQ_DESCS * DESC_SIZE <= SLOT_SIZE);
     assert!(size_of::<DataRequest>() == DATA_REQ_SIZE);
+    // Request tail, IV and status share the request's second line; four descriptors fill the
+    // table's first line.
+    assert!(SLOT_STATUS / 64 == (SLOT_REQ + DATA_REQ_SIZE - 1) / 64);
+    assert!(SLOT_TABLE % 64 == 0);
     // Every slot's indirect table is 16-byte aligned (as `SplitQueue::add_indirect` asks), the
     // request naturally aligned, and the arena after the slots stays cache-line aligned.
     assert!(SLOT_TABLE % DESC_SIZE == 0 && SLOT_SIZE % DESC_SIZE == 0);

@@ -240,11 +240,11 @@ impl Queue {
                 k += 1;
             }
         };
+        // The request and the IV right after it, one descriptor (see `layout`).
         add(RawDesc::readable(
             mem.gpa(soff + SLOT_REQ),
-            DATA_REQ_SIZE as u32,
+            (DATA_REQ_SIZE + iv.len()) as u32,
         ));
-        add(RawDesc::readable(mem.gpa(soff + SLOT_IV), iv.len() as u32));
         let (src_gpa, src_len) = g(&b.src);
         add(RawDesc::readable(src_gpa, src_len));
         let (aad_gpa, aad_len) = g(&b.aad);

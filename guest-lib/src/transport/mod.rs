@@ -75,6 +75,12 @@ pub trait Transport: Send {
     fn vmm_mediated(&self) -> bool {
         false
     }
+    /// The process id of the device's backend, when the transport can tell (virtio-user: the
+    /// peer of the vhost-user socket, from `SO_PEERCRED`). For diagnostics and benchmarks (how
+    /// busy the backend's workers are), never for a decision.
+    fn backend_pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Where a device is: `pci:DDDD:BB:DD.F` (inside a VM) or `vhost-user:PATH` (the backend's

@@ -130,6 +130,30 @@ impl VirtioUser {
 }
 
 impl Transport for VirtioUser {
+    fn backend_pid(&self) -> Option<u32> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: SO_PEERCRED writes at most `len` bytes into the live `cred`; the fd is the
+        // frontend's connected socket, owned by `self.fe` for this call.
+        let r = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fe),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        match (r, u32::try_from(cred.pid)) {
+            (0, Ok(pid)) if pid > 0 => Some(pid),
+            _ => None,
+        }
+    }
+
     fn features(&self) -> u64 {
         self.features
     }

@@ -149,7 +149,7 @@ impl Match {
 }
 
 /// A predefined action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Send out of a port.
     Output(PortId),

@@ -1,7 +1,8 @@
 //! The inline / fast-path contract: per-vNF flow processors and the packets they work on.
 //!
 //! Each vNF port of a `dpacc-backend net` device owns one isolated [`FlowProcessor`] made by a
-//! [`FastPathDriver`]. The backend hands it batches of Ethernet frames (virtio-net header
+//! [`FastPathDriver`], whose data path runs on one [`FlowLane`] per worker thread (virtio-net
+//! queue pair). The backend hands a lane batches of Ethernet frames (virtio-net header
 //! already stripped) received on the vNF port or on the uplinks that belong to it; for each the
 //! processor returns a [`Verdict`]. Control frames (EtherType [`proto::ETHERTYPE`]) sent by the
 //! vNF go to [`FlowProcessor::control`] instead; the backend never forwards them.
@@ -27,22 +28,68 @@ pub const HEADROOM: usize = 128;
 /// Largest frame (without virtio-net header) a [`PacketBuf`] holds after headroom.
 pub const MAX_FRAME: usize = 9216;
 
+/// Bytes of a frame a device copies into a [`PacketBuf`] when it leaves the rest in the source
+/// buffer ([`PacketBuf::set_partial`]): every header the processors parse or rewrite (VLAN tag,
+/// IPv4 with options or IPv6, TCP/UDP ports and checksum) lies in the first 128 bytes.
+pub const HEADER_BYTES: usize = 128;
+
 /// One packet being processed: a fixed buffer with headroom, reused across batches (the data
 /// path allocates no packet buffers per packet).
+///
+/// A device may load only the frame's first bytes ([`PacketBuf::set_partial`]; at least
+/// [`HEADER_BYTES`]) and leave the rest in its source buffer (a guest's TX buffer), so that a
+/// forwarded frame is copied once, from the source straight into the destination. Then
+/// [`frame`](Self::frame) holds the resident bytes (all headers), [`len`](Self::len) is the
+/// whole frame's length, and a processor that needs every byte (ESP) calls
+/// [`make_whole`](Self::make_whole) first.
+///
+/// A processor may also leave a partial frame's payload untransformed and mark the packet
+/// *pending* ([`PacketBuf::set_pending`]): the device then runs the rest of its work where
+/// the frame lands, through [`FlowLane::finish`] (e.g. an AEAD in place in the destination
+/// buffer, after the frame's one copy), and the bytes of [`tail`](Self::tail) follow the
+/// rest.
 #[derive(Clone)]
 pub struct PacketBuf {
     buf: Box<[u8]>,
     head: usize,
+    /// Resident bytes of the frame (after `head`).
     len: usize,
+    /// The frame's bytes past the resident ones, still in the source buffer.
+    rest: Option<Rest>,
+    /// Bytes after the rest of a partial frame (a trailer added without loading the rest).
+    tail: [u8; MAX_TAIL],
+    tail_len: u8,
+    /// The device must call [`FlowLane::finish`] for this packet.
+    pending: bool,
     /// The port the frame arrived on.
     pub in_port: PortId,
 }
+
+/// Most bytes a processor may append after the rest of a partial frame
+/// ([`PacketBuf::push_tail`]).
+pub const MAX_TAIL: usize = 32;
+
+/// The part of a partial frame still in its source buffer.
+#[derive(Clone, Copy, Debug)]
+struct Rest {
+    src: *const u8,
+    len: usize,
+}
+
+// SAFETY: `Rest` only describes memory; whoever sets it (`set_partial`, unsafe) vouches for it
+// while the buffer is in use by one thread at a time, which `&mut self` access guarantees.
+unsafe impl Send for Rest {}
+// SAFETY: as above; shared access never reads through the pointer.
+unsafe impl Sync for Rest {}
 
 impl std::fmt::Debug for PacketBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PacketBuf")
             .field("head", &self.head)
             .field("len", &self.len)
+            .field("rest", &self.rest.map(|r| r.len))
+            .field("tail", &self.tail_len)
+            .field("pending", &self.pending)
             .field("in_port", &self.in_port)
             .finish()
     }
@@ -61,6 +108,10 @@ impl PacketBuf {
             buf: vec![0u8; HEADROOM + MAX_FRAME + 64].into_boxed_slice(),
             head: HEADROOM,
             len: 0,
+            rest: None,
+            tail: [0; MAX_TAIL],
+            tail_len: 0,
+            pending: false,
             in_port: PortId::VNF,
         }
     }
@@ -69,6 +120,9 @@ impl PacketBuf {
     pub fn reset(&mut self, in_port: PortId) {
         self.head = HEADROOM;
         self.len = 0;
+        self.rest = None;
+        self.tail_len = 0;
+        self.pending = false;
         self.in_port = in_port;
     }
 
@@ -83,24 +137,170 @@ impl PacketBuf {
         true
     }
 
-    /// The frame.
+    /// The frame (its resident bytes, which hold every header, if it is partial).
     pub fn frame(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]
     }
 
-    /// The frame, writable.
+    /// The frame, writable (its resident bytes, if it is partial).
     pub fn frame_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.head..self.head + self.len]
     }
 
-    /// Frame length.
+    /// Frame length (the whole frame's, also when it is partial).
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.rest.map_or(0, |r| r.len) + usize::from(self.tail_len)
+    }
+
+    /// Bytes that follow the rest of a partial frame (empty for a whole frame).
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..usize::from(self.tail_len)]
+    }
+
+    /// Appends `bytes` to the frame without loading the rest of a partial one. False
+    /// (nothing changed) if there is no room.
+    pub fn push_tail(&mut self, bytes: &[u8]) -> bool {
+        if self.rest.is_none() {
+            let at = self.head + self.len;
+            let Some(dst) = self.buf.get_mut(at..at + bytes.len()) else {
+                return false;
+            };
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return true;
+        }
+        let t = usize::from(self.tail_len);
+        if t + bytes.len() > MAX_TAIL || self.len() + bytes.len() > MAX_FRAME {
+            return false;
+        }
+        self.tail[t..t + bytes.len()].copy_from_slice(bytes);
+        self.tail_len += bytes.len() as u8;
+        true
+    }
+
+    /// Shortens the frame to `len` bytes without loading the rest of a partial one (the rest
+    /// is cut; the resident bytes are kept whole). False (nothing changed) if `len` is longer
+    /// than the frame or shorter than its resident bytes, or the frame has a tail.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        if len > self.len() || self.tail_len != 0 {
+            return false;
+        }
+        match &mut self.rest {
+            None => self.len = len,
+            Some(r) => {
+                let Some(keep) = len.checked_sub(self.len) else {
+                    return false;
+                };
+                r.len = keep;
+            }
+        }
+        true
+    }
+
+    /// Copies `out.len()` bytes of the frame at `offset` into `out` (resident bytes, the rest
+    /// in its source buffer, the tail). False if the range is outside the frame.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(out.len()) else {
+            return false;
+        };
+        if end > self.len() {
+            return false;
+        }
+        let (res, rest) = (self.len, self.rest.map_or(0, |r| r.len));
+        for (i, b) in out.iter_mut().enumerate() {
+            let at = offset + i;
+            *b = if at < res {
+                self.buf[self.head + at]
+            } else if at < res + rest {
+                let r = self.rest.expect("inside the rest");
+                // SAFETY: `at - res < r.len`: inside the rest, readable while the frame is
+                // partial (`set_partial`'s contract); one byte copied, no reference formed.
+                unsafe { std::ptr::read(r.src.add(at - res)) }
+            } else {
+                self.tail[at - res - rest]
+            };
+        }
+        true
+    }
+
+    /// Marks the packet as pending: the device must run [`FlowLane::finish`] (or
+    /// [`FlowLane::finish_here`]) for it before the frame is delivered anywhere.
+    pub fn set_pending(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether the packet is pending (see [`set_pending`](Self::set_pending)).
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Clears the pending mark (the processor finished the packet).
+    pub fn clear_pending(&mut self) {
+        self.pending = false;
     }
 
     /// True when the frame is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Whether every byte of the frame is in the buffer.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Loads a partial frame's remaining bytes from its source buffer (no-op when whole), so
+    /// that [`frame`](Self::frame) is the whole frame. The source may be guest memory that a
+    /// guest writes meanwhile: the bytes are copied as they are, and the headers already in
+    /// the buffer stay as they are.
+    pub fn make_whole(&mut self) {
+        let Some(r) = self.rest.take() else {
+            return;
+        };
+        let at = self.head + self.len;
+        // `set_partial` and `push_tail` checked that the whole frame fits the buffer.
+        let dst = &mut self.buf[at..at + r.len];
+        // SAFETY: `set_partial`'s caller vouched that `r.src..r.src + r.len` stays readable
+        // while the frame is partial; `dst` is our own buffer, disjoint from it. A raw copy, no
+        // reference to the source is formed.
+        unsafe { std::ptr::copy_nonoverlapping(r.src, dst.as_mut_ptr(), r.len) };
+        self.len += r.len;
+        let t = usize::from(std::mem::take(&mut self.tail_len));
+        let at = self.head + self.len;
+        self.buf[at..at + t].copy_from_slice(&self.tail[..t]);
+        self.len += t;
+    }
+
+    /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
+    /// device that forwards the frame: it copies them straight into the destination.
+    pub fn rest(&self) -> Option<(*const u8, usize)> {
+        self.rest.map(|r| (r.src, r.len))
+    }
+
+    /// Marks the buffer (loaded through [`load_area`](Self::load_area) with `resident`
+    /// bytes) as holding the first `resident` bytes of a frame whose next `rest_len` bytes
+    /// are at `rest`. False (nothing changed) if `resident` is below [`HEADER_BYTES`] or the
+    /// whole frame would not fit [`MAX_FRAME`].
+    ///
+    /// # Safety
+    /// `rest..rest + rest_len` must stay mapped and readable until the frame is made whole,
+    /// reset, reloaded or dropped.
+    pub unsafe fn set_partial(
+        &mut self,
+        resident: usize,
+        rest: *const u8,
+        rest_len: usize,
+    ) -> bool {
+        if resident < HEADER_BYTES || resident.saturating_add(rest_len) > MAX_FRAME {
+            return false;
+        }
+        self.head = HEADROOM;
+        self.len = resident;
+        self.rest = Some(Rest {
+            src: rest,
+            len: rest_len,
+        });
+        true
     }
 
     /// Free bytes in front of the frame.
@@ -108,13 +308,15 @@ impl PacketBuf {
         self.head
     }
 
-    /// Free bytes after the frame.
+    /// Free bytes after the frame (after the whole frame, if it is partial).
     pub fn tailroom(&self) -> usize {
-        self.buf.len() - self.head - self.len
+        self.buf.len() - self.head - self.len()
     }
 
     /// Grows the frame by `n` bytes at the front; returns the new frame. None if no room.
+    /// A partial frame is made whole first.
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.make_whole();
         if n > self.head {
             return None;
         }
@@ -123,8 +325,10 @@ impl PacketBuf {
         Some(self.frame_mut())
     }
 
-    /// Removes `n` bytes from the front. False if the frame is shorter.
+    /// Removes `n` bytes from the front. False if the frame is shorter. A partial frame is
+    /// made whole first.
     pub fn pull_front(&mut self, n: usize) -> bool {
+        self.make_whole();
         if n > self.len {
             return false;
         }
@@ -133,8 +337,10 @@ impl PacketBuf {
         true
     }
 
-    /// Sets the frame length (growing into tail room or shrinking). False if no room.
+    /// Sets the frame length (growing into tail room or shrinking). False if no room. A
+    /// partial frame is made whole first.
     pub fn set_len(&mut self, len: usize) -> bool {
+        self.make_whole();
         if self.head + len > self.buf.len() {
             return false;
         }
@@ -247,23 +453,33 @@ pub struct InstanceConfig {
     pub uplinks: u16,
     /// What the vNF may create.
     pub quotas: Quotas,
+    /// Data-path lanes: worker threads that process packets of this instance at the same
+    /// time, one per virtio-net queue pair (`--queue-pairs`); at least 1.
+    pub lanes: usize,
 }
 
-/// A per-vNF flow-processor instance. Owned by one worker thread; never shared, so it needs
-/// no locks. Times are monotonic nanoseconds supplied by the caller.
-pub trait FlowProcessor: Send {
-    /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
-    /// Must not allocate or lock per packet.
-    fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
+/// A per-vNF flow-processor instance: its flows, groups, SAs and counters, shared by the
+/// instance's lanes ([`FlowLane`], one per worker thread) and changed by control requests
+/// (which may arrive on any worker). Times are monotonic nanoseconds supplied by the caller,
+/// on one clock for all lanes.
+///
+/// Drivers keep the data path free of locks and of shared writes per packet: each lane has
+/// its own caches and counters (summed when read); shared per-SA state (sequence numbers,
+/// anti-replay windows) stays correct across lanes; idle timeouts see every lane's traffic.
+pub trait FlowProcessor: Send + Sync {
+    /// Lane `index` (`0..lanes`), once: None if out of range or already taken (a dropped
+    /// lane may be taken again).
+    fn lane(&self, index: usize) -> Option<Box<dyn FlowLane>>;
 
     /// Handles one control request (the payload after the Ethernet header of a frame with
     /// [`proto::ETHERTYPE`] sent by the vNF). Responses, and frames to transmit (PACKET_OUT),
     /// are pushed to `out`. Malformed requests produce an error response, never a panic.
-    fn control(&mut self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>);
+    /// Never call it from inside [`FlowLane::process`].
+    fn control(&self, now_ns: u64, request: &[u8], out: &mut Vec<Emit>);
 
-    /// Expires flows whose idle or hard timeout passed, pushing one event per expired flow
-    /// (when the flow asked for it) to `out`. Called a few times per second.
-    fn expire(&mut self, now_ns: u64, out: &mut Vec<Emit>);
+    /// Expires flows whose idle or hard timeout passed (idle: on no lane), pushing one event
+    /// per expired flow (when the flow asked for it) to `out`. Called a few times per second.
+    fn expire(&self, now_ns: u64, out: &mut Vec<Emit>);
 
     /// Installed flows (all tables).
     fn flow_count(&self) -> usize;
@@ -272,8 +488,47 @@ pub trait FlowProcessor: Send {
     fn usage(&self) -> Usage;
 
     /// Removes every flow, group and SA (closing their crypto sessions) and frees their
-    /// memory: the vNF left and did not come back in time. Counters of the instance stay.
-    fn clear(&mut self);
+    /// memory: the vNF left and did not come back in time, or a worker of the instance
+    /// panicked. Waits until no lane is inside a batch; lanes see the empty instance from
+    /// their next batch. Counters of the instance stay.
+    fn clear(&self);
+}
+
+/// One lane of a [`FlowProcessor`]: the data path on one worker thread.
+pub trait FlowLane: Send {
+    /// Processes a batch in place: `verdicts[i]` receives the decision for `pkts[i]`.
+    /// Must not allocate or lock per packet. A packet may be partial (see [`PacketBuf`]):
+    /// its headers are in [`PacketBuf::frame`]; call [`PacketBuf::make_whole`] before using
+    /// bytes past them. After [`enable_finish`](Self::enable_finish), an output packet may
+    /// be pending ([`PacketBuf::is_pending`]); the device then calls
+    /// [`finish`](Self::finish) or [`finish_here`](Self::finish_here) for it, and
+    /// [`end_batch`](Self::end_batch) once every frame of the batch is out or dropped.
+    fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]);
+
+    /// The device will finish pending packets: the lane may defer work on a frame's payload
+    /// to where the frame lands (its one copy). True if the lane does so.
+    fn enable_finish(&mut self) -> bool {
+        false
+    }
+
+    /// Finishes pending packet `index` of the batch where its frame now lies: `frame` covers
+    /// its bytes, in order (guest memory the device wrote, raw pointers). Returns the
+    /// frame's final length (at most its length), or None: drop it (the lane wiped what it
+    /// must not release).
+    fn finish(&mut self, index: usize, frame: &[crate::Seg<'_>]) -> Option<usize> {
+        let _ = (index, frame);
+        None
+    }
+
+    /// Finishes pending packet `index` in its own buffer (made whole): for destinations that
+    /// take host bytes (a TAP). False: drop it.
+    fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
+        let _ = (index, pkt);
+        false
+    }
+
+    /// Ends the batch `process` began: every pending packet is finished or dropped.
+    fn end_batch(&mut self) {}
 }
 
 /// Why a fast-path driver could not create an instance.
@@ -291,9 +546,9 @@ pub enum InstanceError {
 pub trait FastPathDriver: Send + Sync {
     /// Short name.
     fn name(&self) -> &str;
-    /// A new, empty instance for one vNF port.
+    /// A new, empty instance for one vNF port, with `cfg.lanes` lanes.
     fn create_instance(
         &self,
         cfg: &InstanceConfig,
-    ) -> Result<Box<dyn FlowProcessor>, InstanceError>;
+    ) -> Result<std::sync::Arc<dyn FlowProcessor>, InstanceError>;
 }

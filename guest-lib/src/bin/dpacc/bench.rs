@@ -1,5 +1,8 @@
-//! `dpacc bench`: throughput through the backend (async batch API, one thread per queue) and
-//! through the software driver called in-process, with the same algorithm, size and batch.
+//! `dpacc bench`: operations per second through the backend (async batch API, one thread per
+//! queue) beside the same driver called in-process (the *raw* figure: `dpacc_sw::SwDriver`
+//! through the driver traits, with the same algorithm, size, batch, buffers and threads), for
+//! every case of a sweep (sizes × completion modes × queue counts), each with its same-run
+//! ratio; or, with `--latency`, the round trip of a single operation (p50/p99).
 
 use std::time::{Duration, Instant};
 
@@ -11,17 +14,45 @@ use dpacc_spec::{
 
 use crate::{usage, Alg, AlgKind, CliError, DigestAlg};
 
+/// How the bench notices completions (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Sleep on the call eventfd (the device interrupts, throttled by EVENT_IDX).
+    Interrupt,
+    /// Busy-poll the used ring (the device is asked not to interrupt).
+    Poll,
+}
+
+impl Mode {
+    fn completion(self) -> CompletionMode {
+        match self {
+            Mode::Interrupt => CompletionMode::Interrupt,
+            Mode::Poll => CompletionMode::Poll,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Interrupt => "interrupts",
+            Mode::Poll => "polled",
+        }
+    }
+}
+
 /// Parsed `bench` arguments.
 pub struct Args {
     /// `vhost-user:PATH` or `pci:BDF`.
     pub device: String,
     pub sessions: SessionControl,
     pub alg: String,
-    pub size: usize,
+    pub sizes: Vec<usize>,
     pub batch: usize,
-    pub queues: u16,
+    /// Operations in flight per queue (`None`: [`IN_FLIGHT_BATCHES`] batches).
+    pub in_flight: Option<usize>,
+    pub queues: Vec<u16>,
     pub seconds: f64,
-    pub poll: bool,
+    pub modes: Vec<Mode>,
+    pub latency: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -32,9 +63,12 @@ enum Kind {
 }
 
 const KEY: [u8; 64] = [0x42; 64];
-/// Batches each bench thread keeps in flight: the next batch is submitted before the previous
-/// one completes, so the device always has work queued while the thread reaps completions.
+/// Batches each bench thread keeps in flight by default: the next batch is submitted before the
+/// previous one completes, so the device always has work queued while the thread reaps
+/// completions.
 const IN_FLIGHT_BATCHES: usize = 4;
+/// Most round trips a latency run records (the run stops there or after `--seconds`).
+const MAX_SAMPLES: usize = 1 << 21;
 
 fn params(alg: &str, size: usize) -> Result<(SessionParams<'static>, Kind), CliError> {
     if let Ok(a) = Alg::from_str(alg, true) {
@@ -97,16 +131,29 @@ fn iv_len(kind: Kind) -> usize {
     }
 }
 
+/// Bytes of output beside `dst` (tag or digest).
+fn digest_len(kind: Kind) -> usize {
+    match kind {
+        Kind::Cipher => 0,
+        Kind::Aead => 16,
+        Kind::Digest(n) => n,
+    }
+}
+
 struct Stats {
     ops: u64,
     secs: f64,
 }
 
 impl Stats {
-    fn print(&self, who: &str, size: usize) {
-        let ops = self.ops as f64 / self.secs;
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+
+    fn print(&self, who: &str, size: usize, note: &str) {
+        let ops = self.rate();
         println!(
-            "{who:9} {:>10} ops in {:.2} s: {:>12.0} ops/s {:>10.1} MB/s",
+            "{who:10} {:>10} ops in {:.2} s: {:>12.0} ops/s {:>10.1} MB/s{note}",
             self.ops,
             self.secs,
             ops,
@@ -115,80 +162,187 @@ impl Stats {
     }
 }
 
+/// One throughput case of the sweep, for the summary.
+struct Row {
+    mode: Mode,
+    queues: u16,
+    size: usize,
+    device: f64,
+    raw: f64,
+    /// Cores' worth of CPU the backend's data-queue workers used during the device run.
+    backend_busy: Option<f64>,
+}
+
 pub fn run(a: Args) -> Result<(), CliError> {
-    if a.size == 0 || a.batch == 0 || a.queues == 0 || a.seconds.is_nan() || a.seconds <= 0.0 {
+    let positive = !a.sizes.is_empty()
+        && a.sizes.iter().all(|&s| s > 0)
+        && !a.queues.is_empty()
+        && a.queues.iter().all(|&q| q > 0)
+        && a.batch > 0
+        && a.in_flight != Some(0)
+        && !a.modes.is_empty()
+        && a.seconds.is_finite()
+        && a.seconds > 0.0;
+    if !positive {
         return Err(usage(
-            "--size, --batch, --queues and --seconds must be positive",
+            "--size, --batch, --in-flight, --queues and --seconds must be positive",
         ));
     }
-    let (p, kind) = params(&a.alg, a.size)?;
-    let dur = Duration::from_secs_f64(a.seconds);
-    // `IN_FLIGHT_BATCHES` batches in flight per queue (see `device_thread`); the ring holds them.
-    let depth = a
-        .batch
-        .checked_mul(IN_FLIGHT_BATCHES)
-        .ok_or(usage("--batch too large"))?;
-    let qsize = depth.next_power_of_two().clamp(64, 4096) as u16;
-    let per_op = 2 * a.size + 256;
-    let opts = Options {
-        queues: Some(a.queues),
-        queue_size: qsize,
-        completion: if a.poll {
-            CompletionMode::Poll
-        } else {
-            CompletionMode::Interrupt
-        },
-        arena_size: per_op * depth * a.queues as usize + (1 << 20),
-        session_control: a.sessions,
-        ..Options::default()
+    let mut kind = Kind::Cipher;
+    for &size in &a.sizes {
+        kind = params(&a.alg, size)?.1;
+    }
+    let (p, _) = params(&a.alg, a.sizes[0])?;
+    if a.latency {
+        return latency(&a, &p, kind);
+    }
+    let depth = match a.in_flight {
+        Some(d) => d,
+        None => a
+            .batch
+            .checked_mul(IN_FLIGHT_BATCHES)
+            .ok_or(usage("--batch too large"))?,
     };
-    let dev = crate::open(&a.device, opts)?;
-    let session = dev.create_session(&p)?;
-    println!(
-        "alg {} size {} batch {} queues {} ({} completions{})",
-        a.alg,
-        a.size,
-        a.batch,
-        a.queues,
-        if a.poll { "polled" } else { "by interrupt" },
-        if dev.uses_indirect() {
-            ", indirect descriptors"
-        } else {
-            ""
-        },
-    );
-    if dev.uses_in_band_sessions() {
-        println!("sessions in-band on a data queue (the device is a VMM's model)");
-    }
-    let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..a.queues)
-            .map(|i| {
-                let (dev, session) = (&dev, &session);
-                sc.spawn(move || device_thread(dev, session, i, kind, a.size, a.batch, dur))
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or(Err(CliError::Panicked("bench thread"))))
-            .collect()
-    });
-    let mut dev_stats = Stats { ops: 0, secs: 0.0 };
-    for r in results {
-        let s = r?;
-        dev_stats.ops += s.ops;
-        dev_stats.secs = dev_stats.secs.max(s.secs);
-    }
-    dev_stats.print("device", a.size);
-    drop(session);
-
-    match software(&p, kind, a.size, a.batch, a.queues, dur)? {
-        Some(sw) => {
-            sw.print("software", a.size);
-            let r = (dev_stats.ops as f64 / dev_stats.secs) / (sw.ops as f64 / sw.secs);
-            println!("ratio     device/software = {r:.3}");
+    let dur = Duration::from_secs_f64(a.seconds);
+    let max_size = a.sizes.iter().copied().max().unwrap_or(1);
+    let mut rows = Vec::new();
+    for &mode in &a.modes {
+        for &queues in &a.queues {
+            // The ring holds every operation in flight (one descriptor each when indirect).
+            let qsize = depth.next_power_of_two().clamp(64, 4096) as u16;
+            let per_op = 2 * max_size + 256;
+            let opts = Options {
+                queues: Some(queues),
+                queue_size: qsize,
+                completion: mode.completion(),
+                arena_size: per_op
+                    .saturating_mul(depth)
+                    .saturating_mul(usize::from(queues))
+                    .saturating_add(1 << 20),
+                session_control: a.sessions,
+                ..Options::default()
+            };
+            let dev = crate::open(&a.device, opts)?;
+            let session = dev.create_session(&p)?;
+            let extras = [
+                (dev.uses_indirect(), "indirect descriptors"),
+                (dev.uses_in_band_sessions(), "sessions in-band"),
+            ];
+            let extras: Vec<&str> = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
+            for &size in &a.sizes {
+                println!(
+                    "case      {} {size} B, batch {}, {depth} in flight per queue, {queues} queue(s), {}{}",
+                    a.alg,
+                    a.batch,
+                    mode.name(),
+                    if extras.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", extras.join(", "))
+                    }
+                );
+                let before = backend_cpu(&dev, queues);
+                let dev_stats = device_run(&dev, &session, kind, size, a.batch, depth, dur)?;
+                let backend_busy = match (before, backend_cpu(&dev, queues)) {
+                    (Some(b), Some(e)) => Some((e - b) / dev_stats.secs.max(1e-9)),
+                    _ => None,
+                };
+                dev_stats.print("device", size, "");
+                let raw = software(&p, kind, size, a.batch, depth, queues, dur)?;
+                raw.print(
+                    "raw",
+                    size,
+                    &format!(
+                        "  (the software driver in-process, {queues} thread(s), same buffers)"
+                    ),
+                );
+                let ratio = dev_stats.rate() / raw.rate().max(1e-9);
+                println!("ratio     device/raw = {ratio:.3} (same run)");
+                if let Some(busy) = backend_busy {
+                    println!(
+                        "backend   data-queue workers busy {busy:.2} core(s): {:.0} ops/s per busy backend core",
+                        dev_stats.rate() / busy.max(1e-9)
+                    );
+                }
+                rows.push(Row {
+                    mode,
+                    queues,
+                    size,
+                    device: dev_stats.rate(),
+                    raw: raw.rate(),
+                    backend_busy,
+                });
+            }
         }
-        None => println!("software  driver not available in this build"),
+    }
+    if rows.len() > 1 {
+        println!("summary   {} (ratios are device/raw, same run)", a.alg);
+        println!(
+            "{:>10} {:>6} {:>7} {:>13} {:>13} {:>7} {:>12} {:>16}",
+            "mode",
+            "queues",
+            "size",
+            "device ops/s",
+            "raw ops/s",
+            "ratio",
+            "backend busy",
+            "per backend core"
+        );
+        for r in &rows {
+            let (busy, per_core) = match r.backend_busy {
+                Some(b) => (format!("{b:.2}"), format!("{:.0}", r.device / b.max(1e-9))),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:>10} {:>6} {:>7} {:>13.0} {:>13.0} {:>7.3} {:>12} {:>16}",
+                r.mode.name(),
+                r.queues,
+                r.size,
+                r.device,
+                r.raw,
+                r.device / r.raw.max(1e-9),
+                busy,
+                per_core
+            );
+        }
     }
     Ok(())
+}
+
+/// CPU seconds the backend's data-queue workers (threads `vq0`..) have used so far, when the
+/// backend is a process on this host (virtio-user; not inside a VM).
+fn backend_cpu(dev: &CryptoDevice, queues: u16) -> Option<f64> {
+    let pid = dev.backend_pid()?;
+    // SAFETY: sysconf has no memory effects.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if tck <= 0 {
+        return None;
+    }
+    let mut ticks = 0u64;
+    let mut seen = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = t.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let is_data_worker = comm
+            .trim()
+            .strip_prefix("vq")
+            .and_then(|n| n.parse::<u16>().ok())
+            .is_some_and(|n| n < queues);
+        if !is_data_worker {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+        // stime 15 (proc(5)).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        seen += 1;
+    }
+    (seen > 0).then(|| ticks as f64 / tck as f64)
 }
 
 fn make_op(s: &Session, kind: Kind, iv: &[u8], b: OpBufs, ud: u64) -> Op {
@@ -206,6 +360,50 @@ fn make_op(s: &Session, kind: Kind, iv: &[u8], b: OpBufs, ud: u64) -> Op {
     op.with_user_data(ud)
 }
 
+fn alloc_bufs(dev: &CryptoDevice, kind: Kind, size: usize) -> Result<OpBufs, CliError> {
+    let mut b = OpBufs {
+        src: Some(dev.alloc(size)?),
+        ..OpBufs::default()
+    };
+    match kind {
+        Kind::Cipher => b.dst = Some(dev.alloc(size)?),
+        Kind::Aead => b.dst = Some(dev.alloc(size + 16)?),
+        Kind::Digest(n) => b.digest = Some(dev.alloc(n)?),
+    }
+    Ok(b)
+}
+
+/// Every queue's thread at once; the rate of them all.
+fn device_run(
+    dev: &CryptoDevice,
+    session: &Session,
+    kind: Kind,
+    size: usize,
+    batch: usize,
+    depth: usize,
+    dur: Duration,
+) -> Result<Stats, CliError> {
+    let queues = dev.num_queues();
+    let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..queues)
+            .map(|i| {
+                sc.spawn(move || device_thread(dev, session, i, kind, size, batch, depth, dur))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or(Err(CliError::Panicked("bench thread"))))
+            .collect()
+    });
+    let mut total = Stats { ops: 0, secs: 0.0 };
+    for r in results {
+        let s = r?;
+        total.ops += s.ops;
+        total.secs = total.secs.max(s.secs);
+    }
+    Ok(total)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn device_thread(
     dev: &CryptoDevice,
     s: &Session,
@@ -213,24 +411,16 @@ fn device_thread(
     kind: Kind,
     size: usize,
     batch: usize,
+    depth: usize,
     dur: Duration,
 ) -> Result<Stats, CliError> {
     let mut q = dev.queue(qi)?;
     let iv = vec![7u8; iv_len(kind)];
-    // Buffers for `IN_FLIGHT_BATCHES` batches (capped by what the ring can hold).
-    let depth = (batch * IN_FLIGHT_BATCHES).min(q.free_slots()).max(1);
+    // Buffers for `depth` operations (capped by what the ring can hold).
+    let depth = depth.min(q.free_slots()).max(1);
     let mut free: Vec<OpBufs> = Vec::with_capacity(depth);
     for _ in 0..depth {
-        let mut b = OpBufs {
-            src: Some(dev.alloc(size)?),
-            ..OpBufs::default()
-        };
-        match kind {
-            Kind::Cipher => b.dst = Some(dev.alloc(size)?),
-            Kind::Aead => b.dst = Some(dev.alloc(size + 16)?),
-            Kind::Digest(n) => b.digest = Some(dev.alloc(n)?),
-        }
-        free.push(b);
+        free.push(alloc_bufs(dev, kind, size)?);
     }
     // A batch is submitted as soon as a whole batch of buffers is free (or, when the ring is
     // smaller than a batch, whatever is free): pipelined, never ping-pong.
@@ -286,28 +476,28 @@ pub fn software_gcm128(size: usize, batch: usize, dur: Duration) -> Result<f64, 
         tag_len: 0,
         dir: Direction::Encrypt,
     };
-    Ok(software(&p, Kind::Aead, size, batch, 1, dur)?
-        .map(|s| s.ops as f64 / s.secs)
-        .unwrap_or(0.0))
+    Ok(software(&p, Kind::Aead, size, batch, batch, 1, dur)?.rate())
 }
 
-/// The in-process software baseline: `dpacc_sw::SwDriver` through the driver traits, batched
-/// like the device run. The one place that names the software driver.
+/// The raw baseline: `dpacc_sw::SwDriver` through the driver traits, batched like the device
+/// run, over as many buffers per thread as the device run keeps in flight (`depth`: the same
+/// working set in the caches). The one place that names the software driver.
 fn software(
     p: &SessionParams<'_>,
     kind: Kind,
     size: usize,
     batch: usize,
+    depth: usize,
     threads: u16,
     dur: Duration,
-) -> Result<Option<Stats>, CliError> {
+) -> Result<Stats, CliError> {
     let drv = dpacc_sw::SwDriver::new();
     let handle = drv.create_session(p).map_err(CliError::from)?;
     let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let (drv, handle) = (&drv, &handle);
-                sc.spawn(move || sw_thread(drv, handle, kind, size, batch, dur))
+                sc.spawn(move || sw_thread(drv, handle, kind, size, batch, depth, dur))
             })
             .collect();
         hs.into_iter()
@@ -323,7 +513,24 @@ fn software(
         total.ops += s.ops;
         total.secs = total.secs.max(s.secs);
     }
-    Ok(Some(total))
+    Ok(total)
+}
+
+/// Buffers of `n` operations of the in-process baseline.
+struct SwBufs {
+    srcs: Vec<Vec<u8>>,
+    dsts: Vec<Vec<u8>>,
+    digs: Vec<Vec<u8>>,
+}
+
+impl SwBufs {
+    fn new(kind: Kind, size: usize, n: usize) -> Self {
+        Self {
+            srcs: (0..n).map(|_| vec![0x5a; size]).collect(),
+            dsts: (0..n).map(|_| vec![0; size]).collect(),
+            digs: (0..n).map(|_| vec![0; digest_len(kind)]).collect(),
+        }
+    }
 }
 
 fn sw_thread(
@@ -332,23 +539,19 @@ fn sw_thread(
     kind: Kind,
     size: usize,
     batch: usize,
+    depth: usize,
     dur: Duration,
 ) -> Result<Stats, CliError> {
     let sw_err = CliError::from;
     let mut queue = drv.open_queue(batch).map_err(sw_err)?;
-    let srcs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0x5a; size]).collect();
-    let mut dsts: Vec<Vec<u8>> = (0..batch).map(|_| vec![0; size]).collect();
-    let dlen = match kind {
-        Kind::Cipher => 0,
-        Kind::Aead => 16,
-        Kind::Digest(n) => n,
-    };
-    let mut digs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0; dlen]).collect();
-    let src_segs: Vec<[Seg<'_>; 1]> = srcs.iter().map(|s| [Seg::from_ref(s)]).collect();
-    let dst_segs: Vec<[Seg<'_>; 1]> = dsts.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
-    let dig_segs: Vec<[Seg<'_>; 1]> = digs.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
+    // Whole batches covering at least `depth` operations' buffers, used in turn.
+    let sets = depth.div_ceil(batch).max(1);
+    let mut bufs = SwBufs::new(kind, size, sets * batch);
+    let src_segs: Vec<[Seg<'_>; 1]> = bufs.srcs.iter().map(|s| [Seg::from_ref(s)]).collect();
+    let dst_segs: Vec<[Seg<'_>; 1]> = bufs.dsts.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
+    let dig_segs: Vec<[Seg<'_>; 1]> = bufs.digs.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
     let iv = Iv::new(&vec![7u8; iv_len(kind)]).map_err(sw_err)?;
-    let ops: Vec<CryptoOp<'_>> = (0..batch)
+    let ops: Vec<CryptoOp<'_>> = (0..sets * batch)
         .map(|i| CryptoOp {
             session,
             iv,
@@ -370,15 +573,18 @@ fn sw_thread(
         .collect();
     let mut done = vec![Completion::default(); batch];
     let mut n = 0u64;
+    let mut set = 0;
     let start = Instant::now();
     while start.elapsed() < dur {
-        // SAFETY: every segment points into `srcs`/`dsts`/`digs`, which outlive this loop and
-        // are not touched while operations are in flight; we dequeue everything before the
-        // next enqueue reuses them.
-        let taken = unsafe { queue.enqueue(&ops) };
+        let batch_ops = &ops[set * batch..(set + 1) * batch];
+        set = (set + 1) % sets;
+        // SAFETY: every segment points into `bufs`, which outlives this loop and is not
+        // touched while operations are in flight; we dequeue everything before the next
+        // enqueue reuses them.
+        let taken = unsafe { queue.enqueue(batch_ops) }.min(batch);
         let mut got = 0;
         while got < taken {
-            let k = queue.dequeue(&mut done);
+            let k = queue.dequeue(&mut done).min(done.len());
             for c in &done[..k] {
                 c.result.map_err(sw_err)?;
             }
@@ -393,4 +599,156 @@ fn sw_thread(
         ops: n,
         secs: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Percentiles of round-trip times in nanoseconds (sorted in place).
+struct Percentiles {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(samples: &mut [u32]) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1));
+            samples.get(i).copied().unwrap_or(0) as f64 / 1e3
+        };
+        Self {
+            n: samples.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: samples.last().copied().unwrap_or(0) as f64 / 1e3,
+        }
+    }
+
+    fn print(&self, who: &str) {
+        println!(
+            "{who:10} {:>9} round trips: p50 {:>8.2} us  p90 {:>8.2} us  p99 {:>8.2} us  p99.9 {:>8.2} us  max {:>9.2} us",
+            self.n, self.p50, self.p90, self.p99, self.p999, self.max
+        );
+    }
+}
+
+fn nanos(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// `--latency`: one operation in flight at a time, each round trip (push, kick, wait for its
+/// completion) timed, per mode and size; then the same operation on the in-process driver.
+fn latency(a: &Args, p: &SessionParams<'_>, kind: Kind) -> Result<(), CliError> {
+    let dur = Duration::from_secs_f64(a.seconds);
+    let max_size = a.sizes.iter().copied().max().unwrap_or(1);
+    let mut samples: Vec<u32> = Vec::with_capacity(MAX_SAMPLES);
+    for &mode in &a.modes {
+        let opts = Options {
+            queues: Some(1),
+            queue_size: 64,
+            completion: mode.completion(),
+            arena_size: 2 * max_size + (1 << 20),
+            session_control: a.sessions,
+            ..Options::default()
+        };
+        let dev = crate::open(&a.device, opts)?;
+        let session = dev.create_session(p)?;
+        let mut q = dev.queue(0)?;
+        let iv = vec![7u8; iv_len(kind)];
+        for &size in &a.sizes {
+            println!(
+                "latency   {} {size} B, one operation in flight, {}",
+                a.alg,
+                mode.name()
+            );
+            let mut bufs = Some(alloc_bufs(&dev, kind, size)?);
+            let mut out = Vec::with_capacity(4);
+            samples.clear();
+            let start = Instant::now();
+            let mut warm = 1000;
+            while samples.len() < MAX_SAMPLES && start.elapsed() < dur {
+                let b = bufs.take().ok_or(CliError::Panicked("latency buffers"))?;
+                let t = Instant::now();
+                q.submit(make_op(&session, kind, &iv, b, 1))
+                    .map_err(|r| r.error)?;
+                while out.is_empty() {
+                    q.wait(&mut out)?;
+                }
+                let rtt = t.elapsed();
+                let c = out.pop().ok_or(CliError::Panicked("latency completion"))?;
+                c.result?;
+                bufs = Some(c.bufs);
+                if warm > 0 {
+                    warm -= 1;
+                } else {
+                    samples.push(nanos(rtt));
+                }
+            }
+            let dev_p = Percentiles::of(&mut samples);
+            dev_p.print("device");
+            let raw_p = software_latency(p, kind, size, dur, &mut samples)?;
+            raw_p.print("raw");
+            println!(
+                "ratio     device/raw p50 = {:.1}, p99 = {:.1} (same run; the raw figure is the software driver in-process)",
+                dev_p.p50 / raw_p.p50.max(1e-3),
+                dev_p.p99 / raw_p.p99.max(1e-3)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Round trips of single operations on the in-process software driver.
+fn software_latency(
+    p: &SessionParams<'_>,
+    kind: Kind,
+    size: usize,
+    dur: Duration,
+    samples: &mut Vec<u32>,
+) -> Result<Percentiles, CliError> {
+    let sw_err = CliError::from;
+    let drv = dpacc_sw::SwDriver::new();
+    let session = drv.create_session(p).map_err(sw_err)?;
+    let mut queue = drv.open_queue(1).map_err(sw_err)?;
+    let mut bufs = SwBufs::new(kind, size, 1);
+    let src = [Seg::from_ref(&bufs.srcs[0])];
+    let dst = [Seg::from_mut(&mut bufs.dsts[0])];
+    let dig = [Seg::from_mut(&mut bufs.digs[0])];
+    let op = CryptoOp {
+        session: &session,
+        iv: Iv::new(&vec![7u8; iv_len(kind)]).map_err(sw_err)?,
+        src: &src,
+        dst: if matches!(kind, Kind::Digest(_)) {
+            &[]
+        } else {
+            &dst
+        },
+        aad: &[],
+        digest: if matches!(kind, Kind::Cipher) {
+            &[]
+        } else {
+            &dig
+        },
+        chain: Default::default(),
+        user_data: 1,
+    };
+    let mut done = [Completion::default()];
+    samples.clear();
+    let start = Instant::now();
+    while samples.len() < samples.capacity() && start.elapsed() < dur {
+        let t = Instant::now();
+        // SAFETY: the segments borrow `bufs`, which outlives the operation: it is dequeued
+        // below before the next one starts.
+        if unsafe { queue.enqueue(std::slice::from_ref(&op)) } == 0 {
+            return Err(CliError::SoftwareQueueRefused);
+        }
+        while queue.dequeue(&mut done) == 0 {}
+        samples.push(nanos(t.elapsed()));
+        done[0].result.map_err(sw_err)?;
+    }
+    Ok(Percentiles::of(samples))
 }

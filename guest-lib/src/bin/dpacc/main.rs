@@ -153,8 +153,11 @@ enum Cmd {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Measure ops/s and MB/s through the backend, then the in-process software driver
-    /// (`dpacc bench net ...`: frames per second through a net port's fast path).
+    /// Measure ops/s through the backend beside the same driver called in-process (the raw
+    /// figure), with their same-run ratio, for every case of a sweep: each --size × --mode ×
+    /// --queues (lists separated by commas). With --latency: the round trip of one operation
+    /// at a time (p50/p99). `dpacc bench net ...`: frames per second through a net port's
+    /// fast path.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench {
         #[command(subcommand)]
@@ -171,21 +174,32 @@ enum Cmd {
         /// Algorithm: a cipher/AEAD name (encrypt), or a digest name.
         #[arg(long, required = true)]
         alg: Option<String>,
-        /// Bytes per operation.
-        #[arg(long, required = true)]
-        size: Option<usize>,
-        /// Operations kept in flight per queue (pushed with one kick).
+        /// Bytes per operation (a list: one case each, e.g. 64,1024,16384).
+        #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+        size: Vec<usize>,
+        /// Operations pushed with one kick (and reaped per wakeup).
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Data queues (one thread each).
-        #[arg(long, default_value_t = 1)]
-        queues: u16,
+        /// Operations kept in flight per queue [default: 4 batches]. The raw figure cycles
+        /// through as many buffers (the same working set).
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// Data queues, one client thread each (a list: one case each, e.g. 1,2).
+        #[arg(long, default_value = "1", value_delimiter = ',', num_args = 1..)]
+        queues: Vec<u16>,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Busy-poll the used ring instead of sleeping on interrupts.
-        #[arg(long)]
+        /// How completions are noticed (a list: one case each, e.g. interrupt,poll).
+        #[arg(long, value_enum, default_value = "interrupt", value_delimiter = ',', num_args = 1..)]
+        mode: Vec<bench::Mode>,
+        /// Busy-poll the used ring instead of sleeping on interrupts (same as --mode poll).
+        #[arg(long, conflicts_with = "mode")]
         poll: bool,
+        /// Measure the round trip of one operation at a time (p50/p90/p99/p99.9/max), one
+        /// queue, instead of throughput.
+        #[arg(long)]
+        latency: bool,
     },
 }
 
@@ -673,20 +687,27 @@ fn main() -> ExitCode {
             alg,
             size,
             batch,
+            in_flight,
             queues,
             seconds,
+            mode,
             poll,
-        } => match (endpoint(socket.as_ref(), pci.as_deref()), alg, size) {
-            (device, Some(alg), Some(size)) if !device.is_empty() => bench::run(bench::Args {
-                device,
-                sessions: sessions.control(),
-                alg,
-                size,
-                batch,
-                queues,
-                seconds,
-                poll,
-            }),
+            latency,
+        } => match (endpoint(socket.as_ref(), pci.as_deref()), alg) {
+            (device, Some(alg)) if !device.is_empty() && !size.is_empty() => {
+                bench::run(bench::Args {
+                    device,
+                    sessions: sessions.control(),
+                    alg,
+                    sizes: size,
+                    batch,
+                    in_flight,
+                    queues,
+                    seconds,
+                    modes: if poll { vec![bench::Mode::Poll] } else { mode },
+                    latency,
+                })
+            }
             _ => Err(usage(
                 "dpacc bench needs --socket or --pci, --alg and --size",
             )),

@@ -1,0 +1,634 @@
+//! How flows are stored: compact entries in a slab (a packed match, the action list inline
+//! when it has at most two actions, else an interned list, the cookie and the timeouts: 104
+//! bytes), tables as priority-ordered lists of slab slots, an index of (table, priority,
+//! match) hashes over the slots (4 bytes a bucket), and per-lane counters by slot (what the
+//! data path writes; [`LaneCounters`]).
+//!
+//! At 1 M flows with one lane this is about 140 heap bytes per flow, whether the flows share
+//! their action lists or each has its own short list (benches/flow_processor.rs prints both).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Prefix};
+
+/// A [`Match`] packed into 52 bytes: which fields are set, and their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct PackedMatch {
+    set: u16,
+    in_port: u16,
+    eth_type: u16,
+    vlan: u16,
+    sport: u16,
+    dport: u16,
+    spi: u32,
+    proto: u8,
+    src_len: u8,
+    dst_len: u8,
+    /// Bit 0: the source prefix is IPv6; bit 1: the destination prefix is.
+    v6: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+const IN_PORT: u16 = 1;
+const ETH_TYPE: u16 = 1 << 1;
+const VLAN: u16 = 1 << 2;
+const PROTO: u16 = 1 << 3;
+const SPORT: u16 = 1 << 4;
+const DPORT: u16 = 1 << 5;
+const SPI: u16 = 1 << 6;
+const SRC: u16 = 1 << 7;
+const DST: u16 = 1 << 8;
+
+fn pack_prefix(p: Option<Prefix>) -> (bool, bool, u8, [u8; 16]) {
+    let mut b = [0u8; 16];
+    match p {
+        None => (false, false, 0, b),
+        Some(Prefix {
+            addr: IpAddr::V4(a),
+            len,
+        }) => {
+            b[..4].copy_from_slice(&a.octets());
+            (true, false, len, b)
+        }
+        Some(Prefix {
+            addr: IpAddr::V6(a),
+            len,
+        }) => (true, true, len, a.octets()),
+    }
+}
+
+/// Whether address `key` of IP version `ver` is inside the packed prefix (as
+/// [`Prefix::matches`]).
+fn prefix_matches(v6: bool, len: u8, addr: &[u8; 16], ver: u8, key: &[u8; 16]) -> bool {
+    let (want, max) = if v6 { (6, 128) } else { (4, 32) };
+    if ver != want {
+        return false;
+    }
+    let len = usize::from(len.min(max));
+    let (full, rest) = (len / 8, len % 8);
+    if addr[..full] != key[..full] {
+        return false;
+    }
+    rest == 0 || {
+        let m = 0xffu8 << (8 - rest);
+        addr[full] & m == key[full] & m
+    }
+}
+
+impl PackedMatch {
+    /// Packs `m`.
+    pub(crate) fn new(m: &Match) -> Self {
+        let mut p = Self::default();
+        let mut set = |bit: u16, on: bool| {
+            if on {
+                p.set |= bit;
+            }
+        };
+        set(IN_PORT, m.in_port.is_some());
+        set(ETH_TYPE, m.eth_type.is_some());
+        set(VLAN, m.vlan.is_some());
+        set(PROTO, m.proto.is_some());
+        set(SPORT, m.sport.is_some());
+        set(DPORT, m.dport.is_some());
+        set(SPI, m.spi.is_some());
+        let (has_src, src6, src_len, src) = pack_prefix(m.src);
+        let (has_dst, dst6, dst_len, dst) = pack_prefix(m.dst);
+        set(SRC, has_src);
+        set(DST, has_dst);
+        p.in_port = m.in_port.unwrap_or(0);
+        p.eth_type = m.eth_type.unwrap_or(0);
+        p.vlan = m.vlan.unwrap_or(0);
+        p.proto = m.proto.unwrap_or(0);
+        p.sport = m.sport.unwrap_or(0);
+        p.dport = m.dport.unwrap_or(0);
+        p.spi = m.spi.unwrap_or(0);
+        (p.src_len, p.src, p.dst_len, p.dst) = (src_len, src, dst_len, dst);
+        p.v6 = u8::from(src6) | u8::from(dst6) << 1;
+        p
+    }
+
+    /// Whether the packet with key `k` matches (as [`Match::matches`]).
+    #[inline]
+    pub(crate) fn matches(&self, k: &FlowKey) -> bool {
+        let s = self.set;
+        let eq = |bit: u16, a: u32, b: u32| s & bit == 0 || a == b;
+        eq(IN_PORT, self.in_port.into(), k.in_port.into())
+            && eq(ETH_TYPE, self.eth_type.into(), k.eth_type.into())
+            && eq(VLAN, self.vlan.into(), k.vlan.into())
+            && eq(PROTO, self.proto.into(), k.proto.into())
+            && eq(SPORT, self.sport.into(), k.sport.into())
+            && eq(DPORT, self.dport.into(), k.dport.into())
+            && eq(SPI, self.spi, k.spi)
+            && (s & SRC == 0
+                || prefix_matches(self.v6 & 1 != 0, self.src_len, &self.src, k.ip_ver, &k.src))
+            && (s & DST == 0
+                || prefix_matches(self.v6 & 2 != 0, self.dst_len, &self.dst, k.ip_ver, &k.dst))
+    }
+}
+
+/// Most actions kept inside an entry; longer lists are interned in [`ActionLists`].
+pub(crate) const INLINE_ACTIONS: usize = 2;
+
+/// A flow's action list: inline when short (most lists: "output:2", "set_ipv4_dst:X,output:1"
+/// — no allocation, no index entry, nothing shared), else an interned list's id.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ActionRef {
+    /// Up to [`INLINE_ACTIONS`] actions: (how many, the actions).
+    Inline(u8, [Action; INLINE_ACTIONS]),
+    /// A list in the [`ActionLists`].
+    Shared(u32),
+}
+
+/// One installed flow (its counters are per lane, by `slot`: [`LaneCounters`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) m: PackedMatch,
+    pub(crate) actions: ActionRef,
+    pub(crate) cookie: u64,
+    /// When the hard timeout passes (`u64::MAX`: never).
+    pub(crate) hard_deadline: u64,
+    /// Idle timeout (ns; 0 = never).
+    pub(crate) idle_timeout_ns: u64,
+    pub(crate) priority: u16,
+    pub(crate) table: u8,
+    pub(crate) notify_expiry: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() <= 104);
+
+/// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
+/// with a reference count. The index maps a list's hash to its id; a list whose hash is taken
+/// by another (a collision) is stored unindexed, so it is merely not shared.
+#[derive(Default)]
+pub(crate) struct ActionLists {
+    /// (list, references, indexed).
+    lists: Vec<(Box<[Action]>, u32, bool)>,
+    index: HashMap<u64, u32, ahash::RandomState>,
+    hasher: ahash::RandomState,
+    free: Vec<u32>,
+    /// Lists stored now, and their actions together (for the memory an instance reports).
+    live: usize,
+    actions: usize,
+}
+
+impl ActionLists {
+    /// A reference to `a` (inline if short; else interned, with one more reference).
+    pub(crate) fn intern(&mut self, a: &[Action]) -> ActionRef {
+        if a.len() <= INLINE_ACTIONS {
+            let mut inline = [Action::Drop; INLINE_ACTIONS];
+            inline[..a.len()].copy_from_slice(a);
+            return ActionRef::Inline(a.len() as u8, inline);
+        }
+        let h = self.hasher.hash_one(a);
+        let slot = self.index.get(&h).copied();
+        if let Some(id) = slot {
+            let (list, refs, _) = &mut self.lists[id as usize];
+            if **list == *a {
+                *refs += 1;
+                return ActionRef::Shared(id);
+            }
+        }
+        let entry = (a.into(), 1, slot.is_none());
+        self.live += 1;
+        self.actions += a.len();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.lists[id as usize] = entry;
+                id
+            }
+            None => {
+                self.lists.push(entry);
+                (self.lists.len() - 1) as u32
+            }
+        };
+        if slot.is_none() {
+            self.index.insert(h, id);
+        }
+        ActionRef::Shared(id)
+    }
+
+    /// Drops one reference (an interned list is freed with its last).
+    pub(crate) fn release(&mut self, r: ActionRef) {
+        let ActionRef::Shared(id) = r else {
+            return;
+        };
+        let (list, refs, indexed) = &mut self.lists[id as usize];
+        *refs -= 1;
+        if *refs == 0 {
+            let list = std::mem::take(list);
+            self.live -= 1;
+            self.actions -= list.len();
+            if *indexed {
+                self.index.remove(&self.hasher.hash_one(&*list));
+            }
+            self.free.push(id);
+        }
+    }
+
+    /// Lists stored (each once, however many flows share it) and their actions together.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (self.live, self.actions)
+    }
+
+    /// The actions `r` refers to.
+    #[inline]
+    pub(crate) fn get<'a>(&'a self, r: &'a ActionRef) -> &'a [Action] {
+        match r {
+            ActionRef::Inline(n, a) => &a[..usize::from(*n)],
+            ActionRef::Shared(id) => &self.lists[*id as usize].0,
+        }
+    }
+}
+
+/// One flow's counters on one lane. Only that lane writes them (a load and a store, no
+/// read-modify-write: nothing else writes the line); anyone may read them.
+#[derive(Debug, Default)]
+pub(crate) struct FlowCounters {
+    pub(crate) packets: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    /// When the lane last matched the flow (monotonic ns, the instance's clock).
+    pub(crate) last_used: AtomicU64,
+}
+
+impl FlowCounters {
+    /// Counts `packets` packets of `bytes` bytes at `now` (the owning lane only).
+    #[inline]
+    pub(crate) fn hit(&self, packets: u64, bytes: u64, now: u64) {
+        let r = Ordering::Relaxed;
+        self.packets.store(self.packets.load(r) + packets, r);
+        self.bytes.store(self.bytes.load(r) + bytes, r);
+        self.last_used.store(now, r);
+    }
+
+    fn clear(&self, now: u64) {
+        let r = Ordering::Relaxed;
+        self.packets.store(0, r);
+        self.bytes.store(0, r);
+        self.last_used.store(now, r);
+    }
+}
+
+/// The flow counters of one lane, by slab slot.
+#[derive(Debug, Default)]
+pub(crate) struct LaneCounters {
+    pub(crate) flows: Vec<FlowCounters>,
+}
+
+/// The flow tables of one instance.
+pub(crate) struct Tables {
+    /// Every flow, by slot (a free slot holds a stale entry, in no table).
+    pub(crate) slab: Vec<Entry>,
+    free: Vec<u32>,
+    /// Per table, the slots of its entries in priority order (highest first; equal
+    /// priorities in install order).
+    pub(crate) tables: Vec<Vec<u32>>,
+    pub(crate) acts: ActionLists,
+    /// Per lane, the flows' counters by slot.
+    pub(crate) lanes: Vec<LaneCounters>,
+    /// The slots of all entries, by the hash of (table, priority, match): installing finds
+    /// the entry it replaces here.
+    index: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
+    flows: usize,
+}
+
+impl Tables {
+    /// `n` empty tables whose flows are counted on `lanes` lanes.
+    pub(crate) fn new(n: usize, lanes: usize) -> Self {
+        Self {
+            slab: Vec::new(),
+            free: Vec::new(),
+            tables: (0..n).map(|_| Vec::new()).collect(),
+            acts: ActionLists::default(),
+            lanes: (0..lanes).map(|_| LaneCounters::default()).collect(),
+            index: hashbrown::HashTable::new(),
+            hasher: ahash::RandomState::new(),
+            flows: 0,
+        }
+    }
+
+    pub(crate) fn flows(&self) -> usize {
+        self.flows
+    }
+
+    fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
+        hasher.hash_one((t, priority, m))
+    }
+
+    /// The summed counters of the flow in `slot` over every lane, and when any lane last
+    /// used it.
+    pub(crate) fn counters(&self, slot: u32) -> (FlowStats, u64) {
+        let r = Ordering::Relaxed;
+        let mut s = FlowStats::default();
+        let mut last = 0;
+        for l in &self.lanes {
+            if let Some(c) = l.flows.get(slot as usize) {
+                s.packets += c.packets.load(r);
+                s.bytes += c.bytes.load(r);
+                last = last.max(c.last_used.load(r));
+            }
+        }
+        (s, last)
+    }
+
+    /// Installs `spec` in table `t` (checked by the caller), replacing the entry with the same
+    /// priority and match (whose counters start again). False (nothing installed) when a new
+    /// entry would exceed `max`.
+    pub(crate) fn insert(&mut self, t: usize, spec: &FlowSpec, now: u64, max: usize) -> bool {
+        let m = PackedMatch::new(&spec.m);
+        let table = t as u8;
+        let id = Self::id(&self.hasher, table, spec.priority, &m);
+        let slab = &self.slab;
+        let old = self
+            .index
+            .find(id, |&s| {
+                let e = &slab[s as usize];
+                e.table == table && e.priority == spec.priority && e.m == m
+            })
+            .copied();
+        if old.is_none() && self.flows >= max {
+            return false;
+        }
+        let entry = Entry {
+            m,
+            actions: self.acts.intern(&spec.actions),
+            cookie: spec.cookie,
+            hard_deadline: match spec.hard_timeout_ns {
+                0 => u64::MAX,
+                h => now.saturating_add(h),
+            },
+            idle_timeout_ns: spec.idle_timeout_ns,
+            priority: spec.priority,
+            table,
+            notify_expiry: spec.notify_expiry,
+        };
+        if let Some(s) = old {
+            let old = std::mem::replace(&mut self.slab[s as usize], entry);
+            self.acts.release(old.actions);
+            for l in &self.lanes {
+                l.flows[s as usize].clear(now);
+            }
+            return true;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = entry;
+                s
+            }
+            None => {
+                self.slab.push(entry);
+                let s = (self.slab.len() - 1) as u32;
+                for l in &mut self.lanes {
+                    l.flows.push(FlowCounters::default());
+                }
+                s
+            }
+        };
+        for l in &self.lanes {
+            l.flows[slot as usize].clear(now);
+        }
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index.insert_unique(id, slot, |&s| {
+            let e = &slab[s as usize];
+            Self::id(hasher, e.table, e.priority, &e.m)
+        });
+        let list = &mut self.tables[t];
+        let at = list.partition_point(|&s| slab[s as usize].priority >= spec.priority);
+        list.insert(at, slot);
+        self.flows += 1;
+        true
+    }
+
+    /// Removes the entries `drop` selects (calling `removed` with each, its slot and its
+    /// summed counters), keeping the index, the action lists and the counters in step.
+    /// Returns how many were removed.
+    pub(crate) fn remove_if(
+        &mut self,
+        mut drop: impl FnMut(&Entry, u32) -> bool,
+        mut removed: impl FnMut(&Entry, FlowStats),
+    ) -> usize {
+        let mut gone = Vec::new();
+        for list in &mut self.tables {
+            let slab = &self.slab;
+            list.retain(|&s| {
+                let e = &slab[s as usize];
+                if drop(e, s) {
+                    gone.push(s);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for &s in &gone {
+            let (stats, _) = self.counters(s);
+            let e = &self.slab[s as usize];
+            removed(e, stats);
+            let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
+            if let Ok(o) = self.index.find_entry(id, |&x| x == s) {
+                o.remove();
+            }
+            let a = e.actions;
+            self.acts.release(a);
+            self.free.push(s);
+        }
+        self.flows -= gone.len();
+        gone.len()
+    }
+
+    /// The entry in `slot`.
+    #[inline]
+    pub(crate) fn entry(&self, slot: u32) -> &Entry {
+        &self.slab[slot as usize]
+    }
+
+    /// The entries of table `t` in priority order, with their slots.
+    pub(crate) fn table(&self, t: usize) -> impl Iterator<Item = (u32, &Entry)> + '_ {
+        self.tables[t].iter().map(|&s| (s, &self.slab[s as usize]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpacc_spec::fastpath::flow::{ETH_IPV4, NO_VLAN};
+    use dpacc_spec::fastpath::PortId;
+
+    /// The packed match decides like `Match::matches` on every field and prefix shape.
+    #[test]
+    fn packed_matches_agree_with_match() {
+        let p4 = |a: &str, len| {
+            Some(Prefix {
+                addr: a.parse().unwrap(),
+                len,
+            })
+        };
+        let matches = [
+            Match::default(),
+            Match {
+                in_port: Some(1),
+                proto: Some(17),
+                dport: Some(53),
+                ..Match::default()
+            },
+            Match {
+                dst: p4("192.168.6.0", 23),
+                ..Match::default()
+            },
+            Match {
+                src: p4("10.0.0.0", 8),
+                sport: Some(7),
+                spi: Some(9),
+                ..Match::default()
+            },
+            Match {
+                src: p4("::", 0),
+                ..Match::default()
+            },
+            Match {
+                dst: p4("2001:db8::", 33),
+                eth_type: Some(0x86dd),
+                vlan: Some(5),
+                ..Match::default()
+            },
+            Match {
+                dst: p4("10.1.2.3", 40),
+                ..Match::default()
+            },
+        ];
+        let mut keys = Vec::new();
+        for (ver, src, dst) in [
+            (4u8, [10u8, 1, 2, 3], [192u8, 168, 7, 9]),
+            (4, [11, 0, 0, 1], [192, 168, 8, 9]),
+            (4, [10, 1, 2, 3], [10, 1, 2, 3]),
+        ] {
+            let mut k = FlowKey {
+                in_port: 1,
+                eth_type: ETH_IPV4,
+                vlan: NO_VLAN,
+                ip_ver: ver,
+                proto: 17,
+                sport: 7,
+                dport: 53,
+                spi: 9,
+                ..FlowKey::default()
+            };
+            k.src[..4].copy_from_slice(&src);
+            k.dst[..4].copy_from_slice(&dst);
+            keys.push(k);
+        }
+        let mut k6 = FlowKey {
+            eth_type: 0x86dd,
+            vlan: 5,
+            ip_ver: 6,
+            ..FlowKey::default()
+        };
+        k6.dst = "2001:db8:8000::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        keys.push(k6);
+        k6.dst = "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        keys.push(k6);
+        for m in &matches {
+            let p = PackedMatch::new(m);
+            for k in &keys {
+                assert_eq!(p.matches(k), m.matches(k), "{m:?} on {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_lists_are_inline_and_long_ones_shared_and_freed() {
+        let mut a = ActionLists::default();
+        let out = [Action::Output(PortId(1))];
+        let r = a.intern(&out);
+        assert!(matches!(r, ActionRef::Inline(1, _)));
+        assert_eq!(a.get(&r), &out);
+        let two = [Action::SetL4Dst(7), Action::Output(PortId(2))];
+        let r2 = a.intern(&two);
+        assert_eq!(a.get(&r2), &two);
+        let long = [Action::SetL4Src(1), Action::SetL4Dst(2), Action::Goto(3)];
+        let x = a.intern(&long);
+        let y = a.intern(&long);
+        let (ActionRef::Shared(xi), ActionRef::Shared(yi)) = (x, y) else {
+            panic!("a list of three is interned")
+        };
+        assert_eq!(xi, yi);
+        let other = [Action::SetL4Src(1), Action::SetL4Dst(2), Action::Drop];
+        let z = a.intern(&other);
+        a.release(x);
+        assert_eq!(a.get(&y), &long);
+        a.release(y);
+        // Freed: the id is reused for the next new list.
+        let w = a.intern(&[Action::Goto(3), Action::Goto(4), Action::Goto(5)]);
+        assert!(matches!(w, ActionRef::Shared(i) if i == xi));
+        assert_eq!(a.get(&z), &other);
+    }
+
+    fn spec(priority: u16, dport: u16, cookie: u64) -> FlowSpec {
+        FlowSpec {
+            table: 0,
+            priority,
+            cookie,
+            m: Match {
+                dport: Some(dport),
+                ..Match::default()
+            },
+            actions: vec![Action::Output(PortId(1))],
+            idle_timeout_ns: 1,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        }
+    }
+
+    /// Slots are reused, the index follows replacements and removals, the priority order
+    /// holds, and every lane's counters of a slot start again when it is reused.
+    #[test]
+    fn slots_index_and_counters_stay_in_step() {
+        let mut t = Tables::new(2, 2);
+        assert!(t.insert(0, &spec(5, 1, 1), 0, 3));
+        assert!(t.insert(0, &spec(9, 2, 2), 0, 3));
+        assert!(t.insert(0, &spec(5, 3, 3), 0, 3));
+        assert!(!t.insert(0, &spec(5, 4, 4), 0, 3), "quota");
+        assert!(t.insert(0, &spec(5, 3, 33), 0, 3), "a replacement fits");
+        let order: Vec<u64> = t.table(0).map(|(_, e)| e.cookie).collect();
+        assert_eq!(order, [2, 1, 33]);
+        t.lanes[0].flows[1].hit(2, 100, 7);
+        t.lanes[1].flows[1].hit(1, 50, 9);
+        assert_eq!(
+            t.counters(1),
+            (
+                FlowStats {
+                    packets: 3,
+                    bytes: 150
+                },
+                9
+            )
+        );
+        let mut seen = Vec::new();
+        assert_eq!(
+            t.remove_if(
+                |e, _| e.cookie == 2,
+                |e, s| seen.push((e.cookie, s.packets))
+            ),
+            1
+        );
+        assert_eq!(seen, [(2, 3)]);
+        assert!(t.insert(0, &spec(9, 2, 22), 10, 3), "slot 1 reused");
+        assert_eq!(t.counters(1).0, FlowStats::default());
+        assert_eq!(t.slab.len(), 3);
+        // The index finds the new entry: replacing it keeps the count.
+        assert!(t.insert(0, &spec(9, 2, 222), 10, 3));
+        assert_eq!(t.flows(), 3);
+        let order: Vec<u64> = t.table(0).map(|(_, e)| e.cookie).collect();
+        assert_eq!(order, [222, 1, 33]);
+    }
+}

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Every inline fast-path figure beside its peer, in one run, a line each with the ratio:
+#
+#   - forwarding between two vhost-user ports, 64-byte and 1400-byte frames, both directions,
+#     one backend core: dpacc-backend net (flow hit through the vNF's flow processor, one
+#     worker thread) against DPDK's dpdk-testpmd io forwarding (vhost PMD, one forwarding
+#     core), with the same traffic generator: a second dpdk-testpmd on two virtio-user ports in
+#     io mode, looping the frames it sent with `start tx_first` (BURSTS bursts of 32 per port);
+#   - ESP encap/decap, 1400-byte frames (every pass through the worker encapsulates a plain
+#     frame or decapsulates an ESP one, AES-128-GCM) against raw software AES-128-GCM on the
+#     same payload;
+#   - the flow table: 1 M flows installed (inserts/s, heap bytes per flow) against the targets
+#     of issue 12 (1 M inserts/s, 160 bytes);
+#   - multi-queue, 64-byte frames: dpacc-backend net --queue-pairs 2 (two workers, free to run
+#     on both cores) against testpmd io-fwd with two queues per port and two forwarding
+#     lcores (one per core), the generator looping on two queues per port from core 0; and
+#     the 2-worker figure over the 1-worker one. On this 2-core machine the generator shares
+#     core 0 with a worker (or a testpmd lcore): the figure shows what a second worker costs or
+#     gains when cores are shared, not how far two free cores would scale.
+#
+# Needs root (hugepages), Debian's dpdk-dev, release builds of dpacc-backend and dpacc, and
+# cargo (for the flow-table figure):
+#   cargo build --release -p dpacc-backend -p dpacc-guest && sudo benches/peers.sh
+# Environment: SECONDS_RUN (default 5), BURSTS (default 4), TARGET (default target/release),
+# TARGET_B (a second build's directory, e.g. of the previous commit: its dpacc-backend is
+# measured in the same run, for before/after), PERF (a file: profile dpacc-backend during the
+# 64-byte run with `perf record`), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the
+# multi-queue figures).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${TARGET:-target/release}
+RUN=${SECONDS_RUN:-5}
+BURSTS=${BURSTS:-4}
+DIR=$(mktemp -d /tmp/dpacc-peers.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "/var/run/dpdk/be$$"; [ -n "${KEEP:-}" ] || rm -rf "$DIR"' EXIT
+
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (apt-get install dpdk-dev)"; exit 1; }
+free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+if [ "$free" -lt 256 ]; then
+  echo $(( $(cat /proc/sys/vm/nr_hugepages) + 256 )) > /proc/sys/vm/nr_hugepages
+fi
+grep -q hugetlbfs /proc/mounts || { mkdir -p /dev/hugepages; mount -t hugetlbfs nodev /dev/hugepages; }
+
+# The generator: frames/s it received on both ports, measured over the last RUN seconds.
+generate() {
+  local a=$1 b=$2 txpkts=${3:-64} q=${4:-1} out=$DIR/gen.log
+  {
+    sleep 2
+    echo "start tx_first $BURSTS"
+    sleep 1; echo "show port stats all"
+    sleep "$RUN"; echo "show port stats all"
+    echo "stop"; echo "quit"
+  } | dpdk-testpmd -l 0,1 --main-lcore 1 -m 256 --no-pci --single-file-segments --in-memory \
+      --vdev "net_virtio_user0,path=$a,queues=$q" --vdev "net_virtio_user1,path=$b,queues=$q" \
+      -- -i --forward-mode=io --nb-cores=1 --rxq="$q" --txq="$q" --total-num-mbufs=16384 \
+      --txpkts="$txpkts" >"$out" 2>&1
+  # The last two Rx-pps lines are the two ports over the last interval.
+  grep -a "Rx-pps:" "$out" | tail -2 | awk '{s += $2} END {print s}'
+}
+
+wait_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1"; exit 1; }
+
+# 1. testpmd: vhost PMD on both ports, io forwarding on one core (core 1; the generator's
+#    forwarding core is core 0).
+{ sleep 1; echo start; sleep 60; echo quit; } | dpdk-testpmd -l 0,1 --no-huge -m 512 --no-pci --file-prefix "be$$" \
+    --vdev "net_vhost0,iface=$DIR/t0.sock" --vdev "net_vhost1,iface=$DIR/t1.sock" \
+    -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 >"$DIR/be.log" 2>&1 &
+BE=$!
+wait_socket "$DIR/t1.sock"
+PMD64=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 64)
+PMD1400=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 1400)
+kill "$BE" 2>/dev/null; wait "$BE" 2>/dev/null || true
+pkill -f "file-prefix be$$" 2>/dev/null || true
+PMDMQ=0
+if [ -z "${NO_MQ:-}" ]; then
+  # Two queues per port, two forwarding lcores (lcore 1 on core 0, lcore 2 on core 1).
+  { sleep 1; echo start; sleep 30; echo quit; } | dpdk-testpmd --lcores '0@0,1@0,2@1' --no-huge -m 512 --no-pci \
+      --file-prefix "bq$$" --vdev "net_vhost0,iface=$DIR/q0.sock,queues=2" --vdev "net_vhost1,iface=$DIR/q1.sock,queues=2" \
+      -- -i --forward-mode=io --nb-cores=2 --rxq=2 --txq=2 --total-num-mbufs=32768 >"$DIR/bq.log" 2>&1 &
+  BQ=$!
+  wait_socket "$DIR/q1.sock"
+  PMDMQ=$(generate "$DIR/q0.sock" "$DIR/q1.sock" 64 2)
+  kill "$BQ" 2>/dev/null; wait "$BQ" 2>/dev/null || true
+  pkill -f "file-prefix bq$$" 2>/dev/null || true
+fi
+
+# 2. dpacc-backend net (build $1, tag $2): the vNF port plus two vhost-user uplinks; the vNF
+#    installs the flows with the CLI and leaves (forwarding goes on without it). The worker
+#    runs on core 1. Prints "64B 1400B ESP RAW" frames/s (RAW: M ops/s), or only the first
+#    two when $3 is "plain".
+dpacc() {
+  local B=$1 tag=$2 mode=${3:-all} d=$DIR/$2
+  mkdir -p "$d"
+  local qp="" cpus=1
+  if [ "$mode" = mq ]; then qp="--queue-pairs 2"; cpus=0,1; fi
+  # shellcheck disable=SC2086 # $qp is empty or two words
+  taskset -c $cpus "$B/dpacc-backend" net --socket "$d/vnf.sock" $qp \
+      --uplink "vhost:$d/u1.sock" --uplink "vhost:$d/u2.sock" 2>"$d/dpacc.log" &
+  local P=$!
+  wait_socket "$d/u2.sock"
+  local F="$T/dpacc flow --socket $d/vnf.sock"
+  $F add --cookie 1 --match in_port=1 --actions output:2 >/dev/null
+  $F add --cookie 2 --match in_port=2 --actions output:1 >/dev/null
+  if [ -n "${PERF:-}" ] && [ "$tag" = a ]; then
+    # Profile the backend while the generator runs (perf report -i $PERF afterwards).
+    (sleep 4; exec perf record -e cpu-clock -F 4999 -g -o "$PERF" -p "$P" -- sleep 3) >/dev/null 2>&1 &
+  fi
+  local r64 r1400=0 esp=0 raw=0
+  if [ "$mode" = mq ]; then
+    r64=$(generate "$d/u1.sock" "$d/u2.sock" 64 2)
+    kill "$P" 2>/dev/null; wait "$P" 2>/dev/null || true
+    echo "$r64 0 0 0"
+    return
+  fi
+  r64=$(generate "$d/u1.sock" "$d/u2.sock" 64)
+  r1400=$(generate "$d/u1.sock" "$d/u2.sock" 1400)
+  if [ "$mode" = all ]; then
+    # ESP: the same loop with 1400-byte frames; each pass through the worker encapsulates a
+    # plain frame or decapsulates an ESP one (AES-128-GCM, one SA each way with the same key),
+    # so every frame costs one AEAD operation.
+    $F del --cookie 1 >/dev/null; $F del --cookie 2 >/dev/null
+    local KEY=000102030405060708090a0b0c0d0e0f
+    $F sa --spi 0x100 --key $KEY --salt 01020304 --tunnel 192.0.2.1,192.0.2.2 >/dev/null
+    $F sa --spi 0x100 --key $KEY --salt 01020304 >/dev/null
+    for p in 1 2; do
+      local o=$((3 - p))
+      $F add --cookie $((10 + p)) --priority 200 --match in_port=$p,esp --actions esp_decap,output:$o >/dev/null
+      $F add --cookie $((20 + p)) --priority 100 --match in_port=$p,ip --actions esp_encap:0x100,output:$o >/dev/null
+    done
+    esp=$(generate "$d/u1.sock" "$d/u2.sock" 1400)
+    raw=$("$T/dpacc" bench net --socket "$d/vnf.sock" --esp --size 1400 --seconds 1 | awk '/^raw/ {print $7}')
+  fi
+  kill "$P" 2>/dev/null; wait "$P" 2>/dev/null || true
+  echo "$r64 $r1400 $esp $raw"
+}
+
+read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
+B64=0; B1400=0
+if [ -n "${TARGET_B:-}" ]; then
+  read -r B64 B1400 _ _ < <(dpacc "$TARGET_B" b plain)
+fi
+
+MQ64=0
+if [ -z "${NO_MQ:-}" ]; then
+  read -r MQ64 _ _ _ < <(dpacc "$T" mq mq)
+fi
+
+# 3. The flow table.
+FLOWS=""
+if [ -z "${NO_FLOWS:-}" ]; then
+  FLOWS=$(cargo bench -q --bench flow_processor -- --bench no-criterion-run 2>/dev/null | grep '^flow_processor/1M_flows' || true)
+fi
+
+python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" <<'PY'
+import re, sys
+pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400 = (float(x or 0) for x in sys.argv[1:9])
+tb, flows = sys.argv[9], sys.argv[10]
+pmdmq, mq64 = (float(x or 0) for x in sys.argv[11:13])
+r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
+print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
+for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
+    print(f"  {size:4} B  dpdk-testpmd io-fwd {pmd/1e6:6.2f}   dpacc flow hit {a/1e6:6.2f}   {r(a, pmd)}")
+    if tb:
+        print(f"  {size:4} B  dpacc ({tb}) {b/1e6:6.2f}   {r(b, pmd)}   (this build / that one: {r(a, b)})")
+print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
+print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
+      f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {r(esp/1e6, raw)}")
+if pmdmq or mq64:
+    print("Multi-queue, 64 B, two queue pairs per port, generator on core 0 shared with a worker (Mpps):")
+    print(f"  dpdk-testpmd io-fwd 2 lcores {pmdmq/1e6:6.2f}   dpacc --queue-pairs 2 {mq64/1e6:6.2f}   {r(mq64, pmdmq)}")
+    print(f"  dpacc 2 workers / 1 worker: {r(mq64, a64)}   testpmd 2 lcores / 1 lcore: {r(pmdmq, pmd64)}")
+for line in flows.splitlines():
+    m = re.search(r"1M_flows(\S*): .* = (\d+) inserts/s; (\d+) bytes per flow", line)
+    if m:
+        what = "own action list each" if m.group(1) else "shared action lists"
+        ins, b = float(m.group(2)), float(m.group(3))
+        print(f"Flow table, 1 M flows ({what}): {ins/1e6:.2f} M inserts/s ({r(ins, 1e6)} of the 1 M/s target), "
+              f"{b:.0f} bytes per flow ({r(160, b)} of the 160-byte budget)")
+PY
