@@ -437,9 +437,10 @@ fn guest_triggered_log_lines_are_rate_limited() {
     assert!(n >= 990, "{n} suppressed:\n{log}");
 }
 
-/// `--isolate`: each vNF port in a process of its own. Killing one port's process outright
-/// (what a bug in unsafe code or a vendor plug-in would do) leaves the other port serving,
-/// and the supervisor brings the killed one back.
+/// `--isolate`: each vNF port in a process of its own (with the options it would have had in
+/// one process: here two queue pairs, so two workers, served to a single-queue driver).
+/// Killing one port's process outright (what a bug in unsafe code or a vendor plug-in would
+/// do) leaves the other port serving, and the supervisor brings the killed one back.
 #[test]
 fn isolated_ports_survive_the_death_of_one() {
     let (a, b) = (sock("isoa"), sock("isob"));
@@ -447,6 +448,8 @@ fn isolated_ports_survive_the_death_of_one() {
         &[
             "net",
             "--isolate",
+            "--queue-pairs",
+            "2",
             "--port",
             &format!("socket={}", a.display()),
             "--port",
@@ -483,6 +486,17 @@ fn isolated_ports_survive_the_death_of_one() {
                 .unwrap_or(false)
         })
         .expect("a child serves A");
+    let cmdline = std::fs::read(format!("/proc/{child_a}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--queue-pairs\02\0"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(
+        d.stderr().contains("2 queue pair(s) and worker(s)"),
+        "{}",
+        d.stderr()
+    );
     // SAFETY: killing a process of the daemon under test.
     unsafe { libc::kill(child_a, libc::SIGKILL) };
     // B never noticed: same flows, same connection.
