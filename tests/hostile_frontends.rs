@@ -488,7 +488,7 @@ fn isolated_ports_survive_the_death_of_one() {
         .expect("a child serves A");
     let cmdline = std::fs::read(format!("/proc/{child_a}/cmdline")).unwrap();
     assert!(
-        String::from_utf8_lossy(&cmdline).contains("--queue-pairs\02\0"),
+        String::from_utf8_lossy(&cmdline).contains("--queue-pairs\u{0}2\u{0}"),
         "{}",
         String::from_utf8_lossy(&cmdline)
     );
