@@ -81,9 +81,26 @@ pub struct NetArgs {
     /// its own flow processor, reachable only from that port, and its own uplinks.
     #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_vnf)]
     pub vnfs: Vec<VnfArg>,
-    /// Most flows each vNF may install.
+    /// Most flows each vNF may install (all tables).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
+    /// Most select groups each vNF may install.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_groups: u64,
+    /// Most buckets each vNF's groups may hold together.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(0..=(1 << 24)))]
+    pub max_buckets: u64,
+    /// Most ESP SAs (inbound and outbound together) each vNF may install; each holds a crypto
+    /// session.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_sas: u64,
+    /// Most actions in one action list (a flow's or a bucket's).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=255))]
+    pub max_actions: u64,
+    /// Seconds a vNF's flows, groups and SAs keep forwarding after the vNF disconnects; if it
+    /// has not reconnected by then they are removed and their memory freed.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=(1 << 32)))]
+    pub keep_detached_secs: u64,
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
@@ -91,6 +108,11 @@ pub struct NetArgs {
     /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Serve each vNF port from a process of its own (this binary, one `--port` each),
+    /// restarted if it dies; this process only supervises them. Costs about 0.4 MiB of
+    /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
+    #[arg(long)]
+    pub isolate: bool,
     /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
     /// uplinks; VIRTIO_NET_F_MQ when more than one), queues of every TAP uplink
     /// (IFF_MULTI_QUEUE when more than one), and worker threads: one per pair, each with its
@@ -193,7 +215,14 @@ impl NetArgs {
                     p.socket,
                     NetBackendConfig {
                         uplinks: p.uplinks,
-                        max_flows: self.max_flows as usize,
+                        quotas: dpacc_spec::fastpath::Quotas {
+                            flows: self.max_flows as usize,
+                            groups: self.max_groups as usize,
+                            buckets: self.max_buckets as usize,
+                            sas: self.max_sas as usize,
+                            actions: self.max_actions as usize,
+                        },
+                        keep_detached: std::time::Duration::from_secs(self.keep_detached_secs),
                         queue_size: self.queue_size,
                         mac,
                         fastpath: fastpath.clone(),
@@ -364,6 +393,16 @@ mod tests {
             );
         }
         assert_eq!((ports[0].1.mac[5], ports[1].1.mac[5]), (1, 2));
+        // The quota defaults are the contract's.
+        let Command::Net(n) = Cli::try_parse_from(["dpacc-backend", "net", "--socket", "/a"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        let v = n.to_vnfs().unwrap();
+        assert_eq!(v[0].1.quotas, dpacc_spec::fastpath::Quotas::default());
+        assert_eq!(v[0].1.keep_detached.as_secs(), 300);
         assert!(Cli::try_parse_from(["dpacc-backend", "net", "--port", "uplink=tap:x"]).is_err());
         assert!(Cli::try_parse_from(["dpacc-backend", "net"]).is_err());
         for bad in ["1000", "0", "65536"] {

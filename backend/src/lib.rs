@@ -22,6 +22,10 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+mod guest_log;
 pub mod net;
 mod ready;
 mod split_ring;

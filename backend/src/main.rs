@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod cli;
+mod supervise;
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ enum MainError {
     Crypto(#[from] CryptoServeError),
     #[error(transparent)]
     Net(#[from] NetServeError),
+    #[error(transparent)]
+    Supervise(#[from] supervise::SuperviseError),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
+    raise_fd_limit();
     let shutdown = EventFd::new(EFD_NONBLOCK).map_err(MainError::EventFd)?;
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask) and take them
     // synchronously in one thread, which signals the shutdown eventfd.
@@ -82,6 +86,16 @@ fn run(cli: Cli) -> Result<(), MainError> {
             let _ = std::fs::remove_file(&a.socket);
             Ok(r?)
         }
+        Command::Net(a) if a.isolate => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let children = a
+                .to_vnfs()?
+                .iter()
+                .enumerate()
+                .map(|(i, (_, cfg))| supervise::child_args(&args, i, cfg.mac))
+                .collect();
+            Ok(supervise::supervise(children, &shutdown)?)
+        }
         Command::Net(a) => {
             let (mut listeners, mut sockets, mut cfgs) = (Vec::new(), Vec::new(), Vec::new());
             for (socket, cfg) in a.to_vnfs()? {
@@ -107,6 +121,19 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 let _ = std::fs::remove_file(socket);
             }
             Ok(r?)
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every frontend holds a few
+/// (memory regions, ring eventfds), and running out would refuse connections of every tenant.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with an initialised struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }

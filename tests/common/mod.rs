@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod guest;
 pub mod netns;
+pub mod raw_vhost;
 pub mod vhost_net;
 
 use std::os::unix::net::UnixListener;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
     Emit, FastPathDriver, FlowLane, FlowProcessor, InstanceConfig, InstanceError, PacketBuf,
-    PortId, Verdict,
+    PortId, Usage, Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
@@ -35,7 +35,7 @@ impl FastPathDriver for SwFastPath {
         &self,
         cfg: &InstanceConfig,
     ) -> Result<Arc<dyn FlowProcessor>, InstanceError> {
-        let mut p = SwInstance::new(self.crypto.clone(), cfg.max_flows, cfg.lanes)
+        let mut p = SwInstance::with_quotas(self.crypto.clone(), cfg.quotas, cfg.lanes)
             .map_err(|e| InstanceError::Config(e.to_string()))?;
         p.set_uplinks(cfg.uplinks);
         Ok(Arc::new(SwShared(p)))
@@ -44,7 +44,7 @@ impl FastPathDriver for SwFastPath {
 
 fn code(e: &FlowError) -> ErrorCode {
     match e {
-        FlowError::Quota(_) => ErrorCode::Quota,
+        FlowError::Quota(..) => ErrorCode::Quota,
         FlowError::BadTable(_) => ErrorCode::BadTable,
         FlowError::BadActions(_) => ErrorCode::BadActions,
         FlowError::NotFound(_) => ErrorCode::NotFound,
@@ -100,6 +100,7 @@ impl SwInstance {
                 Body::HelloReply {
                     tables: TABLES as u8,
                     max_flows: u32::try_from(self.max_flows()).unwrap_or(u32::MAX),
+                    usage: Some(self.usage()),
                 },
             ),
             Body::FlowAdd(spec) => {
@@ -235,6 +236,14 @@ impl FlowProcessor for SwShared {
 
     fn flow_count(&self) -> usize {
         self.0.flow_count()
+    }
+
+    fn usage(&self) -> Usage {
+        self.0.usage()
+    }
+
+    fn clear(&self) {
+        self.0.clear();
     }
 }
 
