@@ -111,7 +111,10 @@ fn the_vnf_cannot_packet_out_past_egress_and_cannot_reach_the_policy() {
         .create_instance(&InstanceConfig {
             name: "t".into(),
             uplinks: 2,
-            max_flows: 8,
+            quotas: dpacc_spec::fastpath::Quotas {
+                flows: 8,
+                ..Default::default()
+            },
             lanes: 1,
         })
         .unwrap();

@@ -93,12 +93,29 @@ pub struct NetArgs {
     /// created with mode 0600 and removed on exit (a stale socket file is replaced; a live
     /// one makes the daemon refuse to start): list, create and delete vNFs at run time, set
     /// each vNF's operator policy, read statistics and Prometheus metrics (GET /metrics).
-    /// With it, the daemon may start with no vNF at all.
-    #[arg(long, value_name = "PATH")]
+    /// With it, the daemon may start with no vNF at all. Not with --isolate (yet).
+    #[arg(long, value_name = "PATH", conflicts_with = "isolate")]
     pub api_socket: Option<PathBuf>,
-    /// Most flows each vNF may install.
+    /// Most flows each vNF may install (all tables).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
+    /// Most select groups each vNF may install.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_groups: u64,
+    /// Most buckets each vNF's groups may hold together.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(0..=(1 << 24)))]
+    pub max_buckets: u64,
+    /// Most ESP SAs (inbound and outbound together) each vNF may install; each holds a crypto
+    /// session.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_sas: u64,
+    /// Most actions in one action list (a flow's or a bucket's).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=255))]
+    pub max_actions: u64,
+    /// Seconds a vNF's flows, groups and SAs keep forwarding after the vNF disconnects; if it
+    /// has not reconnected by then they are removed and their memory freed.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=(1 << 32)))]
+    pub keep_detached_secs: u64,
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
@@ -106,6 +123,11 @@ pub struct NetArgs {
     /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Serve each vNF port from a process of its own (this binary, one `--port` each),
+    /// restarted if it dies; this process only supervises them. Costs about 0.4 MiB of
+    /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
+    #[arg(long)]
+    pub isolate: bool,
     /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
     /// uplinks; VIRTIO_NET_F_MQ when more than one), queues of every TAP uplink
     /// (IFF_MULTI_QUEUE when more than one), and worker threads: one per pair, each with its
@@ -170,6 +192,17 @@ fn parse_mac(s: &str) -> Result<[u8; 6], CliError> {
 }
 
 impl NetArgs {
+    /// The quotas of every vNF.
+    fn quotas(&self) -> dpacc_spec::fastpath::Quotas {
+        dpacc_spec::fastpath::Quotas {
+            flows: self.max_flows as usize,
+            groups: self.max_groups as usize,
+            buckets: self.max_buckets as usize,
+            sas: self.max_sas as usize,
+            actions: self.max_actions as usize,
+        }
+    }
+
     fn vnf_args(&self) -> Vec<VnfArg> {
         match &self.socket {
             Some(s) => vec![VnfArg {
@@ -204,7 +237,8 @@ impl NetArgs {
     /// What every vNF of the daemon shares (the API creates its vNFs with it too).
     pub fn template(&self) -> dpacc_backend::api::vnfs::VnfTemplate {
         dpacc_backend::api::vnfs::VnfTemplate {
-            max_flows: self.max_flows as usize,
+            quotas: self.quotas(),
+            keep_detached: std::time::Duration::from_secs(self.keep_detached_secs),
             queue_size: self.queue_size,
             mac: self.mac,
             fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
@@ -247,7 +281,8 @@ impl NetArgs {
                     p.socket,
                     NetBackendConfig {
                         uplinks: p.uplinks,
-                        max_flows: self.max_flows as usize,
+                        quotas: self.quotas(),
+                        keep_detached: std::time::Duration::from_secs(self.keep_detached_secs),
                         queue_size: self.queue_size,
                         mac,
                         fastpath: fastpath.clone(),
@@ -461,6 +496,16 @@ mod tests {
             );
         }
         assert_eq!((ports[0].1.mac[5], ports[1].1.mac[5]), (1, 2));
+        // The quota defaults are the contract's.
+        let Command::Net(n) = Cli::try_parse_from(["dpacc-backend", "net", "--socket", "/a"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        let v = n.to_vnfs().unwrap();
+        assert_eq!(v[0].1.quotas, dpacc_spec::fastpath::Quotas::default());
+        assert_eq!(v[0].1.keep_detached.as_secs(), 300);
         assert!(Cli::try_parse_from(["dpacc-backend", "net", "--port", "uplink=tap:x"]).is_err());
         assert!(Cli::try_parse_from(["dpacc-backend", "net"]).is_err());
         for bad in ["1000", "0", "65536"] {

@@ -23,6 +23,10 @@
 
 pub mod api;
 pub mod crypto;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+mod guest_log;
 pub mod metrics;
 pub mod net;
 mod ready;

@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod cli;
+mod supervise;
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ enum MainError {
     Api(#[from] ApiError),
     #[error("vNF {0}: {1}")]
     Vnf(String, RegistryError),
+    #[error(transparent)]
+    Supervise(#[from] supervise::SuperviseError),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
+    raise_fd_limit();
     let shutdown = EventFd::new(EFD_NONBLOCK).map_err(MainError::EventFd)?;
     // Block SIGINT/SIGTERM/SIGHUP in every thread (workers inherit the mask) and take them
     // synchronously in one thread: SIGINT/SIGTERM signal the shutdown eventfd, SIGHUP is
@@ -107,6 +111,16 @@ fn run(cli: Cli) -> Result<(), MainError> {
             drop(listener);
             let _ = std::fs::remove_file(&a.socket);
             Ok(r?)
+        }
+        Command::Net(a) if a.isolate => {
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let children = a
+                .to_vnfs()?
+                .iter()
+                .enumerate()
+                .map(|(i, (_, cfg))| supervise::child_args(&args, i, cfg.mac))
+                .collect();
+            Ok(supervise::supervise(children, &shutdown)?)
         }
         Command::Net(a) => {
             let vnfs = a.named_vnfs()?;
@@ -172,6 +186,19 @@ fn wait_readable(fd: &EventFd) {
         let r = unsafe { libc::poll(&mut p, 1, -1) };
         if r > 0 || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
             return;
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every frontend holds a few
+/// (memory regions, ring eventfds), and running out would refuse connections of every tenant.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with an initialised struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod daemon;
 pub mod guest;
 pub mod netns;
+pub mod raw_vhost;
 pub mod vhost_net;
 
 use std::os::unix::net::UnixListener;

@@ -19,20 +19,23 @@ mod instance;
 pub mod key;
 mod lanes;
 mod policy;
+mod quota;
 mod table;
 
 pub use instance::SwFastPath;
+pub use quota::QuotaKind;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dpacc_spec::fastpath::{PacketBuf, Verdict};
+use dpacc_spec::fastpath::{PacketBuf, Quotas, Usage, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
 use lanes::{LaneLock, LaneToken};
+use quota::Ledger;
 use table::Tables;
 
 pub use dpacc_spec::fastpath::flow::{
@@ -51,9 +54,9 @@ pub const MAX_LANES: usize = 64;
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
-    /// `--max-flows` reached.
-    #[error("flow quota exceeded ({0} flows)")]
-    Quota(usize),
+    /// A quota reached (`--max-flows`, `--max-groups`...): which, and its value.
+    #[error("{}", .0.message(*.1))]
+    Quota(QuotaKind, usize),
     /// A table number out of range or a goto that does not go forward.
     #[error("bad table or goto: {0}")]
     BadTable(String),
@@ -110,7 +113,9 @@ struct Core {
     inbound: HashMap<u32, Sa>,
     /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
     generation: u64,
-    max_flows: usize,
+    /// The quotas, and the groups, buckets and SAs held against them (flows are counted by
+    /// the tables).
+    ledger: Ledger,
     /// The operator's policy (never the vNF's: its control protocol cannot reach it).
     policy: Option<Arc<policy::Compiled>>,
 }
@@ -396,11 +401,25 @@ fn one(
 }
 
 impl SwInstance {
-    /// An empty instance holding at most `max_flows` flows, doing ESP on `crypto`, whose
-    /// data path runs on `lanes` lanes (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
+    /// An empty instance holding at most `max_flows` flows (the other quotas at their
+    /// defaults), doing ESP on `crypto`, whose data path runs on `lanes` lanes
+    /// (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
     pub fn new(
         crypto: Arc<dyn CryptoDriver>,
         max_flows: usize,
+        lanes: usize,
+    ) -> Result<Arc<Self>, CryptoError> {
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas, lanes)
+    }
+
+    /// An empty instance with these quotas, doing ESP on `crypto`, on `lanes` lanes.
+    pub fn with_quotas(
+        crypto: Arc<dyn CryptoDriver>,
+        quotas: Quotas,
         lanes: usize,
     ) -> Result<Arc<Self>, CryptoError> {
         let lanes = lanes.clamp(1, MAX_LANES);
@@ -413,7 +432,7 @@ impl SwInstance {
                     outbound: HashMap::new(),
                     inbound: HashMap::new(),
                     generation: 0,
-                    max_flows,
+                    ledger: Ledger::new(quotas, lanes),
                     policy: None,
                 },
                 lanes,
@@ -478,10 +497,11 @@ impl SwInstance {
     /// Installs a flow (replacing one with the same table, priority and match).
     pub fn add_flow(&self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
         let t = usize::from(spec.table);
+        let mut core = self.core.write();
+        core.ledger.check_actions(&spec.actions)?;
         if t >= TABLES {
             return Err(FlowError::BadTable(format!("table {t} (0..{TABLES})")));
         }
-        let mut core = self.core.write();
         for (i, a) in spec.actions.iter().enumerate() {
             match *a {
                 Action::Goto(g) if usize::from(g) <= t || usize::from(g) >= TABLES => {
@@ -499,9 +519,9 @@ impl SwInstance {
                 _ => {}
             }
         }
-        let max = core.max_flows;
+        let max = core.ledger.quotas.flows;
         if !core.t.insert(t, &spec, now_ns, max) {
-            return Err(FlowError::Quota(max));
+            return Err(FlowError::Quota(QuotaKind::Flows, max));
         }
         core.generation += 1;
         Ok(())
@@ -553,12 +573,38 @@ impl SwInstance {
 
     /// The flow quota.
     pub fn max_flows(&self) -> usize {
-        self.core.write().max_flows
+        self.quotas().flows
+    }
+
+    /// The quotas.
+    pub fn quotas(&self) -> Quotas {
+        self.core.write().ledger.quotas
     }
 
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
         self.core.write().t.flows()
+    }
+
+    /// What the instance holds against its quotas, and its memory.
+    pub fn usage(&self) -> Usage {
+        let core = self.core.write();
+        core.ledger.usage(&core.t)
+    }
+
+    /// Removes every flow, group and SA (their crypto sessions close) and frees their memory,
+    /// once no lane is inside a batch; lanes find the instance empty from their next batch.
+    /// The instance counters stay.
+    pub fn clear(&self) {
+        let mut core = self.core.write();
+        let quotas = core.ledger.quotas;
+        let lanes = self.lanes();
+        core.t = Tables::new(TABLES, lanes);
+        core.groups = HashMap::new();
+        core.outbound = HashMap::new();
+        core.inbound = HashMap::new();
+        core.ledger = Ledger::new(quotas, lanes);
+        core.generation += 1;
     }
 
     /// Installs (or replaces) a select group.
@@ -579,6 +625,9 @@ impl SwInstance {
             ));
         }
         let mut core = self.core.write();
+        let old = core.groups.get(&id).map(Vec::len);
+        core.ledger.check_group(&buckets, old)?;
+        core.ledger.group_added(buckets.len(), old);
         core.groups.insert(id, buckets);
         core.generation += 1;
         Ok(())
@@ -588,12 +637,30 @@ impl SwInstance {
     pub fn add_sa(&self, cfg: SaConfig) -> Result<(), FlowError> {
         let spi = cfg.spi;
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
+        let replaces = |core: &Core| {
+            if outbound {
+                core.outbound.contains_key(&spi)
+            } else {
+                core.inbound.contains_key(&spi)
+            }
+        };
+        // Checked before the session is made (a refused SA costs the driver nothing), and
+        // again under the same lock as the insert (a concurrent SA_ADD may have taken the
+        // last place meanwhile).
+        {
+            let core = self.core.write();
+            core.ledger.check_sa(replaces(&core))?;
+        }
         let sa = Sa::with_lanes(cfg, &*self.crypto, self.lanes())?;
         let mut core = self.core.write();
-        if outbound {
-            core.outbound.insert(spi, sa);
+        core.ledger.check_sa(replaces(&core))?;
+        let old = if outbound {
+            core.outbound.insert(spi, sa)
         } else {
-            core.inbound.insert(spi, sa);
+            core.inbound.insert(spi, sa)
+        };
+        if old.is_none() {
+            core.ledger.sas += 1;
         }
         core.generation += 1;
         Ok(())
@@ -674,9 +741,19 @@ pub struct SwFlowProcessor {
 }
 
 impl SwFlowProcessor {
-    /// An empty one-lane instance holding at most `max_flows` flows, doing ESP on `crypto`.
+    /// An empty one-lane instance holding at most `max_flows` flows (the other quotas at
+    /// their defaults), doing ESP on `crypto`.
     pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
-        let inst = SwInstance::new(crypto, max_flows, 1)?;
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas)
+    }
+
+    /// An empty one-lane instance with these quotas, doing ESP on `crypto`.
+    pub fn with_quotas(crypto: Arc<dyn CryptoDriver>, quotas: Quotas) -> Result<Self, CryptoError> {
+        let inst = SwInstance::with_quotas(crypto, quotas, 1)?;
         let lane = inst
             .lane(0)?
             .ok_or(CryptoError::Internal("lane 0 of a new instance"))?;

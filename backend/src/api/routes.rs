@@ -330,7 +330,11 @@ mod tests {
 
     fn registry() -> Arc<VnfRegistry> {
         Arc::new(VnfRegistry::new(VnfTemplate {
-            max_flows: 64,
+            quotas: dpacc_spec::fastpath::Quotas {
+                flows: 64,
+                ..Default::default()
+            },
+            keep_detached: std::time::Duration::from_secs(1),
             queue_size: 256,
             mac: [0x52, 0x54, 0, 0xdc, 0xac, 1],
             fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(

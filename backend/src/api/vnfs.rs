@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dpacc_spec::fastpath::FastPathDriver;
+use dpacc_spec::fastpath::{FastPathDriver, Quotas};
 use tracing::info;
 
 use crate::net::running::RunningVnf;
@@ -22,8 +22,10 @@ pub const MAX_FLOWS: u64 = 1 << 24;
 
 /// What every vNF of the daemon shares (the command line's options).
 pub struct VnfTemplate {
-    /// Default flow quota.
-    pub max_flows: usize,
+    /// Quotas of every vNF (the flow quota is the default of `max_flows`).
+    pub quotas: Quotas,
+    /// How long a vNF's flows keep forwarding after it disconnects.
+    pub keep_detached: Duration,
     /// Largest ring size.
     pub queue_size: u16,
     /// Base MAC: the last byte goes up by one per vNF created.
@@ -156,7 +158,7 @@ impl VnfRegistry {
         if !valid_name(name) {
             return Err(RegistryError::BadName(name.to_string()));
         }
-        let max_flows = max_flows.unwrap_or(self.template.max_flows as u64);
+        let max_flows = max_flows.unwrap_or(self.template.quotas.flows as u64);
         if !(1..=MAX_FLOWS).contains(&max_flows) {
             return Err(RegistryError::MaxFlows(max_flows));
         }
@@ -205,7 +207,11 @@ impl VnfRegistry {
         mac[5] = mac[5].wrapping_add(inner.next);
         let cfg = NetBackendConfig {
             uplinks: uplinks.clone(),
-            max_flows: max_flows as usize,
+            quotas: Quotas {
+                flows: max_flows as usize,
+                ..self.template.quotas
+            },
+            keep_detached: self.template.keep_detached,
             queue_size: self.template.queue_size,
             mac,
             fastpath: self.template.fastpath.clone(),

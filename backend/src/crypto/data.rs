@@ -23,7 +23,7 @@ use dpacc_spec::{
     SessionInfo,
 };
 use tracing::{debug, warn};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
@@ -363,10 +363,11 @@ impl Processor for DataPath {
     ) -> usize {
         let mut total = 0;
         loop {
-            // A batch may end early on its byte budget: go on until the ring is empty.
+            // A batch may end early on its byte budget: go on until the ring is empty, or a
+            // ring's worth is done (a ring that never runs dry is the worker's to pace).
             let n = self.run_batch(q, mem, notify);
             total += n;
-            if n == 0 {
+            if n == 0 || total >= usize::from(q.size()) {
                 return total;
             }
         }

@@ -100,6 +100,14 @@ impl SessionTable {
         }
     }
 
+    /// A table whose first ids are predictable (`first_gen << 32 | slot`), for fuzzing.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn with_first_gen(max: usize, first_gen: u32) -> Self {
+        let t = Self::new(max);
+        t.inner.write().unwrap_or_else(|p| p.into_inner()).first_gen = first_gen;
+        t
+    }
+
     /// Read access for a batch of lookups.
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Table> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())

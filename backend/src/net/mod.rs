@@ -11,20 +11,20 @@
 //! each virtio-net device hands pair k's rings to worker k through a [`slot`].
 
 pub mod counters;
-mod device;
-mod rings;
+pub(crate) mod device;
+pub(crate) mod rings;
 pub mod running;
-mod slot;
+pub(crate) mod slot;
 mod tap;
 mod uplink;
-mod vnf_worker;
+pub(crate) mod vnf_worker;
 
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError};
+use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError, Quotas};
 use std::sync::atomic::AtomicU64;
 use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
@@ -59,8 +59,11 @@ impl std::fmt::Display for UplinkSpec {
 pub struct NetBackendConfig {
     /// Uplinks, ports 1.. in order.
     pub uplinks: Vec<UplinkSpec>,
-    /// Flow quota of the instance.
-    pub max_flows: usize,
+    /// What the vNF may create in its instance (flows, groups, buckets, SAs, actions per list).
+    pub quotas: Quotas,
+    /// How long the vNF's flows, groups and SAs keep forwarding after it disconnects: if it
+    /// has not come back by then, they are removed and their memory freed.
+    pub keep_detached: std::time::Duration,
     /// Largest ring size.
     pub queue_size: u16,
     /// The MAC address in the vNF's virtio-net config space (uplink `k` gets it with the fifth
@@ -183,17 +186,26 @@ pub fn serve_observed(
     let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
         name: "vnf".into(),
         uplinks: cfg.uplinks.len() as u16,
-        max_flows: cfg.max_flows,
+        quotas: cfg.quotas,
         lanes: n,
     })?;
+    let q = cfg.quotas;
     info!(
-        "vNF port: uplinks [{}], max {} flows, {n} queue pair(s) and worker(s), fast path {}",
+        "vNF port: uplinks [{}], at most {} flows, {} groups ({} buckets), {} SAs, {} actions \
+         per list ({} KiB), kept {} s after the vNF leaves; {n} queue pair(s) and worker(s), \
+         fast path {}",
         cfg.uplinks
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        cfg.max_flows,
+        q.flows,
+        q.groups,
+        q.buckets,
+        q.sas,
+        q.actions,
+        proc_.usage().max_memory >> 10,
+        cfg.keep_detached.as_secs(),
         cfg.fastpath.name()
     );
     let shared = Arc::new(VnfShared {
@@ -243,6 +255,7 @@ pub fn serve_observed(
                     },
                 },
                 cfg.busy_poll,
+                cfg.keep_detached,
             )
             .map_err(NetServeError::Worker)?,
         );
