@@ -77,7 +77,9 @@ fn status_of(e: &RegistryError) -> u16 {
     match e {
         RegistryError::NotFound(_) => 404,
         RegistryError::Exists(_) | RegistryError::InUse(_) => 409,
-        RegistryError::MaxFlows(_) | RegistryError::TooMany => 422,
+        RegistryError::MaxFlows(_) | RegistryError::TooMany | RegistryError::TooManyUplinks(_) => {
+            422
+        }
         RegistryError::BadName(_) | RegistryError::Relative(_) | RegistryError::Uplink(_) => 400,
         RegistryError::Start(NetServeError::Bind(_) | NetServeError::Tap { .. }) => 400,
         RegistryError::Start(_) => 500,
@@ -353,6 +355,10 @@ mod tests {
     #[test]
     fn every_error_has_its_status_and_a_message() {
         let t = Target::Net(registry());
+        let many_uplinks = format!(
+            r#"{{"socket": "/tmp/x.sock", "uplinks": [{}]}}"#,
+            vec![r#""tap:x""#; 33].join(",")
+        );
         for (m, p, body, status) in [
             ("GET", "/", "", 404),
             ("GET", "/vnfs/x/y/z", "", 404),
@@ -382,6 +388,7 @@ mod tests {
                 422,
             ),
             ("POST", "/metrics", "", 405),
+            ("PUT", "/vnfs/x", &many_uplinks, 422),
             ("DELETE", "/vnfs", "", 405),
             ("HEAD", "/vnfs/x/stats", "", 405),
         ] {

@@ -19,6 +19,8 @@ use super::json::VnfInfo;
 pub const MAX_VNFS: usize = 64;
 /// Largest flow quota of a vNF (as `--max-flows`).
 pub const MAX_FLOWS: u64 = 1 << 24;
+/// Most uplinks of a vNF created through the API (each is a socket or TAP and threads).
+pub const MAX_UPLINKS: usize = 32;
 
 /// What every vNF of the daemon shares (the command line's options).
 pub struct VnfTemplate {
@@ -65,6 +67,9 @@ pub enum RegistryError {
     /// Too many vNFs.
     #[error("the daemon serves at most {MAX_VNFS} vNFs")]
     TooMany,
+    /// Too many uplinks for one vNF.
+    #[error("{0} uplinks: a vNF has at most {MAX_UPLINKS}")]
+    TooManyUplinks(usize),
     /// Serving it failed (a socket that cannot be bound, a TAP that cannot be opened...).
     #[error("starting the vNF: {0}")]
     Start(#[from] NetServeError),
@@ -140,6 +145,9 @@ impl VnfRegistry {
         uplinks: &[String],
         max_flows: Option<u64>,
     ) -> Result<(), RegistryError> {
+        if uplinks.len() > MAX_UPLINKS {
+            return Err(RegistryError::TooManyUplinks(uplinks.len()));
+        }
         let uplinks = uplinks
             .iter()
             .map(|u| u.parse::<UplinkSpec>())
