@@ -226,3 +226,56 @@ fn rule_sets_are_swapped_whole_while_lanes_run() {
         assert!(l.join().unwrap() > 0);
     }
 }
+
+/// Egress rules judge what leaves, after the vNF's rewrites (here a port NAT 22 -> 80), on
+/// the first packet and on cached ones alike.
+#[test]
+fn egress_judges_the_rewritten_headers() {
+    let inst = SwInstance::new(Arc::new(SwDriver::new()), 16, 1).unwrap();
+    inst.add_flow(
+        FlowSpec {
+            table: 0,
+            priority: 1,
+            cookie: 1,
+            m: Match {
+                dport: Some(22),
+                ..Match::default()
+            },
+            actions: vec![Action::SetL4Dst(80), Action::Output(PortId(2))],
+            idle_timeout_ns: 0,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        },
+        0,
+    )
+    .unwrap();
+    let mut lane = inst.lane(0).unwrap().unwrap();
+    let mut v = [Verdict::Drop; 3];
+    for (denied, passes) in [(80, false), (22, true)] {
+        inst.set_policy(Some(Policy {
+            ingress: RuleList {
+                rules: vec![],
+                default: PolicyAction::Allow,
+            },
+            egress: RuleList {
+                rules: vec![deny(denied)],
+                default: PolicyAction::Allow,
+            },
+        }))
+        .unwrap();
+        for _ in 0..2 {
+            let mut pkts = [udp(22, 1), udp(22, 1), udp(22, 1)];
+            lane.process(1, &mut pkts, &mut v);
+            lane.end_batch();
+            let want = if passes {
+                Verdict::Output(PortId(2))
+            } else {
+                Verdict::Drop
+            };
+            assert_eq!(v, [want; 3], "egress deny {denied}");
+            if passes {
+                assert_eq!(&pkts[0].frame()[36..38], &80u16.to_be_bytes());
+            }
+        }
+    }
+}

@@ -295,10 +295,13 @@ fn run_batch(
     let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
     for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
+        let mut kl = parse(p.frame(), p.in_port.0);
         let (verdict, hit) = match &core.policy {
-            None => one(core, st, lane, now, p, defer),
+            None => one(core, st, lane, now, p, defer, &mut kl),
             Some(pol) => {
-                let (v, hit, d) = pol.police(p, now, lane, |p| one(core, st, lane, now, p, defer));
+                let (v, hit, d) = pol.police(p, &mut kl, now, lane, |p, kl| {
+                    one(core, st, lane, now, p, defer, kl)
+                });
                 denied += u64::from(d);
                 (v, hit)
             }
@@ -321,8 +324,10 @@ fn run_batch(
     }
 }
 
-/// One packet: (verdict, whether the exact-match cache answered). With `defer`, an ESP
-/// action followed by an output leaves the packet pending and its work in `defer`.
+/// One packet, whose parsed key and layout are `kl`: (verdict, whether the exact-match cache
+/// answered). With `defer`, an ESP action followed by an output leaves the packet pending and
+/// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
+/// them (what the operator's egress rules judge; not updated by deferred ESP).
 fn one(
     core: &Core,
     st: &mut LaneState,
@@ -330,8 +335,9 @@ fn one(
     now: u64,
     p: &mut PacketBuf,
     defer: Option<&mut Option<Deferred>>,
+    kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
-    let (key, lay) = parse(p.frame(), p.in_port.0);
+    let (key, lay) = *kl;
     let len = p.len() as u64;
     let counters = &core.t.lanes[lane].flows;
     // Packets come in bursts of one flow: the previous packet's path first (a key compare),
@@ -358,6 +364,7 @@ fn one(
             let e = core.t.entry(slot);
             let actions = core.t.acts.get(&e.actions);
             if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                *kl = (key, lay);
                 return (v, true);
             }
         }
@@ -391,6 +398,7 @@ fn one(
                 st.emc.insert(first_key, path);
                 st.last = Some((first_key, path));
             }
+            *kl = (key, lay);
             return (v, false);
         }
         match goto {

@@ -23,7 +23,7 @@ use dpacc_spec::fastpath::policy::{
 };
 use dpacc_spec::fastpath::{PacketBuf, PortId, Verdict};
 
-use super::key::parse;
+use super::key::{parse, Layout};
 
 /// Time unit of the token buckets: 1/16 ns (a byte at 128 Gbit/s still costs 1 unit; u64
 /// lasts 36 years of uptime).
@@ -230,8 +230,8 @@ impl Compiled {
         !self.egress.open
     }
 
-    /// Whether frame `p` from an uplink may enter the instance.
-    #[inline]
+    /// Whether frame `p` from an uplink may enter the instance (parsing it).
+    #[cfg(test)]
     pub(crate) fn ingress_allows(&self, p: &PacketBuf, now: u64, lane: usize) -> bool {
         if self.ingress.open || p.in_port == PortId::VNF {
             return true;
@@ -257,23 +257,33 @@ impl Compiled {
         self.egress.judge(&key, len as u64, now, lane)
     }
 
-    /// Runs `tables` for `p` between the ingress and the egress rules: (verdict, cache hit,
-    /// dropped by the policy).
+    /// Runs `tables` for `p` (parsed into `kl`) between the ingress and the egress rules:
+    /// (verdict, cache hit, dropped by the policy). Ingress judges `kl` as parsed; `tables`
+    /// leaves in `kl` the key after its rewrites, which egress judges (with the output port
+    /// as `in_port`): no second parse.
     #[inline]
     pub(crate) fn police(
         &self,
         p: &mut PacketBuf,
+        kl: &mut (FlowKey, Layout),
         now: u64,
         lane: usize,
-        tables: impl FnOnce(&mut PacketBuf) -> (Verdict, bool),
+        tables: impl FnOnce(&mut PacketBuf, &mut (FlowKey, Layout)) -> (Verdict, bool),
     ) -> (Verdict, bool, bool) {
-        if !self.ingress_allows(p, now, lane) {
+        if !self.ingress.open
+            && p.in_port != PortId::VNF
+            && !self.ingress.judge(&kl.0, p.len() as u64, now, lane)
+        {
             return (Verdict::Drop, false, true);
         }
-        let (v, hit) = tables(p);
+        let (v, hit) = tables(p, kl);
         if let Verdict::Output(port) = v {
-            if !self.egress_allows(p.frame(), p.len(), port, now, lane) {
-                return (Verdict::Drop, hit, true);
+            if !self.egress.open && port != PortId::VNF {
+                let mut k = kl.0;
+                k.in_port = port.0;
+                if !self.egress.judge(&k, p.len() as u64, now, lane) {
+                    return (Verdict::Drop, hit, true);
+                }
             }
         }
         (v, hit, false)
@@ -428,26 +438,42 @@ mod tests {
         );
         assert!(p.polices_egress());
         let mut pk = tcp([1, 1, 1, 1], [2, 2, 2, 2], 5, 443, 1);
-        let r = p.police(&mut pk, 0, 0, |_| (Verdict::Output(PortId(2)), true));
+        let f443 = tcp([1, 1, 1, 1], [2, 2, 2, 2], 5, 443, 1);
+        let kl = || parse(f443.frame(), 1);
+        let r = p.police(&mut pk, &mut kl(), 0, 0, |_, _| {
+            (Verdict::Output(PortId(2)), true)
+        });
         assert_eq!(
             r,
             (Verdict::Drop, true, true),
             "a cached flow hit is denied too"
         );
-        let r = p.police(&mut pk, 0, 0, |_| (Verdict::Output(PortId(3)), true));
+        let r = p.police(&mut pk, &mut kl(), 0, 0, |_, _| {
+            (Verdict::Output(PortId(3)), true)
+        });
         assert_eq!(r, (Verdict::Output(PortId(3)), true, false));
-        let r = p.police(&mut pk, 0, 0, |_| (Verdict::Output(PortId::VNF), false));
+        let r = p.police(&mut pk, &mut kl(), 0, 0, |_, _| {
+            (Verdict::Output(PortId::VNF), false)
+        });
         assert_eq!(
             r.0,
             Verdict::Output(PortId::VNF),
             "to the vNF is not egress"
         );
         // A rewrite by the tables is seen: the frame leaves with port 80.
-        let r = p.police(&mut pk, 0, 0, |p| {
-            p.frame_mut()[36..38].copy_from_slice(&80u16.to_be_bytes());
+        let r = p.police(&mut pk, &mut kl(), 0, 0, |_, kl| {
+            kl.0.dport = 80;
             (Verdict::Output(PortId(2)), false)
         });
         assert_eq!(r.0, Verdict::Output(PortId(2)));
+        // And the other way round: rewritten to 443, denied.
+        let mut pk80 = tcp([1, 1, 1, 1], [2, 2, 2, 2], 5, 80, 1);
+        let mut kl80 = parse(pk80.frame(), 1);
+        let r = p.police(&mut pk80, &mut kl80, 0, 0, |_, kl| {
+            kl.0.dport = 443;
+            (Verdict::Output(PortId(2)), false)
+        });
+        assert_eq!(r, (Verdict::Drop, false, true));
     }
 
     #[test]
