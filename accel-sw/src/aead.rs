@@ -143,6 +143,7 @@ pub(crate) struct AeadScratch<'a> {
 }
 
 /// Where the data of one operation is transformed.
+#[allow(clippy::enum_variant_names)] // `Place::OutOfPlace` says what it means
 enum Place<'a> {
     /// From one `src` segment into one disjoint `dst` segment (AWS-LC only).
     Apart { src: Seg<'a>, dst: Seg<'a> },

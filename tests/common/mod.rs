@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod daemon;
 pub mod guest;
 pub mod netns;

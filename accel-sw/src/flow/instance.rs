@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use dpacc_spec::fastpath::policy::{Policy, PolicyCounters, PolicyError};
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
     Emit, FastPathDriver, FlowLane, FlowProcessor, InstanceConfig, InstanceError, PacketBuf,
-    PortId, Usage, Verdict,
+    PortId, ProcessorCounters, Usage, Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
@@ -162,7 +163,9 @@ impl SwInstance {
                     ));
                 }
                 if !through_tables {
-                    out.push(Emit::Frame { port, frame });
+                    if self.control_egress_allows(now, port, &frame) {
+                        out.push(Emit::Frame { port, frame });
+                    }
                     return Ok(());
                 }
                 let mut b = [PacketBuf::new()];
@@ -236,6 +239,28 @@ impl FlowProcessor for SwShared {
 
     fn flow_count(&self) -> usize {
         self.0.flow_count()
+    }
+
+    fn set_policy(&self, policy: Option<Policy>) -> Result<(), PolicyError> {
+        self.0.set_policy(policy)
+    }
+
+    fn policy(&self) -> Option<(Policy, PolicyCounters)> {
+        self.0.policy()
+    }
+
+    fn counters(&self) -> ProcessorCounters {
+        let s = self.0.stats();
+        ProcessorCounters {
+            misses: s.misses,
+            drops: s.drops,
+            policy_drops: s.policy_drops,
+            cache_hits: s.emc_hits,
+        }
+    }
+
+    fn flows(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
+        self.0.list(start, max)
     }
 
     fn usage(&self) -> Usage {

@@ -18,6 +18,7 @@ pub mod esp;
 mod instance;
 pub mod key;
 mod lanes;
+mod policy;
 mod quota;
 mod table;
 
@@ -79,6 +80,8 @@ pub struct InstanceStats {
     pub drops: u64,
     /// Exact-match cache hits.
     pub emc_hits: u64,
+    /// Of `drops`, those the operator's policy dropped.
+    pub policy_drops: u64,
 }
 
 /// One lane's instance counters, written by that lane only (a load and a store).
@@ -88,6 +91,7 @@ struct LaneStats {
     misses: AtomicU64,
     drops: AtomicU64,
     emc_hits: AtomicU64,
+    policy_drops: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -112,6 +116,8 @@ struct Core {
     /// The quotas, and the groups, buckets and SAs held against them (flows are counted by
     /// the tables).
     ledger: Ledger,
+    /// The operator's policy (never the vNF's: its control protocol cannot reach it).
+    policy: Option<Arc<policy::Compiled>>,
 }
 
 /// A vNF's flow-processor instance, shared by its lanes and its control.
@@ -122,6 +128,8 @@ pub struct SwInstance {
     /// Control requests that run packets through the tables (PACKET_OUT) use this lane
     /// state, with lane 0's counters, while they hold the write side.
     control: Mutex<LaneState>,
+    /// The policy in force, for reading its counters without the lanes' lock.
+    operator: Mutex<Option<Arc<policy::Compiled>>>,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
@@ -201,7 +209,8 @@ impl SwLane {
         // SAFETY: inside the read section just entered; `core` is not used after `leave`.
         let core = unsafe { self.inst.core.get(token) };
         let lane = token.index();
-        let pending = if self.defer {
+        // Egress rules judge an output's final headers: nothing is left pending then.
+        let pending = if self.defer && !core.policy.as_ref().is_some_and(|p| p.polices_egress()) {
             self.pending.clear();
             self.pending.resize(pkts.len(), None);
             Some(&mut self.pending[..])
@@ -283,10 +292,20 @@ fn run_batch(
         st.last = None;
         st.generation = core.generation;
     }
-    let (mut drops, mut misses, mut hits) = (0, 0, 0);
+    let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
     for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
-        let (verdict, hit) = one(core, st, lane, now, p, defer);
+        let mut kl = parse(p.frame(), p.in_port.0);
+        let (verdict, hit) = match &core.policy {
+            None => one(core, st, lane, now, p, defer, &mut kl),
+            Some(pol) => {
+                let (v, hit, d) = pol.police(p, &mut kl, now, lane, |p, kl| {
+                    one(core, st, lane, now, p, defer, kl)
+                });
+                denied += u64::from(d);
+                (v, hit)
+            }
+        };
         *v = verdict;
         hits += u64::from(hit);
         match verdict {
@@ -299,11 +318,16 @@ fn run_batch(
     if drops + misses > 0 {
         add(&stats.drops, drops);
         add(&stats.misses, misses);
+        if denied > 0 {
+            add(&stats.policy_drops, denied);
+        }
     }
 }
 
-/// One packet: (verdict, whether the exact-match cache answered). With `defer`, an ESP
-/// action followed by an output leaves the packet pending and its work in `defer`.
+/// One packet, whose parsed key and layout are `kl`: (verdict, whether the exact-match cache
+/// answered). With `defer`, an ESP action followed by an output leaves the packet pending and
+/// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
+/// them (what the operator's egress rules judge; not updated by deferred ESP).
 fn one(
     core: &Core,
     st: &mut LaneState,
@@ -311,8 +335,9 @@ fn one(
     now: u64,
     p: &mut PacketBuf,
     defer: Option<&mut Option<Deferred>>,
+    kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
-    let (key, lay) = parse(p.frame(), p.in_port.0);
+    let (key, lay) = *kl;
     let len = p.len() as u64;
     let counters = &core.t.lanes[lane].flows;
     // Packets come in bursts of one flow: the previous packet's path first (a key compare),
@@ -339,6 +364,7 @@ fn one(
             let e = core.t.entry(slot);
             let actions = core.t.acts.get(&e.actions);
             if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                *kl = (key, lay);
                 return (v, true);
             }
         }
@@ -372,6 +398,7 @@ fn one(
                 st.emc.insert(first_key, path);
                 st.last = Some((first_key, path));
             }
+            *kl = (key, lay);
             return (v, false);
         }
         match goto {
@@ -414,12 +441,14 @@ impl SwInstance {
                     inbound: HashMap::new(),
                     generation: 0,
                     ledger: Ledger::new(quotas, lanes),
+                    policy: None,
                 },
                 lanes,
             ),
             stats: (0..lanes).map(|_| LaneStats::default()).collect(),
             crypto,
             control,
+            operator: Mutex::new(None),
             uplinks: u16::MAX,
         }))
     }
@@ -468,6 +497,7 @@ impl SwInstance {
             s.misses += l.misses.load(r);
             s.drops += l.drops.load(r);
             s.emc_hits += l.emc_hits.load(r);
+            s.policy_drops += l.policy_drops.load(r);
         }
         s
     }

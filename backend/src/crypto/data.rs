@@ -126,6 +126,8 @@ pub(crate) struct DataPath {
     control: Option<Control>,
     /// Per pending request: its operation was taken by the driver and has not completed.
     in_flight: Vec<bool>,
+    /// Where this queue counts its requests for the operator.
+    counters: Option<(Arc<super::counters::CryptoCounters>, usize)>,
 }
 
 impl DataPath {
@@ -143,7 +145,18 @@ impl DataPath {
             results: vec![status::OK; BATCH],
             control: None,
             in_flight: vec![false; BATCH],
+            counters: None,
         }
+    }
+
+    /// Counts requests in `counters`, as data queue `index`.
+    pub(crate) fn with_counters(
+        mut self,
+        counters: Arc<super::counters::CryptoCounters>,
+        index: usize,
+    ) -> Self {
+        self.counters = Some((counters, index));
+        self
     }
 
     /// Also serves in-band control requests (`dpacc_spec::in_band`) through `control`.
@@ -226,6 +239,18 @@ impl DataPath {
             return 0;
         }
         self.submit(n);
+        if let Some(c) = self.counters.as_ref().and_then(|(c, i)| c.queues.get(*i)) {
+            let ok = self.pending[..n]
+                .iter()
+                .filter(|p| p.status_at.is_some() && p.status == status::OK)
+                .count() as u64;
+            let errors = self.pending[..n]
+                .iter()
+                .filter(|p| p.status_at.is_some())
+                .count() as u64
+                - ok;
+            c.count(ok, errors, bytes as u64);
+        }
         for p in &mut self.pending[..n] {
             if let Some(s) = p.status_at {
                 // SAFETY: `s` is the one-byte, device-writable status location inside guest

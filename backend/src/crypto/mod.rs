@@ -6,6 +6,7 @@
 //! also take control requests in-band (`dpacc_spec::in_band`), for drivers behind QEMU.
 
 pub(crate) mod control;
+pub mod counters;
 pub(crate) mod data;
 pub(crate) mod sessions;
 #[cfg(test)]
@@ -93,7 +94,23 @@ pub fn serve(
     config: CryptoBackendConfig,
     shutdown: &EventFd,
 ) -> Result<(), CryptoServeError> {
+    serve_observed(listener, config, shutdown, |_| {})
+}
+
+/// [`serve`], handing `started` a [`CryptoView`] of the device (its counters) before any
+/// frontend is served.
+pub fn serve_observed(
+    listener: &UnixListener,
+    config: CryptoBackendConfig,
+    shutdown: &EventFd,
+    started: impl FnOnce(CryptoView),
+) -> Result<(), CryptoServeError> {
     let mut dev = CryptoDevice::new(config)?;
+    started(CryptoView {
+        sessions: dev.sessions.clone(),
+        counters: dev.counters.clone(),
+        driver: dev.cfg.driver.name().to_string(),
+    });
     info!(
         "serving virtio-crypto: {} data queue(s), driver {}",
         dev.cfg.queues,
@@ -104,8 +121,34 @@ pub fn serve(
     r.map_err(Into::into)
 }
 
+/// The host operator's view of a crypto device: its counters.
+#[derive(Clone)]
+pub struct CryptoView {
+    sessions: Arc<SessionTable>,
+    counters: Arc<counters::CryptoCounters>,
+    driver: String,
+}
+
+impl CryptoView {
+    /// Per data queue.
+    pub fn queues(&self) -> Vec<counters::QueueCount> {
+        self.counters.queues()
+    }
+
+    /// The session table's.
+    pub fn sessions(&self) -> counters::SessionCount {
+        self.sessions.counts()
+    }
+
+    /// The driver's name (`sw`, `afalg+sw`, ...).
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+}
+
 /// The crypto device model.
 pub(crate) struct CryptoDevice {
+    counters: Arc<counters::CryptoCounters>,
     cfg: CryptoBackendConfig,
     /// The config space (also what in-band `GET_CONFIG` returns).
     config: dpacc_spec::virtio_crypto::Config,
@@ -131,6 +174,7 @@ impl CryptoDevice {
         Ok(Self {
             config,
             sessions: Arc::new(SessionTable::new(cfg.max_sessions)),
+            counters: Arc::new(counters::CryptoCounters::new(usize::from(cfg.queues))),
             workers: (0..=cfg.queues).map(|_| None).collect(),
             cfg,
         })
@@ -231,8 +275,9 @@ impl VhostUserDevice for CryptoDevice {
                 .map_err(|e| DeviceError::Start(i, e.into()))?;
             // Data queues also take in-band control requests (dpacc_spec::in_band): QEMU keeps
             // the control queue and forwards only some session types.
-            let path =
-                DataPath::new(dq, self.sessions.clone()).with_in_band_control(self.control());
+            let path = DataPath::new(dq, self.sessions.clone())
+                .with_in_band_control(self.control())
+                .with_counters(self.counters.clone(), i);
             QueueWorker::spawn(q, path, self.cfg.busy_poll)
         } else {
             // The control queue sleeps at once: session requests are rare.

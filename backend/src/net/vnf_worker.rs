@@ -31,6 +31,7 @@ use dpacc_spec::fastpath::{Emit, FlowLane, FlowProcessor, PacketBuf, PortId, Ver
 use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::counters::{PortCount, WorkerCounters};
 use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
 use super::tap::Tap;
@@ -44,8 +45,9 @@ const MAX_ROUNDS: usize = 64;
 /// Panics (bugs) a worker survives, each resetting its vNF's instance, before it gives up.
 const MAX_PANICS: u32 = 3;
 
-/// Counters of one vNF's worker, logged when it stops.
-#[derive(Clone, Copy, Debug, Default)]
+/// Counters of one vNF's worker, published for the operator ([`super::counters`]) and logged
+/// when it stops.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct VnfStats {
     /// Frames the vNF transmitted (data and control).
     pub(crate) from_vnf: u64,
@@ -63,12 +65,17 @@ pub(crate) struct VnfStats {
     pub(crate) bad_tx: u64,
     /// Non-empty batches taken from virtio TX rings (frames / batches = mean batch size).
     pub(crate) batches: u64,
+    /// Per port, by [`PortId`].
+    pub(crate) ports: Vec<PortCount>,
 }
 
 impl VnfStats {
     /// Counts `sent` of `wanted` frames put on virtio port `port`'s RX ring (the rest had no
     /// room or no frontend).
-    fn count_out(&mut self, port: PortId, wanted: usize, sent: usize) {
+    fn count_out(&mut self, port: PortId, wanted: usize, sent: usize, bytes: u64) {
+        if let Some(p) = self.ports.get_mut(usize::from(port.0)) {
+            p.sent(wanted, sent, bytes);
+        }
         if port == PortId::VNF {
             self.to_vnf += sent as u64;
         } else {
@@ -122,6 +129,8 @@ pub(crate) struct VnfShared {
     pub(crate) epoch: Instant,
     /// The vNF's MAC (learned from its control frames) for replies and events: 48 bits.
     pub(crate) vnf_mac: AtomicU64,
+    /// What each worker counted, by worker index, for the operator.
+    pub(crate) counters: Box<[WorkerCounters]>,
 }
 
 impl VnfShared {
@@ -422,6 +431,7 @@ impl VnfLoop {
                 "vNF worker panicked (a bug): this vNF's flows, groups and SAs are reset"
             );
         }
+        self.publish();
         info!(worker = self.vnf.index, stats = ?self.vnf.stats, "vNF worker stops");
         let k = self.vnf.index;
         for (i, p) in self.vnf.ports.iter().enumerate() {
@@ -504,6 +514,7 @@ impl VnfLoop {
                 self.forget_if_away();
             }
             self.flush();
+            self.publish();
         }
     }
 
@@ -574,6 +585,7 @@ impl VnfLoop {
             None => return 0,
         };
         self.vnf.stats.batches += u64::from(chains > 0);
+        self.count_in(i, n);
         if id != PortId::VNF {
             self.vnf.stats.from_uplinks += n as u64;
         } else {
@@ -638,6 +650,7 @@ impl VnfLoop {
             }
         }
         self.vnf.stats.from_uplinks += n as u64;
+        self.count_in(i, n);
         if n > 0 {
             self.process(n);
         }
@@ -733,7 +746,14 @@ impl VnfLoop {
                 frames,
                 &mut |i, at| lane.finish(i, at),
             );
-            self.vnf.stats.count_out(want, count, sent);
+            let bytes = verdicts
+                .iter()
+                .zip(pkts.iter())
+                .filter(|(v, _)| **v == Verdict::Output(want))
+                .take(sent)
+                .map(|(_, p)| p.len() as u64)
+                .sum();
+            self.vnf.stats.count_out(want, count, sent, bytes);
         }
     }
 
@@ -766,6 +786,21 @@ impl VnfLoop {
         }
         self.emits = emits;
         self.emits.clear();
+    }
+
+    /// Publishes this worker's counters for the operator.
+    fn publish(&self) {
+        if let Some(c) = self.vnf.shared.counters.get(self.vnf.index) {
+            c.publish(&self.vnf.stats);
+        }
+    }
+
+    /// Counts `n` frames received from port `i` (the first `n` of the batch).
+    fn count_in(&mut self, i: usize, n: usize) {
+        let bytes = self.pkts[..n].iter().map(|p| p.len() as u64).sum();
+        if let Some(p) = self.vnf.stats.ports.get_mut(i) {
+            p.received(n, bytes);
+        }
     }
 
     /// Notifies every guest of what this worker put into its RX rings.
@@ -847,6 +882,7 @@ fn send_out(
     frame: OutFrame<'_>,
 ) {
     let i = usize::from(port.0);
+    let len = frame.len() as u64;
     match vnf.ports.get(i) {
         Some(Port::Vhost(_)) => {
             let sent = send_virtio(
@@ -858,11 +894,22 @@ fn send_out(
                 [frame],
                 &mut |_, _| None,
             );
-            vnf.stats.count_out(port, 1, sent);
+            vnf.stats
+                .count_out(port, 1, sent, if sent > 0 { len } else { 0 });
         }
         Some(Port::Tap(tap)) => match tap.write(frame) {
-            Ok(()) => vnf.stats.to_uplinks += 1,
-            Err(e) => debug!("uplink {}: write: {e}", tap.name()),
+            Ok(()) => {
+                vnf.stats.to_uplinks += 1;
+                if let Some(p) = vnf.stats.ports.get_mut(i) {
+                    p.sent(1, 1, len);
+                }
+            }
+            Err(e) => {
+                debug!("uplink {}: write: {e}", tap.name());
+                if let Some(p) = vnf.stats.ports.get_mut(i) {
+                    p.sent(1, 0, 0);
+                }
+            }
         },
         None => debug!("output to missing port {}", port.0),
     }
@@ -936,6 +983,7 @@ mod tests {
                     ports: vec![SharedPort::vhost(1)],
                     epoch: Instant::now(),
                     vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+                    counters: Box::new([super::super::counters::WorkerCounters::new(1)]),
                 }),
                 lane,
                 index: 0,

@@ -11,6 +11,7 @@
 //! numbered 1.. in the order given on the command line for that vNF port.
 
 pub mod flow;
+pub mod policy;
 pub mod proto;
 
 /// Identifies a port inside one flow-processor instance.
@@ -492,6 +493,48 @@ pub trait FlowProcessor: Send + Sync {
     /// panicked. Waits until no lane is inside a batch; lanes see the empty instance from
     /// their next batch. Counters of the instance stay.
     fn clear(&self);
+
+    /// Replaces the operator's policy of the instance (None: none) at once: every frame is
+    /// judged by the old rule set or by the new one, never by a mix; the new rules' counters
+    /// start at zero. Only the host operator calls this (never the vNF's control protocol).
+    fn set_policy(&self, policy: Option<policy::Policy>) -> Result<(), policy::PolicyError> {
+        match policy {
+            None => Ok(()),
+            Some(_) => Err(policy::PolicyError::Unsupported),
+        }
+    }
+
+    /// The policy in force and its counters (None: no policy).
+    fn policy(&self) -> Option<(policy::Policy, policy::PolicyCounters)> {
+        None
+    }
+
+    /// Instance counters, summed over the lanes.
+    fn counters(&self) -> ProcessorCounters {
+        ProcessorCounters::default()
+    }
+
+    /// Up to `max` flows from index `start` (tables in order, then priority order), with
+    /// their counters: for the host operator's statistics.
+    fn flows(&self, start: usize, max: usize) -> Vec<flow::FlowSummary> {
+        let _ = (start, max);
+        Vec::new()
+    }
+}
+
+/// Instance-wide counters of a [`FlowProcessor`] (summed over its lanes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessorCounters {
+    /// Frames that missed every table (sent to the vNF as PACKET_IN, or dropped when they
+    /// came from the vNF).
+    pub misses: u64,
+    /// Frames dropped (drop actions, lists without output, ESP failures, bad rewrites, and
+    /// the operator policy's denies).
+    pub drops: u64,
+    /// Of `drops`, those the operator's policy dropped (deny or over a rate limit).
+    pub policy_drops: u64,
+    /// Exact-match cache hits.
+    pub cache_hits: u64,
 }
 
 /// One lane of a [`FlowProcessor`]: the data path on one worker thread.
