@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::flow::{Bucket, Expired, FlowSpec, FlowStats, FlowSummary};
 use dpacc_spec::fastpath::proto::{self, Body, Message, SaSpec, BACKEND_MAC};
-use dpacc_spec::fastpath::PortId;
+use dpacc_spec::fastpath::{PortId, Usage};
 
 use super::FrameIo;
 use crate::{Error, Result};
@@ -26,13 +26,28 @@ pub enum Event {
     FlowExpired(Expired),
 }
 
+/// Events kept while waiting for replies; older ones are dropped beyond this (and counted).
+pub const MAX_QUEUED_EVENTS: usize = 4096;
+
+/// What HELLO tells about the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Tables.
+    pub tables: u8,
+    /// Flow quota.
+    pub max_flows: u32,
+    /// Its quotas, what it holds and its memory (None from backends that predate it).
+    pub usage: Option<Usage>,
+}
+
 /// The vNF's side of the control protocol: requests with transaction ids, typed replies and
-/// errors, events queued while waiting for replies.
+/// errors, events queued (at most [`MAX_QUEUED_EVENTS`]) while waiting for replies.
 pub struct FlowTable<T: FrameIo> {
     io: T,
     mac: [u8; 6],
     txid: u32,
     events: VecDeque<Event>,
+    events_dropped: u64,
     buf: Vec<u8>,
     /// How long to wait for a reply.
     pub timeout: Duration,
@@ -46,6 +61,7 @@ impl<T: FrameIo> FlowTable<T> {
             mac,
             txid: 0,
             events: VecDeque::new(),
+            events_dropped: 0,
             buf: vec![0u8; 16384],
             timeout: Duration::from_secs(2),
         }
@@ -54,6 +70,19 @@ impl<T: FrameIo> FlowTable<T> {
     /// The transport, e.g. to send data frames.
     pub fn io(&mut self) -> &mut T {
         &mut self.io
+    }
+
+    /// Events dropped because [`MAX_QUEUED_EVENTS`] were already waiting.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    fn queue_event(&mut self, e: Event) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(e);
     }
 
     fn request(&mut self, body: Body) -> Result<Body> {
@@ -82,12 +111,12 @@ impl<T: FrameIo> FlowTable<T> {
                     in_port,
                     table,
                     frame,
-                } => self.events.push_back(Event::PacketIn {
+                } => self.queue_event(Event::PacketIn {
                     in_port,
                     table,
                     frame,
                 }),
-                Body::FlowExpired(e) => self.events.push_back(Event::FlowExpired(e)),
+                Body::FlowExpired(e) => self.queue_event(Event::FlowExpired(e)),
                 _ if m.txid != txid => {} // a late reply to an earlier request
                 Body::Error { code, msg } => return Err(Error::FlowRejected { code, msg }),
                 body => return Ok(body),
@@ -104,8 +133,21 @@ impl<T: FrameIo> FlowTable<T> {
 
     /// The instance's table count and flow quota.
     pub fn hello(&mut self) -> Result<(u8, u32)> {
+        self.info().map(|i| (i.tables, i.max_flows))
+    }
+
+    /// The instance's tables, quotas, what it holds and its memory.
+    pub fn info(&mut self) -> Result<InstanceInfo> {
         match self.request(Body::Hello)? {
-            Body::HelloReply { tables, max_flows } => Ok((tables, max_flows)),
+            Body::HelloReply {
+                tables,
+                max_flows,
+                usage,
+            } => Ok(InstanceInfo {
+                tables,
+                max_flows,
+                usage,
+            }),
             _ => Err(Error::Protocol("unexpected reply to HELLO")),
         }
     }

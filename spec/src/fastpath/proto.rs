@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, FlowSummary, Match, Prefix,
 };
-use super::PortId;
+use super::{PortId, Usage};
 
 /// IEEE 802 local experimental EtherType 1, used for dpacc control frames.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -120,6 +120,9 @@ pub enum Body {
         tables: u8,
         /// Flow quota.
         max_flows: u32,
+        /// What the instance holds against its quotas, and its memory (absent from replies of
+        /// backends that predate it).
+        usage: Option<Usage>,
     },
     /// Success (reply to add/delete requests).
     Ok,
@@ -348,9 +351,29 @@ impl Message {
         let body = out.len();
         let t = match &self.body {
             Body::Hello => ty::HELLO,
-            Body::HelloReply { tables, max_flows } => {
+            Body::HelloReply {
+                tables,
+                max_flows,
+                usage,
+            } => {
                 out.push(*tables);
                 out.extend_from_slice(&max_flows.to_be_bytes());
+                if let Some(u) = usage {
+                    for v in [
+                        u.flows,
+                        u.groups,
+                        u.max_groups,
+                        u.buckets,
+                        u.max_buckets,
+                        u.sas,
+                        u.max_sas,
+                    ] {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                    out.extend_from_slice(&u.max_actions.to_be_bytes());
+                    out.extend_from_slice(&u.memory.to_be_bytes());
+                    out.extend_from_slice(&u.max_memory.to_be_bytes());
+                }
                 ty::HELLO_REPLY
             }
             Body::Ok => ty::OK,
@@ -492,6 +515,22 @@ impl Message {
             ty::HELLO_REPLY => Body::HelloReply {
                 tables: r.u8()?,
                 max_flows: r.u32()?,
+                usage: if r.rest_is_empty() {
+                    None
+                } else {
+                    Some(Usage {
+                        flows: r.u32()?,
+                        groups: r.u32()?,
+                        max_groups: r.u32()?,
+                        buckets: r.u32()?,
+                        max_buckets: r.u32()?,
+                        sas: r.u32()?,
+                        max_sas: r.u32()?,
+                        max_actions: r.u16()?,
+                        memory: r.u64()?,
+                        max_memory: r.u64()?,
+                    })
+                },
             },
             ty::OK => Body::Ok,
             ty::ERROR => {
@@ -640,6 +679,9 @@ impl<'a> Reader<'a> {
         let s = &self.buf[self.at..end];
         self.at = end;
         Ok(s)
+    }
+    fn rest_is_empty(&self) -> bool {
+        self.at >= self.buf.len()
     }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.buf[self.at..];
@@ -842,6 +884,23 @@ mod tests {
             Body::HelloReply {
                 tables: 8,
                 max_flows: 1000,
+                usage: None,
+            },
+            Body::HelloReply {
+                tables: 8,
+                max_flows: 1000,
+                usage: Some(Usage {
+                    flows: 1,
+                    groups: 2,
+                    max_groups: 3,
+                    buckets: 4,
+                    max_buckets: 5,
+                    sas: 6,
+                    max_sas: 7,
+                    max_actions: 8,
+                    memory: 9 << 40,
+                    max_memory: u64::MAX,
+                }),
             },
             Body::Ok,
             Body::Error {
