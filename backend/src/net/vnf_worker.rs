@@ -23,6 +23,7 @@ use dpacc_spec::fastpath::{Emit, FlowLane, FlowProcessor, PacketBuf, PortId, Ver
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::control::Control;
 use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
 use super::tap::Tap;
@@ -211,6 +212,8 @@ struct VnfLoop {
     frame: Vec<u8>,
     /// (port, pair) RX rings this worker put frames into since the last flush.
     touched: Vec<(usize, usize)>,
+    /// Control frames (batches, capabilities).
+    control: Control,
 }
 
 impl VnfLoop {
@@ -226,6 +229,7 @@ impl VnfLoop {
             emits: Vec::new(),
             frame: Vec::with_capacity(MAX_FRAME + 64),
             touched: Vec::new(),
+            control: Control::default(),
         }
     }
 
@@ -483,7 +487,8 @@ impl VnfLoop {
                     self.vnf.shared.set_vnf_mac(src);
                     self.emits.clear();
                     let t = self.now();
-                    self.vnf.shared.proc_.control(t, payload, &mut self.emits);
+                    let proc_ = &*self.vnf.shared.proc_;
+                    self.control.handle(proc_, t, payload, &mut self.emits);
                     self.emit_all();
                     continue;
                 }

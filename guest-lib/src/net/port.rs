@@ -253,6 +253,20 @@ impl FrameIo for VirtioNetPort {
         Ok(())
     }
 
+    fn send_all(&mut self, frames: &[&[u8]]) -> Result<()> {
+        let mut rest = frames;
+        while let Some(first) = rest.first() {
+            let n = self.send_batch(rest)?;
+            if n == 0 {
+                self.send(first)?; // waits for a free TX slot
+                rest = &rest[1..];
+            } else {
+                rest = &rest[n..];
+            }
+        }
+        Ok(())
+    }
+
     fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
