@@ -14,6 +14,7 @@
 //! vhost-user-net device are built on it.
 
 pub mod checksum;
+mod classifier;
 pub mod esp;
 mod instance;
 pub mod key;
@@ -345,7 +346,7 @@ fn one(
     let first_key = key;
     let mut t = 0usize;
     loop {
-        let Some((slot, e)) = core.t.table(t).find(|(_, e)| e.m.matches(&key)) else {
+        let Some((slot, e)) = core.t.lookup(t, &key) else {
             return (Verdict::Miss { table: t as u8 }, false);
         };
         counters[slot as usize].hit(1, len, now);
