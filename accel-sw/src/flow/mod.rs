@@ -608,6 +608,9 @@ impl SwInstance {
     /// events for those that asked.
     pub fn expire(&self, now_ns: u64, out: &mut Vec<Expired>) {
         let mut core = self.core.write();
+        if core.t.timed() == 0 {
+            return; // no flow has a timeout: nothing to scan for
+        }
         let t = &core.t;
         let idle = |e: &table::Entry, slot: u32| {
             e.idle_timeout_ns != 0 && now_ns.saturating_sub(t.counters(slot).1) >= e.idle_timeout_ns

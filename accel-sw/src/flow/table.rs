@@ -165,6 +165,13 @@ pub(crate) struct Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() <= 104);
 
+impl Entry {
+    /// Whether an idle or hard timeout can remove it.
+    pub(crate) fn has_timeout(&self) -> bool {
+        self.idle_timeout_ns != 0 || self.hard_deadline != u64::MAX
+    }
+}
+
 /// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
 /// with a reference count. The index maps a list's hash to its id; a list whose hash is taken
 /// by another (a collision) is stored unindexed, so it is merely not shared.
@@ -289,6 +296,8 @@ pub(crate) struct Tables {
     flows: usize,
     /// What the data path looks entries up in.
     cls: Classifier,
+    /// Entries with an idle or hard timeout.
+    timed: usize,
 }
 
 impl Tables {
@@ -304,11 +313,17 @@ impl Tables {
             hasher: ahash::RandomState::new(),
             flows: 0,
             cls: Classifier::new(n),
+            timed: 0,
         }
     }
 
     pub(crate) fn flows(&self) -> usize {
         self.flows
+    }
+
+    /// Entries with an idle or hard timeout (none: expiry has nothing to look for).
+    pub(crate) fn timed(&self) -> usize {
+        self.timed
     }
 
     fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
@@ -362,8 +377,10 @@ impl Tables {
             table,
             notify_expiry: spec.notify_expiry,
         };
+        self.timed += usize::from(entry.has_timeout());
         if let Some(s) = old {
             let old = std::mem::replace(&mut self.slab[s as usize], entry);
+            self.timed -= usize::from(old.has_timeout());
             self.acts.release(old.actions);
             for l in &self.lanes {
                 l.flows[s as usize].clear(now);
@@ -393,7 +410,12 @@ impl Tables {
             Self::id(hasher, e.table, e.priority, &e.m)
         });
         let list = &mut self.tables[t];
-        let at = list.partition_point(|&s| slab[s as usize].priority >= spec.priority);
+        // Flows mostly come with the priority of the last one: appended without a search
+        // (whose probes each miss the cache on a large table).
+        let at = match list.last() {
+            Some(&l) if slab[l as usize].priority >= spec.priority => list.len(),
+            _ => list.partition_point(|&s| slab[s as usize].priority >= spec.priority),
+        };
         list.insert(at, slot);
         self.cls.insert(&self.slab, slot);
         self.flows += 1;
@@ -425,6 +447,7 @@ impl Tables {
             let (stats, _) = self.counters(s);
             let e = &self.slab[s as usize];
             removed(e, stats);
+            self.timed -= usize::from(e.has_timeout());
             self.cls.remove(&self.slab, s);
             let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
             if let Ok(o) = self.index.find_entry(id, |&x| x == s) {

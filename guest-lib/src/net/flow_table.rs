@@ -762,3 +762,384 @@ impl<T: FrameIo> FlowTable<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a frame-level fake peer (the real backend is in `tests/flow_pipeline.rs`): it
+    //! records what the table sends and answers what the test tells it, in any order.
+    use std::sync::{Arc, Mutex};
+
+    use dpacc_spec::fastpath::flow::{Action, Match};
+    use dpacc_spec::fastpath::proto::ErrorCode;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Peer {
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+        inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    }
+
+    impl FrameIo for Peer {
+        fn send(&mut self, frame: &[u8]) -> Result<()> {
+            self.sent.lock().unwrap().push(frame.to_vec());
+            Ok(())
+        }
+        fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
+            let f = self.inbox.lock().unwrap().pop_front();
+            match f {
+                Some(f) => {
+                    buf[..f.len()].copy_from_slice(&f);
+                    Ok(Some(f.len()))
+                }
+                None => {
+                    std::thread::sleep(timeout.unwrap_or_default().min(Duration::from_millis(2)));
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+
+    impl Peer {
+        /// The messages of every frame sent so far (taken), and whether each frame was a
+        /// BATCH.
+        fn take_sent(&self) -> Vec<(bool, Vec<Message>)> {
+            let frames = std::mem::take(&mut *self.sent.lock().unwrap());
+            frames
+                .iter()
+                .map(|f| {
+                    let (_, _, p) = proto::parse_frame(f).unwrap();
+                    match proto::framed(p).unwrap() {
+                        Framed::One(p) => (false, vec![Message::decode(p).unwrap()]),
+                        Framed::Batch { messages, .. } => (
+                            true,
+                            messages
+                                .map(|m| Message::decode(m.unwrap()).unwrap())
+                                .collect(),
+                        ),
+                    }
+                })
+                .collect()
+        }
+
+        fn answer(&self, payload: Vec<u8>) {
+            let mut f = Vec::new();
+            f.extend_from_slice(&MAC);
+            f.extend_from_slice(&BACKEND_MAC);
+            f.extend_from_slice(&proto::ETHERTYPE.to_be_bytes());
+            f.extend_from_slice(&payload);
+            self.inbox.lock().unwrap().push_back(f);
+        }
+
+        fn answer_msg(&self, txid: u32, body: Body) {
+            let mut p = Vec::new();
+            Message { txid, body }.encode(&mut p);
+            self.answer(p);
+        }
+
+        /// A reply BATCH with these messages.
+        fn answer_batch(&self, msgs: &[Message]) {
+            let mut p = Vec::new();
+            let s = proto::begin_batch(&mut p, 0);
+            for m in msgs {
+                m.encode(&mut p);
+            }
+            proto::end_batch(&mut p, s);
+            self.answer(p);
+        }
+
+        /// Answers HELLO as a version-1 device (no capabilities) or a version-2 one.
+        fn answer_hello(&self, txid: u32, v2: bool) {
+            let mut p = Vec::new();
+            Message {
+                txid,
+                body: Body::HelloReply {
+                    tables: 8,
+                    max_flows: 100,
+                },
+            }
+            .encode(&mut p);
+            if v2 {
+                let caps = Caps {
+                    version: 2,
+                    max_batch: 256,
+                    max_frame: 9216,
+                };
+                assert!(caps.append_to_hello_reply(&mut p));
+            }
+            self.answer(p);
+        }
+    }
+
+    fn flow(cookie: u64) -> FlowSpec {
+        FlowSpec {
+            table: 0,
+            priority: 10,
+            cookie,
+            m: Match {
+                dport: Some(cookie as u16),
+                ..Match::default()
+            },
+            actions: vec![Action::Output(PortId(1))],
+            idle_timeout_ns: 0,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        }
+    }
+
+    fn packet_in(n: u8) -> Body {
+        Body::PacketIn {
+            in_port: PortId(1),
+            table: 0,
+            frame: vec![n; 60],
+        }
+    }
+
+    /// HELLO through the fake peer, answered as `v2` says.
+    fn connect(v2: bool) -> (FlowTable<Peer>, Peer) {
+        let peer = Peer::default();
+        let mut ft = FlowTable::new(peer.clone(), MAC);
+        let txid = ft.submit_hello().unwrap();
+        let sent = peer.take_sent();
+        assert_eq!(sent.len(), 1);
+        let hello = &peer_payloads(&sent)[0];
+        assert_eq!(hello.body, Body::Hello);
+        peer.answer_hello(txid, v2);
+        let mut c = Vec::new();
+        ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        assert!(
+            matches!(&c[..], [Completion { result: Ok(Reply::Hello { caps, .. }), .. }] if caps.is_some() == v2),
+            "{c:?}"
+        );
+        assert_eq!(ft.version(), if v2 { 2 } else { 1 });
+        (ft, peer)
+    }
+
+    fn peer_payloads(sent: &[(bool, Vec<Message>)]) -> Vec<Message> {
+        sent.iter().flat_map(|(_, m)| m.iter().cloned()).collect()
+    }
+
+    /// 64 requests in flight, answered in reverse order with events in between (v1 frames):
+    /// each completion carries its own request's answer; the events wait, in order.
+    #[test]
+    fn answers_out_of_order_are_matched_by_txid_and_events_are_kept() {
+        let (mut ft, peer) = connect(false);
+        let mut txids = Vec::new();
+        for i in 0..64u64 {
+            txids.push(if i % 8 == 7 {
+                (ft.submit_stats(i).unwrap(), i)
+            } else {
+                (ft.submit_add_flow(flow(i)).unwrap(), i)
+            });
+        }
+        assert_eq!(ft.in_flight(), 64);
+        ft.flush().unwrap();
+        let sent = peer.take_sent();
+        assert_eq!(sent.len(), 64, "version 1: one request per frame");
+        assert!(sent.iter().all(|(batch, _)| !batch));
+        let msgs = peer_payloads(&sent);
+        for (k, m) in msgs.iter().enumerate().rev() {
+            let cookie = txids[k].1;
+            assert_eq!(m.txid, txids[k].0);
+            let body = match &m.body {
+                Body::FlowStatsRequest { cookie } => Body::FlowStatsReply {
+                    cookie: *cookie,
+                    stats: FlowStats {
+                        packets: *cookie,
+                        bytes: 0,
+                    },
+                },
+                Body::FlowAdd(_) if cookie % 5 == 0 => Body::Error {
+                    code: ErrorCode::Quota,
+                    msg: format!("flow quota exceeded ({cookie} flows)"),
+                },
+                Body::FlowAdd(_) => Body::Ok,
+                other => panic!("{other:?}"),
+            };
+            peer.answer_msg(m.txid, body);
+            if k % 16 == 0 {
+                peer.answer_msg(0, packet_in(k as u8));
+            }
+        }
+        let mut c = Vec::new();
+        while c.len() < 64 {
+            ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        }
+        assert_eq!(ft.in_flight(), 0);
+        // Reverse order in, each matched to its own request.
+        assert_eq!(c[0].txid, txids[63].0);
+        for comp in &c {
+            let (_, cookie) = *txids.iter().find(|t| t.0 == comp.txid).unwrap();
+            match (&comp.request, &comp.result) {
+                (Request::FlowStats, Ok(Reply::Stats(s))) => assert_eq!(s.packets, cookie),
+                (Request::FlowAdd, Ok(Reply::Ok)) => assert_ne!(cookie % 5, 0),
+                (Request::FlowAdd, Err(Error::FlowRejected { code, msg })) => {
+                    assert_eq!(cookie % 5, 0);
+                    assert_eq!(*code, ErrorCode::Quota);
+                    assert_eq!(*msg, format!("flow quota exceeded ({cookie} flows)"));
+                }
+                other => panic!("{other:?} for cookie {cookie}"),
+            }
+        }
+        let ev: Vec<_> = std::iter::from_fn(|| ft.next_event(Duration::ZERO).unwrap()).collect();
+        let want: Vec<_> = [48u8, 32, 16, 0]
+            .iter()
+            .map(|&n| Event::PacketIn {
+                in_port: PortId(1),
+                table: 0,
+                frame: vec![n; 60],
+            })
+            .collect();
+        assert_eq!(ev, want);
+    }
+
+    /// With a version-2 device, requests share BATCH frames, and a reply BATCH in another
+    /// order completes each of them; a lone request still goes as a plain message.
+    #[test]
+    fn a_version_2_device_gets_batches_and_answers_in_batches() {
+        let (mut ft, peer) = connect(true);
+        ft.set_max_frame(600);
+        let mut txids = Vec::new();
+        for i in 0..40u64 {
+            txids.push(ft.submit_add_flow(flow(i)).unwrap());
+        }
+        ft.submit_packet_out(PortId(2), false, &[9u8; 60]).unwrap();
+        ft.flush().unwrap();
+        let sent = peer.take_sent();
+        assert!(sent.len() > 1 && sent.len() < 10, "{} frames", sent.len());
+        assert!(sent.iter().all(|(batch, m)| *batch && m.len() > 1));
+        assert!(std::mem::take(&mut *peer.sent.lock().unwrap()).is_empty());
+        let msgs = peer_payloads(&sent);
+        assert_eq!(msgs.len(), 41);
+        assert_eq!(
+            msgs.iter().map(|m| m.txid).take(40).collect::<Vec<_>>(),
+            txids
+        );
+        // The PACKET_OUT failed; flows answered in two reply batches, odd ones first.
+        let po = msgs[40].txid;
+        let odd: Vec<_> = txids
+            .iter()
+            .filter(|t| *t % 2 == 1)
+            .map(|&txid| Message {
+                txid,
+                body: Body::Ok,
+            })
+            .chain([Message {
+                txid: po,
+                body: Body::Error {
+                    code: ErrorCode::BadActions,
+                    msg: "packet-out to a port this instance does not have".into(),
+                },
+            }])
+            .collect();
+        let even: Vec<_> = txids
+            .iter()
+            .filter(|t| *t % 2 == 0)
+            .map(|&txid| Message {
+                txid,
+                body: Body::Ok,
+            })
+            .collect();
+        peer.answer_batch(&odd);
+        peer.answer_batch(&even);
+        let mut c = Vec::new();
+        while c.len() < 41 {
+            ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        }
+        let bad: Vec<_> = c.iter().filter(|c| c.result.is_err()).collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!((bad[0].txid, bad[0].request), (po, Request::PacketOut));
+        assert!(c
+            .iter()
+            .filter(|c| c.request == Request::FlowAdd)
+            .all(|c| matches!(c.result, Ok(Reply::Ok))));
+        // One request alone: a plain message, not a batch of one.
+        ft.submit_delete_flows(3).unwrap();
+        ft.flush().unwrap();
+        let sent = peer.take_sent();
+        assert!(matches!(&sent[..], [(false, m)] if m.len() == 1));
+    }
+
+    /// A lost answer: the request completes with an error naming it (type and txid), the
+    /// others are not disturbed; a blocking call says the same.
+    #[test]
+    fn a_lost_answer_times_out_naming_the_request() {
+        let (mut ft, peer) = connect(true);
+        ft.timeout = Duration::from_millis(100);
+        let lost = ft.submit_add_flow(flow(1)).unwrap();
+        let ok = ft.submit_stats(1).unwrap();
+        ft.flush().unwrap();
+        peer.answer_msg(
+            ok,
+            Body::FlowStatsReply {
+                cookie: 1,
+                stats: FlowStats::default(),
+            },
+        );
+        let mut c = Vec::new();
+        ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        assert!(
+            matches!(&c[..], [Completion { txid, result: Ok(Reply::Stats(_)), .. }] if *txid == ok)
+        );
+        c.clear();
+        let t = Instant::now();
+        ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(500));
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].txid, c[0].request), (lost, Request::FlowAdd));
+        let e = c.remove(0).result.unwrap_err();
+        assert!(matches!(e, Error::NoReply { request: "FLOW_ADD", txid, .. } if txid == lost));
+        assert_eq!(
+            e.to_string(),
+            format!("no reply to FLOW_ADD (txid {lost}) within 100ms")
+        );
+        // A late answer is counted, not mistaken for another request's.
+        peer.answer_msg(lost, Body::Ok);
+        let e = ft.delete_flows(5).unwrap_err();
+        assert!(
+            e.to_string().starts_with("no reply to FLOW_DELETE (txid "),
+            "{e}"
+        );
+        assert_eq!(ft.late_replies(), 1);
+        assert_eq!(ft.in_flight(), 0);
+    }
+
+    /// Events beyond the queue's limit are dropped and counted; replies still get through.
+    #[test]
+    fn the_event_queue_is_bounded() {
+        let (mut ft, peer) = connect(false);
+        ft.set_max_events(2);
+        let txid = ft.submit_delete_flows(1).unwrap();
+        for n in 0..5 {
+            peer.answer_msg(0, packet_in(n));
+        }
+        peer.answer_msg(txid, Body::Ok);
+        let mut c = Vec::new();
+        ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
+        assert!(matches!(c[0].result, Ok(Reply::Ok)));
+        assert_eq!(ft.dropped_events(), 3);
+        assert_eq!(
+            ft.next_event(Duration::ZERO).unwrap(),
+            Some(Event::PacketIn {
+                in_port: PortId(1),
+                table: 0,
+                frame: vec![0; 60]
+            })
+        );
+    }
+
+    /// Past `max_in_flight`, submissions are refused (nothing is queued).
+    #[test]
+    fn in_flight_requests_are_bounded() {
+        let (mut ft, peer) = connect(false);
+        ft.set_max_in_flight(3);
+        for i in 0..3 {
+            ft.submit_add_flow(flow(i)).unwrap();
+        }
+        assert!(matches!(ft.submit_add_flow(flow(9)), Err(Error::QueueFull)));
+        ft.flush().unwrap();
+        assert_eq!(peer.take_sent().len(), 3);
+    }
+}
