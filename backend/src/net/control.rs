@@ -174,3 +174,278 @@ fn error(txid: u32, code: ErrorCode, msg: &str) -> Vec<u8> {
     .encode(&mut p);
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dpacc_spec::fastpath::flow::{Action, FlowSpec, Match};
+    use dpacc_spec::fastpath::proto::{Caps, Header, BATCH, VERSION_2};
+    use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, PortId};
+    use dpacc_sw::flow::SwFastPath;
+
+    use super::*;
+
+    fn instance(max_flows: usize) -> Arc<dyn FlowProcessor> {
+        SwFastPath::new(Arc::new(dpacc_sw::SwDriver::new()))
+            .create_instance(&InstanceConfig {
+                name: "t".into(),
+                uplinks: 2,
+                max_flows,
+                lanes: 1,
+            })
+            .unwrap()
+    }
+
+    fn add(txid: u32, dport: u16) -> Message {
+        Message {
+            txid,
+            body: Body::FlowAdd(FlowSpec {
+                table: 0,
+                priority: 1,
+                cookie: u64::from(dport),
+                m: Match {
+                    dport: Some(dport),
+                    ..Match::default()
+                },
+                actions: vec![Action::Output(PortId(1))],
+                idle_timeout_ns: 0,
+                hard_timeout_ns: 0,
+                notify_expiry: false,
+            }),
+        }
+    }
+
+    fn batch(txid: u32, parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = Vec::new();
+        let s = proto::begin_batch(&mut p, txid);
+        for x in parts {
+            p.extend_from_slice(x);
+        }
+        proto::end_batch(&mut p, s);
+        p
+    }
+
+    fn enc(m: &Message) -> Vec<u8> {
+        let mut p = Vec::new();
+        m.encode(&mut p);
+        p
+    }
+
+    /// Every reply message of `out`, in order, with whether it came in a BATCH; reply
+    /// frames within the limit.
+    fn replies(out: &[Emit]) -> Vec<(bool, Message)> {
+        let mut v = Vec::new();
+        for e in out {
+            let Emit::Control(p) = e else { continue };
+            assert!(p.len() <= proto::MAX_REPLY_PAYLOAD, "{}", p.len());
+            match proto::framed(p).unwrap() {
+                Framed::One(p) => v.push((false, Message::decode(p).unwrap())),
+                Framed::Batch { messages, .. } => {
+                    for m in messages {
+                        v.push((true, Message::decode(m.unwrap()).unwrap()))
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn run(p: &dyn FlowProcessor, payload: &[u8]) -> Vec<Emit> {
+        let mut out = Vec::new();
+        Control::default().handle(p, 0, payload, &mut out);
+        out
+    }
+
+    /// A batch is processed in order; its replies come back in reply batches that fit, the
+    /// quota errors on exactly the requests over it; PACKET_OUTs send their frames.
+    #[test]
+    fn a_batch_is_answered_in_order_in_batches_that_fit() {
+        let p = instance(150);
+        let mut parts: Vec<Vec<u8>> = (0..200).map(|i| enc(&add(i + 1, i as u16))).collect();
+        let mut po = Vec::new();
+        proto::encode_packet_out(999, PortId(2), false, &[7u8; 60], &mut po);
+        parts.insert(10, po);
+        let out = run(&*p, &batch(5000, &parts));
+        let frames: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Emit::Frame { port, frame } => Some((*port, frame.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, [(PortId(2), vec![7u8; 60])]);
+        let r = replies(&out);
+        assert!(out.len() < 20, "{} reply frames for 200 replies", out.len());
+        assert_eq!(r.len(), 200, "no reply for the PACKET_OUT");
+        for (i, (in_batch, m)) in r.iter().enumerate() {
+            assert!(in_batch);
+            assert_eq!(m.txid, i as u32 + 1);
+            if i < 150 {
+                assert_eq!(m.body, Body::Ok);
+            } else {
+                assert_eq!(
+                    m.body,
+                    Body::Error {
+                        code: ErrorCode::Quota,
+                        msg: "flow quota exceeded (150 flows)".into()
+                    }
+                );
+            }
+        }
+        assert_eq!(p.flow_count(), 150);
+    }
+
+    /// Malformed batches: ERRORs with the right txids, never a panic; what comes before the
+    /// fault is processed, an undecodable message alone does not stop the batch.
+    #[test]
+    fn malformed_batches_get_errors() {
+        let p = instance(1000);
+        // An undecodable message in the middle (its own txid), a nested batch, then fine.
+        let mut bad = enc(&add(2, 2));
+        bad[HEADER_AT_BODY] = 99; // table 99
+        let nested = batch(3, &[enc(&add(4, 4))]);
+        let out = run(
+            &*p,
+            &batch(77, &[enc(&add(1, 1)), bad, nested, enc(&add(5, 5))]),
+        );
+        let r: Vec<_> = replies(&out).into_iter().map(|x| x.1).collect();
+        assert_eq!(r.len(), 4);
+        assert_eq!((r[0].txid, &r[0].body), (1, &Body::Ok));
+        assert!(
+            matches!(
+                &r[1],
+                Message {
+                    txid: 2,
+                    body: Body::Error {
+                        code: ErrorCode::BadTable,
+                        ..
+                    }
+                }
+            ),
+            "{:?}",
+            r[1]
+        );
+        assert!(
+            matches!(&r[2], Message { txid: 3, body: Body::Error { code: ErrorCode::Malformed, msg } } if msg.contains("nested")),
+            "{:?}",
+            r[2]
+        );
+        assert_eq!((r[3].txid, &r[3].body), (5, &Body::Ok));
+        // A message running past the batch's end: processed up to it, then the batch's
+        // ERROR.
+        let mut cut = enc(&add(7, 7));
+        cut.truncate(20);
+        let out = run(&*p, &batch(78, &[enc(&add(6, 6)), cut]));
+        let r: Vec<_> = replies(&out).into_iter().map(|x| x.1).collect();
+        assert_eq!((r[0].txid, &r[0].body), (6, &Body::Ok));
+        assert!(
+            matches!(&r[1], Message { txid: 78, body: Body::Error { code: ErrorCode::Malformed, msg } } if msg.contains("batch message 2")),
+            "{:?}",
+            r[1]
+        );
+        // More than MAX_BATCH messages: the first MAX_BATCH answered, then the batch's ERROR.
+        let many: Vec<_> = (0..300u32)
+            .map(|i| {
+                enc(&Message {
+                    txid: 1000 + i,
+                    body: Body::FlowStatsRequest { cookie: 1 },
+                })
+            })
+            .collect();
+        let r: Vec<_> = replies(&run(&*p, &batch(79, &many)))
+            .into_iter()
+            .map(|x| x.1)
+            .collect();
+        assert_eq!(r.len(), usize::from(proto::MAX_BATCH) + 1);
+        assert!(
+            matches!(&r[256], Message { txid: 79, body: Body::Error { code: ErrorCode::Malformed, msg } } if msg.contains("more than 256"))
+        );
+        // A BATCH header with version 1, a length past the frame, an empty batch.
+        let mut v1 = batch(80, &[enc(&add(8, 8))]);
+        v1[0] = 1;
+        let r = replies(&run(&*p, &v1));
+        assert!(
+            matches!(
+                &r[..],
+                [(
+                    false,
+                    Message {
+                        txid: 80,
+                        body: Body::Error {
+                            code: ErrorCode::BadVersion,
+                            ..
+                        }
+                    }
+                )]
+            ),
+            "{r:?}"
+        );
+        let mut long = batch(81, &[enc(&add(9, 9))]);
+        long.truncate(long.len() - 1);
+        let r = replies(&run(&*p, &long));
+        assert!(
+            matches!(
+                &r[..],
+                [(
+                    false,
+                    Message {
+                        txid: 81,
+                        body: Body::Error {
+                            code: ErrorCode::Malformed,
+                            ..
+                        }
+                    }
+                )]
+            ),
+            "{r:?}"
+        );
+        assert!(run(&*p, &batch(82, &[])).is_empty());
+        // Garbage of every length and header-shaped garbage: no panic.
+        for n in 0..64 {
+            let mut g: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            if n >= 2 {
+                g[0] = VERSION_2;
+                g[1] = BATCH;
+            }
+            let _ = run(&*p, &g);
+        }
+    }
+
+    /// HELLO with FLAG_CAPS gets the capabilities; a version-1 HELLO gets the exact
+    /// version-1 reply (a version-1 vNF's decoder refuses bytes past the body).
+    #[test]
+    fn capabilities_only_for_those_who_ask() {
+        let p = instance(10);
+        let mut v2 = Vec::new();
+        proto::encode_hello_v2(9, &mut v2);
+        let out = run(&*p, &v2);
+        let [Emit::Control(r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(Caps::of_hello_reply(r), Some(CAPS));
+        assert_eq!(
+            Message::decode(r).unwrap().body,
+            Body::HelloReply {
+                tables: 8,
+                max_flows: 10
+            }
+        );
+        let out = run(
+            &*p,
+            &enc(&Message {
+                txid: 10,
+                body: Body::Hello,
+            }),
+        );
+        let [Emit::Control(r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.len(), proto::HEADER_LEN + 5);
+        assert_eq!(Header::parse(r).unwrap().flags, 0);
+        assert_eq!(Caps::of_hello_reply(r), None);
+    }
+
+    /// The FLOW_ADD body's first byte (the table).
+    const HEADER_AT_BODY: usize = proto::HEADER_LEN;
+}
