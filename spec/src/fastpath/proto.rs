@@ -1038,15 +1038,17 @@ pub fn encode_packet_out(
     out.extend_from_slice(frame);
 }
 
-/// The PACKET_IN frame for a missed packet, to the vNF at `vnf_mac`.
+/// The PACKET_IN frame for a missed packet, to the vNF at `vnf_mac`, written into `out` from
+/// byte `at` on (what was there after it is dropped).
 pub fn encode_packet_in(
     vnf_mac: [u8; 6],
     in_port: PortId,
     table: u8,
     frame: &[u8],
     out: &mut Vec<u8>,
+    at: usize,
 ) {
-    out.clear();
+    out.truncate(at);
     out.extend_from_slice(&vnf_mac);
     out.extend_from_slice(&BACKEND_MAC);
     out.extend_from_slice(&ETHERTYPE.to_be_bytes());
