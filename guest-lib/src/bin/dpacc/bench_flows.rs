@@ -61,7 +61,8 @@ pub struct Args {
     /// Connections in setup at once (first packets sent, not yet out of uplink 2).
     #[arg(long, default_value_t = 128)]
     window: usize,
-    /// Seconds per mode.
+    /// Seconds per mode (less if the flow quota is reached first: at most quota / 2
+    /// connections per mode, their flows deleted after it).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Longest control frame the vNF sends (64..2036 on virtio-user).
@@ -186,13 +187,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
         let _ = ft.delete_flows(cookie);
         ft.set_max_version(if mode == Mode::Pipelined { 2 } else { 1 });
         ft.hello()?;
+        // Two flows per connection: stay inside the quota (`dpacc-backend net --max-flows`).
+        let limit = (u64::from(max_flows) / 2)
+            .saturating_sub(a.window as u64 + 1)
+            .max(1);
         let f = drive(
             &mut ft,
             &mut tx,
             &mut rx,
             mode,
             a.window,
-            dur,
+            (dur, limit),
             cookie,
             &mut next_conn,
         )?;
@@ -238,10 +243,11 @@ fn drive(
     rx: &mut VirtioNetPort,
     mode: Mode,
     window: usize,
-    dur: Duration,
+    (dur, limit): (Duration, u64),
     cookie: u64,
     next_conn: &mut u32,
 ) -> Result<Figures, CliError> {
+    let mut generated = 0u64;
     let mut sent_at = vec![None::<Instant>; SLOTS];
     let mut f = Figures {
         set_up: 0,
@@ -261,7 +267,7 @@ fn drive(
     let mut sending = true;
     loop {
         let now = Instant::now();
-        if sending && now.duration_since(start) >= dur {
+        if sending && (now.duration_since(start) >= dur || generated >= limit) {
             sending = false;
         }
         if !sending
@@ -273,7 +279,9 @@ fn drive(
         }
         // Generator: new connections up to the window, a batch per kick.
         if sending && in_setup < window {
-            let n = (window - in_setup).min(frames.len());
+            let n = (window - in_setup)
+                .min(frames.len())
+                .min((limit - generated) as usize);
             for fr in frames.iter_mut().take(n) {
                 first_packet(*next_conn, fr);
                 sent_at[*next_conn as usize % SLOTS] = Some(now);
@@ -282,6 +290,7 @@ fn drive(
             let refs: Vec<&[u8]> = frames[..n].iter().map(|x| &x[..]).collect();
             let sent = tx.send_batch(&refs)?;
             in_setup += sent;
+            generated += n as u64;
             // Unsent ones are forgotten: the next ids go on.
         }
         // vNF: each first packet gets its two flows and goes out of uplink 2.
