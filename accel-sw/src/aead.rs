@@ -66,6 +66,8 @@ impl Drop for RingKey {
 }
 
 /// The library behind a key.
+// A key's engine is read on every operation: kept inline rather than boxed (one per session).
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     /// AES-GCM on AWS-LC: in place or out of place.
     AwsLc(aws_lc_rs::aead::LessSafeKey),
@@ -141,6 +143,7 @@ pub(crate) struct AeadScratch<'a> {
 }
 
 /// Where the data of one operation is transformed.
+#[allow(clippy::enum_variant_names)] // "out of place" is the term, not a repetition
 enum Place<'a> {
     /// From one `src` segment into one disjoint `dst` segment (AWS-LC only).
     OutOfPlace { src: Seg<'a>, dst: Seg<'a> },

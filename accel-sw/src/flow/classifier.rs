@@ -196,7 +196,7 @@ impl Classifier {
             }
         }
         if raise || i + 1 == subs.len() {
-            subs.sort_by(|a, b| b.max_priority.cmp(&a.max_priority));
+            subs.sort_by_key(|s| std::cmp::Reverse(s.max_priority));
         }
     }
 
