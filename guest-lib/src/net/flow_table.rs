@@ -130,6 +130,27 @@ struct Pending {
     deadline: Instant,
 }
 
+/// Hashes a txid (sequential numbers) with one multiplication: the pending table is on the
+/// path of every request, and its keys are ours, not an adversary's.
+#[derive(Default)]
+struct TxidHasher(u64);
+
+impl std::hash::Hasher for TxidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type TxidMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<TxidHasher>>;
+
 /// Where the frame being filled with requests lies in `out`.
 struct Open {
     /// Start of the frame (its Ethernet header).
@@ -160,7 +181,7 @@ pub struct FlowTable<T: FrameIo> {
     buf: Vec<u8>,
     /// How long to wait for a reply.
     pub timeout: Duration,
-    pending: HashMap<u32, Pending>,
+    pending: TxidMap<Pending>,
     /// (txid, deadline) in submission order (answered ones are skipped when reached).
     deadlines: VecDeque<(u32, Instant)>,
     /// Completions not handed out yet.
@@ -192,7 +213,7 @@ impl<T: FrameIo> FlowTable<T> {
             late_replies: 0,
             buf: vec![0u8; 16384],
             timeout: Duration::from_secs(2),
-            pending: HashMap::new(),
+            pending: TxidMap::default(),
             deadlines: VecDeque::new(),
             done: VecDeque::new(),
             packet_outs: VecDeque::new(),

@@ -1213,13 +1213,125 @@ mod tests {
             }
         }
         assert_eq!(
-            Message::decode(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(ProtoError::Version(2))
+            Message::decode(&[3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(ProtoError::Version(3))
+        );
+        // Version 2 is accepted on a single message; a BATCH is not one.
+        assert_eq!(
+            Message::decode(&[2, 1, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            Ok(Message {
+                txid: 9,
+                body: Body::Hello
+            })
+        );
+        assert_eq!(
+            Message::decode(&[2, BATCH, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            Err(ProtoError::NestedBatch)
         );
         assert_eq!(
             Message::decode(&[1, 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtoError::Type(99))
         );
         assert!(parse_frame(&[0; 13]).is_none());
+    }
+
+    /// A BATCH of every sample message splits back into them, padding after it ignored;
+    /// every cut of it ends the walk with an error at the cut message, never a panic.
+    #[test]
+    fn batches_split_into_their_messages() {
+        let msgs = samples();
+        let mut p = Vec::new();
+        let s = begin_batch(&mut p, 42);
+        for m in &msgs {
+            m.encode(&mut p);
+        }
+        end_batch(&mut p, s);
+        let whole = p.len();
+        p.extend_from_slice(&[0; 20]);
+        let Framed::Batch { txid, messages } = framed(&p).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(txid, 42);
+        let got: Vec<Message> = messages
+            .map(|m| Message::decode(m.unwrap()).unwrap())
+            .collect();
+        assert_eq!(got, msgs);
+        for cut in 0..whole {
+            let mut q = p[..whole].to_vec();
+            // Claim only `cut` body bytes: the walk stops at the message cut short.
+            let body = cut.saturating_sub(HEADER_LEN) as u32;
+            q[8..12].copy_from_slice(&body.to_be_bytes());
+            match framed(&q) {
+                Ok(Framed::Batch { messages, .. }) => {
+                    let items: Vec<_> = messages.collect();
+                    let ok = items.iter().take_while(|i| i.is_ok()).count();
+                    assert!(ok <= msgs.len());
+                    assert!(items.len() - ok <= 1, "one error ends the walk");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(framed(&p[..cut]).is_err() || cut >= whole);
+        }
+        // A BATCH needs version 2.
+        let mut v1 = p.clone();
+        v1[0] = VERSION;
+        assert_eq!(framed(&v1).unwrap_err(), ProtoError::Version(1));
+        // A single message is one.
+        let mut one = Vec::new();
+        msgs[0].encode(&mut one);
+        assert!(matches!(framed(&one), Ok(Framed::One(x)) if x == &one[..]));
+    }
+
+    /// HELLO with CAPS; the capabilities appended to HELLO_REPLY, read back, skipped by the
+    /// decoder; nothing appended to anything else.
+    #[test]
+    fn capabilities_ride_on_hello() {
+        let mut h = Vec::new();
+        encode_hello_v2(5, &mut h);
+        assert!(Header::parse(&h).unwrap().asks_caps());
+        assert_eq!(Message::decode(&h).unwrap().body, Body::Hello);
+        let caps = Caps {
+            version: 2,
+            max_batch: 256,
+            max_frame: 9216,
+        };
+        let mut r = Vec::new();
+        Message {
+            txid: 5,
+            body: Body::HelloReply {
+                tables: 8,
+                max_flows: 7,
+            },
+        }
+        .encode(&mut r);
+        assert_eq!(Caps::of_hello_reply(&r), None);
+        assert!(caps.append_to_hello_reply(&mut r));
+        assert!(!caps.append_to_hello_reply(&mut r), "twice");
+        assert_eq!(Caps::of_hello_reply(&r), Some(caps));
+        assert_eq!(
+            Message::decode(&r).unwrap().body,
+            Body::HelloReply {
+                tables: 8,
+                max_flows: 7
+            }
+        );
+        // A later version's longer capabilities: the known fields still read.
+        let mut longer = r.clone();
+        longer[HEADER_LEN + 5] = 9;
+        longer.extend_from_slice(&[1, 2, 3, 4]);
+        let n = (longer.len() - HEADER_LEN) as u32;
+        longer[8..12].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(Caps::of_hello_reply(&longer), Some(caps));
+        let mut ok = Vec::new();
+        Message {
+            txid: 1,
+            body: Body::Ok,
+        }
+        .encode(&mut ok);
+        assert!(!caps.append_to_hello_reply(&mut ok));
+        for cut in 0..r.len() {
+            assert!(Message::decode(&r[..cut]).is_err());
+            let _ = Caps::of_hello_reply(&r[..cut]);
+        }
     }
 }
