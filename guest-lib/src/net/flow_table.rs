@@ -639,7 +639,9 @@ impl<T: FrameIo> FlowTable<T> {
                 break;
             }
         }
-        self.expire(Instant::now());
+        if !self.pending.is_empty() {
+            self.expire(Instant::now());
+        }
         let n = self.done.len();
         out.extend(self.done.drain(..));
         Ok(n)
