@@ -256,28 +256,6 @@ fn nat_to_a_virtual_ip_with_real_tcp() {
     assert!(a.packets > 10 && b.packets > 10);
 }
 
-/// The `dpacc-backend` binary (built here: the root package cannot name another package's
-/// binary).
-fn backend_bin() -> std::path::PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "dpacc-backend",
-            "--bin",
-            "dpacc-backend",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        Into::into,
-    );
-    target.join("debug/dpacc-backend")
-}
-
 #[test]
 fn one_backend_serves_several_vnf_ports_each_with_its_own_instance() {
     let dir = std::env::temp_dir();
@@ -286,7 +264,7 @@ fn one_backend_serves_several_vnf_ports_each_with_its_own_instance() {
         dir.join(format!("dpacc-mp-{id}-a.sock")),
         dir.join(format!("dpacc-mp-{id}-b.sock")),
     );
-    let mut child = Command::new(backend_bin())
+    let mut child = Command::new(common::daemon::backend_bin())
         .args(["net", "--max-flows", "4", "--port"])
         .arg(format!("socket={}", a.display()))
         .arg("--port")

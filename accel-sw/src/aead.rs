@@ -65,8 +65,8 @@ impl Drop for RingKey {
     }
 }
 
-/// The library behind a key.
-// A key's engine is read on every operation: kept inline rather than boxed (one per session).
+/// The library behind a key. One per session, never in an array: the size difference of the
+/// variants costs nothing, and boxing the larger would add a pointer chase per operation.
 #[allow(clippy::large_enum_variant)]
 enum Engine {
     /// AES-GCM on AWS-LC: in place or out of place.
@@ -143,10 +143,10 @@ pub(crate) struct AeadScratch<'a> {
 }
 
 /// Where the data of one operation is transformed.
-#[allow(clippy::enum_variant_names)] // "out of place" is the term, not a repetition
+#[allow(clippy::enum_variant_names)] // `Place::OutOfPlace` says what it means
 enum Place<'a> {
     /// From one `src` segment into one disjoint `dst` segment (AWS-LC only).
-    OutOfPlace { src: Seg<'a>, dst: Seg<'a> },
+    Apart { src: Seg<'a>, dst: Seg<'a> },
     /// In the one `dst` segment (after a copy from `src` unless they are the same memory).
     Dst(Seg<'a>),
     /// In the bounce buffer (scattered data).
@@ -189,7 +189,7 @@ impl AeadKey {
         let d = unsafe { Seg::from_raw(d.ptr(), len) };
         match (&self.engine, sg::single(src)) {
             (Engine::AwsLc(_), Some(s)) if s.ptr() != d.ptr() && disjoint(&s, &d) => {
-                Place::OutOfPlace { src: s, dst: d }
+                Place::Apart { src: s, dst: d }
             }
             _ => Place::Dst(d),
         }
@@ -261,7 +261,7 @@ impl AeadKey {
     ) -> Result<Tag16, CryptoError> {
         let failed = CryptoError::Internal("AEAD seal failed");
         match (self.place(src, dst, len), &self.engine) {
-            (Place::OutOfPlace { src, dst }, Engine::AwsLc(k)) => {
+            (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 let mut tag = [0u8; TAG_LEN];
                 // SAFETY: `src` is readable and `dst` writable for `len` bytes, they do not
                 // overlap (`place`), and nothing else references them during this one call.
@@ -277,7 +277,7 @@ impl AeadKey {
                 .map_err(|_| failed)?;
                 Ok(Tag16(tag))
             }
-            (Place::Dst(d), _) | (Place::OutOfPlace { dst: d, .. }, _) => {
+            (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: `dst` is writable and nothing else references it during the call
                 // (caller); `src` is readable and either the same memory (no copy) or not,
                 // and `copy` tolerates overlap anyway.
@@ -318,7 +318,7 @@ impl AeadKey {
         bounce: &mut [u8],
     ) -> Result<(), CryptoError> {
         match (self.place(src, dst, len), &self.engine) {
-            (Place::OutOfPlace { src, dst }, Engine::AwsLc(k)) => {
+            (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 // SAFETY: as in `seal`.
                 let (s, d) = unsafe { (src.as_slice(), dst.as_mut_slice()) };
                 let ok = k
@@ -337,7 +337,7 @@ impl AeadKey {
                 d.zeroize();
                 Err(CryptoError::AuthFailed)
             }
-            (Place::Dst(d), _) | (Place::OutOfPlace { dst: d, .. }, _) => {
+            (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: as in `seal`.
                 let buf = unsafe {
                     sg::copy(src, dst, 0, len);

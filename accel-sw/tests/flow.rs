@@ -629,3 +629,91 @@ fn lanes_share_flows_and_sas_and_sum_their_counters() {
         (1, 1, 2 * per_lane + 1)
     );
 }
+
+/// What a panicking vNF worker or a vNF that stayed away does: clearing the shared instance
+/// while its lanes forward on other threads. The clear waits for the lanes' batches, the lanes
+/// find the instance empty from their next batch (misses), and the usage is back to empty.
+#[test]
+fn clearing_a_shared_instance_under_running_lanes() {
+    use dpacc_sw::flow::SwInstance;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let inst = SwInstance::new(Arc::new(SwDriver::new()), 8, 2).unwrap();
+    let empty = inst.usage();
+    inst.add_flow(
+        flow(
+            0,
+            1,
+            1,
+            Match::default(),
+            vec![
+                Action::SetL4Dst(8080),
+                Action::SetL4Src(1),
+                Action::Output(PortId(2)),
+            ],
+        ),
+        0,
+    )
+    .unwrap();
+    assert!(inst.usage().memory > empty.memory);
+    let (stop, cleared) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let misses_after = Arc::new(AtomicU64::new(0));
+    let outputs: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let mut lane = inst.lane(i).unwrap().expect("lane");
+            let (stop, cleared, misses_after, outputs) = (
+                stop.clone(),
+                cleared.clone(),
+                misses_after.clone(),
+                outputs.clone(),
+            );
+            std::thread::spawn(move || {
+                let f = tcp4([10, 0, 0, 1], [10, 0, 1, 1], 1000, 80, &[1; 64]);
+                while !stop.load(Ordering::Relaxed) {
+                    let was_cleared = cleared.load(Ordering::Acquire);
+                    let mut p = [pkt(&f, 1)];
+                    let mut v = [Verdict::Drop];
+                    lane.process(10, &mut p, &mut v);
+                    match v[0] {
+                        Verdict::Output(_) => {
+                            assert!(!was_cleared, "a flow survived the clear");
+                            outputs[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                        // (A miss before the flag: the clear came between the two.)
+                        Verdict::Miss { .. } => {
+                            if was_cleared {
+                                misses_after.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Verdict::Drop => panic!("dropped"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Both lanes forward through the flow before it goes.
+    while outputs.iter().any(|o| o.load(Ordering::Relaxed) < 100) {
+        std::thread::yield_now();
+    }
+    inst.clear();
+    cleared.store(true, Ordering::Release);
+    while misses_after.load(Ordering::Relaxed) < 200 {
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(inst.flow_count(), 0);
+    assert_eq!(inst.usage(), empty, "everything given back");
+    // And usable again.
+    inst.add_flow(
+        flow(0, 1, 2, Match::default(), vec![Action::Output(PortId(1))]),
+        0,
+    )
+    .unwrap();
+    assert_eq!(inst.usage().flows, 1);
+}

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use dpacc_backend::crypto::{CryptoBackendConfig, MAX_QUEUE_SIZE};
-use dpacc_backend::net::{NetBackendConfig, UplinkSpec};
+use dpacc_backend::net::{NetBackendConfig, UplinkError, UplinkSpec};
 use dpacc_hw::{DriverSpec, SelectError};
 
 /// Why a command-line value or the configuration it describes is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// A `--port` item that is neither `socket=` nor `uplink=`.
-    #[error("bad --port item '{0}': expected socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET")]
+    /// A `--port` item that is neither `name=`, `socket=` nor `uplink=`.
+    #[error(
+        "bad --port item '{0}': expected name=NAME, socket=PATH, uplink=tap:NAME or uplink=vhost:SOCKET"
+    )]
     VnfItem(String),
     /// A `--port` without `socket=`.
     #[error("--port needs socket=PATH")]
@@ -45,8 +47,12 @@ pub enum CliError {
 }
 
 /// dpacc vhost-user backend: serves virtio devices backed by host accelerators.
+///
+/// Signals: SIGTERM or SIGINT stop it cleanly (frontends disconnected, sockets removed, exit
+/// status 0); SIGHUP is logged and ignored (there is no configuration file to reload: change
+/// vNFs and policies through --api-socket).
 #[derive(Debug, Parser)]
-#[command(name = "dpacc-backend", version, about)]
+#[command(name = "dpacc-backend", version, about, long_about)]
 pub struct Cli {
     /// The device to serve.
     #[command(subcommand)]
@@ -68,8 +74,9 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct NetArgs {
     /// Path of the vhost-user unix socket of the (single) vNF port (a stale socket file is
-    /// replaced). Use --port instead to serve several vNF ports from one backend.
-    #[arg(long, required_unless_present = "ports", conflicts_with = "ports")]
+    /// replaced). Use --port instead to serve several vNF ports from one backend. The vNF is
+    /// named after the socket file's stem (`/run/dpacc/blue.sock`: `blue`) in the API.
+    #[arg(long, required_unless_present_any = ["ports", "api_socket"], conflicts_with = "ports")]
     pub socket: Option<PathBuf>,
     /// An uplink of that port: `tap:NAME` (a TAP interface, created if missing; configure it,
     /// or move it to a network namespace, yourself) or `vhost:SOCKET` (a virtio-net port served
@@ -77,13 +84,38 @@ pub struct NetArgs {
     /// Repeatable: uplinks are ports 1, 2, ... of the flow processor; port 0 is the vNF.
     #[arg(long = "uplink", value_name = "tap:NAME|vhost:SOCKET", value_parser = parse_uplink, conflicts_with = "ports")]
     pub uplinks: Vec<UplinkSpec>,
-    /// A vNF port, `socket=PATH[,uplink=tap:NAME|vhost:SOCKET...]`. Repeatable: each port has
-    /// its own flow processor, reachable only from that port, and its own uplinks.
-    #[arg(long = "port", id = "ports", value_name = "socket=PATH,uplink=...", value_parser = parse_vnf)]
+    /// A vNF port, `[name=NAME,]socket=PATH[,uplink=tap:NAME|vhost:SOCKET...]`. Repeatable:
+    /// each port has its own flow processor, reachable only from that port, and its own
+    /// uplinks. NAME (its name in the management API) defaults to the socket file's stem.
+    #[arg(long = "port", id = "ports", value_name = "[name=NAME,]socket=PATH,uplink=...", value_parser = parse_vnf)]
     pub vnfs: Vec<VnfArg>,
-    /// Most flows each vNF may install.
+    /// Serve the management API (HTTP/1.1 + JSON, spec/api.md) on a unix socket at PATH,
+    /// created with mode 0600 and removed on exit (a stale socket file is replaced; a live
+    /// one makes the daemon refuse to start): list, create and delete vNFs at run time, set
+    /// each vNF's operator policy, read statistics and Prometheus metrics (GET /metrics).
+    /// With it, the daemon may start with no vNF at all. Not with --isolate (yet).
+    #[arg(long, value_name = "PATH", conflicts_with = "isolate")]
+    pub api_socket: Option<PathBuf>,
+    /// Most flows each vNF may install (all tables).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
+    /// Most select groups each vNF may install.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_groups: u64,
+    /// Most buckets each vNF's groups may hold together.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u64).range(0..=(1 << 24)))]
+    pub max_buckets: u64,
+    /// Most ESP SAs (inbound and outbound together) each vNF may install; each holds a crypto
+    /// session.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
+    pub max_sas: u64,
+    /// Most actions in one action list (a flow's or a bucket's).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=255))]
+    pub max_actions: u64,
+    /// Seconds a vNF's flows, groups and SAs keep forwarding after the vNF disconnects; if it
+    /// has not reconnected by then they are removed and their memory freed.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=(1 << 32)))]
+    pub keep_detached_secs: u64,
     /// Largest ring size a frontend may use (a power of two, at most 32768).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,
@@ -91,6 +123,11 @@ pub struct NetArgs {
     /// sleeps until a kick (0: sleep at once; more: lower latency, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Serve each vNF port from a process of its own (this binary, one `--port` each),
+    /// restarted if it dies; this process only supervises them. Costs about 0.4 MiB of
+    /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
+    #[arg(long)]
+    pub isolate: bool,
     /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
     /// uplinks; VIRTIO_NET_F_MQ when more than one), queues of every TAP uplink
     /// (IFF_MULTI_QUEUE when more than one), and worker threads: one per pair, each with its
@@ -108,6 +145,8 @@ pub struct NetArgs {
 /// One `--port`: a vNF instance's socket and uplinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VnfArg {
+    /// Name (None: the socket file's stem).
+    pub name: Option<String>,
     /// Socket path.
     pub socket: PathBuf,
     /// Uplinks, ports 1.. in order.
@@ -116,32 +155,30 @@ pub struct VnfArg {
 
 fn parse_vnf(s: &str) -> Result<VnfArg, CliError> {
     let mut socket = None;
+    let mut name = None;
     let mut uplinks = Vec::new();
     for part in s.split(',') {
         match part.split_once('=') {
+            Some(("name", n)) if !n.is_empty() => name = Some(n.to_string()),
             Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
             Some(("uplink", u)) => uplinks.push(parse_uplink(u)?),
             _ => return Err(CliError::VnfItem(part.to_string())),
         }
     }
     let socket = socket.ok_or(CliError::VnfSocket)?;
-    Ok(VnfArg { socket, uplinks })
+    Ok(VnfArg {
+        name,
+        socket,
+        uplinks,
+    })
 }
 
 fn parse_uplink(s: &str) -> Result<UplinkSpec, CliError> {
-    if let Some(n) = s.strip_prefix("tap:") {
-        return match n.len() {
-            1..=15 => Ok(UplinkSpec::Tap(n.to_string())),
-            _ => Err(CliError::TapName),
-        };
-    }
-    if let Some(p) = s.strip_prefix("vhost:") {
-        return match p.is_empty() {
-            false => Ok(UplinkSpec::Vhost(PathBuf::from(p))),
-            true => Err(CliError::VhostPath),
-        };
-    }
-    Err(CliError::Uplink(s.to_string()))
+    s.parse().map_err(|e| match e {
+        UplinkError::TapName => CliError::TapName,
+        UplinkError::VhostPath => CliError::VhostPath,
+        UplinkError::Kind(k) => CliError::Uplink(k),
+    })
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], CliError> {
@@ -155,17 +192,68 @@ fn parse_mac(s: &str) -> Result<[u8; 6], CliError> {
 }
 
 impl NetArgs {
-    /// The vNF instances these options describe (socket, configuration), on the software fast
-    /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
-    /// take over the first socket).
-    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, CliError> {
-        let vnfs: Vec<VnfArg> = match &self.socket {
+    /// The quotas of every vNF.
+    fn quotas(&self) -> dpacc_spec::fastpath::Quotas {
+        dpacc_spec::fastpath::Quotas {
+            flows: self.max_flows as usize,
+            groups: self.max_groups as usize,
+            buckets: self.max_buckets as usize,
+            sas: self.max_sas as usize,
+            actions: self.max_actions as usize,
+        }
+    }
+
+    fn vnf_args(&self) -> Vec<VnfArg> {
+        match &self.socket {
             Some(s) => vec![VnfArg {
+                name: None,
                 socket: s.clone(),
                 uplinks: self.uplinks.clone(),
             }],
             None => self.vnfs.clone(),
-        };
+        }
+    }
+
+    /// The vNFs of the command line with their names (given, or the socket file's stem), in
+    /// order; a name given twice is refused.
+    pub fn named_vnfs(&self) -> Result<Vec<(String, VnfArg)>, CliError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for v in self.vnf_args() {
+            let name = v.name.clone().unwrap_or_else(|| {
+                v.socket
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            if !seen.insert(name.clone()) {
+                return Err(CliError::UsedTwice(format!("vNF name {name}")));
+            }
+            out.push((name, v));
+        }
+        Ok(out)
+    }
+
+    /// What every vNF of the daemon shares (the API creates its vNFs with it too).
+    pub fn template(&self) -> dpacc_backend::api::vnfs::VnfTemplate {
+        dpacc_backend::api::vnfs::VnfTemplate {
+            quotas: self.quotas(),
+            keep_detached: std::time::Duration::from_secs(self.keep_detached_secs),
+            queue_size: self.queue_size,
+            mac: self.mac,
+            fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
+                dpacc_sw::SwDriver::new(),
+            ))),
+            busy_poll: std::time::Duration::from_micros(self.busy_poll_us),
+            queue_pairs: self.queue_pairs,
+        }
+    }
+
+    /// The vNF instances these options describe (socket, configuration), on the software fast
+    /// path. Fails if a socket path or TAP name is used twice (a second bind would silently
+    /// take over the first socket).
+    pub fn to_vnfs(&self) -> Result<Vec<(PathBuf, NetBackendConfig)>, CliError> {
+        let vnfs = self.vnf_args();
         let mut seen = std::collections::HashSet::new();
         for p in &vnfs {
             let names = std::iter::once(format!("socket {}", p.socket.display())).chain(
@@ -193,7 +281,8 @@ impl NetArgs {
                     p.socket,
                     NetBackendConfig {
                         uplinks: p.uplinks,
-                        max_flows: self.max_flows as usize,
+                        quotas: self.quotas(),
+                        keep_detached: std::time::Duration::from_secs(self.keep_detached_secs),
                         queue_size: self.queue_size,
                         mac,
                         fastpath: fastpath.clone(),
@@ -232,6 +321,11 @@ pub struct CryptoArgs {
     /// keep coming, more CPU).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Serve the management API (HTTP/1.1 + JSON, spec/api.md) on a unix socket at PATH,
+    /// created with mode 0600 and removed on exit: GET /metrics (Prometheus) and GET /stats
+    /// (queues and sessions).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, CliError> {
@@ -258,6 +352,44 @@ impl CryptoArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vnfs_have_names_given_or_from_the_socket_stem() {
+        let net = |args: &[&str]| {
+            let mut v = vec!["dpacc-backend", "net"];
+            v.extend(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Net(n) => n,
+                Command::Crypto(_) => panic!(),
+            }
+        };
+        let n = net(&[
+            "--port",
+            "name=blue,socket=/run/a.sock",
+            "--port",
+            "socket=/run/red.sock,uplink=tap:r0",
+        ]);
+        let names: Vec<_> = n
+            .named_vnfs()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["blue", "red"]);
+        let n = net(&["--port", "socket=/a/x.sock", "--port", "socket=/b/x.sock"]);
+        let e = n.named_vnfs().unwrap_err().to_string();
+        assert!(e.contains("vNF name x is used twice"), "{e}");
+        assert_eq!(
+            net(&["--socket", "/run/v.sock"]).named_vnfs().unwrap()[0].0,
+            "v"
+        );
+        // With an API socket the daemon may start with no vNF.
+        let n = net(&["--api-socket", "/run/api.sock"]);
+        assert!(n.named_vnfs().unwrap().is_empty());
+        assert!(
+            Cli::try_parse_from(["dpacc-backend", "net", "--port", "name=,socket=/a"]).is_err()
+        );
+    }
 
     #[test]
     fn flags_parse_and_validate() {
@@ -364,6 +496,16 @@ mod tests {
             );
         }
         assert_eq!((ports[0].1.mac[5], ports[1].1.mac[5]), (1, 2));
+        // The quota defaults are the contract's.
+        let Command::Net(n) = Cli::try_parse_from(["dpacc-backend", "net", "--socket", "/a"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        let v = n.to_vnfs().unwrap();
+        assert_eq!(v[0].1.quotas, dpacc_spec::fastpath::Quotas::default());
+        assert_eq!(v[0].1.keep_detached.as_secs(), 300);
         assert!(Cli::try_parse_from(["dpacc-backend", "net", "--port", "uplink=tap:x"]).is_err());
         assert!(Cli::try_parse_from(["dpacc-backend", "net"]).is_err());
         for bad in ["1000", "0", "65536"] {

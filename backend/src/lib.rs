@@ -21,7 +21,13 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod crypto;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+mod guest_log;
+pub mod metrics;
 pub mod net;
 mod ready;
 mod split_ring;

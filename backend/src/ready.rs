@@ -49,8 +49,17 @@ impl ReadySet {
     /// reading it tells which), retrying after signals. Returns the ready tokens as a bit set
     /// (`1 << token`).
     pub(crate) fn wait(&mut self) -> io::Result<u64> {
+        self.wait_for(-1)
+    }
+
+    /// Like [`wait`](Self::wait) without blocking: the tokens ready now (maybe none).
+    pub(crate) fn poll(&mut self) -> io::Result<u64> {
+        self.wait_for(0)
+    }
+
+    fn wait_for(&mut self, timeout_ms: i32) -> io::Result<u64> {
         loop {
-            match self.epoll.wait(-1, &mut self.events) {
+            match self.epoll.wait(timeout_ms, &mut self.events) {
                 Ok(n) => {
                     return Ok(self.events[..n]
                         .iter()

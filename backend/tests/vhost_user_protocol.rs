@@ -549,3 +549,71 @@ fn aes_128_cbc_nist_vector_through_a_real_ring() {
     assert_eq!(status, vc::status::OK);
     assert_eq!(hex::encode(dst), hex::encode(ct));
 }
+
+/// Found by the `crypto_request` fuzz target: the CREATE_CRYPTO_SESSION reply echoed most of
+/// the request (the asymmetric arm's key area among it). Now only the opcode and the id.
+#[test]
+fn create_session_reply_echoes_nothing_of_the_request() {
+    let d = Daemon::start("echo", 4);
+    let mut f = d.connect();
+    f.handshake();
+    for op_code in [vc::CIPHER_CREATE_SESSION, 0x0400_0003] {
+        let mut s = aes128_cbc(1, &[7; 16]);
+        s.op_code = u64::from(op_code);
+        s.u[600..].fill(0xab); // past the sym keys: where an asym key would be
+        f.send(CREATE, 0, s.as_slice());
+        let r = f.recv(CREATE);
+        assert_eq!(r.len(), 1072);
+        assert_eq!(r[..8], u64::from(op_code).to_ne_bytes());
+        assert!(r[8..1064].iter().all(|&b| b == 0), "request bytes echoed");
+    }
+}
+
+/// Found by the `crypto_ring` fuzz target: a ring whose used ring overlaps its avail ring
+/// never runs dry (each used entry announces a new available one), and the worker never
+/// looked at its exit eventfd again: GET_VRING_BASE (and the disconnect) hung for ever.
+#[test]
+fn a_ring_that_never_runs_dry_still_stops() {
+    const DESC: u64 = 0x0;
+    const RINGS: u64 = 0x1000;
+    let d = Daemon::start("overlap", 4);
+    let mut f = d.connect();
+    f.handshake();
+    let mem = Memfd::new(1 << 20);
+    let mut table = Vec::new();
+    table.extend_from_slice(&1u32.to_ne_bytes());
+    table.extend_from_slice(&0u32.to_ne_bytes());
+    for v in [0u64, mem.size as u64, mem.va(0), 0] {
+        table.extend_from_slice(&v.to_ne_bytes());
+    }
+    f.send_fds(SET_MEM_TABLE, NEED_REPLY, &table, &[mem.fd]);
+    assert_eq!(f.recv(SET_MEM_TABLE), 0u64.to_ne_bytes());
+    let state = |i: u32, n: u32| [i.to_ne_bytes(), n.to_ne_bytes()].concat();
+    assert_eq!(f.acked(SET_VRING_NUM, &state(0, 1)), 0);
+    // One chain announced: avail idx (0) - next_avail (65535) = 1.
+    assert_eq!(f.acked(SET_VRING_BASE, &state(0, 65535)), 0);
+    let mut addr = Vec::new();
+    addr.extend_from_slice(&0u32.to_ne_bytes());
+    addr.extend_from_slice(&0u32.to_ne_bytes());
+    for v in [mem.va(DESC), mem.va(RINGS), mem.va(RINGS), 0] {
+        addr.extend_from_slice(&v.to_ne_bytes());
+    }
+    assert_eq!(f.acked(SET_VRING_ADDR, &addr), 0);
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    f.send_fds(
+        SET_VRING_KICK,
+        NEED_REPLY,
+        &0u64.to_ne_bytes(),
+        &[kick.as_raw_fd()],
+    );
+    assert_eq!(f.recv(SET_VRING_KICK), 0u64.to_ne_bytes());
+    kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let used_idx = u16::from_le_bytes(mem.read(RINGS + 2, 2).try_into().unwrap());
+    assert!(used_idx > 1, "the ring keeps going ({used_idx})");
+    // The worker stops when asked (the socket read times out after 10 s otherwise).
+    f.send(GET_VRING_BASE, 0, &state(0, 0));
+    let r = f.recv(GET_VRING_BASE);
+    assert_eq!(r[..4], 0u32.to_ne_bytes());
+    assert_eq!(f.get_u64(GET_QUEUE_NUM), 2);
+}

@@ -3,8 +3,9 @@
 //! Inside the region live the split rings, per-request header slots and an arena of data
 //! buffers. Two kinds:
 //!
-//! - virtio-user: a memfd mapped `MAP_SHARED` in this process and passed to the backend with
-//!   `VHOST_USER_SET_MEM_TABLE`; every address a descriptor carries is `gpa_base + offset`.
+//! - virtio-user: a memfd (sealed against shrinking and growing) mapped `MAP_SHARED` in this
+//!   process and passed to the backend with `VHOST_USER_SET_MEM_TABLE`; every address a
+//!   descriptor carries is `gpa_base + offset`.
 //! - virtio-pci inside a VM: 2 MiB hugepages whose guest-physical addresses come from
 //!   `/proc/self/pagemap` ([`transport::pci`](crate::transport::pci)); the region is a series of
 //!   *DMA segments* (2 MiB each) and the address of byte `offset` is its page's physical
@@ -65,7 +66,12 @@ impl SharedMemory {
             return Err(Error::InvalidArgument("memory size"));
         }
         // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
-        let fd = unsafe { libc::memfd_create(c"dpacc-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"dpacc-guest".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
         }
@@ -73,6 +79,19 @@ impl SharedMemory {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size as u64)
             .map_err(|e| Error::Io("ftruncate", e))?;
+        // The size is final: sealed, as QEMU's memory-backend-memfd does, so the backend knows
+        // the memory cannot shrink under it.
+        // SAFETY: fcntl on the memfd we own.
+        if unsafe {
+            libc::fcntl(
+                fd,
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        } != 0
+        {
+            return Err(Error::Io("F_ADD_SEALS", std::io::Error::last_os_error()));
+        }
         // SAFETY: mapping a fresh memfd of `size` bytes at an address the kernel picks; the
         // result is checked below.
         let ptr = unsafe {

@@ -32,7 +32,11 @@ fn add_stats_del_info_and_clear_errors() {
     let backend = std::thread::spawn(move || {
         let cfg = NetBackendConfig {
             uplinks: vec![],
-            max_flows: 2,
+            quotas: dpacc_spec::fastpath::Quotas {
+                flows: 2,
+                ..Default::default()
+            },
+            keep_detached: std::time::Duration::from_secs(300),
             queue_size: 256,
             mac: [0x52, 0x54, 0, 1, 2, 3],
             fastpath: Arc::new(dpacc_sw::flow::SwFastPath::new(Arc::new(
@@ -44,9 +48,18 @@ fn add_stats_del_info_and_clear_errors() {
         serve(&listener, cfg, &stop2).unwrap();
     });
     let s = path.to_str().unwrap();
+    let (code, out, err) = dpacc(s, &["info"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "8 tables, at most 2 flows");
     assert_eq!(
-        dpacc(s, &["info"]),
-        (0, "8 tables, at most 2 flows\n".into(), String::new())
+        lines[1],
+        "flows 0/2, groups 0/1024, buckets 0/16384, SAs 0/1024, at most 16 actions per list"
+    );
+    assert!(
+        lines[2].starts_with("memory ") && lines[2].contains(" KiB of at most "),
+        "{out}"
     );
     let add = |cookie: &str, m: &str, a: &str| {
         dpacc(

@@ -63,7 +63,10 @@ fn serve(ifname: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<E
             .create_instance(&InstanceConfig {
                 name: ifname,
                 uplinks: 2,
-                max_flows: 2,
+                quotas: dpacc_spec::fastpath::Quotas {
+                    flows: 2,
+                    ..Default::default()
+                },
                 lanes: 1,
             })
             .unwrap();

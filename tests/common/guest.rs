@@ -146,7 +146,27 @@ impl Boot {
 }
 
 /// Boots the guest with `initrd` and extra QEMU arguments; waits at most `limit`.
+///
+/// QEMU 10's TCG now and then aborts on an assertion of its own in the firmware's first
+/// seconds (`iotlb_to_section: Assertion ... failed`, before the guest kernel has printed
+/// anything, so before any dpacc code ran in the guest): such a boot is retried once, said on
+/// stderr. Any other outcome is returned as it is.
 pub fn boot(guest: &Path, dir: &Path, initrd: &Path, extra: &[&str], limit: Duration) -> Boot {
+    let b = boot_once(guest, dir, initrd, extra, limit);
+    let aborted = b
+        .status
+        .is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(6));
+    if aborted && b.stderr.contains("Assertion") && !b.serial.contains("DPACC") {
+        eprintln!(
+            "QEMU aborted on an assertion of its own before the guest ran (retrying once):\n{}",
+            b.stderr
+        );
+        return boot_once(guest, dir, initrd, extra, limit);
+    }
+    b
+}
+
+fn boot_once(guest: &Path, dir: &Path, initrd: &Path, extra: &[&str], limit: Duration) -> Boot {
     let serial_path = dir.join("serial.log");
     let mut child = Command::new("qemu-system-x86_64")
         .args([

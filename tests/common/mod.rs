@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+pub mod daemon;
 pub mod guest;
 pub mod netns;
+pub mod raw_vhost;
 pub mod vhost_net;
 
 use std::os::unix::net::UnixListener;

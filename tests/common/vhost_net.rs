@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpacc::backend::net::{serve, NetBackendConfig, UplinkSpec};
+use dpacc::spec::fastpath::Quotas;
 use dpacc::sw::flow::SwFastPath;
 use dpacc::sw::SwDriver;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -72,7 +73,11 @@ pub fn spawn_backend(
     let shutdown = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
     let cfg = NetBackendConfig {
         uplinks,
-        max_flows,
+        quotas: Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        },
+        keep_detached: Duration::from_secs(300),
         queue_size,
         mac,
         fastpath: Arc::new(SwFastPath::new(Arc::new(SwDriver::new()))),

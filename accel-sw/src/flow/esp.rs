@@ -167,7 +167,7 @@ impl SharedWindow {
 /// Counters of one lane, written by that lane only (a load and a store, no read-modify-write).
 #[repr(align(64))]
 #[derive(Debug, Default)]
-struct LaneSaStats {
+pub(crate) struct LaneSaStats {
     packets: AtomicU64,
     replay_drops: AtomicU64,
     auth_drops: AtomicU64,

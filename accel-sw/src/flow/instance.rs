@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use dpacc_spec::fastpath::policy::{Policy, PolicyCounters, PolicyError};
 use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, SaDirection};
 use dpacc_spec::fastpath::{
     Emit, FastPathDriver, FlowLane, FlowProcessor, InstanceConfig, InstanceError, PacketBuf,
-    PortId, Verdict,
+    PortId, ProcessorCounters, Usage, Verdict,
 };
 use dpacc_spec::CryptoDriver;
 use zeroize::Zeroizing;
@@ -35,7 +36,7 @@ impl FastPathDriver for SwFastPath {
         &self,
         cfg: &InstanceConfig,
     ) -> Result<Arc<dyn FlowProcessor>, InstanceError> {
-        let mut p = SwInstance::new(self.crypto.clone(), cfg.max_flows, cfg.lanes)
+        let mut p = SwInstance::with_quotas(self.crypto.clone(), cfg.quotas, cfg.lanes)
             .map_err(|e| InstanceError::Config(e.to_string()))?;
         p.set_uplinks(cfg.uplinks);
         Ok(Arc::new(SwShared(p)))
@@ -44,7 +45,7 @@ impl FastPathDriver for SwFastPath {
 
 fn code(e: &FlowError) -> ErrorCode {
     match e {
-        FlowError::Quota(_) => ErrorCode::Quota,
+        FlowError::Quota(..) => ErrorCode::Quota,
         FlowError::BadTable(_) => ErrorCode::BadTable,
         FlowError::BadActions(_) => ErrorCode::BadActions,
         FlowError::NotFound(_) => ErrorCode::NotFound,
@@ -100,6 +101,7 @@ impl SwInstance {
                 Body::HelloReply {
                     tables: TABLES as u8,
                     max_flows: u32::try_from(self.max_flows()).unwrap_or(u32::MAX),
+                    usage: Some(self.usage()),
                 },
             ),
             Body::FlowAdd(spec) => {
@@ -161,7 +163,9 @@ impl SwInstance {
                     ));
                 }
                 if !through_tables {
-                    out.push(Emit::Frame { port, frame });
+                    if self.control_egress_allows(now, port, &frame) {
+                        out.push(Emit::Frame { port, frame });
+                    }
                     return Ok(());
                 }
                 let mut b = [PacketBuf::new()];
@@ -235,6 +239,36 @@ impl FlowProcessor for SwShared {
 
     fn flow_count(&self) -> usize {
         self.0.flow_count()
+    }
+
+    fn set_policy(&self, policy: Option<Policy>) -> Result<(), PolicyError> {
+        self.0.set_policy(policy)
+    }
+
+    fn policy(&self) -> Option<(Policy, PolicyCounters)> {
+        self.0.policy()
+    }
+
+    fn counters(&self) -> ProcessorCounters {
+        let s = self.0.stats();
+        ProcessorCounters {
+            misses: s.misses,
+            drops: s.drops,
+            policy_drops: s.policy_drops,
+            cache_hits: s.emc_hits,
+        }
+    }
+
+    fn flows(&self, start: usize, max: usize) -> Vec<dpacc_spec::fastpath::flow::FlowSummary> {
+        self.0.list(start, max)
+    }
+
+    fn usage(&self) -> Usage {
+        self.0.usage()
+    }
+
+    fn clear(&self) {
+        self.0.clear();
     }
 }
 

@@ -19,20 +19,24 @@ pub mod esp;
 mod instance;
 pub mod key;
 mod lanes;
+mod policy;
+mod quota;
 mod table;
 
 pub use instance::SwFastPath;
+pub use quota::QuotaKind;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dpacc_spec::fastpath::{PacketBuf, Verdict};
+use dpacc_spec::fastpath::{PacketBuf, Quotas, Usage, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
 use lanes::{LaneLock, LaneToken};
+use quota::Ledger;
 use table::Tables;
 
 pub use dpacc_spec::fastpath::flow::{
@@ -51,9 +55,9 @@ pub const MAX_LANES: usize = 64;
 /// Why a control operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
-    /// `--max-flows` reached.
-    #[error("flow quota exceeded ({0} flows)")]
-    Quota(usize),
+    /// A quota reached (`--max-flows`, `--max-groups`...): which, and its value.
+    #[error("{}", .0.message(*.1))]
+    Quota(QuotaKind, usize),
     /// A table number out of range or a goto that does not go forward.
     #[error("bad table or goto: {0}")]
     BadTable(String),
@@ -77,6 +81,8 @@ pub struct InstanceStats {
     pub drops: u64,
     /// Exact-match cache hits.
     pub emc_hits: u64,
+    /// Of `drops`, those the operator's policy dropped.
+    pub policy_drops: u64,
 }
 
 /// One lane's instance counters, written by that lane only (a load and a store).
@@ -86,6 +92,7 @@ struct LaneStats {
     misses: AtomicU64,
     drops: AtomicU64,
     emc_hits: AtomicU64,
+    policy_drops: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -107,7 +114,11 @@ struct Core {
     inbound: HashMap<u32, Sa>,
     /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
     generation: u64,
-    max_flows: usize,
+    /// The quotas, and the groups, buckets and SAs held against them (flows are counted by
+    /// the tables).
+    ledger: Ledger,
+    /// The operator's policy (never the vNF's: its control protocol cannot reach it).
+    policy: Option<Arc<policy::Compiled>>,
 }
 
 /// A vNF's flow-processor instance, shared by its lanes and its control.
@@ -118,6 +129,8 @@ pub struct SwInstance {
     /// Control requests that run packets through the tables (PACKET_OUT) use this lane
     /// state, with lane 0's counters, while they hold the write side.
     control: Mutex<LaneState>,
+    /// The policy in force, for reading its counters without the lanes' lock.
+    operator: Mutex<Option<Arc<policy::Compiled>>>,
     /// Uplinks of the instance: valid output ports are 0..=uplinks (checked for control
     /// requests; the typed API trusts its caller).
     pub uplinks: u16,
@@ -197,7 +210,8 @@ impl SwLane {
         // SAFETY: inside the read section just entered; `core` is not used after `leave`.
         let core = unsafe { self.inst.core.get(token) };
         let lane = token.index();
-        let pending = if self.defer {
+        // Egress rules judge an output's final headers: nothing is left pending then.
+        let pending = if self.defer && !core.policy.as_ref().is_some_and(|p| p.polices_egress()) {
             self.pending.clear();
             self.pending.resize(pkts.len(), None);
             Some(&mut self.pending[..])
@@ -279,10 +293,20 @@ fn run_batch(
         st.last = None;
         st.generation = core.generation;
     }
-    let (mut drops, mut misses, mut hits) = (0, 0, 0);
+    let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
     for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
-        let (verdict, hit) = one(core, st, lane, now, p, defer);
+        let mut kl = parse(p.frame(), p.in_port.0);
+        let (verdict, hit) = match &core.policy {
+            None => one(core, st, lane, now, p, defer, &mut kl),
+            Some(pol) => {
+                let (v, hit, d) = pol.police(p, &mut kl, now, lane, |p, kl| {
+                    one(core, st, lane, now, p, defer, kl)
+                });
+                denied += u64::from(d);
+                (v, hit)
+            }
+        };
         *v = verdict;
         hits += u64::from(hit);
         match verdict {
@@ -295,11 +319,16 @@ fn run_batch(
     if drops + misses > 0 {
         add(&stats.drops, drops);
         add(&stats.misses, misses);
+        if denied > 0 {
+            add(&stats.policy_drops, denied);
+        }
     }
 }
 
-/// One packet: (verdict, whether the exact-match cache answered). With `defer`, an ESP
-/// action followed by an output leaves the packet pending and its work in `defer`.
+/// One packet, whose parsed key and layout are `kl`: (verdict, whether the exact-match cache
+/// answered). With `defer`, an ESP action followed by an output leaves the packet pending and
+/// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
+/// them (what the operator's egress rules judge; not updated by deferred ESP).
 fn one(
     core: &Core,
     st: &mut LaneState,
@@ -307,8 +336,9 @@ fn one(
     now: u64,
     p: &mut PacketBuf,
     defer: Option<&mut Option<Deferred>>,
+    kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
-    let (key, lay) = parse(p.frame(), p.in_port.0);
+    let (key, lay) = *kl;
     let len = p.len() as u64;
     let counters = &core.t.lanes[lane].flows;
     // Packets come in bursts of one flow: the previous packet's path first (a key compare),
@@ -335,6 +365,7 @@ fn one(
             let e = core.t.entry(slot);
             let actions = core.t.acts.get(&e.actions);
             if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                *kl = (key, lay);
                 return (v, true);
             }
         }
@@ -368,6 +399,7 @@ fn one(
                 st.emc.insert(first_key, path);
                 st.last = Some((first_key, path));
             }
+            *kl = (key, lay);
             return (v, false);
         }
         match goto {
@@ -378,11 +410,25 @@ fn one(
 }
 
 impl SwInstance {
-    /// An empty instance holding at most `max_flows` flows, doing ESP on `crypto`, whose
-    /// data path runs on `lanes` lanes (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
+    /// An empty instance holding at most `max_flows` flows (the other quotas at their
+    /// defaults), doing ESP on `crypto`, whose data path runs on `lanes` lanes
+    /// (1..=[`MAX_LANES`]; claimed with [`lane`](Self::lane)).
     pub fn new(
         crypto: Arc<dyn CryptoDriver>,
         max_flows: usize,
+        lanes: usize,
+    ) -> Result<Arc<Self>, CryptoError> {
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas, lanes)
+    }
+
+    /// An empty instance with these quotas, doing ESP on `crypto`, on `lanes` lanes.
+    pub fn with_quotas(
+        crypto: Arc<dyn CryptoDriver>,
+        quotas: Quotas,
         lanes: usize,
     ) -> Result<Arc<Self>, CryptoError> {
         let lanes = lanes.clamp(1, MAX_LANES);
@@ -395,13 +441,15 @@ impl SwInstance {
                     outbound: HashMap::new(),
                     inbound: HashMap::new(),
                     generation: 0,
-                    max_flows,
+                    ledger: Ledger::new(quotas, lanes),
+                    policy: None,
                 },
                 lanes,
             ),
             stats: (0..lanes).map(|_| LaneStats::default()).collect(),
             crypto,
             control,
+            operator: Mutex::new(None),
             uplinks: u16::MAX,
         }))
     }
@@ -450,6 +498,7 @@ impl SwInstance {
             s.misses += l.misses.load(r);
             s.drops += l.drops.load(r);
             s.emc_hits += l.emc_hits.load(r);
+            s.policy_drops += l.policy_drops.load(r);
         }
         s
     }
@@ -457,10 +506,11 @@ impl SwInstance {
     /// Installs a flow (replacing one with the same table, priority and match).
     pub fn add_flow(&self, spec: FlowSpec, now_ns: u64) -> Result<(), FlowError> {
         let t = usize::from(spec.table);
+        let mut core = self.core.write();
+        core.ledger.check_actions(&spec.actions)?;
         if t >= TABLES {
             return Err(FlowError::BadTable(format!("table {t} (0..{TABLES})")));
         }
-        let mut core = self.core.write();
         for (i, a) in spec.actions.iter().enumerate() {
             match *a {
                 Action::Goto(g) if usize::from(g) <= t || usize::from(g) >= TABLES => {
@@ -478,9 +528,9 @@ impl SwInstance {
                 _ => {}
             }
         }
-        let max = core.max_flows;
+        let max = core.ledger.quotas.flows;
         if !core.t.insert(t, &spec, now_ns, max) {
-            return Err(FlowError::Quota(max));
+            return Err(FlowError::Quota(QuotaKind::Flows, max));
         }
         core.generation += 1;
         Ok(())
@@ -532,12 +582,38 @@ impl SwInstance {
 
     /// The flow quota.
     pub fn max_flows(&self) -> usize {
-        self.core.write().max_flows
+        self.quotas().flows
+    }
+
+    /// The quotas.
+    pub fn quotas(&self) -> Quotas {
+        self.core.write().ledger.quotas
     }
 
     /// Installed flows.
     pub fn flow_count(&self) -> usize {
         self.core.write().t.flows()
+    }
+
+    /// What the instance holds against its quotas, and its memory.
+    pub fn usage(&self) -> Usage {
+        let core = self.core.write();
+        core.ledger.usage(&core.t)
+    }
+
+    /// Removes every flow, group and SA (their crypto sessions close) and frees their memory,
+    /// once no lane is inside a batch; lanes find the instance empty from their next batch.
+    /// The instance counters stay.
+    pub fn clear(&self) {
+        let mut core = self.core.write();
+        let quotas = core.ledger.quotas;
+        let lanes = self.lanes();
+        core.t = Tables::new(TABLES, lanes);
+        core.groups = HashMap::new();
+        core.outbound = HashMap::new();
+        core.inbound = HashMap::new();
+        core.ledger = Ledger::new(quotas, lanes);
+        core.generation += 1;
     }
 
     /// Installs (or replaces) a select group.
@@ -558,6 +634,9 @@ impl SwInstance {
             ));
         }
         let mut core = self.core.write();
+        let old = core.groups.get(&id).map(Vec::len);
+        core.ledger.check_group(&buckets, old)?;
+        core.ledger.group_added(buckets.len(), old);
         core.groups.insert(id, buckets);
         core.generation += 1;
         Ok(())
@@ -567,12 +646,30 @@ impl SwInstance {
     pub fn add_sa(&self, cfg: SaConfig) -> Result<(), FlowError> {
         let spi = cfg.spi;
         let outbound = matches!(cfg.dir, SaDir::Outbound { .. });
+        let replaces = |core: &Core| {
+            if outbound {
+                core.outbound.contains_key(&spi)
+            } else {
+                core.inbound.contains_key(&spi)
+            }
+        };
+        // Checked before the session is made (a refused SA costs the driver nothing), and
+        // again under the same lock as the insert (a concurrent SA_ADD may have taken the
+        // last place meanwhile).
+        {
+            let core = self.core.write();
+            core.ledger.check_sa(replaces(&core))?;
+        }
         let sa = Sa::with_lanes(cfg, &*self.crypto, self.lanes())?;
         let mut core = self.core.write();
-        if outbound {
-            core.outbound.insert(spi, sa);
+        core.ledger.check_sa(replaces(&core))?;
+        let old = if outbound {
+            core.outbound.insert(spi, sa)
         } else {
-            core.inbound.insert(spi, sa);
+            core.inbound.insert(spi, sa)
+        };
+        if old.is_none() {
+            core.ledger.sas += 1;
         }
         core.generation += 1;
         Ok(())
@@ -656,9 +753,19 @@ pub struct SwFlowProcessor {
 }
 
 impl SwFlowProcessor {
-    /// An empty one-lane instance holding at most `max_flows` flows, doing ESP on `crypto`.
+    /// An empty one-lane instance holding at most `max_flows` flows (the other quotas at
+    /// their defaults), doing ESP on `crypto`.
     pub fn new(crypto: Arc<dyn CryptoDriver>, max_flows: usize) -> Result<Self, CryptoError> {
-        let inst = SwInstance::new(crypto, max_flows, 1)?;
+        let quotas = Quotas {
+            flows: max_flows,
+            ..Quotas::default()
+        };
+        Self::with_quotas(crypto, quotas)
+    }
+
+    /// An empty one-lane instance with these quotas, doing ESP on `crypto`.
+    pub fn with_quotas(crypto: Arc<dyn CryptoDriver>, quotas: Quotas) -> Result<Self, CryptoError> {
+        let inst = SwInstance::with_quotas(crypto, quotas, 1)?;
         let lane = inst
             .lane(0)?
             .ok_or(CryptoError::Internal("lane 0 of a new instance"))?;

@@ -136,7 +136,7 @@ impl PackedMatch {
 }
 
 /// Most actions kept inside an entry; longer lists are interned in [`ActionLists`].
-const INLINE_ACTIONS: usize = 2;
+pub(crate) const INLINE_ACTIONS: usize = 2;
 
 /// A flow's action list: inline when short (most lists: "output:2", "set_ipv4_dst:X,output:1"
 /// — no allocation, no index entry, nothing shared), else an interned list's id.
@@ -182,6 +182,9 @@ pub(crate) struct ActionLists {
     index: HashMap<u64, u32, ahash::RandomState>,
     hasher: ahash::RandomState,
     free: Vec<u32>,
+    /// Lists stored now, and their actions together (for the memory an instance reports).
+    live: usize,
+    actions: usize,
 }
 
 impl ActionLists {
@@ -202,6 +205,8 @@ impl ActionLists {
             }
         }
         let entry = (a.into(), 1, slot.is_none());
+        self.live += 1;
+        self.actions += a.len();
         let id = match self.free.pop() {
             Some(id) => {
                 self.lists[id as usize] = entry;
@@ -227,11 +232,18 @@ impl ActionLists {
         *refs -= 1;
         if *refs == 0 {
             let list = std::mem::take(list);
+            self.live -= 1;
+            self.actions -= list.len();
             if *indexed {
                 self.index.remove(&self.hasher.hash_one(&*list));
             }
             self.free.push(id);
         }
+    }
+
+    /// Lists stored (each once, however many flows share it) and their actions together.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        (self.live, self.actions)
     }
 
     /// The actions `r` refers to.

@@ -17,7 +17,7 @@ use dpacc_spec::virtio_crypto::{
 };
 use dpacc_spec::{CryptoDriver, CryptoError};
 use tracing::debug;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use zeroize::Zeroize;
 
@@ -169,12 +169,17 @@ impl Processor for ControlPath {
         mem: &FastMem<'_, GuestMemoryMmap>,
         notify: &Notify,
     ) -> usize {
+        // At most a ring's worth per call (the worker paces a ring that never runs dry).
+        let max = usize::from(q.size());
         let Some(mut ring) = SplitRing::open(q, mem) else {
             return 0;
         };
         ring.pending();
         let mut n = 0;
-        while let Some(head) = ring.pop_head() {
+        while n < max {
+            let Some(head) = ring.pop_head() else {
+                break;
+            };
             let used = match ring.walk(head, &mut self.chain) {
                 Ok(()) => self.control.handle(&self.chain),
                 Err(e) => {

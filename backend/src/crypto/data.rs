@@ -23,7 +23,7 @@ use dpacc_spec::{
     SessionInfo,
 };
 use tracing::{debug, warn};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
@@ -126,6 +126,8 @@ pub(crate) struct DataPath {
     control: Option<Control>,
     /// Per pending request: its operation was taken by the driver and has not completed.
     in_flight: Vec<bool>,
+    /// Where this queue counts its requests for the operator.
+    counters: Option<(Arc<super::counters::CryptoCounters>, usize)>,
 }
 
 impl DataPath {
@@ -143,7 +145,18 @@ impl DataPath {
             results: vec![status::OK; BATCH],
             control: None,
             in_flight: vec![false; BATCH],
+            counters: None,
         }
+    }
+
+    /// Counts requests in `counters`, as data queue `index`.
+    pub(crate) fn with_counters(
+        mut self,
+        counters: Arc<super::counters::CryptoCounters>,
+        index: usize,
+    ) -> Self {
+        self.counters = Some((counters, index));
+        self
     }
 
     /// Also serves in-band control requests (`dpacc_spec::in_band`) through `control`.
@@ -226,6 +239,18 @@ impl DataPath {
             return 0;
         }
         self.submit(n);
+        if let Some(c) = self.counters.as_ref().and_then(|(c, i)| c.queues.get(*i)) {
+            let ok = self.pending[..n]
+                .iter()
+                .filter(|p| p.status_at.is_some() && p.status == status::OK)
+                .count() as u64;
+            let errors = self.pending[..n]
+                .iter()
+                .filter(|p| p.status_at.is_some())
+                .count() as u64
+                - ok;
+            c.count(ok, errors, bytes as u64);
+        }
         for p in &mut self.pending[..n] {
             if let Some(s) = p.status_at {
                 // SAFETY: `s` is the one-byte, device-writable status location inside guest
@@ -338,10 +363,11 @@ impl Processor for DataPath {
     ) -> usize {
         let mut total = 0;
         loop {
-            // A batch may end early on its byte budget: go on until the ring is empty.
+            // A batch may end early on its byte budget: go on until the ring is empty, or a
+            // ring's worth is done (a ring that never runs dry is the worker's to pace).
             let n = self.run_batch(q, mem, notify);
             total += n;
-            if n == 0 {
+            if n == 0 || total >= usize::from(q.size()) {
                 return total;
             }
         }

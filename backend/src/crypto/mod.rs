@@ -5,12 +5,13 @@
 //! (26/27) instead of using the control queue; a virtio-user frontend sets up both. Data queues
 //! also take control requests in-band (`dpacc_spec::in_band`), for drivers behind QEMU.
 
-mod control;
-mod data;
-mod sessions;
+pub(crate) mod control;
+pub mod counters;
+pub(crate) mod data;
+pub(crate) mod sessions;
 #[cfg(test)]
 mod test_driver;
-mod worker;
+pub(crate) mod worker;
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -19,13 +20,14 @@ use dpacc_spec::vhost_user_crypto::{
     QemuCryptoSession, VHOST_USER_CLOSE_CRYPTO_SESSION, VHOST_USER_CREATE_CRYPTO_SESSION,
 };
 use dpacc_spec::CryptoDriver;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::Queue;
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 use zeroize::Zeroize;
 
+use crate::guest_log::guest_warn;
 use crate::vhost_user::{self, DeviceError, DeviceReply, QueueStart, VhostUserDevice};
 use control::{Control, ControlPath};
 use data::DataPath;
@@ -92,7 +94,23 @@ pub fn serve(
     config: CryptoBackendConfig,
     shutdown: &EventFd,
 ) -> Result<(), CryptoServeError> {
+    serve_observed(listener, config, shutdown, |_| {})
+}
+
+/// [`serve`], handing `started` a [`CryptoView`] of the device (its counters) before any
+/// frontend is served.
+pub fn serve_observed(
+    listener: &UnixListener,
+    config: CryptoBackendConfig,
+    shutdown: &EventFd,
+    started: impl FnOnce(CryptoView),
+) -> Result<(), CryptoServeError> {
     let mut dev = CryptoDevice::new(config)?;
+    started(CryptoView {
+        sessions: dev.sessions.clone(),
+        counters: dev.counters.clone(),
+        driver: dev.cfg.driver.name().to_string(),
+    });
     info!(
         "serving virtio-crypto: {} data queue(s), driver {}",
         dev.cfg.queues,
@@ -103,12 +121,38 @@ pub fn serve(
     r.map_err(Into::into)
 }
 
+/// The host operator's view of a crypto device: its counters.
+#[derive(Clone)]
+pub struct CryptoView {
+    sessions: Arc<SessionTable>,
+    counters: Arc<counters::CryptoCounters>,
+    driver: String,
+}
+
+impl CryptoView {
+    /// Per data queue.
+    pub fn queues(&self) -> Vec<counters::QueueCount> {
+        self.counters.queues()
+    }
+
+    /// The session table's.
+    pub fn sessions(&self) -> counters::SessionCount {
+        self.sessions.counts()
+    }
+
+    /// The driver's name (`sw`, `afalg+sw`, ...).
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+}
+
 /// The crypto device model.
 pub(crate) struct CryptoDevice {
+    counters: Arc<counters::CryptoCounters>,
     cfg: CryptoBackendConfig,
     /// The config space (also what in-band `GET_CONFIG` returns).
     config: dpacc_spec::virtio_crypto::Config,
-    sessions: Arc<SessionTable>,
+    pub(crate) sessions: Arc<SessionTable>,
     workers: Vec<Option<QueueWorker>>,
 }
 
@@ -130,12 +174,13 @@ impl CryptoDevice {
         Ok(Self {
             config,
             sessions: Arc::new(SessionTable::new(cfg.max_sessions)),
+            counters: Arc::new(counters::CryptoCounters::new(usize::from(cfg.queues))),
             workers: (0..=cfg.queues).map(|_| None).collect(),
             cfg,
         })
     }
 
-    fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         for w in &mut self.workers {
             if let Some(w) = w.take() {
                 w.stop();
@@ -147,12 +192,12 @@ impl CryptoDevice {
         Control::new(self.cfg.driver.clone(), self.sessions.clone(), self.config)
     }
 
-    fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
+    pub(crate) fn create_qemu_session(&self, payload: &[u8], reply: &mut Vec<u8>) {
         let mut s = QemuCryptoSession::default();
         let n = payload.len().min(std::mem::size_of::<QemuCryptoSession>());
         s.as_mut_slice()[..n].copy_from_slice(&payload[..n]);
         let id = if payload.len() != std::mem::size_of::<QemuCryptoSession>() {
-            warn!("CREATE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+            guest_warn!("CREATE_CRYPTO_SESSION: payload of {} bytes", payload.len());
             -1
         } else {
             match s
@@ -164,17 +209,26 @@ impl CryptoDevice {
                     id as i64
                 }
                 Err(e) => {
-                    warn!("CREATE_CRYPTO_SESSION failed: {e}");
+                    guest_warn!("CREATE_CRYPTO_SESSION failed: {e}");
                     -1
                 }
             }
         };
-        // Never echo key material back; QEMU reads only the session id.
-        s.key_area_mut().zeroize();
-        s.auth_key_area_mut().zeroize();
-        s.session_id = id;
-        reply.extend_from_slice(s.as_slice());
+        // Never echo anything the request carried beyond its opcode (key material: the sym
+        // arm's keys, and the asym arm's key, which spans most of the union); QEMU reads only
+        // the session id.
         s.as_mut_slice().zeroize();
+        let reply_s = QemuCryptoSession {
+            op_code: u64::from_ne_bytes(
+                payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            ),
+            session_id: id,
+            ..QemuCryptoSession::default()
+        };
+        reply.extend_from_slice(reply_s.as_slice());
     }
 }
 
@@ -221,8 +275,9 @@ impl VhostUserDevice for CryptoDevice {
                 .map_err(|e| DeviceError::Start(i, e.into()))?;
             // Data queues also take in-band control requests (dpacc_spec::in_band): QEMU keeps
             // the control queue and forwards only some session types.
-            let path =
-                DataPath::new(dq, self.sessions.clone()).with_in_band_control(self.control());
+            let path = DataPath::new(dq, self.sessions.clone())
+                .with_in_band_control(self.control())
+                .with_counters(self.counters.clone(), i);
             QueueWorker::spawn(q, path, self.cfg.busy_poll)
         } else {
             // The control queue sleeps at once: session requests are rare.
@@ -248,14 +303,14 @@ impl VhostUserDevice for CryptoDevice {
             }
             VHOST_USER_CLOSE_CRYPTO_SESSION => {
                 let Ok(b) = <[u8; 8]>::try_from(payload) else {
-                    warn!("CLOSE_CRYPTO_SESSION: payload of {} bytes", payload.len());
+                    guest_warn!("CLOSE_CRYPTO_SESSION: payload of {} bytes", payload.len());
                     return DeviceReply::Ack(false);
                 };
                 let id = u64::from_ne_bytes(b);
                 match self.sessions.close(id) {
                     Ok(()) => DeviceReply::Ack(true),
                     Err(e) => {
-                        warn!("CLOSE_CRYPTO_SESSION {id:#x}: {e}");
+                        guest_warn!("CLOSE_CRYPTO_SESSION {id:#x}: {e}");
                         DeviceReply::Ack(false)
                     }
                 }

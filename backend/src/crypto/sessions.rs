@@ -11,6 +11,7 @@
 //! ([`SessionTable::read`]) and clone the handles they need; the lock is not held while
 //! operations run.
 
+use std::sync::atomic::Ordering;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use dpacc_spec::{CryptoDriver, CryptoError, SessionHandle, SessionParams};
@@ -73,6 +74,7 @@ impl Table {
 /// A bounded id → session table.
 pub(crate) struct SessionTable {
     inner: RwLock<Table>,
+    counters: super::counters::SessionCounters,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -94,7 +96,16 @@ impl SessionTable {
                 max,
                 live: 0,
             }),
+            counters: Default::default(),
         }
+    }
+
+    /// A table whose first ids are predictable (`first_gen << 32 | slot`), for fuzzing.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn with_first_gen(max: usize, first_gen: u32) -> Self {
+        let t = Self::new(max);
+        t.inner.write().unwrap_or_else(|p| p.into_inner()).first_gen = first_gen;
+        t
     }
 
     /// Read access for a batch of lookups.
@@ -102,8 +113,36 @@ impl SessionTable {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the table counted (for the operator).
+    pub(crate) fn counts(&self) -> super::counters::SessionCount {
+        let t = self.read();
+        self.counters.snapshot(t.live as u64, t.max as u64)
+    }
+
     /// Creates a session through `driver` and returns its new id.
     pub(crate) fn create(
+        &self,
+        driver: &dyn CryptoDriver,
+        params: &SessionParams<'_>,
+    ) -> Result<u64, CryptoError> {
+        let c = &self.counters;
+        let r = self.create_inner(driver, params);
+        match &r {
+            Ok(id) => {
+                c.created.fetch_add(1, Ordering::Relaxed);
+                let t = self.read();
+                if t.get(*id).and_then(dpacc_hw::fallback::runs_on_primary) == Some(false) {
+                    c.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn create_inner(
         &self,
         driver: &dyn CryptoDriver,
         params: &SessionParams<'_>,
@@ -157,6 +196,7 @@ impl SessionTable {
         };
         // Dropped outside the lock (zeroizing keys is the driver's Drop).
         drop(removed);
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -179,6 +219,9 @@ impl SessionTable {
             *live = 0;
             old
         };
+        self.counters
+            .closed
+            .fetch_add(old.len() as u64, Ordering::Relaxed);
         // Dropped outside the lock (zeroizing keys is the driver's Drop).
         drop(old);
     }

@@ -14,6 +14,7 @@ use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::guest_log::guest_warn;
 use crate::ready::{self, ReadySet};
 use crate::split_ring::SplitRing;
 use crate::vhost_user::QueueStart;
@@ -34,7 +35,7 @@ impl Notify {
     pub(crate) fn signal(&self, wanted: bool) {
         if let (true, Some(call)) = (wanted, &self.call) {
             if let Err(e) = call.write(1) {
-                warn!("call eventfd: {e}");
+                guest_warn!("call eventfd: {e}");
             }
         }
     }
@@ -120,10 +121,12 @@ fn run<P: Processor>(
     // Chains may already be waiting (a restart, or a kick sent before we started).
     let mut pending = true;
     loop {
-        if pending {
-            drain(index, &mut queue, &mem, &notify, p, busy_poll);
-        }
-        let ready = match waiter.wait() {
+        // A ring that never runs dry (a busy driver, or a hostile one whose rings overlap so
+        // that our used entries announce new available ones) is drained a slice at a time,
+        // looking at the exit eventfd in between, so the worker always stops when asked.
+        let more = pending && drain(index, &mut queue, &mem, &notify, p, busy_poll);
+        let ready = if more { waiter.poll() } else { waiter.wait() };
+        let ready = match ready {
             Ok(r) => r,
             Err(e) => {
                 warn!("vq{index}: poll: {e}");
@@ -133,7 +136,7 @@ fn run<P: Processor>(
         if ready::has(ready, EXIT) {
             break;
         }
-        pending = ready::has(ready, KICK);
+        pending = more || ready::has(ready, KICK);
         if pending {
             // Consume the kick (the counter resets; a kick arriving later wakes us again). A
             // failure is harmless: the ring is drained anyway.
@@ -144,8 +147,13 @@ fn run<P: Processor>(
     queue
 }
 
+/// Passes over the ring one drain takes at most before the worker looks at its exit eventfd
+/// (each pass: at most a ring's worth of chains, then at most `busy_poll` of polling).
+const DRAIN_ROUNDS: usize = 16;
+
 /// Drains the ring with kicks off, polls it for `busy_poll` once it is dry, then turns kicks
-/// back on; drains again if chains came meanwhile.
+/// back on; drains again if chains came meanwhile. True: not dry after [`DRAIN_ROUNDS`]
+/// passes (kicks may still be off); call again once the exit eventfd was looked at.
 fn drain<P: Processor>(
     index: usize,
     q: &mut Queue,
@@ -153,19 +161,19 @@ fn drain<P: Processor>(
     notify: &Notify,
     p: &mut P,
     busy_poll: Duration,
-) {
+) -> bool {
     // One memory snapshot per wakeup: segment pointers stay valid while it is held.
     let m = mem.memory();
     let fast = FastMem::new(&*m);
-    loop {
+    for _ in 0..DRAIN_ROUNDS {
         match SplitRing::open(q, &fast) {
             Some(r) => {
                 r.disable_kicks();
                 r.close(q);
             }
             None => {
-                warn!("vq{index}: ring outside guest memory; waiting for the next kick");
-                return;
+                guest_warn!("vq{index}: ring outside guest memory; waiting for the next kick");
+                return false;
             }
         }
         let n = p.process(q, &fast, notify);
@@ -173,20 +181,21 @@ fn drain<P: Processor>(
             continue;
         }
         let Some(mut r) = SplitRing::open(q, &fast) else {
-            return;
+            return false;
         };
         let more = r.enable_kicks();
         r.close(q);
         match (more, n) {
             (true, 0) => {
                 // More is announced but nothing could be taken: a broken avail ring.
-                warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
-                return;
+                guest_warn!("vq{index}: available ring is inconsistent; waiting for the next kick");
+                return false;
             }
             (true, _) => continue,
-            (false, _) => return,
+            (false, _) => return false,
         }
     }
+    true
 }
 
 /// Polls the ring (kicks still off) until a chain is available or `limit` has passed; true if

@@ -191,7 +191,10 @@ mod tests {
             .create_instance(&InstanceConfig {
                 name: "t".into(),
                 uplinks: 2,
-                max_flows,
+                quotas: dpacc_spec::fastpath::Quotas {
+                    flows: max_flows,
+                    ..Default::default()
+                },
                 lanes: 1,
             })
             .unwrap()
@@ -412,8 +415,8 @@ mod tests {
         }
     }
 
-    /// HELLO with FLAG_CAPS gets the capabilities; a version-1 HELLO gets the exact
-    /// version-1 reply (a version-1 vNF's decoder refuses bytes past the body).
+    /// HELLO with FLAG_CAPS gets the capabilities; a HELLO without gets the processor's reply
+    /// untouched.
     #[test]
     fn capabilities_only_for_those_who_ask() {
         let p = instance(10);
@@ -428,7 +431,8 @@ mod tests {
             Message::decode(r).unwrap().body,
             Body::HelloReply {
                 tables: 8,
-                max_flows: 10
+                max_flows: 10,
+                usage: Some(p.usage()),
             }
         );
         let out = run(
@@ -441,8 +445,18 @@ mod tests {
         let [Emit::Control(r)] = &out[..] else {
             panic!("{out:?}")
         };
-        assert_eq!(r.len(), proto::HEADER_LEN + 5);
         assert_eq!(Header::parse(r).unwrap().flags, 0);
+        let mut plain = Vec::new();
+        Message {
+            txid: 10,
+            body: Body::HelloReply {
+                tables: 8,
+                max_flows: 10,
+                usage: Some(p.usage()),
+            },
+        }
+        .encode(&mut plain);
+        assert_eq!(r, &plain, "exactly what the processor said");
         assert_eq!(Caps::of_hello_reply(r), None);
     }
 

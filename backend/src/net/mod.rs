@@ -11,18 +11,21 @@
 //! each virtio-net device hands pair k's rings to worker k through a [`slot`].
 
 mod control;
-mod device;
-mod rings;
-mod slot;
+pub mod counters;
+pub(crate) mod device;
+pub(crate) mod rings;
+pub mod running;
+pub(crate) mod slot;
 mod tap;
-mod vnf_worker;
+mod uplink;
+pub(crate) mod vnf_worker;
 
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError};
+use dpacc_spec::fastpath::{FastPathDriver, InstanceConfig, InstanceError, Quotas};
 use std::sync::atomic::AtomicU64;
 use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
@@ -32,6 +35,7 @@ use crate::vhost_user::{run_together, BindError, Job, ServeError, ThreadPanicked
 use device::NetDevice;
 use slot::RingSlot;
 use tap::Tap;
+pub use uplink::UplinkError;
 use vnf_worker::{Port, SharedPort, VnfInstance, VnfShared, VnfStats, VnfWorker};
 
 /// One uplink of a vNF instance.
@@ -56,8 +60,11 @@ impl std::fmt::Display for UplinkSpec {
 pub struct NetBackendConfig {
     /// Uplinks, ports 1.. in order.
     pub uplinks: Vec<UplinkSpec>,
-    /// Flow quota of the instance.
-    pub max_flows: usize,
+    /// What the vNF may create in its instance (flows, groups, buckets, SAs, actions per list).
+    pub quotas: Quotas,
+    /// How long the vNF's flows, groups and SAs keep forwarding after it disconnects: if it
+    /// has not come back by then, they are removed and their memory freed.
+    pub keep_detached: std::time::Duration,
     /// Largest ring size.
     pub queue_size: u16,
     /// The MAC address in the vNF's virtio-net config space (uplink `k` gets it with the fifth
@@ -120,6 +127,17 @@ pub fn serve(
     cfg: NetBackendConfig,
     shutdown: &EventFd,
 ) -> Result<(), NetServeError> {
+    serve_observed(listener, cfg, shutdown, |_| {})
+}
+
+/// [`serve`], handing `started` a [`VnfView`] of the instance once its uplinks, flow processor
+/// and workers are up (before any frontend is served): what the host operator reads and sets.
+pub fn serve_observed(
+    listener: &UnixListener,
+    cfg: NetBackendConfig,
+    shutdown: &EventFd,
+    started: impl FnOnce(VnfView),
+) -> Result<(), NetServeError> {
     let n = cfg.queue_pairs;
     if n == 0 || n > MAX_QUEUE_PAIRS {
         return Err(NetServeError::QueuePairs(n));
@@ -169,17 +187,26 @@ pub fn serve(
     let proc_ = cfg.fastpath.create_instance(&InstanceConfig {
         name: "vnf".into(),
         uplinks: cfg.uplinks.len() as u16,
-        max_flows: cfg.max_flows,
+        quotas: cfg.quotas,
         lanes: n,
     })?;
+    let q = cfg.quotas;
     info!(
-        "vNF port: uplinks [{}], max {} flows, {n} queue pair(s) and worker(s), fast path {}",
+        "vNF port: uplinks [{}], at most {} flows, {} groups ({} buckets), {} SAs, {} actions \
+         per list ({} KiB), kept {} s after the vNF leaves; {n} queue pair(s) and worker(s), \
+         fast path {}",
         cfg.uplinks
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        cfg.max_flows,
+        q.flows,
+        q.groups,
+        q.buckets,
+        q.sas,
+        q.actions,
+        proc_.usage().max_memory >> 10,
+        cfg.keep_detached.as_secs(),
         cfg.fastpath.name()
     );
     let shared = Arc::new(VnfShared {
@@ -193,6 +220,9 @@ pub fn serve(
             .collect(),
         epoch: std::time::Instant::now(),
         vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+        counters: (0..n)
+            .map(|_| counters::WorkerCounters::new(setup.len()))
+            .collect(),
     });
     // Worker k's view of the ports: pair k's slot, TAP queue k.
     let mut views: Vec<Vec<Port>> = (0..n).map(|_| Vec::new()).collect();
@@ -220,13 +250,21 @@ pub fn serve(
                     lane,
                     index: k,
                     ports,
-                    stats: VnfStats::default(),
+                    stats: VnfStats {
+                        ports: vec![counters::PortCount::default(); shared.ports.len()],
+                        ..VnfStats::default()
+                    },
                 },
                 cfg.busy_poll,
+                cfg.keep_detached,
             )
             .map_err(NetServeError::Worker)?,
         );
     }
+    started(VnfView {
+        proc_: proc_.clone(),
+        shared: shared.clone(),
+    });
     let mut vnf_dev = NetDevice::new(cfg.mac, cfg.queue_size, vnf_slots);
     let mut jobs: Vec<Job<'_, NetServeError>> = vec![Box::new(|| {
         crate::vhost_user::serve(listener, &mut vnf_dev, shutdown).map_err(Into::into)
@@ -241,6 +279,26 @@ pub fn serve(
         w.stop();
     }
     r
+}
+
+/// The host operator's handle on a running vNF instance: its flow processor (policy, flows,
+/// instance counters) and what its workers counted.
+#[derive(Clone)]
+pub struct VnfView {
+    proc_: Arc<dyn dpacc_spec::fastpath::FlowProcessor>,
+    shared: Arc<VnfShared>,
+}
+
+impl VnfView {
+    /// The vNF's flow processor.
+    pub fn processor(&self) -> &Arc<dyn dpacc_spec::fastpath::FlowProcessor> {
+        &self.proc_
+    }
+
+    /// What each worker (queue pair) last published, by worker index.
+    pub fn workers(&self) -> Vec<counters::WorkerSnapshot> {
+        self.shared.counters.iter().map(|c| c.snapshot()).collect()
+    }
 }
 
 /// Removes the socket files it names when dropped.

@@ -10,9 +10,17 @@
 //! pairs). Control frames go to the instance from whichever worker received them; worker 0
 //! expires flows. Pairs arrive and leave through their [`RingSlot`]s, whichever frontends
 //! come and go; frames for a port with no enabled pair are dropped and counted.
+//!
+//! While the vNF itself (port 0) is away (no pair attached), its flows keep forwarding between
+//! the uplinks (a vNF restart costs no traffic); if it stays away longer than its keep time,
+//! worker 0 removes its flows, groups and SAs and their memory is freed.
+//!
+//! A panic in a worker (a bug) resets the vNF's instance, which all its workers share, and
+//! that worker goes on; see [`VnfLoop::run`].
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,22 +28,27 @@ use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::proto::{self, ETHERTYPE};
 use dpacc_spec::fastpath::{Emit, FlowLane, FlowProcessor, PacketBuf, PortId, Verdict, MAX_FRAME};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::control::Control;
+use super::counters::{PortCount, WorkerCounters};
 use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
 use super::tap::Tap;
+use crate::guest_log::guest_info;
 use crate::virtq::ChainBufs;
 
 const BATCH: usize = 32;
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 /// Rounds of a pass before the worker looks at its control events again.
 const MAX_ROUNDS: usize = 64;
+/// Panics (bugs) a worker survives, each resetting its vNF's instance, before it gives up.
+const MAX_PANICS: u32 = 3;
 
-/// Counters of one vNF's worker, logged when it stops.
-#[derive(Clone, Copy, Debug, Default)]
+/// Counters of one vNF's worker, published for the operator ([`super::counters`]) and logged
+/// when it stops.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct VnfStats {
     /// Frames the vNF transmitted (data and control).
     pub(crate) from_vnf: u64,
@@ -53,12 +66,17 @@ pub(crate) struct VnfStats {
     pub(crate) bad_tx: u64,
     /// Non-empty batches taken from virtio TX rings (frames / batches = mean batch size).
     pub(crate) batches: u64,
+    /// Per port, by [`PortId`].
+    pub(crate) ports: Vec<PortCount>,
 }
 
 impl VnfStats {
     /// Counts `sent` of `wanted` frames put on virtio port `port`'s RX ring (the rest had no
     /// room or no frontend).
-    fn count_out(&mut self, port: PortId, wanted: usize, sent: usize) {
+    fn count_out(&mut self, port: PortId, wanted: usize, sent: usize, bytes: u64) {
+        if let Some(p) = self.ports.get_mut(usize::from(port.0)) {
+            p.sent(wanted, sent, bytes);
+        }
         if port == PortId::VNF {
             self.to_vnf += sent as u64;
         } else {
@@ -112,6 +130,8 @@ pub(crate) struct VnfShared {
     pub(crate) epoch: Instant,
     /// The vNF's MAC (learned from its control frames) for replies and events: 48 bits.
     pub(crate) vnf_mac: AtomicU64,
+    /// What each worker counted, by worker index, for the operator.
+    pub(crate) counters: Box<[WorkerCounters]>,
 }
 
 impl VnfShared {
@@ -157,13 +177,18 @@ pub(crate) struct VnfWorker {
 
 impl VnfWorker {
     /// Starts the worker thread; it busy-polls for `spin` after its rings run dry before it
-    /// sleeps.
-    pub(crate) fn spawn(vnf: VnfInstance, spin: Duration) -> io::Result<Self> {
+    /// sleeps, and (worker 0) clears the instance once the vNF has been away for
+    /// `keep_detached`.
+    pub(crate) fn spawn(
+        vnf: VnfInstance,
+        spin: Duration,
+        keep_detached: Duration,
+    ) -> io::Result<Self> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let exit2 = exit.try_clone()?;
         let thread = std::thread::Builder::new()
             .name(format!("vnf-worker-{}", vnf.index))
-            .spawn(move || VnfLoop::new(vnf, spin).run(&exit2))?;
+            .spawn(move || VnfLoop::new(vnf, spin, keep_detached).run(&exit2))?;
         Ok(Self {
             exit,
             thread: Some(thread),
@@ -205,6 +230,12 @@ enum FdRole {
 struct VnfLoop {
     vnf: VnfInstance,
     spin: Duration,
+    keep_detached: Duration,
+    /// Since when the vNF (port 0) has been away (worker 0 keeps it); None while it is
+    /// attached or once its state was cleared.
+    away_since: Option<Instant>,
+    /// The vNF was attached at the last look.
+    was_attached: bool,
     pkts: Vec<PacketBuf>,
     verdicts: Vec<Verdict>,
     chain: ChainBufs,
@@ -219,12 +250,15 @@ struct VnfLoop {
 }
 
 impl VnfLoop {
-    fn new(mut vnf: VnfInstance, spin: Duration) -> Self {
+    fn new(mut vnf: VnfInstance, spin: Duration, keep_detached: Duration) -> Self {
         // ESP frames are then sealed or opened where they land (their one copy).
         vnf.lane.enable_finish();
         Self {
             vnf,
             spin,
+            keep_detached,
+            away_since: Some(Instant::now()),
+            was_attached: false,
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             verdicts: vec![Verdict::Drop; BATCH],
             chain: ChainBufs::new(),
@@ -276,7 +310,7 @@ impl VnfLoop {
             let mut held = g.take().map(NetRings::into_pair);
             if slot.sync(&mut held) {
                 changed = true;
-                info!(
+                guest_info!(
                     "port {i} ({}) pair {k}: frontend {}",
                     slot.name(),
                     if held.is_some() {
@@ -295,6 +329,47 @@ impl VnfLoop {
             *g = held.map(NetRings::new);
         }
         changed
+    }
+
+    /// Whether any pair of the vNF's own port (port 0) is attached.
+    fn vnf_attached(&self) -> bool {
+        matches!(
+            self.vnf.shared.ports.first(),
+            Some(SharedPort::Vhost { attached, .. }) if attached.load(Ordering::Acquire) != 0
+        )
+    }
+
+    /// Clears the instance once the vNF has been away for its keep time (worker 0, with
+    /// expiry).
+    fn forget_if_away(&mut self) {
+        let attached = self.vnf_attached();
+        if attached {
+            self.away_since = None;
+        } else if self.was_attached {
+            self.away_since = Some(Instant::now());
+        }
+        self.was_attached = attached;
+        let Some(t) = self.away_since else {
+            return;
+        };
+        if t.elapsed() < self.keep_detached {
+            return;
+        }
+        self.away_since = None;
+        let proc_ = &self.vnf.shared.proc_;
+        let u = proc_.usage();
+        if u.flows + u.groups + u.sas == 0 {
+            return;
+        }
+        proc_.clear();
+        info!(
+            "vNF away for {} s: removed its {} flows, {} groups and {} SAs ({} KiB freed)",
+            t.elapsed().as_secs(),
+            u.flows,
+            u.groups,
+            u.sas,
+            u.memory.saturating_sub(proc_.usage().memory) >> 10
+        );
     }
 
     /// What the worker waits on: `exit`, every slot's wake-up, the rings' kicks, the TAPs.
@@ -330,7 +405,58 @@ impl VnfLoop {
         (fds, roles)
     }
 
+    /// Runs until `exit`, then gives this worker's rings back and returns its part of the
+    /// instance.
+    ///
+    /// A panic (a bug) resets the vNF's instance and the loop goes on: this worker's lane
+    /// first leaves the batch it was in (so that the reset, which waits for every lane to be
+    /// out of its batch, does not wait for it), then every flow, group and SA of the vNF is
+    /// removed. The instance is shared by all the vNF's workers: the other lanes finish the
+    /// batch they are in, then find the instance empty (their caches are dropped; their
+    /// packets miss and go to the vNF as PACKET_IN until it installs its flows again) and
+    /// keep running; their rings are untouched. After [`MAX_PANICS`] this worker stops
+    /// serving (its queue pair of every port goes dark; if it is worker 0, flows no longer
+    /// expire); the vNF's other workers and other vNFs go on.
     fn run(mut self, exit: &EventFd) -> VnfInstance {
+        let mut panics = 0;
+        while std::panic::catch_unwind(AssertUnwindSafe(|| self.serve(exit))).is_err() {
+            panics += 1;
+            let reset = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.vnf.lane.end_batch();
+                self.touched.clear();
+                self.vnf.shared.proc_.clear();
+            }));
+            if panics >= MAX_PANICS || reset.is_err() {
+                error!(
+                    worker = self.vnf.index,
+                    "vNF worker panicked {panics} time(s) (a bug): it stops serving its queue pair"
+                );
+                break;
+            }
+            error!(
+                worker = self.vnf.index,
+                "vNF worker panicked (a bug): this vNF's flows, groups and SAs are reset"
+            );
+        }
+        self.publish();
+        info!(worker = self.vnf.index, stats = ?self.vnf.stats, "vNF worker stops");
+        let k = self.vnf.index;
+        for (i, p) in self.vnf.ports.iter().enumerate() {
+            let (Port::Vhost(slot), Some(SharedPort::Vhost { pairs, attached })) =
+                (p, self.vnf.shared.ports.get(i))
+            else {
+                continue;
+            };
+            if let Some(cell) = pairs.get(k) {
+                attached.fetch_and(!(1u64 << k), Ordering::AcqRel);
+                slot.give_back(lock(cell).take().map(NetRings::into_pair));
+            }
+        }
+        self.vnf
+    }
+
+    /// The worker's loop, until `exit` is signalled.
+    fn serve(&mut self, exit: &EventFd) {
         self.sync_slots();
         let mut last_expire = Instant::now();
         let (mut fds, mut roles) = self.poll_set(exit);
@@ -392,23 +518,11 @@ impl VnfLoop {
                 let t = self.now();
                 self.vnf.shared.proc_.expire(t, &mut self.emits);
                 self.emit_all();
+                self.forget_if_away();
             }
             self.flush();
+            self.publish();
         }
-        info!(worker = self.vnf.index, stats = ?self.vnf.stats, "vNF worker stops");
-        let k = self.vnf.index;
-        for (i, p) in self.vnf.ports.iter().enumerate() {
-            let (Port::Vhost(slot), Some(SharedPort::Vhost { pairs, attached })) =
-                (p, self.vnf.shared.ports.get(i))
-            else {
-                continue;
-            };
-            if let Some(cell) = pairs.get(k) {
-                attached.fetch_and(!(1u64 << k), Ordering::AcqRel);
-                slot.give_back(lock(cell).take().map(NetRings::into_pair));
-            }
-        }
-        self.vnf
     }
 
     /// Services the ports round-robin, a batch each per round, until none has input or
@@ -478,6 +592,7 @@ impl VnfLoop {
             None => return 0,
         };
         self.vnf.stats.batches += u64::from(chains > 0);
+        self.count_in(i, n);
         if id != PortId::VNF {
             self.vnf.stats.from_uplinks += n as u64;
         } else {
@@ -543,6 +658,7 @@ impl VnfLoop {
             }
         }
         self.vnf.stats.from_uplinks += n as u64;
+        self.count_in(i, n);
         if n > 0 {
             self.process(n);
         }
@@ -648,7 +764,14 @@ impl VnfLoop {
                 frames,
                 &mut |i, at| lane.finish(i, at),
             );
-            self.vnf.stats.count_out(want, count, sent);
+            let bytes = verdicts
+                .iter()
+                .zip(pkts.iter())
+                .filter(|(v, _)| **v == Verdict::Output(want))
+                .take(sent)
+                .map(|(_, p)| p.len() as u64)
+                .sum();
+            self.vnf.stats.count_out(want, count, sent, bytes);
         }
     }
 
@@ -710,6 +833,21 @@ impl VnfLoop {
         self.spans.clear();
         self.emits = emits;
         self.emits.clear();
+    }
+
+    /// Publishes this worker's counters for the operator.
+    fn publish(&self) {
+        if let Some(c) = self.vnf.shared.counters.get(self.vnf.index) {
+            c.publish(&self.vnf.stats);
+        }
+    }
+
+    /// Counts `n` frames received from port `i` (the first `n` of the batch).
+    fn count_in(&mut self, i: usize, n: usize) {
+        let bytes = self.pkts[..n].iter().map(|p| p.len() as u64).sum();
+        if let Some(p) = self.vnf.stats.ports.get_mut(i) {
+            p.received(n, bytes);
+        }
     }
 
     /// Notifies every guest of what this worker put into its RX rings.
@@ -794,6 +932,13 @@ fn send_many<'f>(
     let i = usize::from(port.0);
     match vnf.ports.get(i) {
         Some(Port::Vhost(_)) => {
+            // Bytes of the frames taken; the ring stops after the first that did not fit.
+            let (mut taken, mut total, mut last) = (0usize, 0u64, 0u64);
+            let frames = frames.into_iter().inspect(|f| {
+                taken += 1;
+                last = f.len() as u64;
+                total += last;
+            });
             let sent = send_virtio(
                 &vnf.shared,
                 vnf.index,
@@ -803,7 +948,8 @@ fn send_many<'f>(
                 frames,
                 &mut |_, _| None,
             );
-            vnf.stats.count_out(port, count, sent);
+            let bytes = if sent < taken { total - last } else { total };
+            vnf.stats.count_out(port, count, sent, bytes);
         }
         Some(Port::Tap(_)) => {
             for f in frames {
@@ -823,6 +969,7 @@ fn send_out(
     frame: OutFrame<'_>,
 ) {
     let i = usize::from(port.0);
+    let len = frame.len() as u64;
     match vnf.ports.get(i) {
         Some(Port::Vhost(_)) => {
             let sent = send_virtio(
@@ -834,11 +981,22 @@ fn send_out(
                 [frame],
                 &mut |_, _| None,
             );
-            vnf.stats.count_out(port, 1, sent);
+            vnf.stats
+                .count_out(port, 1, sent, if sent > 0 { len } else { 0 });
         }
         Some(Port::Tap(tap)) => match tap.write(frame) {
-            Ok(()) => vnf.stats.to_uplinks += 1,
-            Err(e) => debug!("uplink {}: write: {e}", tap.name()),
+            Ok(()) => {
+                vnf.stats.to_uplinks += 1;
+                if let Some(p) = vnf.stats.ports.get_mut(i) {
+                    p.sent(1, 1, len);
+                }
+            }
+            Err(e) => {
+                debug!("uplink {}: write: {e}", tap.name());
+                if let Some(p) = vnf.stats.ports.get_mut(i) {
+                    p.sent(1, 0, 0);
+                }
+            }
         },
         None => debug!("output to missing port {}", port.0),
     }
@@ -846,7 +1004,9 @@ fn send_out(
 
 #[cfg(test)]
 mod tests {
-    use super::pick_pair;
+    use super::*;
+    use dpacc_spec::fastpath::Usage;
+    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn workers_use_their_own_pair_or_share_the_enabled_ones() {
@@ -858,5 +1018,102 @@ mod tests {
         assert_eq!(pick_pair(0b1010, 3), Some(3));
         assert_eq!(pick_pair(0b1010, 4), Some(1));
         assert_eq!(pick_pair(0b1010, 5), Some(3));
+    }
+
+    /// A flow processor whose `expire` panics the first `panics` times.
+    struct Buggy {
+        panics: u32,
+        expires: Arc<AtomicU32>,
+        clears: Arc<AtomicU32>,
+    }
+
+    struct IdleLane;
+
+    impl FlowLane for IdleLane {
+        fn process(&mut self, _: u64, _: &mut [PacketBuf], _: &mut [Verdict]) {}
+    }
+
+    impl FlowProcessor for Buggy {
+        fn lane(&self, _: usize) -> Option<Box<dyn FlowLane>> {
+            Some(Box::new(IdleLane))
+        }
+        fn control(&self, _: u64, _: &[u8], _: &mut Vec<Emit>) {}
+        fn expire(&self, _: u64, _: &mut Vec<Emit>) {
+            let n = self.expires.fetch_add(1, Ordering::SeqCst);
+            if n < self.panics {
+                panic!("injected bug {n}");
+            }
+        }
+        fn flow_count(&self) -> usize {
+            0
+        }
+        fn usage(&self) -> Usage {
+            Usage::default()
+        }
+        fn clear(&self) {
+            self.clears.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn worker(panics: u32) -> (VnfWorker, Arc<AtomicU32>, Arc<AtomicU32>) {
+        let (expires, clears) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let proc_: Arc<dyn FlowProcessor> = Arc::new(Buggy {
+            panics,
+            expires: expires.clone(),
+            clears: clears.clone(),
+        });
+        let lane = proc_.lane(0).unwrap();
+        let w = VnfWorker::spawn(
+            VnfInstance {
+                shared: Arc::new(VnfShared {
+                    proc_,
+                    ports: vec![SharedPort::vhost(1)],
+                    epoch: Instant::now(),
+                    vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+                    counters: Box::new([super::super::counters::WorkerCounters::new(1)]),
+                }),
+                lane,
+                index: 0,
+                ports: vec![Port::Vhost(Arc::new(RingSlot::new("vnf").unwrap()))],
+                stats: VnfStats::default(),
+            },
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        (w, expires, clears)
+    }
+
+    #[test]
+    fn a_panic_resets_the_instance_and_the_worker_goes_on() {
+        let (w, expires, clears) = worker(1);
+        let t = Instant::now();
+        while expires.load(Ordering::SeqCst) < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the worker kept expiring"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            clears.load(Ordering::SeqCst),
+            1,
+            "the instance was reset once"
+        );
+        assert!(w.stop().is_some(), "the worker returns its instance");
+    }
+
+    #[test]
+    fn a_worker_that_keeps_panicking_stops_alone() {
+        let (w, expires, clears) = worker(u32::MAX);
+        let t = Instant::now();
+        while expires.load(Ordering::SeqCst) < MAX_PANICS {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(expires.load(Ordering::SeqCst), MAX_PANICS, "it stopped");
+        assert_eq!(clears.load(Ordering::SeqCst), MAX_PANICS);
+        assert!(w.stop().is_some());
     }
 }

@@ -4,10 +4,12 @@
 //! `virtio-queue`, `vmm-sys-util`) because `vhost`'s own backend dispatcher cannot carry
 //! CREATE/CLOSE_CRYPTO_SESSION; see `docs/decisions/0001-vhost-user-server.md`.
 
-mod channel;
+pub(crate) mod channel;
 mod device;
-mod memory;
-mod server;
+pub(crate) mod fault;
+pub(crate) mod memory;
+pub(crate) mod server;
+pub(crate) mod tables;
 
 pub(crate) use device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 pub(crate) use server::serve;

@@ -5,14 +5,19 @@
 //! with a reply-ack error when one was asked for, and the connection stays up. After a
 //! disconnect every ring is stopped and the device is reset before the next frontend is
 //! accepted.
+//!
+//! A fault inside the frontend's memory (its file shrank under us, see [`super::fault`]) and a
+//! panic while handling its messages end that connection the same way, and only it. Every log
+//! line a frontend can trigger is rate-limited ([`crate::guest_log`]).
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info};
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserConfig, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
     VhostUserVringAddr, VhostUserVringState, VHOST_USER_CONFIG_SIZE,
@@ -27,12 +32,15 @@ use zeroize::Zeroize;
 use super::channel::{Channel, ChannelError, Msg};
 use super::device::{DeviceError, DeviceReply, GuestMem, QueueStart, VhostUserDevice};
 use super::memory::{map_table, AddrMap, MemoryError};
+use super::tables::{GuestTables, InstallError};
+use crate::guest_log::{guest_info, guest_warn};
 use crate::ready::{self, ReadySet};
 
 /// Tokens of the descriptors the accept/message loop waits on.
 const LISTENER: u32 = 0;
 const SHUTDOWN: u32 = 1;
 const FRONTEND: u32 = 2;
+const FAULT: u32 = 3;
 
 /// How long a frontend may stall in the middle of a message before it is dropped.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +76,8 @@ enum ReqError {
     Config,
     #[error("memory table: {0}")]
     Memory(#[from] MemoryError),
+    #[error("memory table: {0}")]
+    Install(#[from] InstallError),
     #[error("device: {0}")]
     Device(#[from] DeviceError),
     #[error("queue: {0}")]
@@ -101,11 +111,14 @@ enum Outcome {
 enum End {
     Closed,
     Shutdown,
+    /// An access to the frontend's memory faulted.
+    Faulted,
 }
 
 /// The state of one connected frontend: what it negotiated, its memory table, its rings.
 struct Connection<'d, D: VhostUserDevice> {
     dev: &'d mut D,
+    tables: &'d mut GuestTables,
     channel: Channel,
     features: u64,
     protocol: u64,
@@ -129,10 +142,12 @@ pub(crate) fn serve<D: VhostUserDevice>(
     accepting.add(shutdown, SHUTDOWN)?;
     let mut serving = ReadySet::new()?;
     serving.add(shutdown, SHUTDOWN)?;
+    let mut tables = GuestTables::new()?;
+    serving.add(tables.wake_fd(), FAULT)?;
     loop {
         let ready = accepting.wait()?;
         if ready::has(ready, SHUTDOWN) {
-            info!("shutdown requested");
+            stopping();
             return Ok(());
         }
         if !ready::has(ready, LISTENER) {
@@ -142,26 +157,77 @@ pub(crate) fn serve<D: VhostUserDevice>(
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if accept_error_is_transient(&e) => {
+                // Out of descriptors or memory, or the peer gave up: not this socket's end
+                // (and never the daemon's). Try again shortly.
+                guest_warn!("accept: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT))?;
-        info!("frontend connected");
-        serving.add(&stream, FRONTEND)?;
-        let mut c = Connection::new(dev, Channel::new(stream));
-        let end = c.run(&mut serving);
-        c.teardown();
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT)))
+            .and_then(|()| serving.add(&stream, FRONTEND));
+        if let Err(e) = setup {
+            guest_warn!("refusing a frontend: {e}");
+            continue;
+        }
+        guest_info!("frontend connected");
+        tables.begin_connection();
+        let mut c = Connection::new(dev, &mut tables, Channel::new(stream));
+        // A panic is a bug, but one frontend's bug: it ends this connection only.
+        let end = std::panic::catch_unwind(AssertUnwindSafe(|| c.run(&mut serving)));
+        if std::panic::catch_unwind(AssertUnwindSafe(|| c.teardown())).is_err() {
+            error!("tearing the connection down panicked");
+        }
         // (Closing the socket would drop it from the set too; nothing else holds it.)
         let _ = serving.remove(c.channel.stream());
         match end {
-            Ok(End::Shutdown) => {
-                info!("shutdown requested");
+            Ok(Ok(End::Shutdown)) => {
+                stopping();
                 return Ok(());
             }
-            Ok(End::Closed) => info!("frontend disconnected"),
-            Err(e) => warn!("closing connection: {e}"),
+            Ok(Ok(End::Closed)) => guest_info!("frontend disconnected"),
+            Ok(Ok(End::Faulted)) => guest_warn!(
+                "closing connection: its memory faulted (a region shrank or lost its pages); \
+                 {} fault(s) contained since start",
+                super::fault::total_faults()
+            ),
+            Ok(Err(e)) => guest_warn!("closing connection: {e}"),
+            Err(_) => error!("closing connection: handling its messages panicked"),
         }
     }
+}
+
+/// Whether an `accept` failure is a passing condition (descriptors or memory exhausted, a
+/// connection aborted before it was accepted) rather than a broken listener.
+fn accept_error_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+        )
+    )
+}
+
+/// Logs the end of a server loop (with what guests made us suppress or contain).
+fn stopping() {
+    let (logs, faults) = (
+        crate::guest_log::suppressed_total(),
+        super::fault::total_faults(),
+    );
+    info!(
+        "shutdown requested ({logs} guest-triggered log line(s) suppressed, {faults} guest \
+         memory fault(s) contained since start)"
+    );
 }
 
 fn pod<T: ByteValued + Default>(p: &[u8]) -> Result<T, ReqError> {
@@ -182,10 +248,11 @@ fn eventfd_from(fd: OwnedFd) -> EventFd {
 }
 
 impl<'d, D: VhostUserDevice> Connection<'d, D> {
-    fn new(dev: &'d mut D, channel: Channel) -> Self {
+    fn new(dev: &'d mut D, tables: &'d mut GuestTables, channel: Channel) -> Self {
         let n = dev.num_queues();
         Self {
             dev,
+            tables,
             channel,
             features: 0,
             protocol: 0,
@@ -222,6 +289,9 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
             if ready::has(ready, SHUTDOWN) {
                 return Ok(End::Shutdown);
             }
+            if ready::has(ready, FAULT) && self.tables.faulted() {
+                return Ok(End::Faulted);
+            }
             if !ready::has(ready, FRONTEND) {
                 continue;
             }
@@ -234,11 +304,16 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         }
     }
 
+    /// Stops every ring, resets the device and lets go of the memory.
     fn teardown(&mut self) {
         for i in 0..self.vrings.len() {
             self.dev.stop_queue(i);
+            self.vrings[i].started = false;
         }
         self.dev.reset();
+        self.tables.end_connection(&self.mem);
+        self.mem_set = false;
+        self.addr_map = AddrMap::default();
     }
 
     fn handle(&mut self, msg: &mut Msg) -> Result<(), ChannelError> {
@@ -252,7 +327,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         if let Outcome::Ack(r) = outcome {
             let ok = r.is_ok();
             if let Err(e) = r {
-                warn!("request {code} ({req:?}) failed: {e}");
+                guest_warn!("request {code} ({req:?}) failed: {e}");
             }
             let acked = self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
             if msg.need_reply() && acked {
@@ -279,7 +354,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
             FrontendReq::SET_FEATURES => pod::<u64>(p).map(|v| {
                 let offered = self.offered_features();
                 if v & !offered != 0 {
-                    warn!("frontend acked unoffered features {:#x}", v & !offered);
+                    guest_warn!("frontend acked unoffered features {:#x}", v & !offered);
                 }
                 self.features = v & offered;
                 debug!("features acked: {:#x}", self.features);
@@ -310,7 +385,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
                     }
                     Err(e) => {
                         // The frontend waits for a reply: answer with the stored base.
-                        warn!("GET_VRING_BASE: {e}");
+                        guest_warn!("GET_VRING_BASE: {e}");
                         let s = VhostUserVringState::new(0, 0);
                         self.channel.reply(code, s.as_slice())?;
                         Ok(Outcome::Replied)
@@ -357,14 +432,11 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
     }
 
     fn set_mem_table(&mut self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<(), ReqError> {
-        let (mem, map) = map_table(payload, fds)?;
-        match self.mem.lock() {
-            Ok(g) => g.replace(mem),
-            Err(p) => p.into_inner().replace(mem),
-        }
-        self.addr_map = map;
+        let t = map_table(payload, fds)?;
+        let (regions, sealed) = (t.ranges.len(), t.sealed);
+        self.addr_map = self.tables.install(&self.mem, t)?;
         self.mem_set = true;
-        info!("memory table set");
+        guest_info!("memory table set: {regions} region(s), {sealed} sealed against shrinking");
         for i in 0..self.vrings.len() {
             self.try_start(i)?;
         }
@@ -431,7 +503,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         match req {
             FrontendReq::SET_VRING_KICK => {
                 if fd.is_none() {
-                    warn!("vring {i}: polling mode (no kick fd) is not supported");
+                    guest_warn!("vring {i}: polling mode (no kick fd) is not supported");
                 }
                 self.stop(i);
                 self.vrings[i].kick = fd;
@@ -480,7 +552,7 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
             .is_some_and(|e| e <= VHOST_USER_CONFIG_SIZE)
             && p.len() == hdr_len + size as usize;
         if !ok {
-            warn!("GET_CONFIG: invalid access offset {off} size {size}");
+            guest_warn!("GET_CONFIG: invalid access offset {off} size {size}");
             let mut h = h;
             h.size = 0;
             self.reply.extend_from_slice(h.as_slice());
@@ -561,7 +633,47 @@ impl<'d, D: VhostUserDevice> Connection<'d, D> {
         self.dev.start_queue(start)?;
         let (size, base) = (vr.size, vr.base);
         self.vrings[i].started = true;
-        info!("vring {i} started (size {size}, base {base})");
+        guest_info!("vring {i} started (size {size}, base {base})");
         Ok(())
+    }
+}
+
+/// One connection driven message by message (the fuzzing entry point of the state machine):
+/// no accept loop, no waiting.
+#[cfg(feature = "fuzzing")]
+pub(crate) struct Driver<'d, D: VhostUserDevice> {
+    conn: Connection<'d, D>,
+    msg: Msg,
+}
+
+#[cfg(feature = "fuzzing")]
+impl<'d, D: VhostUserDevice> Driver<'d, D> {
+    /// A connection of `dev` over `stream` (the frontend writes to the other end).
+    pub(crate) fn new(
+        dev: &'d mut D,
+        tables: &'d mut GuestTables,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Self {
+        tables.begin_connection();
+        Self {
+            conn: Connection::new(dev, tables, Channel::new(stream)),
+            msg: Msg::default(),
+        }
+    }
+
+    /// Reads and handles one message; false once the connection would be closed (a framing
+    /// error, or its memory faulted).
+    pub(crate) fn step(&mut self) -> bool {
+        if self.conn.channel.recv(&mut self.msg).is_err() {
+            return false;
+        }
+        self.conn.handle(&mut self.msg).is_ok() && !self.conn.tables.faulted()
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl<D: VhostUserDevice> Drop for Driver<'_, D> {
+    fn drop(&mut self) {
+        self.conn.teardown();
     }
 }

@@ -13,16 +13,15 @@
 //!   `poll_completions` when the port is readable, an async wrapper does so from its `poll`.
 //!
 //! Events (PACKET_IN, FLOW_EXPIRED) that arrive while it waits or polls for replies are queued
-//! for [`FlowTable::next_event`], at most [`FlowTable::max_events`]; past that, new events
-//! are dropped and counted ([`FlowTable::dropped_events`]), as a NIC drops frames when its
-//! ring is full.
+//! for [`FlowTable::next_event`], at most [`FlowTable::max_events`] ([`MAX_QUEUED_EVENTS`]
+//! by default); past that the oldest is dropped and counted ([`FlowTable::events_dropped`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::flow::{Bucket, Expired, FlowSpec, FlowStats, FlowSummary};
 use dpacc_spec::fastpath::proto::{self, Body, Caps, Framed, Message, SaSpec, BACKEND_MAC};
-use dpacc_spec::fastpath::PortId;
+use dpacc_spec::fastpath::{PortId, Usage};
 
 use super::FrameIo;
 use crate::{Error, Result};
@@ -97,6 +96,8 @@ pub enum Reply {
         tables: u8,
         /// Flow quota.
         max_flows: u32,
+        /// Its quotas, what it holds and its memory (None from backends that predate it).
+        usage: Option<Usage>,
         /// What a version-2 device offers (None: a version-1 device).
         caps: Option<Caps>,
     },
@@ -168,15 +169,30 @@ const PACKET_OUT_MEMORY: usize = 4096;
 /// Frames queued before `submit_*` sends them without waiting for [`FlowTable::flush`].
 const AUTO_FLUSH_FRAMES: usize = 32;
 
+/// Events kept while waiting for replies; older ones are dropped beyond this (and counted).
+pub const MAX_QUEUED_EVENTS: usize = 4096;
+
+/// What HELLO tells about the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Tables.
+    pub tables: u8,
+    /// Flow quota.
+    pub max_flows: u32,
+    /// Its quotas, what it holds and its memory (None from backends that predate it).
+    pub usage: Option<Usage>,
+}
+
 /// The vNF's side of the control protocol: requests with transaction ids (blocking or
-/// pipelined), typed replies and errors, events queued while waiting for replies.
+/// pipelined), typed replies and errors, events queued (at most [`MAX_QUEUED_EVENTS`] by
+/// default) while waiting for replies.
 pub struct FlowTable<T: FrameIo> {
     io: T,
     mac: [u8; 6],
     txid: u32,
     events: VecDeque<Event>,
     max_events: usize,
-    dropped_events: u64,
+    events_dropped: u64,
     late_replies: u64,
     buf: Vec<u8>,
     /// How long to wait for a reply.
@@ -208,8 +224,8 @@ impl<T: FrameIo> FlowTable<T> {
             mac,
             txid: 0,
             events: VecDeque::new(),
-            max_events: 65536,
-            dropped_events: 0,
+            max_events: MAX_QUEUED_EVENTS,
+            events_dropped: 0,
             late_replies: 0,
             buf: vec![0u8; 16384],
             timeout: Duration::from_secs(2),
@@ -268,7 +284,8 @@ impl<T: FrameIo> FlowTable<T> {
         self.pending.len()
     }
 
-    /// Most events kept for [`next_event`](Self::next_event) (default 65536).
+    /// Most events kept for [`next_event`](Self::next_event) (default
+    /// [`MAX_QUEUED_EVENTS`]); past it the oldest is dropped and counted.
     pub fn set_max_events(&mut self, n: usize) {
         self.max_events = n.max(1);
     }
@@ -279,8 +296,8 @@ impl<T: FrameIo> FlowTable<T> {
     }
 
     /// Events dropped because the queue was full.
-    pub fn dropped_events(&self) -> u64 {
-        self.dropped_events
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 
     /// Replies that matched no waiting request (they came after their request timed out).
@@ -545,10 +562,10 @@ impl<T: FrameIo> FlowTable<T> {
             }
         };
         if self.events.len() >= self.max_events {
-            self.dropped_events += 1;
-        } else {
-            self.events.push_back(event);
+            self.events.pop_front();
+            self.events_dropped += 1;
         }
+        self.events.push_back(event);
     }
 
     fn complete(&mut self, txid: u32, body: Body, payload: &[u8]) {
@@ -564,13 +581,21 @@ impl<T: FrameIo> FlowTable<T> {
         };
         let result = match (request, body) {
             (_, Body::Error { code, msg }) => Err(Error::FlowRejected { code, msg }),
-            (Request::Hello, Body::HelloReply { tables, max_flows }) => {
+            (
+                Request::Hello,
+                Body::HelloReply {
+                    tables,
+                    max_flows,
+                    usage,
+                },
+            ) => {
                 let caps = Caps::of_hello_reply(payload)
                     .filter(|c| c.version >= proto::VERSION_2 && c.max_batch > 0);
                 self.caps = caps.filter(|_| self.max_version >= proto::VERSION_2);
                 Ok(Reply::Hello {
                     tables,
                     max_flows,
+                    usage,
                     caps,
                 })
             }
@@ -701,11 +726,24 @@ impl<T: FrameIo> FlowTable<T> {
     /// The instance's table count and flow quota (and, with a version-2 device, turns on
     /// batching: later requests share frames).
     pub fn hello(&mut self) -> Result<(u8, u32)> {
+        self.info().map(|i| (i.tables, i.max_flows))
+    }
+
+    /// The instance's tables, quotas, what it holds and its memory (and, with a version-2
+    /// device, turns on batching: later requests share frames).
+    pub fn info(&mut self) -> Result<InstanceInfo> {
         let txid = self.submit_hello()?;
         match self.wait_for(txid)? {
             Reply::Hello {
-                tables, max_flows, ..
-            } => Ok((tables, max_flows)),
+                tables,
+                max_flows,
+                usage,
+                ..
+            } => Ok(InstanceInfo {
+                tables,
+                max_flows,
+                usage,
+            }),
             _ => Err(Error::Protocol("unexpected reply to HELLO")),
         }
     }
@@ -881,6 +919,7 @@ mod tests {
                 body: Body::HelloReply {
                     tables: 8,
                     max_flows: 100,
+                    usage: None,
                 },
             }
             .encode(&mut p);
@@ -1129,7 +1168,7 @@ mod tests {
         assert_eq!(ft.in_flight(), 0);
     }
 
-    /// Events beyond the queue's limit are dropped and counted; replies still get through.
+    /// Events beyond the queue's limit drop the oldest, counted; replies still get through.
     #[test]
     fn the_event_queue_is_bounded() {
         let (mut ft, peer) = connect(false);
@@ -1142,15 +1181,17 @@ mod tests {
         let mut c = Vec::new();
         ft.wait_completions(&mut c, Duration::from_secs(1)).unwrap();
         assert!(matches!(c[0].result, Ok(Reply::Ok)));
-        assert_eq!(ft.dropped_events(), 3);
-        assert_eq!(
-            ft.next_event(Duration::ZERO).unwrap(),
-            Some(Event::PacketIn {
-                in_port: PortId(1),
-                table: 0,
-                frame: vec![0; 60]
-            })
-        );
+        assert_eq!(ft.events_dropped(), 3);
+        for n in [3, 4] {
+            assert_eq!(
+                ft.next_event(Duration::ZERO).unwrap(),
+                Some(Event::PacketIn {
+                    in_port: PortId(1),
+                    table: 0,
+                    frame: vec![n; 60]
+                })
+            );
+        }
     }
 
     /// Past `max_in_flight`, submissions are refused (nothing is queued).

@@ -15,7 +15,7 @@ pub mod flow_table;
 pub mod port;
 
 pub use af_packet::AfPacket;
-pub use flow_table::{Completion, Event, FlowTable, Reply, Request};
+pub use flow_table::{Completion, Event, FlowTable, InstanceInfo, Reply, Request};
 pub use port::{NetOptions, VirtioNetPort};
 
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.

@@ -11,6 +11,7 @@
 //! numbered 1.. in the order given on the command line for that vNF port.
 
 pub mod flow;
+pub mod policy;
 pub mod proto;
 
 /// Identifies a port inside one flow-processor instance.
@@ -389,6 +390,61 @@ pub enum Emit {
     Control(Vec<u8>),
 }
 
+/// What one vNF may create in its instance. Every object a vNF can make has a quota, so the
+/// memory of an instance is bounded ([`Usage::max_memory`]); a request over a quota is refused
+/// with a quota error naming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Flows in all tables (`--max-flows`).
+    pub flows: usize,
+    /// Select groups (`--max-groups`).
+    pub groups: usize,
+    /// Buckets in all groups together (`--max-buckets`).
+    pub buckets: usize,
+    /// ESP SAs, inbound and outbound together; each holds a crypto session (`--max-sas`).
+    pub sas: usize,
+    /// Actions in one action list (a flow's or a bucket's).
+    pub actions: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            flows: 65536,
+            groups: 1024,
+            buckets: 16384,
+            sas: 1024,
+            actions: 16,
+        }
+    }
+}
+
+/// What an instance holds against its [`Quotas`], and its memory (reported by HELLO_REPLY, so
+/// by `dpacc flow info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Flows installed.
+    pub flows: u32,
+    /// Groups installed.
+    pub groups: u32,
+    /// Group quota.
+    pub max_groups: u32,
+    /// Buckets in all groups.
+    pub buckets: u32,
+    /// Bucket quota.
+    pub max_buckets: u32,
+    /// SAs installed.
+    pub sas: u32,
+    /// SA quota.
+    pub max_sas: u32,
+    /// Most actions in one list.
+    pub max_actions: u16,
+    /// Bytes the instance holds now (each object counted at its largest size).
+    pub memory: u64,
+    /// Bytes it can hold at most, with every quota full.
+    pub max_memory: u64,
+}
+
 /// Limits and identity of one instance.
 #[derive(Clone, Debug)]
 pub struct InstanceConfig {
@@ -396,8 +452,8 @@ pub struct InstanceConfig {
     pub name: String,
     /// Number of uplinks (valid output ports are 0..=uplinks).
     pub uplinks: u16,
-    /// Flow quota (`--max-flows`).
-    pub max_flows: usize,
+    /// What the vNF may create.
+    pub quotas: Quotas,
     /// Data-path lanes: worker threads that process packets of this instance at the same
     /// time, one per virtio-net queue pair (`--queue-pairs`); at least 1.
     pub lanes: usize,
@@ -428,6 +484,57 @@ pub trait FlowProcessor: Send + Sync {
 
     /// Installed flows (all tables).
     fn flow_count(&self) -> usize;
+
+    /// What the instance holds against its quotas, and its memory.
+    fn usage(&self) -> Usage;
+
+    /// Removes every flow, group and SA (closing their crypto sessions) and frees their
+    /// memory: the vNF left and did not come back in time, or a worker of the instance
+    /// panicked. Waits until no lane is inside a batch; lanes see the empty instance from
+    /// their next batch. Counters of the instance stay.
+    fn clear(&self);
+
+    /// Replaces the operator's policy of the instance (None: none) at once: every frame is
+    /// judged by the old rule set or by the new one, never by a mix; the new rules' counters
+    /// start at zero. Only the host operator calls this (never the vNF's control protocol).
+    fn set_policy(&self, policy: Option<policy::Policy>) -> Result<(), policy::PolicyError> {
+        match policy {
+            None => Ok(()),
+            Some(_) => Err(policy::PolicyError::Unsupported),
+        }
+    }
+
+    /// The policy in force and its counters (None: no policy).
+    fn policy(&self) -> Option<(policy::Policy, policy::PolicyCounters)> {
+        None
+    }
+
+    /// Instance counters, summed over the lanes.
+    fn counters(&self) -> ProcessorCounters {
+        ProcessorCounters::default()
+    }
+
+    /// Up to `max` flows from index `start` (tables in order, then priority order), with
+    /// their counters: for the host operator's statistics.
+    fn flows(&self, start: usize, max: usize) -> Vec<flow::FlowSummary> {
+        let _ = (start, max);
+        Vec::new()
+    }
+}
+
+/// Instance-wide counters of a [`FlowProcessor`] (summed over its lanes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessorCounters {
+    /// Frames that missed every table (sent to the vNF as PACKET_IN, or dropped when they
+    /// came from the vNF).
+    pub misses: u64,
+    /// Frames dropped (drop actions, lists without output, ESP failures, bad rewrites, and
+    /// the operator policy's denies).
+    pub drops: u64,
+    /// Of `drops`, those the operator's policy dropped (deny or over a rate limit).
+    pub policy_drops: u64,
+    /// Exact-match cache hits.
+    pub cache_hits: u64,
 }
 
 /// One lane of a [`FlowProcessor`]: the data path on one worker thread.

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, FlowSummary, Match, Prefix,
 };
-use super::PortId;
+use super::{PortId, Usage};
 
 /// IEEE 802 local experimental EtherType 1, used for dpacc control frames.
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -135,6 +135,9 @@ pub enum Body {
         tables: u8,
         /// Flow quota.
         max_flows: u32,
+        /// What the instance holds against its quotas, and its memory (absent from replies of
+        /// backends that predate it).
+        usage: Option<Usage>,
     },
     /// Success (reply to add/delete requests).
     Ok,
@@ -367,9 +370,29 @@ impl Message {
         let body = out.len();
         let t = match &self.body {
             Body::Hello => ty::HELLO,
-            Body::HelloReply { tables, max_flows } => {
+            Body::HelloReply {
+                tables,
+                max_flows,
+                usage,
+            } => {
                 out.push(*tables);
                 out.extend_from_slice(&max_flows.to_be_bytes());
+                if let Some(u) = usage {
+                    for v in [
+                        u.flows,
+                        u.groups,
+                        u.max_groups,
+                        u.buckets,
+                        u.max_buckets,
+                        u.sas,
+                        u.max_sas,
+                    ] {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                    out.extend_from_slice(&u.max_actions.to_be_bytes());
+                    out.extend_from_slice(&u.memory.to_be_bytes());
+                    out.extend_from_slice(&u.max_memory.to_be_bytes());
+                }
                 ty::HELLO_REPLY
             }
             Body::Ok => ty::OK,
@@ -512,14 +535,31 @@ impl Message {
         let b = match t {
             ty::HELLO => Body::Hello,
             ty::HELLO_REPLY => {
-                let b = Body::HelloReply {
-                    tables: r.u8()?,
-                    max_flows: r.u32()?,
-                };
+                let tables = r.u8()?;
+                let max_flows = r.u32()?;
                 if flags & FLAG_CAPS != 0 {
                     Caps::read(&mut r)?; // read with [`Caps::of_hello_reply`]
                 }
-                b
+                Body::HelloReply {
+                    tables,
+                    max_flows,
+                    usage: if r.rest_is_empty() {
+                        None
+                    } else {
+                        Some(Usage {
+                            flows: r.u32()?,
+                            groups: r.u32()?,
+                            max_groups: r.u32()?,
+                            buckets: r.u32()?,
+                            max_buckets: r.u32()?,
+                            sas: r.u32()?,
+                            max_sas: r.u32()?,
+                            max_actions: r.u16()?,
+                            memory: r.u64()?,
+                            max_memory: r.u64()?,
+                        })
+                    },
+                }
             }
             ty::OK => Body::Ok,
             ty::ERROR => {
@@ -669,6 +709,9 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(s)
     }
+    fn rest_is_empty(&self) -> bool {
+        self.at >= self.buf.len()
+    }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.buf[self.at..];
         self.at = self.buf.len();
@@ -789,7 +832,8 @@ impl<'a> Reader<'a> {
 
 // ---------------------------------------------------------------- version 2
 
-/// What a version-2 device offers, appended to its HELLO_REPLY body (flag [`FLAG_CAPS`]) as
+/// What a version-2 device offers, in its HELLO_REPLY body right after max_flows (flag
+/// [`FLAG_CAPS`]; the usage, if any, follows) as
 /// `caps length u8 | version u8 | max_batch u16 | max_frame u16`. Later versions may append
 /// fields (a longer caps length); readers skip what they do not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -844,19 +888,23 @@ impl Caps {
         Caps::read(&mut r).ok()
     }
 
-    /// Appends the capabilities to the HELLO_REPLY `payload` (a device answering a HELLO with
-    /// [`FLAG_CAPS`]): sets the flag and fixes the length. False (nothing changed) if
+    /// Puts the capabilities into the HELLO_REPLY `payload` (a device answering a HELLO with
+    /// [`FLAG_CAPS`]), right after max_flows: sets the flag and fixes the length. False (nothing changed) if
     /// `payload` is not a plain HELLO_REPLY.
     pub fn append_to_hello_reply(&self, payload: &mut Vec<u8>) -> bool {
         match Header::parse(payload) {
             Ok(h)
                 if h.ty == ty::HELLO_REPLY
                     && h.flags & FLAG_CAPS == 0
-                    && h.len == HELLO_REPLY_LEN
-                    && payload.len() == HEADER_LEN + HELLO_REPLY_LEN => {}
+                    && h.len >= HELLO_REPLY_LEN
+                    && payload.len() == HEADER_LEN + h.len => {}
             _ => return false,
         }
-        self.write(payload);
+        // Right after max_flows, before the usage (a version-2 reader skips them there).
+        let mut caps = Vec::with_capacity(1 + usize::from(CAPS_LEN));
+        self.write(&mut caps);
+        let at = HEADER_LEN + HELLO_REPLY_LEN;
+        payload.splice(at..at, caps);
         let flags = FLAG_CAPS.to_be_bytes();
         payload[2..4].copy_from_slice(&flags);
         let len = (payload.len() - HEADER_LEN) as u32;
@@ -1100,6 +1148,23 @@ mod tests {
             Body::HelloReply {
                 tables: 8,
                 max_flows: 1000,
+                usage: None,
+            },
+            Body::HelloReply {
+                tables: 8,
+                max_flows: 1000,
+                usage: Some(Usage {
+                    flows: 1,
+                    groups: 2,
+                    max_groups: 3,
+                    buckets: 4,
+                    max_buckets: 5,
+                    sas: 6,
+                    max_sas: 7,
+                    max_actions: 8,
+                    memory: 9 << 40,
+                    max_memory: u64::MAX,
+                }),
             },
             Body::Ok,
             Body::Error {
@@ -1301,6 +1366,7 @@ mod tests {
             body: Body::HelloReply {
                 tables: 8,
                 max_flows: 7,
+                usage: None,
             },
         }
         .encode(&mut r);
@@ -1312,7 +1378,8 @@ mod tests {
             Message::decode(&r).unwrap().body,
             Body::HelloReply {
                 tables: 8,
-                max_flows: 7
+                max_flows: 7,
+                usage: None
             }
         );
         // A later version's longer capabilities: the known fields still read.

@@ -88,7 +88,7 @@ pub enum FlowOp {
     },
     /// List every installed flow with its counters.
     List,
-    /// Print the instance's tables and flow quota.
+    /// Print the instance's tables, quotas, what it holds and its memory.
     Info,
     /// Print events (PACKET_IN, FLOW_EXPIRED) for a while.
     Events {
@@ -296,8 +296,27 @@ fn run_on<T: FrameIo>(mut ft: FlowTable<T>, op: FlowOp) -> Result<(), CliError> 
             }
         }
         FlowOp::Info => {
-            let (t, m) = ft.hello()?;
-            println!("{t} tables, at most {m} flows");
+            let i = ft.info()?;
+            println!("{} tables, at most {} flows", i.tables, i.max_flows);
+            if let Some(u) = i.usage {
+                println!(
+                    "flows {}/{}, groups {}/{}, buckets {}/{}, SAs {}/{}, at most {} actions per list",
+                    u.flows,
+                    i.max_flows,
+                    u.groups,
+                    u.max_groups,
+                    u.buckets,
+                    u.max_buckets,
+                    u.sas,
+                    u.max_sas,
+                    u.max_actions
+                );
+                println!(
+                    "memory {} KiB of at most {} KiB",
+                    u.memory.div_ceil(1024),
+                    u.max_memory.div_ceil(1024)
+                );
+            }
         }
         FlowOp::Events { seconds } => {
             let end = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
