@@ -213,6 +213,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
             (_, Some(b)) if b > 0.0 => format!(", {:.2}x blocking", rate / b),
             _ => String::new(),
         };
+        if f.set_up == 0 && f.delivered == 0 {
+            eprintln!(
+                "dpacc: no first packet reached the vNF: does a flow of the instance match them (uplink 1, UDP to 10.255.0.1:80)? `dpacc flow list`"
+            );
+        }
         let mut lat = f.lat;
         lat.sort_unstable();
         let pct = |p: f64| {
