@@ -52,6 +52,16 @@ pub enum Error {
     /// Every data queue is held by a [`Queue`](crate::Queue) handle.
     #[error("all data queues are in use")]
     NoQueue,
+    /// A control request got no reply in time (lost, or the device is gone).
+    #[error("no reply to {request} (txid {txid}) within {after:?}")]
+    NoReply {
+        /// The request's message type (FLOW_ADD, ...).
+        request: &'static str,
+        /// Its transaction id.
+        txid: u32,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
     /// The flow processor refused a control request.
     #[error("flow processor refused the request: {msg} ({code:?})")]
     FlowRejected {

@@ -6,7 +6,8 @@
 //! - **The inline fast path** ([`net`]): a virtio-net port whose frames pass through the vNF's
 //!   own flow processor; [`net::FlowTable`] programs it over the port ([`net::VirtioNetPort`]
 //!   over virtio-user or the VM's virtio-net PCI function, or [`net::AfPacket`] on the kernel's
-//!   interface inside a VM).
+//!   interface inside a VM), one request at a time or many in flight (`submit_*` and
+//!   `poll_completions`, batched into shared frames with a version-2 device).
 //!
 //! Devices are reached through a [`transport::Transport`], named by an endpoint string, so a
 //! vNF's code is the same in a container and in a VM:

@@ -14,6 +14,7 @@
 //! vhost-user-net device are built on it.
 
 pub mod checksum;
+mod classifier;
 pub mod esp;
 mod instance;
 pub mod key;
@@ -389,7 +390,7 @@ fn one(
     let first_key = key;
     let mut t = 0usize;
     loop {
-        let Some((slot, e)) = core.t.table(t).find(|(_, e)| e.m.matches(&key)) else {
+        let Some((slot, e)) = core.t.lookup(t, &key) else {
             return (Verdict::Miss { table: t as u8 }, false);
         };
         counters[slot as usize].hit(1, len, now);
@@ -717,6 +718,9 @@ impl SwInstance {
     /// events for those that asked.
     pub fn expire(&self, now_ns: u64, out: &mut Vec<Expired>) {
         let mut core = self.core.write();
+        if core.t.timed() == 0 {
+            return; // no flow has a timeout: nothing to scan for
+        }
         let t = &core.t;
         let idle = |e: &table::Entry, slot: u32| {
             e.idle_timeout_ns != 0 && now_ns.saturating_sub(t.counters(slot).1) >= e.idle_timeout_ns

@@ -14,34 +14,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Prefix};
 
+use super::classifier::Classifier;
+
 /// A [`Match`] packed into 52 bytes: which fields are set, and their values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct PackedMatch {
-    set: u16,
-    in_port: u16,
-    eth_type: u16,
-    vlan: u16,
-    sport: u16,
-    dport: u16,
-    spi: u32,
-    proto: u8,
-    src_len: u8,
-    dst_len: u8,
+    pub(crate) set: u16,
+    pub(crate) in_port: u16,
+    pub(crate) eth_type: u16,
+    pub(crate) vlan: u16,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) spi: u32,
+    pub(crate) proto: u8,
+    pub(crate) src_len: u8,
+    pub(crate) dst_len: u8,
     /// Bit 0: the source prefix is IPv6; bit 1: the destination prefix is.
-    v6: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    pub(crate) v6: u8,
+    pub(crate) src: [u8; 16],
+    pub(crate) dst: [u8; 16],
 }
 
-const IN_PORT: u16 = 1;
-const ETH_TYPE: u16 = 1 << 1;
-const VLAN: u16 = 1 << 2;
-const PROTO: u16 = 1 << 3;
-const SPORT: u16 = 1 << 4;
-const DPORT: u16 = 1 << 5;
-const SPI: u16 = 1 << 6;
-const SRC: u16 = 1 << 7;
-const DST: u16 = 1 << 8;
+pub(crate) const IN_PORT: u16 = 1;
+pub(crate) const ETH_TYPE: u16 = 1 << 1;
+pub(crate) const VLAN: u16 = 1 << 2;
+pub(crate) const PROTO: u16 = 1 << 3;
+pub(crate) const SPORT: u16 = 1 << 4;
+pub(crate) const DPORT: u16 = 1 << 5;
+pub(crate) const SPI: u16 = 1 << 6;
+pub(crate) const SRC: u16 = 1 << 7;
+pub(crate) const DST: u16 = 1 << 8;
 
 fn pack_prefix(p: Option<Prefix>) -> (bool, bool, u8, [u8; 16]) {
     let mut b = [0u8; 16];
@@ -61,6 +63,8 @@ fn pack_prefix(p: Option<Prefix>) -> (bool, bool, u8, [u8; 16]) {
     }
 }
 
+/// (The reference the classifier is tested against.)
+#[cfg(test)]
 /// Whether address `key` of IP version `ver` is inside the packed prefix (as
 /// [`Prefix::matches`]).
 fn prefix_matches(v6: bool, len: u8, addr: &[u8; 16], ver: u8, key: &[u8; 16]) -> bool {
@@ -111,8 +115,9 @@ impl PackedMatch {
         p
     }
 
-    /// Whether the packet with key `k` matches (as [`Match::matches`]).
-    #[inline]
+    /// Whether the packet with key `k` matches (as [`Match::matches`]); the reference the
+    /// classifier is tested against.
+    #[cfg(test)]
     pub(crate) fn matches(&self, k: &FlowKey) -> bool {
         let s = self.set;
         let eq = |bit: u16, a: u32, b: u32| s & bit == 0 || a == b;
@@ -159,6 +164,13 @@ pub(crate) struct Entry {
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() <= 104);
+
+impl Entry {
+    /// Whether an idle or hard timeout can remove it.
+    pub(crate) fn has_timeout(&self) -> bool {
+        self.idle_timeout_ns != 0 || self.hard_deadline != u64::MAX
+    }
+}
 
 /// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
 /// with a reference count. The index maps a list's hash to its id; a list whose hash is taken
@@ -294,6 +306,10 @@ pub(crate) struct Tables {
     index: hashbrown::HashTable<u32>,
     hasher: ahash::RandomState,
     flows: usize,
+    /// What the data path looks entries up in.
+    cls: Classifier,
+    /// Entries with an idle or hard timeout.
+    timed: usize,
 }
 
 impl Tables {
@@ -308,11 +324,18 @@ impl Tables {
             index: hashbrown::HashTable::new(),
             hasher: ahash::RandomState::new(),
             flows: 0,
+            cls: Classifier::new(n),
+            timed: 0,
         }
     }
 
     pub(crate) fn flows(&self) -> usize {
         self.flows
+    }
+
+    /// Entries with an idle or hard timeout (none: expiry has nothing to look for).
+    pub(crate) fn timed(&self) -> usize {
+        self.timed
     }
 
     fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
@@ -366,8 +389,10 @@ impl Tables {
             table,
             notify_expiry: spec.notify_expiry,
         };
+        self.timed += usize::from(entry.has_timeout());
         if let Some(s) = old {
             let old = std::mem::replace(&mut self.slab[s as usize], entry);
+            self.timed -= usize::from(old.has_timeout());
             self.acts.release(old.actions);
             for l in &self.lanes {
                 l.flows[s as usize].clear(now);
@@ -397,8 +422,14 @@ impl Tables {
             Self::id(hasher, e.table, e.priority, &e.m)
         });
         let list = &mut self.tables[t];
-        let at = list.partition_point(|&s| slab[s as usize].priority >= spec.priority);
+        // Flows mostly come with the priority of the last one: appended without a search
+        // (whose probes each miss the cache on a large table).
+        let at = match list.last() {
+            Some(&l) if slab[l as usize].priority >= spec.priority => list.len(),
+            _ => list.partition_point(|&s| slab[s as usize].priority >= spec.priority),
+        };
         list.insert(at, slot);
+        self.cls.insert(&self.slab, slot);
         self.flows += 1;
         true
     }
@@ -428,6 +459,8 @@ impl Tables {
             let (stats, _) = self.counters(s);
             let e = &self.slab[s as usize];
             removed(e, stats);
+            self.timed -= usize::from(e.has_timeout());
+            self.cls.remove(&self.slab, s);
             let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
             if let Ok(o) = self.index.find_entry(id, |&x| x == s) {
                 o.remove();
@@ -444,6 +477,14 @@ impl Tables {
     #[inline]
     pub(crate) fn entry(&self, slot: u32) -> &Entry {
         &self.slab[slot as usize]
+    }
+
+    /// Table `t`'s best entry for the packet `key` (the first of [`table`](Self::table)
+    /// that matches it), with its slot.
+    #[inline]
+    pub(crate) fn lookup(&self, t: usize, key: &FlowKey) -> Option<(u32, &Entry)> {
+        let s = self.cls.lookup(&self.slab, t, key)?;
+        Some((s, &self.slab[s as usize]))
     }
 
     /// The entries of table `t` in priority order, with their slots.

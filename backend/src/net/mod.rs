@@ -10,6 +10,7 @@
 //! virtio port of the vNF and queue k of its TAP uplinks, with lane k of the flow processor;
 //! each virtio-net device hands pair k's rings to worker k through a [`slot`].
 
+mod control;
 pub mod counters;
 pub(crate) mod device;
 pub(crate) mod rings;

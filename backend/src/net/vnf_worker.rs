@@ -31,6 +31,7 @@ use dpacc_spec::fastpath::{Emit, FlowLane, FlowProcessor, PacketBuf, PortId, Ver
 use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::control::Control;
 use super::counters::{PortCount, WorkerCounters};
 use super::rings::{NetRings, OutFrame};
 use super::slot::RingSlot;
@@ -242,6 +243,10 @@ struct VnfLoop {
     frame: Vec<u8>,
     /// (port, pair) RX rings this worker put frames into since the last flush.
     touched: Vec<(usize, usize)>,
+    /// Control frames (batches, capabilities).
+    control: Control,
+    /// Frames built in `frame` (PACKET_INs, replies) by (port, start, end).
+    spans: Vec<(PortId, usize, usize)>,
 }
 
 impl VnfLoop {
@@ -260,6 +265,8 @@ impl VnfLoop {
             emits: Vec::new(),
             frame: Vec::with_capacity(MAX_FRAME + 64),
             touched: Vec::new(),
+            control: Control::default(),
+            spans: Vec::new(),
         }
     }
 
@@ -598,7 +605,8 @@ impl VnfLoop {
                     self.vnf.shared.set_vnf_mac(src);
                     self.emits.clear();
                     let t = self.now();
-                    self.vnf.shared.proc_.control(t, payload, &mut self.emits);
+                    let proc_ = &*self.vnf.shared.proc_;
+                    self.control.handle(proc_, t, payload, &mut self.emits);
                     self.emit_all();
                     continue;
                 }
@@ -689,23 +697,33 @@ impl VnfLoop {
                         continue; // vNF-originated misses are dropped, never looped back
                     }
                     p.make_whole();
+                    // Sent with the batch's other PACKET_INs, in one ring pass.
+                    let at = self.frame.len();
                     proto::encode_packet_in(
                         self.vnf.shared.vnf_mac(),
                         p.in_port,
                         table,
                         p.frame(),
                         &mut self.frame,
+                        at,
                     );
-                    let f = OutFrame::whole(&self.frame);
-                    send_out(
-                        &mut self.vnf,
-                        &mut self.chain,
-                        &mut self.touched,
-                        PortId::VNF,
-                        f,
-                    );
+                    self.spans.push((PortId::VNF, at, self.frame.len()));
                 }
             }
+        }
+        if !self.spans.is_empty() {
+            let (frame, spans) = (&self.frame, &self.spans);
+            let frames = spans.iter().map(|&(_, a, b)| OutFrame::whole(&frame[a..b]));
+            send_many(
+                &mut self.vnf,
+                &mut self.chain,
+                &mut self.touched,
+                PortId::VNF,
+                spans.len(),
+                frames,
+            );
+            self.frame.clear();
+            self.spans.clear();
         }
         if to_guests {
             self.send_to_guests(n);
@@ -757,33 +775,62 @@ impl VnfLoop {
         }
     }
 
+    /// Sends what the processor emitted: each port's frames in one ring pass (in order per
+    /// port), control payloads wrapped for the vNF back to back in one buffer.
     fn emit_all(&mut self) {
         let emits = std::mem::take(&mut self.emits);
+        self.frame.clear();
+        self.spans.clear();
+        let mac = self.vnf.shared.vnf_mac();
         for e in &emits {
             match e {
-                Emit::Frame { port, frame } => send_out(
-                    &mut self.vnf,
-                    &mut self.chain,
-                    &mut self.touched,
-                    *port,
-                    OutFrame::whole(frame),
-                ),
+                Emit::Frame { port, .. } => self.spans.push((*port, 0, 0)),
                 Emit::Control(payload) => {
-                    self.frame.clear();
-                    self.frame.extend_from_slice(&self.vnf.shared.vnf_mac());
+                    let a = self.frame.len();
+                    self.frame.extend_from_slice(&mac);
                     self.frame.extend_from_slice(&proto::BACKEND_MAC);
                     self.frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
                     self.frame.extend_from_slice(payload);
-                    send_out(
-                        &mut self.vnf,
-                        &mut self.chain,
-                        &mut self.touched,
-                        PortId::VNF,
-                        OutFrame::whole(&self.frame),
-                    );
+                    self.spans.push((PortId::VNF, a, self.frame.len()));
                 }
             }
         }
+        let mut done: [PortId; 8] = [PortId(u16::MAX); 8];
+        let mut ndone = 0;
+        for k in 0..self.spans.len() {
+            let port = self.spans[k].0;
+            if done[..ndone].contains(&port) {
+                continue;
+            }
+            let (frame, spans) = (&self.frame, &self.spans);
+            let mine = |(_, s): &(&Emit, &(PortId, usize, usize))| s.0 == port;
+            let count = emits.iter().zip(spans).skip(k).filter(mine).count();
+            let frames = emits
+                .iter()
+                .zip(spans)
+                .skip(k)
+                .filter(mine)
+                .map(|(e, s)| match e {
+                    Emit::Frame { frame, .. } => OutFrame::whole(frame),
+                    Emit::Control(_) => OutFrame::whole(&frame[s.1..s.2]),
+                });
+            send_many(
+                &mut self.vnf,
+                &mut self.chain,
+                &mut self.touched,
+                port,
+                count,
+                frames,
+            );
+            if ndone < done.len() {
+                done[ndone] = port;
+                ndone += 1;
+            } else {
+                break; // more ports than remembered: the rest goes on the next call (never: 8)
+            }
+        }
+        self.frame.clear();
+        self.spans.clear();
         self.emits = emits;
         self.emits.clear();
     }
@@ -871,6 +918,46 @@ fn send_virtio<'f>(
         touched.push((p, q));
     }
     sent
+}
+
+/// Sends `count` `frames` out of `port`: a virtio port's in one ring pass.
+fn send_many<'f>(
+    vnf: &mut VnfInstance,
+    chain: &mut ChainBufs,
+    touched: &mut Vec<(usize, usize)>,
+    port: PortId,
+    count: usize,
+    frames: impl IntoIterator<Item = OutFrame<'f>>,
+) {
+    let i = usize::from(port.0);
+    match vnf.ports.get(i) {
+        Some(Port::Vhost(_)) => {
+            // Bytes of the frames taken; the ring stops after the first that did not fit.
+            let (mut taken, mut total, mut last) = (0usize, 0u64, 0u64);
+            let frames = frames.into_iter().inspect(|f| {
+                taken += 1;
+                last = f.len() as u64;
+                total += last;
+            });
+            let sent = send_virtio(
+                &vnf.shared,
+                vnf.index,
+                chain,
+                touched,
+                i,
+                frames,
+                &mut |_, _| None,
+            );
+            let bytes = if sent < taken { total - last } else { total };
+            vnf.stats.count_out(port, count, sent, bytes);
+        }
+        Some(Port::Tap(_)) => {
+            for f in frames {
+                send_out(vnf, chain, touched, port, f);
+            }
+        }
+        None => debug!("output to missing port {}", port.0),
+    }
 }
 
 /// Sends `frame` out of `port`.

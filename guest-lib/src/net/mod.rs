@@ -15,13 +15,17 @@ pub mod flow_table;
 pub mod port;
 
 pub use af_packet::AfPacket;
-pub use flow_table::{Event, FlowTable, InstanceInfo};
+pub use flow_table::{Completion, Event, FlowTable, InstanceInfo, Reply, Request};
 pub use port::{NetOptions, VirtioNetPort};
 
 /// Sends and receives whole Ethernet frames (no virtio-net header) on one vNF port.
 pub trait FrameIo: Send {
     /// Sends one frame.
     fn send(&mut self, frame: &[u8]) -> Result<()>;
+    /// Sends several frames, in order (a transport with rings does so with one kick).
+    fn send_all(&mut self, frames: &[&[u8]]) -> Result<()> {
+        frames.iter().try_for_each(|f| self.send(f))
+    }
     /// Receives one frame into `buf`, waiting at most `timeout` (`None`: forever). Returns the
     /// frame length, or `None` on timeout. Frames longer than `buf` are truncated.
     fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>>;

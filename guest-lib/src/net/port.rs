@@ -253,8 +253,28 @@ impl FrameIo for VirtioNetPort {
         Ok(())
     }
 
+    fn send_all(&mut self, frames: &[&[u8]]) -> Result<()> {
+        let mut rest = frames;
+        while let Some(first) = rest.first() {
+            let n = self.send_batch(rest)?;
+            if n == 0 {
+                self.send(first)?; // waits for a free TX slot
+                rest = &rest[1..];
+            } else {
+                rest = &rest[n..];
+            }
+        }
+        Ok(())
+    }
+
     fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A poll (zero timeout) reads no clock: event loops call it in a tight loop.
+        let poll = timeout == Some(Duration::ZERO);
+        let deadline = if poll {
+            None
+        } else {
+            timeout.map(|t| Instant::now() + t)
+        };
         loop {
             if let Some(u) = self.rx.reap()? {
                 let len = (u.len as usize).min(self.opts.rx_buf);
@@ -282,6 +302,9 @@ impl FrameIo for VirtioNetPort {
                     self.rx_n.kick()?;
                 }
                 return Ok(Some(n));
+            }
+            if poll {
+                return Ok(None);
             }
             let left = match deadline {
                 Some(d) => {

@@ -16,8 +16,23 @@ use super::{PortId, Usage};
 
 /// IEEE 802 local experimental EtherType 1, used for dpacc control frames.
 pub const ETHERTYPE: u16 = 0x88B5;
-/// Protocol version.
+/// Protocol version of single messages (every peer speaks it).
 pub const VERSION: u8 = 1;
+/// Version 2: adds [`BATCH`] frames (several messages in one frame), negotiated through
+/// HELLO / HELLO_REPLY with [`FLAG_CAPS`]. A BATCH header carries version 2; every other
+/// message keeps version 1 (a version-2 header on one is accepted too).
+pub const VERSION_2: u8 = 2;
+/// Header flag. On HELLO: the sender speaks version 2 and asks for the device's [`Caps`]
+/// (a version-1 device ignores flags and answers a plain HELLO_REPLY). On HELLO_REPLY: the
+/// [`Caps`] are appended to its body.
+pub const FLAG_CAPS: u16 = 0x0001;
+/// Message type of a batch (version 2 only): its body is whole messages back to back.
+pub const BATCH: u8 = 16;
+/// Most messages in one BATCH a device built on this crate accepts.
+pub const MAX_BATCH: u16 = 256;
+/// Most payload bytes (after the Ethernet header) of a reply BATCH a device sends: a reply
+/// frame fits a 1514-byte Ethernet frame.
+pub const MAX_REPLY_PAYLOAD: usize = 1500;
 /// Bytes of the message header.
 pub const HEADER_LEN: usize = 12;
 /// The source MAC of frames the backend sends (locally administered).
@@ -225,6 +240,9 @@ pub enum ProtoError {
     /// A field with an impossible value.
     #[error("bad field: {0}")]
     Field(&'static str),
+    /// A BATCH where one message was expected (a batch inside a batch).
+    #[error("a BATCH cannot be nested in a batch")]
+    NestedBatch,
 }
 
 impl ProtoError {
@@ -265,15 +283,16 @@ fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
 }
 
 fn prefix_tlv(out: &mut Vec<u8>, v4: u8, v6: u8, p: &Prefix) {
+    let mut v = [0u8; 17];
     match p.addr {
         IpAddr::V4(a) => {
-            let mut v = a.octets().to_vec();
-            v.push(p.len);
-            tlv(out, v4, &v);
+            v[..4].copy_from_slice(&a.octets());
+            v[4] = p.len;
+            tlv(out, v4, &v[..5]);
         }
         IpAddr::V6(a) => {
-            let mut v = a.octets().to_vec();
-            v.push(p.len);
+            v[..16].copy_from_slice(&a.octets());
+            v[16] = p.len;
             tlv(out, v6, &v);
         }
     }
@@ -501,37 +520,47 @@ impl Message {
     pub fn decode(buf: &[u8]) -> Result<Self, ProtoError> {
         let mut r = Reader { buf, at: 0 };
         let ver = r.u8()?;
-        if ver != VERSION {
+        if ver != VERSION && ver != VERSION_2 {
             return Err(ProtoError::Version(ver));
         }
         let t = r.u8()?;
-        let _flags = r.u16()?;
+        if t == BATCH {
+            return Err(ProtoError::NestedBatch);
+        }
+        let flags = r.u16()?;
         let txid = r.u32()?;
         let len = r.u32()? as usize;
         let body = r.take(len)?;
         let mut r = Reader { buf: body, at: 0 };
         let b = match t {
             ty::HELLO => Body::Hello,
-            ty::HELLO_REPLY => Body::HelloReply {
-                tables: r.u8()?,
-                max_flows: r.u32()?,
-                usage: if r.rest_is_empty() {
-                    None
-                } else {
-                    Some(Usage {
-                        flows: r.u32()?,
-                        groups: r.u32()?,
-                        max_groups: r.u32()?,
-                        buckets: r.u32()?,
-                        max_buckets: r.u32()?,
-                        sas: r.u32()?,
-                        max_sas: r.u32()?,
-                        max_actions: r.u16()?,
-                        memory: r.u64()?,
-                        max_memory: r.u64()?,
-                    })
-                },
-            },
+            ty::HELLO_REPLY => {
+                let tables = r.u8()?;
+                let max_flows = r.u32()?;
+                if flags & FLAG_CAPS != 0 {
+                    Caps::read(&mut r)?; // read with [`Caps::of_hello_reply`]
+                }
+                Body::HelloReply {
+                    tables,
+                    max_flows,
+                    usage: if r.rest_is_empty() {
+                        None
+                    } else {
+                        Some(Usage {
+                            flows: r.u32()?,
+                            groups: r.u32()?,
+                            max_groups: r.u32()?,
+                            buckets: r.u32()?,
+                            max_buckets: r.u32()?,
+                            sas: r.u32()?,
+                            max_sas: r.u32()?,
+                            max_actions: r.u16()?,
+                            memory: r.u64()?,
+                            max_memory: r.u64()?,
+                        })
+                    },
+                }
+            }
             ty::OK => Body::Ok,
             ty::ERROR => {
                 let code = ErrorCode::from_u16(r.u16()?).ok_or(ProtoError::Field("error code"))?;
@@ -801,6 +830,222 @@ impl<'a> Reader<'a> {
     }
 }
 
+// ---------------------------------------------------------------- version 2
+
+/// What a version-2 device offers, in its HELLO_REPLY body right after max_flows (flag
+/// [`FLAG_CAPS`]; the usage, if any, follows) as
+/// `caps length u8 | version u8 | max_batch u16 | max_frame u16`. Later versions may append
+/// fields (a longer caps length); readers skip what they do not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Highest version the device speaks (2: [`BATCH`]).
+    pub version: u8,
+    /// Most messages per BATCH it accepts.
+    pub max_batch: u16,
+    /// Longest control frame it accepts from the vNF (Ethernet header included).
+    pub max_frame: u16,
+}
+
+const CAPS_LEN: u8 = 5;
+const HELLO_REPLY_LEN: usize = 5;
+
+impl Caps {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(CAPS_LEN);
+        out.push(self.version);
+        out.extend_from_slice(&self.max_batch.to_be_bytes());
+        out.extend_from_slice(&self.max_frame.to_be_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let n = r.u8()?;
+        if n < CAPS_LEN {
+            return Err(ProtoError::Field("capabilities too short"));
+        }
+        let mut c = Reader {
+            buf: r.take(usize::from(n))?,
+            at: 0,
+        };
+        Ok(Caps {
+            version: c.u8()?,
+            max_batch: c.u16()?,
+            max_frame: c.u16()?,
+        })
+    }
+
+    /// The capabilities appended to a HELLO_REPLY payload; None for a version-1 device's
+    /// reply (or anything else).
+    pub fn of_hello_reply(payload: &[u8]) -> Option<Self> {
+        let h = Header::parse(payload).ok()?;
+        if h.ty != ty::HELLO_REPLY || h.flags & FLAG_CAPS == 0 {
+            return None;
+        }
+        let body = payload.get(HEADER_LEN..HEADER_LEN.checked_add(h.len)?)?;
+        let mut r = Reader {
+            buf: body,
+            at: HELLO_REPLY_LEN,
+        };
+        Caps::read(&mut r).ok()
+    }
+
+    /// Puts the capabilities into the HELLO_REPLY `payload` (a device answering a HELLO with
+    /// [`FLAG_CAPS`]), right after max_flows: sets the flag and fixes the length. False (nothing changed) if
+    /// `payload` is not a plain HELLO_REPLY.
+    pub fn append_to_hello_reply(&self, payload: &mut Vec<u8>) -> bool {
+        match Header::parse(payload) {
+            Ok(h)
+                if h.ty == ty::HELLO_REPLY
+                    && h.flags & FLAG_CAPS == 0
+                    && h.len >= HELLO_REPLY_LEN
+                    && payload.len() == HEADER_LEN + h.len => {}
+            _ => return false,
+        }
+        // Right after max_flows, before the usage (a version-2 reader skips them there).
+        let mut caps = Vec::with_capacity(1 + usize::from(CAPS_LEN));
+        self.write(&mut caps);
+        let at = HEADER_LEN + HELLO_REPLY_LEN;
+        payload.splice(at..at, caps);
+        let flags = FLAG_CAPS.to_be_bytes();
+        payload[2..4].copy_from_slice(&flags);
+        let len = (payload.len() - HEADER_LEN) as u32;
+        payload[8..12].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+}
+
+/// The 12-byte header of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Version (1, or 2 on a [`BATCH`]).
+    pub version: u8,
+    /// Message type.
+    pub ty: u8,
+    /// Flags ([`FLAG_CAPS`]).
+    pub flags: u16,
+    /// Transaction id.
+    pub txid: u32,
+    /// Body length.
+    pub len: usize,
+}
+
+impl Header {
+    /// Reads the header at the start of `payload` (nothing else is checked).
+    pub fn parse(payload: &[u8]) -> Result<Self, ProtoError> {
+        let mut r = Reader {
+            buf: payload,
+            at: 0,
+        };
+        Ok(Header {
+            version: r.u8()?,
+            ty: r.u8()?,
+            flags: r.u16()?,
+            txid: r.u32()?,
+            len: r.u32()? as usize,
+        })
+    }
+
+    /// True for a HELLO that asks for [`Caps`] (a version-2 peer's).
+    pub fn asks_caps(&self) -> bool {
+        self.ty == ty::HELLO && self.flags & FLAG_CAPS != 0
+    }
+}
+
+/// Appends a HELLO with [`FLAG_CAPS`] (a version-2 peer's first request) to `out`.
+pub fn encode_hello_v2(txid: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    Message {
+        txid,
+        body: Body::Hello,
+    }
+    .encode(out);
+    out[start + 2..start + 4].copy_from_slice(&FLAG_CAPS.to_be_bytes());
+}
+
+/// Starts a BATCH with `txid` at the end of `out`: append whole messages
+/// ([`Message::encode`]), then close it with [`end_batch`]. Returns where it starts.
+pub fn begin_batch(out: &mut Vec<u8>, txid: u32) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[VERSION_2, BATCH, 0, 0]);
+    out.extend_from_slice(&txid.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+/// Closes the BATCH begun at `start` (writes its body length).
+pub fn end_batch(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - HEADER_LEN) as u32;
+    out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A control payload as it arrived: one message, or a batch of them.
+#[derive(Debug)]
+pub enum Framed<'a> {
+    /// One message (decode it with [`Message::decode`]).
+    One(&'a [u8]),
+    /// A BATCH.
+    Batch {
+        /// The batch's own transaction id (errors about the batch as a whole carry it).
+        txid: u32,
+        /// Its messages, in order.
+        messages: BatchMessages<'a>,
+    },
+}
+
+/// Tells a BATCH from a single message, reading only the header (Ethernet padding after the
+/// payload is ignored in both cases).
+pub fn framed(payload: &[u8]) -> Result<Framed<'_>, ProtoError> {
+    let h = Header::parse(payload)?;
+    if h.ty != BATCH {
+        return Ok(Framed::One(payload));
+    }
+    if h.version != VERSION_2 {
+        return Err(ProtoError::Version(h.version));
+    }
+    let end = HEADER_LEN
+        .checked_add(h.len)
+        .filter(|&e| e <= payload.len())
+        .ok_or(ProtoError::Truncated(payload.len()))?;
+    Ok(Framed::Batch {
+        txid: h.txid,
+        messages: BatchMessages {
+            buf: &payload[HEADER_LEN..end],
+            at: 0,
+            done: false,
+        },
+    })
+}
+
+/// The messages of a BATCH body, in order: each item is one whole message (header and body,
+/// exactly), or the error that ends the walk (a message running past the batch's end; its
+/// byte offset inside the body). Never allocates.
+#[derive(Debug)]
+pub struct BatchMessages<'a> {
+    buf: &'a [u8],
+    at: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for BatchMessages<'a> {
+    type Item = Result<&'a [u8], ProtoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.at == self.buf.len() {
+            return None;
+        }
+        let rest = &self.buf[self.at..];
+        let end = Header::parse(rest)
+            .ok()
+            .and_then(|h| HEADER_LEN.checked_add(h.len))
+            .filter(|&e| e <= rest.len());
+        let Some(end) = end else {
+            self.done = true;
+            return Some(Err(ProtoError::Truncated(self.at)));
+        };
+        self.at += end;
+        Some(Ok(&rest[..end]))
+    }
+}
+
 // ---------------------------------------------------------------- frames
 
 /// Wraps a message in an Ethernet frame `dst | src | ETHERTYPE | payload`.
@@ -824,23 +1069,42 @@ pub fn parse_frame(frame: &[u8]) -> Option<([u8; 6], [u8; 6], &[u8])> {
     ))
 }
 
-/// The PACKET_IN frame for a missed packet, to the vNF at `vnf_mac`.
+/// Appends a PACKET_OUT payload (header and body) for `frame` to `out`, without building a
+/// [`Message`] (no copy of the frame besides the one into `out`).
+pub fn encode_packet_out(
+    txid: u32,
+    port: PortId,
+    through_tables: bool,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&[VERSION, ty::PACKET_OUT, 0, 0]);
+    out.extend_from_slice(&txid.to_be_bytes());
+    out.extend_from_slice(&((frame.len() + 3) as u32).to_be_bytes());
+    out.extend_from_slice(&port.0.to_be_bytes());
+    out.push(u8::from(through_tables));
+    out.extend_from_slice(frame);
+}
+
+/// The PACKET_IN frame for a missed packet, to the vNF at `vnf_mac`, written into `out` from
+/// byte `at` on (what was there after it is dropped).
 pub fn encode_packet_in(
     vnf_mac: [u8; 6],
     in_port: PortId,
     table: u8,
     frame: &[u8],
     out: &mut Vec<u8>,
+    at: usize,
 ) {
-    let msg = Message {
-        txid: 0,
-        body: Body::PacketIn {
-            in_port,
-            table,
-            frame: frame.to_vec(),
-        },
-    };
-    encode_frame(vnf_mac, BACKEND_MAC, &msg, out);
+    out.truncate(at);
+    out.extend_from_slice(&vnf_mac);
+    out.extend_from_slice(&BACKEND_MAC);
+    out.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    out.extend_from_slice(&[VERSION, ty::PACKET_IN, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&((frame.len() + 3) as u32).to_be_bytes());
+    out.extend_from_slice(&in_port.0.to_be_bytes());
+    out.push(table);
+    out.extend_from_slice(frame);
 }
 
 #[cfg(test)]
@@ -1014,13 +1278,127 @@ mod tests {
             }
         }
         assert_eq!(
-            Message::decode(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(ProtoError::Version(2))
+            Message::decode(&[3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(ProtoError::Version(3))
+        );
+        // Version 2 is accepted on a single message; a BATCH is not one.
+        assert_eq!(
+            Message::decode(&[2, 1, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            Ok(Message {
+                txid: 9,
+                body: Body::Hello
+            })
+        );
+        assert_eq!(
+            Message::decode(&[2, BATCH, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            Err(ProtoError::NestedBatch)
         );
         assert_eq!(
             Message::decode(&[1, 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtoError::Type(99))
         );
         assert!(parse_frame(&[0; 13]).is_none());
+    }
+
+    /// A BATCH of every sample message splits back into them, padding after it ignored;
+    /// every cut of it ends the walk with an error at the cut message, never a panic.
+    #[test]
+    fn batches_split_into_their_messages() {
+        let msgs = samples();
+        let mut p = Vec::new();
+        let s = begin_batch(&mut p, 42);
+        for m in &msgs {
+            m.encode(&mut p);
+        }
+        end_batch(&mut p, s);
+        let whole = p.len();
+        p.extend_from_slice(&[0; 20]);
+        let Framed::Batch { txid, messages } = framed(&p).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(txid, 42);
+        let got: Vec<Message> = messages
+            .map(|m| Message::decode(m.unwrap()).unwrap())
+            .collect();
+        assert_eq!(got, msgs);
+        for cut in 0..whole {
+            let mut q = p[..whole].to_vec();
+            // Claim only `cut` body bytes: the walk stops at the message cut short.
+            let body = cut.saturating_sub(HEADER_LEN) as u32;
+            q[8..12].copy_from_slice(&body.to_be_bytes());
+            match framed(&q) {
+                Ok(Framed::Batch { messages, .. }) => {
+                    let items: Vec<_> = messages.collect();
+                    let ok = items.iter().take_while(|i| i.is_ok()).count();
+                    assert!(ok <= msgs.len());
+                    assert!(items.len() - ok <= 1, "one error ends the walk");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(framed(&p[..cut]).is_err() || cut >= whole);
+        }
+        // A BATCH needs version 2.
+        let mut v1 = p.clone();
+        v1[0] = VERSION;
+        assert_eq!(framed(&v1).unwrap_err(), ProtoError::Version(1));
+        // A single message is one.
+        let mut one = Vec::new();
+        msgs[0].encode(&mut one);
+        assert!(matches!(framed(&one), Ok(Framed::One(x)) if x == &one[..]));
+    }
+
+    /// HELLO with CAPS; the capabilities appended to HELLO_REPLY, read back, skipped by the
+    /// decoder; nothing appended to anything else.
+    #[test]
+    fn capabilities_ride_on_hello() {
+        let mut h = Vec::new();
+        encode_hello_v2(5, &mut h);
+        assert!(Header::parse(&h).unwrap().asks_caps());
+        assert_eq!(Message::decode(&h).unwrap().body, Body::Hello);
+        let caps = Caps {
+            version: 2,
+            max_batch: 256,
+            max_frame: 9216,
+        };
+        let mut r = Vec::new();
+        Message {
+            txid: 5,
+            body: Body::HelloReply {
+                tables: 8,
+                max_flows: 7,
+                usage: None,
+            },
+        }
+        .encode(&mut r);
+        assert_eq!(Caps::of_hello_reply(&r), None);
+        assert!(caps.append_to_hello_reply(&mut r));
+        assert!(!caps.append_to_hello_reply(&mut r), "twice");
+        assert_eq!(Caps::of_hello_reply(&r), Some(caps));
+        assert_eq!(
+            Message::decode(&r).unwrap().body,
+            Body::HelloReply {
+                tables: 8,
+                max_flows: 7,
+                usage: None
+            }
+        );
+        // A later version's longer capabilities: the known fields still read.
+        let mut longer = r.clone();
+        longer[HEADER_LEN + 5] = 9;
+        longer.extend_from_slice(&[1, 2, 3, 4]);
+        let n = (longer.len() - HEADER_LEN) as u32;
+        longer[8..12].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(Caps::of_hello_reply(&longer), Some(caps));
+        let mut ok = Vec::new();
+        Message {
+            txid: 1,
+            body: Body::Ok,
+        }
+        .encode(&mut ok);
+        assert!(!caps.append_to_hello_reply(&mut ok));
+        for cut in 0..r.len() {
+            assert!(Message::decode(&r[..cut]).is_err());
+            let _ = Caps::of_hello_reply(&r[..cut]);
+        }
     }
 }

@@ -243,10 +243,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 );
                 let before = backend_cpu(&dev, queues);
                 let dev_stats = device_run(&dev, &session, kind, size, a.batch, depth, dur)?;
-                let backend_busy = match (before, backend_cpu(&dev, queues)) {
-                    (Some(b), Some(e)) => Some((e - b) / dev_stats.secs.max(1e-9)),
-                    _ => None,
-                };
+                // No worker threads yet before the run (the backend starts them when the
+                // queues start, which may still be under way): they had used nothing.
+                let backend_busy = backend_cpu(&dev, queues)
+                    .map(|e| (e - before.unwrap_or(0.0)) / dev_stats.secs.max(1e-9));
                 dev_stats.print("device", size, "");
                 let raw = software(&p, kind, size, a.batch, depth, queues, dur)?;
                 raw.print(

@@ -2,6 +2,7 @@
 //! virtio-net port, from the command line.
 
 mod bench;
+mod bench_flows;
 mod bench_net;
 mod flow;
 mod pci;
@@ -157,7 +158,7 @@ enum Cmd {
     /// figure), with their same-run ratio, for every case of a sweep: each --size × --mode ×
     /// --queues (lists separated by commas). With --latency: the round trip of one operation
     /// at a time (p50/p99). `dpacc bench net ...`: frames per second through a net port's
-    /// fast path.
+    /// fast path; `dpacc bench flows ...`: connection setup through its exception path.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench {
         #[command(subcommand)]
@@ -213,6 +214,15 @@ enum BenchNet {
     /// generator on both, sending on uplink 1 and counting on uplink 2 (flow in_port 1 →
     /// output 2). With --esp the flow also encapsulates in ESP (AES-128-GCM, tunnel mode).
     Net(bench_net::Args),
+    /// New connections per second through a `dpacc-backend net` port's exception path.
+    ///
+    /// This command is the generator on the port's two vhost-user uplinks and the vNF on the
+    /// port: first packets of new UDP 5-tuples go in on uplink 1, the vNF answers each
+    /// PACKET_IN with two FLOW_ADDs (both directions) and a PACKET_OUT to uplink 2. Prints
+    /// connections/s and the p50/p99 latency (first packet sent on uplink 1 -> received on
+    /// uplink 2) per mode (blocking, pipelined-v1, pipelined), with the same-run ratio to
+    /// blocking.
+    Flows(bench_flows::Args),
 }
 
 /// Cipher and AEAD algorithms.
@@ -679,6 +689,10 @@ fn main() -> ExitCode {
             net: Some(BenchNet::Net(a)),
             ..
         } => bench_net::run(a),
+        Cmd::Bench {
+            net: Some(BenchNet::Flows(a)),
+            ..
+        } => bench_flows::run(a),
         Cmd::Bench {
             net: None,
             socket,
