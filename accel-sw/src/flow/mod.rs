@@ -202,6 +202,7 @@ impl SwLane {
     /// the SAs finishing them cannot change meanwhile.
     pub fn process(&mut self, now_ns: u64, pkts: &mut [PacketBuf], verdicts: &mut [Verdict]) {
         self.leave();
+        clear_pending(&mut self.pending);
         let Some(token) = &self.token else {
             return;
         };
@@ -212,9 +213,12 @@ impl SwLane {
         let lane = token.index();
         // Egress rules judge an output's final headers: nothing is left pending then.
         let pending = if self.defer && !core.policy.as_ref().is_some_and(|p| p.polices_egress()) {
-            self.pending.clear();
-            self.pending.resize(pkts.len(), None);
-            Some(&mut self.pending[..])
+            // Every slot is None between batches (`end_batch`, `finish`, the scan at the
+            // start), so the batch writes only the slots of packets it leaves pending.
+            if self.pending.len() < pkts.len() {
+                self.pending.resize(pkts.len(), None);
+            }
+            Some(&mut self.pending[..pkts.len()])
         } else {
             None
         };
@@ -272,8 +276,17 @@ impl SwLane {
 
     /// Ends the batch: pending packets not finished are dropped.
     pub fn end_batch(&mut self) {
-        self.pending.clear();
+        clear_pending(&mut self.pending);
         self.leave();
+    }
+}
+
+/// Drops what pending packets not finished still needed (reads every slot, writes only the
+/// ones set).
+#[inline]
+fn clear_pending(pending: &mut [Option<Deferred>]) {
+    for d in pending.iter_mut().filter(|d| d.is_some()) {
+        *d = None;
     }
 }
 

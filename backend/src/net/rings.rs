@@ -403,14 +403,66 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
     mrg: bool,
     finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
 ) -> bool {
+    // The common case first, with nothing else on the stack: the frame fits the first
+    // buffer, a chain of one writable descriptor.
+    let total = hdr + frame.len();
+    let Some(popped) = ring.pop_one(chain) else {
+        return false;
+    };
+    match popped {
+        Popped::One {
+            head,
+            seg,
+            writable: true,
+        } if seg.len() >= total => {
+            // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's
+            // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
+            unsafe {
+                write_guest(seg.ptr(), &RX_HDR[..hdr]);
+                frame.copy_to(0, seg.ptr().add(hdr), frame.len());
+            }
+            let mut len = frame.len();
+            if let Some(i) = frame.finish {
+                // SAFETY: the frame's bytes, just written, in the same buffer.
+                let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
+                match finish(i, &at) {
+                    Some(n) if n <= len => len = n,
+                    _ => {
+                        ring.unpop(1);
+                        return true;
+                    }
+                }
+            }
+            ring.put_used(head, (hdr + len) as u32);
+            true
+        }
+        first => put_frame_chained(ring, chain, frame, hdr, mrg, finish, first),
+    }
+}
+
+/// [`put_frame`] when the first buffer popped (`first`) does not take the whole frame: the
+/// frame spread over the buffers of one chain, or of several with MRG_RXBUF.
+#[inline(never)]
+fn put_frame_chained<G: vm_memory::GuestMemoryBackend>(
+    ring: &mut SplitRing<'_, G>,
+    chain: &mut ChainBufs,
+    frame: OutFrame<'_>,
+    hdr: usize,
+    mrg: bool,
+    finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
+    first: Popped,
+) -> bool {
     let mut pieces = [Seg::from_ref(&[]); MAX_PIECES];
     let mut np = 0usize;
     let mut heads = [(0u16, 0u32); MAX_RX_BUFS];
     let mut nb = 0usize;
     let total = hdr + frame.len();
     let mut done = 0usize;
+    let mut first = Some(first);
     while done < total {
-        let popped = if nb == heads.len() || (nb == 1 && !mrg) {
+        let popped = if let Some(f) = first.take() {
+            Some(f)
+        } else if nb == heads.len() || (nb == 1 && !mrg) {
             None
         } else {
             ring.pop_one(chain)
