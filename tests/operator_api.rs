@@ -517,3 +517,243 @@ fn the_crypto_daemon_serves_metrics_and_stats() {
     );
     assert_eq!(d.call("GET", "/vnfs", None).0, 404);
 }
+
+/// One AEAD request's bytes as the device counts them (spec/api.md): readable request header
+/// (72), IV, source and AAD; writable destination and status byte.
+fn aead_bytes(iv: usize, src: usize, aad: usize, dst: usize) -> u64 {
+    (72 + iv + src + aad + dst + 1) as u64
+}
+
+/// The per-session series of `session` (by id), each of the three counters.
+fn session_series(
+    samples: &[(String, serde_json::Map<String, serde_json::Value>, f64)],
+    id: u64,
+) -> Vec<(String, serde_json::Map<String, serde_json::Value>, f64)> {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n.starts_with("dpacc_crypto_session_")
+                && l.get("session").and_then(|v| v.as_str()) == Some(&id.to_string())
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_crypto_daemon_counts_per_session_and_forgets_closed_sessions() {
+    use dpacc::spec::{AeadAlg, Direction, SessionParams};
+    if !have("curl", &["--version"]) || !have("python3", &["-c", "import prometheus_client"]) {
+        return;
+    }
+    let api = tmp("crypto-sess-api.sock");
+    let sock = tmp("crypto-sess.sock");
+    let d = Daemon::start(
+        &[
+            "crypto",
+            "--socket",
+            &sock.display().to_string(),
+            "--queues",
+            "2",
+        ],
+        &api,
+    );
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dev = dpacc::guest::CryptoDevice::connect(&sock, dpacc::guest::Options::default()).unwrap();
+    // AES-256-GCM encrypt: GCM test case 16's key; ChaCha20-Poly1305 decrypt: RFC 8439 §2.8.2.
+    let gcm_key = common::h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+    let gcm = dev
+        .create_session(&SessionParams::Aead {
+            alg: AeadAlg::AesGcm,
+            key: &gcm_key,
+            tag_len: 16,
+            dir: Direction::Encrypt,
+        })
+        .unwrap();
+    let chacha_key: Vec<u8> = (0x80u8..0xa0).collect();
+    let chacha = dev
+        .create_session(&SessionParams::Aead {
+            alg: AeadAlg::ChaCha20Poly1305,
+            key: &chacha_key,
+            tag_len: 16,
+            dir: Direction::Decrypt,
+        })
+        .unwrap();
+
+    // GCM: 7 × 100 bytes without AAD, 5 × 1000 bytes with 16 bytes of AAD; all OK.
+    let mut gcm_bytes = 0;
+    for (n, len, aad) in [(7, 100, 0), (5, 1000, 16)] {
+        for i in 0..n {
+            let ct = gcm
+                .encrypt(&[i as u8; 12], &vec![3u8; aad], &vec![i as u8; len])
+                .unwrap();
+            assert_eq!(ct.len(), len + 16);
+            gcm_bytes += aead_bytes(12, len, aad, len + 16);
+        }
+    }
+    // ChaCha20-Poly1305: 4 valid ciphertexts (the RFC's answer each time), 3 forged tags.
+    let nonce = common::h("070000004041424344454647");
+    let aad = common::h("50515253c0c1c2c3c4c5c6c7");
+    let sealed = common::h("d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b61161ae10b594f09e26a7e902ecbd0600691");
+    let plain: &[u8] = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+    let mut forged = sealed.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    for _ in 0..4 {
+        assert_eq!(chacha.decrypt(&nonce, &aad, &sealed).unwrap(), plain);
+    }
+    for _ in 0..3 {
+        assert!(chacha.decrypt(&nonce, &aad, &forged).is_err());
+    }
+    let chacha_bytes = 7 * aead_bytes(12, sealed.len(), aad.len(), plain.len());
+
+    let (gid, cid) = (gcm.id(), chacha.id());
+    // GET /stats lists both, with their labels and exact counts.
+    let st = d.json("GET", "/stats", None, 200);
+    assert_eq!(st["session_list_total"], 2);
+    assert_eq!(st["session_list_truncated"], false);
+    let listed = |st: &serde_json::Value, id: u64| {
+        st["session_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"].as_u64() == Some(id))
+            .cloned()
+    };
+    let g = listed(&st, gid).expect("GCM session listed");
+    assert_eq!(
+        (&g["connection"], &g["alg"], &g["op"], &g["fallback"]),
+        (
+            &1.into(),
+            &"aes-256-gcm".into(),
+            &"encrypt".into(),
+            &false.into()
+        )
+    );
+    assert_eq!(
+        (&g["operations"], &g["errors"], &g["bytes"]),
+        (&12.into(), &0.into(), &gcm_bytes.into())
+    );
+    let c = listed(&st, cid).expect("ChaCha session listed");
+    assert_eq!(
+        (&c["connection"], &c["alg"], &c["op"], &c["fallback"]),
+        (
+            &1.into(),
+            &"chacha20-poly1305".into(),
+            &"decrypt".into(),
+            &false.into()
+        )
+    );
+    assert_eq!(
+        (&c["operations"], &c["errors"], &c["bytes"]),
+        (&4.into(), &3.into(), &chacha_bytes.into())
+    );
+    // The queues saw exactly these requests.
+    let queue_sum = |k: &str| -> u64 {
+        st["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q[k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (
+            queue_sum("operations"),
+            queue_sum("errors"),
+            queue_sum("bytes")
+        ),
+        (16, 3, gcm_bytes + chacha_bytes)
+    );
+
+    // /metrics, through the Python prometheus_client parser: the same numbers and labels.
+    let samples = parse_metrics(&d.call("GET", "/metrics", None).1);
+    let gs = gid.to_string();
+    let cs = cid.to_string();
+    for (id, alg, op, ops, errs, bytes) in [
+        (&gs, "aes-256-gcm", "encrypt", 12.0, 0.0, gcm_bytes as f64),
+        (
+            &cs,
+            "chacha20-poly1305",
+            "decrypt",
+            4.0,
+            3.0,
+            chacha_bytes as f64,
+        ),
+    ] {
+        let l = [
+            ("session", id.as_str()),
+            ("connection", "1"),
+            ("alg", alg),
+            ("op", op),
+            ("fallback", "false"),
+        ];
+        assert_eq!(
+            sample(&samples, "dpacc_crypto_session_operations_total", &l),
+            ops
+        );
+        assert_eq!(
+            sample(&samples, "dpacc_crypto_session_errors_total", &l),
+            errs
+        );
+        assert_eq!(
+            sample(&samples, "dpacc_crypto_session_bytes_total", &l),
+            bytes
+        );
+    }
+    assert_eq!(session_series(&samples, gid).len(), 3);
+    assert_eq!(session_series(&samples, cid).len(), 3);
+
+    // Closing the ChaCha session takes its series away; its counts stay in the queues'.
+    chacha.close().unwrap();
+    let samples = parse_metrics(&d.call("GET", "/metrics", None).1);
+    assert!(
+        session_series(&samples, cid).is_empty(),
+        "closed session's series gone"
+    );
+    assert_eq!(session_series(&samples, gid).len(), 3);
+    assert_eq!(
+        sample(&samples, "dpacc_crypto_queue_errors_total", &[]),
+        3.0
+    );
+    let st = d.json("GET", "/stats", None, 200);
+    assert_eq!(st["session_list_total"], 1);
+    assert!(listed(&st, cid).is_none() && listed(&st, gid).is_some());
+
+    // A new frontend connection: the old one's sessions are gone, the new one's carry the
+    // next connection number.
+    drop(gcm);
+    drop(dev);
+    let t = Instant::now();
+    loop {
+        let st = d.json("GET", "/stats", None, 200);
+        if st["sessions"]["open"] == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dev = dpacc::guest::CryptoDevice::connect(&sock, dpacc::guest::Options::default()).unwrap();
+    let again = dev
+        .create_session(&SessionParams::Aead {
+            alg: AeadAlg::AesGcm,
+            key: &gcm_key[..16],
+            tag_len: 16,
+            dir: Direction::Decrypt,
+        })
+        .unwrap();
+    let st = d.json("GET", "/stats", None, 200);
+    let a = listed(&st, again.id()).expect("new session listed");
+    assert_eq!(
+        (&a["connection"], &a["alg"], &a["op"], &a["operations"]),
+        (
+            &2.into(),
+            &"aes-128-gcm".into(),
+            &"decrypt".into(),
+            &0.into()
+        )
+    );
+    assert_eq!(st["session_list_total"], 1);
+}

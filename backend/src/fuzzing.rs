@@ -197,6 +197,7 @@ pub fn vhost_user_session(device: Device, ops: &[SessionOp]) {
                         ports: vec![SharedPort::vhost(1)],
                         epoch: std::time::Instant::now(),
                         vnf_mac: AtomicU64::new(0xffff_ffff_ffff),
+                        counters: Box::new([crate::net::counters::WorkerCounters::new(1)]),
                     }),
                     lane,
                     index: 0,

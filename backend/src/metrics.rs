@@ -4,8 +4,9 @@
 //! counters) into a fresh registry: a worker never waits for a scrape.
 //!
 //! Names: `dpacc_vnf_*` per vNF (labels `vnf`, and `port`, `queue`, `reason`, `direction`,
-//! `rule` where they apply), `dpacc_crypto_*` for the crypto device; counters end in
-//! `_total`.
+//! `rule` where they apply), `dpacc_crypto_*` for the crypto device (`dpacc_crypto_session_*`
+//! per open session: labels `connection`, `session`, `alg`, `op`, `fallback`); counters end
+//! in `_total`.
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -205,6 +206,18 @@ pub fn render_crypto(view: Option<&CryptoView>) -> String {
         "Sessions created on the software fallback because the accelerator driver lacks the \
          algorithm",
     );
+    let s_ops = f.counter(
+        "dpacc_crypto_session_operations",
+        "Crypto requests completed with status OK, per open session",
+    );
+    let s_errs = f.counter(
+        "dpacc_crypto_session_errors",
+        "Crypto requests on an open session completed with an error status",
+    );
+    let s_bytes = f.counter(
+        "dpacc_crypto_session_bytes",
+        "Bytes of the crypto requests' buffers, per open session",
+    );
     if let Some(v) = view {
         let d = || vec![("driver", v.driver().to_string())];
         for (q, c) in v.queues().iter().enumerate() {
@@ -220,6 +233,20 @@ pub fn render_crypto(view: Option<&CryptoView>) -> String {
         set(&failed, vec![], s.failed);
         set(&closed, vec![], s.closed);
         set(&fallbacks, d(), s.fallbacks);
+        // Every open session: at most the session quota (--max-sessions) of the one frontend.
+        for st in v.open_sessions(usize::MAX).sessions {
+            let sl = &st.labels;
+            let l = vec![
+                ("connection", sl.connection.to_string()),
+                ("session", sl.id.to_string()),
+                ("alg", sl.alg.clone()),
+                ("op", sl.op.to_string()),
+                ("fallback", sl.fallback.to_string()),
+            ];
+            set(&s_ops, l.clone(), st.count.operations);
+            set(&s_errs, l.clone(), st.count.errors);
+            set(&s_bytes, l, st.count.bytes);
+        }
     }
     f.encode()
 }

@@ -273,6 +273,9 @@ fn vnf_routes(reg: &VnfRegistry, method: &str, segs: &[&str], body: &[u8]) -> Re
     }
 }
 
+/// Most sessions `GET /stats` of a crypto daemon lists.
+pub const STATS_SESSIONS: usize = 1000;
+
 fn crypto_routes(view: Option<&CryptoView>, method: &str, segs: &[&str]) -> Reply {
     match segs {
         ["metrics"] => match method {
@@ -290,6 +293,7 @@ fn crypto_routes(view: Option<&CryptoView>, method: &str, segs: &[&str]) -> Repl
                     return Reply::error(503, "the crypto device is not up yet");
                 };
                 let s = v.sessions();
+                let list = v.open_sessions(STATS_SESSIONS);
                 Reply::json(
                     200,
                     &json!({
@@ -302,6 +306,15 @@ fn crypto_routes(view: Option<&CryptoView>, method: &str, segs: &[&str]) -> Repl
                             "open": s.open, "max": s.max, "created": s.created,
                             "failed": s.failed, "closed": s.closed, "fallbacks": s.fallbacks,
                         },
+                        "session_list": list.sessions.iter().map(|st| json!({
+                            "connection": st.labels.connection, "id": st.labels.id,
+                            "alg": st.labels.alg, "op": st.labels.op,
+                            "fallback": st.labels.fallback,
+                            "operations": st.count.operations, "errors": st.count.errors,
+                            "bytes": st.count.bytes,
+                        })).collect::<Vec<_>>(),
+                        "session_list_total": list.total,
+                        "session_list_truncated": list.total > list.sessions.len() as u64,
                     }),
                 )
             }

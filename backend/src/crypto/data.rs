@@ -27,7 +27,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::control::Control;
-use super::sessions::{SessionTable, Table};
+use super::sessions::{OpenSession, SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::split_ring::SplitRing;
 use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
@@ -61,7 +61,10 @@ struct Pending {
     used_len: u32,
     /// `status::OK` while the operation is to be run; otherwise the final status.
     status: u8,
-    /// Index of the operation's session in the batch's [`BatchSessions`].
+    /// Bytes of the chain's buffers (readable and writable).
+    bytes: usize,
+    /// Index of the operation's session in the batch's [`BatchSessions`] (also when the
+    /// request failed after its session was found: it counts as that session's error).
     session: Option<u8>,
     iv: Iv,
     src: Range,
@@ -73,10 +76,20 @@ struct Pending {
 
 /// The sessions the operations of one batch use, each handle cloned once per batch (not once
 /// per operation: a reference count's atomic add and sub per 64-byte request cost more than
-/// the rest of its parsing), with its key-free summary.
+/// the rest of its parsing), with its key-free summary and what the batch did with it (added
+/// to the session's counters once, when the batch ends).
 #[derive(Default)]
 struct BatchSessions {
-    list: Vec<(u64, SessionHandle, SessionInfo)>,
+    list: Vec<BatchSession>,
+}
+
+struct BatchSession {
+    id: u64,
+    session: Arc<OpenSession>,
+    info: SessionInfo,
+    ok: u64,
+    errors: u64,
+    bytes: u64,
 }
 
 impl BatchSessions {
@@ -89,25 +102,45 @@ impl BatchSessions {
     /// The index of session `id` (open in `table`, which is always asked: a session closed
     /// in-band earlier in the batch is gone) and its summary, adding it on first use.
     fn get(&mut self, table: &Table, id: u64) -> Option<(u8, SessionInfo)> {
-        let handle = table.get(id)?;
-        if let Some(i) = self.list.iter().rposition(|e| e.0 == id) {
-            return Some((i as u8, self.list[i].2));
+        let open = table.get(id)?;
+        if let Some(i) = self.list.iter().rposition(|e| e.id == id) {
+            return Some((i as u8, self.list[i].info));
         }
         // At most one entry per operation of the batch (BATCH <= 255); never grows.
         if self.list.len() == self.list.capacity() || self.list.len() > usize::from(u8::MAX) {
             return None;
         }
-        let info = handle.info();
-        self.list.push((id, handle.clone(), info));
+        let info = open.handle.info();
+        self.list.push(BatchSession {
+            id,
+            session: open.clone(),
+            info,
+            ok: 0,
+            errors: 0,
+            bytes: 0,
+        });
         Some(((self.list.len() - 1) as u8, info))
     }
 
     fn handle(&self, i: u8) -> Option<&SessionHandle> {
-        self.list.get(usize::from(i)).map(|e| &e.1)
+        self.list.get(usize::from(i)).map(|e| &e.session.handle)
     }
 
-    fn clear(&mut self) {
-        self.list.clear();
+    /// Counts a completed request (`ok` or not, `bytes` of buffers) against session `i`.
+    fn count(&mut self, i: u8, ok: bool, bytes: usize) {
+        if let Some(e) = self.list.get_mut(usize::from(i)) {
+            e.ok += u64::from(ok);
+            e.errors += u64::from(!ok);
+            e.bytes += bytes as u64;
+        }
+    }
+
+    /// Adds what the batch did to each session's counters (once per session) and lets go of
+    /// the handles.
+    fn finish(&mut self) {
+        for e in self.list.drain(..) {
+            e.session.counters.add(e.ok, e.errors, e.bytes);
+        }
     }
 }
 
@@ -199,7 +232,8 @@ impl DataPath {
                 *p = Pending::default();
                 match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
-                        bytes += self.chain.readable_len() + self.chain.writable_len();
+                        p.bytes = self.chain.readable_len() + self.chain.writable_len();
+                        bytes += p.bytes;
                         // The request header, read once (a data request and a control request
                         // have the same size and the opcode in the same place).
                         let mut req = DataRequest::default();
@@ -239,16 +273,21 @@ impl DataPath {
             return 0;
         }
         self.submit(n);
+        // Requests with a status byte count as operations (OK) or errors, for the queue and for
+        // the session they named (when it was found).
+        let (mut ok, mut errors) = (0u64, 0u64);
+        for p in &self.pending[..n] {
+            if p.status_at.is_none() {
+                continue;
+            }
+            let good = p.status == status::OK;
+            ok += u64::from(good);
+            errors += u64::from(!good);
+            if let Some(i) = p.session {
+                self.batch_sessions.count(i, good, p.bytes);
+            }
+        }
         if let Some(c) = self.counters.as_ref().and_then(|(c, i)| c.queues.get(*i)) {
-            let ok = self.pending[..n]
-                .iter()
-                .filter(|p| p.status_at.is_some() && p.status == status::OK)
-                .count() as u64;
-            let errors = self.pending[..n]
-                .iter()
-                .filter(|p| p.status_at.is_some())
-                .count() as u64
-                - ok;
             c.count(ok, errors, bytes as u64);
         }
         for p in &mut self.pending[..n] {
@@ -259,7 +298,7 @@ impl DataPath {
             }
             ring.put_used(p.head, p.used_len);
         }
-        self.batch_sessions.clear();
+        self.batch_sessions.finish();
         notify.signal(ring.close(q));
         n
     }
@@ -449,7 +488,6 @@ fn parse(
         Ok(()) => status::OK,
         Err(e) => {
             pool.truncate(mark);
-            p.session = None;
             e.status()
         }
     };
@@ -516,6 +554,7 @@ fn parse_op(
     let (session, info) = sessions
         .get(table, req.header.session_id.to_native())
         .ok_or(CryptoError::InvalidSession)?;
+    p.session = Some(session);
     let off = DATA_REQ_SIZE;
     let dir_ok = |d: Direction| Some(d) == want_dir;
     match opcode {
@@ -644,7 +683,6 @@ fn parse_op(
             p.aad = carve_r(c, pool, data + src_len, aad_len)?;
         }
     }
-    p.session = Some(session);
     Ok(())
 }
 
@@ -843,6 +881,58 @@ mod tests {
         let mut input = cipher_req(vc::CIPHER_ENCRYPT, enc, 16, 16, 16);
         input.extend_from_slice(&body[..32]);
         assert_eq!(rig.run(&input, 17).1[16], status::INVSESS);
+    }
+
+    /// Requests count against the session they name (operations, errors, their buffers'
+    /// bytes), also when they fail after the session was found; a request naming no open
+    /// session counts against none; a closed session leaves the list.
+    #[test]
+    fn requests_count_against_their_session() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let idle = cbc(&rig, Direction::Encrypt);
+        let mut good = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 32, 32);
+        good.extend_from_slice(&[0x30; 16]);
+        good.extend((0..32u8).collect::<Vec<_>>());
+        assert_eq!(rig.run(&good, 33).1[32], status::OK);
+        assert_eq!(rig.run(&good, 33).1[32], status::OK);
+        // Wrong IV length: an error of this session.
+        let mut bad = cipher_req(vc::CIPHER_ENCRYPT, sid, 8, 16, 16);
+        bad.extend_from_slice(&[0; 24]);
+        assert_eq!(rig.run(&bad, 17).1[16], status::ERR);
+        // Unknown session: nobody's.
+        let mut unknown = cipher_req(vc::CIPHER_ENCRYPT, sid + 2, 16, 16, 16);
+        unknown.extend_from_slice(&[0; 32]);
+        assert_eq!(rig.run(&unknown, 17).1[16], status::INVSESS);
+        let list = rig.sessions.list(10);
+        assert_eq!(list.total, 2);
+        let of = |id: u64| {
+            list.sessions
+                .iter()
+                .find(|s| s.labels.id == id)
+                .unwrap()
+                .clone()
+        };
+        let s = of(sid);
+        assert_eq!(
+            s.count,
+            crate::crypto::counters::OpCount {
+                operations: 2,
+                errors: 1,
+                bytes: 2 * (good.len() as u64 + 33) + bad.len() as u64 + 17,
+            }
+        );
+        assert_eq!(
+            (s.labels.alg.as_str(), s.labels.op),
+            ("aes-128-cbc", "encrypt")
+        );
+        assert!(!s.labels.fallback);
+        assert_eq!(of(idle).count, Default::default());
+        rig.sessions.close(sid).unwrap();
+        let list = rig.sessions.list(10);
+        assert_eq!(list.total, 1);
+        assert_eq!(list.sessions.len(), 1);
+        assert_eq!(list.sessions[0].labels.id, idle);
     }
 
     #[test]

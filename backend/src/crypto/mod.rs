@@ -131,13 +131,18 @@ pub struct CryptoView {
 
 impl CryptoView {
     /// Per data queue.
-    pub fn queues(&self) -> Vec<counters::QueueCount> {
+    pub fn queues(&self) -> Vec<counters::OpCount> {
         self.counters.queues()
     }
 
     /// The session table's.
     pub fn sessions(&self) -> counters::SessionCount {
         self.sessions.counts()
+    }
+
+    /// The open sessions with their counters (the first `limit` listed, all counted).
+    pub fn open_sessions(&self, limit: usize) -> counters::SessionList {
+        self.sessions.list(limit)
     }
 
     /// The driver's name (`sw`, `afalg+sw`, ...).
@@ -293,6 +298,10 @@ impl VhostUserDevice for CryptoDevice {
 
     fn stop_queue(&mut self, index: usize) -> Option<Queue> {
         self.workers.get_mut(index)?.take()?.stop()
+    }
+
+    fn connected(&mut self) {
+        self.sessions.begin_connection();
     }
 
     fn handle_request(&mut self, request: u32, payload: &[u8], reply: &mut Vec<u8>) -> DeviceReply {

@@ -10,11 +10,18 @@
 //! Data-path workers look up all sessions of a batch under one read lock
 //! ([`SessionTable::read`]) and clone the handles they need; the lock is not held while
 //! operations run.
+//!
+//! Each open session carries its operator counters and labels ([`OpenSession`]); a worker adds
+//! a batch's requests to them once per batch through the handle it cloned, so counts of
+//! requests that were in flight when the session closed land in the closed session (they stay
+//! in the queue totals) and never in a newer one.
 
-use std::sync::atomic::Ordering;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use dpacc_spec::{CryptoDriver, CryptoError, SessionHandle, SessionParams};
+
+use super::counters::{SessionLabels, SessionList, SessionOpCounters, SessionStat};
 
 /// Largest generation before wrapping back to 1 (keeps ids positive as `i64`).
 const MAX_GEN: u32 = i32::MAX as u32;
@@ -43,10 +50,19 @@ fn next_gen(gen: u32) -> u32 {
     }
 }
 
+/// An open session: the driver's handle, what it did, and what identifies it to the operator.
+/// The driver session closes (keys zeroized) when the last clone of this drops.
+pub(crate) struct OpenSession {
+    /// Only workers write these (once per batch).
+    pub(crate) counters: SessionOpCounters,
+    pub(crate) handle: SessionHandle,
+    pub(crate) labels: SessionLabels,
+}
+
 #[derive(Default)]
 struct Slot {
     gen: u32,
-    session: Option<SessionHandle>,
+    session: Option<Arc<OpenSession>>,
 }
 
 /// The table behind the lock.
@@ -62,7 +78,7 @@ pub(crate) struct Table {
 
 impl Table {
     /// The session with this id, if open.
-    pub(crate) fn get(&self, id: u64) -> Option<&SessionHandle> {
+    pub(crate) fn get(&self, id: u64) -> Option<&Arc<OpenSession>> {
         let slot = self.slots.get((id & 0xffff_ffff) as usize)?;
         if u64::from(slot.gen) != id >> 32 {
             return None;
@@ -75,6 +91,8 @@ impl Table {
 pub(crate) struct SessionTable {
     inner: RwLock<Table>,
     counters: super::counters::SessionCounters,
+    /// The frontend connection sessions are created for now (0 before the first).
+    connection: AtomicU64,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -97,6 +115,38 @@ impl SessionTable {
                 live: 0,
             }),
             counters: Default::default(),
+            connection: AtomicU64::new(0),
+        }
+    }
+
+    /// A new frontend connection begins: sessions created from now on are labelled with the
+    /// next connection number (1 for the first).
+    pub(crate) fn begin_connection(&self) {
+        self.connection.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The open sessions with their counters: all of them counted, the first `limit` (by slot)
+    /// listed. The table's read lock is held only to clone the handles.
+    pub(crate) fn list(&self, limit: usize) -> SessionList {
+        let (total, open) = {
+            let t = self.read();
+            let open: Vec<Arc<OpenSession>> = t
+                .slots
+                .iter()
+                .filter_map(|s| s.session.clone())
+                .take(limit)
+                .collect();
+            (t.live as u64, open)
+        };
+        SessionList {
+            total,
+            sessions: open
+                .iter()
+                .map(|s| SessionStat {
+                    labels: s.labels.clone(),
+                    count: s.counters.snapshot(),
+                })
+                .collect(),
         }
     }
 
@@ -131,7 +181,7 @@ impl SessionTable {
             Ok(id) => {
                 c.created.fetch_add(1, Ordering::Relaxed);
                 let t = self.read();
-                if t.get(*id).and_then(dpacc_hw::fallback::runs_on_primary) == Some(false) {
+                if t.get(*id).is_some_and(|s| s.labels.fallback) {
                     c.fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -155,6 +205,19 @@ impl SessionTable {
         }
         // Create outside the lock (key schedules can take a while); insert afterwards.
         let handle = driver.create_session(params)?;
+        let (alg, op) = super::counters::describe(params);
+        let fallback = dpacc_hw::fallback::runs_on_primary(&handle) == Some(false);
+        let mut open = OpenSession {
+            counters: SessionOpCounters::default(),
+            handle,
+            labels: SessionLabels {
+                connection: self.connection.load(Ordering::Relaxed),
+                id: 0,
+                alg,
+                op,
+                fallback,
+            },
+        };
         let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if t.live >= t.max {
             return Err(CryptoError::NoSpace);
@@ -171,8 +234,9 @@ impl SessionTable {
             }
         };
         let slot = &mut t.slots[idx];
-        slot.session = Some(handle);
         let id = (u64::from(slot.gen) << 32) | idx as u64;
+        open.labels.id = id;
+        slot.session = Some(Arc::new(open));
         t.live += 1;
         Ok(id)
     }
@@ -203,7 +267,7 @@ impl SessionTable {
     /// Closes every session (frontend disconnect). Slots keep their generations moving, so an
     /// id a previous frontend held never names a session of the next one.
     pub(crate) fn clear(&self) {
-        let old: Vec<SessionHandle> = {
+        let old: Vec<Arc<OpenSession>> = {
             let mut t = self.inner.write().unwrap_or_else(|p| p.into_inner());
             let Table {
                 slots, free, live, ..
@@ -256,6 +320,93 @@ mod tests {
         let f = t.create(&d, &p).unwrap();
         assert!(![a, b, c].contains(&e) && ![a, b, c].contains(&f));
         assert!(t.read().get(e).is_some());
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+    use crate::crypto::test_driver::XorDriver;
+    use dpacc_spec::{AeadAlg, ChainAuth, ChainOrder, CipherAlg, Direction, HashAlg, MacAlg};
+
+    #[test]
+    fn open_sessions_are_listed_with_labels_up_to_a_limit() {
+        let t = SessionTable::new(8);
+        t.begin_connection();
+        t.begin_connection();
+        let params = [
+            SessionParams::Aead {
+                alg: AeadAlg::AesGcm,
+                key: &[1; 32],
+                tag_len: 16,
+                dir: Direction::Encrypt,
+            },
+            SessionParams::Aead {
+                alg: AeadAlg::ChaCha20Poly1305,
+                key: &[1; 32],
+                tag_len: 16,
+                dir: Direction::Decrypt,
+            },
+            SessionParams::Mac {
+                alg: MacAlg::Hmac(HashAlg::Sha256),
+                key: &[1; 32],
+                digest_len: 32,
+            },
+            SessionParams::Hash {
+                alg: HashAlg::Sha512,
+                digest_len: 64,
+            },
+            SessionParams::Cipher {
+                alg: CipherAlg::AesCtr,
+                key: &[1; 24],
+                dir: Direction::Decrypt,
+            },
+            SessionParams::Chain {
+                order: ChainOrder::CipherThenHash,
+                cipher: CipherAlg::AesCbc,
+                cipher_key: &[1; 16],
+                dir: Direction::Encrypt,
+                auth: ChainAuth::Mac(MacAlg::Hmac(HashAlg::Sha1)),
+                auth_key: &[2; 20],
+                digest_len: 12,
+            },
+        ];
+        let ids: Vec<u64> = params
+            .iter()
+            .map(|p| t.create(&XorDriver, p).unwrap())
+            .collect();
+        let list = t.list(usize::MAX);
+        let got: Vec<(u64, u64, &str, &str)> = list
+            .sessions
+            .iter()
+            .map(|s| {
+                (
+                    s.labels.connection,
+                    s.labels.id,
+                    s.labels.alg.as_str(),
+                    s.labels.op,
+                )
+            })
+            .collect();
+        let names = [
+            ("aes-256-gcm", "encrypt"),
+            ("chacha20-poly1305", "decrypt"),
+            ("hmac-sha256", "mac"),
+            ("sha512", "hash"),
+            ("aes-192-ctr", "decrypt"),
+            ("aes-128-cbc+hmac-sha1", "encrypt"),
+        ];
+        let want: Vec<(u64, u64, &str, &str)> = ids
+            .iter()
+            .zip(names)
+            .map(|(&id, (a, o))| (2, id, a, o))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(list.total, 6);
+        let first = t.list(2);
+        assert_eq!((first.total, first.sessions.len()), (6, 2));
+        t.clear();
+        assert_eq!(t.list(10), Default::default());
     }
 }
 

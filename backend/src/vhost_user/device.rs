@@ -79,6 +79,8 @@ pub(crate) trait VhostUserDevice: Send {
     ) -> DeviceReply {
         DeviceReply::Unknown
     }
+    /// A frontend connected (before its first message).
+    fn connected(&mut self) {}
     /// Drops all per-frontend state (rings are already stopped): called on disconnect.
     fn reset(&mut self);
 }

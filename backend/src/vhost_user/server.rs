@@ -176,6 +176,7 @@ pub(crate) fn serve<D: VhostUserDevice>(
         }
         guest_info!("frontend connected");
         tables.begin_connection();
+        dev.connected();
         let mut c = Connection::new(dev, &mut tables, Channel::new(stream));
         // A panic is a bug, but one frontend's bug: it ends this connection only.
         let end = std::panic::catch_unwind(AssertUnwindSafe(|| c.run(&mut serving)));
@@ -655,6 +656,7 @@ impl<'d, D: VhostUserDevice> Driver<'d, D> {
         stream: std::os::unix::net::UnixStream,
     ) -> Self {
         tables.begin_connection();
+        dev.connected();
         Self {
             conn: Connection::new(dev, tables, Channel::new(stream)),
             msg: Msg::default(),
