@@ -5,27 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `dpacc-backend` binary (built here: the root package cannot name another package's
-/// binary).
-pub fn backend_bin() -> PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "dpacc-backend",
-            "--bin",
-            "dpacc-backend",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        Into::into,
-    );
-    target.join("debug/dpacc-backend")
-}
+pub use super::daemon::backend_bin;
 
 /// Whether `tool` runs (`tool --version`); without it the test is SKIPPED, or fails with
 /// CI=true.

@@ -414,30 +414,43 @@ fn put_frame<G: vm_memory::GuestMemoryBackend>(
             head,
             seg,
             writable: true,
-        } if seg.len() >= total => {
-            // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's
-            // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
-            unsafe {
-                write_guest(seg.ptr(), &RX_HDR[..hdr]);
-                frame.copy_to(0, seg.ptr().add(hdr), frame.len());
-            }
-            let mut len = frame.len();
-            if let Some(i) = frame.finish {
-                // SAFETY: the frame's bytes, just written, in the same buffer.
-                let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
-                match finish(i, &at) {
-                    Some(n) if n <= len => len = n,
-                    _ => {
-                        ring.unpop(1);
-                        return true;
-                    }
-                }
-            }
-            ring.put_used(head, (hdr + len) as u32);
-            true
-        }
+        } if seg.len() >= total => put_whole(ring, head, seg, frame, hdr, finish),
         first => put_frame_chained(ring, chain, frame, hdr, mrg, finish, first),
     }
+}
+
+/// Writes the header and the whole frame into `seg`, the one writable buffer of chain `head`
+/// (at least header + frame bytes long), finishes a pending frame in place there, and
+/// publishes the buffer; a frame whose finish fails is dropped and the buffer put back.
+#[inline(always)]
+fn put_whole<G: vm_memory::GuestMemoryBackend>(
+    ring: &mut SplitRing<'_, G>,
+    head: u16,
+    seg: Seg<'_>,
+    frame: OutFrame<'_>,
+    hdr: usize,
+    finish: &mut dyn FnMut(usize, &[Seg<'_>]) -> Option<usize>,
+) -> bool {
+    // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's snapshot
+    // keeps mapped, at least hdr + frame bytes long.
+    unsafe {
+        write_guest(seg.ptr(), &RX_HDR[..hdr]);
+        frame.copy_to(0, seg.ptr().add(hdr), frame.len());
+    }
+    let mut len = frame.len();
+    if let Some(i) = frame.finish {
+        // SAFETY: the frame's bytes, just written, in the same buffer.
+        let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
+        match finish(i, &at) {
+            Some(n) if n <= len => len = n,
+            _ => {
+                ring.unpop(1);
+                return true;
+            }
+        }
+    }
+    ring.put_used(head, (hdr + len) as u32);
+    true
 }
 
 /// [`put_frame`] when the first buffer popped (`first`) does not take the whole frame: the
@@ -478,26 +491,7 @@ fn put_frame_chained<G: vm_memory::GuestMemoryBackend>(
                 writable: true,
             } if nb == 0 && seg.len() >= total => {
                 // The whole frame fits the first buffer: write it directly.
-                // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's
-                // snapshot keeps mapped, at least `total` = hdr + frame bytes long.
-                unsafe {
-                    write_guest(seg.ptr(), &RX_HDR[..hdr]);
-                    frame.copy_to(0, seg.ptr().add(hdr), frame.len());
-                }
-                let mut len = frame.len();
-                if let Some(i) = frame.finish {
-                    // SAFETY: the frame's bytes, just written, in the same buffer.
-                    let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
-                    match finish(i, &at) {
-                        Some(n) if n <= len => len = n,
-                        _ => {
-                            ring.unpop(1);
-                            return true;
-                        }
-                    }
-                }
-                ring.put_used(head, (hdr + len) as u32);
-                return true;
+                return put_whole(ring, head, seg, frame, hdr, finish);
             }
             // Otherwise walk it (again) the general way.
             Popped::One { head, .. } => ring.walk(head, chain),
