@@ -221,17 +221,31 @@ fn prefix(s: &str) -> Result<Prefix, JsonError> {
     Ok(Prefix { addr, len })
 }
 
+/// The IP protocols the API names, both ways: a `PUT` takes the name or the number, a `GET`
+/// gives the name (so a policy reads back as it was written).
+const PROTO_NAMES: [(&str, u8); 5] = [
+    ("tcp", 6),
+    ("udp", 17),
+    ("icmp", 1),
+    ("icmpv6", 58),
+    ("esp", 50),
+];
+
 fn proto(p: &ProtoJson) -> Result<u8, JsonError> {
     match p {
         ProtoJson::Number(n) => Ok(*n),
-        ProtoJson::Name(n) => match n.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(6),
-            "udp" => Ok(17),
-            "icmp" => Ok(1),
-            "icmpv6" => Ok(58),
-            "esp" => Ok(50),
-            _ => Err(JsonError::Proto(n.clone())),
-        },
+        ProtoJson::Name(n) => PROTO_NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(n))
+            .map(|&(_, number)| number)
+            .ok_or_else(|| JsonError::Proto(n.clone())),
+    }
+}
+
+fn proto_json(number: u8) -> ProtoJson {
+    match PROTO_NAMES.iter().find(|&&(_, n)| n == number) {
+        Some((name, _)) => ProtoJson::Name((*name).to_owned()),
+        None => ProtoJson::Number(number),
     }
 }
 
@@ -262,7 +276,7 @@ impl MatchJson {
             vlan: m.vlan,
             src: m.src.as_ref().map(pre),
             dst: m.dst.as_ref().map(pre),
-            proto: m.proto.map(ProtoJson::Number),
+            proto: m.proto.map(proto_json),
             sport: m.sport,
             dport: m.dport,
             spi: m.spi,
@@ -441,6 +455,13 @@ mod tests {
         let one_json = r#""counters":{"packets":1,"bytes":60,"denies":1}"#;
         assert_eq!(out.matches(one_json).count(), 4, "{out}");
         assert!(out.contains("\"counters\""), "{out}");
+        // Known protocols read back by name (as written), others as numbers.
+        assert!(out.contains(r#""proto":"tcp""#), "{out}");
+        assert!(out.contains(r#""proto":"udp""#), "{out}");
+        let odd = policy(r#"{"egress": {"rules": [{"match": {"proto": 132}, "action": "deny"}]}}"#)
+            .unwrap();
+        let odd = serde_json::to_string(&PolicyJson::of(&odd, None)).unwrap();
+        assert!(odd.contains(r#""proto":132"#), "{odd}");
         assert_eq!(policy(&out).unwrap(), p);
         assert_eq!(policy("{}").unwrap(), Policy::default());
     }
