@@ -25,8 +25,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 mod raw_vhost;
 
 use raw_vhost::{
-    Front, GET_CONFIG, GET_QUEUE_NUM, GET_VRING_BASE, NEED_REPLY, PF_CRYPTO, SET_MEM_TABLE,
-    SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK, SET_VRING_NUM,
+    Front, GET_CONFIG, GET_QUEUE_NUM, GET_VRING_BASE, PF_CRYPTO, SET_VRING_BASE, SET_VRING_CALL,
+    SET_VRING_KICK, SET_VRING_NUM,
 };
 
 const CREATE: u32 = 26;
@@ -320,14 +320,7 @@ fn cbc_encrypt_through_ring(
     let mut f = d.connect();
     let feats = f.crypto_handshake();
     let mem = Memfd::new(1 << 20);
-    let mut table = Vec::new();
-    table.extend_from_slice(&1u32.to_ne_bytes());
-    table.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [0u64, mem.size as u64, mem.va(0), 0] {
-        table.extend_from_slice(&v.to_ne_bytes());
-    }
-    f.send_fds(SET_MEM_TABLE, NEED_REPLY, &table, &[mem.fd]);
-    assert_eq!(f.recv(SET_MEM_TABLE), 0u64.to_ne_bytes());
+    assert_eq!(f.mem_table(mem.fd, mem.size as u64, mem.va(0), 0), 0);
     let state = |i: u32, n: u32| [i.to_ne_bytes(), n.to_ne_bytes()].concat();
     assert_eq!(f.acked(SET_VRING_NUM, &state(0, u32::from(QSIZE))), 0);
     assert_eq!(
@@ -336,29 +329,20 @@ fn cbc_encrypt_through_ring(
         "not a power of two"
     );
     assert_eq!(f.acked(SET_VRING_BASE, &state(0, 0)), 0);
-    let mut addr = Vec::new();
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [mem.va(DESC), mem.va(USED), mem.va(AVAIL), 0] {
-        addr.extend_from_slice(&v.to_ne_bytes());
-    }
-    assert_eq!(f.acked(SET_VRING_ADDR, &addr), 0);
+    assert_eq!(
+        f.vring_addr(0, mem.va(DESC), mem.va(USED), mem.va(AVAIL)),
+        0
+    );
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    f.send_fds(
-        SET_VRING_KICK,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[kick.as_raw_fd()],
+    assert_eq!(
+        f.acked_fds(SET_VRING_KICK, &0u64.to_ne_bytes(), &[kick.as_raw_fd()]),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_KICK), 0u64.to_ne_bytes());
-    f.send_fds(
-        SET_VRING_CALL,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[call.as_raw_fd()],
+    assert_eq!(
+        f.acked_fds(SET_VRING_CALL, &0u64.to_ne_bytes(), &[call.as_raw_fd()]),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_CALL), 0u64.to_ne_bytes());
     assert_ne!(feats & (1 << 29), 0);
 
     let sid = f.create(&aes128_cbc(1, key));
@@ -505,33 +489,20 @@ fn a_ring_that_never_runs_dry_still_stops() {
     let mut f = d.connect();
     f.crypto_handshake();
     let mem = Memfd::new(1 << 20);
-    let mut table = Vec::new();
-    table.extend_from_slice(&1u32.to_ne_bytes());
-    table.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [0u64, mem.size as u64, mem.va(0), 0] {
-        table.extend_from_slice(&v.to_ne_bytes());
-    }
-    f.send_fds(SET_MEM_TABLE, NEED_REPLY, &table, &[mem.fd]);
-    assert_eq!(f.recv(SET_MEM_TABLE), 0u64.to_ne_bytes());
+    assert_eq!(f.mem_table(mem.fd, mem.size as u64, mem.va(0), 0), 0);
     let state = |i: u32, n: u32| [i.to_ne_bytes(), n.to_ne_bytes()].concat();
     assert_eq!(f.acked(SET_VRING_NUM, &state(0, 1)), 0);
     // One chain announced: avail idx (0) - next_avail (65535) = 1.
     assert_eq!(f.acked(SET_VRING_BASE, &state(0, 65535)), 0);
-    let mut addr = Vec::new();
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [mem.va(DESC), mem.va(RINGS), mem.va(RINGS), 0] {
-        addr.extend_from_slice(&v.to_ne_bytes());
-    }
-    assert_eq!(f.acked(SET_VRING_ADDR, &addr), 0);
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    f.send_fds(
-        SET_VRING_KICK,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[kick.as_raw_fd()],
+    assert_eq!(
+        f.vring_addr(0, mem.va(DESC), mem.va(RINGS), mem.va(RINGS)),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_KICK), 0u64.to_ne_bytes());
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert_eq!(
+        f.acked_fds(SET_VRING_KICK, &0u64.to_ne_bytes(), &[kick.as_raw_fd()]),
+        0
+    );
     kick.write(1).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let used_idx = u16::from_le_bytes(mem.read(RINGS + 2, 2).try_into().unwrap());

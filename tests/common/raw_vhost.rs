@@ -160,6 +160,17 @@ impl Front {
         self.acked_fds(SET_MEM_TABLE, &table, &[fd])
     }
 
+    /// SET_VRING_ADDR for ring `i` (frontend virtual addresses, no log). The reply-ack value.
+    pub fn vring_addr(&mut self, i: u32, desc: u64, used: u64, avail: u64) -> u64 {
+        let mut addr = Vec::new();
+        addr.extend_from_slice(&i.to_ne_bytes());
+        addr.extend_from_slice(&0u32.to_ne_bytes());
+        for v in [desc, used, avail, 0] {
+            addr.extend_from_slice(&v.to_ne_bytes());
+        }
+        self.acked(SET_VRING_ADDR, &addr)
+    }
+
     /// Sets up ring `i` (size [`QSIZE`], descriptor table at guest-physical `i * 0x4000`, avail
     /// ring 0x1000 after it, used ring 0x2000 after it; `va0` is the frontend virtual address
     /// of guest-physical 0) with fresh kick and call eventfds, which it returns.
@@ -168,13 +179,7 @@ impl Front {
         assert_eq!(self.acked(SET_VRING_NUM, &state(u32::from(QSIZE))), 0);
         assert_eq!(self.acked(SET_VRING_BASE, &state(0)), 0);
         let base = va0 + u64::from(i) * 0x4000;
-        let mut addr = Vec::new();
-        addr.extend_from_slice(&i.to_ne_bytes());
-        addr.extend_from_slice(&0u32.to_ne_bytes());
-        for v in [base, base + 0x2000, base + 0x1000, 0] {
-            addr.extend_from_slice(&v.to_ne_bytes());
-        }
-        assert_eq!(self.acked(SET_VRING_ADDR, &addr), 0);
+        assert_eq!(self.vring_addr(i, base, base + 0x2000, base + 0x1000), 0);
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let call = EventFd::new(EFD_NONBLOCK).unwrap();
         let idx = u64::from(i).to_ne_bytes();
