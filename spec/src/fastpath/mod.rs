@@ -272,6 +272,28 @@ impl PacketBuf {
         self.len += t;
     }
 
+    /// Copies the whole frame (resident bytes, the rest of a partial frame, the tail) to
+    /// `dst`, a contiguous buffer at least [`len`](Self::len) bytes long.
+    ///
+    /// # Safety
+    /// `dst..dst + self.len()` must be valid for writes; it may be guest memory (raw copies,
+    /// no reference formed) but must not overlap this buffer.
+    pub unsafe fn write_to(&self, dst: *mut u8) {
+        let head = self.frame();
+        // SAFETY: the caller's range, `head.len() <= self.len()`.
+        unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len()) };
+        let mut at = head.len();
+        if let Some(r) = self.rest {
+            // SAFETY: the rest is readable (`set_partial`'s contract) and may be memory of the
+            // same guest as `dst` (a hostile driver may overlap its buffers): a memmove.
+            unsafe { std::ptr::copy(r.src, dst.add(at), r.len) };
+            at += r.len;
+        }
+        let t = self.tail();
+        // SAFETY: `at + t.len() == self.len()`: inside the caller's range.
+        unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), dst.add(at), t.len()) };
+    }
+
     /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
     /// device that forwards the frame: it copies them straight into the destination.
     pub fn rest(&self) -> Option<(*const u8, usize)> {
@@ -314,10 +336,9 @@ impl PacketBuf {
         self.buf.len() - self.head - self.len()
     }
 
-    /// Grows the frame by `n` bytes at the front; returns the new frame. None if no room.
-    /// A partial frame is made whole first.
+    /// Grows the frame by `n` bytes at the front; returns the new frame (its resident bytes,
+    /// if it is partial: a partial frame stays partial). None if no room.
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
-        self.make_whole();
         if n > self.head {
             return None;
         }
@@ -326,10 +347,9 @@ impl PacketBuf {
         Some(self.frame_mut())
     }
 
-    /// Removes `n` bytes from the front. False if the frame is shorter. A partial frame is
-    /// made whole first.
+    /// Removes `n` bytes from the front. False if the frame is shorter (than its resident
+    /// bytes, if it is partial: a partial frame stays partial).
     pub fn pull_front(&mut self, n: usize) -> bool {
-        self.make_whole();
         if n > self.len {
             return false;
         }
@@ -561,6 +581,30 @@ pub trait FlowLane: Send {
     fn finish(&mut self, index: usize, frame: &[crate::Seg<'_>]) -> Option<usize> {
         let _ = (index, frame);
         None
+    }
+
+    /// Finishes pending packet `pkt` (index `index` of the batch) as its frame's one copy:
+    /// `frame` (raw pointers to writable guest memory, in order, at least `pkt.len()` bytes)
+    /// is where it lands and holds nothing of it yet; the lane writes the frame there, e.g.
+    /// running its AEAD from the source buffer straight into `frame`. Returns the frame's
+    /// final length, or None: drop it (the lane left nothing there it must not release).
+    /// The default writes the frame (contiguous `frame` only) and calls
+    /// [`finish`](Self::finish).
+    fn finish_into(
+        &mut self,
+        index: usize,
+        pkt: &PacketBuf,
+        frame: &[crate::Seg<'_>],
+    ) -> Option<usize> {
+        match frame {
+            [f] if f.len() >= pkt.len() => {
+                // SAFETY: `frame` is writable guest memory of at least `pkt.len()` bytes (the
+                // caller's promise), not our packet buffer.
+                unsafe { pkt.write_to(f.ptr()) };
+                self.finish(index, frame)
+            }
+            _ => None,
+        }
     }
 
     /// Finishes pending packet `index` in its own buffer (made whole): for destinations that
