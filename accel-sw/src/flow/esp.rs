@@ -712,6 +712,15 @@ impl Sa {
     /// source buffer (the rest of a partial frame) and writes straight into `frame`: the
     /// frame's one copy. Otherwise (a chained or MRG destination) the frame is copied there
     /// first and finished in place ([`finish`](Self::finish)).
+    ///
+    /// On decap the ciphertext is read from the source guest's TX buffer and the plaintext
+    /// lands in another guest's RX buffer: that is only safe where AWS-LC reads each
+    /// ciphertext byte once for both GHASH and decryption, i.e. its AVX-512 code, which
+    /// hashes the very registers it decrypts (`aesni-gcm-avx512.pl`); then a source guest
+    /// rewriting its buffer meanwhile gets a failed tag or a consistent packet through, never
+    /// an unauthenticated change. Its other code paths hash the input, then decrypt it
+    /// (reading it twice), so without AVX-512 decap copies first (the destination guest can
+    /// only race itself).
     pub(crate) fn finish_into(
         &self,
         d: &Deferred,
@@ -736,7 +745,9 @@ impl Sa {
             let _ = self.count(lane, Err(EspDrop::Malformed));
             return None;
         }
-        if crate::sg::single(frame).is_some() && d.off <= head.len() {
+        // (A whole frame's ciphertext is in the packet buffer: host memory.)
+        let apart_ok = d.work == Work::Seal || pkt.rest().is_none() || gcm_reads_once();
+        if crate::sg::single(frame).is_some() && d.off <= head.len() && apart_ok {
             // The bytes before the AEAD's (link header, outer headers on encap), from the
             // packet buffer; the AEAD writes the rest, and the ICV after it on encap.
             // SAFETY: `frame` is writable for `total >= d.off` bytes; `head` is ours.
@@ -867,6 +878,25 @@ impl Sa {
         pkt.clear_pending();
         n.is_some_and(|n| pkt.set_len(n))
     }
+}
+
+/// Whether AWS-LC's AES-GCM runs its AVX-512 code here (the features it requires), which
+/// reads each input byte once (see [`Sa::finish_into`]).
+fn gcm_reads_once() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("avx")
+            && std::arch::is_x86_feature_detected!("movbe")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Writes an outer IPv4 header (no options, DF, TTL 64, ESP) with its checksum.
