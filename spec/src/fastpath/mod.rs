@@ -588,23 +588,39 @@ pub trait FlowLane: Send {
     /// is where it lands and holds nothing of it yet; the lane writes the frame there, e.g.
     /// running its AEAD from the source buffer straight into `frame`. Returns the frame's
     /// final length, or None: drop it (the lane left nothing there it must not release).
-    /// The default writes the frame (contiguous `frame` only) and calls
-    /// [`finish`](Self::finish).
+    /// The default writes the frame there and calls [`finish`](Self::finish).
     fn finish_into(
         &mut self,
         index: usize,
         pkt: &PacketBuf,
         frame: &[crate::Seg<'_>],
     ) -> Option<usize> {
-        match frame {
-            [f] if f.len() >= pkt.len() => {
-                // SAFETY: `frame` is writable guest memory of at least `pkt.len()` bytes (the
-                // caller's promise), not our packet buffer.
-                unsafe { pkt.write_to(f.ptr()) };
-                self.finish(index, frame)
+        if let [f] = frame {
+            if f.len() < pkt.len() {
+                return None;
             }
-            _ => None,
+            // SAFETY: `frame` is writable guest memory of at least `pkt.len()` bytes (the
+            // caller's promise), not our packet buffer.
+            unsafe { pkt.write_to(f.ptr()) };
+            return self.finish(index, frame);
         }
+        // Several pieces: through a small host buffer, piece by piece.
+        let mut at = 0;
+        let mut chunk = [0u8; 256];
+        for f in frame {
+            let mut done = 0;
+            while done < f.len() && at < pkt.len() {
+                let n = (f.len() - done).min(pkt.len() - at).min(chunk.len());
+                if !pkt.read_at(at, &mut chunk[..n]) {
+                    return None;
+                }
+                // SAFETY: `done + n <= f.len()`: inside the writable piece; `chunk` is ours.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), f.ptr().add(done), n) };
+                done += n;
+                at += n;
+            }
+        }
+        (at == pkt.len()).then(|| self.finish(index, frame))?
     }
 
     /// Finishes pending packet `index` in its own buffer (made whole): for destinations that
@@ -638,4 +654,54 @@ pub trait FastPathDriver: Send + Sync {
         &self,
         cfg: &InstanceConfig,
     ) -> Result<std::sync::Arc<dyn FlowProcessor>, InstanceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Seg;
+
+    /// A lane that only knows `finish` (in place, where the frame lies).
+    struct InPlace;
+
+    impl FlowLane for InPlace {
+        fn process(&mut self, _: u64, _: &mut [PacketBuf], _: &mut [Verdict]) {}
+
+        fn finish(&mut self, _: usize, frame: &[Seg<'_>]) -> Option<usize> {
+            Some(frame.iter().map(|s| s.len()).sum())
+        }
+    }
+
+    /// The default `finish_into` writes a partial frame (resident bytes, rest, tail) into one
+    /// buffer or into pieces, then calls `finish`.
+    #[test]
+    fn the_default_finish_into_writes_the_frame_then_finishes_it() {
+        let src: Vec<u8> = (0..600u32).map(|i| (i * 13) as u8).collect();
+        let mut p = PacketBuf::new();
+        p.load_area(PortId(1))[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
+        // SAFETY: `src` outlives `p`'s use.
+        assert!(unsafe {
+            p.set_partial(
+                HEADER_BYTES,
+                src.as_ptr().add(HEADER_BYTES),
+                src.len() - HEADER_BYTES,
+            )
+        });
+        assert!(p.push_tail(&[7, 7, 7]));
+        let mut want = src.clone();
+        want.extend([7, 7, 7]);
+        for cuts in [&[][..], &[1, 300, 301][..]] {
+            let mut dst = vec![0u8; want.len()];
+            let base = dst.as_mut_ptr();
+            let mut segs = Vec::new();
+            let mut at = 0;
+            for &c in cuts.iter().chain([want.len()].iter()) {
+                // SAFETY: pieces of `dst`, alive for the call.
+                segs.push(unsafe { Seg::from_raw(base.add(at), c - at) });
+                at = c;
+            }
+            assert_eq!(InPlace.finish_into(0, &p, &segs), Some(want.len()));
+            assert_eq!(dst, want, "cuts {cuts:?}");
+        }
+    }
 }
