@@ -198,6 +198,9 @@ fn drain<P: Processor>(
     true
 }
 
+/// Pause instructions between two looks at the avail index while polling.
+const POLL_PAUSES: u32 = 8;
+
 /// Polls the ring (kicks still off) until a chain is available or `limit` has passed; true if
 /// one is.
 fn poll_ring(q: &mut Queue, fast: &FastMem<'_, GuestMemoryMmap>, limit: Duration) -> bool {
@@ -220,6 +223,10 @@ fn poll_ring(q: &mut Queue, fast: &FastMem<'_, GuestMemoryMmap>, limit: Duration
         if spins % 32 == 0 && start.elapsed() >= limit {
             return false;
         }
-        std::hint::spin_loop();
+        // Not every cycle: the avail index shares its line with the first avail entries, which
+        // the driver is writing meanwhile; each look takes the line from it.
+        for _ in 0..POLL_PAUSES {
+            std::hint::spin_loop();
+        }
     }
 }

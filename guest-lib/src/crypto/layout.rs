@@ -54,6 +54,10 @@ const _: () = {
     // request naturally aligned, and the arena after the slots stays cache-line aligned.
     assert!(SLOT_TABLE % DESC_SIZE == 0 && SLOT_SIZE % DESC_SIZE == 0);
     assert!(SLOT_REQ % align_of::<DataRequest>() == 0);
+    // The request and the IV are stored as 8-byte words (`Queue::push`).
+    assert!(
+        SLOT_REQ % 8 == 0 && (DATA_REQ_SIZE + Iv::MAX) % 8 == 0 && SLOT_STATUS == SLOT_IV + Iv::MAX
+    );
     assert!(SLOT_SIZE % DMA_ALIGN == 0);
 };
 

@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 
 use dpacc_spec::error::status_to_result;
 use dpacc_spec::virtio_crypto::DATA_REQ_SIZE;
-use dpacc_spec::CryptoError;
+use dpacc_spec::{CryptoError, Iv};
 use vm_memory::ByteValued;
 
 use super::device::Inner;
 use super::layout::{
-    MAX_REQ_DESCS, SLOT_IV, SLOT_REQ, SLOT_SIZE, SLOT_STATUS, SLOT_TABLE, STATUS_LEN, STATUS_UNSET,
+    MAX_REQ_DESCS, SLOT_REQ, SLOT_SIZE, SLOT_STATUS, SLOT_TABLE, STATUS_LEN, STATUS_UNSET,
 };
 use super::op::{Completion, Op, OpKind};
 use crate::error::{Error, Result};
 use crate::mem::{DmaBuf, SharedMemory};
-use crate::virtq::{CompletionMode, Notifier, RawDesc, SplitQueue, UsedElem};
+use crate::virtq::{copy_changed, CompletionMode, Notifier, RawDesc, SplitQueue, UsedElem};
 
 /// Tokens of chains posted through the raw API (the crypto path ignores their completions).
 pub(super) const RAW_TOKEN: u64 = 1 << 63;
@@ -179,9 +179,11 @@ impl Queue {
     // The op travels back by value in the error so a rejection costs no allocation.
     #[allow(clippy::result_large_err)]
     pub fn push(&mut self, op: Op) -> std::result::Result<(), Rejected> {
-        let indirect = self.dev.indirect;
-        let shared = self.dev.shared.clone();
-        let st = self.st();
+        // Borrowed, not cloned: an `Arc` clone per operation is a locked instruction, which
+        // waits for the stores to the ring and the slot (lines the device reads on its core).
+        let Self { dev, st } = self;
+        let (indirect, shared) = (dev.indirect, &dev.shared);
+        let st = st.as_mut().expect("queue state present until drop");
         if st.broken {
             return Err(Rejected {
                 error: Error::Protocol("queue broken by an earlier device protocol violation"),
@@ -199,10 +201,7 @@ impl Queue {
         };
         let foreign = [&op.bufs.src, &op.bufs.dst, &op.bufs.aad, &op.bufs.digest]
             .iter()
-            .any(|b| {
-                b.as_ref()
-                    .is_some_and(|b| !Arc::ptr_eq(b.shared(), &shared))
-            });
+            .any(|b| b.as_ref().is_some_and(|b| !Arc::ptr_eq(b.shared(), shared)));
         if foreign {
             return Err(Rejected {
                 error: Error::InvalidArgument("DmaBuf from another device"),
@@ -218,16 +217,23 @@ impl Queue {
         let mem = &shared.mem;
         let soff = st.slots_off + slot as usize * SLOT_SIZE;
         let iv = op.iv.as_slice();
+        // The request and the IV (zero-padded to `Iv::MAX`) as the words of the slot's first
+        // 88 bytes; polled, stored only where they changed, so a slot reused for the same
+        // session and lengths leaves the request's first line alone (see `copy_changed`).
+        const WORDS: usize = (DATA_REQ_SIZE + Iv::MAX) / 8;
+        let mut words = [0u64; WORDS];
+        let mut bytes = [0u8; DATA_REQ_SIZE + Iv::MAX];
+        bytes[..DATA_REQ_SIZE].copy_from_slice(req.as_slice());
+        bytes[DATA_REQ_SIZE..DATA_REQ_SIZE + iv.len()].copy_from_slice(iv);
+        for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(c.try_into().unwrap_or_default());
+        }
         // SAFETY: the slot is free (not referenced by any chain in flight) and private to this
-        // queue; all offsets are inside its SLOT_SIZE bytes.
+        // queue; all offsets are inside its SLOT_SIZE bytes, and the slot (hence SLOT_REQ) is
+        // 8-byte aligned (`layout`).
         unsafe {
             let base = mem.as_ptr().add(soff);
-            std::ptr::copy_nonoverlapping(
-                req.as_slice().as_ptr(),
-                base.add(SLOT_REQ),
-                DATA_REQ_SIZE,
-            );
-            std::ptr::copy_nonoverlapping(iv.as_ptr(), base.add(SLOT_IV), iv.len());
+            copy_changed(base.add(SLOT_REQ).cast(), &words, !st.vq.interrupts());
             *base.add(SLOT_STATUS) = STATUS_UNSET;
         }
         let b = &op.bufs;
@@ -330,8 +336,9 @@ impl Queue {
     /// Moves finished operations into `out` (appending; reuse the `Vec` to avoid allocation)
     /// without blocking. Returns how many. An error means the device broke the protocol.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
-        let mem = self.dev.shared.clone();
-        let st = self.st();
+        let Self { dev, st } = self;
+        let mem = &dev.shared;
+        let st = st.as_mut().expect("queue state present until drop");
         let mut n = st.stash.len();
         out.extend(st.stash.drain(..));
         loop {

@@ -229,9 +229,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 (dev.uses_in_band_sessions(), "sessions in-band"),
             ];
             let extras: Vec<&str> = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
+            let wake = wake_after(mode, a.batch, depth);
             for &size in &a.sizes {
                 println!(
-                    "case      {} {size} B, batch {}, {depth} in flight per queue, {queues} queue(s), {}{}",
+                    "case      {} {size} B, batch {}, {depth} in flight per queue, woken after {wake} completions, {queues} queue(s), {}{}",
                     a.alg,
                     a.batch,
                     mode.name(),
@@ -242,7 +243,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     }
                 );
                 let before = backend_cpu(&dev, queues);
-                let dev_stats = device_run(&dev, &session, kind, size, a.batch, depth, dur)?;
+                let dev_stats = device_run(&dev, &session, kind, size, a.batch, depth, wake, dur)?;
                 // No worker threads yet before the run (the backend starts them when the
                 // queues start, which may still be under way): they had used nothing.
                 let backend_busy = backend_cpu(&dev, queues)
@@ -373,7 +374,21 @@ fn alloc_bufs(dev: &CryptoDevice, kind: Kind, size: usize) -> Result<OpBufs, Cli
     Ok(b)
 }
 
+/// Completions a bench thread waits for before it refills (at most `depth`). Polled: one
+/// batch. With interrupts: half of what is in flight (at least a batch), so the device still
+/// has half its work queued when the thread wakes, and interrupts one wake-up per half ring
+/// rather than per batch: waking a sleeping thread costs the device's worker about 10 µs of
+/// its core on this VM, a sixth of the work of a 32 × 16 KiB batch (docs/performance.md).
+fn wake_after(mode: Mode, batch: usize, depth: usize) -> usize {
+    let chunk = batch.min(depth).max(1);
+    match mode {
+        Mode::Poll => chunk,
+        Mode::Interrupt => (depth / 2).max(chunk),
+    }
+}
+
 /// Every queue's thread at once; the rate of them all.
+#[allow(clippy::too_many_arguments)]
 fn device_run(
     dev: &CryptoDevice,
     session: &Session,
@@ -381,13 +396,16 @@ fn device_run(
     size: usize,
     batch: usize,
     depth: usize,
+    wake: usize,
     dur: Duration,
 ) -> Result<Stats, CliError> {
     let queues = dev.num_queues();
     let results: Vec<Result<Stats, CliError>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..queues)
             .map(|i| {
-                sc.spawn(move || device_thread(dev, session, i, kind, size, batch, depth, dur))
+                sc.spawn(move || {
+                    device_thread(dev, session, i, kind, size, batch, depth, wake, dur)
+                })
             })
             .collect();
         hs.into_iter()
@@ -412,6 +430,7 @@ fn device_thread(
     size: usize,
     batch: usize,
     depth: usize,
+    wake: usize,
     dur: Duration,
 ) -> Result<Stats, CliError> {
     let mut q = dev.queue(qi)?;
@@ -448,9 +467,9 @@ fn device_thread(
             }
         }
         out.clear();
-        // Wake up once a batch's worth has completed (the rest of the ring keeps the device
+        // Wake up once `wake` operations have completed (the rest of the ring keeps the device
         // busy meanwhile), not on every completion.
-        q.wait_for(&mut out, chunk)?;
+        q.wait_for(&mut out, wake.min(depth))?;
         for c in out.drain(..) {
             c.result?;
             ops += 1;

@@ -178,7 +178,8 @@ enum Cmd {
         /// Bytes per operation (a list: one case each, e.g. 64,1024,16384).
         #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
         size: Vec<usize>,
-        /// Operations pushed with one kick (and reaped per wakeup).
+        /// Operations pushed with one kick (and, polled, reaped per wakeup; with interrupts a
+        /// thread sleeps until half its --in-flight operations, at least a batch, completed).
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// Operations kept in flight per queue [default: 4 batches]. The raw figure cycles
