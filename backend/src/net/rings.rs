@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::slot::RingPair;
 use crate::split_ring::{Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::{prefetch, read_guest, write_guest, ChainBufs, FastMem};
+use crate::virtq::{prefetch, prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
@@ -463,6 +463,13 @@ impl<'f> Staged<'f> {
     #[inline(always)]
     fn write<G: vm_memory::GuestMemoryBackend>(&mut self, ring: &mut SplitRing<'_, G>, hdr: usize) {
         let n = std::mem::take(&mut self.n);
+        // Every line the copies will write is asked for first, for write: their misses (the
+        // driver's core touched them last) overlap instead of queueing behind each other's
+        // stores.
+        for (&dst, f) in self.dst[..n].iter().zip(&self.frames[..n]) {
+            prefetch_write(dst);
+            prefetch_write(dst.wrapping_add(hdr + f.len() - 1));
+        }
         for (&dst, f) in self.dst[..n].iter().zip(&self.frames[..n]) {
             // SAFETY: `dst` is the start of a device-writable buffer of at least hdr +
             // f.len() bytes (checked when staged) in guest memory the ring's snapshot keeps
