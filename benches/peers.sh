@@ -23,9 +23,9 @@
 #   cargo build --release -p dpacc-backend -p dpacc-guest && sudo benches/peers.sh
 # Environment: SECONDS_RUN (default 5), BURSTS (default 4), TARGET (default target/release),
 # TARGET_B (a second build's directory, e.g. of the previous commit: its dpacc-backend is
-# measured in the same run, for before/after), PERF (a file: profile dpacc-backend during the
-# 64-byte run with `perf record`), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the
-# multi-queue figures).
+# measured in the same run, for before/after, ESP included), PERF (a file: profile
+# dpacc-backend during the 64-byte run with `perf record`), PERF_ESP (the same during the ESP
+# run), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the multi-queue figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TARGET:-target/release}
@@ -127,6 +127,9 @@ dpacc() {
       $F add --cookie $((10 + p)) --priority 200 --match in_port=$p,esp --actions esp_decap,output:$o >/dev/null
       $F add --cookie $((20 + p)) --priority 100 --match in_port=$p,ip --actions esp_encap:0x100,output:$o >/dev/null
     done
+    if [ -n "${PERF_ESP:-}" ] && [ "$tag" = a ]; then
+      (sleep 4; exec perf record -e cpu-clock -F 4999 -g -o "$PERF_ESP" -p "$P" -- sleep 3) >/dev/null 2>&1 &
+    fi
     esp=$(generate "$d/u1.sock" "$d/u2.sock" 1400)
     raw=$("$T/dpacc" bench net --socket "$d/vnf.sock" --esp --size 1400 --seconds 1 | awk '/^raw/ {print $7}')
   fi
@@ -135,9 +138,9 @@ dpacc() {
 }
 
 read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
-B64=0; B1400=0
+B64=0; B1400=0; BESP=0
 if [ -n "${TARGET_B:-}" ]; then
-  read -r B64 B1400 _ _ < <(dpacc "$TARGET_B" b plain)
+  read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b)
 fi
 
 MQ64=0
@@ -151,11 +154,11 @@ if [ -z "${NO_FLOWS:-}" ]; then
   FLOWS=$(cargo bench -q --bench flow_processor -- --bench no-criterion-run 2>/dev/null | grep '^flow_processor/1M_flows' || true)
 fi
 
-python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" <<'PY'
+python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" "$BESP" <<'PY'
 import re, sys
 pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400 = (float(x or 0) for x in sys.argv[1:9])
 tb, flows = sys.argv[9], sys.argv[10]
-pmdmq, mq64 = (float(x or 0) for x in sys.argv[11:13])
+pmdmq, mq64, besp = (float(x or 0) for x in sys.argv[11:14])
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
 print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
 for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
@@ -165,6 +168,8 @@ for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
 print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
 print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
       f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {r(esp/1e6, raw)}")
+if tb:
+    print(f"  dpacc ({tb}) {besp/1e6:6.3f} Mpps   {r(besp/1e6, raw)}   (this build / that one: {r(esp, besp)})")
 if pmdmq or mq64:
     print("Multi-queue, 64 B, two queue pairs per port, generator on core 0 shared with a worker (Mpps):")
     print(f"  dpdk-testpmd io-fwd 2 lcores {pmdmq/1e6:6.2f}   dpacc --queue-pairs 2 {mq64/1e6:6.2f}   {r(mq64, pmdmq)}")

@@ -599,6 +599,15 @@ fn raw_request(
     raw_post(dev, &descs, &st)
 }
 
+/// Edits the cipher parameters of a raw request's body.
+fn edit_para(r: &mut vc::DataRequest, edit: impl FnOnce(&mut vc::CipherDataPara)) {
+    let mut sym: vc::SymDataReq = r.body();
+    let mut p: vc::CipherDataPara = sym.para();
+    edit(&mut p);
+    sym.set_para(&p);
+    r.set_body(&sym);
+}
+
 fn raw_post(dev: &CryptoDevice, descs: &[RawDesc], status_buf: &dpacc::guest::DmaBuf) -> RawResult {
     let mut q = dev.queue(0).unwrap();
     let mut raw = q.raw().unwrap();
@@ -626,6 +635,18 @@ fn malformed_requests_get_a_status_and_the_backend_keeps_serving() {
     let ok = raw_request(&dev, |r| r.header.session_id = sid.into(), 16, 16);
     assert_eq!(ok.status, Some(status::OK), "{ok:?}");
 
+    // Each case but the first edits a well-formed request on `sid`.
+    let on_sid = |edit: &dyn Fn(&mut vc::DataRequest), src_len, dst_len| {
+        raw_request(
+            &dev,
+            |r| {
+                r.header.session_id = sid.into();
+                edit(r)
+            },
+            src_len,
+            dst_len,
+        )
+    };
     let cases: Vec<(&str, RawResult, u8)> = vec![
         (
             "unknown session",
@@ -634,41 +655,17 @@ fn malformed_requests_get_a_status_and_the_backend_keeps_serving() {
         ),
         (
             "unknown opcode",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
-                    r.header.opcode = 0x999.into()
-                },
-                16,
-                16,
-            ),
+            on_sid(&|r| r.header.opcode = 0x999.into(), 16, 16),
             status::NOTSUPP,
         ),
         (
             "hash opcode on a cipher session",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
-                    r.header.opcode = vc::HASH.into()
-                },
-                16,
-                16,
-            ),
+            on_sid(&|r| r.header.opcode = vc::HASH.into(), 16, 16),
             status::ERR,
         ),
         (
             "decrypt opcode on an encrypt session",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
-                    r.header.opcode = vc::CIPHER_DECRYPT.into()
-                },
-                16,
-                16,
-            ),
+            on_sid(&|r| r.header.opcode = vc::CIPHER_DECRYPT.into(), 16, 16),
             status::ERR,
         ),
         (
@@ -678,16 +675,8 @@ fn malformed_requests_get_a_status_and_the_backend_keeps_serving() {
         ),
         (
             "src_len larger than the chain",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
-                    let mut sym: vc::SymDataReq = r.body();
-                    let mut p: vc::CipherDataPara = sym.para();
-                    p.src_data_len = 0x7fff_ffff.into();
-                    sym.set_para(&p);
-                    r.set_body(&sym);
-                },
+            on_sid(
+                &|r| edit_para(r, |p| p.src_data_len = 0x7fff_ffff.into()),
                 16,
                 16,
             ),
@@ -695,37 +684,19 @@ fn malformed_requests_get_a_status_and_the_backend_keeps_serving() {
         ),
         (
             "dst shorter than the result",
-            raw_request(&dev, |r| r.header.session_id = sid.into(), 32, 16),
+            on_sid(&|_| {}, 32, 16),
             status::ERR,
         ),
         (
             "wrong iv length",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
-                    let mut sym: vc::SymDataReq = r.body();
-                    let mut p: vc::CipherDataPara = sym.para();
-                    p.iv_len = 8.into();
-                    sym.set_para(&p);
-                    r.set_body(&sym);
-                },
-                16,
-                16,
-            ),
+            on_sid(&|r| edit_para(r, |p| p.iv_len = 8.into()), 16, 16),
             status::ERR,
         ),
-        (
-            "partial CBC block",
-            raw_request(&dev, |r| r.header.session_id = sid.into(), 15, 15),
-            status::ERR,
-        ),
+        ("partial CBC block", on_sid(&|_| {}, 15, 15), status::ERR),
         (
             "unknown op_type",
-            raw_request(
-                &dev,
-                |r| {
-                    r.header.session_id = sid.into();
+            on_sid(
+                &|r| {
                     let mut sym: vc::SymDataReq = r.body();
                     sym.op_type = 77.into();
                     r.set_body(&sym);

@@ -384,13 +384,14 @@ fn a_select_group_spreads_connections_over_servers_by_weight() {
     }
 }
 
-/// ESP where frames land: between vhost-user uplinks the fast path seals (encap) or opens
-/// (decap) each frame in place in the destination's RX buffers, after its one copy from the
-/// source's TX buffer (one buffer, or several with MRG_RXBUF: the frame is finished across
-/// them, and a decapsulated frame that needs fewer buffers gives the rest back). Every
-/// encapsulated frame must be byte for byte what the in-memory path (the one scapy checks in
-/// accel-sw/tests/esp_scapy.rs) makes of the same frame with the same sequence number; every
-/// decapsulated frame must be the original; a replayed or tampered ESP frame never arrives.
+/// ESP where frames land: between vhost-user uplinks the fast path seals (encap, after NAT on
+/// the inner headers) or opens (decap) each frame as its one copy: into one RX buffer straight
+/// from the packet buffer's headers and the source's TX buffer (out of place), or, with
+/// MRG_RXBUF, copied into several buffers and finished in place across them (a decapsulated
+/// frame that needs fewer buffers gives the rest back). Every encapsulated frame must be byte
+/// for byte what the in-memory path (the one scapy checks in accel-sw/tests/esp_scapy.rs)
+/// makes of the same frame with the same sequence number; every decapsulated frame must be
+/// the original after NAT; a replayed or tampered ESP frame never arrives.
 #[test]
 fn esp_sealed_and_opened_where_frames_land_matches_the_in_memory_path() {
     use dpacc::spec::fastpath::proto::{SaDirection, SaSpec};
@@ -431,10 +432,15 @@ fn esp_sealed_and_opened_where_frames_land_matches_the_in_memory_path() {
             proto: Some(50),
             ..Match::default()
         };
+        let nat = Ipv4Addr::new(10, 4, 0, 9);
         ft.add_flow(flow(
             1,
             ip,
-            vec![Action::EspEncap(0x300), Action::Output(PortId(2))],
+            vec![
+                Action::SetIpv4Dst(nat),
+                Action::EspEncap(0x300),
+                Action::Output(PortId(2)),
+            ],
         ))
         .unwrap();
         ft.add_flow(flow(
@@ -443,7 +449,26 @@ fn esp_sealed_and_opened_where_frames_land_matches_the_in_memory_path() {
             vec![Action::EspDecap, Action::Output(PortId(1))],
         ))
         .unwrap();
-        // The reference: the in-memory path with the same SA.
+        // The reference: the in-memory path with the same SA; and NAT alone (what decap
+        // gives back).
+        let spec = |actions| dpacc::sw::flow::FlowSpec {
+            table: 0,
+            priority: 1,
+            cookie: 1,
+            m: Match::default(),
+            actions,
+            idle_timeout_ns: 0,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        };
+        let mut natted =
+            SwFlowProcessor::new(std::sync::Arc::new(dpacc::sw::SwDriver::new()), 4).unwrap();
+        natted
+            .add_flow(
+                spec(vec![SwAction::SetIpv4Dst(nat), SwAction::Output(PortId(2))]),
+                0,
+            )
+            .unwrap();
         let mut reference =
             SwFlowProcessor::new(std::sync::Arc::new(dpacc::sw::SwDriver::new()), 4).unwrap();
         reference
@@ -459,16 +484,11 @@ fn esp_sealed_and_opened_where_frames_land_matches_the_in_memory_path() {
             .unwrap();
         reference
             .add_flow(
-                dpacc::sw::flow::FlowSpec {
-                    table: 0,
-                    priority: 1,
-                    cookie: 1,
-                    m: Match::default(),
-                    actions: vec![SwAction::EspEncap(0x300), SwAction::Output(PortId(2))],
-                    idle_timeout_ns: 0,
-                    hard_timeout_ns: 0,
-                    notify_expiry: false,
-                },
+                spec(vec![
+                    SwAction::SetIpv4Dst(nat),
+                    SwAction::EspEncap(0x300),
+                    SwAction::Output(PortId(2)),
+                ]),
                 0,
             )
             .unwrap();
@@ -490,7 +510,10 @@ fn esp_sealed_and_opened_where_frames_land_matches_the_in_memory_path() {
                 got == p[0].frame(),
                 "{size} B (mrg {mrg_a}/{mrg_b}): the ESP frame differs from the in-memory path's"
             );
-            sealed.push((f, got));
+            p[0].load(&f, PortId(1));
+            natted.process(0, &mut p, &mut v);
+            assert!(checksums_ok(p[0].frame()));
+            sealed.push((p[0].frame().to_vec(), got));
         }
         for (orig, esp) in &sealed {
             b.send(esp).unwrap();

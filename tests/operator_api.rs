@@ -422,11 +422,7 @@ fn sighup_is_survived_and_sigterm_stops_cleanly() {
         ],
         &api,
     );
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for(&sock);
     // A second daemon on the same API socket refuses to start (the live socket stays).
     let st = std::process::Command::new(common::api::backend_bin())
         .args(["net", "--api-socket"])
@@ -456,13 +452,9 @@ fn sighup_is_survived_and_sigterm_stops_cleanly() {
     assert!(ft.hello().is_err(), "the connection was closed");
 }
 
-#[test]
-fn the_crypto_daemon_serves_metrics_and_stats() {
-    if !have("curl", &["--version"]) || !have("python3", &["-c", "import prometheus_client"]) {
-        return;
-    }
-    let api = tmp("crypto-api.sock");
-    let sock = tmp("crypto.sock");
+/// `dpacc-backend crypto --queues 2` with an API socket, and a guest-library client on it.
+fn crypto_daemon(name: &str) -> (Daemon, dpacc::guest::CryptoDevice) {
+    let sock = tmp(&format!("{name}.sock"));
     let d = Daemon::start(
         &[
             "crypto",
@@ -471,14 +463,19 @@ fn the_crypto_daemon_serves_metrics_and_stats() {
             "--queues",
             "2",
         ],
-        &api,
+        &tmp(&format!("{name}-api.sock")),
     );
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for(&sock);
     let dev = dpacc::guest::CryptoDevice::connect(&sock, dpacc::guest::Options::default()).unwrap();
+    (d, dev)
+}
+
+#[test]
+fn the_crypto_daemon_serves_metrics_and_stats() {
+    if !have("curl", &["--version"]) || !have("python3", &["-c", "import prometheus_client"]) {
+        return;
+    }
+    let (d, dev) = crypto_daemon("crypto");
     let key = [7u8; 16];
     let s = dev
         .create_session(&dpacc::spec::SessionParams::Aead {
@@ -545,24 +542,7 @@ fn the_crypto_daemon_counts_per_session_and_forgets_closed_sessions() {
     if !have("curl", &["--version"]) || !have("python3", &["-c", "import prometheus_client"]) {
         return;
     }
-    let api = tmp("crypto-sess-api.sock");
-    let sock = tmp("crypto-sess.sock");
-    let d = Daemon::start(
-        &[
-            "crypto",
-            "--socket",
-            &sock.display().to_string(),
-            "--queues",
-            "2",
-        ],
-        &api,
-    );
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let dev = dpacc::guest::CryptoDevice::connect(&sock, dpacc::guest::Options::default()).unwrap();
+    let (d, dev) = crypto_daemon("crypto-sess");
     // AES-256-GCM encrypt: GCM test case 16's key; ChaCha20-Poly1305 decrypt: RFC 8439 §2.8.2.
     let gcm_key = common::h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
     let gcm = dev
@@ -735,6 +715,7 @@ fn the_crypto_daemon_counts_per_session_and_forgets_closed_sessions() {
         assert!(t.elapsed() < Duration::from_secs(10), "{st}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let sock = tmp("crypto-sess.sock");
     let dev = dpacc::guest::CryptoDevice::connect(&sock, dpacc::guest::Options::default()).unwrap();
     let again = dev
         .create_session(&SessionParams::Aead {

@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::guest::{boot, build_guest, initrd_with, qemu_or_skip, static_binary};
+use common::guest::{flow_packets, qemu_or_skip, NetGuest};
 use common::netns::Net;
 
 const RUN: &str = r#"
@@ -34,65 +32,29 @@ fn stock_guest_virtio_net_programs_its_flows_and_reaches_a_namespace() {
     let Some(net) = Net::start("q", 7) else {
         return;
     };
-    let guest = build_guest();
-    let dpacc = static_binary("dpacc-guest", ["--bin", "dpacc"]);
-    let dir = guest.join("runs/net_guest");
-    let initrd = initrd_with(&guest, &dir, RUN, &[("dpacc", &dpacc)], &[]);
-    let sock = net.socket.to_str().unwrap().to_string();
-    let b = boot(
-        &guest,
-        &dir,
-        &initrd,
-        &[
-            "-object",
-            "memory-backend-memfd,id=mem,size=512M,share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-chardev",
-            &format!("socket,id=c0,path={sock}"),
-            "-netdev",
-            "vhost-user,id=n0,chardev=c0",
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:dc:ac:07",
-        ],
-        Duration::from_secs(240),
-    );
-    let log = &b.serial;
-    for l in log
-        .lines()
-        .filter(|l| l.contains("DPACC-NET") || l.contains("cookie") || l.contains("bytes from"))
-    {
-        eprintln!("{}", l.trim());
+    let b = NetGuest {
+        run: "net_guest",
+        script: RUN,
+        socket: &net.socket,
+        mac: "52:54:00:dc:ac:07",
+        queues: 1,
+        tag: "DPACC-NET",
     }
-    assert!(
-        log.contains("DPACC-NET-DONE"),
-        "the guest script did not finish\n{}",
-        b.diag()
-    );
-    assert!(
-        !log.contains("DPACC-NET-FAIL"),
-        "flow programming from the guest failed\n{}",
-        b.diag()
-    );
+    .boot(&["bytes from"]);
+    let log = &b.serial;
     assert!(log.contains("8 tables, at most 64 flows"), "{}", b.diag());
     assert!(
         log.contains("DPACC-NET-PING ok"),
         "the guest could not reach the namespace\n{}",
         b.diag()
     );
-    let count = |cookie: &str| -> u64 {
-        log.lines()
-            .find_map(|l| l.split(&format!("cookie {cookie}: ")).nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let count = |cookie| flow_packets(log, cookie);
     // ARP + 3 echo requests out, ARP reply + 3 echo replies in: all through the flows.
     assert!(
-        count("1") >= 4 && count("2") >= 4,
+        count(1) >= 4 && count(2) >= 4,
         "flow counters {} / {}\n{}",
-        count("1"),
-        count("2"),
+        count(1),
+        count(2),
         b.diag()
     );
 }

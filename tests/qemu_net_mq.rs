@@ -12,9 +12,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::guest::{boot, build_guest, initrd_with, qemu_or_skip, static_binary};
+use common::guest::{flow_packets, qemu_or_skip, NetGuest};
 use common::netns::{must, Net};
 
 /// Host addresses in the first namespace: 10.9.8.1 and these.
@@ -74,42 +72,16 @@ fn stock_guest_spreads_flows_over_two_queue_pairs_and_two_workers() {
             &net.taps[0],
         ]);
     }
-    let guest = build_guest();
-    let dpacc = static_binary("dpacc-guest", ["--bin", "dpacc"]);
-    let dir = guest.join("runs/net_mq");
-    let initrd = initrd_with(&guest, &dir, &script(), &[("dpacc", &dpacc)], &[]);
-    let sock = net.socket.to_str().unwrap().to_string();
-    let b = boot(
-        &guest,
-        &dir,
-        &initrd,
-        &[
-            "-object",
-            "memory-backend-memfd,id=mem,size=512M,share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-chardev",
-            &format!("socket,id=c0,path={sock}"),
-            "-netdev",
-            "vhost-user,id=n0,chardev=c0,queues=2",
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:dc:ac:08,mq=on,vectors=6",
-        ],
-        Duration::from_secs(240),
-    );
-    let log = &b.serial;
-    for l in log
-        .lines()
-        .filter(|l| l.contains("DPACC-MQ") || l.contains("cookie") || l.contains("virtio"))
-    {
-        eprintln!("{}", l.trim());
+    let b = NetGuest {
+        run: "net_mq",
+        script: &script(),
+        socket: &net.socket,
+        mac: "52:54:00:dc:ac:08",
+        queues: 2,
+        tag: "DPACC-MQ",
     }
-    assert!(
-        log.contains("DPACC-MQ-DONE"),
-        "the guest script did not finish\n{}",
-        b.diag()
-    );
-    assert!(!log.contains("DPACC-MQ-FAIL"), "{}", b.diag());
+    .boot(&["virtio"]);
+    let log = &b.serial;
     assert!(
         log.contains("DPACC-MQ-QUEUES rx-0 rx-1 tx-0 tx-1"),
         "the guest did not enable two queue pairs\n{}",
@@ -134,17 +106,11 @@ fn stock_guest_spreads_flows_over_two_queue_pairs_and_two_workers() {
         "both RX queues must have carried frames: {irqs:?}\n{}",
         b.diag()
     );
-    let count = |cookie: &str| -> u64 {
-        log.lines()
-            .find_map(|l| l.split(&format!("cookie {cookie}: ")).nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let count = |cookie| flow_packets(log, cookie);
     // Every echo request went out through the ICMP flow of port 0 and every reply came back
     // through port 1's, on whichever worker: the summed counters are exact.
     assert_eq!(
-        (count("3"), count("4")),
+        (count(3), count(4)),
         (pings, pings),
         "ICMP flow counters\n{}",
         b.diag()

@@ -29,6 +29,10 @@
 //! a copy (`memmove`) from `src`, or the queue's bounce buffer. The AAD and the tag are always
 //! copied; the data is the one thing the libraries see in guest memory, as slices for the span
 //! of one call (docs/decisions/0005-guest-memory-access.md says why that is acceptable).
+//!
+//! A gathered input (several `src` pieces) going into one disjoint `dst` segment runs through
+//! AWS-LC's incremental interface (`gcm_stream.rs`), piece after piece straight into `dst`:
+//! fused ESP's headers from the host and payload from the source guest, in one pass.
 
 use std::mem::MaybeUninit;
 
@@ -36,6 +40,7 @@ use dpacc_spec::{sg_len, AeadAlg, CryptoError, Direction, Iv, Seg};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use zeroize::Zeroize;
 
+use crate::gcm_stream::{Claimed, GcmStream};
 use crate::sg;
 
 /// Tag length of both AEADs.
@@ -132,6 +137,8 @@ impl Tag16 {
 pub(crate) struct AeadKey {
     dir: Direction,
     engine: Engine,
+    /// AES-GCM over gathered pieces (None for ChaCha20-Poly1305, or if AWS-LC refused).
+    stream: Option<GcmStream>,
 }
 
 /// Buffers of the queue an AEAD operation may use.
@@ -149,6 +156,13 @@ enum Place<'a> {
     Apart { src: Seg<'a>, dst: Seg<'a> },
     /// In the one `dst` segment (after a copy from `src` unless they are the same memory).
     Dst(Seg<'a>),
+    /// From the pieces of `src` one after the other into one disjoint `dst` segment
+    /// (AWS-LC's incremental interface, claimed for this operation).
+    Gather {
+        src: &'a [Seg<'a>],
+        dst: Seg<'a>,
+        stream: Claimed<'a>,
+    },
     /// In the bounce buffer (scattered data).
     Bounce,
 }
@@ -177,11 +191,19 @@ impl AeadKey {
             }
             _ => return Err(CryptoError::InvalidKeyLength),
         };
-        Ok(Self { dir, engine })
+        let stream = match engine {
+            Engine::AwsLc(_) => GcmStream::new(key, dir == Direction::Encrypt),
+            Engine::Ring(_) => None,
+        };
+        Ok(Self {
+            dir,
+            engine,
+            stream,
+        })
     }
 
     /// Where to run an operation of `len` bytes from `src` to `dst` (lengths checked).
-    fn place<'a>(&self, src: &[Seg<'a>], dst: &[Seg<'a>], len: usize) -> Place<'a> {
+    fn place<'a>(&'a self, src: &'a [Seg<'a>], dst: &[Seg<'a>], len: usize) -> Place<'a> {
         let Some(d) = sg::single(dst).filter(|d| d.len() >= len && len > 0) else {
             return Place::Bounce;
         };
@@ -190,6 +212,24 @@ impl AeadKey {
         match (&self.engine, sg::single(src)) {
             (Engine::AwsLc(_), Some(s)) if s.ptr() != d.ptr() && disjoint(&s, &d) => {
                 Place::Apart { src: s, dst: d }
+            }
+            (Engine::AwsLc(_), None) if src.len() <= MAX_GATHER => {
+                // Each piece apart from `dst`; the stream free (else another thread is in the
+                // middle of an operation of this session: the old ways).
+                let apart = src.iter().all(|s| s.is_empty() || disjoint(s, &d));
+                match self
+                    .stream
+                    .as_ref()
+                    .filter(|_| apart)
+                    .and_then(GcmStream::claim)
+                {
+                    Some(stream) => Place::Gather {
+                        src,
+                        dst: d,
+                        stream,
+                    },
+                    None => Place::Dst(d),
+                }
             }
             _ => Place::Dst(d),
         }
@@ -277,6 +317,19 @@ impl AeadKey {
                 .map_err(|_| failed)?;
                 Ok(Tag16(tag))
             }
+            (
+                Place::Gather {
+                    src,
+                    dst,
+                    mut stream,
+                },
+                _,
+            ) => {
+                // SAFETY: the pieces are readable and `dst` writable for `len` bytes (their
+                // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only.
+                let tag = unsafe { stream.seal(&nonce, aad, src, dst.ptr()) }.ok_or(failed)?;
+                Ok(Tag16(tag))
+            }
             (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: `dst` is writable and nothing else references it during the call
                 // (caller); `src` is readable and either the same memory (no copy) or not,
@@ -337,6 +390,23 @@ impl AeadKey {
                 d.zeroize();
                 Err(CryptoError::AuthFailed)
             }
+            (
+                Place::Gather {
+                    src,
+                    dst,
+                    mut stream,
+                },
+                _,
+            ) => {
+                // SAFETY: as in `seal`.
+                if unsafe { stream.open(&nonce, aad, &tag, src, dst.ptr()) } {
+                    return Ok(());
+                }
+                // AWS-LC leaves the unverified plaintext in `dst`: wipe it (raw writes).
+                // SAFETY: `dst` is writable for its `len` bytes.
+                unsafe { std::ptr::write_bytes(dst.ptr(), 0, dst.len()) };
+                Err(CryptoError::AuthFailed)
+            }
             (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: as in `seal`.
                 let buf = unsafe {
@@ -367,6 +437,9 @@ impl AeadKey {
         }
     }
 }
+
+/// Most pieces of a gathered input taken straight into `dst` (more: the old ways).
+const MAX_GATHER: usize = 8;
 
 /// Whether two segments share no byte.
 fn disjoint(a: &Seg<'_>, b: &Seg<'_>) -> bool {

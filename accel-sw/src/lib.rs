@@ -21,6 +21,7 @@ mod cipher;
 mod digest;
 mod driver;
 pub mod flow;
+mod gcm_stream;
 mod queue;
 mod session;
 mod sg;

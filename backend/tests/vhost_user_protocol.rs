@@ -6,7 +6,7 @@ mod test_driver;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,28 +19,18 @@ use dpacc_spec::CryptoDriver;
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-const GET_FEATURES: u32 = 1;
-const SET_FEATURES: u32 = 2;
-const SET_OWNER: u32 = 3;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_NUM: u32 = 8;
-const SET_VRING_ADDR: u32 = 9;
-const SET_VRING_BASE: u32 = 10;
-const GET_VRING_BASE: u32 = 11;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const GET_PROTOCOL_FEATURES: u32 = 15;
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const GET_QUEUE_NUM: u32 = 17;
-const GET_CONFIG: u32 = 24;
+// The raw frontend the root package's hostile-frontend tests use (one copy of it).
+#[path = "../../tests/common/raw_vhost.rs"]
+#[allow(dead_code)]
+mod raw_vhost;
+
+use raw_vhost::{
+    Front, GET_CONFIG, GET_QUEUE_NUM, GET_VRING_BASE, PF_CRYPTO, SET_VRING_BASE, SET_VRING_CALL,
+    SET_VRING_KICK, SET_VRING_NUM,
+};
+
 const CREATE: u32 = 26;
 const CLOSE: u32 = 27;
-const NEED_REPLY: u32 = 0x8;
-
-const PF_MQ: u64 = 1 << 0;
-const PF_REPLY_ACK: u64 = 1 << 3;
-const PF_CRYPTO: u64 = 1 << 7;
-const PF_CONFIG: u64 = 1 << 9;
 
 struct Daemon {
     path: PathBuf,
@@ -78,9 +68,7 @@ impl Daemon {
     }
 
     fn connect(&self) -> Front {
-        let s = UnixStream::connect(&self.path).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Front { s }
+        Front::connect(&self.path)
     }
 }
 
@@ -94,85 +82,22 @@ impl Drop for Daemon {
     }
 }
 
-struct Front {
-    s: UnixStream,
+/// What QEMU's cryptodev-vhost-user does beyond the generic frontend.
+trait CryptoFront {
+    /// QEMU's handshake against a crypto backend with one data queue: the features offered.
+    fn crypto_handshake(&mut self) -> u64;
+    /// CREATE_CRYPTO_SESSION: the session id (-1: refused).
+    fn create(&mut self, s: &QemuCryptoSession) -> i64;
+    /// CREATE_CRYPTO_SESSION with any payload.
+    fn create_raw(&mut self, payload: &[u8]) -> i64;
 }
 
-impl Front {
-    fn send_fds(&mut self, req: u32, flags: u32, payload: &[u8], fds: &[RawFd]) {
-        let mut buf = Vec::new();
-        buf.extend_from_slice(&req.to_ne_bytes());
-        buf.extend_from_slice(&(1 | flags).to_ne_bytes());
-        buf.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
-        buf.extend_from_slice(payload);
-        if fds.is_empty() {
-            self.s.write_all(&buf).unwrap();
-            return;
-        }
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut cmsg = [0u64; 16];
-        // SAFETY: test code building a valid SCM_RIGHTS message over live buffers.
-        unsafe {
-            let mut mh: libc::msghdr = std::mem::zeroed();
-            mh.msg_iov = &mut iov;
-            mh.msg_iovlen = 1;
-            mh.msg_control = cmsg.as_mut_ptr().cast();
-            mh.msg_controllen = libc::CMSG_SPACE((4 * fds.len()) as u32) as _;
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN((4 * fds.len()) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
-            let n = libc::sendmsg(self.s.as_raw_fd(), &mh, 0);
-            assert_eq!(n as usize, buf.len());
-        }
-    }
-
-    fn send(&mut self, req: u32, flags: u32, payload: &[u8]) {
-        self.send_fds(req, flags, payload, &[]);
-    }
-
-    fn recv(&mut self, req: u32) -> Vec<u8> {
-        let mut hdr = [0u8; 12];
-        self.s.read_exact(&mut hdr).unwrap();
-        let w = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().unwrap());
-        assert_eq!(w(0), req, "reply to the right request");
-        assert_eq!(w(4), 0x5, "version 1 | REPLY");
-        let mut p = vec![0u8; w(8) as usize];
-        self.s.read_exact(&mut p).unwrap();
-        p
-    }
-
-    fn get_u64(&mut self, req: u32) -> u64 {
-        self.send(req, 0, &[]);
-        u64::from_ne_bytes(self.recv(req).try_into().unwrap())
-    }
-
-    fn set_u64(&mut self, req: u32, v: u64) {
-        self.send(req, 0, &v.to_ne_bytes());
-    }
-
-    fn acked(&mut self, req: u32, payload: &[u8]) -> u64 {
-        self.send(req, NEED_REPLY, payload);
-        u64::from_ne_bytes(self.recv(req).try_into().unwrap())
-    }
-
-    /// The handshake QEMU's cryptodev-vhost-user performs.
-    fn handshake(&mut self) -> u64 {
-        let f = self.get_u64(GET_FEATURES);
-        let pf = self.get_u64(GET_PROTOCOL_FEATURES);
-        assert_eq!(pf & PF_CRYPTO, PF_CRYPTO);
-        self.set_u64(
-            SET_PROTOCOL_FEATURES,
-            pf & (PF_CRYPTO | PF_REPLY_ACK | PF_MQ | PF_CONFIG),
-        );
-        assert_eq!(self.get_u64(GET_QUEUE_NUM), 2);
-        self.send(SET_OWNER, 0, &[]);
-        self.set_u64(SET_FEATURES, f);
-        f
+impl CryptoFront for Front {
+    fn crypto_handshake(&mut self) -> u64 {
+        let o = self.negotiate();
+        assert_eq!(o.protocol_features & PF_CRYPTO, PF_CRYPTO);
+        assert_eq!(o.queues, 2);
+        o.features
     }
 
     fn create(&mut self, s: &QemuCryptoSession) -> i64 {
@@ -220,7 +145,7 @@ fn aes128_cbc(dir: u8, key: &[u8; 16]) -> QemuCryptoSession {
 fn qemu_style_handshake_and_sessions() {
     let d = Daemon::start("sessions", 2);
     let mut f = d.connect();
-    let feats = f.handshake();
+    let feats = f.crypto_handshake();
     assert_ne!(feats & (1 << 32), 0, "VERSION_1");
     assert_ne!(feats & (1 << 30), 0, "PROTOCOL_FEATURES");
     assert_ne!(feats & (1 << 29), 0, "EVENT_IDX");
@@ -282,7 +207,7 @@ fn qemu_style_handshake_and_sessions() {
     assert_eq!(f.s.read(&mut b).unwrap(), 0);
     // ...and the next frontend is served, with fresh state (sessions dropped).
     let mut g = d.connect();
-    g.handshake();
+    g.crypto_handshake();
     assert_eq!(g.acked(CLOSE, &(dec as u64).to_ne_bytes()), 1);
     assert!(g.create(&aes128_cbc(1, &[7; 16])) > 0);
 }
@@ -299,7 +224,7 @@ fn oversized_message_closes_connection_only() {
     let mut b = [0u8; 1];
     assert_eq!(f.s.read(&mut b).unwrap(), 0);
     let mut g = d.connect();
-    g.handshake();
+    g.crypto_handshake();
 }
 
 /// Frontend-side guest memory: a memfd mapped into this process.
@@ -393,16 +318,9 @@ fn cbc_encrypt_through_ring(
 
     let d = Daemon::with_driver(name, 16, driver);
     let mut f = d.connect();
-    let feats = f.handshake();
+    let feats = f.crypto_handshake();
     let mem = Memfd::new(1 << 20);
-    let mut table = Vec::new();
-    table.extend_from_slice(&1u32.to_ne_bytes());
-    table.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [0u64, mem.size as u64, mem.va(0), 0] {
-        table.extend_from_slice(&v.to_ne_bytes());
-    }
-    f.send_fds(SET_MEM_TABLE, NEED_REPLY, &table, &[mem.fd]);
-    assert_eq!(f.recv(SET_MEM_TABLE), 0u64.to_ne_bytes());
+    assert_eq!(f.mem_table(mem.fd, mem.size as u64, mem.va(0), 0), 0);
     let state = |i: u32, n: u32| [i.to_ne_bytes(), n.to_ne_bytes()].concat();
     assert_eq!(f.acked(SET_VRING_NUM, &state(0, u32::from(QSIZE))), 0);
     assert_eq!(
@@ -411,29 +329,20 @@ fn cbc_encrypt_through_ring(
         "not a power of two"
     );
     assert_eq!(f.acked(SET_VRING_BASE, &state(0, 0)), 0);
-    let mut addr = Vec::new();
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [mem.va(DESC), mem.va(USED), mem.va(AVAIL), 0] {
-        addr.extend_from_slice(&v.to_ne_bytes());
-    }
-    assert_eq!(f.acked(SET_VRING_ADDR, &addr), 0);
+    assert_eq!(
+        f.vring_addr(0, mem.va(DESC), mem.va(USED), mem.va(AVAIL)),
+        0
+    );
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    f.send_fds(
-        SET_VRING_KICK,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[kick.as_raw_fd()],
+    assert_eq!(
+        f.acked_fds(SET_VRING_KICK, &0u64.to_ne_bytes(), &[kick.as_raw_fd()]),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_KICK), 0u64.to_ne_bytes());
-    f.send_fds(
-        SET_VRING_CALL,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[call.as_raw_fd()],
+    assert_eq!(
+        f.acked_fds(SET_VRING_CALL, &0u64.to_ne_bytes(), &[call.as_raw_fd()]),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_CALL), 0u64.to_ne_bytes());
     assert_ne!(feats & (1 << 29), 0);
 
     let sid = f.create(&aes128_cbc(1, key));
@@ -556,7 +465,7 @@ fn aes_128_cbc_nist_vector_through_a_real_ring() {
 fn create_session_reply_echoes_nothing_of_the_request() {
     let d = Daemon::start("echo", 4);
     let mut f = d.connect();
-    f.handshake();
+    f.crypto_handshake();
     for op_code in [vc::CIPHER_CREATE_SESSION, 0x0400_0003] {
         let mut s = aes128_cbc(1, &[7; 16]);
         s.op_code = u64::from(op_code);
@@ -578,35 +487,22 @@ fn a_ring_that_never_runs_dry_still_stops() {
     const RINGS: u64 = 0x1000;
     let d = Daemon::start("overlap", 4);
     let mut f = d.connect();
-    f.handshake();
+    f.crypto_handshake();
     let mem = Memfd::new(1 << 20);
-    let mut table = Vec::new();
-    table.extend_from_slice(&1u32.to_ne_bytes());
-    table.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [0u64, mem.size as u64, mem.va(0), 0] {
-        table.extend_from_slice(&v.to_ne_bytes());
-    }
-    f.send_fds(SET_MEM_TABLE, NEED_REPLY, &table, &[mem.fd]);
-    assert_eq!(f.recv(SET_MEM_TABLE), 0u64.to_ne_bytes());
+    assert_eq!(f.mem_table(mem.fd, mem.size as u64, mem.va(0), 0), 0);
     let state = |i: u32, n: u32| [i.to_ne_bytes(), n.to_ne_bytes()].concat();
     assert_eq!(f.acked(SET_VRING_NUM, &state(0, 1)), 0);
     // One chain announced: avail idx (0) - next_avail (65535) = 1.
     assert_eq!(f.acked(SET_VRING_BASE, &state(0, 65535)), 0);
-    let mut addr = Vec::new();
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    addr.extend_from_slice(&0u32.to_ne_bytes());
-    for v in [mem.va(DESC), mem.va(RINGS), mem.va(RINGS), 0] {
-        addr.extend_from_slice(&v.to_ne_bytes());
-    }
-    assert_eq!(f.acked(SET_VRING_ADDR, &addr), 0);
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    f.send_fds(
-        SET_VRING_KICK,
-        NEED_REPLY,
-        &0u64.to_ne_bytes(),
-        &[kick.as_raw_fd()],
+    assert_eq!(
+        f.vring_addr(0, mem.va(DESC), mem.va(RINGS), mem.va(RINGS)),
+        0
     );
-    assert_eq!(f.recv(SET_VRING_KICK), 0u64.to_ne_bytes());
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert_eq!(
+        f.acked_fds(SET_VRING_KICK, &0u64.to_ne_bytes(), &[kick.as_raw_fd()]),
+        0
+    );
     kick.write(1).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let used_idx = u16::from_le_bytes(mem.read(RINGS + 2, 2).try_into().unwrap());

@@ -629,6 +629,27 @@ fn fastpath_seeds() {
     v6.extend(&tcp4(80, false, &[0; 8])[34..]);
     save("packet_rewrite", "ipv6-tcp", &rw(1, (0, 0), &v6));
 
+    // Fused ESP, each as `cut u16 | flip u16 | frame` (an odd cut: a destination in two
+    // pieces at cut / 2; an odd flip: bit 0 of byte flip / 2 of the sealed frame flipped).
+    let fe =
+        |cut: u16, flip: u16, frame: &[u8]| Writer::default().u16(cut).u16(flip).bytes(frame).0;
+    let big: Vec<u8> = (0..1300u32).map(|i| (i * 7) as u8).collect();
+    save(
+        "fused_esp",
+        "udp-one-buffer",
+        &fe(0, 0, &udp4(53, &payload)),
+    );
+    save(
+        "fused_esp",
+        "udp-1400-split-tampered",
+        &fe(300 << 1 | 1, 700 << 1 | 1, &udp4(53, &big)),
+    );
+    save(
+        "fused_esp",
+        "tcp-whole-tampered",
+        &fe(0, 60 << 1 | 1, &tcp4(80, false, &payload[..20])),
+    );
+
     // Control messages, each as `step u8 | chunk`.
     let enc = |m: &Message| {
         let mut p = Vec::new();

@@ -61,6 +61,19 @@ impl Daemon {
         }
     }
 
+    /// Waits (at most 10 s) until the daemon has created `socket` (a vNF or device socket).
+    pub fn wait_for(&self, socket: &Path) {
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} not created",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `METHOD path` with an optional body through curl: (status, body).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut c = Command::new("curl");

@@ -213,3 +213,95 @@ fn boot_once(guest: &Path, dir: &Path, initrd: &Path, extra: &[&str], limit: Dur
         secs: t0.elapsed().as_secs_f64(),
     }
 }
+
+/// A stock guest with one `virtio-net-pci` on a `dpacc-backend net` vNF port (vhost-user;
+/// guest memory shared through a memfd, as vhost-user needs) and `dpacc` in its initrd,
+/// running `script`. The script says how it went with lines that start with `tag`:
+/// `{tag}-DONE` at the end, `{tag}-FAIL ...` for a failed step.
+pub struct NetGuest<'a> {
+    /// The run's directory name under the guest's `runs/`.
+    pub run: &'a str,
+    /// The guest's run script.
+    pub script: &'a str,
+    /// The vNF port's vhost-user socket.
+    pub socket: &'a Path,
+    /// The guest's MAC address.
+    pub mac: &'a str,
+    /// Queue pairs (more than one turns on `mq`).
+    pub queues: usize,
+    /// The script's line prefix, e.g. `DPACC-NET`.
+    pub tag: &'a str,
+}
+
+impl NetGuest<'_> {
+    /// Boots the guest (at most 240 s), prints the serial lines with the tag or a flow
+    /// counter (and those containing any of `show`), and asserts that the script finished
+    /// without a failed step.
+    pub fn boot(&self, show: &[&str]) -> Boot {
+        let guest = build_guest();
+        let dpacc = static_binary("dpacc-guest", ["--bin", "dpacc"]);
+        let dir = guest.join("runs").join(self.run);
+        let initrd = initrd_with(&guest, &dir, self.script, &[("dpacc", &dpacc)], &[]);
+        let chardev = format!("socket,id=c0,path={}", self.socket.display());
+        let (netdev, device) = if self.queues > 1 {
+            (
+                format!("vhost-user,id=n0,chardev=c0,queues={}", self.queues),
+                format!(
+                    "virtio-net-pci,netdev=n0,mac={},mq=on,vectors={}",
+                    self.mac,
+                    2 * self.queues + 2
+                ),
+            )
+        } else {
+            (
+                "vhost-user,id=n0,chardev=c0".to_string(),
+                format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+            )
+        };
+        let b = boot(
+            &guest,
+            &dir,
+            &initrd,
+            &[
+                "-object",
+                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-numa",
+                "node,memdev=mem",
+                "-chardev",
+                &chardev,
+                "-netdev",
+                &netdev,
+                "-device",
+                &device,
+            ],
+            Duration::from_secs(240),
+        );
+        for l in b.serial.lines().filter(|l| {
+            l.contains(self.tag) || l.contains("cookie") || show.iter().any(|s| l.contains(s))
+        }) {
+            eprintln!("{}", l.trim());
+        }
+        assert!(
+            b.serial.contains(&format!("{}-DONE", self.tag)),
+            "the guest script did not finish\n{}",
+            b.diag()
+        );
+        assert!(
+            !b.serial.contains(&format!("{}-FAIL", self.tag)),
+            "a step of the guest script failed\n{}",
+            b.diag()
+        );
+        b
+    }
+}
+
+/// The packet count of flow `cookie` in `dpacc flow ... stats` output (`cookie N: P packets
+/// ...`) on the serial console; 0 if it is not there.
+pub fn flow_packets(serial: &str, cookie: u64) -> u64 {
+    serial
+        .lines()
+        .find_map(|l| l.split(&format!("cookie {cookie}: ")).nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -16,17 +16,29 @@ pub const SET_MEM_TABLE: u32 = 5;
 pub const SET_VRING_NUM: u32 = 8;
 pub const SET_VRING_ADDR: u32 = 9;
 pub const SET_VRING_BASE: u32 = 10;
+pub const GET_VRING_BASE: u32 = 11;
 pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
 pub const GET_PROTOCOL_FEATURES: u32 = 15;
 pub const SET_PROTOCOL_FEATURES: u32 = 16;
 pub const GET_QUEUE_NUM: u32 = 17;
+pub const GET_CONFIG: u32 = 24;
 pub const NEED_REPLY: u32 = 0x8;
 
-const PF_MQ: u64 = 1 << 0;
-const PF_REPLY_ACK: u64 = 1 << 3;
-const PF_CRYPTO: u64 = 1 << 7;
-const PF_CONFIG: u64 = 1 << 9;
+pub const PF_MQ: u64 = 1 << 0;
+pub const PF_REPLY_ACK: u64 = 1 << 3;
+pub const PF_CRYPTO: u64 = 1 << 7;
+pub const PF_CONFIG: u64 = 1 << 9;
+
+/// What a backend offered in the handshake.
+pub struct Offered {
+    /// Virtio and vhost-user feature bits.
+    pub features: u64,
+    /// Protocol feature bits.
+    pub protocol_features: u64,
+    /// GET_QUEUE_NUM's answer.
+    pub queues: u64,
+}
 
 /// Ring size the helpers set up.
 pub const QSIZE: u16 = 16;
@@ -36,11 +48,16 @@ pub struct Front {
     pub s: UnixStream,
 }
 
-impl Front {
-    pub fn connect(path: &Path) -> Self {
-        let s = UnixStream::connect(path).unwrap();
+impl From<UnixStream> for Front {
+    fn from(s: UnixStream) -> Self {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Self { s }
+    }
+}
+
+impl Front {
+    pub fn connect(path: &Path) -> Self {
+        UnixStream::connect(path).unwrap().into()
     }
 
     pub fn send_fds(&mut self, req: u32, flags: u32, payload: &[u8], fds: &[RawFd]) {
@@ -84,6 +101,7 @@ impl Front {
         self.s.read_exact(&mut hdr).unwrap();
         let w = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().unwrap());
         assert_eq!(w(0), req, "reply to the right request");
+        assert_eq!(w(4), 0x5, "version 1 | REPLY");
         let mut p = vec![0u8; w(8) as usize];
         self.s.read_exact(&mut p).unwrap();
         p
@@ -106,17 +124,28 @@ impl Front {
 
     /// Negotiates features (everything offered) and REPLY_ACK; returns the queue count.
     pub fn handshake(&mut self) -> u64 {
-        let f = self.get_u64(GET_FEATURES);
-        let pf = self.get_u64(GET_PROTOCOL_FEATURES);
+        self.negotiate().queues
+    }
+
+    /// The handshake QEMU performs: GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES
+    /// (crypto, REPLY_ACK, MQ, CONFIG where offered), GET_QUEUE_NUM, SET_OWNER, SET_FEATURES
+    /// (everything offered). What the backend offered.
+    pub fn negotiate(&mut self) -> Offered {
+        let features = self.get_u64(GET_FEATURES);
+        let protocol_features = self.get_u64(GET_PROTOCOL_FEATURES);
         self.send(
             SET_PROTOCOL_FEATURES,
             0,
-            &(pf & (PF_CRYPTO | PF_REPLY_ACK | PF_MQ | PF_CONFIG)).to_ne_bytes(),
+            &(protocol_features & (PF_CRYPTO | PF_REPLY_ACK | PF_MQ | PF_CONFIG)).to_ne_bytes(),
         );
-        let n = self.get_u64(GET_QUEUE_NUM);
+        let queues = self.get_u64(GET_QUEUE_NUM);
         self.send(SET_OWNER, 0, &[]);
-        self.send(SET_FEATURES, 0, &f.to_ne_bytes());
-        n
+        self.send(SET_FEATURES, 0, &features.to_ne_bytes());
+        Offered {
+            features,
+            protocol_features,
+            queues,
+        }
     }
 
     /// SET_MEM_TABLE with one region: guest-physical 0, `size` bytes announced, at `user_addr`,
@@ -131,6 +160,17 @@ impl Front {
         self.acked_fds(SET_MEM_TABLE, &table, &[fd])
     }
 
+    /// SET_VRING_ADDR for ring `i` (frontend virtual addresses, no log). The reply-ack value.
+    pub fn vring_addr(&mut self, i: u32, desc: u64, used: u64, avail: u64) -> u64 {
+        let mut addr = Vec::new();
+        addr.extend_from_slice(&i.to_ne_bytes());
+        addr.extend_from_slice(&0u32.to_ne_bytes());
+        for v in [desc, used, avail, 0] {
+            addr.extend_from_slice(&v.to_ne_bytes());
+        }
+        self.acked(SET_VRING_ADDR, &addr)
+    }
+
     /// Sets up ring `i` (size [`QSIZE`], descriptor table at guest-physical `i * 0x4000`, avail
     /// ring 0x1000 after it, used ring 0x2000 after it; `va0` is the frontend virtual address
     /// of guest-physical 0) with fresh kick and call eventfds, which it returns.
@@ -139,13 +179,7 @@ impl Front {
         assert_eq!(self.acked(SET_VRING_NUM, &state(u32::from(QSIZE))), 0);
         assert_eq!(self.acked(SET_VRING_BASE, &state(0)), 0);
         let base = va0 + u64::from(i) * 0x4000;
-        let mut addr = Vec::new();
-        addr.extend_from_slice(&i.to_ne_bytes());
-        addr.extend_from_slice(&0u32.to_ne_bytes());
-        for v in [base, base + 0x2000, base + 0x1000, 0] {
-            addr.extend_from_slice(&v.to_ne_bytes());
-        }
-        assert_eq!(self.acked(SET_VRING_ADDR, &addr), 0);
+        assert_eq!(self.vring_addr(i, base, base + 0x2000, base + 0x1000), 0);
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let call = EventFd::new(EFD_NONBLOCK).unwrap();
         let idx = u64::from(i).to_ne_bytes();

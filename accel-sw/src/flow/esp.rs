@@ -674,11 +674,20 @@ impl Sa {
         }
         // [L2][outer IP][ESP header][ct][ICV] -> [L2][ct]: the link header moves forward
         // over the outer headers; the ICV (and any Ethernet padding) is cut.
+        // A partial frame stays partial: the ciphertext's first bytes are resident, the rest
+        // in the source buffer ([`finish_into`](Self::finish_into) opens it from there).
         let shift = l4 + ESP_HDR - l2;
         let fr = pkt.frame_mut();
         fr.copy_within(0..l2, shift);
-        if !pkt.pull_front(shift) || !pkt.truncate(l2 + d.span) {
+        if !pkt.pull_front(shift) {
             return Err(EspDrop::Malformed);
+        }
+        if !pkt.truncate(l2 + d.span) {
+            // The cut falls inside the resident bytes (a frame just over HEADER_BYTES).
+            pkt.make_whole();
+            if !pkt.truncate(l2 + d.span) {
+                return Err(EspDrop::Malformed);
+            }
         }
         pkt.set_pending();
         Ok(d)
@@ -694,7 +703,69 @@ impl Sa {
         q: &mut dyn CryptoQueue,
         lane: usize,
     ) -> Option<usize> {
-        let r = self.finish_inner(d, frame, q);
+        self.counted(lane, self.finish_inner(d, frame, None, q))
+    }
+
+    /// Writes pending packet `pkt` into `frame` (where it lands, nothing of it there yet) and
+    /// runs what `d` still needs on the way: with `frame` one segment, the AEAD reads its
+    /// input from the packet buffer (headers, possibly rewritten; the ESP trailer) and the
+    /// source buffer (the rest of a partial frame) and writes straight into `frame`: the
+    /// frame's one copy. Otherwise (a chained or MRG destination) the frame is copied there
+    /// first and finished in place ([`finish`](Self::finish)).
+    ///
+    /// On decap the ciphertext is read from the source guest's TX buffer and the plaintext
+    /// lands in another guest's RX buffer: that is only safe where AWS-LC reads each
+    /// ciphertext byte once for both GHASH and decryption, i.e. its AVX-512 code, which
+    /// hashes the very registers it decrypts (`aesni-gcm-avx512.pl`); then a source guest
+    /// rewriting its buffer meanwhile gets a failed tag or a consistent packet through, never
+    /// an unauthenticated change. Its other code paths hash the input, then decrypt it
+    /// (reading it twice), so without AVX-512 decap copies first (the destination guest can
+    /// only race itself).
+    pub(crate) fn finish_into(
+        &self,
+        d: &Deferred,
+        pkt: &PacketBuf,
+        frame: &[Seg<'_>],
+        q: &mut dyn CryptoQueue,
+        lane: usize,
+    ) -> Option<usize> {
+        let total = pkt.len();
+        let head = pkt.frame();
+        let rest = match pkt.rest() {
+            // SAFETY: readable while the packet is partial (`PacketBuf::set_partial`), which it
+            // stays while borrowed; only read through raw pointers.
+            Some((p, n)) => unsafe { Seg::from_raw(p.cast_mut(), n) },
+            None => Seg::from_ref(&[]),
+        };
+        // The frame as the packet holds it: resident bytes, rest, tail.
+        let stream = [Seg::from_ref(head), rest, Seg::from_ref(pkt.tail())];
+        let out_end = d.off + d.span + if d.work == Work::Seal { ICV } else { 0 };
+        let fits = dpacc_spec::sg_len(frame) >= total;
+        if !fits || out_end != total {
+            let _ = self.count(lane, Err(EspDrop::Malformed));
+            return None;
+        }
+        // (A whole frame's ciphertext is in the packet buffer: host memory.)
+        let apart_ok = d.work == Work::Seal || pkt.rest().is_none() || gcm_reads_once();
+        if crate::sg::single(frame).is_some() && d.off <= head.len() && apart_ok {
+            // The bytes before the AEAD's (link header, outer headers on encap), from the
+            // packet buffer; the AEAD writes the rest, and the ICV after it on encap.
+            // SAFETY: `frame` is writable for `total >= d.off` bytes; `head` is ours.
+            unsafe { crate::sg::scatter(frame, 0, &head[..d.off]) };
+            let mut src = [Seg::from_ref(&[]); 16];
+            let Some(src) = carve(&stream, d.off, d.span, &mut src) else {
+                let _ = self.count(lane, Err(EspDrop::Malformed));
+                return None;
+            };
+            return self.counted(lane, self.finish_inner(d, frame, Some(src), q));
+        }
+        // SAFETY: `stream` is readable (above), `frame` writable for `total` bytes; a
+        // memmove per piece (a hostile guest may overlap its RX and TX buffers).
+        unsafe { crate::sg::copy(&stream, frame, 0, total) };
+        self.finish(d, frame, q, lane)
+    }
+
+    fn counted(&self, lane: usize, r: Result<usize, EspDrop>) -> Option<usize> {
         match r {
             Ok(n) => {
                 let _ = self.count(lane, Ok(()));
@@ -707,15 +778,19 @@ impl Sa {
         }
     }
 
+    /// The AEAD `d` still needs over `frame`, in place or (`src`: its input elsewhere, as
+    /// long as the span) out of place into `frame`.
     fn finish_inner(
         &self,
         d: &Deferred,
         frame: &[Seg<'_>],
+        src: Option<&[Seg<'_>]>,
         q: &mut dyn CryptoQueue,
     ) -> Result<usize, EspDrop> {
         let total = dpacc_spec::sg_len(frame);
         let mut data = [Seg::from_ref(&[]); 16];
         let data = carve(frame, d.off, d.span, &mut data).ok_or(EspDrop::Malformed)?;
+        let input = src.unwrap_or(data);
         let aad = [Seg::from_ref(&d.aad)];
         let nonce = Iv::new(&d.nonce).expect("12 bytes");
         match d.work {
@@ -725,7 +800,7 @@ impl Sa {
                 let op = CryptoOp {
                     session: &self.session,
                     iv: nonce,
-                    src: data,
+                    src: input,
                     dst: data,
                     aad: &aad,
                     digest: tag,
@@ -740,7 +815,7 @@ impl Sa {
                 let op = CryptoOp {
                     session: &self.session,
                     iv: nonce,
-                    src: data,
+                    src: input,
                     dst: data,
                     aad: &aad,
                     digest: &tag,
@@ -805,6 +880,25 @@ impl Sa {
     }
 }
 
+/// Whether AWS-LC's AES-GCM runs its AVX-512 code here (the features it requires), which
+/// reads each input byte once (see [`Sa::finish_into`]).
+fn gcm_reads_once() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("avx")
+            && std::arch::is_x86_feature_detected!("movbe")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Writes an outer IPv4 header (no options, DF, TTL 64, ESP) with its checksum.
 fn write_outer(ip: &mut [u8], total: u16, src: Ipv4Addr, dst: Ipv4Addr) {
     ip.copy_from_slice(&[
@@ -839,6 +933,159 @@ fn write_outer(ip: &mut [u8], total: u16, src: Ipv4Addr, dst: Ipv4Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpacc_spec::fastpath::{PortId, HEADER_BYTES};
+
+    const KEY: [u8; 16] = [0x42; 16];
+    const SALT: [u8; 4] = [1, 2, 3, 4];
+
+    fn sa(dir: SaDir) -> Sa {
+        let cfg = SaConfig {
+            spi: 0x77,
+            key: Zeroizing::new(KEY.to_vec()),
+            salt: SALT,
+            dir,
+        };
+        Sa::new(cfg, &crate::SwDriver::new()).unwrap()
+    }
+
+    fn outbound() -> SaDir {
+        SaDir::Outbound {
+            src: Ipv4Addr::new(198, 51, 100, 1),
+            dst: Ipv4Addr::new(198, 51, 100, 2),
+        }
+    }
+
+    fn queue() -> Box<dyn CryptoQueue> {
+        crate::SwDriver::new().open_queue(4).unwrap()
+    }
+
+    /// An Ethernet + IPv4 + UDP frame of `len` bytes (payload bytes counting up).
+    fn frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len];
+        f[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        for (i, b) in f[34..].iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        f
+    }
+
+    /// `src` as a device loads it: partial (its first HEADER_BYTES resident, the rest left in
+    /// `src`) when longer than that, else whole.
+    fn loaded(src: &[u8]) -> PacketBuf {
+        let mut p = PacketBuf::new();
+        if src.len() > HEADER_BYTES {
+            let area = p.load_area(PortId(1));
+            area[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
+            // SAFETY: `src` outlives `p`'s use in each test.
+            let ok = unsafe {
+                p.set_partial(
+                    HEADER_BYTES,
+                    src.as_ptr().add(HEADER_BYTES),
+                    src.len() - HEADER_BYTES,
+                )
+            };
+            assert!(ok);
+        } else {
+            assert!(p.load(src, PortId(1)));
+        }
+        p
+    }
+
+    /// `dst` as one segment, or cut into pieces at `cuts` (a chained / MRG destination).
+    fn segs(dst: &mut [u8], cuts: &[usize]) -> Vec<Seg<'static>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let len = dst.len();
+        for &c in cuts.iter().filter(|&&c| c < len).chain([len].iter()) {
+            // SAFETY: inside `dst`, which outlives the segments' use in each test.
+            out.push(unsafe { Seg::from_raw(dst.as_mut_ptr().add(at), c - at) });
+            at = c;
+        }
+        out
+    }
+
+    /// Fused encap written where the frame lands (out of place from the packet buffer and the
+    /// source, or copied then sealed for a scattered destination) is byte for byte the
+    /// in-memory path's (the one scapy checks), also when the resident inner headers were
+    /// rewritten (NAT) and differ from the source's; fused decap gives the original back.
+    #[test]
+    fn fused_esp_written_where_it_lands_matches_the_in_memory_path() {
+        let mut q = queue();
+        for len in [60, 127, 128, 129, 200, 1400, 1500] {
+            for cuts in [&[][..], &[7, 100, 700][..]] {
+                let (out_f, out_r, inb) = (sa(outbound()), sa(outbound()), sa(SaDir::Inbound));
+                let src = frame(len);
+                let mut p = loaded(&src);
+                // NAT on the resident headers only: the source keeps the old address.
+                p.frame_mut()[30..34].copy_from_slice(&[192, 0, 2, 9]);
+                let mut want = src.clone();
+                want[30..34].copy_from_slice(&[192, 0, 2, 9]);
+                let d = out_f.encap_deferred(&mut p, 14, 0).unwrap();
+                let mut dst = vec![0xa5u8; p.len()];
+                let n = out_f.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
+                assert_eq!(n, Some(dst.len()), "{len} B, cuts {cuts:?}");
+                let mut r = PacketBuf::new();
+                assert!(r.load(&want, PortId(1)));
+                out_r.encap(&mut r, 14, &mut *q, 0).unwrap();
+                assert!(dst == r.frame(), "{len} B, cuts {cuts:?}: encap differs");
+
+                let esp = dst;
+                let mut p = loaded(&esp);
+                let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
+                let mut back = vec![0x5au8; p.len()];
+                let n = inb.finish_into(&d, &p, &segs(&mut back, cuts), &mut *q, 0);
+                assert_eq!(n, Some(want.len()), "{len} B, cuts {cuts:?}");
+                assert!(back[..want.len()] == want[..], "{len} B: decap differs");
+                assert_eq!(inb.stats().packets, 1);
+            }
+        }
+    }
+
+    /// A tampered ESP frame opened where it lands: dropped, counted, and no plaintext left in
+    /// the destination (out of place or in place).
+    #[test]
+    fn a_tampered_frame_opened_where_it_lands_leaves_no_plaintext() {
+        let mut q = queue();
+        for len in [60, 100, 1400] {
+            for cuts in [&[][..], &[50, 300][..]] {
+                let (out, inb) = (sa(outbound()), sa(SaDir::Inbound));
+                let mut r = PacketBuf::new();
+                assert!(r.load(&frame(len), PortId(1)));
+                out.encap(&mut r, 14, &mut *q, 0).unwrap();
+                let mut esp = r.frame().to_vec();
+                let at = esp.len() - 20; // ciphertext, in the source past the resident bytes
+                esp[at] ^= 1;
+                let mut p = loaded(&esp);
+                let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
+                let mut dst = vec![0xa5u8; p.len()];
+                let n = inb.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
+                assert_eq!(n, None);
+                // Wiped (out of place, in place), or still the ciphertext (a scattered
+                // destination is opened in the queue's bounce buffer, which is wiped).
+                let left = &dst[d.off..d.off + d.span];
+                let ct = &esp[14 + 20 + ESP_HDR..][..d.span];
+                let wiped = left.iter().all(|&b| b == 0);
+                assert!(
+                    wiped || (!cuts.is_empty() && left == ct),
+                    "{len} B, cuts {cuts:?}: plaintext left behind"
+                );
+                assert_eq!(inb.stats().auth_drops, 1);
+                // The genuine frame still opens (the sequence number was not consumed).
+                esp[at] ^= 1;
+                let mut p = loaded(&esp);
+                let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
+                let mut dst = vec![0u8; p.len()];
+                let n = inb.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
+                assert_eq!(n, Some(len));
+            }
+        }
+    }
 
     #[test]
     fn replay_window_follows_rfc4303() {

@@ -285,6 +285,15 @@ impl FlowLane for SwLane {
         SwLane::finish(self, index, frame)
     }
 
+    fn finish_into(
+        &mut self,
+        index: usize,
+        pkt: &PacketBuf,
+        frame: &[dpacc_spec::Seg<'_>],
+    ) -> Option<usize> {
+        SwLane::finish_into(self, index, pkt, frame)
+    }
+
     fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
         SwLane::finish_here(self, index, pkt)
     }

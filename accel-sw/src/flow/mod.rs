@@ -266,6 +266,19 @@ impl SwLane {
         sa.finish(&d, frame, &mut *st.queue, lane)
     }
 
+    /// Writes pending packet `index` (`pkt`) where its frame lands (`frame`, nothing of it
+    /// there yet) and runs its deferred AEAD on the way: from the packet and its source
+    /// buffer straight into `frame` where it can, else after copying the frame there.
+    pub fn finish_into(
+        &mut self,
+        index: usize,
+        pkt: &PacketBuf,
+        frame: &[dpacc_spec::Seg<'_>],
+    ) -> Option<usize> {
+        let (sa, d, lane, st) = self.pending_sa(index)?;
+        sa.finish_into(&d, pkt, frame, &mut *st.queue, lane)
+    }
+
     /// Runs the deferred AEAD of pending packet `index` in its own buffer.
     pub fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
         match self.pending_sa(index) {

@@ -341,8 +341,9 @@ impl NetRings {
     }
 
     /// Puts `frames` (each after a virtio-net header) into the RX ring, in order, until a
-    /// frame does not fit. A frame to be finished ([`OutFrame::of_batch`]) is written, then
-    /// `finish(i, where it lies)` runs before it is published: its final length, or None
+    /// frame does not fit. A frame to be finished ([`OutFrame::of_batch`]) is not written:
+    /// `finish(i, where it lands)` writes it there before it is published (its one copy may
+    /// be an AEAD from the source buffer): its final length, or None
     /// (the frame is dropped and its buffers stay available). Returns how many frames were
     /// put or dropped that way (the caller drops the rest for want of room).
     pub(crate) fn send<'f>(
@@ -511,7 +512,7 @@ fn place<G: vm_memory::GuestMemoryBackend>(
 }
 
 /// Writes the header and the whole frame into `seg`, the one writable buffer of chain `head`
-/// (at least header + frame bytes long), finishes a pending frame in place there, and
+/// (at least header + frame bytes long; a pending frame through `finish`), and
 /// publishes the buffer; a frame whose finish fails is dropped and the buffer put back.
 #[inline(always)]
 fn put_whole<G: vm_memory::GuestMemoryBackend>(
@@ -524,19 +525,21 @@ fn put_whole<G: vm_memory::GuestMemoryBackend>(
 ) -> bool {
     // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's snapshot
     // keeps mapped, at least hdr + frame bytes long.
-    unsafe {
-        write_guest(seg.ptr(), &RX_HDR[..hdr]);
-        frame.copy_to(0, seg.ptr().add(hdr), frame.len());
-    }
+    unsafe { write_guest(seg.ptr(), &RX_HDR[..hdr]) };
     let mut len = frame.len();
-    if let Some(i) = frame.finish {
-        // SAFETY: the frame's bytes, just written, in the same buffer.
-        let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
-        match finish(i, &at) {
-            Some(n) if n <= len => len = n,
-            _ => {
-                ring.unpop(1);
-                return true;
+    match frame.finish {
+        // SAFETY: as above.
+        None => unsafe { frame.copy_to(0, seg.ptr().add(hdr), frame.len()) },
+        Some(i) => {
+            // `finish` writes the frame there itself (its one copy may be its AEAD).
+            // SAFETY: the frame's bytes in the same buffer.
+            let at = [unsafe { Seg::from_raw(seg.ptr().add(hdr), frame.len()) }];
+            match finish(i, &at) {
+                Some(n) if n <= len => len = n,
+                _ => {
+                    ring.unpop(1);
+                    return true;
+                }
             }
         }
     }
@@ -614,8 +617,10 @@ fn put_frame_chained<G: vm_memory::GuestMemoryBackend>(
         // SAFETY: every piece `fill` hands out is device-writable guest memory of the walked
         // chain (mapped by the caller's snapshot); `from + take <= frame.len()`.
         let r = chain.fill(written, take, |dst, at, k| unsafe {
-            frame.copy_to(from + at, dst, k);
-            if frame.finish.is_some() {
+            if frame.finish.is_none() {
+                frame.copy_to(from + at, dst, k);
+            } else {
+                // Written by `finish`, once every piece is known.
                 if np < MAX_PIECES {
                     pieces[np] = Seg::from_raw(dst, k);
                 }

@@ -762,7 +762,7 @@ impl VnfLoop {
                 &mut self.touched,
                 pi,
                 frames,
-                &mut |i, at| lane.finish(i, at),
+                &mut |i, at| lane.finish_into(i, pkts.get(i)?, at),
             );
             let bytes = verdicts
                 .iter()

@@ -272,6 +272,28 @@ impl PacketBuf {
         self.len += t;
     }
 
+    /// Copies the whole frame (resident bytes, the rest of a partial frame, the tail) to
+    /// `dst`, a contiguous buffer at least [`len`](Self::len) bytes long.
+    ///
+    /// # Safety
+    /// `dst..dst + self.len()` must be valid for writes; it may be guest memory (raw copies,
+    /// no reference formed) but must not overlap this buffer.
+    pub unsafe fn write_to(&self, dst: *mut u8) {
+        let head = self.frame();
+        // SAFETY: the caller's range, `head.len() <= self.len()`.
+        unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len()) };
+        let mut at = head.len();
+        if let Some(r) = self.rest {
+            // SAFETY: the rest is readable (`set_partial`'s contract) and may be memory of the
+            // same guest as `dst` (a hostile driver may overlap its buffers): a memmove.
+            unsafe { std::ptr::copy(r.src, dst.add(at), r.len) };
+            at += r.len;
+        }
+        let t = self.tail();
+        // SAFETY: `at + t.len() == self.len()`: inside the caller's range.
+        unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), dst.add(at), t.len()) };
+    }
+
     /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
     /// device that forwards the frame: it copies them straight into the destination.
     pub fn rest(&self) -> Option<(*const u8, usize)> {
@@ -314,10 +336,9 @@ impl PacketBuf {
         self.buf.len() - self.head - self.len()
     }
 
-    /// Grows the frame by `n` bytes at the front; returns the new frame. None if no room.
-    /// A partial frame is made whole first.
+    /// Grows the frame by `n` bytes at the front; returns the new frame (its resident bytes,
+    /// if it is partial: a partial frame stays partial). None if no room.
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
-        self.make_whole();
         if n > self.head {
             return None;
         }
@@ -326,10 +347,9 @@ impl PacketBuf {
         Some(self.frame_mut())
     }
 
-    /// Removes `n` bytes from the front. False if the frame is shorter. A partial frame is
-    /// made whole first.
+    /// Removes `n` bytes from the front. False if the frame is shorter (than its resident
+    /// bytes, if it is partial: a partial frame stays partial).
     pub fn pull_front(&mut self, n: usize) -> bool {
-        self.make_whole();
         if n > self.len {
             return false;
         }
@@ -563,6 +583,46 @@ pub trait FlowLane: Send {
         None
     }
 
+    /// Finishes pending packet `pkt` (index `index` of the batch) as its frame's one copy:
+    /// `frame` (raw pointers to writable guest memory, in order, at least `pkt.len()` bytes)
+    /// is where it lands and holds nothing of it yet; the lane writes the frame there, e.g.
+    /// running its AEAD from the source buffer straight into `frame`. Returns the frame's
+    /// final length, or None: drop it (the lane left nothing there it must not release).
+    /// The default writes the frame there and calls [`finish`](Self::finish).
+    fn finish_into(
+        &mut self,
+        index: usize,
+        pkt: &PacketBuf,
+        frame: &[crate::Seg<'_>],
+    ) -> Option<usize> {
+        if let [f] = frame {
+            if f.len() < pkt.len() {
+                return None;
+            }
+            // SAFETY: `frame` is writable guest memory of at least `pkt.len()` bytes (the
+            // caller's promise), not our packet buffer.
+            unsafe { pkt.write_to(f.ptr()) };
+            return self.finish(index, frame);
+        }
+        // Several pieces: through a small host buffer, piece by piece.
+        let mut at = 0;
+        let mut chunk = [0u8; 256];
+        for f in frame {
+            let mut done = 0;
+            while done < f.len() && at < pkt.len() {
+                let n = (f.len() - done).min(pkt.len() - at).min(chunk.len());
+                if !pkt.read_at(at, &mut chunk[..n]) {
+                    return None;
+                }
+                // SAFETY: `done + n <= f.len()`: inside the writable piece; `chunk` is ours.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), f.ptr().add(done), n) };
+                done += n;
+                at += n;
+            }
+        }
+        (at == pkt.len()).then(|| self.finish(index, frame))?
+    }
+
     /// Finishes pending packet `index` in its own buffer (made whole): for destinations that
     /// take host bytes (a TAP). False: drop it.
     fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
@@ -594,4 +654,54 @@ pub trait FastPathDriver: Send + Sync {
         &self,
         cfg: &InstanceConfig,
     ) -> Result<std::sync::Arc<dyn FlowProcessor>, InstanceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Seg;
+
+    /// A lane that only knows `finish` (in place, where the frame lies).
+    struct InPlace;
+
+    impl FlowLane for InPlace {
+        fn process(&mut self, _: u64, _: &mut [PacketBuf], _: &mut [Verdict]) {}
+
+        fn finish(&mut self, _: usize, frame: &[Seg<'_>]) -> Option<usize> {
+            Some(frame.iter().map(|s| s.len()).sum())
+        }
+    }
+
+    /// The default `finish_into` writes a partial frame (resident bytes, rest, tail) into one
+    /// buffer or into pieces, then calls `finish`.
+    #[test]
+    fn the_default_finish_into_writes_the_frame_then_finishes_it() {
+        let src: Vec<u8> = (0..600u32).map(|i| (i * 13) as u8).collect();
+        let mut p = PacketBuf::new();
+        p.load_area(PortId(1))[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
+        // SAFETY: `src` outlives `p`'s use.
+        assert!(unsafe {
+            p.set_partial(
+                HEADER_BYTES,
+                src.as_ptr().add(HEADER_BYTES),
+                src.len() - HEADER_BYTES,
+            )
+        });
+        assert!(p.push_tail(&[7, 7, 7]));
+        let mut want = src.clone();
+        want.extend([7, 7, 7]);
+        for cuts in [&[][..], &[1, 300, 301][..]] {
+            let mut dst = vec![0u8; want.len()];
+            let base = dst.as_mut_ptr();
+            let mut segs = Vec::new();
+            let mut at = 0;
+            for &c in cuts.iter().chain([want.len()].iter()) {
+                // SAFETY: pieces of `dst`, alive for the call.
+                segs.push(unsafe { Seg::from_raw(base.add(at), c - at) });
+                at = c;
+            }
+            assert_eq!(InPlace.finish_into(0, &p, &segs), Some(want.len()));
+            assert_eq!(dst, want, "cuts {cuts:?}");
+        }
+    }
 }
