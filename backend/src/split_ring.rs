@@ -161,6 +161,12 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     /// [`pending`](Self::pending)). A chain of one plain descriptor (the common shape of a
     /// network buffer) comes back as that descriptor's segment; any other is walked into
     /// `chain` and checked (a chain failing the checks must still be returned as used).
+    ///
+    /// Inlined into its callers: the result then stays in registers. Returned through memory
+    /// (a call), the caller's first wide load of it could not be forwarded from the narrower
+    /// stores that wrote it and waited until the store buffer drained, i.e. until every
+    /// RX-buffer store of the frame before (lines the driver's core owns) had completed.
+    #[inline(always)]
     pub(crate) fn pop_one(&mut self, chain: &mut ChainBufs) -> Option<Popped> {
         let head = self.pop_head()?;
         if head < self.size {
