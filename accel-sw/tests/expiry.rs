@@ -111,7 +111,10 @@ impl Both {
 
     fn delete(&mut self, cookie: u64) {
         let gone = self.fp.delete_flows(cookie);
-        assert_eq!(gone.len(), usize::from(self.model.remove(&cookie).is_some()));
+        assert_eq!(
+            gone.len(),
+            usize::from(self.model.remove(&cookie).is_some())
+        );
     }
 
     /// Expires at `now` in both and checks that the events are the same, in order.

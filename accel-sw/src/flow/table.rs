@@ -453,8 +453,9 @@ impl Tables {
     fn remove_slot(&mut self, s: u32) {
         let e = &self.slab[s as usize];
         let slab = &self.slab;
-        self.order
-            .remove(usize::from(e.table), s, e.priority, |x| slab[x as usize].priority);
+        self.order.remove(usize::from(e.table), s, e.priority, |x| {
+            slab[x as usize].priority
+        });
         self.timers.cancel(s);
         self.cls.remove(&self.slab, s);
         let id = Self::id(&self.hasher, e.table, e.priority, &e.m);

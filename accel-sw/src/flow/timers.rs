@@ -169,7 +169,11 @@ mod tests {
         out.clear();
         w.due(base + 3 * TICK, &mut out);
         out.sort_unstable();
-        assert_eq!(out, [1, 5], "slot 5 comes a revolution early (the caller re-checks)");
+        assert_eq!(
+            out,
+            [1, 5],
+            "slot 5 comes a revolution early (the caller re-checks)"
+        );
         w.schedule(5, base + (BUCKETS as u64 + 3) * TICK);
         out.clear();
         w.due(base + 9 * TICK, &mut out);
