@@ -162,7 +162,7 @@ fn many_flows_with_mixed_timeouts_expire_at_the_right_call() {
     let mut b = Both::new(10_000);
     let t0 = 5 * S + 3;
     for i in 0..6_000u16 {
-        let idle = [0, 40 * MS, 1 * S, 3 * S + 7, 150 * S, 400 * S][usize::from(i % 6)];
+        let idle = [0, 40 * MS, S, 3 * S + 7, 150 * S, 400 * S][usize::from(i % 6)];
         let hard = [0, 2 * S, 90 * S, 200 * S + 1][usize::from(i / 6 % 4)];
         let (idle, hard) = if idle == 0 && hard == 0 {
             (16_777_216, 0) // exactly a wheel tick
