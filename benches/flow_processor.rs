@@ -72,12 +72,15 @@ fn spec(cookie: u64, m: Match, actions: Vec<Action>) -> FlowSpec {
 }
 
 /// Installs 1 M flows (all with the same action list, or each with its own: a NAT rewrite to
-/// its own address) and prints the insert rate and the heap bytes per flow.
-fn million_flows(distinct_actions: bool) {
+/// its own address; with `idle`, each with an idle timeout) and prints the insert rate, the
+/// heap bytes per flow and the longest single insert (a table growing all at once shows
+/// there).
+fn million_flows(distinct_actions: bool, idle: bool) {
     let n = 1_000_000u32;
     let before = LIVE.load(Ordering::Relaxed);
     let fp = SwFlowProcessor::new(Arc::new(SwDriver::new()), n as usize).unwrap();
     let t = Instant::now();
+    let (mut longest, mut over_1ms) = (0f64, 0);
     for i in 0..n {
         let m = Match {
             dst: Some(Prefix {
@@ -95,17 +98,44 @@ fn million_flows(distinct_actions: bool) {
         } else {
             vec![Action::Output(PortId(1))]
         };
-        fp.add_flow(spec(u64::from(i), m, actions), 0).unwrap();
+        let mut s = spec(u64::from(i), m, actions);
+        if idle {
+            s.idle_timeout_ns = 30_000_000_000;
+        }
+        let one = Instant::now();
+        fp.add_flow(s, 0).unwrap();
+        let d = one.elapsed().as_secs_f64();
+        longest = longest.max(d);
+        over_1ms += usize::from(d > 1e-3);
     }
     let secs = t.elapsed().as_secs_f64();
     let bytes = LIVE.load(Ordering::Relaxed) - before;
+    // With timeouts: what one expiry pass (the backend runs one every 100 ms) costs when
+    // nothing is due yet.
+    let pass = idle.then(|| {
+        let mut ev = Vec::new();
+        let t = Instant::now();
+        for k in 1..=10u64 {
+            fp.expire(k * 100_000_000, &mut ev);
+        }
+        assert!(ev.is_empty());
+        t.elapsed().as_secs_f64() / 10.0
+    });
     println!(
-        "flow_processor/1M_flows{}: {} flows installed in {secs:.2} s = {:.0} inserts/s; {:.0} bytes per flow (heap, incl. index)",
+        "flow_processor/1M_flows{}{}: {} flows installed in {secs:.2} s = {:.0} inserts/s; {:.0} bytes per flow (heap, incl. index); longest insert {:.2} ms, {over_1ms} over 1 ms",
         if distinct_actions { "_own_actions" } else { "" },
+        if idle { "_idle_timeouts" } else { "" },
         fp.flow_count(),
         f64::from(n) / secs,
-        bytes as f64 / f64::from(n)
+        bytes as f64 / f64::from(n),
+        longest * 1e3
     );
+    if let Some(p) = pass {
+        println!(
+            "flow_processor/1M_flows_idle_timeouts: one expiry pass with nothing due: {:.1} us",
+            p * 1e6
+        );
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -210,8 +240,9 @@ fn bench(c: &mut Criterion) {
 }
 
 fn main() {
-    million_flows(false);
-    million_flows(true);
+    million_flows(false, false);
+    million_flows(true, false);
+    million_flows(false, true);
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();

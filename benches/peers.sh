@@ -177,7 +177,7 @@ if pmdmq or mq64:
 for line in flows.splitlines():
     m = re.search(r"1M_flows(\S*): .* = (\d+) inserts/s; (\d+) bytes per flow", line)
     if m:
-        what = "own action list each" if m.group(1) else "shared action lists"
+        what = {"_own_actions": "own action list each", "_idle_timeouts": "shared action lists, idle timeouts"}.get(m.group(1), "shared action lists")
         ins, b = float(m.group(2)), float(m.group(3))
         print(f"Flow table, 1 M flows ({what}): {ins/1e6:.2f} M inserts/s ({r(ins, 1e6)} of the 1 M/s target), "
               f"{b:.0f} bytes per flow ({r(160, b)} of the 160-byte budget)")

@@ -9,9 +9,8 @@
 //! entry installed first. Connection setup depends on it: a new connection's first packet
 //! misses, and with a list the miss compared the packet with every installed flow.
 
-use hashbrown::HashTable;
-
 use super::key::FlowKey;
+use super::slot_hash::SlotHash;
 use super::table::{Entry, PackedMatch, DST, SRC};
 
 const NONE: u32 = u32::MAX;
@@ -100,7 +99,7 @@ struct Sub {
     max_priority: u16,
     entries: usize,
     /// The best slot of each masked match.
-    heads: HashTable<u32>,
+    heads: SlotHash,
 }
 
 /// The lookup structure of every table of an instance, beside [`super::table::Tables`].
@@ -125,6 +124,16 @@ impl Classifier {
             installs: 0,
             hasher: ahash::RandomState::new(),
         }
+    }
+
+    /// Tables.
+    pub(crate) fn tables(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// When the entry in `slot` was installed, as an order (ties go to the earlier).
+    pub(crate) fn installed(&self, slot: u32) -> u64 {
+        self.seq[slot as usize]
     }
 
     /// Whether slot `a` wins over slot `b`.
@@ -154,7 +163,7 @@ impl Classifier {
                     shape,
                     max_priority: e.priority,
                     entries: 0,
-                    heads: HashTable::new(),
+                    heads: SlotHash::new(),
                 });
                 subs.len() - 1
             }
@@ -164,21 +173,18 @@ impl Classifier {
         let raise = e.priority > sub.max_priority;
         sub.max_priority = sub.max_priority.max(e.priority);
         let hasher = &self.hasher;
-        let head = sub
-            .heads
-            .find(h, |&x| slab[x as usize].m.masked() == m)
-            .copied();
+        let head = sub.heads.find(h, |x| slab[x as usize].m.masked() == m);
         match head {
             None => {
                 sub.heads
-                    .insert_unique(h, slot, |&x| hasher.hash_one(slab[x as usize].m.masked()));
+                    .insert(h, slot, |x| hasher.hash_one(slab[x as usize].m.masked()));
             }
             Some(head) => {
                 let (pa, pb) = (e.priority, slab[head as usize].priority);
                 // The newest entry wins only with a higher priority.
                 if pa > pb {
                     self.next[s] = head;
-                    if let Some(x) = sub.heads.find_mut(h, |&x| x == head) {
+                    if let Some(x) = sub.heads.find_mut(h, |x| x == head) {
                         *x = slot;
                     }
                 } else {
@@ -210,21 +216,20 @@ impl Classifier {
             return;
         };
         let sub = &mut subs[i];
-        let Some(head) = sub
-            .heads
-            .find(h, |&x| slab[x as usize].m.masked() == m)
-            .copied()
-        else {
+        let Some(head) = sub.heads.find(h, |x| slab[x as usize].m.masked() == m) else {
             return;
         };
         let next = self.next[slot as usize];
         if head == slot {
-            match sub.heads.find_entry(h, |&x| x == slot) {
-                Ok(o) if next == NONE => {
-                    o.remove();
+            if next == NONE {
+                if sub.heads.remove(h, |x| x == slot).is_none() {
+                    return;
                 }
-                Ok(mut o) => *o.get_mut() = next,
-                Err(_) => return,
+            } else {
+                match sub.heads.find_mut(h, |x| x == slot) {
+                    Some(x) => *x = next,
+                    None => return,
+                }
             }
         } else {
             let mut prev = head;
@@ -259,7 +264,7 @@ impl Classifier {
                 continue;
             };
             let h = self.hasher.hash_one(m);
-            let Some(&slot) = sub.heads.find(h, |&x| slab[x as usize].m.masked() == m) else {
+            let Some(slot) = sub.heads.find(h, |x| slab[x as usize].m.masked() == m) else {
                 continue;
             };
             if best.is_none_or(|(b, _)| self.better(slab, slot, b)) {

@@ -19,9 +19,12 @@ pub mod esp;
 mod instance;
 pub mod key;
 mod lanes;
+mod order;
 mod policy;
 mod quota;
+mod slot_hash;
 mod table;
+mod timers;
 
 pub use instance::SwFastPath;
 pub use quota::QuotaKind;
@@ -728,44 +731,26 @@ impl SwInstance {
     }
 
     /// Removes flows past their timeouts (idle: on no lane for the idle timeout), returning
-    /// events for those that asked.
+    /// events for those that asked. Looks only at the flows whose time may have come (a
+    /// timer wheel), not at every flow.
     pub fn expire(&self, now_ns: u64, out: &mut Vec<Expired>) {
         let mut core = self.core.write();
         if core.t.timed() == 0 {
-            return; // no flow has a timeout: nothing to scan for
+            return; // no flow has a timeout
         }
-        let t = &core.t;
-        let idle = |e: &table::Entry, slot: u32| {
-            e.idle_timeout_ns != 0 && now_ns.saturating_sub(t.counters(slot).1) >= e.idle_timeout_ns
-        };
-        let mut doomed = Vec::new();
-        for tb in 0..TABLES {
-            for (slot, e) in t.table(tb) {
-                if now_ns >= e.hard_deadline || idle(e, slot) {
-                    doomed.push(slot);
-                }
+        let removed = core.t.expire(now_ns, |e, hard, stats| {
+            if e.notify_expiry {
+                out.push(Expired {
+                    cookie: e.cookie,
+                    reason: if hard {
+                        ExpiryReason::Hard
+                    } else {
+                        ExpiryReason::Idle
+                    },
+                    stats,
+                });
             }
-        }
-        if doomed.is_empty() {
-            return;
-        }
-        doomed.sort_unstable();
-        let removed = core.t.remove_if(
-            |_, s| doomed.binary_search(&s).is_ok(),
-            |e, stats| {
-                if e.notify_expiry {
-                    out.push(Expired {
-                        cookie: e.cookie,
-                        reason: if now_ns >= e.hard_deadline {
-                            ExpiryReason::Hard
-                        } else {
-                            ExpiryReason::Idle
-                        },
-                        stats,
-                    });
-                }
-            },
-        );
+        });
         if removed > 0 {
             core.generation += 1;
         }

@@ -9,7 +9,9 @@ use dpacc_spec::fastpath::flow::{Action, Bucket, FlowKey};
 use dpacc_spec::fastpath::{Quotas, Usage};
 
 use super::esp::{LaneSaStats, Sa};
+use super::order::PriorityOrder;
 use super::table::{Entry, FlowCounters, Tables, INLINE_ACTIONS};
+use super::timers::TimerWheel;
 use super::{FlowError, EMC_CAP};
 
 /// Bytes a crypto session of an SA holds on the driver side (an AES-GCM key schedule and
@@ -17,6 +19,13 @@ use super::{FlowError, EMC_CAP};
 const SA_SESSION_BYTES: u64 = 1024;
 /// Hash tables are charged twice their entries (load factor and control bytes).
 const HASH_SLACK: u64 = 2;
+/// The flow index and the classifier's tables are charged four buckets a flow: a table
+/// between 7/16 and 7/8 full, and while it grows the old one beside the new
+/// ([`super::slot_hash`]).
+const GROWING_HASH_SLACK: u64 = 4;
+/// Bytes of a priority's entry in a table's priority map (a B-tree node of 11 `u16` keys and
+/// `u32` slots, at least half full).
+const PRIORITY_MAP_ENTRY: usize = 16;
 
 /// Which quota a request ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,14 +55,21 @@ impl QuotaKind {
     }
 }
 
-/// Bytes one flow holds at most: its 104-byte slab entry, its slot in its table's priority
-/// list and (once removed) in the free list, its 4-byte index bucket with its control byte, and
-/// its counters on every lane. Vectors grow by doubling, so each is charged twice; a short
-/// action list (up to two actions) lives inside the entry and costs nothing more.
+/// Bytes one flow holds at most: its 104-byte slab entry, its links in its table's priority
+/// order and on the timer wheel, its place in the free list (once removed), its
+/// classifier links (chain, install order), its counters on every lane, its buckets in the
+/// index and in its shape's classifier table (a 4-byte slot and a control byte each, up to
+/// four per flow while a table grows: old and new tables together), and the entry of its
+/// priority in its table's priority map (one per flow at worst). Vectors grow by doubling,
+/// so each is charged twice; a short action list (up to two actions) lives inside the entry
+/// and costs nothing more.
 fn cost_flow(lanes: usize) -> u64 {
     let slot = size_of::<u32>();
-    (2 * (size_of::<Entry>() + 2 * slot + lanes * size_of::<FlowCounters>())
-        + HASH_SLACK as usize * (slot + 1)) as u64
+    let links = PriorityOrder::SLOT_BYTES + TimerWheel::SLOT_BYTES + slot;
+    let classifier = slot + size_of::<u64>();
+    (2 * (size_of::<Entry>() + links + classifier + lanes * size_of::<FlowCounters>())
+        + 2 * GROWING_HASH_SLACK as usize * (slot + 1)
+        + PRIORITY_MAP_ENTRY) as u64
 }
 
 /// Bytes one interned action list holds besides its actions: its slot (doubling), its free
@@ -88,8 +104,10 @@ fn cost_sa(lanes: usize) -> u64 {
 }
 
 fn cost_base(lanes: usize) -> u64 {
-    // An exact-match cache per lane and one for control requests, allocated up front.
+    // An exact-match cache per lane and one for control requests, allocated up front, and
+    // the timer wheel's buckets.
     (lanes as u64 + 1) * HASH_SLACK * (EMC_CAP * (size_of::<(FlowKey, super::Path)>() + 1)) as u64
+        + TimerWheel::BASE_BYTES as u64
 }
 
 /// The quotas of an instance and its counts.

@@ -1,12 +1,14 @@
 //! How flows are stored: compact entries in a slab (a packed match, the action list inline
 //! when it has at most two actions, else an interned list, the cookie and the timeouts: 104
-//! bytes), tables as priority-ordered lists of slab slots, an index of (table, priority,
-//! match) hashes over the slots (4 bytes a bucket), and per-lane counters by slot (what the
-//! data path writes; [`LaneCounters`]).
+//! bytes), tables as priority-ordered linked lists of slab slots ([`PriorityOrder`]), an index
+//! of (table, priority, match) hashes over the slots (4 bytes a bucket, growing incrementally:
+//! [`SlotHash`]), per-lane counters by slot (what the data path writes; [`LaneCounters`]),
+//! and a timer wheel over the flows with timeouts ([`TimerWheel`]).
 //!
 //! At 1 M flows with one lane this is about 140 heap bytes per flow, whether the flows share
 //! their action lists or each has its own short list (benches/flow_processor.rs prints both).
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -15,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Prefix};
 
 use super::classifier::Classifier;
+use super::order::PriorityOrder;
+use super::slot_hash::SlotHash;
+use super::timers::TimerWheel;
 
 /// A [`Match`] packed into 52 bytes: which fields are set, and their values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -170,6 +175,15 @@ impl Entry {
     pub(crate) fn has_timeout(&self) -> bool {
         self.idle_timeout_ns != 0 || self.hard_deadline != u64::MAX
     }
+
+    /// When it may expire next if last used at `last_used` (ns; `u64::MAX`: never).
+    fn deadline(&self, last_used: u64) -> u64 {
+        let idle = match self.idle_timeout_ns {
+            0 => u64::MAX,
+            i => last_used.saturating_add(i),
+        };
+        idle.min(self.hard_deadline)
+    }
 }
 
 /// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
@@ -297,19 +311,19 @@ pub(crate) struct Tables {
     free: Vec<u32>,
     /// Per table, the slots of its entries in priority order (highest first; equal
     /// priorities in install order).
-    pub(crate) tables: Vec<Vec<u32>>,
+    order: PriorityOrder,
     pub(crate) acts: ActionLists,
     /// Per lane, the flows' counters by slot.
     pub(crate) lanes: Vec<LaneCounters>,
     /// The slots of all entries, by the hash of (table, priority, match): installing finds
     /// the entry it replaces here.
-    index: hashbrown::HashTable<u32>,
+    index: SlotHash,
     hasher: ahash::RandomState,
     flows: usize,
     /// What the data path looks entries up in.
     cls: Classifier,
-    /// Entries with an idle or hard timeout.
-    timed: usize,
+    /// The entries with an idle or hard timeout, by when to look at them again.
+    timers: TimerWheel,
 }
 
 impl Tables {
@@ -318,14 +332,14 @@ impl Tables {
         Self {
             slab: Vec::new(),
             free: Vec::new(),
-            tables: (0..n).map(|_| Vec::new()).collect(),
+            order: PriorityOrder::new(n),
             acts: ActionLists::default(),
             lanes: (0..lanes).map(|_| LaneCounters::default()).collect(),
-            index: hashbrown::HashTable::new(),
+            index: SlotHash::new(),
             hasher: ahash::RandomState::new(),
             flows: 0,
             cls: Classifier::new(n),
-            timed: 0,
+            timers: TimerWheel::new(),
         }
     }
 
@@ -335,7 +349,7 @@ impl Tables {
 
     /// Entries with an idle or hard timeout (none: expiry has nothing to look for).
     pub(crate) fn timed(&self) -> usize {
-        self.timed
+        self.timers.len()
     }
 
     fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
@@ -366,13 +380,10 @@ impl Tables {
         let table = t as u8;
         let id = Self::id(&self.hasher, table, spec.priority, &m);
         let slab = &self.slab;
-        let old = self
-            .index
-            .find(id, |&s| {
-                let e = &slab[s as usize];
-                e.table == table && e.priority == spec.priority && e.m == m
-            })
-            .copied();
+        let old = self.index.find(id, |s| {
+            let e = &slab[s as usize];
+            e.table == table && e.priority == spec.priority && e.m == m
+        });
         if old.is_none() && self.flows >= max {
             return false;
         }
@@ -389,14 +400,13 @@ impl Tables {
             table,
             notify_expiry: spec.notify_expiry,
         };
-        self.timed += usize::from(entry.has_timeout());
         if let Some(s) = old {
             let old = std::mem::replace(&mut self.slab[s as usize], entry);
-            self.timed -= usize::from(old.has_timeout());
             self.acts.release(old.actions);
             for l in &self.lanes {
                 l.flows[s as usize].clear(now);
             }
+            self.set_timer(s, now);
             return true;
         }
         let slot = match self.free.pop() {
@@ -417,21 +427,43 @@ impl Tables {
             l.flows[slot as usize].clear(now);
         }
         let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index.insert_unique(id, slot, |&s| {
+        self.index.insert(id, slot, |s| {
             let e = &slab[s as usize];
             Self::id(hasher, e.table, e.priority, &e.m)
         });
-        let list = &mut self.tables[t];
-        // Flows mostly come with the priority of the last one: appended without a search
-        // (whose probes each miss the cache on a large table).
-        let at = match list.last() {
-            Some(&l) if slab[l as usize].priority >= spec.priority => list.len(),
-            _ => list.partition_point(|&s| slab[s as usize].priority >= spec.priority),
-        };
-        list.insert(at, slot);
+        self.order.insert(t, slot, spec.priority);
         self.cls.insert(&self.slab, slot);
+        self.set_timer(slot, now);
         self.flows += 1;
         true
+    }
+
+    /// Schedules the entry in `slot`, last used at `now`, on the timer wheel if it has a
+    /// timeout (else makes sure it has no timer).
+    fn set_timer(&mut self, slot: u32, now: u64) {
+        let e = &self.slab[slot as usize];
+        if e.has_timeout() {
+            self.timers.schedule(slot, e.deadline(now));
+        } else {
+            self.timers.cancel(slot);
+        }
+    }
+
+    /// Takes the entry in `slot` out of every structure and frees the slot.
+    fn remove_slot(&mut self, s: u32) {
+        let e = &self.slab[s as usize];
+        let slab = &self.slab;
+        self.order.remove(usize::from(e.table), s, e.priority, |x| {
+            slab[x as usize].priority
+        });
+        self.timers.cancel(s);
+        self.cls.remove(&self.slab, s);
+        let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
+        self.index.remove(id, |x| x == s);
+        let a = e.actions;
+        self.acts.release(a);
+        self.free.push(s);
+        self.flows -= 1;
     }
 
     /// Removes the entries `drop` selects (calling `removed` with each, its slot and its
@@ -443,34 +475,55 @@ impl Tables {
         mut removed: impl FnMut(&Entry, FlowStats),
     ) -> usize {
         let mut gone = Vec::new();
-        for list in &mut self.tables {
-            let slab = &self.slab;
-            list.retain(|&s| {
-                let e = &slab[s as usize];
-                if drop(e, s) {
-                    gone.push(s);
-                    false
-                } else {
-                    true
-                }
-            });
+        for t in 0..self.cls.tables() {
+            gone.extend(
+                self.order
+                    .iter(t)
+                    .filter(|&s| drop(&self.slab[s as usize], s)),
+            );
         }
         for &s in &gone {
             let (stats, _) = self.counters(s);
-            let e = &self.slab[s as usize];
-            removed(e, stats);
-            self.timed -= usize::from(e.has_timeout());
-            self.cls.remove(&self.slab, s);
-            let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
-            if let Ok(o) = self.index.find_entry(id, |&x| x == s) {
-                o.remove();
-            }
-            let a = e.actions;
-            self.acts.release(a);
-            self.free.push(s);
+            removed(&self.slab[s as usize], stats);
+            self.remove_slot(s);
         }
-        self.flows -= gone.len();
         gone.len()
+    }
+
+    /// Removes the flows past a timeout at `now`: the hard deadline passed, or used on no
+    /// lane for the idle timeout. Calls `removed` with each, whether its hard timeout passed
+    /// and its summed counters, in table order then priority order (as a pass over the
+    /// tables would). Looks only at the flows the timer wheel has due (rescheduling those
+    /// that were used since), not at every flow. Returns how many were removed.
+    pub(crate) fn expire(
+        &mut self,
+        now: u64,
+        mut removed: impl FnMut(&Entry, bool, FlowStats),
+    ) -> usize {
+        let mut due = Vec::new();
+        self.timers.due(now, &mut due);
+        let mut doomed = Vec::new();
+        for s in due {
+            let e = &self.slab[s as usize];
+            let last = self.counters(s).1;
+            let hard = now >= e.hard_deadline;
+            if hard || e.idle_timeout_ns != 0 && now.saturating_sub(last) >= e.idle_timeout_ns {
+                doomed.push((s, hard));
+            } else {
+                self.timers.schedule(s, e.deadline(last));
+            }
+        }
+        let (slab, cls) = (&self.slab, &self.cls);
+        doomed.sort_unstable_by_key(|&(s, _)| {
+            let e = &slab[s as usize];
+            (e.table, Reverse(e.priority), cls.installed(s))
+        });
+        for &(s, hard) in &doomed {
+            let (stats, _) = self.counters(s);
+            removed(&self.slab[s as usize], hard, stats);
+            self.remove_slot(s);
+        }
+        doomed.len()
     }
 
     /// The entry in `slot`.
@@ -489,7 +542,7 @@ impl Tables {
 
     /// The entries of table `t` in priority order, with their slots.
     pub(crate) fn table(&self, t: usize) -> impl Iterator<Item = (u32, &Entry)> + '_ {
-        self.tables[t].iter().map(|&s| (s, &self.slab[s as usize]))
+        self.order.iter(t).map(|s| (s, &self.slab[s as usize]))
     }
 }
 

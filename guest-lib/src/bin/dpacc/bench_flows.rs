@@ -68,6 +68,10 @@ pub struct Args {
     /// Longest control frame the vNF sends (64..2036 on virtio-user).
     #[arg(long, default_value_t = 2036)]
     max_frame: usize,
+    /// Idle timeout of every flow installed, in seconds (0: none). What a firewall or NAT
+    /// vNF does; the backend's expiry then has every flow to look after.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    idle_timeout: f64,
 }
 
 const COOKIE: u64 = 0xf10e_5e70_0000;
@@ -95,7 +99,7 @@ fn first_packet(c: u32, f: &mut [u8; SIZE]) {
 }
 
 /// The two flows of the connection whose first packet is `f` (IPv4/UDP, parsed as sent).
-fn flows(f: &[u8], cookie: u64) -> Option<[FlowSpec; 2]> {
+fn flows(f: &[u8], cookie: u64, idle_timeout_ns: u64) -> Option<[FlowSpec; 2]> {
     if f.len() < 42 || f[12..14] != [8, 0] || f[23] != 17 {
         return None;
     }
@@ -123,7 +127,7 @@ fn flows(f: &[u8], cookie: u64) -> Option<[FlowSpec; 2]> {
             ..Match::default()
         },
         actions: vec![Action::Output(PortId(out))],
-        idle_timeout_ns: 0,
+        idle_timeout_ns,
         hard_timeout_ns: 0,
         notify_expiry: false,
     };
@@ -156,6 +160,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.window == 0 || a.window > 4096 || !(64..=2036).contains(&a.max_frame) {
         return Err(usage("--window must be 1..4096 and --max-frame 64..2036"));
     }
+    if !(0.0..=1e9).contains(&a.idle_timeout) {
+        return Err(usage("--idle-timeout must be 0..1e9 seconds"));
+    }
+    let idle_timeout_ns = (a.idle_timeout * 1e9) as u64;
     let opts = NetOptions {
         queue_size: 1024,
         ..NetOptions::default()
@@ -173,9 +181,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut rx = VirtioNetPort::connect(&a.uplinks[1], opts)?;
     let dur = Duration::from_secs_f64(a.seconds.max(0.1));
     println!(
-        "flows     connection setup: first packet of a new UDP 5-tuple on uplink 1 -> PACKET_IN -> 2 FLOW_ADDs + PACKET_OUT to uplink 2; window {}, {:.1} s per mode, flow quota {max_flows}",
+        "flows     connection setup: first packet of a new UDP 5-tuple on uplink 1 -> PACKET_IN -> 2 FLOW_ADDs + PACKET_OUT to uplink 2; window {}, {:.1} s per mode, flow quota {max_flows}, idle timeout {}",
         a.window,
-        dur.as_secs_f64()
+        dur.as_secs_f64(),
+        if idle_timeout_ns == 0 { "none".to_string() } else { format!("{} s", a.idle_timeout) }
     );
     println!(
         "          latency = first packet sent on uplink 1 -> the same packet (PACKET_OUT after both FLOW_ADDs) received on uplink 2"
@@ -198,7 +207,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             mode,
             a.window,
             (dur, limit),
-            cookie,
+            (cookie, idle_timeout_ns),
             &mut next_conn,
         )?;
         // Leave the instance as it was: one FLOW_DELETE for every flow of the run.
@@ -249,7 +258,7 @@ fn drive(
     mode: Mode,
     window: usize,
     (dur, limit): (Duration, u64),
-    cookie: u64,
+    (cookie, idle_timeout_ns): (u64, u64),
     next_conn: &mut u32,
 ) -> Result<Figures, CliError> {
     let mut generated = 0u64;
@@ -303,7 +312,7 @@ fn drive(
             let Event::PacketIn { frame, .. } = ev else {
                 continue;
             };
-            let Some([fwd, rev]) = flows(&frame, cookie) else {
+            let Some([fwd, rev]) = flows(&frame, cookie, idle_timeout_ns) else {
                 continue;
             };
             match mode {
