@@ -40,7 +40,7 @@ use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
 use lanes::{LaneLock, LaneToken};
 use quota::Ledger;
-use table::Tables;
+use table::{FlowCounters, Tables};
 
 pub use dpacc_spec::fastpath::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
@@ -107,6 +107,49 @@ struct Path {
     n: u8,
     /// (table, slot) of each flow on the way.
     hops: [(u8, u32); MAX_HOPS],
+}
+
+impl Path {
+    fn hops(&self) -> &[(u8, u32)] {
+        &self.hops[..usize::from(self.n)]
+    }
+}
+
+/// The counter hits of consecutive packets that took one cached path, added to its flows'
+/// counters once per burst (packets come in bursts of one flow) instead of once per packet.
+/// Flushed before the batch ends, inside its read section (the slots cannot change).
+#[derive(Default)]
+struct Burst {
+    path: Path,
+    packets: u64,
+    bytes: u64,
+}
+
+impl Burst {
+    /// Counts a packet of `len` bytes that went through `path`.
+    #[inline]
+    fn add(&mut self, path: &Path, len: u64, counters: &[FlowCounters], now: u64) {
+        if self.packets > 0 && self.path.hops() == path.hops() {
+            self.packets += 1;
+            self.bytes += len;
+            return;
+        }
+        self.flush(counters, now);
+        self.path = *path;
+        self.packets = 1;
+        self.bytes = len;
+    }
+
+    /// Adds what it holds to the counters (all at `now`, the batch's time).
+    fn flush(&mut self, counters: &[FlowCounters], now: u64) {
+        if self.packets > 0 {
+            for &(_, slot) in self.path.hops() {
+                counters[slot as usize].hit(self.packets, self.bytes, now);
+            }
+            self.packets = 0;
+            self.bytes = 0;
+        }
+    }
 }
 
 /// What the lanes share: changed only through [`LaneLock::write`].
@@ -323,14 +366,15 @@ fn run_batch(
         st.generation = core.generation;
     }
     let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
+    let mut burst = Burst::default();
     for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let defer = pending.as_deref_mut().and_then(|d| d.get_mut(i));
         let mut kl = parse(p.frame(), p.in_port.0);
         let (verdict, hit) = match &core.policy {
-            None => one(core, st, lane, now, p, defer, &mut kl),
+            None => one(core, st, &mut burst, lane, now, p, defer, &mut kl),
             Some(pol) => {
                 let (v, hit, d) = pol.police(p, &mut kl, now, lane, |p, kl| {
-                    one(core, st, lane, now, p, defer, kl)
+                    one(core, st, &mut burst, lane, now, p, defer, kl)
                 });
                 denied += u64::from(d);
                 (v, hit)
@@ -344,6 +388,7 @@ fn run_batch(
             Verdict::Output(_) => {}
         }
     }
+    burst.flush(&core.t.lanes[lane].flows, now);
     add(&stats.emc_hits, hits);
     if drops + misses > 0 {
         add(&stats.drops, drops);
@@ -357,10 +402,13 @@ fn run_batch(
 /// One packet, whose parsed key and layout are `kl`: (verdict, whether the exact-match cache
 /// answered). With `defer`, an ESP action followed by an output leaves the packet pending and
 /// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
-/// them (what the operator's egress rules judge; not updated by deferred ESP).
+/// them (what the operator's egress rules judge; not updated by deferred ESP). Cache hits are
+/// counted in `burst`.
+#[allow(clippy::too_many_arguments)]
 fn one(
     core: &Core,
     st: &mut LaneState,
+    burst: &mut Burst,
     lane: usize,
     now: u64,
     p: &mut PacketBuf,
@@ -389,15 +437,19 @@ fn one(
     if let Some(path) = hit {
         let mut lay = lay;
         let mut key = key;
-        for &(_, slot) in &path.hops[..usize::from(path.n)] {
-            counters[slot as usize].hit(1, len, now);
+        for (k, &(_, slot)) in path.hops().iter().enumerate() {
             let e = core.t.entry(slot);
             let actions = core.t.acts.get(&e.actions);
             if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+                // Counted: the flows on the way, up to this one.
+                let mut walked = path;
+                walked.n = k as u8 + 1;
+                burst.add(&walked, len, counters, now);
                 *kl = (key, lay);
                 return (v, true);
             }
         }
+        burst.add(&path, len, counters, now);
         return (Verdict::Drop, true);
     }
     let mut path = Path::default();
