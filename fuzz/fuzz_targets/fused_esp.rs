@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use dpacc_fuzz::Reader;
 use dpacc_spec::fastpath::flow::{Action, FlowSpec, Match};
-use dpacc_spec::fastpath::{FlowLane, PacketBuf, PortId, Quotas, Verdict, HEADER_BYTES};
+use dpacc_spec::fastpath::{FlowLane, PacketBuf, PortId, Quotas, Verdict};
 use dpacc_spec::Seg;
 use dpacc_sw::flow::esp::{SaConfig, SaDir};
 use dpacc_sw::flow::{SwFlowProcessor, SwInstance};
@@ -85,20 +85,8 @@ fn setup(inst: &SwInstance) {
 /// `src` loaded as a device loads it: partial past HEADER_BYTES, whole otherwise.
 fn loaded(src: &[u8], port: PortId) -> PacketBuf {
     let mut p = PacketBuf::new();
-    if src.len() > HEADER_BYTES {
-        p.load_area(port)[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
-        // SAFETY: `src` outlives every use of `p` (each call below).
-        let ok = unsafe {
-            p.set_partial(
-                HEADER_BYTES,
-                src.as_ptr().add(HEADER_BYTES),
-                src.len() - HEADER_BYTES,
-            )
-        };
-        assert!(ok);
-    } else {
-        assert!(p.load(src, port));
-    }
+    // SAFETY: `src` outlives every use of `p` (each call below).
+    assert!(unsafe { p.load_partial(src, port) });
     p
 }
 

@@ -933,7 +933,7 @@ fn write_outer(ip: &mut [u8], total: u16, src: Ipv4Addr, dst: Ipv4Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dpacc_spec::fastpath::{PortId, HEADER_BYTES};
+    use dpacc_spec::fastpath::PortId;
 
     const KEY: [u8; 16] = [0x42; 16];
     const SALT: [u8; 4] = [1, 2, 3, 4];
@@ -979,21 +979,8 @@ mod tests {
     /// `src`) when longer than that, else whole.
     fn loaded(src: &[u8]) -> PacketBuf {
         let mut p = PacketBuf::new();
-        if src.len() > HEADER_BYTES {
-            let area = p.load_area(PortId(1));
-            area[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
-            // SAFETY: `src` outlives `p`'s use in each test.
-            let ok = unsafe {
-                p.set_partial(
-                    HEADER_BYTES,
-                    src.as_ptr().add(HEADER_BYTES),
-                    src.len() - HEADER_BYTES,
-                )
-            };
-            assert!(ok);
-        } else {
-            assert!(p.load(src, PortId(1)));
-        }
+        // SAFETY: `src` outlives `p`'s use in each test.
+        assert!(unsafe { p.load_partial(src, PortId(1)) });
         p
     }
 

@@ -326,6 +326,32 @@ impl PacketBuf {
         true
     }
 
+    /// Loads `frame` from host memory the way a device loads an uplink frame for one-copy
+    /// forwarding: whole if it is at most [`HEADER_BYTES`] long, else only its first
+    /// [`HEADER_BYTES`] copied in and the rest left in `frame` ([`set_partial`](Self::set_partial)).
+    /// False (nothing loaded) if it exceeds [`MAX_FRAME`].
+    ///
+    /// # Safety
+    /// `frame` must stay readable and unchanged until the packet is made whole, reset,
+    /// reloaded or dropped.
+    pub unsafe fn load_partial(&mut self, frame: &[u8], in_port: PortId) -> bool {
+        if frame.len() <= HEADER_BYTES {
+            return self.load(frame, in_port);
+        }
+        if frame.len() > MAX_FRAME {
+            return false;
+        }
+        self.load_area(in_port)[..HEADER_BYTES].copy_from_slice(&frame[..HEADER_BYTES]);
+        // SAFETY: the rest of `frame` stays readable as long as the caller promised.
+        unsafe {
+            self.set_partial(
+                HEADER_BYTES,
+                frame.as_ptr().add(HEADER_BYTES),
+                frame.len() - HEADER_BYTES,
+            )
+        }
+    }
+
     /// Free bytes in front of the frame.
     pub fn headroom(&self) -> usize {
         self.head
@@ -678,15 +704,9 @@ mod tests {
     fn the_default_finish_into_writes_the_frame_then_finishes_it() {
         let src: Vec<u8> = (0..600u32).map(|i| (i * 13) as u8).collect();
         let mut p = PacketBuf::new();
-        p.load_area(PortId(1))[..HEADER_BYTES].copy_from_slice(&src[..HEADER_BYTES]);
         // SAFETY: `src` outlives `p`'s use.
-        assert!(unsafe {
-            p.set_partial(
-                HEADER_BYTES,
-                src.as_ptr().add(HEADER_BYTES),
-                src.len() - HEADER_BYTES,
-            )
-        });
+        assert!(unsafe { p.load_partial(&src, PortId(1)) });
+        assert!(p.rest().is_some(), "600 bytes load partially");
         assert!(p.push_tail(&[7, 7, 7]));
         let mut want = src.clone();
         want.extend([7, 7, 7]);
