@@ -142,7 +142,8 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// The head index the driver put at avail position `pos`.
     fn head_at(&self, pos: u16) -> u16 {
-        let slot = u64::from(pos % self.size);
+        // `size` is a power of two (`open`): a mask, not a division.
+        let slot = u64::from(pos & (self.size - 1));
         u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed))
     }
 
@@ -286,7 +287,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Writes used element `pos` (a ring position, wrapped here).
     fn write_used(&self, pos: u16, head: u16, len: u32) {
-        let off = 4 + 8 * usize::from(pos % self.size);
+        let off = 4 + 8 * usize::from(pos & (self.size - 1));
         // SAFETY: `off + 8 <= 4 + 8 * size` lies inside the used ring `open` checked (mapped,
         // 4-byte aligned, so the u32 stores are aligned).
         unsafe {

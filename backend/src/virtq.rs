@@ -124,18 +124,31 @@ impl ChainBufs {
         self.read_len = 0;
         self.write_len = 0;
         let (mut table, mut size, mut idx, mut ttl) = (table, size, head, size);
+        // The table translated once (one bounds check for all its descriptors) when it lies in
+        // one region; otherwise each descriptor is looked up on its own, as before.
+        let mut host = mem.host(table, 16 * u64::from(size));
         let mut indirect = false;
         let mut total: u64 = 0;
         loop {
             if ttl == 0 || idx >= size {
                 return Err(ChainError::Broken);
             }
-            let (addr, len, flags, next) = mem.read_desc(table, idx)?;
+            let (addr, len, flags, next) = match host {
+                // SAFETY: `idx < size` and the table's `16 * size` bytes at `p` are mapped
+                // (checked by `host`), kept so by the caller's memory snapshot.
+                Some(p) => unsafe { desc_at(p, idx) },
+                None => mem.read_desc(table, idx)?,
+            };
             if flags & F_INDIRECT != 0 {
                 if indirect || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
                     return Err(ChainError::Broken);
                 }
                 (table, size, idx, ttl) = (addr, (len / 16) as u16, 0, (len / 16) as u16);
+                host = if len > 0 {
+                    mem.host(table, u64::from(len))
+                } else {
+                    None
+                };
                 indirect = true;
                 continue;
             }
@@ -167,6 +180,19 @@ impl ChainBufs {
     /// Head index of the last walked chain (for `add_used`).
     pub(crate) fn head(&self) -> u16 {
         self.head
+    }
+
+    /// The first device-readable segment (a request header and what follows it in the same
+    /// buffer), if any.
+    #[inline]
+    pub(crate) fn first_readable(&self) -> Option<Seg<'static>> {
+        self.readable.first().copied()
+    }
+
+    /// The last device-writable segment (where a trailing status byte goes), if any.
+    #[inline]
+    pub(crate) fn last_writable(&self) -> Option<Seg<'static>> {
+        self.writable.last().copied()
     }
 
     /// Device-readable bytes.
@@ -396,6 +422,23 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
     }
 }
 
+/// Descriptor `idx` of a descriptor table at host address `table`: (addr, len, flags, next),
+/// read once (two 8-byte loads; the driver may be writing it, the values are checked by the
+/// caller like any other).
+///
+/// # Safety
+/// `table + 16 * idx .. + 16` must be mapped and readable.
+#[inline(always)]
+unsafe fn desc_at(table: *const u8, idx: u16) -> (u64, u32, u16, u16) {
+    // SAFETY: the caller vouches for the 16 bytes.
+    let (a, b) = unsafe {
+        let p = table.add(16 * usize::from(idx)).cast::<u64>();
+        (std::ptr::read_unaligned(p), std::ptr::read_unaligned(p.add(1)))
+    };
+    let b = u64::from_le(b);
+    (u64::from_le(a), b as u32, (b >> 32) as u16, (b >> 48) as u16)
+}
+
 fn seg_at<G: GuestMemoryBackend>(
     mem: &G,
     addr: GuestAddress,
@@ -413,6 +456,7 @@ fn seg_at<G: GuestMemoryBackend>(
 }
 
 /// Calls `f` with the sub-segments covering `len` bytes at `offset` of a stream.
+#[inline]
 fn walk_range(
     segs: &[Seg<'static>],
     total: usize,
@@ -446,6 +490,7 @@ fn walk_range(
     Ok(())
 }
 
+#[inline]
 fn carve(
     segs: &[Seg<'static>],
     total: usize,

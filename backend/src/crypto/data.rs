@@ -30,7 +30,7 @@ use super::control::Control;
 use super::sessions::{OpenSession, SessionTable, Table};
 use super::worker::{Notify, Processor};
 use crate::split_ring::SplitRing;
-use crate::virtq::{ChainBufs, FastMem, MAX_CHAIN_DESCS};
+use crate::virtq::{read_guest, ChainBufs, FastMem, MAX_CHAIN_DESCS};
 use dpacc_spec::in_band;
 
 /// Most chains taken from the ring per batch.
@@ -72,6 +72,27 @@ struct Pending {
     aad: Range,
     digest: Range,
     chain: ChainRanges,
+}
+
+impl Pending {
+    /// Back to the state of a request not yet parsed, field by field: assigning a whole
+    /// `Pending::default()` built it on the stack and copied it with loads wider than the stores
+    /// that wrote it, which cannot be forwarded and stalled every request (perf, 64 B).
+    #[inline(always)]
+    fn reset(&mut self, head: u16) {
+        self.head = head;
+        self.status_at = None;
+        self.used_len = 0;
+        self.status = status::OK;
+        self.bytes = 0;
+        self.session = None;
+        self.iv = Iv::default();
+        self.src = (0, 0);
+        self.dst = (0, 0);
+        self.aad = (0, 0);
+        self.digest = (0, 0);
+        self.chain = ChainRanges::default();
+    }
 }
 
 /// The sessions the operations of one batch use, each handle cloned once per batch (not once
@@ -229,7 +250,7 @@ impl DataPath {
                 };
                 ring.prefetch_first_buffer(0);
                 let p = &mut self.pending[n];
-                *p = Pending::default();
+                p.reset(head);
                 match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
                         p.bytes = self.chain.readable_len() + self.chain.writable_len();
@@ -237,8 +258,7 @@ impl DataPath {
                         // The request header, read once (a data request and a control request
                         // have the same size and the opcode in the same place).
                         let mut req = DataRequest::default();
-                        let has_req = self.chain.readable_len() >= DATA_REQ_SIZE
-                            && self.chain.read(0, req.as_mut_slice()).is_ok();
+                        let has_req = read_request(&self.chain, &mut req);
                         let opcode = req.header.opcode.to_native();
                         match self.control.as_mut() {
                             Some(ctrl) if has_req && in_band::is_control(opcode) => {
@@ -475,10 +495,13 @@ fn parse(
         return;
     }
     let mark = pool.len();
-    if c.carve_writable(wl - 1, 1, pool).is_err() {
+    // The status byte is the last byte of the last writable segment (segments are never
+    // empty: the walk skips zero-length descriptors).
+    let Some(last) = c.last_writable().filter(|s| s.len() > 0) else {
         return;
-    }
-    p.status_at = pool.pop();
+    };
+    // SAFETY: `len - 1` is inside the segment, which is mapped guest memory (module docs).
+    p.status_at = Some(unsafe { Seg::from_raw(last.ptr().add(last.len() - 1), 1) });
     p.used_len = wl as u32;
     let parsed = match req {
         Some(req) => parse_op(c, req, pool, table, sessions, p),
@@ -493,7 +516,7 @@ fn parse(
     };
 }
 
-#[inline]
+#[inline(always)]
 fn carve_r(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -506,7 +529,7 @@ fn carve_r(
     Ok((s, pool.len()))
 }
 
-#[inline]
+#[inline(always)]
 fn carve_w(
     c: &ChainBufs,
     pool: &mut Vec<Seg<'static>>,
@@ -519,15 +542,59 @@ fn carve_w(
     Ok((s, pool.len()))
 }
 
-#[inline]
+/// Copies the request header out of the chain's readable stream (once: it is then used from
+/// the copy only); false if the stream is shorter. The usual request has it at the start of
+/// its first buffer, copied with a fixed length (a few vector moves, no call).
+#[inline(always)]
+fn read_request(c: &ChainBufs, req: &mut DataRequest) -> bool {
+    if c.readable_len() < DATA_REQ_SIZE {
+        return false;
+    }
+    match c.first_readable() {
+        Some(first) if first.len() >= DATA_REQ_SIZE => {
+            let out: &mut [u8; DATA_REQ_SIZE] = req
+                .as_mut_slice()
+                .try_into()
+                .expect("DataRequest is DATA_REQ_SIZE bytes");
+            // SAFETY: the first segment's `DATA_REQ_SIZE` bytes are mapped guest memory (module
+            // docs of `virtq`); `out` is ours.
+            unsafe { read_guest(first.ptr(), out) };
+            true
+        }
+        _ => c.read(0, req.as_mut_slice()).is_ok(),
+    }
+}
+
+#[inline(always)]
 fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<Iv, CryptoError> {
     if len != want || len > Iv::MAX {
         return Err(CryptoError::InvalidIvLength);
     }
     let mut b = [0u8; Iv::MAX];
-    c.read(off, &mut b[..len])
-        .map_err(|_| CryptoError::BadRequest)?;
-    Iv::new(&b[..len])
+    // The usual IV (12 or 16 bytes) follows the header in the first buffer: copied with a
+    // fixed length.
+    let first = c.first_readable().filter(|f| off + len <= f.len());
+    // Each arm builds the `Iv` from a slice of constant length: with a variable one, `Iv::new`
+    // copied through a call and the `Iv` was then loaded with wider loads than the stores that
+    // wrote it, which stalled (perf, 64 B).
+    match (first, len) {
+        (Some(f), 12) => {
+            // SAFETY: `off..off + 12` lies inside the first segment, mapped guest memory
+            // (module docs of `virtq`); `b` is ours.
+            unsafe { read_guest(f.ptr().add(off), &mut b[..12]) };
+            Iv::new(&b[..12])
+        }
+        (Some(f), 16) => {
+            // SAFETY: as above, 16 bytes.
+            unsafe { read_guest(f.ptr().add(off), &mut b[..16]) };
+            Iv::new(&b[..16])
+        }
+        _ => {
+            c.read(off, &mut b[..len])
+                .map_err(|_| CryptoError::BadRequest)?;
+            Iv::new(&b[..len])
+        }
+    }
 }
 
 fn parse_op(
