@@ -7,21 +7,94 @@
 #
 #   cargo build --release -p dpacc-backend -p dpacc-guest && benches/lookaside.sh
 # Environment: TARGET (default target/release), SECONDS_RUN (default 2), SIZES (default
-# 64,16384), ALG (default aes-256-gcm). On a 2-core machine the 2-queue cases run four busy
-# threads (two client threads, two backend workers) on two cores: contention, not scaling.
+# 64,16384), MODES (default poll,interrupt), QUEUES (default 1,2), ALG (default aes-256-gcm),
+# NO_LATENCY=1 (skip the round trips), BACKEND_ARGS (extra `dpacc-backend crypto` options),
+# BACKEND_CPUS / CLIENT_CPUS (taskset lists; default 1 and 0: the backend's workers on one core,
+# `dpacc bench` and its raw peer on the other, so the scheduler does not put them on one core
+# for part of a run; empty: not pinned).
+# TARGET_B (a second build's directory, e.g. main's): both builds run in the same invocation,
+# alternating A, B, A, B for ROUNDS rounds (default 2; each round swaps the order), each with
+# its own backend and its own client, and a summary line per case gives B/A of the device
+# rates. On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
+# backend workers) on two cores: contention, not scaling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=${TARGET:-target/release}
+A=${TARGET:-target/release}
+B=${TARGET_B:-}
 RUN=${SECONDS_RUN:-2}
+ROUNDS=${ROUNDS:-2}
+BCPU=${BACKEND_CPUS-1}
+CCPU=${CLIENT_CPUS-0}
+pin() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
 DIR=$(mktemp -d /tmp/dpacc-lookaside.XXXXXX)
-SOCK=$DIR/crypto.sock
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
-"$T/dpacc-backend" crypto --socket "$SOCK" --queues 2 >"$DIR/backend.log" 2>&1 &
-for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
-[ -S "$SOCK" ] || { cat "$DIR/backend.log"; echo "dpacc-backend did not start"; exit 1; }
+# run NAME TARGET: one backend of TARGET, the throughput sweep and (unless NO_LATENCY) the round
+# trips through it; the output goes to stdout and to $DIR/NAME.out.
+run() {
+  local name=$1 t=$2 sock=$DIR/$1.sock
+  rm -f "$sock"
+  # shellcheck disable=SC2086
+  $(pin "$BCPU") "$t/dpacc-backend" crypto --socket "$sock" --queues 2 ${BACKEND_ARGS:-} >"$DIR/$name.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+  [ -S "$sock" ] || { cat "$DIR/$name.log"; echo "dpacc-backend ($t) did not start"; exit 1; }
+  echo "=== $name: $t"
+  {
+    $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size "${SIZES:-64,16384}" \
+        --mode "${MODES:-poll,interrupt}" --queues "${QUEUES:-1,2}" --seconds "$RUN"
+    if [ -z "${NO_LATENCY:-}" ]; then
+      $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size 64 \
+          --mode interrupt,poll --latency --seconds "$RUN"
+    fi
+  } | tee "$DIR/$name.out"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 
-"$T/dpacc" bench --socket "$SOCK" --alg "${ALG:-aes-256-gcm}" --size "${SIZES:-64,16384}" \
-    --mode poll,interrupt --queues 1,2 --seconds "$RUN"
-"$T/dpacc" bench --socket "$SOCK" --alg "${ALG:-aes-256-gcm}" --size 64 \
-    --mode interrupt,poll --latency --seconds "$RUN"
+if [ -z "$B" ]; then
+  run a "$A"
+  exit 0
+fi
+
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) -eq 1 ]; then order="a b"; else order="b a"; fi
+  for w in $order; do
+    if [ "$w" = a ]; then run "a$r" "$A"; else run "b$r" "$B"; fi
+  done
+done
+
+# Summary: per case (mode, queues, size) the device rate of each build in each round and B/A.
+python3 - "$DIR" "$ROUNDS" "$A" "$B" <<'PY'
+import re, sys
+d, rounds, a, b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def rows(path):
+    out, on = {}, False
+    for line in open(path):
+        if line.startswith("summary"):
+            on = True
+            continue
+        f = line.split()
+        if on and len(f) >= 8 and f[0] in ("polled", "interrupts"):
+            out[(f[0], f[1], f[2])] = (float(f[3]), float(f[5]), f[6], f[7])
+        if "round trips" in line:
+            m = re.search(r"p50\s+([\d.]+) us.*p99\s+([\d.]+) us", line)
+            if m and line.startswith("device"):
+                out.setdefault(("lat", str(len([k for k in out if k[0] == "lat"]))), m.groups())
+    return out
+print(f"A/B    A = {a}, B = {b} (same run, alternating; device ops/s, ratio to raw, busy cores)")
+for r in range(1, rounds + 1):
+    ra, rb = rows(f"{d}/a{r}.out"), rows(f"{d}/b{r}.out")
+    for k in ra:
+        if k[0] == "lat" or k not in rb:
+            continue
+        (da, xa, ba, _), (db, xb, bb, _) = ra[k], rb[k]
+        print(f"round {r} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {da:>10.0f} ({xa:.3f}, busy {ba})"
+              f"  B {db:>10.0f} ({xb:.3f}, busy {bb})  B/A {db / max(da, 1e-9):.3f}"
+              f" (of the ratios to raw {xb / max(xa, 1e-9):.3f})")
+    la = [ra[k] for k in sorted(ra) if k[0] == "lat"]
+    lb = [rb[k] for k in sorted(rb) if k[0] == "lat"]
+    for i, (x, y) in enumerate(zip(la, lb)):
+        mode = ("interrupts", "polled")[i] if i < 2 else str(i)
+        print(f"round {r} latency {mode:>10}: A p50 {x[0]} / p99 {x[1]} us  B p50 {y[0]} / p99 {y[1]} us")
+PY
