@@ -433,10 +433,18 @@ unsafe fn desc_at(table: *const u8, idx: u16) -> (u64, u32, u16, u16) {
     // SAFETY: the caller vouches for the 16 bytes.
     let (a, b) = unsafe {
         let p = table.add(16 * usize::from(idx)).cast::<u64>();
-        (std::ptr::read_unaligned(p), std::ptr::read_unaligned(p.add(1)))
+        (
+            std::ptr::read_unaligned(p),
+            std::ptr::read_unaligned(p.add(1)),
+        )
     };
     let b = u64::from_le(b);
-    (u64::from_le(a), b as u32, (b >> 32) as u16, (b >> 48) as u16)
+    (
+        u64::from_le(a),
+        b as u32,
+        (b >> 32) as u16,
+        (b >> 48) as u16,
+    )
 }
 
 fn seg_at<G: GuestMemoryBackend>(

@@ -791,22 +791,36 @@ mod tests {
 
         /// As `run`, on driver queue `dq`.
         fn run_with(&self, input: &[u8], out_len: u32, dq: Box<dyn CryptoQueue>) -> (u32, Vec<u8>) {
+            self.run_layout(input, out_len, DATA_REQ_SIZE, false, dq)
+        }
+
+        /// As `run_with`, with the first readable descriptor `first` bytes long (the rest of
+        /// the input in a second one) and, with `one_out`, all writable bytes (destination and
+        /// status) in one descriptor.
+        fn run_layout(
+            &self,
+            input: &[u8],
+            out_len: u32,
+            first: usize,
+            one_out: bool,
+            dq: Box<dyn CryptoQueue>,
+        ) -> (u32, Vec<u8>) {
             self.mem.write_slice(input, GuestAddress(IN)).unwrap();
             self.mem
                 .write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
                 .unwrap();
             let mut descs = Vec::new();
-            // Readable: header alone, then the rest.
-            let first = input.len().min(DATA_REQ_SIZE) as u32;
+            // Readable: the first `first` bytes, then the rest.
+            let first = input.len().min(first) as u32;
             descs.push((IN, first, 0));
             if input.len() as u32 > first {
                 descs.push((IN + u64::from(first), input.len() as u32 - first, 0));
             }
-            if out_len > 1 {
+            if out_len > 1 && !one_out {
                 descs.push((OUT, out_len - 1, F_WRITE));
                 descs.push((OUT + u64::from(out_len - 1), 1, F_WRITE));
-            } else if out_len == 1 {
-                descs.push((OUT, 1, F_WRITE));
+            } else if out_len > 0 {
+                descs.push((OUT, out_len, F_WRITE));
             }
             let raw: Vec<RawDescriptor> = descs
                 .iter()
@@ -1083,5 +1097,54 @@ mod tests {
         let mut input = req(vc::AEAD_DECRYPT, dec, 8, 8);
         input.extend_from_slice(&[0; 24]);
         assert_eq!(rig.run(&input, 9).1[8], status::ERR);
+        // The header, the 12-byte IV and part of the source in one buffer, the destination and
+        // the status in one buffer (the layout `dpacc_guest` sends): the same answer.
+        let mut input = req(vc::AEAD_ENCRYPT, enc, 8, 24);
+        input.extend_from_slice(&[0; 12]);
+        input.extend_from_slice(&[1; 8]);
+        input.extend_from_slice(b"aad!");
+        let want = rig.run(&input, 25);
+        for first in [DATA_REQ_SIZE + 12, DATA_REQ_SIZE + 15, DATA_REQ_SIZE + 5] {
+            for one_out in [false, true] {
+                let dq = XorDriver.open_queue(64).unwrap();
+                let got = rig.run_layout(&input, 25, first, one_out, dq);
+                assert_eq!(
+                    got, want,
+                    "first buffer {first} B, one writable buffer {one_out}"
+                );
+            }
+        }
+    }
+
+    /// The header and the IV are read where they are: in the first buffer (the fixed-length
+    /// copies), across two buffers, or after a first buffer of the header alone; the status
+    /// byte is the last writable byte whether or not it has a buffer of its own.
+    #[test]
+    fn header_iv_and_status_in_any_buffer_layout() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, 32, 32);
+        input.extend_from_slice(&[0x30; 16]); // iv
+        input.extend((0..32u8).collect::<Vec<_>>());
+        let want: Vec<u8> = (0..32u8).map(|b| b ^ 0x0f ^ 0x30).collect();
+        for first in [
+            DATA_REQ_SIZE,
+            DATA_REQ_SIZE + 3,
+            DATA_REQ_SIZE + 16,
+            DATA_REQ_SIZE + 20,
+            input.len(),
+        ] {
+            for one_out in [false, true] {
+                let dq = XorDriver.open_queue(64).unwrap();
+                let (used, out) = rig.run_layout(&input, 33, first, one_out, dq);
+                let at = format!("first buffer {first} B, one writable buffer {one_out}");
+                assert_eq!((used, out[32]), (33, status::OK), "{at}");
+                assert_eq!(&out[..32], &want[..], "{at}");
+            }
+        }
+        // A header split across two buffers is still read.
+        let dq = XorDriver.open_queue(64).unwrap();
+        let (used, out) = rig.run_layout(&input, 33, 40, true, dq);
+        assert_eq!((used, out[32], &out[..32]), (33, status::OK, &want[..]));
     }
 }
