@@ -497,7 +497,7 @@ fn parse(
     let mark = pool.len();
     // The status byte is the last byte of the last writable segment (segments are never
     // empty: the walk skips zero-length descriptors).
-    let Some(last) = c.last_writable().filter(|s| s.len() > 0) else {
+    let Some(last) = c.last_writable().filter(|s| !s.is_empty()) else {
         return;
     };
     // SAFETY: `len - 1` is inside the segment, which is mapped guest memory (module docs).
