@@ -790,19 +790,19 @@ mod tests {
     fn replacement_is_found_through_the_classifier() {
         let mut t = Tables::new(2, 1);
         let m = dst("10.1.2.3", 24);
-        assert!(t.insert(0, &spec_in(0, 5, m.clone(), 1), 0, 100));
+        assert!(t.insert(0, &spec_in(0, 5, m, 1), 0, 100));
         assert!(
-            t.insert(0, &spec_in(0, 7, m.clone(), 2), 0, 100),
+            t.insert(0, &spec_in(0, 7, m, 2), 0, 100),
             "other priority"
         );
         assert!(
-            t.insert(1, &spec_in(1, 5, m.clone(), 3), 0, 100),
+            t.insert(1, &spec_in(1, 5, m, 3), 0, 100),
             "other table"
         );
         // Same /24 network, other host bits: the same chain, not the same match.
         assert!(t.insert(0, &spec_in(0, 5, dst("10.1.2.9", 24), 4), 0, 100));
         assert!(
-            t.insert(0, &spec_in(0, 3, m.clone(), 5), 0, 100),
+            t.insert(0, &spec_in(0, 3, m, 5), 0, 100),
             "lower priority"
         );
         assert_eq!(t.flows(), 5);
@@ -813,7 +813,7 @@ mod tests {
         t.lanes[0].flows[slot as usize].hit(3, 300, 5);
         // Replace the priority-5 entry of table 0 (its chain holds priorities 7, 5, 5, 3).
         assert!(
-            t.insert(0, &spec_in(0, 5, m.clone(), 11), 9, 5),
+            t.insert(0, &spec_in(0, 5, m, 11), 9, 5),
             "a replacement fits"
         );
         assert_eq!(t.flows(), 5);
@@ -824,9 +824,9 @@ mod tests {
             "counters restart"
         );
         // Full quota: a new match is refused, every replacement is taken.
-        assert!(!t.insert(0, &spec_in(0, 6, m.clone(), 6), 9, 5));
+        assert!(!t.insert(0, &spec_in(0, 6, m, 6), 9, 5));
         for (tab, p, c) in [(0, 7, 12), (0, 3, 15), (1, 5, 13)] {
-            assert!(t.insert(tab, &spec_in(tab as u8, p, m.clone(), c), 9, 5));
+            assert!(t.insert(tab, &spec_in(tab as u8, p, m, c), 9, 5));
         }
         assert!(t.insert(0, &spec_in(0, 5, dst("10.1.2.9", 24), 14), 9, 5));
         assert_eq!(t.flows(), 5);
@@ -842,7 +842,7 @@ mod tests {
         assert_eq!(t.lookup(0, &k).map(|(_, e)| e.cookie), Some(12));
         assert_eq!(t.remove_if(|e, _| e.cookie == 12, |_, _| {}), 1);
         assert_eq!(t.lookup(0, &k).map(|(_, e)| e.cookie), Some(11));
-        assert!(t.insert(0, &spec_in(0, 3, m.clone(), 25), 9, 5));
+        assert!(t.insert(0, &spec_in(0, 3, m, 25), 9, 5));
         assert!(t.insert(0, &spec_in(0, 5, m, 21), 9, 5));
         assert_eq!(cookies(&t, 0), [21, 14, 25]);
         assert_eq!(t.flows(), 4);
@@ -873,7 +873,7 @@ mod tests {
             ..Match::default()
         };
         // Numbers MAX - 1 and MAX, then the third runs out and renumbers.
-        assert!(t.insert(0, &any(by_port.clone(), 1), 0, 10));
+        assert!(t.insert(0, &any(by_port, 1), 0, 10));
         assert!(t.insert(0, &any(dst("10.0.0.0", 8), 2), 0, 10));
         assert!(t.insert(0, &any(by_proto, 3), 0, 10));
         assert!(t.insert(0, &any(by_port_in, 4), 0, 10));
