@@ -791,20 +791,11 @@ mod tests {
         let mut t = Tables::new(2, 1);
         let m = dst("10.1.2.3", 24);
         assert!(t.insert(0, &spec_in(0, 5, m, 1), 0, 100));
-        assert!(
-            t.insert(0, &spec_in(0, 7, m, 2), 0, 100),
-            "other priority"
-        );
-        assert!(
-            t.insert(1, &spec_in(1, 5, m, 3), 0, 100),
-            "other table"
-        );
+        assert!(t.insert(0, &spec_in(0, 7, m, 2), 0, 100), "other priority");
+        assert!(t.insert(1, &spec_in(1, 5, m, 3), 0, 100), "other table");
         // Same /24 network, other host bits: the same chain, not the same match.
         assert!(t.insert(0, &spec_in(0, 5, dst("10.1.2.9", 24), 4), 0, 100));
-        assert!(
-            t.insert(0, &spec_in(0, 3, m, 5), 0, 100),
-            "lower priority"
-        );
+        assert!(t.insert(0, &spec_in(0, 3, m, 5), 0, 100), "lower priority");
         assert_eq!(t.flows(), 5);
         assert_eq!(cookies(&t, 0), [2, 1, 4, 5]);
         assert_eq!(cookies(&t, 1), [3]);
