@@ -122,7 +122,7 @@ fn million_flows(distinct_actions: bool, idle: bool) {
         t.elapsed().as_secs_f64() / 10.0
     });
     println!(
-        "flow_processor/1M_flows{}{}: {} flows installed in {secs:.2} s = {:.0} inserts/s; {:.0} bytes per flow (heap, incl. index); longest insert {:.2} ms, {over_1ms} over 1 ms",
+        "flow_processor/1M_flows{}{}: {} flows installed in {secs:.2} s = {:.0} inserts/s; {:.0} bytes per flow (heap, all structures); longest insert {:.2} ms, {over_1ms} over 1 ms",
         if distinct_actions { "_own_actions" } else { "" },
         if idle { "_idle_timeouts" } else { "" },
         fp.flow_count(),

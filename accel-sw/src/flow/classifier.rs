@@ -8,6 +8,10 @@
 //! The answer is the one of the priority-ordered list: the highest priority, ties to the
 //! entry installed first. Connection setup depends on it: a new connection's first packet
 //! misses, and with a list the miss compared the packet with every installed flow.
+//!
+//! Installing finds the entry it replaces (same table, priority and match) here too: its
+//! masked match's chain holds every entry of that table with that match ([`Classifier::find`]),
+//! so the tables need no index of their own.
 
 use super::key::FlowKey;
 use super::slot_hash::SlotHash;
@@ -102,15 +106,27 @@ struct Sub {
     heads: SlotHash,
 }
 
+/// Where a match goes in the classifier, as [`Classifier::find`] left it: what
+/// [`Classifier::insert`] would otherwise look up again.
+pub(crate) struct Place {
+    /// The hash of the masked match.
+    hash: u64,
+    /// The best slot with that masked match in its shape's table, if any.
+    head: Option<u32>,
+}
+
 /// The lookup structure of every table of an instance, beside [`super::table::Tables`].
 pub(crate) struct Classifier {
     /// Per table, its shapes by maximum priority, highest first.
     tables: Vec<Vec<Sub>>,
     /// By slot: the next (worse) slot with the same masked match, or [`NONE`].
     next: Vec<u32>,
-    /// By slot: when it was installed (ties go to the earlier).
-    seq: Vec<u64>,
-    installs: u64,
+    /// By slot: when it was installed, as an order (ties go to the earlier). Only the order
+    /// of the entries of one table with one priority matters; when the count would wrap,
+    /// the live entries are numbered again in that order ([`Classifier::renumber`]).
+    seq: Vec<u32>,
+    /// The last install's number.
+    installs: u32,
     hasher: ahash::RandomState,
 }
 
@@ -131,9 +147,69 @@ impl Classifier {
         self.tables.len()
     }
 
-    /// When the entry in `slot` was installed, as an order (ties go to the earlier).
-    pub(crate) fn installed(&self, slot: u32) -> u64 {
+    /// When the entry in `slot` was installed, as an order among the entries of its table
+    /// with its priority (ties go to the earlier).
+    pub(crate) fn installed(&self, slot: u32) -> u32 {
         self.seq[slot as usize]
+    }
+
+    /// Whether install numbers have run out: [`renumber`](Self::renumber) before the next
+    /// [`insert`](Self::insert).
+    pub(crate) fn installs_exhausted(&self) -> bool {
+        self.installs == u32::MAX
+    }
+
+    /// Numbers the live entries again from 1, in the order of `live` (every live slot, in
+    /// install order within each table and priority: the tables' priority order). Once every
+    /// 2^32 installs, O(flows).
+    pub(crate) fn renumber(&mut self, live: impl Iterator<Item = u32>) {
+        let mut n = 0u32;
+        for s in live {
+            n += 1;
+            self.seq[s as usize] = n;
+        }
+        self.installs = n;
+    }
+
+    /// Sets the install count (tests: to cross a wrap quickly).
+    #[cfg(test)]
+    pub(crate) fn set_installs(&mut self, n: u32) {
+        self.installs = n;
+    }
+
+    /// The entry of table `t` with `priority` and match `m` (exactly: host bits past a
+    /// prefix included), if any, and where an entry with that match goes.
+    pub(crate) fn find(
+        &self,
+        slab: &[Entry],
+        t: usize,
+        priority: u16,
+        m: &PackedMatch,
+    ) -> (Option<u32>, Place) {
+        let (shape, masked) = (m.shape(), m.masked());
+        let hash = self.hasher.hash_one(masked);
+        let head = self.tables[t]
+            .iter()
+            .find(|x| x.shape == shape)
+            .and_then(|sub| {
+                sub.heads
+                    .find(hash, |x| slab[x as usize].m.masked() == masked)
+            });
+        let mut found = None;
+        let mut s = head.unwrap_or(NONE);
+        // The chain is in priority order (highest first), so it ends below `priority`.
+        while s != NONE {
+            let e = &slab[s as usize];
+            if e.priority < priority {
+                break;
+            }
+            if e.priority == priority && e.m == *m {
+                found = Some(s);
+                break;
+            }
+            s = self.next[s as usize];
+        }
+        (found, Place { hash, head })
     }
 
     /// Whether slot `a` wins over slot `b`.
@@ -142,19 +218,22 @@ impl Classifier {
         pa > pb || pa == pb && self.seq[a as usize] < self.seq[b as usize]
     }
 
-    /// Adds the entry newly installed in `slot` (not a replacement in place).
-    pub(crate) fn insert(&mut self, slab: &[Entry], slot: u32) {
+    /// Adds the entry newly installed in `slot` (not a replacement in place), at `place`
+    /// (what [`find`](Self::find) gave for its table, priority and match, nothing having
+    /// changed since).
+    pub(crate) fn insert(&mut self, slab: &[Entry], slot: u32, place: Place) {
         let s = slot as usize;
         if self.next.len() <= s {
             self.next.resize(s + 1, NONE);
             self.seq.resize(s + 1, 0);
         }
+        debug_assert!(!self.installs_exhausted());
         self.installs += 1;
         self.seq[s] = self.installs;
         self.next[s] = NONE;
         let e = &slab[s];
-        let (shape, m) = (e.m.shape(), e.m.masked());
-        let h = self.hasher.hash_one(m);
+        let shape = e.m.shape();
+        let Place { hash: h, head } = place;
         let subs = &mut self.tables[usize::from(e.table)];
         let i = match subs.iter().position(|x| x.shape == shape) {
             Some(i) => i,
@@ -173,7 +252,6 @@ impl Classifier {
         let raise = e.priority > sub.max_priority;
         sub.max_priority = sub.max_priority.max(e.priority);
         let hasher = &self.hasher;
-        let head = sub.heads.find(h, |x| slab[x as usize].m.masked() == m);
         match head {
             None => {
                 sub.heads
@@ -376,11 +454,14 @@ mod tests {
     }
 
     /// Against the priority-ordered list walked entry by entry (the reference), through
-    /// installs, replacements in place and removals: the same entry for every key.
+    /// installs, replacements in place, removals and the install numbers' wrap: the same
+    /// entry for every key.
     #[test]
     fn lookups_agree_with_the_priority_ordered_list() {
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         let mut t = Tables::new(2, 1);
+        // Install numbers run out after ~500 installs (and are numbered again).
+        t.set_installs(u32::MAX - 500);
         let mut cookie = 0u64;
         let (mut hits, mut misses) = (0, 0);
         for round in 0..60 {

@@ -32,6 +32,11 @@ impl PriorityOrder {
         }
     }
 
+    /// Tables.
+    pub(crate) fn tables(&self) -> usize {
+        self.first.len()
+    }
+
     /// Bytes held by slot (for the memory an instance reports).
     pub(crate) const SLOT_BYTES: usize = 2 * std::mem::size_of::<u32>();
 

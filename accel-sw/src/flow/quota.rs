@@ -19,9 +19,8 @@ use super::{FlowError, EMC_CAP};
 const SA_SESSION_BYTES: u64 = 1024;
 /// Hash tables are charged twice their entries (load factor and control bytes).
 const HASH_SLACK: u64 = 2;
-/// The flow index and the classifier's tables are charged four buckets a flow: a table
-/// between 7/16 and 7/8 full, and while it grows the old one beside the new
-/// ([`super::slot_hash`]).
+/// The classifier's tables are charged four buckets a flow: a table between 7/16 and 7/8
+/// full, and while it grows the old one beside the new ([`super::slot_hash`]).
 const GROWING_HASH_SLACK: u64 = 4;
 /// Bytes of a priority's entry in a table's priority map (a B-tree node of 11 `u16` keys and
 /// `u32` slots, at least half full).
@@ -55,20 +54,21 @@ impl QuotaKind {
     }
 }
 
-/// Bytes one flow holds at most: its 104-byte slab entry, its links in its table's priority
+/// Bytes one flow holds at most: its 96-byte slab entry, its links in its table's priority
 /// order and on the timer wheel, its place in the free list (once removed), its
-/// classifier links (chain, install order), its counters on every lane, its buckets in the
-/// index and in its shape's classifier table (a 4-byte slot and a control byte each, up to
-/// four per flow while a table grows: old and new tables together), and the entry of its
-/// priority in its table's priority map (one per flow at worst). Vectors grow by doubling,
-/// so each is charged twice; a short action list (up to two actions) lives inside the entry
-/// and costs nothing more.
+/// classifier links (chain, install order: a `u32` each), its counters on every lane, its
+/// buckets in its shape's classifier table (a 4-byte slot and a control byte each, up to
+/// four per flow while the table grows: old and new tables together; there is no other
+/// index), and the entry of its priority in its table's priority map (one per flow at
+/// worst). Vectors grow by doubling, so each is charged twice; a short action list (up to
+/// two actions) lives inside the entry and costs nothing more. 332 bytes with one lane, 380
+/// with two.
 fn cost_flow(lanes: usize) -> u64 {
     let slot = size_of::<u32>();
     let links = PriorityOrder::SLOT_BYTES + TimerWheel::SLOT_BYTES + slot;
-    let classifier = slot + size_of::<u64>();
+    let classifier = slot + size_of::<u32>();
     (2 * (size_of::<Entry>() + links + classifier + lanes * size_of::<FlowCounters>())
-        + 2 * GROWING_HASH_SLACK as usize * (slot + 1)
+        + GROWING_HASH_SLACK as usize * (slot + 1)
         + PRIORITY_MAP_ENTRY) as u64
 }
 
@@ -242,7 +242,7 @@ mod tests {
     }
 
     /// Memory follows what the tables hold: a flow with a short (inline) list costs its slab
-    /// entry, index bucket and counters; a long list is charged once however many flows share
+    /// entry, classifier buckets and counters; a long list is charged once however many flows share
     /// it; removing everything gives it all back; the bound holds with every quota full.
     #[test]
     fn memory_follows_the_tables_and_stays_under_the_bound() {
@@ -255,10 +255,9 @@ mod tests {
         assert!(t.insert(0, &spec(1, out.clone()), 0, 10));
         let one = l.memory(&t);
         assert_eq!(one - empty, cost_flow(lanes));
-        assert!(
-            cost_flow(lanes) >= 2 * 104,
-            "a 104-byte slab entry, doubled"
-        );
+        assert!(cost_flow(lanes) >= 2 * 96, "a 96-byte slab entry, doubled");
+        assert_eq!(cost_flow(1), 332);
+        assert_eq!(cost_flow(2), 380);
         let long = vec![
             Action::SetL4Dst(7),
             Action::SetL4Src(8),

@@ -1,8 +1,8 @@
 //! [`SlotHash`]: a hash table of slab slots that grows without stopping the world.
 //!
-//! The flow index and the classifier's per-shape tables hold slots (`u32`) whose keys live in
-//! the slab, so growing a `hashbrown` table re-hashes every key from a random slab entry: at a
-//! million flows that is a cache miss per flow, about 0.1 s with the control path stalled.
+//! The classifier's per-shape tables hold slots (`u32`) whose keys live in the slab, so
+//! growing a `hashbrown` table re-hashes every key from a random slab entry: at a million
+//! flows that is a cache miss per flow, about 0.1 s with the control path stalled.
 //! Here a large table grows incrementally instead: a table twice the size is allocated, new
 //! slots go into it, and each insert moves the slots of a few buckets of the old table
 //! ([`MOVE_BUCKETS`]) until the old one is empty and dropped. Meanwhile lookups probe both.

@@ -1,16 +1,16 @@
 //! How flows are stored: compact entries in a slab (a packed match, the action list inline
-//! when it has at most two actions, else an interned list, the cookie and the timeouts: 104
-//! bytes), tables as priority-ordered linked lists of slab slots ([`PriorityOrder`]), an index
-//! of (table, priority, match) hashes over the slots (4 bytes a bucket, growing incrementally:
-//! [`SlotHash`]), per-lane counters by slot (what the data path writes; [`LaneCounters`]),
-//! and a timer wheel over the flows with timeouts ([`TimerWheel`]).
+//! when it has at most two actions, else an interned list, the cookie and the timeouts: 96
+//! bytes), tables as priority-ordered linked lists of slab slots ([`PriorityOrder`]), the
+//! classifier over the slots (what lookups use, and what installing uses to find the entry
+//! it replaces: [`Classifier`]), per-lane counters by slot (what the data path writes;
+//! [`LaneCounters`]), and a timer wheel over the flows with timeouts ([`TimerWheel`]).
 //!
-//! At 1 M flows with one lane this is about 140 heap bytes per flow, whether the flows share
+//! At 1 M flows with one lane this is about 160 heap bytes per flow, whether the flows share
 //! their action lists or each has its own short list (benches/flow_processor.rs prints both).
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,11 +18,10 @@ use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Pr
 
 use super::classifier::Classifier;
 use super::order::PriorityOrder;
-use super::slot_hash::SlotHash;
 use super::timers::TimerWheel;
 
 /// A [`Match`] packed into 52 bytes: which fields are set, and their values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PackedMatch {
     pub(crate) set: u16,
     pub(crate) in_port: u16,
@@ -88,6 +87,34 @@ fn prefix_matches(v6: bool, len: u8, addr: &[u8; 16], ver: u8, key: &[u8; 16]) -
     }
 }
 
+/// Seven words, not the thirteen fields one by one (what a derived `Hash` writes): the
+/// classifier hashes a match for every install and lookup, and every slot it moves while
+/// a table grows. Equal matches write equal words.
+impl Hash for PackedMatch {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let w = |a: u16, b: u16, c: u16, d: u16| {
+            u64::from(a) | u64::from(b) << 16 | u64::from(c) << 32 | u64::from(d) << 48
+        };
+        let half = |a: &[u8; 16], i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&a[i..i + 8]);
+            u64::from_ne_bytes(b)
+        };
+        h.write_u64(w(self.set, self.in_port, self.eth_type, self.vlan));
+        h.write_u64(w(self.sport, self.dport, 0, 0) | u64::from(self.spi) << 32);
+        h.write_u64(
+            u64::from(self.proto)
+                | u64::from(self.src_len) << 8
+                | u64::from(self.dst_len) << 16
+                | u64::from(self.v6) << 24,
+        );
+        h.write_u64(half(&self.src, 0));
+        h.write_u64(half(&self.src, 8));
+        h.write_u64(half(&self.dst, 0));
+        h.write_u64(half(&self.dst, 8));
+    }
+}
+
 impl PackedMatch {
     /// Packs `m`.
     pub(crate) fn new(m: &Match) -> Self {
@@ -144,14 +171,22 @@ impl PackedMatch {
 pub(crate) const INLINE_ACTIONS: usize = 2;
 
 /// A flow's action list: inline when short (most lists: "output:2", "set_ipv4_dst:X,output:1"
-/// — no allocation, no index entry, nothing shared), else an interned list's id.
+/// — no allocation, no index entry, nothing shared), else an interned list's id. One variant
+/// per inline length, so that the tag lives in the first action's unused tag values: 16
+/// bytes (a count beside the actions made it 20, and the entry 104).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ActionRef {
-    /// Up to [`INLINE_ACTIONS`] actions: (how many, the actions).
-    Inline(u8, [Action; INLINE_ACTIONS]),
+    /// No action.
+    Inline0,
+    /// One action.
+    Inline1(Action),
+    /// Two actions ([`INLINE_ACTIONS`]).
+    Inline2([Action; INLINE_ACTIONS]),
     /// A list in the [`ActionLists`].
     Shared(u32),
 }
+
+const _: () = assert!(std::mem::size_of::<ActionRef>() == 16);
 
 /// One installed flow (its counters are per lane, by `slot`: [`LaneCounters`]).
 #[derive(Clone, Debug)]
@@ -168,7 +203,7 @@ pub(crate) struct Entry {
     pub(crate) notify_expiry: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() <= 104);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 96);
 
 impl Entry {
     /// Whether an idle or hard timeout can remove it.
@@ -204,10 +239,11 @@ pub(crate) struct ActionLists {
 impl ActionLists {
     /// A reference to `a` (inline if short; else interned, with one more reference).
     pub(crate) fn intern(&mut self, a: &[Action]) -> ActionRef {
-        if a.len() <= INLINE_ACTIONS {
-            let mut inline = [Action::Drop; INLINE_ACTIONS];
-            inline[..a.len()].copy_from_slice(a);
-            return ActionRef::Inline(a.len() as u8, inline);
+        match *a {
+            [] => return ActionRef::Inline0,
+            [x] => return ActionRef::Inline1(x),
+            [x, y] => return ActionRef::Inline2([x, y]),
+            _ => {}
         }
         let h = self.hasher.hash_one(a);
         let slot = self.index.get(&h).copied();
@@ -264,7 +300,9 @@ impl ActionLists {
     #[inline]
     pub(crate) fn get<'a>(&'a self, r: &'a ActionRef) -> &'a [Action] {
         match r {
-            ActionRef::Inline(n, a) => &a[..usize::from(*n)],
+            ActionRef::Inline0 => &[],
+            ActionRef::Inline1(a) => std::slice::from_ref(a),
+            ActionRef::Inline2(a) => a,
             ActionRef::Shared(id) => &self.lists[*id as usize].0,
         }
     }
@@ -315,12 +353,9 @@ pub(crate) struct Tables {
     pub(crate) acts: ActionLists,
     /// Per lane, the flows' counters by slot.
     pub(crate) lanes: Vec<LaneCounters>,
-    /// The slots of all entries, by the hash of (table, priority, match): installing finds
-    /// the entry it replaces here.
-    index: SlotHash,
-    hasher: ahash::RandomState,
     flows: usize,
-    /// What the data path looks entries up in.
+    /// What the data path looks entries up in, and where installing finds the entry it
+    /// replaces (same table, priority and match).
     cls: Classifier,
     /// The entries with an idle or hard timeout, by when to look at them again.
     timers: TimerWheel,
@@ -335,8 +370,6 @@ impl Tables {
             order: PriorityOrder::new(n),
             acts: ActionLists::default(),
             lanes: (0..lanes).map(|_| LaneCounters::default()).collect(),
-            index: SlotHash::new(),
-            hasher: ahash::RandomState::new(),
             flows: 0,
             cls: Classifier::new(n),
             timers: TimerWheel::new(),
@@ -350,10 +383,6 @@ impl Tables {
     /// Entries with an idle or hard timeout (none: expiry has nothing to look for).
     pub(crate) fn timed(&self) -> usize {
         self.timers.len()
-    }
-
-    fn id(hasher: &ahash::RandomState, t: u8, priority: u16, m: &PackedMatch) -> u64 {
-        hasher.hash_one((t, priority, m))
     }
 
     /// The summed counters of the flow in `slot` over every lane, and when any lane last
@@ -378,12 +407,7 @@ impl Tables {
     pub(crate) fn insert(&mut self, t: usize, spec: &FlowSpec, now: u64, max: usize) -> bool {
         let m = PackedMatch::new(&spec.m);
         let table = t as u8;
-        let id = Self::id(&self.hasher, table, spec.priority, &m);
-        let slab = &self.slab;
-        let old = self.index.find(id, |s| {
-            let e = &slab[s as usize];
-            e.table == table && e.priority == spec.priority && e.m == m
-        });
+        let (old, place) = self.cls.find(&self.slab, t, spec.priority, &m);
         if old.is_none() && self.flows >= max {
             return false;
         }
@@ -426,13 +450,13 @@ impl Tables {
         for l in &self.lanes {
             l.flows[slot as usize].clear(now);
         }
-        let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index.insert(id, slot, |s| {
-            let e = &slab[s as usize];
-            Self::id(hasher, e.table, e.priority, &e.m)
-        });
+        if self.cls.installs_exhausted() {
+            let order = &self.order;
+            self.cls
+                .renumber((0..order.tables()).flat_map(|t| order.iter(t)));
+        }
         self.order.insert(t, slot, spec.priority);
-        self.cls.insert(&self.slab, slot);
+        self.cls.insert(&self.slab, slot, place);
         self.set_timer(slot, now);
         self.flows += 1;
         true
@@ -458,8 +482,6 @@ impl Tables {
         });
         self.timers.cancel(s);
         self.cls.remove(&self.slab, s);
-        let id = Self::id(&self.hasher, e.table, e.priority, &e.m);
-        self.index.remove(id, |x| x == s);
         let a = e.actions;
         self.acts.release(a);
         self.free.push(s);
@@ -467,7 +489,7 @@ impl Tables {
     }
 
     /// Removes the entries `drop` selects (calling `removed` with each, its slot and its
-    /// summed counters), keeping the index, the action lists and the counters in step.
+    /// summed counters), keeping the classifier, the action lists and the counters in step.
     /// Returns how many were removed.
     pub(crate) fn remove_if(
         &mut self,
@@ -543,6 +565,13 @@ impl Tables {
     /// The entries of table `t` in priority order, with their slots.
     pub(crate) fn table(&self, t: usize) -> impl Iterator<Item = (u32, &Entry)> + '_ {
         self.order.iter(t).map(|s| (s, &self.slab[s as usize]))
+    }
+
+    /// Sets the classifier's install count (tests: to cross its wrap quickly); `n` must not
+    /// be below the count now.
+    #[cfg(test)]
+    pub(crate) fn set_installs(&mut self, n: u32) {
+        self.cls.set_installs(n);
     }
 }
 
@@ -644,7 +673,7 @@ mod tests {
         let mut a = ActionLists::default();
         let out = [Action::Output(PortId(1))];
         let r = a.intern(&out);
-        assert!(matches!(r, ActionRef::Inline(1, _)));
+        assert!(matches!(r, ActionRef::Inline1(_)));
         assert_eq!(a.get(&r), &out);
         let two = [Action::SetL4Dst(7), Action::Output(PortId(2))];
         let r2 = a.intern(&two);
@@ -724,5 +753,138 @@ mod tests {
         assert_eq!(t.flows(), 3);
         let order: Vec<u64> = t.table(0).map(|(_, e)| e.cookie).collect();
         assert_eq!(order, [222, 1, 33]);
+    }
+
+    fn spec_in(table: u8, priority: u16, m: Match, cookie: u64) -> FlowSpec {
+        FlowSpec {
+            table,
+            priority,
+            cookie,
+            m,
+            actions: vec![Action::Output(PortId(1))],
+            idle_timeout_ns: 0,
+            hard_timeout_ns: 0,
+            notify_expiry: false,
+        }
+    }
+
+    fn dst(a: &str, len: u8) -> Match {
+        Match {
+            dst: Some(Prefix {
+                addr: a.parse().unwrap(),
+                len,
+            }),
+            ..Match::default()
+        }
+    }
+
+    fn cookies(t: &Tables, tab: usize) -> Vec<u64> {
+        t.table(tab).map(|(_, e)| e.cookie).collect()
+    }
+
+    /// Installing finds the entry it replaces through the classifier: the same table,
+    /// priority and match (host bits past a prefix included) is replaced in place (the count
+    /// stays, its counters start again, its place in the order stays); another priority,
+    /// another table or other host bits (the same masked match) make a new entry.
+    #[test]
+    fn replacement_is_found_through_the_classifier() {
+        let mut t = Tables::new(2, 1);
+        let m = dst("10.1.2.3", 24);
+        assert!(t.insert(0, &spec_in(0, 5, m, 1), 0, 100));
+        assert!(t.insert(0, &spec_in(0, 7, m, 2), 0, 100), "other priority");
+        assert!(t.insert(1, &spec_in(1, 5, m, 3), 0, 100), "other table");
+        // Same /24 network, other host bits: the same chain, not the same match.
+        assert!(t.insert(0, &spec_in(0, 5, dst("10.1.2.9", 24), 4), 0, 100));
+        assert!(t.insert(0, &spec_in(0, 3, m, 5), 0, 100), "lower priority");
+        assert_eq!(t.flows(), 5);
+        assert_eq!(cookies(&t, 0), [2, 1, 4, 5]);
+        assert_eq!(cookies(&t, 1), [3]);
+        // Counters on the entry about to be replaced.
+        let slot = t.table(0).find(|(_, e)| e.cookie == 1).unwrap().0;
+        t.lanes[0].flows[slot as usize].hit(3, 300, 5);
+        // Replace the priority-5 entry of table 0 (its chain holds priorities 7, 5, 5, 3).
+        assert!(
+            t.insert(0, &spec_in(0, 5, m, 11), 9, 5),
+            "a replacement fits"
+        );
+        assert_eq!(t.flows(), 5);
+        assert_eq!(cookies(&t, 0), [2, 11, 4, 5], "in place");
+        assert_eq!(
+            t.counters(slot),
+            (FlowStats::default(), 9),
+            "counters restart"
+        );
+        // Full quota: a new match is refused, every replacement is taken.
+        assert!(!t.insert(0, &spec_in(0, 6, m, 6), 9, 5));
+        for (tab, p, c) in [(0, 7, 12), (0, 3, 15), (1, 5, 13)] {
+            assert!(t.insert(tab, &spec_in(tab as u8, p, m, c), 9, 5));
+        }
+        assert!(t.insert(0, &spec_in(0, 5, dst("10.1.2.9", 24), 14), 9, 5));
+        assert_eq!(t.flows(), 5);
+        assert_eq!(cookies(&t, 0), [12, 11, 14, 15]);
+        assert_eq!(cookies(&t, 1), [13]);
+        // Lookups still give the best of the chain; removing the head leaves the rest
+        // findable for replacement.
+        let mut k = FlowKey {
+            ip_ver: 4,
+            ..FlowKey::default()
+        };
+        k.dst[..4].copy_from_slice(&[10, 1, 2, 77]);
+        assert_eq!(t.lookup(0, &k).map(|(_, e)| e.cookie), Some(12));
+        assert_eq!(t.remove_if(|e, _| e.cookie == 12, |_, _| {}), 1);
+        assert_eq!(t.lookup(0, &k).map(|(_, e)| e.cookie), Some(11));
+        assert!(t.insert(0, &spec_in(0, 3, m, 25), 9, 5));
+        assert!(t.insert(0, &spec_in(0, 5, m, 21), 9, 5));
+        assert_eq!(cookies(&t, 0), [21, 14, 25]);
+        assert_eq!(t.flows(), 4);
+    }
+
+    /// Install numbers run out after 2^32 installs: the live entries are numbered again in
+    /// their order, so ties (equal priority, several shapes matching) still go to the entry
+    /// installed first, in lookups and in expiry's event order.
+    #[test]
+    fn install_numbers_wrap_without_changing_ties() {
+        let mut t = Tables::new(1, 1);
+        t.set_installs(u32::MAX - 2);
+        let any = |m: Match, c| {
+            let mut s = spec_in(0, 5, m, c);
+            s.idle_timeout_ns = 1;
+            s
+        };
+        let by_port = Match {
+            dport: Some(80),
+            ..Match::default()
+        };
+        let by_proto = Match {
+            proto: Some(17),
+            ..Match::default()
+        };
+        let by_port_in = Match {
+            in_port: Some(1),
+            ..Match::default()
+        };
+        // Numbers MAX - 1 and MAX, then the third runs out and renumbers.
+        assert!(t.insert(0, &any(by_port, 1), 0, 10));
+        assert!(t.insert(0, &any(dst("10.0.0.0", 8), 2), 0, 10));
+        assert!(t.insert(0, &any(by_proto, 3), 0, 10));
+        assert!(t.insert(0, &any(by_port_in, 4), 0, 10));
+        let mut k = FlowKey {
+            in_port: 1,
+            ip_ver: 4,
+            proto: 17,
+            dport: 80,
+            ..FlowKey::default()
+        };
+        k.dst[..4].copy_from_slice(&[10, 9, 9, 9]);
+        let best = |t: &Tables| t.lookup(0, &k).map(|(_, e)| e.cookie);
+        assert_eq!(best(&t), Some(1), "the first installed wins the tie");
+        // A replacement keeps its place (and its number).
+        assert!(t.insert(0, &any(by_port, 11), 0, 10));
+        assert_eq!(best(&t), Some(11));
+        assert_eq!(t.remove_if(|e, _| e.cookie == 11, |_, _| {}), 1);
+        assert_eq!(best(&t), Some(2));
+        let mut order = Vec::new();
+        assert_eq!(t.expire(1_000_000_000, |e, _, _| order.push(e.cookie)), 3);
+        assert_eq!(order, [2, 3, 4], "install order");
     }
 }

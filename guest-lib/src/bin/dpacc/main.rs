@@ -220,9 +220,9 @@ enum BenchNet {
     /// This command is the generator on the port's two vhost-user uplinks and the vNF on the
     /// port: first packets of new UDP 5-tuples go in on uplink 1, the vNF answers each
     /// PACKET_IN with two FLOW_ADDs (both directions) and a PACKET_OUT to uplink 2. Prints
-    /// connections/s and the p50/p99 latency (first packet sent on uplink 1 -> received on
-    /// uplink 2) per mode (blocking, pipelined-v1, pipelined), with the same-run ratio to
-    /// blocking.
+    /// connections/s and the p50/p99/p99.9/max latency (first packet sent on uplink 1 ->
+    /// received on uplink 2) per mode (blocking, pipelined-v1, pipelined), with the same-run
+    /// ratio to blocking.
     Flows(bench_flows::Args),
 }
 
