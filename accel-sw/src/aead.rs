@@ -203,7 +203,17 @@ impl AeadKey {
     }
 
     /// Where to run an operation of `len` bytes from `src` to `dst` (lengths checked).
-    fn place<'a>(&'a self, src: &'a [Seg<'a>], dst: &[Seg<'a>], len: usize) -> Place<'a> {
+    /// `one_thread`: the caller runs this key's operations on one thread at a time, so the
+    /// gather context is taken without an atomic exchange (a locked instruction, which waits
+    /// for the store buffer: the previous operation's output stores, to guest RX buffers
+    /// whose lines must be fetched first).
+    fn place<'a>(
+        &'a self,
+        src: &'a [Seg<'a>],
+        dst: &[Seg<'a>],
+        len: usize,
+        one_thread: bool,
+    ) -> Place<'a> {
         let Some(d) = sg::single(dst).filter(|d| d.len() >= len && len > 0) else {
             return Place::Bounce;
         };
@@ -217,12 +227,12 @@ impl AeadKey {
                 // Each piece apart from `dst`; the stream free (else another thread is in the
                 // middle of an operation of this session: the old ways).
                 let apart = src.iter().all(|s| s.is_empty() || disjoint(s, &d));
-                match self
-                    .stream
-                    .as_ref()
-                    .filter(|_| apart)
-                    .and_then(GcmStream::claim)
-                {
+                let claim = |s: &'a GcmStream| match one_thread {
+                    // SAFETY: the caller's promise: no other thread uses this key meanwhile.
+                    true => Some(unsafe { s.claim_unshared() }),
+                    false => s.claim(),
+                };
+                match self.stream.as_ref().filter(|_| apart).and_then(claim) {
                     Some(stream) => Place::Gather {
                         src,
                         dst: d,
@@ -271,7 +281,7 @@ impl AeadKey {
         match self.dir {
             Direction::Encrypt => {
                 // SAFETY: forwarded from our caller.
-                let tag = unsafe { self.seal(nonce, aad, src, dst, len, scratch.data)? };
+                let tag = unsafe { self.seal(nonce, aad, src, dst, len, scratch.data, false)? };
                 // SAFETY: `digest` is writable on encrypt and `tag` is a local.
                 unsafe { sg::scatter(digest, 0, &tag.0) };
                 Ok(())
@@ -281,15 +291,110 @@ impl AeadKey {
                 // SAFETY: `digest` is readable, `tag` a local.
                 unsafe { sg::gather(digest, 0, &mut tag) };
                 // SAFETY: forwarded from our caller.
-                unsafe { self.open(nonce, aad, tag, src, dst, len, scratch.data) }
+                unsafe { self.open(nonce, aad, tag, src, dst, len, scratch.data, false) }
             }
         }
+    }
+
+    /// Encrypts the pieces of `src` into `dst` (exactly their total length) and writes the
+    /// tag's 16 bytes at `tag_out`: the in-crate caller's way in (fused ESP), without a
+    /// queue, an `Iv`, an AAD copy or a bounce buffer. The nonce and the AAD are read where
+    /// the caller keeps them and the gathered path writes the tag straight to `tag_out`: a
+    /// copy through the stack here would be reloaded with other widths than it was stored
+    /// with, and such a load waits until the store buffer (the previous frame's output, to
+    /// RX-buffer lines that must be fetched first) has drained. Errors as [`run`](Self::run);
+    /// `dst` not exactly as long as `src` gives `BufferTooSmall`.
+    ///
+    /// # Safety
+    /// The pieces of `src` readable, `dst` and `tag_out..tag_out + 16` writable (raw memory;
+    /// possibly guest memory), `tag_out` apart from `dst`; each piece the same memory as
+    /// `dst` or disjoint from it (a partial overlap gives a wrong result, nothing worse);
+    /// `aad` is host memory; with `one_thread`, no other thread runs an operation of this key
+    /// meanwhile.
+    pub(crate) unsafe fn seal_direct(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        src: &[Seg<'_>],
+        dst: Seg<'_>,
+        tag_out: *mut u8,
+        one_thread: bool,
+    ) -> Result<(), CryptoError> {
+        let len = sg_len(src);
+        if self.dir != Direction::Encrypt {
+            return Err(CryptoError::InvalidSession);
+        }
+        if dst.len() != len {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        let dsts = [dst];
+        if let Place::Gather {
+            src,
+            dst,
+            mut stream,
+        } = self.place(src, &dsts, len, one_thread)
+        {
+            // SAFETY: the caller's pieces and outputs; each piece apart from `dst` (`place`).
+            let ok = unsafe { stream.seal_to(nonce, aad, src, dst.ptr(), tag_out) };
+            return ok
+                .then_some(())
+                .ok_or(CryptoError::Internal("AEAD seal failed"));
+        }
+        // One `dst` segment never takes the bounce buffer (`place`): none is given.
+        // SAFETY: forwarded from our caller.
+        let tag = unsafe { self.seal(*nonce, aad, src, &dsts, len, &mut [], one_thread)? };
+        // SAFETY: the caller's 16 writable bytes, apart from our local.
+        unsafe { std::ptr::copy_nonoverlapping(tag.0.as_ptr(), tag_out, TAG_LEN) };
+        Ok(())
+    }
+
+    /// Decrypts the pieces of `src` into `dst` (exactly their total length) if `tag`
+    /// verifies; otherwise `AuthFailed` and no plaintext left in `dst`. As
+    /// [`seal_direct`](Self::seal_direct) otherwise (`tag` read where the caller keeps it).
+    ///
+    /// # Safety
+    /// As [`seal_direct`](Self::seal_direct), without `tag_out`.
+    pub(crate) unsafe fn open_direct(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        tag: &[u8; TAG_LEN],
+        src: &[Seg<'_>],
+        dst: Seg<'_>,
+        one_thread: bool,
+    ) -> Result<(), CryptoError> {
+        let len = sg_len(src);
+        if self.dir != Direction::Decrypt {
+            return Err(CryptoError::InvalidSession);
+        }
+        if dst.len() != len {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        let dsts = [dst];
+        if let Place::Gather {
+            src,
+            dst,
+            mut stream,
+        } = self.place(src, &dsts, len, one_thread)
+        {
+            // SAFETY: as in `seal_direct`.
+            if unsafe { stream.open(nonce, aad, tag, src, dst.ptr()) } {
+                return Ok(());
+            }
+            // AWS-LC leaves the unverified plaintext in `dst`: wipe it (raw writes).
+            // SAFETY: `dst` is writable for its `len` bytes.
+            unsafe { std::ptr::write_bytes(dst.ptr(), 0, dst.len()) };
+            return Err(CryptoError::AuthFailed);
+        }
+        // SAFETY: forwarded from our caller.
+        unsafe { self.open(*nonce, aad, *tag, src, &dsts, len, &mut [], one_thread) }
     }
 
     /// Encrypts `len` bytes of `src` into `dst`; returns the tag.
     ///
     /// # Safety
-    /// As [`run`](Self::run).
+    /// As [`run`](Self::run); `one_thread` as for [`place`](Self::place).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn seal(
         &self,
         nonce: [u8; NONCE_LEN],
@@ -298,9 +403,10 @@ impl AeadKey {
         dst: &[Seg<'_>],
         len: usize,
         bounce: &mut [u8],
+        one_thread: bool,
     ) -> Result<Tag16, CryptoError> {
         let failed = CryptoError::Internal("AEAD seal failed");
-        match (self.place(src, dst, len), &self.engine) {
+        match (self.place(src, dst, len, one_thread), &self.engine) {
             (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 let mut tag = [0u8; TAG_LEN];
                 // SAFETY: `src` is readable and `dst` writable for `len` bytes, they do not
@@ -358,7 +464,7 @@ impl AeadKey {
     /// plaintext behind (what a library wrote into `dst` is wiped).
     ///
     /// # Safety
-    /// As [`run`](Self::run).
+    /// As [`run`](Self::run); `one_thread` as for [`place`](Self::place).
     #[allow(clippy::too_many_arguments)]
     unsafe fn open(
         &self,
@@ -369,8 +475,9 @@ impl AeadKey {
         dst: &[Seg<'_>],
         len: usize,
         bounce: &mut [u8],
+        one_thread: bool,
     ) -> Result<(), CryptoError> {
-        match (self.place(src, dst, len), &self.engine) {
+        match (self.place(src, dst, len, one_thread), &self.engine) {
             (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 // SAFETY: as in `seal`.
                 let (s, d) = unsafe { (src.as_slice(), dst.as_mut_slice()) };

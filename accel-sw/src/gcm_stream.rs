@@ -38,7 +38,8 @@ pub(crate) struct GcmStream {
 }
 
 // SAFETY: the context is only used by the thread that set `busy` (`claim`) until it clears
-// it, and freed by `drop` (`&mut self`: no claim alive).
+// it, or by the one thread its owner runs on (`claim_unshared`'s contract), and freed by
+// `drop` (`&mut self`: no claim alive).
 unsafe impl Send for GcmStream {}
 // SAFETY: as above: shared access goes through `claim`.
 unsafe impl Sync for GcmStream {}
@@ -73,6 +74,16 @@ impl GcmStream {
             }
         };
         (ok == 1).then_some(s)
+    }
+
+    /// Takes the context for one operation without the atomic exchange of
+    /// [`claim`](Self::claim) (a locked instruction, which waits for every earlier store).
+    ///
+    /// # Safety
+    /// No other thread uses this context meanwhile (its owner runs one operation at a time).
+    pub(crate) unsafe fn claim_unshared(&self) -> Claimed<'_> {
+        self.busy.store(true, Ordering::Relaxed);
+        Claimed(self)
     }
 
     /// Takes the context for one operation; None if another thread has it.
@@ -152,6 +163,41 @@ impl Claimed<'_> {
         true
     }
 
+    /// Encrypts the pieces of `src` into `dst` (their total length) and writes the tag's 16
+    /// bytes straight to `tag_out` (no copy through the stack). False if AWS-LC refused.
+    ///
+    /// # Safety
+    /// As for `run`; `tag_out..tag_out + 16` writable (raw memory, possibly a guest's).
+    pub(crate) unsafe fn seal_to(
+        &mut self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        src: &[Seg<'_>],
+        dst: *mut u8,
+        tag_out: *mut u8,
+    ) -> bool {
+        if !self.0.encrypt {
+            return false;
+        }
+        // SAFETY: forwarded.
+        if !unsafe { self.run(nonce, aad, src, dst) } {
+            return false;
+        }
+        let c = self.0.ctx.as_ptr();
+        let mut out: c_int = 0;
+        // SAFETY: our context; GCM's final writes no bytes (a null output is not read);
+        // the tag goes to the caller's 16 writable bytes.
+        unsafe {
+            sys::EVP_EncryptFinal_ex(c, tag_out, &mut out) == 1
+                && sys::EVP_CIPHER_CTX_ctrl(
+                    c,
+                    sys::EVP_CTRL_GCM_GET_TAG,
+                    TAG as c_int,
+                    tag_out.cast(),
+                ) == 1
+        }
+    }
+
     /// Encrypts the pieces of `src` into `dst` (their total length); returns the tag.
     ///
     /// # Safety
@@ -208,16 +254,15 @@ impl Claimed<'_> {
         }
         let c = self.0.ctx.as_ptr();
         let mut out: c_int = 0;
-        let mut t = *tag;
         let mut end = 0u8;
-        // SAFETY: our context; the tag is 16 bytes, copied by AWS-LC; GCM's final writes no
-        // bytes.
+        // SAFETY: our context; the tag is 16 bytes, only read (copied) by AWS-LC despite the
+        // mutable pointer its signature takes; GCM's final writes no bytes.
         unsafe {
             sys::EVP_CIPHER_CTX_ctrl(
                 c,
                 sys::EVP_CTRL_GCM_SET_TAG,
                 TAG as c_int,
-                t.as_mut_ptr().cast(),
+                tag.as_ptr().cast_mut().cast(),
             ) == 1
                 && sys::EVP_DecryptFinal_ex(c, &mut end, &mut out) == 1
         }

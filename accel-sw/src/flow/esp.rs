@@ -25,6 +25,8 @@ use zeroize::Zeroizing;
 
 use super::checksum;
 use super::key::{ETH_IPV4, ETH_IPV6, IPPROTO_ESP};
+use crate::aead::AeadKey;
+use crate::session::{Kind, SwSession};
 
 const ICV: usize = 16;
 const ESP_HDR: usize = 16; // SPI, sequence number, 8-byte IV
@@ -143,6 +145,19 @@ impl SharedWindow {
         self.get().check(seq)
     }
 
+    /// [`accept`](Self::accept) for a window only one thread updates: a load and a store,
+    /// no compare-and-swap (a locked instruction, which would wait for the store buffer to
+    /// drain the AEAD's output stores just made).
+    fn accept_one_thread(&self, seq: u32) -> bool {
+        let mut w = self.get();
+        if !w.check(seq) {
+            return false;
+        }
+        w.accept(seq);
+        self.0.store(w.pack(), Ordering::Release);
+        true
+    }
+
     /// Records `seq` unless it was recorded meanwhile (by another lane) or left the window:
     /// true if this call recorded it.
     pub fn accept(&self, seq: u32) -> bool {
@@ -187,6 +202,10 @@ pub struct Sa {
     window: SharedWindow,
     /// Per lane.
     stats: Box<[LaneSaStats]>,
+    /// Never run on two threads at once ([`in_instance`](Self::in_instance) with one lane):
+    /// the replay window and the AEAD's gather context are updated without locked
+    /// instructions.
+    one_thread: bool,
 }
 
 impl std::fmt::Debug for Sa {
@@ -227,7 +246,29 @@ impl Sa {
             seq: AtomicU64::new(0),
             window: SharedWindow::default(),
             stats: (0..lanes.max(1)).map(|_| LaneSaStats::default()).collect(),
+            one_thread: false,
         })
+    }
+
+    /// [`with_lanes`](Self::with_lanes) for a flow-processor instance, which runs an SA only
+    /// inside a lane's read section (one thread per lane, by its token) or under the
+    /// instance's writer lock (no lane inside): with one lane, never on two threads at once.
+    pub(crate) fn in_instance(
+        cfg: SaConfig,
+        driver: &dyn CryptoDriver,
+        lanes: usize,
+    ) -> Result<Self, CryptoError> {
+        let mut sa = Self::with_lanes(cfg, driver, lanes)?;
+        sa.one_thread = lanes <= 1;
+        Ok(sa)
+    }
+
+    /// Records `seq` in the replay window (see [`SharedWindow::accept`]).
+    fn accept(&self, seq: u32) -> bool {
+        match self.one_thread {
+            true => self.window.accept_one_thread(seq),
+            false => self.window.accept(seq),
+        }
     }
 
     /// The SPI.
@@ -455,7 +496,7 @@ impl Sa {
                 Err(_) => return Err(EspDrop::Crypto),
             }
         }
-        if !self.window.accept(seq) {
+        if !self.accept(seq) {
             // Another lane accepted the same number meanwhile: a replay after all.
             fr[body..body + ct_len].fill(0);
             return Err(EspDrop::Replay);
@@ -515,11 +556,11 @@ impl Deferred {
 }
 
 /// The segments covering `len` bytes at `off` of the stream `segs`, in `out`.
-fn carve<'a, 'o>(
+fn carve<'a, 'o, const N: usize>(
     segs: &[Seg<'a>],
     off: usize,
     len: usize,
-    out: &'o mut [Seg<'a>; 16],
+    out: &'o mut [Seg<'a>; N],
 ) -> Option<&'o [Seg<'a>]> {
     let mut n = 0;
     let mut pos = 0;
@@ -752,7 +793,9 @@ impl Sa {
             // packet buffer; the AEAD writes the rest, and the ICV after it on encap.
             // SAFETY: `frame` is writable for `total >= d.off` bytes; `head` is ours.
             unsafe { crate::sg::scatter(frame, 0, &head[..d.off]) };
-            let mut src = [Seg::from_ref(&[]); 16];
+            // At most one piece per piece of `stream` (a few stores: the store buffer is still
+            // draining the previous frame's AEAD output).
+            let mut src = [Seg::from_ref(&[]); 3];
             let Some(src) = carve(&stream, d.off, d.span, &mut src) else {
                 let _ = self.count(lane, Err(EspDrop::Malformed));
                 return None;
@@ -788,6 +831,46 @@ impl Sa {
         q: &mut dyn CryptoQueue,
     ) -> Result<usize, EspDrop> {
         let total = dpacc_spec::sg_len(frame);
+        let icv = if d.work == Work::Seal { ICV } else { 0 };
+        if d.off + d.span + icv > total {
+            return Err(EspDrop::Malformed);
+        }
+        // The software driver's key, called by the lane itself (no queue round), where the
+        // frame is one segment (the common case: one RX buffer, or the packet's own buffer).
+        if let (Some(f), Some(k)) = (crate::sg::single(frame), self.direct_key()) {
+            // SAFETY: `d.off + d.span (+ ICV) <= total = f.len()` (checked above).
+            let (data, tag_at) = unsafe {
+                (
+                    Seg::from_raw(f.ptr().add(d.off), d.span),
+                    f.ptr().add(d.off + d.span),
+                )
+            };
+            let own = [data];
+            let input = src.unwrap_or(&own);
+            match d.work {
+                Work::Seal => {
+                    // SAFETY: `input` readable (the caller's pieces, or `data`: in place), `data`
+                    // writable; each piece the output or apart from it (the AEAD checks); the
+                    // ICV's 16 bytes follow the span inside `f` (checked above).
+                    unsafe {
+                        k.seal_direct(&d.nonce, &d.aad, input, data, tag_at, self.one_thread)
+                    }
+                    .map_err(|_| EspDrop::Crypto)?;
+                    return Ok(total);
+                }
+                Work::Open => {
+                    // SAFETY: as for the seal; a failed open leaves no plaintext in `data`.
+                    match unsafe {
+                        k.open_direct(&d.nonce, &d.aad, &d.tag, input, data, self.one_thread)
+                    } {
+                        Ok(()) => {}
+                        Err(CryptoError::AuthFailed) => return Err(EspDrop::Auth),
+                        Err(_) => return Err(EspDrop::Crypto),
+                    }
+                    return self.opened(d, frame, &own);
+                }
+            }
+        }
         let mut data = [Seg::from_ref(&[]); 16];
         let data = carve(frame, d.off, d.span, &mut data).ok_or(EspDrop::Malformed)?;
         let input = src.unwrap_or(data);
@@ -827,37 +910,54 @@ impl Sa {
                     Err(CryptoError::AuthFailed) => return Err(EspDrop::Auth),
                     Err(_) => return Err(EspDrop::Crypto),
                 }
-                let wipe = |data: &[Seg<'_>]| {
-                    for s in data {
-                        // SAFETY: the segment is writable memory of the output frame.
-                        unsafe { std::ptr::write_bytes(s.ptr(), 0, s.len()) };
-                    }
-                };
-                if !self.window.accept(d.seq) {
-                    wipe(data);
-                    return Err(EspDrop::Replay);
-                }
-                // The trailer, copied once out of the (decrypted) frame and checked.
-                let mut t = [0u8; 2];
-                // SAFETY: `d.off + d.span <= total` (carve succeeded); readable segments.
-                unsafe { crate::sg::gather(frame, d.off + d.span - 2, &mut t) };
-                let (pad, nh) = (usize::from(t[0]), t[1]);
-                let et = match nh {
-                    4 => ETH_IPV4,
-                    41 => ETH_IPV6,
-                    _ => {
-                        wipe(data);
-                        return Err(EspDrop::Malformed);
-                    }
-                };
-                let Some(inner) = d.span.checked_sub(2 + pad) else {
-                    wipe(data);
-                    return Err(EspDrop::Malformed);
-                };
-                // SAFETY: `d.off >= 14`: the EtherType lies in the frame's link header.
-                unsafe { crate::sg::scatter(frame, d.off - 2, &et.to_be_bytes()) };
-                Ok(d.off + inner)
+                self.opened(d, frame, data)
             }
+        }
+    }
+
+    /// After an open verified (plaintext in `data`, the span's pieces of `frame`): records
+    /// the sequence number, checks and strips the trailer, writes the inner EtherType.
+    /// Returns the frame's final length; on a drop `data` is wiped.
+    fn opened(&self, d: &Deferred, frame: &[Seg<'_>], data: &[Seg<'_>]) -> Result<usize, EspDrop> {
+        let wipe = |data: &[Seg<'_>]| {
+            for s in data {
+                // SAFETY: the segment is writable memory of the output frame.
+                unsafe { std::ptr::write_bytes(s.ptr(), 0, s.len()) };
+            }
+        };
+        if !self.accept(d.seq) {
+            wipe(data);
+            return Err(EspDrop::Replay);
+        }
+        // The trailer, copied once out of the (decrypted) frame and checked.
+        let mut t = [0u8; 2];
+        // SAFETY: `d.off + d.span <= total` (checked by the caller); readable segments.
+        unsafe { crate::sg::gather(frame, d.off + d.span - 2, &mut t) };
+        let (pad, nh) = (usize::from(t[0]), t[1]);
+        let et = match nh {
+            4 => ETH_IPV4,
+            41 => ETH_IPV6,
+            _ => {
+                wipe(data);
+                return Err(EspDrop::Malformed);
+            }
+        };
+        let Some(inner) = d.span.checked_sub(2 + pad) else {
+            wipe(data);
+            return Err(EspDrop::Malformed);
+        };
+        // SAFETY: `d.off >= 14`: the EtherType lies in the frame's link header.
+        unsafe { crate::sg::scatter(frame, d.off - 2, &et.to_be_bytes()) };
+        Ok(d.off + inner)
+    }
+
+    /// The software driver's AEAD key behind the SA's session, when the session is the
+    /// software driver's: the lane then runs the AEAD itself, without the crypto queue's
+    /// enqueue/dequeue round (another driver's sessions go through the queue).
+    fn direct_key(&self) -> Option<&AeadKey> {
+        match &self.session.as_any().downcast_ref::<SwSession>()?.kind {
+            Kind::Aead(k) => Some(k),
+            _ => None,
         }
     }
 
@@ -939,13 +1039,98 @@ mod tests {
     const SALT: [u8; 4] = [1, 2, 3, 4];
 
     fn sa(dir: SaDir) -> Sa {
+        sa_in(dir, Mode::Shared)
+    }
+
+    /// How an SA runs its AEAD.
+    #[derive(Clone, Copy, Debug)]
+    enum Mode {
+        /// The software key called by the lane, its gather context claimed atomically.
+        Shared,
+        /// The same, for an instance with one lane (no locked instructions).
+        OneThread,
+        /// Through the crypto queue (a driver whose sessions are not the software driver's).
+        Queue,
+    }
+
+    const MODES: [Mode; 3] = [Mode::Shared, Mode::OneThread, Mode::Queue];
+
+    fn sa_in(dir: SaDir, mode: Mode) -> Sa {
         let cfg = SaConfig {
             spi: 0x77,
             key: Zeroizing::new(KEY.to_vec()),
             salt: SALT,
             dir,
         };
-        Sa::new(cfg, &crate::SwDriver::new()).unwrap()
+        let sw = crate::SwDriver::new();
+        match mode {
+            Mode::Shared => Sa::new(cfg, &sw).unwrap(),
+            Mode::OneThread => Sa::in_instance(cfg, &sw, 1).unwrap(),
+            Mode::Queue => Sa::new(cfg, &Wrapped(sw)).unwrap(),
+        }
+    }
+
+    /// The software driver behind sessions of another type: what a plug-in driver looks like
+    /// to the SA (no direct call; every AEAD goes through `enqueue`).
+    struct Wrapped(crate::SwDriver);
+    struct WrappedSession(SessionHandle);
+    struct WrappedQueue(Box<dyn CryptoQueue>);
+
+    impl dpacc_spec::DriverSession for WrappedSession {
+        fn info(&self) -> dpacc_spec::SessionInfo {
+            self.0.info()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    impl CryptoDriver for Wrapped {
+        fn name(&self) -> &str {
+            "wrapped"
+        }
+        fn capabilities(&self) -> dpacc_spec::Capabilities {
+            self.0.capabilities()
+        }
+        fn create_session(&self, p: &SessionParams<'_>) -> Result<SessionHandle, CryptoError> {
+            Ok(std::sync::Arc::new(WrappedSession(
+                self.0.create_session(p)?,
+            )))
+        }
+        fn open_queue(&self, depth: usize) -> Result<Box<dyn CryptoQueue>, CryptoError> {
+            Ok(Box::new(WrappedQueue(self.0.open_queue(depth)?)))
+        }
+    }
+
+    impl CryptoQueue for WrappedQueue {
+        unsafe fn enqueue(&mut self, ops: &[CryptoOp<'_>]) -> usize {
+            let mut n = 0;
+            for op in ops {
+                let inner = match op.session.as_any().downcast_ref::<WrappedSession>() {
+                    Some(w) => &w.0,
+                    None => op.session,
+                };
+                let op = CryptoOp {
+                    session: inner,
+                    iv: op.iv,
+                    src: op.src,
+                    dst: op.dst,
+                    aad: op.aad,
+                    digest: op.digest,
+                    chain: op.chain,
+                    user_data: op.user_data,
+                };
+                // SAFETY: forwarded from our caller.
+                n += unsafe { self.0.enqueue(std::slice::from_ref(&op)) };
+            }
+            n
+        }
+        fn dequeue(&mut self, out: &mut [dpacc_spec::Completion]) -> usize {
+            self.0.dequeue(out)
+        }
+        fn in_flight(&self) -> usize {
+            self.0.in_flight()
+        }
     }
 
     fn outbound() -> SaDir {
@@ -957,6 +1142,14 @@ mod tests {
 
     fn queue() -> Box<dyn CryptoQueue> {
         crate::SwDriver::new().open_queue(4).unwrap()
+    }
+
+    /// A queue that runs the sessions of SAs made in `mode` (and the software driver's).
+    fn queue_in(mode: Mode) -> Box<dyn CryptoQueue> {
+        match mode {
+            Mode::Queue => Wrapped(crate::SwDriver::new()).open_queue(4).unwrap(),
+            _ => queue(),
+        }
     }
 
     /// An Ethernet + IPv4 + UDP frame of `len` bytes (payload bytes counting up).
@@ -1003,10 +1196,14 @@ mod tests {
     /// rewritten (NAT) and differ from the source's; fused decap gives the original back.
     #[test]
     fn fused_esp_written_where_it_lands_matches_the_in_memory_path() {
-        let mut q = queue();
-        for len in [60, 127, 128, 129, 200, 1400, 1500] {
+        for (len, mode) in [60, 127, 128, 129, 200, 1400, 1500]
+            .into_iter()
+            .flat_map(|l| MODES.map(|m| (l, m)))
+        {
+            let mut q = queue_in(mode);
             for cuts in [&[][..], &[7, 100, 700][..]] {
-                let (out_f, out_r, inb) = (sa(outbound()), sa(outbound()), sa(SaDir::Inbound));
+                let out_f = sa_in(outbound(), mode);
+                let (out_r, inb) = (sa(outbound()), sa_in(SaDir::Inbound, mode));
                 let src = frame(len);
                 let mut p = loaded(&src);
                 // NAT on the resident headers only: the source keeps the old address.
@@ -1016,11 +1213,14 @@ mod tests {
                 let d = out_f.encap_deferred(&mut p, 14, 0).unwrap();
                 let mut dst = vec![0xa5u8; p.len()];
                 let n = out_f.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
-                assert_eq!(n, Some(dst.len()), "{len} B, cuts {cuts:?}");
+                assert_eq!(n, Some(dst.len()), "{len} B, cuts {cuts:?}, {mode:?}");
                 let mut r = PacketBuf::new();
                 assert!(r.load(&want, PortId(1)));
                 out_r.encap(&mut r, 14, &mut *q, 0).unwrap();
-                assert!(dst == r.frame(), "{len} B, cuts {cuts:?}: encap differs");
+                assert!(
+                    dst == r.frame(),
+                    "{len} B, {cuts:?}, {mode:?}: encap differs"
+                );
 
                 let esp = dst;
                 let mut p = loaded(&esp);
@@ -1028,7 +1228,10 @@ mod tests {
                 let mut back = vec![0x5au8; p.len()];
                 let n = inb.finish_into(&d, &p, &segs(&mut back, cuts), &mut *q, 0);
                 assert_eq!(n, Some(want.len()), "{len} B, cuts {cuts:?}");
-                assert!(back[..want.len()] == want[..], "{len} B: decap differs");
+                assert!(
+                    back[..want.len()] == want[..],
+                    "{len} B, {mode:?}: decap differs"
+                );
                 assert_eq!(inb.stats().packets, 1);
             }
         }
@@ -1038,10 +1241,13 @@ mod tests {
     /// the destination (out of place or in place).
     #[test]
     fn a_tampered_frame_opened_where_it_lands_leaves_no_plaintext() {
-        let mut q = queue();
-        for len in [60, 100, 1400] {
+        for (len, mode) in [60, 100, 1400]
+            .into_iter()
+            .flat_map(|l| MODES.map(|m| (l, m)))
+        {
+            let mut q = queue_in(mode);
             for cuts in [&[][..], &[50, 300][..]] {
-                let (out, inb) = (sa(outbound()), sa(SaDir::Inbound));
+                let (out, inb) = (sa(outbound()), sa_in(SaDir::Inbound, mode));
                 let mut r = PacketBuf::new();
                 assert!(r.load(&frame(len), PortId(1)));
                 out.encap(&mut r, 14, &mut *q, 0).unwrap();
@@ -1060,7 +1266,7 @@ mod tests {
                 let wiped = left.iter().all(|&b| b == 0);
                 assert!(
                     wiped || (!cuts.is_empty() && left == ct),
-                    "{len} B, cuts {cuts:?}: plaintext left behind"
+                    "{len} B, cuts {cuts:?}, {mode:?}: plaintext left behind"
                 );
                 assert_eq!(inb.stats().auth_drops, 1);
                 // The genuine frame still opens (the sequence number was not consumed).
@@ -1070,6 +1276,10 @@ mod tests {
                 let mut dst = vec![0u8; p.len()];
                 let n = inb.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
                 assert_eq!(n, Some(len));
+                // Once opened, the same frame again is a replay.
+                let mut p = loaded(&esp);
+                let again = inb.decap_deferred(&mut p, 14, 34, 0);
+                assert_eq!(again.err(), Some(EspDrop::Replay), "{mode:?}");
             }
         }
     }

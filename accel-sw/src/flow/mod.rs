@@ -152,12 +152,16 @@ impl Burst {
     }
 }
 
+/// SAs by SPI.
+type SaMap = HashMap<u32, Sa, ahash::RandomState>;
+
 /// What the lanes share: changed only through [`LaneLock::write`].
 struct Core {
     t: Tables,
     groups: HashMap<u32, Vec<Bucket>>,
-    outbound: HashMap<u32, Sa>,
-    inbound: HashMap<u32, Sa>,
+    /// SAs by SPI, looked up twice per ESP packet (ahash: SipHash cost ~4 % of a frame).
+    outbound: SaMap,
+    inbound: SaMap,
     /// Bumped whenever flows, groups or SAs change: lanes then drop their cached paths.
     generation: u64,
     /// The quotas, and the groups, buckets and SAs held against them (flows are counted by
@@ -289,12 +293,15 @@ impl SwLane {
         true
     }
 
-    /// The SA and work of pending packet `index`, inside the read section.
-    fn pending_sa(&mut self, index: usize) -> Option<(&Sa, Deferred, usize, &mut LaneState)> {
+    /// The SA and work of pending packet `index`, inside the read section. The work is
+    /// read where `process` left it, not moved: a copy through the stack right after the
+    /// previous frame's AEAD made a load wait for the store buffer (its RX-buffer stores) to
+    /// drain. The caller clears the slot ([`done`](Self::done)).
+    fn pending_sa(&mut self, index: usize) -> Option<(&Sa, &Deferred, usize, &mut LaneState)> {
         if !self.inside {
             return None;
         }
-        let d = self.pending.get_mut(index)?.take()?;
+        let d = self.pending.get(index)?.as_ref()?;
         let token = self.token.as_ref()?;
         // SAFETY: inside the read section (`inside`), entered with this token.
         let core = unsafe { self.inst.core.get(token) };
@@ -306,10 +313,20 @@ impl SwLane {
         Some((sa, d, token.index(), &mut self.st))
     }
 
+    /// Pending packet `index` is finished (or dropped): its slot is cleared.
+    fn done<T>(&mut self, index: usize, r: T) -> T {
+        if let Some(slot) = self.pending.get_mut(index) {
+            *slot = None;
+        }
+        r
+    }
+
     /// Runs the deferred AEAD of pending packet `index` over its frame where it landed.
     pub fn finish(&mut self, index: usize, frame: &[dpacc_spec::Seg<'_>]) -> Option<usize> {
-        let (sa, d, lane, st) = self.pending_sa(index)?;
-        sa.finish(&d, frame, &mut *st.queue, lane)
+        let r = self
+            .pending_sa(index)
+            .and_then(|(sa, d, lane, st)| sa.finish(d, frame, &mut *st.queue, lane));
+        self.done(index, r)
     }
 
     /// Writes pending packet `index` (`pkt`) where its frame lands (`frame`, nothing of it
@@ -321,16 +338,19 @@ impl SwLane {
         pkt: &PacketBuf,
         frame: &[dpacc_spec::Seg<'_>],
     ) -> Option<usize> {
-        let (sa, d, lane, st) = self.pending_sa(index)?;
-        sa.finish_into(&d, pkt, frame, &mut *st.queue, lane)
+        let r = self
+            .pending_sa(index)
+            .and_then(|(sa, d, lane, st)| sa.finish_into(d, pkt, frame, &mut *st.queue, lane));
+        self.done(index, r)
     }
 
     /// Runs the deferred AEAD of pending packet `index` in its own buffer.
     pub fn finish_here(&mut self, index: usize, pkt: &mut PacketBuf) -> bool {
-        match self.pending_sa(index) {
-            Some((sa, d, lane, st)) => sa.finish_here(&d, pkt, &mut *st.queue, lane),
+        let r = match self.pending_sa(index) {
+            Some((sa, d, lane, st)) => sa.finish_here(d, pkt, &mut *st.queue, lane),
             None => false,
-        }
+        };
+        self.done(index, r)
     }
 
     /// Ends the batch: pending packets not finished are dropped.
@@ -519,8 +539,8 @@ impl SwInstance {
                 Core {
                     t: Tables::new(TABLES, lanes),
                     groups: HashMap::new(),
-                    outbound: HashMap::new(),
-                    inbound: HashMap::new(),
+                    outbound: SaMap::default(),
+                    inbound: SaMap::default(),
                     generation: 0,
                     ledger: Ledger::new(quotas, lanes),
                     policy: None,
@@ -691,8 +711,8 @@ impl SwInstance {
         let lanes = self.lanes();
         core.t = Tables::new(TABLES, lanes);
         core.groups = HashMap::new();
-        core.outbound = HashMap::new();
-        core.inbound = HashMap::new();
+        core.outbound = SaMap::default();
+        core.inbound = SaMap::default();
         core.ledger = Ledger::new(quotas, lanes);
         core.generation += 1;
     }
@@ -741,7 +761,7 @@ impl SwInstance {
             let core = self.core.write();
             core.ledger.check_sa(replaces(&core))?;
         }
-        let sa = Sa::with_lanes(cfg, &*self.crypto, self.lanes())?;
+        let sa = Sa::in_instance(cfg, &*self.crypto, self.lanes())?;
         let mut core = self.core.write();
         core.ledger.check_sa(replaces(&core))?;
         let old = if outbound {
