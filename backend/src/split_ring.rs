@@ -58,6 +58,10 @@ pub(crate) struct SplitRing<'a, G: GuestMemoryBackend> {
     mem: &'a FastMem<'a, G>,
     desc: u64,
     size: u16,
+    /// `size - 1`: ring positions wrap with a mask (the size is a power of two, checked at
+    /// `open`), not with `%`, which the compiler cannot know and would compile to a `div`
+    /// (several per frame: taking, prefetching and returning chains).
+    mask: u16,
     /// Host address of the avail ring: flags, idx, ring[size], used_event.
     avail: *const u8,
     /// Host address of the used ring: flags, idx, ring[size] of (id, len), avail_event.
@@ -92,6 +96,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
             mem,
             desc: q.desc_table(),
             size,
+            mask: size - 1,
             avail,
             used,
             next_avail: q.next_avail(),
@@ -142,8 +147,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// The head index the driver put at avail position `pos`.
     fn head_at(&self, pos: u16) -> u16 {
-        // `size` is a power of two (`open`): a mask, not a division.
-        let slot = u64::from(pos & (self.size - 1));
+        let slot = u64::from(pos & self.mask);
         u16::from_le(self.avail_u16(2 + slot).load(Ordering::Relaxed))
     }
 
@@ -287,7 +291,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
 
     /// Writes used element `pos` (a ring position, wrapped here).
     fn write_used(&self, pos: u16, head: u16, len: u32) {
-        let off = 4 + 8 * usize::from(pos & (self.size - 1));
+        let off = 4 + 8 * usize::from(pos & self.mask);
         // SAFETY: `off + 8 <= 4 + 8 * size` lies inside the used ring `open` checked (mapped,
         // 4-byte aligned, so the u32 stores are aligned).
         unsafe {

@@ -424,7 +424,14 @@ fn run_batch(
 /// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
 /// them (what the operator's egress rules judge; not updated by deferred ESP). Cache hits are
 /// counted in `burst`.
+///
+/// Packets come in bursts of one flow, so the previous packet's path comes first (a key
+/// compare): that case is inlined into the batch loop with [`parse`], so the key is compared
+/// from registers. Returned through memory, `parse`'s narrow field stores could not be
+/// forwarded to the wider loads that read the key back here, and every packet waited for them
+/// to reach the cache. The rest (the exact-match cache, the tables) is [`one_slow`].
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn one(
     core: &Core,
     st: &mut LaneState,
@@ -435,43 +442,81 @@ fn one(
     defer: Option<&mut Option<Deferred>>,
     kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
-    let (key, lay) = *kl;
+    match &st.last {
+        Some((k, path)) if *k == kl.0 => {
+            let path = *path;
+            run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path)
+        }
+        _ => one_slow(core, st, burst, lane, now, p, defer, kl),
+    }
+}
+
+/// Runs the actions of the flows on a cached `path` (see [`one`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn run_path(
+    core: &Core,
+    queue: &mut dyn CryptoQueue,
+    burst: &mut Burst,
+    lane: usize,
+    now: u64,
+    p: &mut PacketBuf,
+    defer: Option<&mut Option<Deferred>>,
+    kl: &mut (FlowKey, Layout),
+    path: Path,
+) -> (Verdict, bool) {
+    let (mut key, mut lay) = *kl;
     let len = p.len() as u64;
     let counters = &core.t.lanes[lane].flows;
-    // Packets come in bursts of one flow: the previous packet's path first (a key compare),
-    // then the exact-match cache (a hash and a probe).
-    let hit = match &st.last {
-        Some((k, path)) if *k == key => Some(*path),
-        _ => st
-            .emc
-            .get(&key)
-            .copied()
-            .inspect(|&path| st.last = Some((key, path))),
+    let mut x = Exec {
+        core,
+        queue,
+        lane,
+        defer,
     };
+    for (k, &(_, slot)) in path.hops().iter().enumerate() {
+        let e = core.t.entry(slot);
+        let actions = core.t.acts.get(&e.actions);
+        if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+            // Counted: the flows on the way, up to this one.
+            let mut walked = path;
+            walked.n = k as u8 + 1;
+            burst.add(&walked, len, counters, now);
+            *kl = (key, lay);
+            return (v, true);
+        }
+    }
+    burst.add(&path, len, counters, now);
+    (Verdict::Drop, true)
+}
+
+/// [`one`] when the packet is not of the previous packet's flow: the exact-match cache (a hash
+/// and a probe), then the tables.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn one_slow(
+    core: &Core,
+    st: &mut LaneState,
+    burst: &mut Burst,
+    lane: usize,
+    now: u64,
+    p: &mut PacketBuf,
+    defer: Option<&mut Option<Deferred>>,
+    kl: &mut (FlowKey, Layout),
+) -> (Verdict, bool) {
+    let (key, lay) = *kl;
+    if let Some(path) = st.emc.get(&key).copied() {
+        st.last = Some((key, path));
+        return run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path);
+    }
+    let len = p.len() as u64;
+    let counters = &core.t.lanes[lane].flows;
     let mut x = Exec {
         core,
         queue: &mut *st.queue,
         lane,
         defer,
     };
-    if let Some(path) = hit {
-        let mut lay = lay;
-        let mut key = key;
-        for (k, &(_, slot)) in path.hops().iter().enumerate() {
-            let e = core.t.entry(slot);
-            let actions = core.t.acts.get(&e.actions);
-            if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
-                // Counted: the flows on the way, up to this one.
-                let mut walked = path;
-                walked.n = k as u8 + 1;
-                burst.add(&walked, len, counters, now);
-                *kl = (key, lay);
-                return (v, true);
-            }
-        }
-        burst.add(&path, len, counters, now);
-        return (Verdict::Drop, true);
-    }
     let mut path = Path::default();
     let mut cacheable = true;
     let (mut key, mut lay) = (key, lay);

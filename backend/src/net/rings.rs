@@ -476,13 +476,30 @@ impl<'f> Staged<'f> {
             // f.len() bytes (checked when staged) in guest memory the ring's snapshot keeps
             // mapped for the whole send.
             unsafe {
-                write_guest(dst, &RX_HDR[..hdr]);
+                write_rx_hdr(dst, hdr);
                 f.copy_to(0, dst.add(hdr), f.len());
             }
         }
         for (&head, f) in self.heads[..n].iter().zip(&self.frames[..n]) {
             ring.put_used(head, (hdr + f.len()) as u32);
         }
+    }
+}
+
+/// Writes [`RX_HDR`]'s first `hdr` bytes (the negotiated header: 12 or 10) at `dst`: a copy of
+/// a known length, i.e. two stores inline, where a length the compiler does not know is a
+/// call to memcpy per frame.
+///
+/// # Safety
+/// `dst..dst + hdr` must be mapped and writable, and `hdr <= NET_HDR_LEN`.
+#[inline(always)]
+unsafe fn write_rx_hdr(dst: *mut u8, hdr: usize) {
+    if hdr == NET_HDR_LEN {
+        // SAFETY: the caller's range, `NET_HDR_LEN` bytes.
+        unsafe { write_guest(dst, &RX_HDR) };
+    } else {
+        // SAFETY: the caller's range, `hdr` bytes.
+        unsafe { write_guest(dst, &RX_HDR[..hdr.min(NET_HDR_LEN)]) };
     }
 }
 
@@ -525,7 +542,7 @@ fn put_whole<G: vm_memory::GuestMemoryBackend>(
 ) -> bool {
     // SAFETY: `seg` is a device-writable buffer in guest memory that the caller's snapshot
     // keeps mapped, at least hdr + frame bytes long.
-    unsafe { write_guest(seg.ptr(), &RX_HDR[..hdr]) };
+    unsafe { write_rx_hdr(seg.ptr(), hdr) };
     let mut len = frame.len();
     match frame.finish {
         // SAFETY: as above.
