@@ -9,13 +9,16 @@
 # Environment: TARGET (default target/release), SECONDS_RUN (default 2), SIZES (default
 # 64,16384), MODES (default poll,interrupt), QUEUES (default 1,2), ALG (default aes-256-gcm),
 # NO_LATENCY=1 (skip the round trips), BACKEND_ARGS (extra `dpacc-backend crypto` options),
+# BENCH_ARGS (extra `dpacc bench` options of the throughput sweep, e.g. `--wake-after 96`),
 # BACKEND_CPUS / CLIENT_CPUS (taskset lists; default 1 and 0: the backend's workers on one core,
 # `dpacc bench` and its raw peer on the other, so the scheduler does not put them on one core
 # for part of a run; empty: not pinned).
 # TARGET_B (a second build's directory, e.g. main's): both builds run in the same invocation,
 # alternating A, B, A, B for ROUNDS rounds (default 2; each round swaps the order), each with
 # its own backend and its own client, and a summary line per case gives B/A of the device
-# rates. On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
+# rates. BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
+# so TARGET_B may be the same build as TARGET to compare two settings (e.g.
+# `BACKEND_ARGS_B='--busy-poll-us 200'`). On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
 # backend workers) on two cores: contention, not scaling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,20 +32,21 @@ pin() { if [ -n "$1" ]; then echo "taskset -c $1"; fi; }
 DIR=$(mktemp -d /tmp/dpacc-lookaside.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
-# run NAME TARGET: one backend of TARGET, the throughput sweep and (unless NO_LATENCY) the round
+# run NAME TARGET BACKEND_ARGS BENCH_ARGS: one backend of TARGET, the throughput sweep and (unless NO_LATENCY) the round
 # trips through it; the output goes to stdout and to $DIR/NAME.out.
 run() {
-  local name=$1 t=$2 sock=$DIR/$1.sock
+  local name=$1 t=$2 bargs=$3 cargs=$4 sock=$DIR/$1.sock
   rm -f "$sock"
   # shellcheck disable=SC2086
-  $(pin "$BCPU") "$t/dpacc-backend" crypto --socket "$sock" --queues 2 ${BACKEND_ARGS:-} >"$DIR/$name.log" 2>&1 &
+  $(pin "$BCPU") "$t/dpacc-backend" crypto --socket "$sock" --queues 2 $bargs >"$DIR/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
   [ -S "$sock" ] || { cat "$DIR/$name.log"; echo "dpacc-backend ($t) did not start"; exit 1; }
-  echo "=== $name: $t"
+  echo "=== $name: $t ${bargs:+(backend: $bargs) }${cargs:+(bench: $cargs)}"
   {
+    # shellcheck disable=SC2086
     $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size "${SIZES:-64,16384}" \
-        --mode "${MODES:-poll,interrupt}" --queues "${QUEUES:-1,2}" --seconds "$RUN"
+        --mode "${MODES:-poll,interrupt}" --queues "${QUEUES:-1,2}" --seconds "$RUN" $cargs
     if [ -z "${NO_LATENCY:-}" ]; then
       $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size 64 \
           --mode interrupt,poll --latency --seconds "$RUN"
@@ -53,14 +57,18 @@ run() {
 }
 
 if [ -z "$B" ]; then
-  run a "$A"
+  run a "$A" "${BACKEND_ARGS:-}" "${BENCH_ARGS:-}"
   exit 0
 fi
 
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order="a b"; else order="b a"; fi
   for w in $order; do
-    if [ "$w" = a ]; then run "a$r" "$A"; else run "b$r" "$B"; fi
+    if [ "$w" = a ]; then
+      run "a$r" "$A" "${BACKEND_ARGS:-}" "${BENCH_ARGS:-}"
+    else
+      run "b$r" "$B" "${BACKEND_ARGS_B-${BACKEND_ARGS:-}}" "${BENCH_ARGS_B-${BENCH_ARGS:-}}"
+    fi
   done
 done
 

@@ -49,6 +49,8 @@ pub struct Args {
     pub batch: usize,
     /// Operations in flight per queue (`None`: [`IN_FLIGHT_BATCHES`] batches).
     pub in_flight: Option<usize>,
+    /// With interrupts: completions a thread waits for (`None`: half of `in_flight`).
+    pub wake_after: Option<usize>,
     pub queues: Vec<u16>,
     pub seconds: f64,
     pub modes: Vec<Mode>,
@@ -180,12 +182,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
         && a.queues.iter().all(|&q| q > 0)
         && a.batch > 0
         && a.in_flight != Some(0)
+        && a.wake_after != Some(0)
         && !a.modes.is_empty()
         && a.seconds.is_finite()
         && a.seconds > 0.0;
     if !positive {
         return Err(usage(
-            "--size, --batch, --in-flight, --queues and --seconds must be positive",
+            "--size, --batch, --in-flight, --wake-after, --queues and --seconds must be positive",
         ));
     }
     let mut kind = Kind::Cipher;
@@ -229,7 +232,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 (dev.uses_in_band_sessions(), "sessions in-band"),
             ];
             let extras: Vec<&str> = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
-            let wake = wake_after(mode, a.batch, depth);
+            let wake = wake_after(mode, a.batch, depth, a.wake_after);
             for &size in &a.sizes {
                 println!(
                     "case      {} {size} B, batch {}, {depth} in flight per queue, woken after {wake} completions, {queues} queue(s), {}{}",
@@ -276,7 +279,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             }
         }
     }
-    if rows.len() > 1 {
+    if !rows.is_empty() {
         println!("summary   {} (ratios are device/raw, same run)", a.alg);
         println!(
             "{:>10} {:>6} {:>7} {:>13} {:>13} {:>7} {:>12} {:>16}",
@@ -375,15 +378,17 @@ fn alloc_bufs(dev: &CryptoDevice, kind: Kind, size: usize) -> Result<OpBufs, Cli
 }
 
 /// Completions a bench thread waits for before it refills (at most `depth`). Polled: one
-/// batch. With interrupts: half of what is in flight (at least a batch), so the device still
+/// batch. With interrupts: `asked` (`--wake-after`), by default half of what is in flight (at
+/// least a batch), so the device still
 /// has half its work queued when the thread wakes, and interrupts one wake-up per half ring
 /// rather than per batch: waking a sleeping thread costs the device's worker about 10 µs of
 /// its core on this VM, a sixth of the work of a 32 × 16 KiB batch (docs/performance.md).
-fn wake_after(mode: Mode, batch: usize, depth: usize) -> usize {
+fn wake_after(mode: Mode, batch: usize, depth: usize, asked: Option<usize>) -> usize {
     let chunk = batch.min(depth).max(1);
-    match mode {
-        Mode::Poll => chunk,
-        Mode::Interrupt => (depth / 2).max(chunk),
+    match (mode, asked) {
+        (Mode::Poll, _) => chunk,
+        (Mode::Interrupt, Some(n)) => n.clamp(1, depth.max(1)),
+        (Mode::Interrupt, None) => (depth / 2).max(chunk),
     }
 }
 

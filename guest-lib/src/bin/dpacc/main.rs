@@ -179,13 +179,19 @@ enum Cmd {
         #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
         size: Vec<usize>,
         /// Operations pushed with one kick (and, polled, reaped per wakeup; with interrupts a
-        /// thread sleeps until half its --in-flight operations, at least a batch, completed).
+        /// thread sleeps until --wake-after operations completed).
         #[arg(long, default_value_t = 32)]
         batch: usize,
         /// Operations kept in flight per queue [default: 4 batches]. The raw figure cycles
         /// through as many buffers (the same working set).
         #[arg(long)]
         in_flight: Option<usize>,
+        /// With interrupts: completions a thread sleeps for before it reaps and refills (the
+        /// device is asked, through EVENT_IDX, to interrupt only then; capped at --in-flight)
+        /// [default: half of --in-flight, at least a batch]. Fewer wake-ups cost the device's
+        /// worker less, but the device must not run dry before the thread is back.
+        #[arg(long)]
+        wake_after: Option<usize>,
         /// Data queues, one client thread each (a list: one case each, e.g. 1,2).
         #[arg(long, default_value = "1", value_delimiter = ',', num_args = 1..)]
         queues: Vec<u16>,
@@ -703,6 +709,7 @@ fn main() -> ExitCode {
             size,
             batch,
             in_flight,
+            wake_after,
             queues,
             seconds,
             mode,
@@ -717,6 +724,7 @@ fn main() -> ExitCode {
                     sizes: size,
                     batch,
                     in_flight,
+                    wake_after,
                     queues,
                     seconds,
                     modes: if poll { vec![bench::Mode::Poll] } else { mode },
