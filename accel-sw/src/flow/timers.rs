@@ -318,6 +318,9 @@ mod tests {
         assert_eq!(w.timeouts(5_000), (0, u64::MAX), "never given any");
         let mut w = TimerWheel::new();
         w.set_timeouts(3, 30_000 * MS, u64::MAX);
-        assert!(w.hard.is_empty() && w.idle_exact.is_empty(), "nothing allocated");
+        assert!(
+            w.hard.is_empty() && w.idle_exact.is_empty(),
+            "nothing allocated"
+        );
     }
 }
