@@ -293,3 +293,40 @@ fn random_operations_agree_with_a_scan_of_every_flow() {
     }
     assert!(events > 1_000, "{events} events");
 }
+
+/// Idle timeouts the timer wheel keeps exactly in a second vector (not whole milliseconds, or
+/// 2^31 ms and longer) and in its `u32` (whole milliseconds), also when a slot goes from one
+/// kind to the other or to none: each flow expires at the first call at or after its
+/// deadline, to the nanosecond.
+#[test]
+fn idle_timeouts_are_exact_across_their_encodings() {
+    let mut b = Both::new(4);
+    let t0 = 11 * S;
+    let long = (1u64 << 31) * MS; // 24.9 days: past the u32 of milliseconds
+    let max_ms = ((1u64 << 31) - 1) * MS;
+    b.add(spec(0, 1, 1, 1, 0), t0);
+    b.add(spec(0, 1, 2, MS - 1, 0), t0);
+    b.add(spec(0, 1, 3, long + 1, 0), t0);
+    b.add(spec(0, 1, 4, max_ms, 0), t0);
+    for at in [t0, t0 + 1, t0 + MS - 2, t0 + MS - 1] {
+        b.expire(at);
+    }
+    assert_eq!(b.model.len(), 2, "flows 1 and 2 gone");
+    // Their slots get a whole-millisecond timeout and none, replacing exact ones.
+    b.add(spec(0, 1, 5, 7 * MS, 0), t0 + S);
+    b.add(spec(0, 1, 6, 0, 0), t0 + S);
+    // Flow 4 replaced by an exact one, flow 3 by a whole-millisecond one.
+    b.add(spec(0, 1, 4, long, 0), t0 + S);
+    b.add(spec(0, 1, 3, 3 * MS + 1, 0), t0 + S);
+    for at in [
+        t0 + S + 3 * MS,
+        t0 + S + 3 * MS + 1,
+        t0 + S + 7 * MS - 1,
+        t0 + S + 7 * MS,
+        t0 + S + long - 1,
+        t0 + S + long,
+    ] {
+        b.expire(at);
+    }
+    assert_eq!(b.fp.flow_count(), 1, "flow 6 has no timeout");
+}

@@ -54,14 +54,15 @@ impl QuotaKind {
     }
 }
 
-/// Bytes one flow holds at most: its 96-byte slab entry, its links in its table's priority
-/// order and on the timer wheel, its place in the free list (once removed), its
+/// Bytes one flow holds at most: its 80-byte slab entry, its links in its table's priority
+/// order and on the timer wheel and its timeouts beside them (an idle timeout as a `u32`,
+/// its exact value if not whole milliseconds, a hard deadline), its place in the free list (once removed), its
 /// classifier links (chain, install order: a `u32` each), its counters on every lane, its
 /// buckets in its shape's classifier table (a 4-byte slot and a control byte each, up to
 /// four per flow while the table grows: old and new tables together; there is no other
 /// index), and the entry of its priority in its table's priority map (one per flow at
 /// worst). Vectors grow by doubling, so each is charged twice; a short action list (up to
-/// two actions) lives inside the entry and costs nothing more. 332 bytes with one lane, 380
+/// two actions) lives inside the entry and costs nothing more. 340 bytes with one lane, 388
 /// with two.
 fn cost_flow(lanes: usize) -> u64 {
     let slot = size_of::<u32>();
@@ -255,9 +256,9 @@ mod tests {
         assert!(t.insert(0, &spec(1, out.clone()), 0, 10));
         let one = l.memory(&t);
         assert_eq!(one - empty, cost_flow(lanes));
-        assert!(cost_flow(lanes) >= 2 * 96, "a 96-byte slab entry, doubled");
-        assert_eq!(cost_flow(1), 332);
-        assert_eq!(cost_flow(2), 380);
+        assert!(cost_flow(lanes) >= 2 * 80, "an 80-byte slab entry, doubled");
+        assert_eq!(cost_flow(1), 340);
+        assert_eq!(cost_flow(2), 388);
         let long = vec![
             Action::SetL4Dst(7),
             Action::SetL4Src(8),

@@ -1,12 +1,13 @@
 //! How flows are stored: compact entries in a slab (a packed match, the action list inline
-//! when it has at most two actions, else an interned list, the cookie and the timeouts: 96
-//! bytes), tables as priority-ordered linked lists of slab slots ([`PriorityOrder`]), the
+//! when it has at most two actions, else an interned list, and the cookie: 80 bytes), tables as priority-ordered linked lists of slab slots ([`PriorityOrder`]), the
 //! classifier over the slots (what lookups use, and what installing uses to find the entry
 //! it replaces: [`Classifier`]), per-lane counters by slot (what the data path writes;
-//! [`LaneCounters`]), and a timer wheel over the flows with timeouts ([`TimerWheel`]).
+//! [`LaneCounters`]), and a timer wheel over the flows with timeouts, which also keeps their
+//! timeouts ([`TimerWheel`]).
 //!
-//! At 1 M flows with one lane this is about 160 heap bytes per flow, whether the flows share
-//! their action lists or each has its own short list (benches/flow_processor.rs prints both).
+//! At 1 M flows with one lane this is about 142 heap bytes per flow, whether the flows share
+//! their action lists or each has its own short list, and about 155 with an idle timeout on
+//! every flow (benches/flow_processor.rs prints all three).
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -194,31 +195,21 @@ pub(crate) struct Entry {
     pub(crate) m: PackedMatch,
     pub(crate) actions: ActionRef,
     pub(crate) cookie: u64,
-    /// When the hard timeout passes (`u64::MAX`: never).
-    pub(crate) hard_deadline: u64,
-    /// Idle timeout (ns; 0 = never).
-    pub(crate) idle_timeout_ns: u64,
     pub(crate) priority: u16,
     pub(crate) table: u8,
     pub(crate) notify_expiry: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() <= 96);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
 
-impl Entry {
-    /// Whether an idle or hard timeout can remove it.
-    pub(crate) fn has_timeout(&self) -> bool {
-        self.idle_timeout_ns != 0 || self.hard_deadline != u64::MAX
-    }
-
-    /// When it may expire next if last used at `last_used` (ns; `u64::MAX`: never).
-    fn deadline(&self, last_used: u64) -> u64 {
-        let idle = match self.idle_timeout_ns {
-            0 => u64::MAX,
-            i => last_used.saturating_add(i),
-        };
-        idle.min(self.hard_deadline)
-    }
+/// When a flow with idle timeout `idle_ns` (0: none) and hard deadline `hard_deadline` may
+/// expire next if last used at `last_used` (ns; `u64::MAX`: never).
+fn deadline(idle_ns: u64, hard_deadline: u64, last_used: u64) -> u64 {
+    let idle = match idle_ns {
+        0 => u64::MAX,
+        i => last_used.saturating_add(i),
+    };
+    idle.min(hard_deadline)
 }
 
 /// Action lists longer than [`INLINE_ACTIONS`], each stored once however many flows use it,
@@ -411,15 +402,15 @@ impl Tables {
         if old.is_none() && self.flows >= max {
             return false;
         }
+        let hard = match spec.hard_timeout_ns {
+            0 => u64::MAX,
+            h => now.saturating_add(h),
+        };
+        let idle = spec.idle_timeout_ns;
         let entry = Entry {
             m,
             actions: self.acts.intern(&spec.actions),
             cookie: spec.cookie,
-            hard_deadline: match spec.hard_timeout_ns {
-                0 => u64::MAX,
-                h => now.saturating_add(h),
-            },
-            idle_timeout_ns: spec.idle_timeout_ns,
             priority: spec.priority,
             table,
             notify_expiry: spec.notify_expiry,
@@ -430,7 +421,7 @@ impl Tables {
             for l in &self.lanes {
                 l.flows[s as usize].clear(now);
             }
-            self.set_timer(s, now);
+            self.set_timer(s, now, idle, hard);
             return true;
         }
         let slot = match self.free.pop() {
@@ -457,19 +448,20 @@ impl Tables {
         }
         self.order.insert(t, slot, spec.priority);
         self.cls.insert(&self.slab, slot, place);
-        self.set_timer(slot, now);
+        self.set_timer(slot, now, idle, hard);
         self.flows += 1;
         true
     }
 
-    /// Schedules the entry in `slot`, last used at `now`, on the timer wheel if it has a
-    /// timeout (else makes sure it has no timer).
-    fn set_timer(&mut self, slot: u32, now: u64) {
-        let e = &self.slab[slot as usize];
-        if e.has_timeout() {
-            self.timers.schedule(slot, e.deadline(now));
+    /// Gives the entry in `slot`, last used at `now`, its idle timeout (ns; 0: none) and
+    /// hard deadline (ns; `u64::MAX`: none), and schedules it on the timer wheel if it has
+    /// one (else makes sure it has neither timer nor timeouts).
+    fn set_timer(&mut self, slot: u32, now: u64, idle: u64, hard: u64) {
+        if idle != 0 || hard != u64::MAX {
+            self.timers.set_timeouts(slot, idle, hard);
+            self.timers.schedule(slot, deadline(idle, hard, now));
         } else {
-            self.timers.cancel(slot);
+            self.timers.forget(slot);
         }
     }
 
@@ -480,7 +472,7 @@ impl Tables {
         self.order.remove(usize::from(e.table), s, e.priority, |x| {
             slab[x as usize].priority
         });
-        self.timers.cancel(s);
+        self.timers.forget(s);
         self.cls.remove(&self.slab, s);
         let a = e.actions;
         self.acts.release(a);
@@ -526,13 +518,13 @@ impl Tables {
         self.timers.due(now, &mut due);
         let mut doomed = Vec::new();
         for s in due {
-            let e = &self.slab[s as usize];
+            let (idle, hard_deadline) = self.timers.timeouts(s);
             let last = self.counters(s).1;
-            let hard = now >= e.hard_deadline;
-            if hard || e.idle_timeout_ns != 0 && now.saturating_sub(last) >= e.idle_timeout_ns {
+            let hard = now >= hard_deadline;
+            if hard || idle != 0 && now.saturating_sub(last) >= idle {
                 doomed.push((s, hard));
             } else {
-                self.timers.schedule(s, e.deadline(last));
+                self.timers.schedule(s, deadline(idle, hard_deadline, last));
             }
         }
         let (slab, cls) = (&self.slab, &self.cls);

@@ -11,6 +11,13 @@
 //! idle time from the lanes' counters) and expires or reschedules it. Idle timeouts are not
 //! pushed forward by traffic (the data path writes no timer state); a flow that turns out to
 //! have been used is rescheduled at its last use plus its idle timeout.
+//!
+//! The wheel also keeps each timed flow's timeouts beside its links (the slab entry holds
+//! none: a flow without timeouts pays nothing for them). An idle timeout is a `u32`: whole
+//! milliseconds below 2^31 ms (24.8 days) as such, any other value (not a whole number of
+//! milliseconds, or longer) marked and kept exactly in a second vector grown only when such a
+//! value first appears; hard deadlines (absolute ns) are in a vector grown only when a flow
+//! first has one. Every ns value of the wire format is kept exactly.
 
 /// Log2 of a tick in ns (16.8 ms, below the backend's 100 ms expiry period).
 const TICK_SHIFT: u32 = 24;
@@ -21,7 +28,12 @@ const NONE: u32 = u32::MAX;
 /// Marks a `prev` that is a bucket's head rather than a slot (its bucket number below).
 const HEAD: u32 = 1 << 31;
 
-/// Timers of one instance's flows, by slab slot.
+/// An idle timeout kept as [`EXACT`] | nothing: the value is in `idle_exact`.
+const EXACT: u32 = 1 << 31;
+/// Nanoseconds in a millisecond (the unit of a `u32` idle timeout without [`EXACT`]).
+const MS: u64 = 1_000_000;
+
+/// Timers of one instance's flows, and their timeouts, by slab slot.
 pub(crate) struct TimerWheel {
     /// Per bucket, its first slot.
     heads: Box<[u32]>,
@@ -31,6 +43,13 @@ pub(crate) struct TimerWheel {
     /// when not scheduled. Grown only when a slot is first scheduled: an instance without
     /// timeouts pays nothing per flow.
     prev: Vec<u32>,
+    /// By slot: its idle timeout (0: none; whole milliseconds, or [`EXACT`]: in
+    /// `idle_exact`). As long as `prev`.
+    idle: Vec<u32>,
+    /// By slot: idle timeouts (ns) marked [`EXACT`]; empty until one is.
+    idle_exact: Vec<u64>,
+    /// By slot: hard deadlines (ns; `u64::MAX`: none); empty until a flow has one.
+    hard: Vec<u64>,
     /// The tick up to which buckets were handed out; its bucket is looked at again next
     /// time (deadlines later in the same tick).
     cursor: u64,
@@ -49,6 +68,9 @@ impl TimerWheel {
             heads: vec![NONE; BUCKETS].into_boxed_slice(),
             next: Vec::new(),
             prev: Vec::new(),
+            idle: Vec::new(),
+            idle_exact: Vec::new(),
+            hard: Vec::new(),
             cursor: 0,
             scheduled: 0,
         }
@@ -59,8 +81,67 @@ impl TimerWheel {
         self.scheduled
     }
 
-    /// Bytes held by slot (for the memory an instance reports).
-    pub(crate) const SLOT_BYTES: usize = 2 * std::mem::size_of::<u32>();
+    /// Bytes held by slot at most (for the memory an instance reports): the links, the idle
+    /// timeout, its exact value and the hard deadline.
+    pub(crate) const SLOT_BYTES: usize =
+        3 * std::mem::size_of::<u32>() + 2 * std::mem::size_of::<u64>();
+
+    /// Grows the vectors by slot to hold `slot` (doubling, at least 64).
+    fn reserve_slot(&mut self, s: usize) {
+        if self.prev.len() <= s {
+            let n = (s + 1).next_power_of_two().max(64);
+            self.prev.resize(n, NONE);
+            self.next.resize(n, NONE);
+            self.idle.resize(n, 0);
+        }
+    }
+
+    /// Keeps `slot`'s timeouts: `idle_ns` (0: none) and `hard_deadline` (ns; `u64::MAX`:
+    /// none). Any slot given timeouts must have them cleared ([`Self::forget`]) or replaced
+    /// before it holds a flow without.
+    pub(crate) fn set_timeouts(&mut self, slot: u32, idle_ns: u64, hard_deadline: u64) {
+        let s = slot as usize;
+        self.reserve_slot(s);
+        self.idle[s] = match u32::try_from(idle_ns / MS) {
+            Ok(ms) if idle_ns % MS == 0 && ms < EXACT => ms,
+            _ => {
+                if self.idle_exact.len() <= s {
+                    self.idle_exact.resize(self.prev.len(), 0);
+                }
+                self.idle_exact[s] = idle_ns;
+                EXACT
+            }
+        };
+        if hard_deadline != u64::MAX || s < self.hard.len() {
+            if self.hard.len() <= s {
+                self.hard.resize(self.prev.len(), u64::MAX);
+            }
+            self.hard[s] = hard_deadline;
+        }
+    }
+
+    /// `slot`'s idle timeout (ns; 0: none) and hard deadline (ns; `u64::MAX`: none).
+    #[inline]
+    pub(crate) fn timeouts(&self, slot: u32) -> (u64, u64) {
+        let s = slot as usize;
+        let idle = match self.idle.get(s).copied().unwrap_or(0) {
+            EXACT => self.idle_exact[s],
+            ms => u64::from(ms) * MS,
+        };
+        (idle, self.hard.get(s).copied().unwrap_or(u64::MAX))
+    }
+
+    /// Forgets `slot`'s timer and its timeouts.
+    pub(crate) fn forget(&mut self, slot: u32) {
+        self.cancel(slot);
+        let s = slot as usize;
+        if let Some(i) = self.idle.get_mut(s) {
+            *i = 0;
+        }
+        if let Some(h) = self.hard.get_mut(s) {
+            *h = u64::MAX;
+        }
+    }
 
     /// Bytes held whatever the flows (the buckets).
     pub(crate) const BASE_BYTES: usize = BUCKETS * std::mem::size_of::<u32>();
@@ -71,11 +152,7 @@ impl TimerWheel {
         debug_assert!(slot < HEAD);
         self.cancel(slot);
         let s = slot as usize;
-        if self.prev.len() <= s {
-            let n = (s + 1).next_power_of_two().max(64);
-            self.prev.resize(n, NONE);
-            self.next.resize(n, NONE);
-        }
+        self.reserve_slot(s);
         let tick = (deadline >> TICK_SHIFT).max(self.cursor);
         let b = (tick % BUCKETS as u64) as usize;
         let first = self.heads[b];
@@ -210,5 +287,40 @@ mod tests {
         out.sort_unstable();
         assert_eq!(out, [1, 2, 4]);
         assert_eq!(w.len(), 0);
+    }
+
+    /// Idle timeouts in whole milliseconds below 2^31 ms are kept in the `u32`, every other
+    /// value exactly beside it; hard deadlines only once a slot has one; `forget` clears both.
+    #[test]
+    fn timeouts_are_kept_exactly() {
+        let mut w = TimerWheel::new();
+        let cases = [
+            (0, u64::MAX),
+            (1, u64::MAX),
+            (MS, 5),
+            (30_000 * MS, u64::MAX),
+            (((1 << 31) - 1) * MS, 9),
+            ((1 << 31) * MS, u64::MAX),
+            (u64::MAX, u64::MAX - 1),
+            (3 * MS + 7, 0),
+        ];
+        for (s, &(idle, hard)) in cases.iter().enumerate() {
+            w.set_timeouts(s as u32 * 100, idle, hard);
+        }
+        for (s, &(idle, hard)) in cases.iter().enumerate() {
+            assert_eq!(w.timeouts(s as u32 * 100), (idle, hard), "{idle} {hard}");
+        }
+        assert!(w.idle[0] == 0 && w.idle[200] == 1 && w.idle[300] == 30_000);
+        assert_eq!(w.idle[100], EXACT);
+        assert_eq!(w.idle[500], EXACT);
+        w.forget(600);
+        assert_eq!(w.timeouts(600), (0, u64::MAX));
+        assert_eq!(w.timeouts(5_000), (0, u64::MAX), "never given any");
+        let mut w = TimerWheel::new();
+        w.set_timeouts(3, 30_000 * MS, u64::MAX);
+        assert!(
+            w.hard.is_empty() && w.idle_exact.is_empty(),
+            "nothing allocated"
+        );
     }
 }
