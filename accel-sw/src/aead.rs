@@ -296,6 +296,26 @@ impl AeadKey {
         }
     }
 
+    /// The length of a direct operation ([`seal_direct`](Self::seal_direct),
+    /// [`open_direct`](Self::open_direct)): the pieces of `src` together, which `dst` must
+    /// match exactly, on a key of direction `dir`.
+    #[inline]
+    fn direct_len(
+        &self,
+        dir: Direction,
+        src: &[Seg<'_>],
+        dst: Seg<'_>,
+    ) -> Result<usize, CryptoError> {
+        let len = sg_len(src);
+        if self.dir != dir {
+            return Err(CryptoError::InvalidSession);
+        }
+        if dst.len() != len {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        Ok(len)
+    }
+
     /// Encrypts the pieces of `src` into `dst` (exactly their total length) and writes the
     /// tag's 16 bytes at `tag_out`: the in-crate caller's way in (fused ESP), without a
     /// queue, an `Iv`, an AAD copy or a bounce buffer. The nonce and the AAD are read where
@@ -320,13 +340,7 @@ impl AeadKey {
         tag_out: *mut u8,
         one_thread: bool,
     ) -> Result<(), CryptoError> {
-        let len = sg_len(src);
-        if self.dir != Direction::Encrypt {
-            return Err(CryptoError::InvalidSession);
-        }
-        if dst.len() != len {
-            return Err(CryptoError::BufferTooSmall);
-        }
+        let len = self.direct_len(Direction::Encrypt, src, dst)?;
         let dsts = [dst];
         if let Place::Gather {
             src,
@@ -363,13 +377,7 @@ impl AeadKey {
         dst: Seg<'_>,
         one_thread: bool,
     ) -> Result<(), CryptoError> {
-        let len = sg_len(src);
-        if self.dir != Direction::Decrypt {
-            return Err(CryptoError::InvalidSession);
-        }
-        if dst.len() != len {
-            return Err(CryptoError::BufferTooSmall);
-        }
+        let len = self.direct_len(Direction::Decrypt, src, dst)?;
         let dsts = [dst];
         if let Place::Gather {
             src,
