@@ -209,27 +209,9 @@ impl Claimed<'_> {
         src: &[Seg<'_>],
         dst: *mut u8,
     ) -> Option<[u8; TAG]> {
-        if !self.0.encrypt {
-            return None;
-        }
-        // SAFETY: forwarded.
-        if !unsafe { self.run(nonce, aad, src, dst) } {
-            return None;
-        }
-        let c = self.0.ctx.as_ptr();
-        let mut out: c_int = 0;
         let mut tag = [0u8; TAG];
-        // SAFETY: our context; GCM's final writes no bytes; the tag buffer is 16 bytes.
-        let ok = unsafe {
-            sys::EVP_EncryptFinal_ex(c, tag.as_mut_ptr(), &mut out) == 1
-                && sys::EVP_CIPHER_CTX_ctrl(
-                    c,
-                    sys::EVP_CTRL_GCM_GET_TAG,
-                    TAG as c_int,
-                    tag.as_mut_ptr().cast(),
-                ) == 1
-        };
-        ok.then_some(tag)
+        // SAFETY: forwarded; the tag goes to our 16-byte local.
+        unsafe { self.seal_to(nonce, aad, src, dst, tag.as_mut_ptr()) }.then_some(tag)
     }
 
     /// Decrypts the pieces of `src` into `dst` (their total length) and checks `tag`: true if
