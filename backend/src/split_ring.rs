@@ -204,11 +204,15 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     }
 
     /// Prefetches for a later batch: the descriptors of the pending chains `skip + n..skip +
-    /// 2n` (ahead of the next `skip`), and, for write, the first cache line of the buffers of
-    /// chains `skip..skip + n` (whose descriptors an earlier call prefetched). Hints only:
-    /// the descriptor fields are read once as plain data to aim a prefetch, which never
-    /// faults; nothing is taken or trusted.
-    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16) {
+    /// 2n` (ahead of the next `skip`), and the first two cache lines of the buffers of chains
+    /// `skip..skip + n` (whose descriptors an earlier call prefetched): for write on a
+    /// device-writable ring (`write`: the RX buffers the next send copies into, lines the
+    /// driver's core touched last, so that their ownership is on its way while this batch
+    /// is processed), for read otherwise (a TX ring's next frames and their headers). Two
+    /// lines: a 64-byte frame after a 12-byte virtio-net header spans two. Hints only: the
+    /// descriptor fields are read once as plain data to aim a prefetch, which never faults;
+    /// nothing is taken or trusted.
+    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16, write: bool) {
         let pending = self.avail_idx.wrapping_sub(self.next_avail);
         let desc_at = |k: u16| {
             let head = self.head_at(self.next_avail.wrapping_add(k));
@@ -222,7 +226,15 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
                 // unaligned read of plain data, used only as a prefetch address.
                 let addr = u64::from_le(unsafe { std::ptr::read_unaligned(d as *const u64) });
                 if let Some(b) = self.mem.host(addr, 1) {
-                    prefetch_write(b);
+                    // The second line's address may lie outside the buffer: a prefetch
+                    // never faults, whatever the address.
+                    if write {
+                        prefetch_write(b);
+                        prefetch_write(b.wrapping_add(64));
+                    } else {
+                        prefetch(b);
+                        prefetch(b.wrapping_add(64));
+                    }
                 }
             }
         }

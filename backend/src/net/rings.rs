@@ -266,6 +266,9 @@ impl NetRings {
                 Popped::Walked(head, _) => (None, head),
             };
         }
+        // The next batch's frames (their descriptors were prefetched by the call before) and
+        // the one after's descriptors: their misses overlap this batch's processing.
+        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2, false);
         let hdr = self.hdr_len;
         // The frame after the header, if its length is one we forward.
         let frame_len = |total: usize| {
@@ -398,7 +401,7 @@ impl NetRings {
         // The next batch's buffers (for write) and the one after's descriptors: their misses
         // overlap this batch's processing instead of stalling the next copies (the buffers
         // are most often lines the driver's core touched last).
-        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2);
+        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2, true);
         self.rx_notify |= ring.close(q);
         sent
     }
