@@ -204,15 +204,16 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     }
 
     /// Prefetches for a later batch: the descriptors of the pending chains `skip + n..skip +
-    /// 2n` (ahead of the next `skip`), and the first two cache lines of the buffers of chains
-    /// `skip..skip + n` (whose descriptors an earlier call prefetched): for write on a
-    /// device-writable ring (`write`: the RX buffers the next send copies into, lines the
-    /// driver's core touched last, so that their ownership is on its way while this batch
-    /// is processed), for read otherwise (a TX ring's next frames and their headers). Two
-    /// lines: a 64-byte frame after a 12-byte virtio-net header spans two. Hints only: the
+    /// 2n` (ahead of the next `skip`), and the cache lines of bytes `from..upto` (cut at the
+    /// descriptor's length) of the buffers of chains `skip..skip + n` (whose descriptors an
+    /// earlier call prefetched): for write on a device-writable ring (`write`: the RX buffers
+    /// the next send copies into, lines the driver's core touched last, so that their
+    /// ownership is on its way while this batch is processed), for read otherwise (a TX
+    /// ring's next frames, past the virtio-net header the device does not read: a line not
+    /// needed is a cross-core transfer and a fill buffer taken for nothing). Hints only: the
     /// descriptor fields are read once as plain data to aim a prefetch, which never faults;
     /// nothing is taken or trusted.
-    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16, write: bool) {
+    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16, write: bool, from: u32, upto: u32) {
         let pending = self.avail_idx.wrapping_sub(self.next_avail);
         let desc_at = |k: u16| {
             let head = self.head_at(self.next_avail.wrapping_add(k));
@@ -222,18 +223,19 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         };
         for k in skip..skip.saturating_add(n).min(pending) {
             if let Some(d) = desc_at(k) {
-                // SAFETY: `d..d + 16` is mapped guest memory (checked by `host`); an 8-byte
-                // unaligned read of plain data, used only as a prefetch address.
-                let addr = u64::from_le(unsafe { std::ptr::read_unaligned(d as *const u64) });
-                if let Some(b) = self.mem.host(addr, 1) {
-                    // The second line's address may lie outside the buffer: a prefetch
-                    // never faults, whatever the address.
-                    if write {
-                        prefetch_write(b);
-                        prefetch_write(b.wrapping_add(64));
-                    } else {
-                        prefetch(b);
-                        prefetch(b.wrapping_add(64));
+                // SAFETY: `d..d + 16` is mapped guest memory (checked by `host`); unaligned
+                // reads of plain data (the address and the length), used only to aim
+                // prefetches.
+                let (addr, len) = unsafe {
+                    (
+                        u64::from_le(std::ptr::read_unaligned(d as *const u64)),
+                        u32::from_le(std::ptr::read_unaligned(d.add(8) as *const u32)),
+                    )
+                };
+                let end = len.min(upto);
+                if end > from {
+                    if let Some(b) = self.mem.host(addr, 1) {
+                        prefetch_span(b.wrapping_add(from as usize), (end - from) as usize, write);
                     }
                 }
             }
@@ -385,6 +387,25 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         } else {
             u16::from_le(self.avail_u16(0).load(Ordering::Relaxed)) & AVAIL_F_NO_INTERRUPT == 0
         }
+    }
+}
+
+/// Prefetches (for write with `write`) every cache line of the `len` (> 0, a few lines at most)
+/// bytes at host address `p`. Only hints: the addresses need not be mapped.
+#[inline(always)]
+pub(crate) fn prefetch_span(p: *const u8, len: usize, write: bool) {
+    let last = (p as usize).wrapping_add(len - 1) & !63;
+    let mut line = p as usize & !63;
+    loop {
+        if write {
+            prefetch_write(line as *const u8);
+        } else {
+            prefetch(line as *const u8);
+        }
+        if line >= last {
+            break;
+        }
+        line += 64;
     }
 }
 
