@@ -482,6 +482,43 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_hints_aim_anywhere_and_take_nothing() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        // Hostile descriptors for the hints: unmapped, at the end of memory, zero and huge
+        // lengths, a buffer whose last lines lie past the memory's end.
+        vq.build_multiple_desc_chains(&[
+            d(0x8000, 76, 0, 0),
+            d(u64::MAX - 8, 0xffff_ffff, F_WRITE, 0),
+            d(0x10_0000 - 1, 200, 0, 0),
+            d(0x9000, 0, F_WRITE, 0),
+            d(0x20_0000, 64, 0, 0),
+        ])
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let fast = FastMem::new(&m);
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending(), 5);
+        for write in [false, true] {
+            r.prefetch_ahead(0, 16, write, 12, 140);
+            r.prefetch_ahead(2, u16::MAX, write, 0, 76);
+            r.prefetch_ahead(0, 5, write, 200, 100); // an empty range
+        }
+        for (p, len) in [(std::ptr::null(), 1), (usize::MAX as *const u8, 130)] {
+            prefetch_span(p, len, false);
+            prefetch_span(p, len, true);
+        }
+        // Nothing was taken: the same chains pop, in order.
+        let mut c = ChainBufs::new();
+        let Some(Popped::One { head: 0, seg, .. }) = r.pop_one(&mut c) else {
+            panic!("the first chain")
+        };
+        assert_eq!(seg.len(), 76);
+        assert!(!r.close(&mut q));
+        assert_eq!(q.next_avail(), 1);
+    }
+
+    #[test]
     fn hostile_rings_are_refused_or_ignored() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);

@@ -332,8 +332,8 @@ fn has_prefetchw() -> bool {
     #[inline(never)]
     fn ask() -> bool {
         use std::arch::x86_64::__cpuid;
-        let has = __cpuid(0x8000_0000).eax >= 0x8000_0001
-            && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+        let has =
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
         PRFCHW.store(if has { 2 } else { 1 }, Ordering::Relaxed);
         has
     }
