@@ -204,11 +204,16 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     }
 
     /// Prefetches for a later batch: the descriptors of the pending chains `skip + n..skip +
-    /// 2n` (ahead of the next `skip`), and, for write, the first cache line of the buffers of
-    /// chains `skip..skip + n` (whose descriptors an earlier call prefetched). Hints only:
-    /// the descriptor fields are read once as plain data to aim a prefetch, which never
-    /// faults; nothing is taken or trusted.
-    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16) {
+    /// 2n` (ahead of the next `skip`), and the cache lines of bytes `from..upto` (cut at the
+    /// descriptor's length) of the buffers of chains `skip..skip + n` (whose descriptors an
+    /// earlier call prefetched): for write on a device-writable ring (`write`: the RX buffers
+    /// the next send copies into, lines the driver's core touched last, so that their
+    /// ownership is on its way while this batch is processed), for read otherwise (a TX
+    /// ring's next frames, past the virtio-net header the device does not read: a line not
+    /// needed is a cross-core transfer and a fill buffer taken for nothing). Hints only: the
+    /// descriptor fields are read once as plain data to aim a prefetch, which never faults;
+    /// nothing is taken or trusted.
+    pub(crate) fn prefetch_ahead(&self, skip: u16, n: u16, write: bool, from: u32, upto: u32) {
         let pending = self.avail_idx.wrapping_sub(self.next_avail);
         let desc_at = |k: u16| {
             let head = self.head_at(self.next_avail.wrapping_add(k));
@@ -218,11 +223,20 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         };
         for k in skip..skip.saturating_add(n).min(pending) {
             if let Some(d) = desc_at(k) {
-                // SAFETY: `d..d + 16` is mapped guest memory (checked by `host`); an 8-byte
-                // unaligned read of plain data, used only as a prefetch address.
-                let addr = u64::from_le(unsafe { std::ptr::read_unaligned(d as *const u64) });
-                if let Some(b) = self.mem.host(addr, 1) {
-                    prefetch_write(b);
+                // SAFETY: `d..d + 16` is mapped guest memory (checked by `host`); unaligned
+                // reads of plain data (the address and the length), used only to aim
+                // prefetches.
+                let (addr, len) = unsafe {
+                    (
+                        u64::from_le(std::ptr::read_unaligned(d as *const u64)),
+                        u32::from_le(std::ptr::read_unaligned(d.add(8) as *const u32)),
+                    )
+                };
+                let end = len.min(upto);
+                if end > from {
+                    if let Some(b) = self.mem.host(addr, 1) {
+                        prefetch_span(b.wrapping_add(from as usize), (end - from) as usize, write);
+                    }
                 }
             }
         }
@@ -376,6 +390,25 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     }
 }
 
+/// Prefetches (for write with `write`) every cache line of the `len` (> 0, a few lines at most)
+/// bytes at host address `p`. Only hints: the addresses need not be mapped.
+#[inline(always)]
+pub(crate) fn prefetch_span(p: *const u8, len: usize, write: bool) {
+    let last = (p as usize).wrapping_add(len - 1) & !63;
+    let mut line = p as usize & !63;
+    loop {
+        if write {
+            prefetch_write(line as *const u8);
+        } else {
+            prefetch(line as *const u8);
+        }
+        if line >= last {
+            break;
+        }
+        line += 64;
+    }
+}
+
 /// Prefetches the cache lines of `len` (> 0) bytes at guest address `addr`, if they lie in one
 /// region.
 fn prefetch_lines<G: GuestMemoryBackend>(mem: &FastMem<'_, G>, addr: u64, len: u64) {
@@ -446,6 +479,43 @@ mod tests {
         let id1: u32 = m.read_obj(vq.used_addr().unchecked_add(4 + 8)).unwrap();
         let len1: u32 = m.read_obj(vq.used_addr().unchecked_add(4 + 12)).unwrap();
         assert_eq!((id1, len1), (1, 7));
+    }
+
+    #[test]
+    fn prefetch_hints_aim_anywhere_and_take_nothing() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        // Hostile descriptors for the hints: unmapped, at the end of memory, zero and huge
+        // lengths, a buffer whose last lines lie past the memory's end.
+        vq.build_multiple_desc_chains(&[
+            d(0x8000, 76, 0, 0),
+            d(u64::MAX - 8, 0xffff_ffff, F_WRITE, 0),
+            d(0x10_0000 - 1, 200, 0, 0),
+            d(0x9000, 0, F_WRITE, 0),
+            d(0x20_0000, 64, 0, 0),
+        ])
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let fast = FastMem::new(&m);
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending(), 5);
+        for write in [false, true] {
+            r.prefetch_ahead(0, 16, write, 12, 140);
+            r.prefetch_ahead(2, u16::MAX, write, 0, 76);
+            r.prefetch_ahead(0, 5, write, 200, 100); // an empty range
+        }
+        for (p, len) in [(std::ptr::null(), 1), (usize::MAX as *const u8, 130)] {
+            prefetch_span(p, len, false);
+            prefetch_span(p, len, true);
+        }
+        // Nothing was taken: the same chains pop, in order.
+        let mut c = ChainBufs::new();
+        let Some(Popped::One { head: 0, seg, .. }) = r.pop_one(&mut c) else {
+            panic!("the first chain")
+        };
+        assert_eq!(seg.len(), 76);
+        assert!(!r.close(&mut q));
+        assert_eq!(q.next_avail(), 1);
     }
 
     #[test]

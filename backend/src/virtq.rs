@@ -296,17 +296,52 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// Hints the CPU to start loading the cache line at `p` for writing (prefetchw where the CPU
-/// has it; a plain prefetch otherwise).
+/// Hints the CPU to start loading the cache line at `p` for writing: `prefetchw` where the CPU
+/// has it (CPUID `PRFCHW`, checked once), a plain prefetch otherwise.
+///
+/// Not `_mm_prefetch::<_MM_HINT_ET0>`: without the `prfchw` target feature enabled at build
+/// time (it is not, in a portable build) LLVM lowers it to `prefetcht0`, which brings a line
+/// the driver's core holds modified in shared state only, so the store that follows still
+/// waits for a second transfer (the ownership). `prefetchw` asks for ownership at once.
 #[inline(always)]
 pub(crate) fn prefetch_write(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_ET0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    if has_prefetchw() {
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the address, and
+        // writes nothing; the CPU has the instruction (checked by `has_prefetchw`).
+        unsafe {
+            std::arch::asm!(
+                "prefetchw byte ptr [{0}]",
+                in(reg) p,
+                options(nostack, preserves_flags, readonly)
+            )
+        };
+        return;
+    }
+    prefetch(p);
+}
+
+/// Whether the CPU has `prefetchw` (CPUID leaf 0x8000_0001, ECX bit 8), asked once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet, 1: no, 2: yes.
+    static PRFCHW: AtomicU8 = AtomicU8::new(0);
+    #[cold]
+    #[inline(never)]
+    fn ask() -> bool {
+        use std::arch::x86_64::__cpuid;
+        let has =
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+        PRFCHW.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+        has
+    }
+    match PRFCHW.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => ask(),
+    }
 }
 
 /// Copies `out.len()` bytes from guest memory at `src` into `out`: a raw-pointer memcpy (wide

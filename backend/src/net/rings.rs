@@ -12,9 +12,9 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::split_ring::{Popped, SplitRing};
+use crate::split_ring::{prefetch_span, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::{prefetch, prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
+use crate::virtq::{prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
@@ -242,6 +242,7 @@ impl NetRings {
         let k = usize::from(avail).min(pkts.len()).min(MAX_BATCH);
         ring.prefetch(k as u16);
         // Walk the batch's chains first, starting the loads of their frames, then copy.
+        let hdr = self.hdr_len;
         let mut frames = [(None::<Seg<'static>>, 0u16); MAX_BATCH];
         let mut taken = 0;
         for f in &mut frames[..k] {
@@ -255,10 +256,11 @@ impl NetRings {
                     seg,
                     writable: false,
                 } => {
-                    prefetch(seg.ptr());
-                    if seg.len() > 64 {
-                        // SAFETY: `seg` is inside guest memory; `add(64)` stays within it.
-                        prefetch(unsafe { seg.ptr().add(64) });
+                    // The lines the copy into the packet buffer reads: past the virtio-net
+                    // header (not read; often a line of its own), up to the headers.
+                    let end = seg.len().min(hdr + HEADER_BYTES);
+                    if end > hdr {
+                        prefetch_span(seg.ptr().wrapping_add(hdr), end - hdr, false);
                     }
                     (Some(seg), head)
                 }
@@ -266,7 +268,15 @@ impl NetRings {
                 Popped::Walked(head, _) => (None, head),
             };
         }
-        let hdr = self.hdr_len;
+        // The next batch's frames (their descriptors were prefetched by the call before) and
+        // the one after's descriptors: their misses overlap this batch's processing.
+        ring.prefetch_ahead(
+            0,
+            MAX_BATCH as u16 / 2,
+            false,
+            hdr as u32,
+            (hdr + HEADER_BYTES) as u32,
+        );
         // The frame after the header, if its length is one we forward.
         let frame_len = |total: usize| {
             total
@@ -398,7 +408,9 @@ impl NetRings {
         // The next batch's buffers (for write) and the one after's descriptors: their misses
         // overlap this batch's processing instead of stalling the next copies (the buffers
         // are most often lines the driver's core touched last).
-        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2);
+        // The header and a 64-byte frame's lines (two when the frame starts a line).
+        let upto = (self.hdr_len + 64) as u32;
+        ring.prefetch_ahead(0, MAX_BATCH as u16 / 2, true, 0, upto);
         self.rx_notify |= ring.close(q);
         sent
     }
