@@ -75,12 +75,27 @@ impl<T> SlotChunks<T> {
         self.chunks.len() << CHUNK_SHIFT
     }
 
+    /// Slot `i`, if held.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i >> CHUNK_SHIFT).map(|c| &c[i & MASK])
+    }
+
+    /// Slot `i`, if held.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks
+            .get_mut(i >> CHUNK_SHIFT)
+            .map(|c| &mut c[i & MASK])
+    }
+}
+
+impl<T: Clone> SlotChunks<T> {
     /// Makes slots `0..n` exist (new ones hold the fill value), adding chunks as needed;
-    /// nothing already held moves.
+    /// nothing already held moves. A new chunk is one fill value, copied.
     pub(crate) fn grow_to(&mut self, n: usize) {
         while self.capacity() < n {
-            let fill = self.fill;
-            let chunk: Box<[T]> = (0..CHUNK).map(|_| fill()).collect();
+            let chunk = vec![(self.fill)(); CHUNK].into_boxed_slice();
             match chunk.try_into() {
                 Ok(c) => self.chunks.push(c),
                 Err(_) => unreachable!("a chunk is CHUNK elements"),
@@ -95,20 +110,6 @@ impl<T> SlotChunks<T> {
         self.grow_to(s + 1);
         self[s] = v;
         s
-    }
-
-    /// Slot `i`, if held.
-    #[inline]
-    pub(crate) fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i >> CHUNK_SHIFT).map(|c| &c[i & MASK])
-    }
-
-    /// Slot `i`, if held.
-    #[inline]
-    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        self.chunks
-            .get_mut(i >> CHUNK_SHIFT)
-            .map(|c| &mut c[i & MASK])
     }
 }
 

@@ -327,6 +327,18 @@ pub(crate) struct FlowCounters {
     pub(crate) last_used: AtomicU64,
 }
 
+/// A copy of the values (what new chunks of counters are filled with: zeros).
+impl Clone for FlowCounters {
+    fn clone(&self) -> Self {
+        let r = Ordering::Relaxed;
+        Self {
+            packets: AtomicU64::new(self.packets.load(r)),
+            bytes: AtomicU64::new(self.bytes.load(r)),
+            last_used: AtomicU64::new(self.last_used.load(r)),
+        }
+    }
+}
+
 impl FlowCounters {
     /// Counts `packets` packets of `bytes` bytes at `now` (the owning lane only).
     #[inline]
