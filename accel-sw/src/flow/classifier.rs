@@ -14,8 +14,9 @@
 //! so the tables need no index of their own.
 
 use super::key::FlowKey;
+use super::slot_chunks::SlotChunks;
 use super::slot_hash::SlotHash;
-use super::table::{Entry, PackedMatch, DST, SRC};
+use super::table::{PackedMatch, Slab, DST, SRC};
 
 const NONE: u32 = u32::MAX;
 
@@ -120,11 +121,11 @@ pub(crate) struct Classifier {
     /// Per table, its shapes by maximum priority, highest first.
     tables: Vec<Vec<Sub>>,
     /// By slot: the next (worse) slot with the same masked match, or [`NONE`].
-    next: Vec<u32>,
+    next: SlotChunks<u32>,
     /// By slot: when it was installed, as an order (ties go to the earlier). Only the order
     /// of the entries of one table with one priority matters; when the count would wrap,
     /// the live entries are numbered again in that order ([`Classifier::renumber`]).
-    seq: Vec<u32>,
+    seq: SlotChunks<u32>,
     /// The last install's number.
     installs: u32,
     hasher: ahash::RandomState,
@@ -135,8 +136,8 @@ impl Classifier {
     pub(crate) fn new(n: usize) -> Self {
         Self {
             tables: (0..n).map(|_| Vec::new()).collect(),
-            next: Vec::new(),
-            seq: Vec::new(),
+            next: SlotChunks::new(|| NONE),
+            seq: SlotChunks::new(|| 0),
             installs: 0,
             hasher: ahash::RandomState::new(),
         }
@@ -181,7 +182,7 @@ impl Classifier {
     /// prefix included), if any, and where an entry with that match goes.
     pub(crate) fn find(
         &self,
-        slab: &[Entry],
+        slab: &Slab,
         t: usize,
         priority: u16,
         m: &PackedMatch,
@@ -213,7 +214,7 @@ impl Classifier {
     }
 
     /// Whether slot `a` wins over slot `b`.
-    fn better(&self, slab: &[Entry], a: u32, b: u32) -> bool {
+    fn better(&self, slab: &Slab, a: u32, b: u32) -> bool {
         let (pa, pb) = (slab[a as usize].priority, slab[b as usize].priority);
         pa > pb || pa == pb && self.seq[a as usize] < self.seq[b as usize]
     }
@@ -221,12 +222,10 @@ impl Classifier {
     /// Adds the entry newly installed in `slot` (not a replacement in place), at `place`
     /// (what [`find`](Self::find) gave for its table, priority and match, nothing having
     /// changed since).
-    pub(crate) fn insert(&mut self, slab: &[Entry], slot: u32, place: Place) {
+    pub(crate) fn insert(&mut self, slab: &Slab, slot: u32, place: Place) {
         let s = slot as usize;
-        if self.next.len() <= s {
-            self.next.resize(s + 1, NONE);
-            self.seq.resize(s + 1, 0);
-        }
+        self.next.grow_to(s + 1);
+        self.seq.grow_to(s + 1);
         debug_assert!(!self.installs_exhausted());
         self.installs += 1;
         self.seq[s] = self.installs;
@@ -285,7 +284,7 @@ impl Classifier {
     }
 
     /// Takes out the entry in `slot` (still in `slab`).
-    pub(crate) fn remove(&mut self, slab: &[Entry], slot: u32) {
+    pub(crate) fn remove(&mut self, slab: &Slab, slot: u32) {
         let e = &slab[slot as usize];
         let (shape, m) = (e.m.shape(), e.m.masked());
         let h = self.hasher.hash_one(m);
@@ -332,7 +331,7 @@ impl Classifier {
 
     /// The slot of table `t`'s best entry for the packet `key`.
     #[inline]
-    pub(crate) fn lookup(&self, slab: &[Entry], t: usize, key: &FlowKey) -> Option<u32> {
+    pub(crate) fn lookup(&self, slab: &Slab, t: usize, key: &FlowKey) -> Option<u32> {
         let mut best: Option<(u32, u16)> = None;
         for sub in &self.tables[t] {
             if best.is_some_and(|(_, p)| sub.max_priority < p) {

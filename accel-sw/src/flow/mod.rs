@@ -22,6 +22,7 @@ mod lanes;
 mod order;
 mod policy;
 mod quota;
+mod slot_chunks;
 mod slot_hash;
 mod table;
 mod timers;
@@ -40,7 +41,7 @@ use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
 use key::{parse, FlowKey, Layout, IPPROTO_TCP, IPPROTO_UDP};
 use lanes::{LaneLock, LaneToken};
 use quota::Ledger;
-use table::{FlowCounters, Tables};
+use table::{Counters, Tables};
 
 pub use dpacc_spec::fastpath::flow::{
     Action, Bucket, Expired, ExpiryReason, FlowSpec, FlowStats, Match,
@@ -128,7 +129,7 @@ struct Burst {
 impl Burst {
     /// Counts a packet of `len` bytes that went through `path`.
     #[inline]
-    fn add(&mut self, path: &Path, len: u64, counters: &[FlowCounters], now: u64) {
+    fn add(&mut self, path: &Path, len: u64, counters: &Counters, now: u64) {
         if self.packets > 0 && self.path.hops() == path.hops() {
             self.packets += 1;
             self.bytes += len;
@@ -141,7 +142,7 @@ impl Burst {
     }
 
     /// Adds what it holds to the counters (all at `now`, the batch's time).
-    fn flush(&mut self, counters: &[FlowCounters], now: u64) {
+    fn flush(&mut self, counters: &Counters, now: u64) {
         if self.packets > 0 {
             for &(_, slot) in self.path.hops() {
                 counters[slot as usize].hit(self.packets, self.bytes, now);

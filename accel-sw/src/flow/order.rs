@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::slot_chunks::SlotChunks;
+
 const NONE: u32 = u32::MAX;
 
 /// The entries of each table in priority order.
@@ -17,8 +19,8 @@ pub(crate) struct PriorityOrder {
     /// priority, or the next lower one, goes).
     last_of: Vec<BTreeMap<u16, u32>>,
     /// By slot: the next and the previous slot in its table, or [`NONE`].
-    next: Vec<u32>,
-    prev: Vec<u32>,
+    next: SlotChunks<u32>,
+    prev: SlotChunks<u32>,
 }
 
 impl PriorityOrder {
@@ -27,8 +29,8 @@ impl PriorityOrder {
         Self {
             first: vec![NONE; n],
             last_of: (0..n).map(|_| BTreeMap::new()).collect(),
-            next: Vec::new(),
-            prev: Vec::new(),
+            next: SlotChunks::new(|| NONE),
+            prev: SlotChunks::new(|| NONE),
         }
     }
 
@@ -43,10 +45,8 @@ impl PriorityOrder {
     /// Puts `slot` with `priority` last among the entries of table `t` with its priority.
     pub(crate) fn insert(&mut self, t: usize, slot: u32, priority: u16) {
         let s = slot as usize;
-        if self.next.len() <= s {
-            self.next.resize(s + 1, NONE);
-            self.prev.resize(s + 1, NONE);
-        }
+        self.next.grow_to(s + 1);
+        self.prev.grow_to(s + 1);
         // After the last entry of the lowest priority not below this one.
         match self.last_of[t].range(priority..).next().map(|(_, &l)| l) {
             Some(a) => {

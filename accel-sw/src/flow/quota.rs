@@ -10,6 +10,7 @@ use dpacc_spec::fastpath::{Quotas, Usage};
 
 use super::esp::{LaneSaStats, Sa};
 use super::order::PriorityOrder;
+use super::slot_chunks::CHUNK;
 use super::table::{Entry, FlowCounters, Tables, INLINE_ACTIONS};
 use super::timers::TimerWheel;
 use super::{FlowError, EMC_CAP};
@@ -54,23 +55,32 @@ impl QuotaKind {
     }
 }
 
-/// Bytes one flow holds at most: its 80-byte slab entry, its links in its table's priority
-/// order and on the timer wheel and its timeouts beside them (an idle timeout as a `u32`,
-/// its exact value if not whole milliseconds, a hard deadline), its place in the free list (once removed), its
-/// classifier links (chain, install order: a `u32` each), its counters on every lane, its
-/// buckets in its shape's classifier table (a 4-byte slot and a control byte each, up to
-/// four per flow while the table grows: old and new tables together; there is no other
-/// index), and the entry of its priority in its table's priority map (one per flow at
-/// worst). Vectors grow by doubling, so each is charged twice; a short action list (up to
-/// two actions) lives inside the entry and costs nothing more. 340 bytes with one lane, 388
-/// with two.
+/// Bytes held by slot in the structures indexed by slot, which grow a chunk at a time and
+/// never double ([`SlotChunks`](super::slot_chunks::SlotChunks)): the 80-byte slab entry, the
+/// links in its table's priority order and on the timer wheel and the timeouts beside them
+/// (an idle timeout as a `u32`, its exact value if not whole milliseconds, a hard deadline),
+/// the classifier's links (chain, install order: a `u32` each) and the counters on every
+/// lane. 148 bytes with one lane, 172 with two.
+fn cost_slot(lanes: usize) -> usize {
+    size_of::<Entry>()
+        + PriorityOrder::SLOT_BYTES
+        + TimerWheel::SLOT_BYTES
+        + 2 * size_of::<u32>()
+        + lanes * size_of::<FlowCounters>()
+}
+
+/// Bytes one flow holds at most: its slot in every structure indexed by slot (once: they
+/// grow by chunks, [`cost_slot`]; the partly filled last chunks are in [`cost_base`]), its
+/// place in the free list (once removed; a vector, so charged twice), its buckets in its
+/// shape's classifier table (a 4-byte slot and a control byte each, up to four per flow
+/// while the table grows: old and new tables together; there is no other index), and the
+/// entry of its priority in its table's priority map (one per flow at worst). A short action
+/// list (up to two actions) lives inside the entry and costs nothing more. 192 bytes with one
+/// lane, 216 with two.
 fn cost_flow(lanes: usize) -> u64 {
     let slot = size_of::<u32>();
-    let links = PriorityOrder::SLOT_BYTES + TimerWheel::SLOT_BYTES + slot;
-    let classifier = slot + size_of::<u32>();
-    (2 * (size_of::<Entry>() + links + classifier + lanes * size_of::<FlowCounters>())
-        + GROWING_HASH_SLACK as usize * (slot + 1)
-        + PRIORITY_MAP_ENTRY) as u64
+    (cost_slot(lanes) + 2 * slot + GROWING_HASH_SLACK as usize * (slot + 1) + PRIORITY_MAP_ENTRY)
+        as u64
 }
 
 /// Bytes one interned action list holds besides its actions: its slot (doubling), its free
@@ -105,10 +115,12 @@ fn cost_sa(lanes: usize) -> u64 {
 }
 
 fn cost_base(lanes: usize) -> u64 {
-    // An exact-match cache per lane and one for control requests, allocated up front, and
-    // the timer wheel's buckets.
+    // An exact-match cache per lane and one for control requests, allocated up front, the
+    // timer wheel's buckets, and the last chunk of each structure indexed by slot (held
+    // whole however few of its slots are used).
     (lanes as u64 + 1) * HASH_SLACK * (EMC_CAP * (size_of::<(FlowKey, super::Path)>() + 1)) as u64
         + TimerWheel::BASE_BYTES as u64
+        + (CHUNK * cost_slot(lanes)) as u64
 }
 
 /// The quotas of an instance and its counts.
@@ -256,9 +268,9 @@ mod tests {
         assert!(t.insert(0, &spec(1, out.clone()), 0, 10));
         let one = l.memory(&t);
         assert_eq!(one - empty, cost_flow(lanes));
-        assert!(cost_flow(lanes) >= 2 * 80, "an 80-byte slab entry, doubled");
-        assert_eq!(cost_flow(1), 340);
-        assert_eq!(cost_flow(2), 388);
+        assert!(cost_flow(lanes) >= 80, "an 80-byte slab entry");
+        assert_eq!(cost_flow(1), 192);
+        assert_eq!(cost_flow(2), 216);
         let long = vec![
             Action::SetL4Dst(7),
             Action::SetL4Src(8),

@@ -19,6 +19,7 @@ use dpacc_spec::fastpath::flow::{Action, FlowKey, FlowSpec, FlowStats, Match, Pr
 
 use super::classifier::Classifier;
 use super::order::PriorityOrder;
+use super::slot_chunks::SlotChunks;
 use super::timers::TimerWheel;
 
 /// A [`Match`] packed into 52 bytes: which fields are set, and their values.
@@ -202,6 +203,23 @@ pub(crate) struct Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
 
+impl Entry {
+    /// What a slot holds before its first flow (in no table).
+    fn vacant() -> Self {
+        Self {
+            m: PackedMatch::default(),
+            actions: ActionRef::Inline0,
+            cookie: 0,
+            priority: 0,
+            table: 0,
+            notify_expiry: false,
+        }
+    }
+}
+
+/// Every flow's entry, by slot, in chunks that never move ([`SlotChunks`]).
+pub(crate) type Slab = SlotChunks<Entry>;
+
 /// When a flow with idle timeout `idle_ns` (0: none) and hard deadline `hard_deadline` may
 /// expire next if last used at `last_used` (ns; `u64::MAX`: never).
 fn deadline(idle_ns: u64, hard_deadline: u64, last_used: u64) -> u64 {
@@ -309,6 +327,18 @@ pub(crate) struct FlowCounters {
     pub(crate) last_used: AtomicU64,
 }
 
+/// A copy of the values (what new chunks of counters are filled with: zeros).
+impl Clone for FlowCounters {
+    fn clone(&self) -> Self {
+        let r = Ordering::Relaxed;
+        Self {
+            packets: AtomicU64::new(self.packets.load(r)),
+            bytes: AtomicU64::new(self.bytes.load(r)),
+            last_used: AtomicU64::new(self.last_used.load(r)),
+        }
+    }
+}
+
 impl FlowCounters {
     /// Counts `packets` packets of `bytes` bytes at `now` (the owning lane only).
     #[inline]
@@ -327,16 +357,29 @@ impl FlowCounters {
     }
 }
 
+/// One lane's flow counters by slot, in chunks that never move ([`SlotChunks`]): the data
+/// path's `counters[slot]` is one bound check (the chunk directory) and one more dependent
+/// load than a vector.
+pub(crate) type Counters = SlotChunks<FlowCounters>;
+
 /// The flow counters of one lane, by slab slot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LaneCounters {
-    pub(crate) flows: Vec<FlowCounters>,
+    pub(crate) flows: Counters,
+}
+
+impl Default for LaneCounters {
+    fn default() -> Self {
+        Self {
+            flows: SlotChunks::new(FlowCounters::default),
+        }
+    }
 }
 
 /// The flow tables of one instance.
 pub(crate) struct Tables {
     /// Every flow, by slot (a free slot holds a stale entry, in no table).
-    pub(crate) slab: Vec<Entry>,
+    pub(crate) slab: Slab,
     free: Vec<u32>,
     /// Per table, the slots of its entries in priority order (highest first; equal
     /// priorities in install order).
@@ -356,7 +399,7 @@ impl Tables {
     /// `n` empty tables whose flows are counted on `lanes` lanes.
     pub(crate) fn new(n: usize, lanes: usize) -> Self {
         Self {
-            slab: Vec::new(),
+            slab: SlotChunks::new(Entry::vacant),
             free: Vec::new(),
             order: PriorityOrder::new(n),
             acts: ActionLists::default(),
@@ -430,12 +473,11 @@ impl Tables {
                 s
             }
             None => {
-                self.slab.push(entry);
-                let s = (self.slab.len() - 1) as u32;
+                let s = self.slab.push(entry);
                 for l in &mut self.lanes {
-                    l.flows.push(FlowCounters::default());
+                    l.flows.grow_to(s + 1);
                 }
-                s
+                s as u32
             }
         };
         for l in &self.lanes {
@@ -829,6 +871,82 @@ mod tests {
         assert!(t.insert(0, &spec_in(0, 5, m, 21), 9, 5));
         assert_eq!(cookies(&t, 0), [21, 14, 25]);
         assert_eq!(t.flows(), 4);
+    }
+
+    /// Slots grow across chunk boundaries without moving entries or counters, lookups find
+    /// flows in every chunk, a freed slot is reused (no new chunk), and the quota refuses the
+    /// flow past the last slot of the last chunk without allocating for it.
+    #[test]
+    fn slots_grow_by_chunks_and_the_quota_ends_at_the_last_one() {
+        use super::super::slot_chunks::CHUNK;
+        let max = 2 * CHUNK;
+        let by_port = |i: usize| {
+            let mut s = spec_in(
+                0,
+                5,
+                Match {
+                    dport: Some(i as u16),
+                    ..Match::default()
+                },
+                i as u64,
+            );
+            // Timed flows in the second chunk: the wheel's links and timeouts grow too.
+            if i >= CHUNK {
+                s.idle_timeout_ns = 1_000_000;
+                s.hard_timeout_ns = 7;
+            }
+            s
+        };
+        let mut t = Tables::new(1, 2);
+        let mut first = None;
+        for i in 0..max {
+            assert!(t.insert(0, &by_port(i), 0, max), "flow {i}");
+            if i == CHUNK - 1 {
+                t.lanes[1].flows[i].hit(4, 400, 3);
+                first = Some((
+                    t.entry(0) as *const Entry as usize,
+                    &t.lanes[1].flows[i] as *const FlowCounters as usize,
+                ));
+                assert_eq!(t.slab.capacity(), CHUNK);
+            }
+        }
+        assert_eq!(t.slab.len(), max);
+        assert_eq!(
+            first,
+            Some((
+                t.entry(0) as *const Entry as usize,
+                &t.lanes[1].flows[CHUNK - 1] as *const FlowCounters as usize,
+            )),
+            "nothing moved"
+        );
+        assert_eq!(t.counters(CHUNK as u32 - 1).0.packets, 4);
+        for l in &t.lanes {
+            assert_eq!(l.flows.capacity(), max);
+        }
+        let key = |port: usize| FlowKey {
+            dport: port as u16,
+            ..FlowKey::default()
+        };
+        for i in [0, CHUNK - 1, CHUNK, max - 1] {
+            let (s, e) = t.lookup(0, &key(i)).expect("found");
+            assert_eq!((s as usize, e.cookie), (i, i as u64));
+        }
+        // Full: the next flow is refused and no chunk is added for it.
+        assert!(!t.insert(0, &by_port(max), 0, max));
+        assert_eq!((t.slab.capacity(), t.flows()), (max, max));
+        assert!(t.lookup(0, &key(max)).is_none());
+        // A freed slot in the last chunk is reused.
+        let gone = max - 3;
+        t.lanes[0].flows[gone].hit(1, 60, 5);
+        assert_eq!(t.remove_if(|e, _| e.cookie == gone as u64, |_, _| {}), 1);
+        assert!(t.insert(0, &by_port(max), 9, max));
+        assert_eq!(t.lookup(0, &key(max)).map(|(s, _)| s as usize), Some(gone));
+        assert_eq!(t.counters(gone as u32), (FlowStats::default(), 9));
+        assert_eq!((t.slab.capacity(), t.slab.len()), (max, max));
+        // The timed flows (the second chunk's) all expire, the others stay.
+        assert_eq!(t.expire(1 << 40, |_, _, _| {}), CHUNK);
+        assert_eq!(t.flows(), CHUNK);
+        assert_eq!(t.timed(), 0);
     }
 
     /// Install numbers run out after 2^32 installs: the live entries are numbered again in

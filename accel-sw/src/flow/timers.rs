@@ -19,6 +19,8 @@
 //! value first appears; hard deadlines (absolute ns) are in a vector grown only when a flow
 //! first has one. Every ns value of the wire format is kept exactly.
 
+use super::slot_chunks::SlotChunks;
+
 /// Log2 of a tick in ns (16.8 ms, below the backend's 100 ms expiry period).
 const TICK_SHIFT: u32 = 24;
 /// Buckets (a revolution of 8192 ticks, 137 s).
@@ -38,18 +40,18 @@ pub(crate) struct TimerWheel {
     /// Per bucket, its first slot.
     heads: Box<[u32]>,
     /// By slot: the next slot in its bucket, or [`NONE`].
-    next: Vec<u32>,
+    next: SlotChunks<u32>,
     /// By slot: the previous slot in its bucket, `HEAD | bucket` for the first, or [`NONE`]
     /// when not scheduled. Grown only when a slot is first scheduled: an instance without
     /// timeouts pays nothing per flow.
-    prev: Vec<u32>,
+    prev: SlotChunks<u32>,
     /// By slot: its idle timeout (0: none; whole milliseconds, or [`EXACT`]: in
     /// `idle_exact`). As long as `prev`.
-    idle: Vec<u32>,
+    idle: SlotChunks<u32>,
     /// By slot: idle timeouts (ns) marked [`EXACT`]; empty until one is.
-    idle_exact: Vec<u64>,
+    idle_exact: SlotChunks<u64>,
     /// By slot: hard deadlines (ns; `u64::MAX`: none); empty until a flow has one.
-    hard: Vec<u64>,
+    hard: SlotChunks<u64>,
     /// The tick up to which buckets were handed out; its bucket is looked at again next
     /// time (deadlines later in the same tick).
     cursor: u64,
@@ -66,11 +68,11 @@ impl TimerWheel {
     pub(crate) fn new() -> Self {
         Self {
             heads: vec![NONE; BUCKETS].into_boxed_slice(),
-            next: Vec::new(),
-            prev: Vec::new(),
-            idle: Vec::new(),
-            idle_exact: Vec::new(),
-            hard: Vec::new(),
+            next: SlotChunks::new(|| NONE),
+            prev: SlotChunks::new(|| NONE),
+            idle: SlotChunks::new(|| 0),
+            idle_exact: SlotChunks::new(|| 0),
+            hard: SlotChunks::new(|| u64::MAX),
             cursor: 0,
             scheduled: 0,
         }
@@ -86,13 +88,13 @@ impl TimerWheel {
     pub(crate) const SLOT_BYTES: usize =
         3 * std::mem::size_of::<u32>() + 2 * std::mem::size_of::<u64>();
 
-    /// Grows the vectors by slot to hold `slot` (doubling, at least 64).
+    /// Grows the links and idle timeouts by slot to hold `slot` (a chunk at a time: nothing
+    /// moves).
     fn reserve_slot(&mut self, s: usize) {
-        if self.prev.len() <= s {
-            let n = (s + 1).next_power_of_two().max(64);
-            self.prev.resize(n, NONE);
-            self.next.resize(n, NONE);
-            self.idle.resize(n, 0);
+        if self.prev.capacity() <= s {
+            self.prev.grow_to(s + 1);
+            self.next.grow_to(s + 1);
+            self.idle.grow_to(s + 1);
         }
     }
 
@@ -105,17 +107,13 @@ impl TimerWheel {
         self.idle[s] = match u32::try_from(idle_ns / MS) {
             Ok(ms) if idle_ns % MS == 0 && ms < EXACT => ms,
             _ => {
-                if self.idle_exact.len() <= s {
-                    self.idle_exact.resize(self.prev.len(), 0);
-                }
+                self.idle_exact.grow_to(s + 1);
                 self.idle_exact[s] = idle_ns;
                 EXACT
             }
         };
-        if hard_deadline != u64::MAX || s < self.hard.len() {
-            if self.hard.len() <= s {
-                self.hard.resize(self.prev.len(), u64::MAX);
-            }
+        if hard_deadline != u64::MAX || s < self.hard.capacity() {
+            self.hard.grow_to(s + 1);
             self.hard[s] = hard_deadline;
         }
     }
