@@ -2,14 +2,12 @@
 //! (data request, IV, status, indirect table) and one control scratch area (control request,
 //! keys, session input). The offsets are checked against the spec structs at compile time.
 //!
-//! A slot is laid out so that an ordinary request costs the device three cache lines written by
-//! this driver on its core and read on the device's: the 72-byte request and the IV right after
-//! it (one readable descriptor for both), and an indirect table of four descriptors (request and
-//! IV, source, destination, status) in one line of its own; requests with AAD or a digest beside
-//! the destination spill into the fourth line. The status byte, the one byte the device writes
-//! into a slot, sits at the end of that fourth line, away from what the device reads: in the
-//! request's line it took that line to the device's core on every operation, so the driver's
-//! next look at the request (and the device's next read of it) missed.
+//! A slot is laid out so that an ordinary request costs the device three cache lines, all
+//! written by this driver on its core and read (the status written) on the device's: the
+//! 72-byte request and the IV right after it (one readable descriptor for both), the status
+//! byte in the same line as the request's tail and the IV, and an indirect table of four
+//! descriptors (request and IV, source, destination, status) in one line of its own. Requests
+//! with AAD or a digest beside the destination spill into a fourth line.
 
 use std::mem::{align_of, offset_of, size_of};
 
@@ -36,30 +34,30 @@ pub(super) const SLOT_REQ: usize = 0;
 /// The slot's IV (up to [`Iv::MAX`] bytes), right after the request: one descriptor covers
 /// both.
 pub(super) const SLOT_IV: usize = SLOT_REQ + DATA_REQ_SIZE;
+/// The slot's status byte, in the line that holds the request's tail and the IV.
+pub(super) const SLOT_STATUS: usize = SLOT_IV + Iv::MAX;
 /// The slot's indirect descriptor table (room for [`MAX_REQ_DESCS`]), on a line boundary.
 pub(super) const SLOT_TABLE: usize = 128;
-/// The slot's status byte: the slot's last byte, in a line the device reads only for requests
-/// of five or six descriptors.
-pub(super) const SLOT_STATUS: usize = SLOT_SIZE - STATUS_LEN;
 
 const _: () = {
     // In order, without overlap, inside the slot.
     assert!(SLOT_REQ + DATA_REQ_SIZE == SLOT_IV);
-    assert!(SLOT_IV + Iv::MAX <= SLOT_TABLE);
-    assert!(SLOT_TABLE + MAX_REQ_DESCS * DESC_SIZE <= SLOT_STATUS);
-    assert!(SLOT_STATUS + STATUS_LEN <= SLOT_SIZE);
+    assert!(SLOT_IV + Iv::MAX <= SLOT_STATUS);
+    assert!(SLOT_STATUS + STATUS_LEN <= SLOT_TABLE);
+    assert!(SLOT_TABLE + MAX_REQ_DESCS * DESC_SIZE <= SLOT_SIZE);
     assert!(size_of::<DataRequest>() == DATA_REQ_SIZE);
-    // The status shares no line with the request, the IV or the first four descriptors,
-    // which fill the table's first line.
-    assert!(SLOT_STATUS / 64 != (SLOT_IV + Iv::MAX - 1) / 64);
-    assert!(SLOT_STATUS / 64 != SLOT_TABLE / 64);
+    // Request tail, IV and status share the request's second line; four descriptors fill the
+    // table's first line.
+    assert!(SLOT_STATUS / 64 == (SLOT_REQ + DATA_REQ_SIZE - 1) / 64);
     assert!(SLOT_TABLE % 64 == 0);
     // Every slot's indirect table is 16-byte aligned (as `SplitQueue::add_indirect` asks), the
     // request naturally aligned, and the arena after the slots stays cache-line aligned.
     assert!(SLOT_TABLE % DESC_SIZE == 0 && SLOT_SIZE % DESC_SIZE == 0);
     assert!(SLOT_REQ % align_of::<DataRequest>() == 0);
     // The request and the IV are stored as 8-byte words (`Queue::push`).
-    assert!(SLOT_REQ % 8 == 0 && (DATA_REQ_SIZE + Iv::MAX) % 8 == 0);
+    assert!(
+        SLOT_REQ % 8 == 0 && (DATA_REQ_SIZE + Iv::MAX) % 8 == 0 && SLOT_STATUS == SLOT_IV + Iv::MAX
+    );
     assert!(SLOT_SIZE % DMA_ALIGN == 0);
 };
 
