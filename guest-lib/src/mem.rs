@@ -388,7 +388,10 @@ impl DmaBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
         unsafe {
-            std::slice::from_raw_parts_mut(self.shared.mem.as_ptr().add(self.off), self.len as usize)
+            std::slice::from_raw_parts_mut(
+                self.shared.mem.as_ptr().add(self.off),
+                self.len as usize,
+            )
         }
     }
 

@@ -211,7 +211,10 @@ impl Op {
                 if dst < src {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((RequestWords::cipher(info, self.session_id, u(iv)?, u(src)?), src))
+                Ok((
+                    RequestWords::cipher(info, self.session_id, u(iv)?, u(src)?),
+                    src,
+                ))
             }
             (OpKind::Chain, SessionInfo::Chain { cipher, .. }) => {
                 let dl = request::digest_len(info);
@@ -236,7 +239,10 @@ impl Op {
                 if len(&b.digest) < dl {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((RequestWords::hash(info, self.session_id, u(src)?, u(dl)?), dl))
+                Ok((
+                    RequestWords::hash(info, self.session_id, u(src)?, u(dl)?),
+                    dl,
+                ))
             }
             (OpKind::Aead, SessionInfo::Aead { alg, dir, tag_len }) => {
                 if iv != alg.iv_len() {
@@ -258,7 +264,6 @@ impl Op {
             _ => Err(CryptoError::BadRequest),
         }
     }
-
 }
 
 /// An IV of at most [`Iv::MAX`] bytes as the two native words of its zero-padded bytes (what a

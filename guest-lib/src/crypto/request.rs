@@ -332,12 +332,18 @@ mod tests {
         let id = 0x1122_3344_5566_7788;
         let (a, b, c, d) = (0x0102_0304, 0x1112_1314, 0x2122_2324, 0x3132_3334);
         let cases = [
-            (cipher(&infos[0], id, a, b), RequestWords::cipher(&infos[0], id, a, b)),
+            (
+                cipher(&infos[0], id, a, b),
+                RequestWords::cipher(&infos[0], id, a, b),
+            ),
             (
                 chain(&infos[1], id, a, b, c, d),
                 RequestWords::chain(&infos[1], id, a, b, c, d),
             ),
-            (hash(&infos[2], id, a, b), RequestWords::hash(&infos[2], id, a, b)),
+            (
+                hash(&infos[2], id, a, b),
+                RequestWords::hash(&infos[2], id, a, b),
+            ),
             (
                 aead(&infos[3], id, a, b, c, d),
                 RequestWords::aead(&infos[3], id, a, b, c, d),
