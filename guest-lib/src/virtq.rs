@@ -492,6 +492,24 @@ impl SplitQueue {
         u16::from_le(self.used_idx_atomic().load(Ordering::Acquire)).wrapping_sub(self.last_used)
     }
 
+    /// Calls `f` with the token of each of the next `n` used entries (at most those in flight),
+    /// unchecked and without reaping them: a hint, e.g. to start loading what completing them
+    /// will read. Ids out of range are skipped; [`reap`](Self::reap) checks every entry.
+    #[inline]
+    pub fn peek_used_tokens(&self, n: u16, mut f: impl FnMut(u64)) {
+        let n = n.min(self.in_flight);
+        fence(Ordering::Acquire);
+        for k in 0..n {
+            let slot = (self.last_used.wrapping_add(k) & (self.size - 1)) as usize;
+            // SAFETY: used ring entry `slot < size` is inside the ring, 4-aligned; volatile, as
+            // the device may be writing it (a stale value only makes a useless hint).
+            let id = unsafe { std::ptr::read_volatile(self.used.add(4 + 8 * slot) as *const u32) };
+            if let Some(&t) = self.token.get(u32::from_le(id) as usize) {
+                f(t);
+            }
+        }
+    }
+
     /// Like [`prepare_wait`](Self::prepare_wait), but asks (with EVENT_IDX) for the interrupt
     /// only once `min` (≥ 1) entries are pending, and returns `true` while fewer are.
     pub fn prepare_wait_for(&mut self, min: u16) -> bool {

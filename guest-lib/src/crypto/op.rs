@@ -1,10 +1,9 @@
 //! Operations: what an [`Op`] is, the buffers it owns ([`OpBufs`]), its checks and encoding into
 //! a data request, and its result ([`Completion`]).
 
-use dpacc_spec::virtio_crypto as vc;
 use dpacc_spec::{CipherAlg, CryptoError, Direction, Iv, SessionInfo};
 
-use super::request;
+use super::request::{self, RequestWords};
 use super::session::Session;
 use crate::mem::DmaBuf;
 
@@ -39,7 +38,9 @@ pub struct Op {
     pub(super) kind: OpKind,
     info: SessionInfo,
     session_id: u64,
-    pub(super) iv: Iv,
+    /// The IV zero-padded to [`Iv::MAX`] bytes, as the two words `Queue::push` stores.
+    pub(super) iv: [u64; 2],
+    pub(super) iv_len: u8,
     iv_err: bool,
     pub(super) in_place: bool,
     pub(super) user_data: u64,
@@ -47,16 +48,18 @@ pub struct Op {
 }
 
 impl Op {
+    #[inline]
     fn new(s: &Session, kind: OpKind, iv: &[u8], bufs: OpBufs) -> Self {
-        let (iv, iv_err) = match Iv::new(iv) {
-            Ok(v) => (v, false),
-            Err(_) => (Iv::default(), true),
+        let (words, iv_err) = match iv_words(iv) {
+            Some(w) => (w, false),
+            None => ([0; 2], true),
         };
         Self {
             kind,
             info: s.info(),
             session_id: s.id(),
-            iv,
+            iv: words,
+            iv_len: if iv_err { 0 } else { iv.len() as u8 },
             iv_err,
             in_place: false,
             user_data: 0,
@@ -65,6 +68,7 @@ impl Op {
     }
 
     /// Cipher (CBC/CTR) in the session's direction: `dst[..src.len()]` receives the result.
+    #[inline]
     pub fn cipher(s: &Session, iv: &[u8], src: DmaBuf, dst: DmaBuf) -> Self {
         let bufs = OpBufs {
             src: Some(src),
@@ -92,6 +96,7 @@ impl Op {
     /// AEAD in the session's direction. Encrypt: `dst` receives ciphertext ‖ tag
     /// (`src.len() + 16` bytes). Decrypt: `src` is ciphertext ‖ tag, `dst` receives the plaintext
     /// (`src.len() - 16` bytes), and a bad tag completes with [`CryptoError::AuthFailed`].
+    #[inline]
     pub fn aead(s: &Session, iv: &[u8], aad: Option<DmaBuf>, src: DmaBuf, dst: DmaBuf) -> Self {
         let bufs = OpBufs {
             src: Some(src),
@@ -103,6 +108,7 @@ impl Op {
     }
 
     /// Hash or MAC of `src` into `digest` (at least the session's digest length).
+    #[inline]
     pub fn digest(s: &Session, src: DmaBuf, digest: DmaBuf) -> Self {
         let bufs = OpBufs {
             src: Some(src),
@@ -150,6 +156,7 @@ impl Op {
     }
 
     /// Sets the value handed back in the completion.
+    #[inline]
     pub fn with_user_data(mut self, user_data: u64) -> Self {
         self.user_data = user_data;
         self
@@ -169,7 +176,8 @@ impl Op {
                 digest_len: 0,
             },
             session_id: 0,
-            iv: Iv::default(),
+            iv: [0; 2],
+            iv_len: 0,
             iv_err: false,
             in_place: false,
             user_data: 0,
@@ -179,13 +187,14 @@ impl Op {
 
     /// Checks lengths against the session; returns (request, result bytes the device writes
     /// before the status).
-    pub(super) fn encode(&self) -> Result<(vc::DataRequest, usize), CryptoError> {
+    #[inline]
+    pub(super) fn encode(&self) -> Result<(RequestWords, usize), CryptoError> {
         let b = &self.bufs;
         let len = |o: &Option<DmaBuf>| o.as_ref().map_or(0, |x| x.len());
         let src = len(&b.src);
         let dst = if self.in_place { src } else { len(&b.dst) };
         let aad = len(&b.aad);
-        let iv = self.iv.as_slice().len();
+        let iv = usize::from(self.iv_len);
         let u = |v: usize| u32::try_from(v).map_err(|_| CryptoError::InvalidDataLength);
         if self.iv_err {
             return Err(CryptoError::InvalidIvLength);
@@ -202,7 +211,10 @@ impl Op {
                 if dst < src {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((request::cipher(info, self.session_id, u(iv)?, u(src)?), src))
+                Ok((
+                    RequestWords::cipher(info, self.session_id, u(iv)?, u(src)?),
+                    src,
+                ))
             }
             (OpKind::Chain, SessionInfo::Chain { cipher, .. }) => {
                 let dl = request::digest_len(info);
@@ -218,7 +230,8 @@ impl Op {
                 if b.expected.as_ref().is_some_and(|e| e.len() != dl) {
                     return Err(CryptoError::InvalidDigestLength);
                 }
-                let req = request::chain(info, self.session_id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
+                let req =
+                    RequestWords::chain(info, self.session_id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
                 Ok((req, src + dl))
             }
             (OpKind::Hash, SessionInfo::Hash { .. } | SessionInfo::Mac { .. }) => {
@@ -226,7 +239,10 @@ impl Op {
                 if len(&b.digest) < dl {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((request::hash(info, self.session_id, u(src)?, u(dl)?), dl))
+                Ok((
+                    RequestWords::hash(info, self.session_id, u(src)?, u(dl)?),
+                    dl,
+                ))
             }
             (OpKind::Aead, SessionInfo::Aead { alg, dir, tag_len }) => {
                 if iv != alg.iv_len() {
@@ -241,16 +257,39 @@ impl Op {
                 if dst < out {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                let req = request::aead(info, self.session_id, u(iv)?, u(aad)?, u(src)?, u(out)?);
+                let req =
+                    RequestWords::aead(info, self.session_id, u(iv)?, u(aad)?, u(src)?, u(out)?);
                 Ok((req, out))
             }
             _ => Err(CryptoError::BadRequest),
         }
     }
+}
 
+/// An IV of at most [`Iv::MAX`] bytes as the two native words of its zero-padded bytes (what a
+/// request slot holds after the request); `None` when longer. The usual lengths are read with
+/// fixed-size loads into registers.
+#[inline]
+fn iv_words(iv: &[u8]) -> Option<[u64; 2]> {
+    let w8 = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or_default());
+    let w4 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+    match iv.len() {
+        0 => Some([0; 2]),
+        12 => Some([w8(&iv[..8]), u64::from(w4(&iv[8..12])).to_le()]),
+        16 => Some([w8(&iv[..8]), w8(&iv[8..16])]),
+        n if n <= Iv::MAX => {
+            let mut b = [0u8; Iv::MAX];
+            b[..n].copy_from_slice(iv);
+            Some([w8(&b[..8]), w8(&b[8..])])
+        }
+        _ => None,
+    }
+}
+
+impl OpBufs {
     /// After an OK status: the constant-time MAC check of a verifying chain.
     pub(super) fn verify(&self) -> Result<(), CryptoError> {
-        if let (Some(exp), Some(dig)) = (&self.bufs.expected, &self.bufs.digest) {
+        if let (Some(exp), Some(dig)) = (&self.expected, &self.digest) {
             let n = exp.len();
             if !ct_eq(&dig.as_slice()[..n.min(dig.len())], exp.as_slice()) {
                 return Err(CryptoError::AuthFailed);
@@ -259,6 +298,9 @@ impl Op {
         Ok(())
     }
 }
+
+// Five buffers in 120 bytes: moved with vector stores, not a `memcpy` call (see `DmaBuf`).
+const _: () = assert!(std::mem::size_of::<OpBufs>() == 120);
 
 /// The result of one operation.
 #[derive(Debug)]
@@ -284,4 +326,22 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
         acc |= x ^ y;
     }
     std::hint::black_box(acc) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iv_words_are_the_padded_bytes() {
+        let all: Vec<u8> = (1..=17).collect();
+        for n in 0..=Iv::MAX {
+            let mut b = [0u8; Iv::MAX];
+            b[..n].copy_from_slice(&all[..n]);
+            let w = iv_words(&all[..n]).unwrap();
+            let got: Vec<u8> = w.iter().flat_map(|x| x.to_ne_bytes()).collect();
+            assert_eq!(got, b, "length {n}");
+        }
+        assert_eq!(iv_words(&all), None);
+    }
 }

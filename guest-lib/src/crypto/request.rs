@@ -109,6 +109,96 @@ pub fn aead(
     req
 }
 
+/// 8-byte words of a data request ([`DATA_REQ_SIZE`] bytes).
+pub(crate) const REQ_WORDS: usize = DATA_REQ_SIZE / 8;
+
+/// A data request as the words its bytes form in memory (native order, ready to store), built
+/// from the values in registers: the same bytes as the [`DataRequest`] the functions above
+/// build (checked by the tests below), without assembling it on the stack field by field and
+/// reading it back at another width, which stalls (the loads cannot be forwarded from the
+/// narrower stores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RequestWords(pub(crate) [u64; REQ_WORDS]);
+
+/// Two little-endian `u32`s as the native word of their 8 bytes.
+#[inline(always)]
+fn pair(lo: u32, hi: u32) -> u64 {
+    (u64::from(lo) | u64::from(hi) << 32).to_le()
+}
+
+impl RequestWords {
+    #[inline(always)]
+    fn header(info: &SessionInfo, session_id: u64) -> Self {
+        let (op, algo) = opcode_and_algo(info);
+        let mut w = [0u64; REQ_WORDS];
+        // op_header: opcode, algo, session_id, flag, padding (24 bytes); the body follows.
+        w[0] = pair(op, algo);
+        w[1] = session_id.to_le();
+        Self(w)
+    }
+
+    /// Like [`cipher`].
+    #[inline(always)]
+    pub(crate) fn cipher(info: &SessionInfo, session_id: u64, iv_len: u32, len: u32) -> Self {
+        let mut r = Self::header(info, session_id);
+        // cipher_para {iv_len, src, dst, padding}, then op_type at body offset 40.
+        r.0[3] = pair(iv_len, len);
+        r.0[4] = pair(len, 0);
+        r.0[8] = pair(SYM_OP_CIPHER, 0);
+        r
+    }
+
+    /// Like [`chain`].
+    #[inline(always)]
+    pub(crate) fn chain(
+        info: &SessionInfo,
+        session_id: u64,
+        iv_len: u32,
+        len: u32,
+        aad_len: u32,
+        hash_len: u32,
+    ) -> Self {
+        let mut r = Self::header(info, session_id);
+        r.0[3] = pair(iv_len, len);
+        r.0[4] = pair(len, 0);
+        r.0[5] = pair(len, 0);
+        r.0[6] = pair(len, aad_len);
+        r.0[7] = pair(hash_len, 0);
+        r.0[8] = pair(SYM_OP_ALGORITHM_CHAINING, 0);
+        r
+    }
+
+    /// Like [`hash`].
+    #[inline(always)]
+    pub(crate) fn hash(info: &SessionInfo, session_id: u64, src_len: u32, hash_len: u32) -> Self {
+        let mut r = Self::header(info, session_id);
+        r.0[3] = pair(src_len, hash_len);
+        r
+    }
+
+    /// Like [`aead`].
+    #[inline(always)]
+    pub(crate) fn aead(
+        info: &SessionInfo,
+        session_id: u64,
+        iv_len: u32,
+        aad_len: u32,
+        src_len: u32,
+        dst_len: u32,
+    ) -> Self {
+        let mut r = Self::header(info, session_id);
+        r.0[3] = pair(iv_len, aad_len);
+        r.0[4] = pair(src_len, dst_len);
+        r
+    }
+
+    /// The request's bytes.
+    #[cfg(test)]
+    fn bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+}
+
 /// Digest length a hash, MAC or chain session produces (0 for others).
 pub fn digest_len(info: &SessionInfo) -> usize {
     match *info {
@@ -212,6 +302,56 @@ mod tests {
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(words, vec![12, 20, 116, 100]);
+    }
+
+    /// The words `Queue::push` stores are the bytes of the spec structs, for every kind.
+    #[test]
+    fn request_words_are_the_request_bytes() {
+        let infos = [
+            SessionInfo::Cipher {
+                alg: CipherAlg::AesCtr,
+                dir: Direction::Decrypt,
+            },
+            SessionInfo::Chain {
+                order: dpacc_spec::ChainOrder::HashThenCipher,
+                cipher: CipherAlg::AesCbc,
+                dir: Direction::Decrypt,
+                auth: ChainAuth::Mac(MacAlg::Hmac(HashAlg::Sha384)),
+                digest_len: 24,
+            },
+            SessionInfo::Hash {
+                alg: HashAlg::Sha512,
+                digest_len: 64,
+            },
+            SessionInfo::Aead {
+                alg: AeadAlg::AesGcm,
+                dir: Direction::Encrypt,
+                tag_len: 16,
+            },
+        ];
+        let id = 0x1122_3344_5566_7788;
+        let (a, b, c, d) = (0x0102_0304, 0x1112_1314, 0x2122_2324, 0x3132_3334);
+        let cases = [
+            (
+                cipher(&infos[0], id, a, b),
+                RequestWords::cipher(&infos[0], id, a, b),
+            ),
+            (
+                chain(&infos[1], id, a, b, c, d),
+                RequestWords::chain(&infos[1], id, a, b, c, d),
+            ),
+            (
+                hash(&infos[2], id, a, b),
+                RequestWords::hash(&infos[2], id, a, b),
+            ),
+            (
+                aead(&infos[3], id, a, b, c, d),
+                RequestWords::aead(&infos[3], id, a, b, c, d),
+            ),
+        ];
+        for (req, words) in cases {
+            assert_eq!(words.bytes(), req.as_slice());
+        }
     }
 
     #[test]

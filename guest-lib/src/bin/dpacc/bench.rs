@@ -349,6 +349,7 @@ fn backend_cpu(dev: &CryptoDevice, queues: u16) -> Option<f64> {
     (seen > 0).then(|| ticks as f64 / tck as f64)
 }
 
+#[inline]
 fn make_op(s: &Session, kind: Kind, iv: &[u8], b: OpBufs, ud: u64) -> Op {
     let op = match kind {
         Kind::Cipher | Kind::Aead => {
@@ -449,7 +450,6 @@ fn device_thread(
     // A batch is submitted as soon as a whole batch of buffers is free (or, when the ring is
     // smaller than a batch, whatever is free): pipelined, never ping-pong.
     let chunk = batch.min(depth);
-    let mut out = Vec::with_capacity(depth);
     let mut ops = 0u64;
     let start = Instant::now();
     let mut running = true;
@@ -471,14 +471,19 @@ fn device_thread(
                 q.flush()?;
             }
         }
-        out.clear();
         // Wake up once `wake` operations have completed (the rest of the ring keeps the device
-        // busy meanwhile), not on every completion.
-        q.wait_for(&mut out, wake.min(depth))?;
-        for c in out.drain(..) {
-            c.result?;
+        // busy meanwhile), not on every completion. Each completion's buffers go straight back
+        // to the free list (no `Vec` of completions in between).
+        let mut failed = None;
+        q.wait_for_with(wake.min(depth), |c| {
+            if let Err(e) = c.result {
+                failed.get_or_insert(e);
+            }
             ops += 1;
             free.push(c.bufs);
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         if running && start.elapsed() >= dur {
             running = false;
