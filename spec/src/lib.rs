@@ -16,6 +16,7 @@
 
 pub mod algo;
 pub mod ctrl;
+pub mod data_request_words;
 pub mod driver;
 pub mod error;
 pub mod fastpath;

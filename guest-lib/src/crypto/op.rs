@@ -212,7 +212,7 @@ impl Op {
                     return Err(CryptoError::BufferTooSmall);
                 }
                 Ok((
-                    RequestWords::cipher(info, self.session_id, u(iv)?, u(src)?),
+                    request::words::cipher(info, self.session_id, u(iv)?, u(src)?),
                     src,
                 ))
             }
@@ -231,7 +231,7 @@ impl Op {
                     return Err(CryptoError::InvalidDigestLength);
                 }
                 let req =
-                    RequestWords::chain(info, self.session_id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
+                    request::words::chain(info, self.session_id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
                 Ok((req, src + dl))
             }
             (OpKind::Hash, SessionInfo::Hash { .. } | SessionInfo::Mac { .. }) => {
@@ -240,7 +240,7 @@ impl Op {
                     return Err(CryptoError::BufferTooSmall);
                 }
                 Ok((
-                    RequestWords::hash(info, self.session_id, u(src)?, u(dl)?),
+                    request::words::hash(info, self.session_id, u(src)?, u(dl)?),
                     dl,
                 ))
             }
@@ -258,7 +258,7 @@ impl Op {
                     return Err(CryptoError::BufferTooSmall);
                 }
                 let req =
-                    RequestWords::aead(info, self.session_id, u(iv)?, u(aad)?, u(src)?, u(out)?);
+                    request::words::aead(info, self.session_id, u(iv)?, u(aad)?, u(src)?, u(out)?);
                 Ok((req, out))
             }
             _ => Err(CryptoError::BadRequest),

@@ -109,93 +109,57 @@ pub fn aead(
     req
 }
 
-/// 8-byte words of a data request ([`DATA_REQ_SIZE`] bytes).
-pub(crate) const REQ_WORDS: usize = DATA_REQ_SIZE / 8;
+/// The words of a data request, built in registers ([`DataRequestWords`]: the same bytes as
+/// the [`DataRequest`] the functions above build, without a store-forwarding stall).
+pub(crate) use dpacc_spec::data_request_words::{
+    DataRequestWords as RequestWords, DATA_REQ_WORDS as REQ_WORDS,
+};
 
-/// A data request as the words its bytes form in memory (native order, ready to store), built
-/// from the values in registers: the same bytes as the [`DataRequest`] the functions above
-/// build (checked by the tests below), without assembling it on the stack field by field and
-/// reading it back at another width, which stalls (the loads cannot be forwarded from the
-/// narrower stores).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RequestWords(pub(crate) [u64; REQ_WORDS]);
+/// The word builders for a session's operations (the header from the session's kind).
+pub(crate) mod words {
+    use super::{opcode_and_algo, RequestWords};
+    use dpacc_spec::SessionInfo;
 
-/// Two little-endian `u32`s as the native word of their 8 bytes.
-#[inline(always)]
-fn pair(lo: u32, hi: u32) -> u64 {
-    (u64::from(lo) | u64::from(hi) << 32).to_le()
-}
-
-impl RequestWords {
+    /// Like [`super::cipher`].
     #[inline(always)]
-    fn header(info: &SessionInfo, session_id: u64) -> Self {
+    pub(crate) fn cipher(info: &SessionInfo, id: u64, iv_len: u32, len: u32) -> RequestWords {
         let (op, algo) = opcode_and_algo(info);
-        let mut w = [0u64; REQ_WORDS];
-        // op_header: opcode, algo, session_id, flag, padding (24 bytes); the body follows.
-        w[0] = pair(op, algo);
-        w[1] = session_id.to_le();
-        Self(w)
+        RequestWords::cipher(op, algo, id, iv_len, len)
     }
 
-    /// Like [`cipher`].
-    #[inline(always)]
-    pub(crate) fn cipher(info: &SessionInfo, session_id: u64, iv_len: u32, len: u32) -> Self {
-        let mut r = Self::header(info, session_id);
-        // cipher_para {iv_len, src, dst, padding}, then op_type at body offset 40.
-        r.0[3] = pair(iv_len, len);
-        r.0[4] = pair(len, 0);
-        r.0[8] = pair(SYM_OP_CIPHER, 0);
-        r
-    }
-
-    /// Like [`chain`].
+    /// Like [`super::chain`].
     #[inline(always)]
     pub(crate) fn chain(
         info: &SessionInfo,
-        session_id: u64,
+        id: u64,
         iv_len: u32,
         len: u32,
         aad_len: u32,
         hash_len: u32,
-    ) -> Self {
-        let mut r = Self::header(info, session_id);
-        r.0[3] = pair(iv_len, len);
-        r.0[4] = pair(len, 0);
-        r.0[5] = pair(len, 0);
-        r.0[6] = pair(len, aad_len);
-        r.0[7] = pair(hash_len, 0);
-        r.0[8] = pair(SYM_OP_ALGORITHM_CHAINING, 0);
-        r
+    ) -> RequestWords {
+        let (op, algo) = opcode_and_algo(info);
+        RequestWords::chain(op, algo, id, iv_len, len, aad_len, hash_len)
     }
 
-    /// Like [`hash`].
+    /// Like [`super::hash`].
     #[inline(always)]
-    pub(crate) fn hash(info: &SessionInfo, session_id: u64, src_len: u32, hash_len: u32) -> Self {
-        let mut r = Self::header(info, session_id);
-        r.0[3] = pair(src_len, hash_len);
-        r
+    pub(crate) fn hash(info: &SessionInfo, id: u64, src_len: u32, hash_len: u32) -> RequestWords {
+        let (op, algo) = opcode_and_algo(info);
+        RequestWords::hash(op, algo, id, src_len, hash_len)
     }
 
-    /// Like [`aead`].
+    /// Like [`super::aead`].
     #[inline(always)]
     pub(crate) fn aead(
         info: &SessionInfo,
-        session_id: u64,
+        id: u64,
         iv_len: u32,
         aad_len: u32,
         src_len: u32,
         dst_len: u32,
-    ) -> Self {
-        let mut r = Self::header(info, session_id);
-        r.0[3] = pair(iv_len, aad_len);
-        r.0[4] = pair(src_len, dst_len);
-        r
-    }
-
-    /// The request's bytes.
-    #[cfg(test)]
-    fn bytes(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    ) -> RequestWords {
+        let (op, algo) = opcode_and_algo(info);
+        RequestWords::aead(op, algo, id, iv_len, aad_len, src_len, dst_len)
     }
 }
 
@@ -334,23 +298,20 @@ mod tests {
         let cases = [
             (
                 cipher(&infos[0], id, a, b),
-                RequestWords::cipher(&infos[0], id, a, b),
+                words::cipher(&infos[0], id, a, b),
             ),
             (
                 chain(&infos[1], id, a, b, c, d),
-                RequestWords::chain(&infos[1], id, a, b, c, d),
+                words::chain(&infos[1], id, a, b, c, d),
             ),
-            (
-                hash(&infos[2], id, a, b),
-                RequestWords::hash(&infos[2], id, a, b),
-            ),
+            (hash(&infos[2], id, a, b), words::hash(&infos[2], id, a, b)),
             (
                 aead(&infos[3], id, a, b, c, d),
-                RequestWords::aead(&infos[3], id, a, b, c, d),
+                words::aead(&infos[3], id, a, b, c, d),
             ),
         ];
-        for (req, words) in cases {
-            assert_eq!(words.bytes(), req.as_slice());
+        for (req, w) in cases {
+            assert_eq!(&w.to_bytes()[..], req.as_slice());
         }
     }
 
