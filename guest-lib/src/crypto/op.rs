@@ -200,6 +200,8 @@ impl Op {
             return Err(CryptoError::InvalidIvLength);
         }
         let info = &self.info;
+        let (op, algo) = request::opcode_and_algo(info);
+        let id = self.session_id;
         match (self.kind, *info) {
             (OpKind::Cipher, SessionInfo::Cipher { alg, .. }) => {
                 if iv != alg.iv_len() {
@@ -211,10 +213,7 @@ impl Op {
                 if dst < src {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((
-                    request::words::cipher(info, self.session_id, u(iv)?, u(src)?),
-                    src,
-                ))
+                Ok((RequestWords::cipher(op, algo, id, u(iv)?, u(src)?), src))
             }
             (OpKind::Chain, SessionInfo::Chain { cipher, .. }) => {
                 let dl = request::digest_len(info);
@@ -230,8 +229,7 @@ impl Op {
                 if b.expected.as_ref().is_some_and(|e| e.len() != dl) {
                     return Err(CryptoError::InvalidDigestLength);
                 }
-                let req =
-                    request::words::chain(info, self.session_id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
+                let req = RequestWords::chain(op, algo, id, u(iv)?, u(src)?, u(aad)?, u(dl)?);
                 Ok((req, src + dl))
             }
             (OpKind::Hash, SessionInfo::Hash { .. } | SessionInfo::Mac { .. }) => {
@@ -239,10 +237,7 @@ impl Op {
                 if len(&b.digest) < dl {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                Ok((
-                    request::words::hash(info, self.session_id, u(src)?, u(dl)?),
-                    dl,
-                ))
+                Ok((RequestWords::hash(op, algo, id, u(src)?, u(dl)?), dl))
             }
             (OpKind::Aead, SessionInfo::Aead { alg, dir, tag_len }) => {
                 if iv != alg.iv_len() {
@@ -257,8 +252,7 @@ impl Op {
                 if dst < out {
                     return Err(CryptoError::BufferTooSmall);
                 }
-                let req =
-                    request::words::aead(info, self.session_id, u(iv)?, u(aad)?, u(src)?, u(out)?);
+                let req = RequestWords::aead(op, algo, id, u(iv)?, u(aad)?, u(src)?, u(out)?);
                 Ok((req, out))
             }
             _ => Err(CryptoError::BadRequest),

@@ -110,58 +110,11 @@ pub fn aead(
 }
 
 /// The words of a data request, built in registers ([`DataRequestWords`]: the same bytes as
-/// the [`DataRequest`] the functions above build, without a store-forwarding stall).
+/// the [`DataRequest`] the functions above build, without a store-forwarding stall), from
+/// the [`opcode_and_algo`] of the session.
 pub(crate) use dpacc_spec::data_request_words::{
     DataRequestWords as RequestWords, DATA_REQ_WORDS as REQ_WORDS,
 };
-
-/// The word builders for a session's operations (the header from the session's kind).
-pub(crate) mod words {
-    use super::{opcode_and_algo, RequestWords};
-    use dpacc_spec::SessionInfo;
-
-    /// Like [`super::cipher`].
-    #[inline(always)]
-    pub(crate) fn cipher(info: &SessionInfo, id: u64, iv_len: u32, len: u32) -> RequestWords {
-        let (op, algo) = opcode_and_algo(info);
-        RequestWords::cipher(op, algo, id, iv_len, len)
-    }
-
-    /// Like [`super::chain`].
-    #[inline(always)]
-    pub(crate) fn chain(
-        info: &SessionInfo,
-        id: u64,
-        iv_len: u32,
-        len: u32,
-        aad_len: u32,
-        hash_len: u32,
-    ) -> RequestWords {
-        let (op, algo) = opcode_and_algo(info);
-        RequestWords::chain(op, algo, id, iv_len, len, aad_len, hash_len)
-    }
-
-    /// Like [`super::hash`].
-    #[inline(always)]
-    pub(crate) fn hash(info: &SessionInfo, id: u64, src_len: u32, hash_len: u32) -> RequestWords {
-        let (op, algo) = opcode_and_algo(info);
-        RequestWords::hash(op, algo, id, src_len, hash_len)
-    }
-
-    /// Like [`super::aead`].
-    #[inline(always)]
-    pub(crate) fn aead(
-        info: &SessionInfo,
-        id: u64,
-        iv_len: u32,
-        aad_len: u32,
-        src_len: u32,
-        dst_len: u32,
-    ) -> RequestWords {
-        let (op, algo) = opcode_and_algo(info);
-        RequestWords::aead(op, algo, id, iv_len, aad_len, src_len, dst_len)
-    }
-}
 
 /// Digest length a hash, MAC or chain session produces (0 for others).
 pub fn digest_len(info: &SessionInfo) -> usize {
@@ -295,19 +248,23 @@ mod tests {
         ];
         let id = 0x1122_3344_5566_7788;
         let (a, b, c, d) = (0x0102_0304, 0x1112_1314, 0x2122_2324, 0x3132_3334);
+        let [o0, o1, o2, o3] = infos.each_ref().map(opcode_and_algo);
         let cases = [
             (
                 cipher(&infos[0], id, a, b),
-                words::cipher(&infos[0], id, a, b),
+                RequestWords::cipher(o0.0, o0.1, id, a, b),
             ),
             (
                 chain(&infos[1], id, a, b, c, d),
-                words::chain(&infos[1], id, a, b, c, d),
+                RequestWords::chain(o1.0, o1.1, id, a, b, c, d),
             ),
-            (hash(&infos[2], id, a, b), words::hash(&infos[2], id, a, b)),
+            (
+                hash(&infos[2], id, a, b),
+                RequestWords::hash(o2.0, o2.1, id, a, b),
+            ),
             (
                 aead(&infos[3], id, a, b, c, d),
-                words::aead(&infos[3], id, a, b, c, d),
+                RequestWords::aead(o3.0, o3.1, id, a, b, c, d),
             ),
         ];
         for (req, w) in cases {
