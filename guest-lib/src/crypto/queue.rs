@@ -75,14 +75,13 @@ impl QueueState {
             return Ok(None);
         }
         let slot = used.token as usize;
-        let (Some(busy), Some(op)) = (self.busy.get_mut(slot), self.slots.get_mut(slot)) else {
+        // A slot with no operation in flight (or none at all) is a protocol violation.
+        let (Some(busy @ &mut true), Some(op)) =
+            (self.busy.get_mut(slot), self.slots.get_mut(slot))
+        else {
             self.broken = true;
             return Err(Error::Protocol("completion for an empty slot"));
         };
-        if !*busy {
-            self.broken = true;
-            return Err(Error::Protocol("completion for an empty slot"));
-        }
         *busy = false;
         let bufs = std::mem::take(&mut op.bufs);
         let user_data = op.user_data;
