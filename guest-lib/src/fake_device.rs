@@ -119,9 +119,9 @@ impl DeviceRing {
         let Some(p) = self.ptr(gpa, buf.len()) else {
             return false;
         };
-        // SAFETY: `ptr` checked that the range is inside the mapping; a test device reads what
-        // the driver wrote (volatile: the driver side is the library, not Rust references).
         for (k, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `ptr` checked that the range is inside the mapping; volatile, as the
+            // driver side (the library) writes it through raw pointers, not references.
             *b = unsafe { std::ptr::read_volatile(p.add(k)) };
         }
         true
@@ -408,21 +408,20 @@ impl FakeDevice {
 pub fn crypto_config(data_queues: u16) -> Vec<u8> {
     use dpacc_spec::virtio_crypto::{Config, S_HW_READY};
     use vm_memory::ByteValued;
-    let mut c = Config::default();
-    c.status = S_HW_READY.into();
-    c.max_dataqueues = u32::from(data_queues).into();
-    c.crypto_services = 0xf.into();
-    for f in [
-        &mut c.cipher_algo_l,
-        &mut c.hash_algo,
-        &mut c.mac_algo_l,
-        &mut c.aead_algo,
-    ] {
-        *f = u32::MAX.into();
-    }
-    c.max_cipher_key_len = 64.into();
-    c.max_auth_key_len = 512.into();
-    c.max_size = (1u64 << 20).into();
+    let all = u32::MAX.into();
+    let c = Config {
+        status: S_HW_READY.into(),
+        max_dataqueues: u32::from(data_queues).into(),
+        crypto_services: 0xf.into(),
+        cipher_algo_l: all,
+        hash_algo: all,
+        mac_algo_l: all,
+        aead_algo: all,
+        max_cipher_key_len: 64.into(),
+        max_auth_key_len: 512.into(),
+        max_size: (1u64 << 20).into(),
+        ..Config::default()
+    };
     c.as_slice().to_vec()
 }
 
