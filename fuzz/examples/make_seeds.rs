@@ -747,9 +747,90 @@ fn fastpath_seeds() {
     save("fastpath_control", "session", &all.0);
 }
 
+// ------------------------------------------------------------------ guest library
+
+/// `guest_completions`: a device that behaves, for each of the three modes (the fuzzer then
+/// bends its used entries, indices, statuses and frames).
+fn guest_seeds() {
+    // Crypto: four operations pushed, taken, completed OK (two with statuses outside the
+    // spec), polled; then a used entry for an idle id.
+    let mut w = Writer::default().u8(0).u8(1);
+    for len in [0u8, 16, 48, 240] {
+        w = w.u8(0).u8(len);
+    }
+    w = w.u8(65); // the device takes them
+    for (sel, status) in [(0u8, 0u8), (1, 0), (2, 7), (3, 0xff)] {
+        w = w.u8(64).u8(sel).u8(status);
+    }
+    w = w.u8(32).u8(0).u8(0);
+    save("guest_completions", "crypto", &w.0);
+    let w = Writer::default()
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .u8(32)
+        .u8(65)
+        .u8(66) // a used entry: ahead 0, an id of no chain, the chain's length
+        .u8(0)
+        .u8(0x80)
+        .u32(5)
+        .u16(0)
+        .u8(67) // published
+        .u16(1)
+        .u8(32);
+    save("guest_completions", "crypto-idle-id", &w.0);
+
+    // Flow table: requests of each kind, answered (OK, ERROR, stats, a HELLO reply), polled.
+    let mut w = Writer::default().u8(1);
+    for kind in 0..5u8 {
+        w = w.u8(0).u8(kind).u32(7);
+    }
+    let mut error = Vec::new();
+    Message {
+        txid: 0,
+        body: Body::Error {
+            code: dpacc_spec::fastpath::proto::ErrorCode::NotFound,
+            msg: "no such flow".into(),
+        },
+    }
+    .encode(&mut error);
+    let answers: [(u8, u8, &[u8]); 4] = [
+        (8, 0, &[0u8; 24]),
+        (3, 1, &[]),
+        (4, 4, &error[12..]),
+        (2, 3, &[8, 0, 0, 0, 100]),
+    ];
+    for (ty, sel, body) in answers {
+        w = w
+            .u8(0x41)
+            .u8(ty)
+            .u8(0)
+            .u8(sel)
+            .u32(0)
+            .u16(u16::MAX)
+            .chunk(body);
+    }
+    save("guest_completions", "flow-table", &w.0);
+
+    // Net port (MRG): the device takes the RX buffers, writes a header and a frame into one,
+    // completes it; the port receives; then a frame claiming three buffers.
+    let mut frame = vec![0u8; 12];
+    frame[10] = 1;
+    frame.extend_from_slice(&[0xab; 60]);
+    let mut w = Writer::default().u8(2).u8(1).u8(65);
+    w = w.u8(68).u8(0).u16(0).chunk(&frame);
+    w = w.u8(66).u8(0).u8(0).u32(0).u16((72i16 - 256) as u16);
+    w = w.u8(67).u16(1).u8(0).u16(2048);
+    frame[10] = 3;
+    w = w.u8(68).u8(1).u16(0).chunk(&frame);
+    w = w.u8(69).u8(1).u8(0).u8(0).u16(4095);
+    save("guest_completions", "net-port", &w.0);
+}
+
 fn main() {
     crypto_seeds();
     vhost_user_seeds();
     fastpath_seeds();
+    guest_seeds();
     println!("seeds written to {}/corpus", env!("CARGO_MANIFEST_DIR"));
 }

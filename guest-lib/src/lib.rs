@@ -98,12 +98,17 @@
 //!   in-process software driver for `dpacc bench`). A vNF turns it off
 //!   (`default-features = false`) and links the library alone.
 //! - `testing`: `RawQueue` (`Queue::raw`, `CryptoDevice::with_raw_ctrl`), descriptor-level
-//!   access for tests that send malformed chains.
+//!   access for tests that send malformed chains, and `fake_device`, a scripted device
+//!   over the library's own rings for tests (and fuzz targets) of a misbehaving device.
 
 #![deny(missing_docs)]
 
 mod crypto;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_device;
+#[cfg(test)]
+mod hostile_device;
 pub mod mem;
 pub mod net;
 pub mod transport;

@@ -70,8 +70,10 @@ pub struct UsedElem {
     pub head: u16,
     /// Token given when the chain was added.
     pub token: u64,
-    /// Bytes the device says it wrote.
+    /// Bytes the device says it wrote (checked: at most `writable`).
     pub len: u32,
+    /// Device-writable bytes of the chain, as it was added.
+    pub writable: u32,
 }
 
 /// Where the three parts of a ring sit, as offsets from the ring's base.
@@ -144,6 +146,9 @@ pub struct SplitQueue {
     /// Per head: the caller's token.
     token: Vec<u64>,
     in_flight: u16,
+    /// The device broke the protocol on this queue: every later [`reap`](SplitQueue::reap)
+    /// fails (sticky, so a device cannot take back what it wrote by rewriting the entry).
+    broken: bool,
 }
 
 // SAFETY: the raw pointers point into a shared mapping that the creator promised outlives the
@@ -159,6 +164,7 @@ impl std::fmt::Debug for SplitQueue {
             .field("in_flight", &self.in_flight)
             .field("avail_idx", &self.avail_idx)
             .field("last_used", &self.last_used)
+            .field("broken", &self.broken)
             .finish()
     }
 }
@@ -205,6 +211,7 @@ impl SplitQueue {
             writable: vec![0; n],
             token: vec![0; n],
             in_flight: 0,
+            broken: false,
         };
         q.set_interrupts(interrupts);
         Ok(q)
@@ -391,17 +398,22 @@ impl SplitQueue {
     }
 
     /// Takes one entry off the used ring, checking it: the id must be the head of a chain in
-    /// flight, the length at most the chain's writable bytes, and the used index may not run
-    /// ahead of what is in flight. A violation is an [`Error::Protocol`].
+    /// flight, the length at most the chain's writable bytes, and the used index may neither
+    /// run ahead of what is in flight nor go back. A violation is an [`Error::Protocol`], and
+    /// the queue stays broken: every later call fails the same way ([`is_broken`](Self::is_broken)).
     pub fn reap(&mut self) -> Result<Option<UsedElem>> {
+        if self.broken {
+            return Err(Error::Protocol(
+                "queue broken by an earlier device protocol violation",
+            ));
+        }
         let used_idx = u16::from_le(self.used_idx_atomic().load(Ordering::Acquire));
         if used_idx == self.last_used {
             return Ok(None);
         }
+        // A used index that went back looks, modulo 2^16, like one far ahead.
         if used_idx.wrapping_sub(self.last_used) > self.in_flight {
-            return Err(Error::Protocol(
-                "used index ran ahead of the chains in flight",
-            ));
+            return self.violation("used index ran ahead of the chains in flight (or went back)");
         }
         fence(Ordering::Acquire);
         let slot = (self.last_used & (self.size - 1)) as usize;
@@ -415,14 +427,13 @@ impl SplitQueue {
             )
         };
         if id >= self.size as u32 || self.chain_len[id as usize] == 0 {
-            return Err(Error::Protocol("used id is not a chain in flight"));
+            return self.violation("used id is not a chain in flight");
         }
         let head = id as u16;
         let h = head as usize;
-        if len > self.writable[h] {
-            return Err(Error::Protocol(
-                "used length exceeds the chain's writable bytes",
-            ));
+        let writable = self.writable[h];
+        if len > writable {
+            return self.violation("used length exceeds the chain's writable bytes");
         }
         // Return the chain to the free list, walking the private `next` links.
         let n = self.chain_len[h];
@@ -447,7 +458,26 @@ impl SplitQueue {
             head,
             token: self.token[h],
             len,
+            writable,
         }))
+    }
+
+    /// Marks the queue broken and reports `what` (the cold path of [`reap`](Self::reap)).
+    #[cold]
+    fn violation<T>(&mut self, what: &'static str) -> Result<T> {
+        self.broken = true;
+        Err(Error::Protocol(what))
+    }
+
+    /// Marks the queue broken: a driver above found the device breaking the protocol in what
+    /// it wrote (e.g. a net header's buffer count). Every later [`reap`](Self::reap) fails.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether the device broke the protocol on this queue (see [`reap`](Self::reap)).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     fn refresh_used_event(&mut self) {

@@ -6,6 +6,7 @@
 //! every session the backend offers (QEMU's `virtio-crypto-pci`). The layouts are the same
 //! either way; only the queue differs.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use dpacc_spec::error::status_to_result;
@@ -37,6 +38,12 @@ pub(super) struct CtrlState {
     keys: Vec<u8>,
     /// In-band destroys that found every data queue taken: sent with the next request.
     deferred: Vec<(u32, u64)>,
+    /// (service, id) of the sessions this handle has open: a device answering a create with
+    /// one of them broke the protocol (ids are never reused while open, spec/README.md §1.4).
+    open: HashSet<(u32, u64)>,
+    /// An in-band request failed after it was posted (its data queue is broken): the device
+    /// may still write the scratch area, so it is not used again.
+    scratch_lost: bool,
 }
 
 impl CtrlState {
@@ -47,6 +54,8 @@ impl CtrlState {
             scratch_off,
             keys: Vec::with_capacity(1024),
             deferred: Vec::new(),
+            open: HashSet::new(),
+            scratch_lost: false,
         }
     }
 }
@@ -72,6 +81,15 @@ fn roundtrip(
             }
             // A raw chain someone left behind: drop it.
         }
+    }
+}
+
+/// A control status as a result: the virtio-crypto spec's values (`OK` ..= `KEY_REJECTED`),
+/// and a protocol violation for anything else.
+fn ctrl_status(status: u32, what: &'static str) -> Result<()> {
+    match u8::try_from(status) {
+        Ok(s @ 0..=6) => Ok(status_to_result(s)?),
+        _ => Err(Error::Protocol(what)),
     }
 }
 
@@ -165,7 +183,10 @@ pub(super) fn close_all_in_band(
     }
     // SAFETY: the device finished writing the status byte.
     let s = unsafe { *mem.as_ptr().add(scratch_off + CTRL_INPUT) };
-    Ok(status_to_result(s)?)
+    ctrl_status(
+        s.into(),
+        "close all sessions: a status outside the virtio-crypto spec",
+    )
 }
 
 /// Posts `descs` in-band on a data queue its owner holds, and waits for that chain; the
@@ -205,6 +226,16 @@ impl Inner {
     ) -> Result<UsedElem> {
         let (mode, timeout) = (self.opts.completion, self.opts.timeout);
         if !self.in_band {
+            // A request that timed out may still be in the device's hands, and with it the
+            // scratch area: take its answer if it came meanwhile, and never reuse the area
+            // under a request the device may still answer.
+            while c.vq.in_flight() > 0 {
+                if c.vq.reap()?.is_none() {
+                    return Err(Error::Protocol(
+                        "an earlier control request is still unanswered (it timed out)",
+                    ));
+                }
+            }
             let t = self.opts.timeout;
             return roundtrip(
                 &mut c.vq,
@@ -215,15 +246,26 @@ impl Inner {
                 0,
             );
         }
+        if c.scratch_lost {
+            return Err(Error::Protocol(
+                "an earlier in-band session request failed and may still be answered",
+            ));
+        }
         if let Some(st) = held {
             if st.broken {
                 return Err(Error::Protocol(
                     "queue broken by an earlier device protocol violation",
                 ));
             }
+            // A full queue is the caller's business, not a broken one: refuse before posting.
+            if usize::from(st.vq.num_free()) < descs.len() {
+                return Err(Error::QueueFull);
+            }
             let r = roundtrip_held(st, &self.shared.mem, mode, timeout, descs);
             if r.is_err() {
+                // The chain may still be in flight (timeout) or the ring is corrupt.
                 st.broken = true;
+                c.scratch_lost = true;
             }
             return r;
         }
@@ -232,6 +274,7 @@ impl Inner {
         if r.is_err() {
             // The chain may still be in flight (timeout) or the ring is corrupt.
             st.broken = true;
+            c.scratch_lost = true;
         }
         self.put_back(st);
         r
@@ -297,9 +340,17 @@ impl Inner {
                 SESSION_INPUT_LEN,
             )
         };
-        let st = input.status.to_native();
-        status_to_result(u8::try_from(st).unwrap_or(vc::status::ERR))?;
-        Ok(input.session_id.to_native())
+        ctrl_status(
+            input.status.to_native(),
+            "create session: a status outside the virtio-crypto spec",
+        )?;
+        let id = input.session_id.to_native();
+        if !c.open.insert((p.service(), id)) {
+            return Err(Error::Protocol(
+                "create session: the device returned the id of a session already open",
+            ));
+        }
+        Ok(id)
     }
 
     /// Destroys session `id` of `service`, reporting the device's status. In-band with every
@@ -307,6 +358,7 @@ impl Inner {
     pub(super) fn destroy_session(&self, service: u32, id: u64) -> Result<()> {
         let mut guard = lock(&self.ctrl);
         let c = &mut *guard;
+        c.open.remove(&(service, id));
         match self.destroy_locked(c, service, id, None) {
             Err(Error::NoQueue) => {
                 c.deferred.push((service, id));
@@ -356,6 +408,9 @@ impl Inner {
         }
         // SAFETY: the device finished writing the status byte.
         let st = unsafe { *mem.as_ptr().add(off + CTRL_INPUT) };
-        Ok(status_to_result(st)?)
+        ctrl_status(
+            st.into(),
+            "destroy session: a status outside the virtio-crypto spec",
+        )
     }
 }

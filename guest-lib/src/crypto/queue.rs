@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpacc_spec::error::status_to_result;
-use dpacc_spec::virtio_crypto::DATA_REQ_SIZE;
+use dpacc_spec::virtio_crypto::{status as vc_status, DATA_REQ_SIZE};
 use dpacc_spec::{CryptoError, Iv};
 
 use super::device::Inner;
@@ -87,12 +87,17 @@ impl QueueState {
         let user_data = op.user_data;
         self.free_slots.push(slot as u16);
         let soff = self.slots_off + slot * SLOT_SIZE;
-        // SAFETY: the chain was reaped: the device is done with the slot's status byte.
-        let status = unsafe { *mem.as_ptr().add(soff + SLOT_STATUS) };
-        let result = if used.len == 0 {
-            Err(CryptoError::Internal("device wrote no status"))
+        // SAFETY: the chain was reaped: the device is done with the slot's status byte
+        // (volatile: a misbehaving device may still be writing it).
+        let status = unsafe { std::ptr::read_volatile(mem.as_ptr().add(soff + SLOT_STATUS)) };
+        // The status is the chain's last writable byte, and the used length the whole
+        // writable length (spec/README.md §1.5): a shorter one did not write the status.
+        let result = if used.len < used.writable {
+            Err(CryptoError::Internal(
+                "device's used length is short of the request's status byte",
+            ))
         } else {
-            status_to_result(status).and_then(|()| bufs.verify())
+            data_status(status).and_then(|()| bufs.verify())
         };
         Ok(Some(Completion {
             user_data,
@@ -126,6 +131,21 @@ impl QueueState {
     /// Whether nothing is in flight on the queue (no operation, no raw chain).
     pub(super) fn idle(&self) -> bool {
         self.free_slots.len() == self.slots.len() && self.vq.in_flight() == 0
+    }
+}
+
+/// A data request's status byte as a result: the values of the virtio-crypto spec, and a
+/// device error for anything else (a device that never wrote the status leaves
+/// [`STATUS_UNSET`] there).
+#[inline]
+fn data_status(status: u8) -> std::result::Result<(), CryptoError> {
+    match status {
+        vc_status::OK => Ok(()),
+        // ERR, BADMSG, NOTSUPP, INVSESS, NOSPC, and virtio 1.2's KEY_REJECTED (6).
+        1..=6 => status_to_result(status),
+        _ => Err(CryptoError::Internal(
+            "device wrote a status byte outside the virtio-crypto spec",
+        )),
     }
 }
 

@@ -198,7 +198,7 @@ pub struct FlowTable<T: FrameIo> {
     /// How long to wait for a reply.
     pub timeout: Duration,
     pending: TxidMap<Pending>,
-    /// (txid, deadline) in submission order (answered ones are skipped when reached).
+    /// (txid, deadline) in deadline order (answered ones are skipped when reached).
     deadlines: VecDeque<(u32, Instant)>,
     /// Completions not handed out yet.
     done: VecDeque<Completion>,
@@ -208,6 +208,8 @@ pub struct FlowTable<T: FrameIo> {
     max_version: u8,
     /// What the device offered (batching on when Some).
     caps: Option<Caps>,
+    /// The flow quota the last HELLO_REPLY reported (bounds a FLOW_LIST walk).
+    max_flows: Option<u32>,
     /// Longest frame this side sends.
     max_frame: usize,
     /// Queued frames, back to back; `frames` delimits them.
@@ -236,6 +238,7 @@ impl<T: FrameIo> FlowTable<T> {
             max_in_flight: 1024,
             max_version: proto::VERSION_2,
             caps: None,
+            max_flows: None,
             max_frame: 1514,
             out: Vec::new(),
             frames: Vec::new(),
@@ -331,7 +334,15 @@ impl<T: FrameIo> FlowTable<T> {
         } else {
             let deadline = Instant::now() + self.timeout;
             self.pending.insert(txid, Pending { request, deadline });
-            self.deadlines.push_back((txid, deadline));
+            // Kept in deadline order (what `expire` relies on); only a `timeout` shortened
+            // since earlier submissions puts one before the end.
+            match self.deadlines.back() {
+                Some(&(_, last)) if last > deadline => {
+                    let at = self.deadlines.partition_point(|d| d.1 <= deadline);
+                    self.deadlines.insert(at, (txid, deadline));
+                }
+                _ => self.deadlines.push_back((txid, deadline)),
+            }
         }
         Ok(txid)
     }
@@ -542,8 +553,22 @@ impl<T: FrameIo> FlowTable<T> {
     }
 
     fn sort_message(&mut self, payload: &[u8]) {
-        let Ok(m) = Message::decode(payload) else {
-            return;
+        let m = match Message::decode(payload) {
+            Ok(m) => m,
+            Err(_) => {
+                // A reply whose header names a waiting request but whose body cannot be
+                // decoded (truncated, bad TLVs) fails that request now, not at its deadline.
+                if let Ok(h) = proto::Header::parse(payload) {
+                    if let Some(p) = self.pending.remove(&h.txid) {
+                        self.done.push_back(Completion {
+                            txid: h.txid,
+                            request: p.request,
+                            result: Err(Error::Protocol("a reply that cannot be decoded")),
+                        });
+                    }
+                }
+                return;
+            }
         };
         let event = match m.body {
             Body::PacketIn {
@@ -571,7 +596,8 @@ impl<T: FrameIo> FlowTable<T> {
     fn complete(&mut self, txid: u32, body: Body, payload: &[u8]) {
         let request = match self.pending.remove(&txid) {
             Some(p) => p.request,
-            None if matches!(body, Body::Error { .. }) && self.packet_outs.contains(&txid) => {
+            // A PACKET_OUT's ERROR completes it once: a repeated one is a late reply.
+            None if matches!(body, Body::Error { .. }) && self.forget_packet_out(txid) => {
                 Request::PacketOut
             }
             None => {
@@ -592,6 +618,7 @@ impl<T: FrameIo> FlowTable<T> {
                 let caps = Caps::of_hello_reply(payload)
                     .filter(|c| c.version >= proto::VERSION_2 && c.max_batch > 0);
                 self.caps = caps.filter(|_| self.max_version >= proto::VERSION_2);
+                self.max_flows = Some(max_flows);
                 Ok(Reply::Hello {
                     tables,
                     max_flows,
@@ -627,6 +654,17 @@ impl<T: FrameIo> FlowTable<T> {
             request,
             result,
         });
+    }
+
+    /// Whether `txid` is a PACKET_OUT still remembered; forgets it (its ERROR completes it).
+    fn forget_packet_out(&mut self, txid: u32) -> bool {
+        match self.packet_outs.iter().position(|&t| t == txid) {
+            Some(i) => {
+                self.packet_outs.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Completes the requests whose deadline passed with [`Error::NoReply`].
@@ -769,15 +807,33 @@ impl<T: FrameIo> FlowTable<T> {
         }
     }
 
-    /// Every installed flow (fetched page by page).
+    /// Every installed flow (fetched page by page, up to the total the first page reports).
     pub fn list(&mut self) -> Result<Vec<FlowSummary>> {
         let mut all = Vec::new();
+        let mut limit = None;
         loop {
-            let txid = self.submit_list_page(all.len() as u32)?;
+            let asked = all.len() as u32;
+            let txid = self.submit_list_page(asked)?;
             match self.wait_for(txid)? {
-                Reply::ListPage { total, entries, .. } => {
-                    let done = entries.is_empty() || all.len() + entries.len() >= total as usize;
-                    all.extend(entries);
+                Reply::ListPage {
+                    total,
+                    start,
+                    entries,
+                } => {
+                    if start != asked {
+                        return Err(Error::Protocol("FLOW_LIST reply for another page"));
+                    }
+                    if self.max_flows.is_some_and(|m| total > m) {
+                        return Err(Error::Protocol(
+                            "FLOW_LIST total above the flow quota HELLO reported",
+                        ));
+                    }
+                    // The first page's total bounds the walk: a device cannot keep it going
+                    // (or make this side allocate) by raising it page after page.
+                    let limit = *limit.get_or_insert(total) as usize;
+                    let room = limit.saturating_sub(all.len());
+                    let done = entries.is_empty() || entries.len() >= room;
+                    all.extend(entries.into_iter().take(room));
                     if done {
                         return Ok(all);
                     }
@@ -817,8 +873,11 @@ impl<T: FrameIo> FlowTable<T> {
                 return Ok(Some(e));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !self.pump(Some(left))? && left.is_zero() {
-                return Ok(None);
+            let got = self.pump(Some(left))?;
+            // Past the deadline, frames that are no event (replies, garbage) do not keep the
+            // caller here, however fast they come.
+            if left.is_zero() && (!got || self.events.is_empty()) {
+                return Ok(self.events.pop_front());
             }
         }
     }

@@ -283,12 +283,20 @@ impl FrameIo for VirtioNetPort {
                     continue;
                 }
                 let first = self.rx_bytes(u.token, len);
-                let nbuf = u16::from_le_bytes([first[10], first[11]]).max(1);
+                // Without MRG_RXBUF a frame is one buffer, whatever the header says.
+                let nbuf = if self.mrg {
+                    u16::from_le_bytes([first[10], first[11]]).max(1)
+                } else {
+                    1
+                };
                 let mut n = (len - HDR).min(buf.len());
                 buf[..n].copy_from_slice(&first[HDR..HDR + n]);
                 self.post_rx(u.token as u16)?;
                 for _ in 1..nbuf {
                     let Some(more) = self.rx.reap()? else {
+                        // The device publishes a frame's buffers together: the rest of the
+                        // ring can no longer be told apart into frames.
+                        self.rx.mark_broken();
                         return Err(Error::Protocol("num_buffers larger than the buffers used"));
                     };
                     let l = (more.len as usize).min(self.opts.rx_buf);
