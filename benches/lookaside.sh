@@ -16,7 +16,8 @@
 # TARGET_B (a second build's directory, e.g. main's): both builds run in the same invocation,
 # alternating A, B, A, B for ROUNDS rounds (default 2; each round swaps the order), each with
 # its own backend and its own client, and a summary line per case gives B/A of the device
-# rates. BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
+# rates, each build's backend busy figure and the CPU its `dpacc bench` process used during
+# the device run (read from /proc, so builds that do not print it are measured alike). BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
 # so TARGET_B may be the same build as TARGET to compare two settings (e.g.
 # `BACKEND_ARGS_B='--busy-poll-us 200'`). On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
 # backend workers) on two cores: contention, not scaling.

@@ -85,8 +85,8 @@ impl Pacing {
         };
     }
 
-    /// How long to sleep on a timer before looking for `needed` more completions: seven eighths
-    /// of the time they should take, less the usual overshoot; `None` when that is too short to
+    /// How long to sleep on a timer before looking for `needed` more completions: fifteen
+    /// sixteenths of the time they should take, less the usual overshoot; `None` when that is too short to
     /// be worth a sleep or nothing is known yet.
     pub(super) fn sleep_for(&self, needed: u16) -> Option<Duration> {
         let expect = self.ns_per_op.saturating_mul(u64::from(needed));
@@ -139,12 +139,17 @@ mod tests {
     }
 
     #[test]
-    fn sleeps_seven_eighths_of_the_expected_time_less_the_overshoot() {
+    fn sleeps_most_of_the_expected_time_less_the_overshoot() {
         let mut p = Pacing::default();
         p.learn(Duration::from_micros(160), 100); // 1.6 µs per completion
-        assert_eq!(p.sleep_for(64), Some(Duration::from_nanos(89_600)));
+        assert_eq!(p.sleep_for(64), Some(Duration::from_nanos(96_000)));
         p.learn_sleep(Duration::from_micros(10), Duration::from_micros(60)); // 50 µs over
-        assert_eq!(p.sleep_for(64), Some(Duration::from_nanos(39_600)));
+        assert_eq!(p.sleep_for(64), Some(Duration::from_nanos(46_000)));
+        // One very late wake-up counts as at most MAX_OVERSLEEP.
+        let mut q = Pacing::default();
+        q.learn(Duration::from_micros(160), 100);
+        q.learn_sleep(Duration::from_micros(10), Duration::from_millis(5));
+        assert_eq!(q.sleep_for(64), Some(Duration::from_nanos(36_000)));
         // Too short to be worth a sleep: look instead.
         assert_eq!(p.sleep_for(8), None);
     }
