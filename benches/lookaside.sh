@@ -16,7 +16,8 @@
 # TARGET_B (a second build's directory, e.g. main's): both builds run in the same invocation,
 # alternating A, B, A, B for ROUNDS rounds (default 2; each round swaps the order), each with
 # its own backend and its own client, and a summary line per case gives B/A of the device
-# rates. BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
+# rates, each build's backend busy figure and the CPU its `dpacc bench` process used during
+# the device run (read from /proc, so builds that do not print it are measured alike). BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
 # so TARGET_B may be the same build as TARGET to compare two settings (e.g.
 # `BACKEND_ARGS_B='--busy-poll-us 200'`). On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
 # backend workers) on two cores: contention, not scaling.
@@ -45,7 +46,7 @@ run() {
   echo "=== $name: $t ${bargs:+(backend: $bargs) }${cargs:+(bench: $cargs)}"
   {
     # shellcheck disable=SC2086
-    $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size "${SIZES:-64,16384}" \
+    python3 "$DIR/cpu.py" $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size "${SIZES:-64,16384}" \
         --mode "${MODES:-poll,interrupt}" --queues "${QUEUES:-1,2}" --seconds "$RUN" $cargs
     if [ -z "${NO_LATENCY:-}" ]; then
       $(pin "$CCPU") "$t/dpacc" bench --socket "$sock" --alg "${ALG:-aes-256-gcm}" --size 64 \
@@ -55,6 +56,33 @@ run() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+
+# cpu.py CMD...: runs CMD, passing its output through; after each `device` line of a case it
+# prints the CPU the whole `dpacc bench` process used during that device run (from
+# /proc/PID/stat between the case line and the device line: the raw peer runs after it), so
+# the client's cost is comparable between builds that do not print it themselves.
+cat >"$DIR/cpu.py" <<'PY'
+import os, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
+tck = os.sysconf("SC_CLK_TCK")
+def cpu():
+    try:
+        f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / tck
+    except (OSError, IndexError, ValueError):
+        return 0.0
+t0 = c0 = None
+for line in p.stdout:
+    if line.startswith("case"):
+        t0, c0 = time.monotonic(), cpu()
+    sys.stdout.write(line)
+    if line.startswith("device") and t0 is not None:
+        c, t = cpu(), time.monotonic()
+        print(f"client    dpacc bench process used {(c - c0) / max(t - t0, 1e-9):.2f} core(s) during the device run")
+        t0 = None
+    sys.stdout.flush()
+sys.exit(p.wait())
+PY
 
 if [ -z "$B" ]; then
   run a "$A" "${BACKEND_ARGS:-}" "${BENCH_ARGS:-}"
@@ -77,28 +105,36 @@ python3 - "$DIR" "$ROUNDS" "$A" "$B" <<'PY'
 import re, sys
 d, rounds, a, b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def rows(path):
-    out, on = {}, False
+    out, on, cpus, case = {}, False, {}, None
     for line in open(path):
+        m = re.match(r"case\s+\S+ (\d+) B, .* (\d+) queue\(s\), (\w+)", line)
+        if m:
+            case = (m.group(3), m.group(2), m.group(1))
+        m = re.match(r"client\s+dpacc bench process used ([\d.]+) core", line)
+        if m and case:
+            cpus[case] = m.group(1)
         if line.startswith("summary"):
             on = True
             continue
         f = line.split()
         if on and len(f) >= 8 and f[0] in ("polled", "interrupts"):
-            out[(f[0], f[1], f[2])] = (float(f[3]), float(f[5]), f[6], f[7])
+            k = (f[0], f[1], f[2])
+            out[k] = (float(f[3]), float(f[5]), f[6], cpus.get(k, "-"))
         if "round trips" in line:
             m = re.search(r"p50\s+([\d.]+) us.*p99\s+([\d.]+) us", line)
             if m and line.startswith("device"):
                 out.setdefault(("lat", str(len([k for k in out if k[0] == "lat"]))), m.groups())
     return out
-print(f"A/B    A = {a}, B = {b} (same run, alternating; device ops/s, ratio to raw, busy cores)")
+print(f"A/B    A = {a}, B = {b} (same run, alternating; device ops/s, ratio to raw, backend busy cores, client process cores)")
 for r in range(1, rounds + 1):
     ra, rb = rows(f"{d}/a{r}.out"), rows(f"{d}/b{r}.out")
     for k in ra:
         if k[0] == "lat" or k not in rb:
             continue
         (da, xa, ba, _), (db, xb, bb, _) = ra[k], rb[k]
-        print(f"round {r} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {da:>10.0f} ({xa:.3f}, busy {ba})"
-              f"  B {db:>10.0f} ({xb:.3f}, busy {bb})  B/A {db / max(da, 1e-9):.3f}"
+        (ca, cb) = (ra[k][3], rb[k][3])
+        print(f"round {r} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {da:>10.0f} ({xa:.3f}, busy {ba}, client {ca})"
+              f"  B {db:>10.0f} ({xb:.3f}, busy {bb}, client {cb})  B/A {db / max(da, 1e-9):.3f}"
               f" (of the ratios to raw {xb / max(xa, 1e-9):.3f})")
     la = [ra[k] for k in sorted(ra) if k[0] == "lat"]
     lb = [rb[k] for k in sorted(rb) if k[0] == "lat"]

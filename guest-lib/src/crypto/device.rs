@@ -56,6 +56,13 @@ pub struct Options {
     pub indirect: bool,
     /// Where session requests go.
     pub session_control: SessionControl,
+    /// With interrupts: how long a wait for completions looks at the used ring before it arms
+    /// the device's interrupt and sleeps on it; when the device's recent pace says the wait
+    /// will be longer, it first sleeps on a timer for most of that time. Completions found
+    /// this way cost the device no interrupt (waking a sleeping thread costs the device's
+    /// worker far more than the look costs this thread: docs/performance.md, ADR 0017).
+    /// Zero: sleep on the interrupt at once.
+    pub wait_poll: Duration,
 }
 
 impl Default for Options {
@@ -69,6 +76,7 @@ impl Default for Options {
             event_idx: true,
             indirect: true,
             session_control: SessionControl::Auto,
+            wait_poll: Duration::from_micros(50),
         }
     }
 }

@@ -13,6 +13,7 @@ mod control;
 mod device;
 mod layout;
 mod op;
+mod pacing;
 mod queue;
 #[cfg(feature = "testing")]
 mod raw;

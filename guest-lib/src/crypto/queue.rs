@@ -14,6 +14,7 @@ use super::layout::{
     MAX_REQ_DESCS, SLOT_REQ, SLOT_SIZE, SLOT_STATUS, SLOT_TABLE, STATUS_LEN, STATUS_UNSET,
 };
 use super::op::{Completion, Op, OpBufs, OpKind};
+use super::pacing::Pacing;
 use super::request::REQ_WORDS;
 use crate::error::{Error, Result};
 use crate::mem::{DmaBuf, SharedMemory};
@@ -39,6 +40,8 @@ pub(super) struct QueueState {
     /// hands them out first. Sized once (at most one per slot).
     stash: VecDeque<Completion>,
     pub(super) broken: bool,
+    /// With interrupts and `Options::wait_poll`: the device's pace, for timed sleeps.
+    pacing: Pacing,
 }
 
 impl QueueState {
@@ -60,6 +63,7 @@ impl QueueState {
             free_slots: (0..size).rev().collect(),
             stash: VecDeque::with_capacity(usize::from(size)),
             broken: false,
+            pacing: Pacing::default(),
         }
     }
 
@@ -450,10 +454,17 @@ impl Queue {
         }
         // `in_flight` is at most the ring size (≤ 32768), so this fits.
         let min = u16::try_from(min.clamp(1, in_flight)).unwrap_or(u16::MAX);
-        let timeout = self.dev.opts.timeout;
-        let mode = self.dev.opts.completion;
+        let (timeout, mode, look) = {
+            let o = &self.dev.opts;
+            (o.timeout, o.completion, o.wait_poll)
+        };
         let st = self.st();
-        wait_used_n(&mut st.vq, &*st.notifier, mode, timeout, min)?;
+        let w = Wait {
+            mode,
+            timeout,
+            look,
+        };
+        wait_used_n(&mut st.vq, &*st.notifier, w, &mut st.pacing, min)?;
         self.poll_with(f)
     }
 
@@ -487,7 +498,24 @@ pub(super) fn wait_used(
     mode: CompletionMode,
     timeout: Duration,
 ) -> Result<()> {
-    wait_used_n(vq, n, mode, timeout, 1)
+    let w = Wait {
+        mode,
+        timeout,
+        look: Duration::ZERO,
+    };
+    wait_used_n(vq, n, w, &mut Pacing::default(), 1)
+}
+
+/// How a wait notices completions.
+#[derive(Clone, Copy, Debug)]
+struct Wait {
+    mode: CompletionMode,
+    /// Longest wait before [`Error::Timeout`].
+    timeout: Duration,
+    /// With interrupts: how long to look at the used ring (after a timed sleep when the
+    /// device's pace is known) before arming the interrupt and sleeping on it; zero: sleep on
+    /// the interrupt at once (see [`Pacing`]).
+    look: Duration,
 }
 
 /// How long a polling wait spins before it yields the core between looks at the used ring:
@@ -499,17 +527,18 @@ const POLL_YIELD_AFTER: Duration = Duration::from_micros(50);
 fn wait_used_n(
     vq: &mut SplitQueue,
     n: &dyn Notifier,
-    mode: CompletionMode,
-    timeout: Duration,
+    w: Wait,
+    pacing: &mut Pacing,
     min: u16,
 ) -> Result<()> {
     let min = min.max(1);
-    if vq.used_pending() >= min {
+    let pending = vq.used_pending();
+    if pending >= min {
         return Ok(());
     }
     let start = Instant::now();
-    let deadline = start + timeout;
-    match mode {
+    let deadline = start + w.timeout;
+    match w.mode {
         CompletionMode::Poll => {
             let mut spins = 0u32;
             while vq.used_pending() < min {
@@ -531,15 +560,64 @@ fn wait_used_n(
             }
             Ok(())
         }
-        CompletionMode::Interrupt => loop {
-            if !vq.prepare_wait_for(min) {
+        CompletionMode::Interrupt => {
+            if !w.look.is_zero() && look_before_sleep(vq, w.look, pacing, min, pending, deadline) {
                 return Ok(());
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout);
+            loop {
+                if !vq.prepare_wait_for(min) {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Timeout);
+                }
+                n.wait(Some(deadline - now))?;
             }
-            n.wait(Some(deadline - now))?;
-        },
+            if !w.look.is_zero() {
+                pacing.learn(start.elapsed(), vq.used_pending().wrapping_sub(pending));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// With interrupts, before arming the interrupt: sleeps on a timer for most of the time the
+/// device's recent pace says `min` completions take (`pending` are already there), then looks
+/// at the used ring for up to `look`. The interrupt stays suppressed meanwhile (the driver left
+/// `used_event` behind the used index when it last woke), so a wait that ends here cost the
+/// device no signal. True: `min` entries are pending.
+fn look_before_sleep(
+    vq: &SplitQueue,
+    look: Duration,
+    pacing: &mut Pacing,
+    min: u16,
+    pending: u16,
+    deadline: Instant,
+) -> bool {
+    let start = Instant::now();
+    let needed = min - pending;
+    match pacing.sleep_for(needed) {
+        Some(d) if start + d < deadline => {
+            pacing.sleep(d);
+            pacing.learn_sleep(d, start.elapsed());
+        }
+        // Too long to look for, too short to sleep on a timer for: the interrupt it is.
+        _ if pacing.longer_than(needed, look) => return false,
+        _ => {}
+    }
+    let look_start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let now_pending = vq.used_pending();
+        if now_pending >= min {
+            pacing.learn(start.elapsed(), now_pending.wrapping_sub(pending));
+            return true;
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 64 == 0 && look_start.elapsed() >= look {
+            return false;
+        }
+        std::hint::spin_loop();
     }
 }

@@ -51,6 +51,8 @@ pub struct Args {
     pub in_flight: Option<usize>,
     /// With interrupts: completions a thread waits for (`None`: half of `in_flight`).
     pub wake_after: Option<usize>,
+    /// With interrupts: `Options::wait_poll` (`None`: the library's default).
+    pub wait_poll: Option<Duration>,
     pub queues: Vec<u16>,
     pub seconds: f64,
     pub modes: Vec<Mode>,
@@ -145,6 +147,8 @@ fn digest_len(kind: Kind) -> usize {
 struct Stats {
     ops: u64,
     secs: f64,
+    /// CPU seconds the bench threads used (device runs only; 0 otherwise).
+    cpu: f64,
 }
 
 impl Stats {
@@ -173,6 +177,8 @@ struct Row {
     raw: f64,
     /// Cores' worth of CPU the backend's data-queue workers used during the device run.
     backend_busy: Option<f64>,
+    /// Cores' worth of CPU the bench's own threads used during the device run.
+    client_cpu: f64,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -223,6 +229,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     .saturating_mul(usize::from(queues))
                     .saturating_add(1 << 20),
                 session_control: a.sessions,
+                wait_poll: a.wait_poll.unwrap_or(Options::default().wait_poll),
                 ..Options::default()
             };
             let dev = crate::open(&a.device, opts)?;
@@ -268,6 +275,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
                         dev_stats.rate() / busy.max(1e-9)
                     );
                 }
+                let client_cpu = dev_stats.cpu / dev_stats.secs.max(1e-9);
+                println!(
+                    "client    bench threads used {client_cpu:.2} core(s) during the device run"
+                );
                 rows.push(Row {
                     mode,
                     queues,
@@ -275,6 +286,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     device: dev_stats.rate(),
                     raw: raw.rate(),
                     backend_busy,
+                    client_cpu,
                 });
             }
         }
@@ -282,7 +294,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if !rows.is_empty() {
         println!("summary   {} (ratios are device/raw, same run)", a.alg);
         println!(
-            "{:>10} {:>6} {:>7} {:>13} {:>13} {:>7} {:>12} {:>16}",
+            "{:>10} {:>6} {:>7} {:>13} {:>13} {:>7} {:>12} {:>16} {:>10}",
             "mode",
             "queues",
             "size",
@@ -290,7 +302,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "raw ops/s",
             "ratio",
             "backend busy",
-            "per backend core"
+            "per backend core",
+            "client cpu"
         );
         for r in &rows {
             let (busy, per_core) = match r.backend_busy {
@@ -298,7 +311,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 None => ("-".into(), "-".into()),
             };
             println!(
-                "{:>10} {:>6} {:>7} {:>13.0} {:>13.0} {:>7.3} {:>12} {:>16}",
+                "{:>10} {:>6} {:>7} {:>13.0} {:>13.0} {:>7.3} {:>12} {:>16} {:>10.2}",
                 r.mode.name(),
                 r.queues,
                 r.size,
@@ -306,7 +319,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 r.raw,
                 r.device / r.raw.max(1e-9),
                 busy,
-                per_core
+                per_core,
+                r.client_cpu
             );
         }
     }
@@ -418,11 +432,16 @@ fn device_run(
             .map(|h| h.join().unwrap_or(Err(CliError::Panicked("bench thread"))))
             .collect()
     });
-    let mut total = Stats { ops: 0, secs: 0.0 };
+    let mut total = Stats {
+        ops: 0,
+        secs: 0.0,
+        cpu: 0.0,
+    };
     for r in results {
         let s = r?;
         total.ops += s.ops;
         total.secs = total.secs.max(s.secs);
+        total.cpu += s.cpu;
     }
     Ok(total)
 }
@@ -451,6 +470,7 @@ fn device_thread(
     // smaller than a batch, whatever is free): pipelined, never ping-pong.
     let chunk = batch.min(depth);
     let mut ops = 0u64;
+    let cpu0 = thread_cpu();
     let start = Instant::now();
     let mut running = true;
     while running || q.in_flight() > 0 {
@@ -492,7 +512,21 @@ fn device_thread(
     Ok(Stats {
         ops,
         secs: start.elapsed().as_secs_f64(),
+        cpu: thread_cpu() - cpu0,
     })
+}
+
+/// CPU seconds the calling thread has used (user and system).
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Operations per second of the in-process software driver for AES-128-GCM encryption of
@@ -536,11 +570,16 @@ fn software(
             })
             .collect()
     });
-    let mut total = Stats { ops: 0, secs: 0.0 };
+    let mut total = Stats {
+        ops: 0,
+        secs: 0.0,
+        cpu: 0.0,
+    };
     for r in results {
         let s = r?;
         total.ops += s.ops;
         total.secs = total.secs.max(s.secs);
+        total.cpu += s.cpu;
     }
     Ok(total)
 }
@@ -627,6 +666,7 @@ fn sw_thread(
     Ok(Stats {
         ops: n,
         secs: start.elapsed().as_secs_f64(),
+        cpu: 0.0,
     })
 }
 
@@ -682,6 +722,7 @@ fn latency(a: &Args, p: &SessionParams<'_>, kind: Kind) -> Result<(), CliError> 
             completion: mode.completion(),
             arena_size: 2 * max_size + (1 << 20),
             session_control: a.sessions,
+            wait_poll: a.wait_poll.unwrap_or(Options::default().wait_poll),
             ..Options::default()
         };
         let dev = crate::open(&a.device, opts)?;

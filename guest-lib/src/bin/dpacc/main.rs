@@ -192,6 +192,11 @@ enum Cmd {
         /// worker less, but the device must not run dry before the thread is back.
         #[arg(long)]
         wake_after: Option<usize>,
+        /// With interrupts: microseconds a wait looks at the used ring (after a timed sleep
+        /// when the device's pace is known) before it arms the interrupt and sleeps on it; 0:
+        /// sleep on the interrupt at once [default: the library's, 50].
+        #[arg(long)]
+        wait_poll_us: Option<u64>,
         /// Data queues, one client thread each (a list: one case each, e.g. 1,2).
         #[arg(long, default_value = "1", value_delimiter = ',', num_args = 1..)]
         queues: Vec<u16>,
@@ -710,6 +715,7 @@ fn main() -> ExitCode {
             batch,
             in_flight,
             wake_after,
+            wait_poll_us,
             queues,
             seconds,
             mode,
@@ -725,6 +731,7 @@ fn main() -> ExitCode {
                     batch,
                     in_flight,
                     wake_after,
+                    wait_poll: wait_poll_us.map(std::time::Duration::from_micros),
                     queues,
                     seconds,
                     modes: if poll { vec![bench::Mode::Poll] } else { mode },
