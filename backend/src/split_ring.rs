@@ -145,6 +145,28 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         n
     }
 
+    /// [`pending`](Self::pending), without reading the driver's avail index when `seen`, an
+    /// index this ring's driver published earlier (what [`avail_seen`](Self::avail_seen)
+    /// returned after a batch before), still shows at least `want` chains not taken. The
+    /// index only grows and a driver never takes a chain back, so an older index is a valid,
+    /// shorter view; it saves a load that misses (the driver's core writes the index line at
+    /// every burst) on batches that need no more than it shows. A `seen` that is not ahead of
+    /// the chains taken by at most the ring size (a stale or foreign value) is not used.
+    pub(crate) fn pending_since(&mut self, seen: u16, want: u16) -> u16 {
+        let n = seen.wrapping_sub(self.next_avail);
+        if n >= want && n <= self.size {
+            self.avail_idx = seen;
+            return n;
+        }
+        self.pending()
+    }
+
+    /// The avail index this ring's view goes up to (for [`pending_since`](Self::pending_since)
+    /// at the next batch).
+    pub(crate) fn avail_seen(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// The head index the driver put at avail position `pos`.
     fn head_at(&self, pos: u16) -> u16 {
         let slot = u64::from(pos & self.mask);
@@ -303,15 +325,45 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
         self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
-    /// Writes used element `pos` (a ring position, wrapped here).
+    /// Writes used element `pos` (a ring position, wrapped here): id and length as one 8-byte
+    /// store (one store-buffer entry per element, not two, while the buffer is full of
+    /// RX-buffer stores waiting for their lines).
     fn write_used(&self, pos: u16, head: u16, len: u32) {
         let off = 4 + 8 * usize::from(pos & self.mask);
+        let e = (u64::from(len) << 32 | u64::from(head)).to_le();
         // SAFETY: `off + 8 <= 4 + 8 * size` lies inside the used ring `open` checked (mapped,
-        // 4-byte aligned, so the u32 stores are aligned).
-        unsafe {
-            let e = self.used.add(off) as *mut u32;
-            std::ptr::write_volatile(e, u32::from(head).to_le());
-            std::ptr::write_volatile(e.add(1), len.to_le());
+        // 4-byte aligned: the element may straddle an 8-byte boundary, hence unaligned). A
+        // raw-pointer store like every write into guest memory (ADR 0005): the driver only
+        // reads the element after the used index published at `close` (a release store).
+        unsafe { std::ptr::write_unaligned(self.used.add(off) as *mut u64, e) };
+    }
+
+    /// Asks for the cache lines of used elements `from..from + n` after the next one to be
+    /// written, and with `index` the used index's line, for write (hints only). The driver's
+    /// core read them last (an element a ring lap ago, the index at its last poll), so a store
+    /// to one would wait for the line to come back; asked early, the transfer overlaps other
+    /// work. The elements are best asked for a batch ahead (the driver does not read them
+    /// until they are published); the index only at the start of the batch that publishes it
+    /// (the driver polls it).
+    pub(crate) fn prefetch_used(&self, from: u16, n: u16, index: bool) {
+        if index {
+            prefetch_write(self.used);
+        }
+        if n == 0 {
+            return;
+        }
+        let at = |k: u16| {
+            let pos = self.next_used.wrapping_add(from).wrapping_add(k);
+            4 + 8 * usize::from(pos & self.mask)
+        };
+        let (first, last) = (at(0), at(n.min(self.size) - 1));
+        if first <= last {
+            prefetch_span(self.used.wrapping_add(first), last + 8 - first, true);
+        } else {
+            // Wrapped: up to the ring's end, then from its start.
+            let end = 4 + 8 * usize::from(self.size);
+            prefetch_span(self.used.wrapping_add(first), end - first, true);
+            prefetch_span(self.used.wrapping_add(4), last + 8 - 4, true);
         }
     }
 
@@ -516,6 +568,51 @@ mod tests {
         assert_eq!(seg.len(), 76);
         assert!(!r.close(&mut q));
         assert_eq!(q.next_avail(), 1);
+    }
+
+    /// An avail index seen by a batch before stands in for a fresh read only while it shows
+    /// enough chains and is a possible index (ahead of the chains taken by at most the ring
+    /// size); otherwise the driver's index is read. Used-ring prefetches are hints only.
+    #[test]
+    fn an_earlier_avail_index_stands_in_only_when_it_can() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let chains: Vec<_> = (0..4).map(|i| d(0x8000 + 0x100 * i, 64, 0, 0)).collect();
+        vq.build_multiple_desc_chains(&chains).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let fast = FastMem::new(&m);
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        // Nothing seen yet: read (4 chains).
+        assert_eq!(r.pending_since(0, 2), 4);
+        assert_eq!(r.avail_seen(), 4);
+        for (from, n) in [(0, 0), (0, 16), (3, 40), (15, 3), (u16::MAX, u16::MAX)] {
+            r.prefetch_used(from, n, true);
+        }
+        let h = r.pop_head().unwrap();
+        r.put_used(h, 0);
+        r.close(&mut q);
+        // The driver makes two more available; the index seen (4) still shows 3 >= 2 chains:
+        // not read.
+        m.write_obj(6u16, vq.avail_addr().unchecked_add(2)).unwrap();
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending_since(4, 2), 3);
+        // Wanting more than it shows: read.
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending_since(4, 4), 5);
+        assert_eq!(r.avail_seen(), 6);
+        // A stale or foreign value (behind the chains taken, or more than a ring ahead): read.
+        for seen in [0u16, 1, 1 + 17, 40_000] {
+            let mut r = SplitRing::open(&q, &fast).unwrap();
+            assert_eq!(r.pending_since(seen, 1), 5, "seen {seen}");
+        }
+        // Taken up to the index seen: the chains pop in order, then none.
+        let mut r = SplitRing::open(&q, &fast).unwrap();
+        assert_eq!(r.pending_since(4, 3), 3);
+        assert_eq!(
+            (r.pop_head(), r.pop_head(), r.pop_head()),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(r.pop_head(), None);
     }
 
     #[test]

@@ -423,8 +423,8 @@ fn run_batch(
 /// One packet, whose parsed key and layout are `kl`: (verdict, whether the exact-match cache
 /// answered). With `defer`, an ESP action followed by an output leaves the packet pending and
 /// its work in `defer`. When the actions reach a verdict, `kl` holds the packet's key after
-/// them (what the operator's egress rules judge; not updated by deferred ESP). Cache hits are
-/// counted in `burst`.
+/// them (what the operator's egress rules judge; not updated by deferred ESP; after a drop
+/// its contents are unspecified). Cache hits are counted in `burst`.
 ///
 /// Packets come in bursts of one flow, so the previous packet's path comes first (a key
 /// compare): that case is inlined into the batch loop with [`parse`], so the key is compared
@@ -466,7 +466,11 @@ fn run_path(
     kl: &mut (FlowKey, Layout),
     path: Path,
 ) -> (Verdict, bool) {
-    let (mut key, mut lay) = *kl;
+    // The actions rewrite `kl` in place: copied out, its fields (written by `parse` with
+    // narrow stores a few instructions before) were read back with 16-byte loads, which
+    // cannot be forwarded from them and waited for the store buffer to drain (issue 12,
+    // pass o: 4 % of the worker at 64 B).
+    let (key, lay) = (&mut kl.0, &mut kl.1);
     let len = p.len() as u64;
     let counters = &core.t.lanes[lane].flows;
     let mut x = Exec {
@@ -478,12 +482,11 @@ fn run_path(
     for (k, &(_, slot)) in path.hops().iter().enumerate() {
         let e = core.t.entry(slot);
         let actions = core.t.acts.get(&e.actions);
-        if let Some(v) = x.run(actions, p, &mut key, &mut lay) {
+        if let Some(v) = x.run(actions, p, key, lay) {
             // Counted: the flows on the way, up to this one.
             let mut walked = path;
             walked.n = k as u8 + 1;
             burst.add(&walked, len, counters, now);
-            *kl = (key, lay);
             return (v, true);
         }
     }
