@@ -117,10 +117,10 @@ fn cost_sa(lanes: usize) -> u64 {
 fn cost_base(lanes: usize) -> u64 {
     // An exact-match cache per lane and one for control requests, allocated up front, the
     // timer wheel's buckets, and the last chunk of each structure indexed by slot (held
-    // whole however few of its slots are used) with the next one, filled ahead of need.
+    // whole however few of its slots are used).
     (lanes as u64 + 1) * HASH_SLACK * (EMC_CAP * (size_of::<(FlowKey, super::Path)>() + 1)) as u64
         + TimerWheel::BASE_BYTES as u64
-        + (2 * CHUNK * cost_slot(lanes)) as u64
+        + (CHUNK * cost_slot(lanes)) as u64
 }
 
 /// The quotas of an instance and its counts.

@@ -18,11 +18,6 @@
 //!
 //! Elements not yet asked for hold the fill value given at creation (a new chunk is filled
 //! with it), so growing to a slot needs no write beyond the new chunk.
-//!
-//! The next chunk is filled ahead, [`PREFILL`] elements each time a new slot is asked for,
-//! so that reaching a chunk boundary writes (and page-faults) nothing at once: filling a
-//! whole chunk of every structure at the boundary cost 0.25-0.9 ms at a million flows
-//! (docs/performance.md, "Growth in small steps").
 
 use std::ops::{Index, IndexMut};
 
@@ -33,16 +28,10 @@ pub(crate) const CHUNK_SHIFT: u32 = 12;
 /// Elements in a chunk.
 pub(crate) const CHUNK: usize = 1 << CHUNK_SHIFT;
 const MASK: usize = CHUNK - 1;
-/// Elements of the next chunk filled per new slot: twice what keeps up, so the next chunk
-/// is ready when the current one is half used.
-const PREFILL: usize = 2;
 
 /// Elements of type `T` by slot, in chunks of [`CHUNK`].
 pub(crate) struct SlotChunks<T> {
     chunks: Vec<Box<[T; CHUNK]>>,
-    /// The next chunk, being filled ahead of need (empty and unallocated until the first
-    /// chunk exists).
-    next: Vec<T>,
     /// Slots asked for (the highest slot grown to, plus one).
     len: usize,
     /// What a slot holds before it is written.
@@ -63,7 +52,6 @@ impl<T> SlotChunks<T> {
     pub(crate) fn new(fill: fn() -> T) -> Self {
         Self {
             chunks: Vec::new(),
-            next: Vec::new(),
             len: 0,
             fill,
         }
@@ -104,32 +92,16 @@ impl<T> SlotChunks<T> {
 
 impl<T: Clone> SlotChunks<T> {
     /// Makes slots `0..n` exist (new ones hold the fill value), adding chunks as needed;
-    /// nothing already held moves. A new chunk is the one filled ahead (completed here if
-    /// slots were asked for faster than it was filled); asking for new slots fills the next
-    /// one a little further ([`PREFILL`] elements).
+    /// nothing already held moves. A new chunk is one fill value, copied.
     pub(crate) fn grow_to(&mut self, n: usize) {
         while self.capacity() < n {
-            self.fill_next(CHUNK);
-            let chunk = std::mem::take(&mut self.next).into_boxed_slice();
+            let chunk = vec![(self.fill)(); CHUNK].into_boxed_slice();
             match chunk.try_into() {
                 Ok(c) => self.chunks.push(c),
                 Err(_) => unreachable!("a chunk is CHUNK elements"),
             }
         }
-        if n > self.len {
-            self.len = n;
-            self.fill_next(PREFILL);
-        }
-    }
-
-    /// Fills up to `k` more elements of the next chunk (allocating it first: no element
-    /// written, no page touched).
-    fn fill_next(&mut self, k: usize) {
-        if self.next.capacity() == 0 {
-            self.next = Vec::with_capacity(CHUNK);
-        }
-        let k = k.min(CHUNK - self.next.len());
-        self.next.extend(std::iter::repeat_n((self.fill)(), k));
+        self.len = self.len.max(n);
     }
 
     /// Puts `v` in the next slot ([`len`](Self::len)) and returns that slot.
