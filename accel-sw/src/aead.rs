@@ -280,15 +280,10 @@ impl AeadKey {
 
         match self.dir {
             Direction::Encrypt => {
-                // The tag's own segment (the usual layout): AWS-LC writes the tag there itself.
-                let tag_seg = sg::single(digest).filter(|d| d.len() >= TAG_LEN);
-                // SAFETY: forwarded from our caller; `digest` is writable on encrypt.
-                let tag =
-                    unsafe { self.seal(nonce, aad, src, dst, len, scratch.data, tag_seg, false)? };
-                if let Some(tag) = tag {
-                    // SAFETY: `digest` is writable on encrypt and `tag` is a local.
-                    unsafe { sg::scatter(digest, 0, &tag.0) };
-                }
+                // SAFETY: forwarded from our caller.
+                let tag = unsafe { self.seal(nonce, aad, src, dst, len, scratch.data, false)? };
+                // SAFETY: `digest` is writable on encrypt and `tag` is a local.
+                unsafe { sg::scatter(digest, 0, &tag.0) };
                 Ok(())
             }
             Direction::Decrypt => {
@@ -361,11 +356,9 @@ impl AeadKey {
         }
         // One `dst` segment never takes the bounce buffer (`place`): none is given.
         // SAFETY: forwarded from our caller.
-        let tag = unsafe { self.seal(*nonce, aad, src, &dsts, len, &mut [], None, one_thread)? };
-        if let Some(tag) = tag {
-            // SAFETY: the caller's 16 writable bytes, apart from our local.
-            unsafe { std::ptr::copy_nonoverlapping(tag.0.as_ptr(), tag_out, TAG_LEN) };
-        }
+        let tag = unsafe { self.seal(*nonce, aad, src, &dsts, len, &mut [], one_thread)? };
+        // SAFETY: the caller's 16 writable bytes, apart from our local.
+        unsafe { std::ptr::copy_nonoverlapping(tag.0.as_ptr(), tag_out, TAG_LEN) };
         Ok(())
     }
 
@@ -405,14 +398,10 @@ impl AeadKey {
         unsafe { self.open(*nonce, aad, *tag, src, &dsts, len, &mut [], one_thread) }
     }
 
-    /// Encrypts `len` bytes of `src` into `dst`; returns the tag, or None when it was written
-    /// to `tag_out` (at least 16 writable bytes; used when AWS-LC runs out of place and
-    /// `tag_out` is apart from `src` and `dst`). Written there by AWS-LC, the tag is not
-    /// stored on our stack and loaded back 16 bytes wide right after AWS-LC's narrower stores
-    /// (a store-forwarding stall: ~2 % of a backend worker at 64 B) and then copied again.
+    /// Encrypts `len` bytes of `src` into `dst`; returns the tag.
     ///
     /// # Safety
-    /// As [`run`](Self::run); `tag_out` writable; `one_thread` as for [`place`](Self::place).
+    /// As [`run`](Self::run); `one_thread` as for [`place`](Self::place).
     #[allow(clippy::too_many_arguments)]
     unsafe fn seal(
         &self,
@@ -422,43 +411,25 @@ impl AeadKey {
         dst: &[Seg<'_>],
         len: usize,
         bounce: &mut [u8],
-        tag_out: Option<Seg<'_>>,
         one_thread: bool,
-    ) -> Result<Option<Tag16>, CryptoError> {
+    ) -> Result<Tag16, CryptoError> {
         let failed = CryptoError::Internal("AEAD seal failed");
         match (self.place(src, dst, len, one_thread), &self.engine) {
             (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
-                // SAFETY: the first 16 bytes of a writable segment of at least 16 (caller).
-                let out = tag_out.map(|t| unsafe { Seg::from_raw(t.ptr(), TAG_LEN) });
-                let out = out.filter(|t| disjoint(t, &src) && disjoint(t, &dst));
+                let mut tag = [0u8; TAG_LEN];
                 // SAFETY: `src` is readable and `dst` writable for `len` bytes, they do not
                 // overlap (`place`), and nothing else references them during this one call.
                 let (s, d) = unsafe { (src.as_slice(), dst.as_mut_slice()) };
-                let mut seal = |t: &mut [u8]| {
-                    k.seal_out_of_place_scatter(
-                        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
-                        aws_lc_rs::aead::Aad::from(aad),
-                        s,
-                        d,
-                        &[],
-                        t,
-                    )
-                    .map_err(|_| failed)
-                };
-                // Two arms, so that the stack tag is not even loaded when AWS-LC wrote the
-                // tag to `out` (a select of both loaded it, and stalled on the same stores).
-                match out {
-                    Some(o) => {
-                        // SAFETY: `out` is writable and apart from `src` and `dst` (above).
-                        seal(unsafe { o.as_mut_slice() })?;
-                        Ok(None)
-                    }
-                    None => {
-                        let mut tag = [0u8; TAG_LEN];
-                        seal(&mut tag)?;
-                        Ok(Some(Tag16(tag)))
-                    }
-                }
+                k.seal_out_of_place_scatter(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::from(aad),
+                    s,
+                    d,
+                    &[],
+                    &mut tag,
+                )
+                .map_err(|_| failed)?;
+                Ok(Tag16(tag))
             }
             (
                 Place::Gather {
@@ -471,7 +442,7 @@ impl AeadKey {
                 // SAFETY: the pieces are readable and `dst` writable for `len` bytes (their
                 // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only.
                 let tag = unsafe { stream.seal(&nonce, aad, src, dst.ptr()) }.ok_or(failed)?;
-                Ok(Some(Tag16(tag)))
+                Ok(Tag16(tag))
             }
             (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: `dst` is writable and nothing else references it during the call
@@ -481,7 +452,7 @@ impl AeadKey {
                     sg::copy(src, dst, 0, len);
                     d.as_mut_slice()
                 };
-                self.engine.seal_in_place(nonce, aad, buf).map(Some).ok_or(failed)
+                self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)
             }
             (Place::Bounce, _) => {
                 let b = bounce
@@ -492,7 +463,7 @@ impl AeadKey {
                 let tag = self.engine.seal_in_place(nonce, aad, b).ok_or(failed)?;
                 // SAFETY: writable `dst`, disjoint from our scratch.
                 unsafe { sg::scatter(dst, 0, b) };
-                Ok(Some(tag))
+                Ok(tag)
             }
         }
     }
