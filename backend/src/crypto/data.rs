@@ -620,7 +620,9 @@ fn read_iv(c: &ChainBufs, off: usize, len: usize, want: usize) -> Result<IvWords
                 let p = f.ptr().add(off);
                 [
                     u64::from_le(std::ptr::read_unaligned(p.cast::<u64>())),
-                    u64::from(u32::from_le(std::ptr::read_unaligned(p.add(8).cast::<u32>()))),
+                    u64::from(u32::from_le(std::ptr::read_unaligned(
+                        p.add(8).cast::<u32>(),
+                    ))),
                 ]
             }
         }
