@@ -292,6 +292,9 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     /// Starts loading the first buffer (up to two cache lines: a request header) of the
     /// `k`-th pending chain after the last one taken, through its indirect table if it has one
     /// (which [`prefetch_tables`](Self::prefetch_tables) should have loaded). Only a hint.
+    /// Always inlined: out of line (when the parse around its call site grew) it cost a call
+    /// and a reload of the ring's indices per chain.
+    #[inline(always)]
     pub(crate) fn prefetch_first_buffer(&self, k: u16) {
         if k >= self.avail_idx.wrapping_sub(self.next_avail) {
             return;
