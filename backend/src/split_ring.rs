@@ -468,14 +468,7 @@ pub(crate) fn prefetch_span(p: *const u8, len: usize, write: bool) {
 /// region.
 fn prefetch_lines<G: GuestMemoryBackend>(mem: &FastMem<'_, G>, addr: u64, len: u64) {
     if let Some(p) = mem.host(addr, len) {
-        let mut off = 0;
-        while off < len {
-            // `off < len` and the `len` bytes at `p` are inside one region.
-            prefetch(p.wrapping_add(off as usize));
-            off += 64;
-        }
-        // The last byte's line, when `addr` is not line-aligned.
-        prefetch(p.wrapping_add(len as usize - 1));
+        prefetch_span(p, len as usize, false);
     }
 }
 
