@@ -147,6 +147,8 @@ struct Proc {
     restarts: u64,
     /// Held while a policy change is forwarded and recorded; a restart waits for it.
     policy: Arc<Mutex<()>>,
+    /// Why its first process could not be started (a `PUT` waiting for it reports it).
+    spawn_failed: Option<String>,
 }
 
 #[derive(Default)]
@@ -160,6 +162,12 @@ struct Inner {
 pub struct Supervisor {
     cfg: SupervisorConfig,
     inner: Mutex<Inner>,
+    /// The thread that made the supervisor and runs [`Supervisor::run`]: every process is
+    /// started there, as `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+    /// ends and API requests run on short-lived threads. A `PUT` leaves its vNF to it.
+    home: std::thread::ThreadId,
+    /// Wakes [`Supervisor::run`] to start a vNF a `PUT` created.
+    wake: EventFd,
 }
 
 /// A vNF process's private files.
@@ -280,6 +288,9 @@ impl Supervisor {
         Ok(Self {
             cfg,
             inner: Mutex::new(Inner::default()),
+            home: std::thread::current().id(),
+            wake: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                .map_err(IsolatedError::Spawn)?,
         })
     }
 
@@ -383,10 +394,17 @@ impl Supervisor {
                 restart_at: None,
                 restarts: 0,
                 policy: Arc::new(Mutex::new(())),
+                spawn_failed: None,
             };
-            let c = self.spawn(name, &p, false).map_err(IsolatedError::Spawn)?;
-            info!("vNF {name}: process {} started", c.id());
-            p.child = Some(c);
+            if std::thread::current().id() == self.home {
+                let c = self.spawn(name, &p, false).map_err(IsolatedError::Spawn)?;
+                info!("vNF {name}: process {} started", c.id());
+                p.child = Some(c);
+            } else {
+                // Started by the home thread (see `home`).
+                p.restart_at = Some(Instant::now());
+                let _ = self.wake.write(1);
+            }
             if self.cfg.private.is_none() {
                 p.state = State::Running;
             }
@@ -433,16 +451,20 @@ impl Supervisor {
                 let ended = p
                     .child
                     .as_mut()
-                    .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
-                if ended || t.elapsed() > START_TIMEOUT {
+                    .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+                let why = if let Some(e) = &p.spawn_failed {
+                    Some(format!("starting its process: {e}"))
+                } else if t.elapsed() > START_TIMEOUT {
+                    Some(format!(
+                        "its process did not serve it within {} s",
+                        START_TIMEOUT.as_secs()
+                    ))
+                } else {
+                    None
+                };
+                if ended || why.is_some() {
                     let p = inner.vnfs.remove(name).expect("just found");
                     drop(inner);
-                    let why = (!ended).then(|| {
-                        format!(
-                            "its process did not serve it within {} s",
-                            START_TIMEOUT.as_secs()
-                        )
-                    });
                     return Err(failed(p, why));
                 }
                 (files(dir, p.id).api, p.child.as_ref().map(Child::id))
@@ -503,6 +525,17 @@ impl Supervisor {
                 continue;
             };
             if p.state == State::Starting {
+                // A `PUT`'s vNF: its first process (the `PUT` watches it).
+                if p.child.is_none() && p.spawn_failed.is_none() && p.restart_at.is_some() {
+                    p.restart_at = None;
+                    match self.spawn(&name, p, false) {
+                        Ok(c) => {
+                            info!("vNF {name}: process {} started", c.id());
+                            p.child = Some(c);
+                        }
+                        Err(e) => p.spawn_failed = Some(e.to_string()),
+                    }
+                }
                 continue;
             }
             if let Some(c) = p.child.as_mut() {
@@ -567,8 +600,12 @@ impl Supervisor {
     pub fn run(&self, shutdown: &EventFd) {
         loop {
             self.tick();
-            if wait_readable(shutdown, 100) {
-                return;
+            match wait_readable([shutdown, &self.wake], 100) {
+                [true, _] => return,
+                [false, true] => {
+                    let _ = self.wake.read();
+                }
+                _ => {}
             }
         }
     }
@@ -576,7 +613,7 @@ impl Supervisor {
     /// Stops every process and removes the private directory.
     pub fn stop_all(&self) {
         let all = std::mem::take(&mut self.lock().vnfs);
-        info!("stopping {} vNF process(es)", all.len());
+        info!("stopping {} vNF port process(es)", all.len());
         let mut children: Vec<Child> = all.into_values().filter_map(|p| p.child).collect();
         for c in &children {
             // SAFETY: signalling children we started and have not reaped.
@@ -804,15 +841,19 @@ impl Supervisor {
     }
 }
 
-fn wait_readable(fd: &EventFd, ms: i32) -> bool {
+/// Which of `fds` are readable after waiting at most `ms` for one.
+fn wait_readable(fds: [&EventFd; 2], ms: i32) -> [bool; 2] {
     use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
+    let mut p = fds.map(|fd| libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: one live pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    });
+    // SAFETY: two live pollfds, the count passed.
+    if unsafe { libc::poll(p.as_mut_ptr(), 2, ms) } <= 0 {
+        return [false; 2];
+    }
+    p.map(|p| p.revents & libc::POLLIN != 0)
 }
 
 /// The routes of a `--isolate` daemon: the same resources, bodies and errors as the
@@ -889,6 +930,7 @@ mod tests {
             restart_at: None,
             restarts: 0,
             policy: Arc::default(),
+            spawn_failed: None,
         }
     }
 
