@@ -134,8 +134,20 @@ fn isolated_vnfs_are_managed_policed_and_measured_through_the_api() {
     }
     let api = tmp("api.sock");
     let private = PathBuf::from(format!("{}.d", api.display()));
-    // No vNF on the command line: the API creates them all.
-    let mut d = Daemon::start(&["net", "--isolate", "--max-flows", "64"], &api);
+    // One vNF on the command line (its process is serving it once the API answers), the
+    // others created through the API.
+    let delta = tmp("delta.sock");
+    let mut d = Daemon::start(
+        &[
+            "net",
+            "--isolate",
+            "--max-flows",
+            "64",
+            "--port",
+            &format!("name=delta,socket={}", delta.display()),
+        ],
+        &api,
+    );
     let mode = |p: &PathBuf| {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
             & 0o777
@@ -146,6 +158,11 @@ fn isolated_vnfs_are_managed_policed_and_measured_through_the_api() {
         0o700,
         "the processes' sockets are root's only"
     );
+    let list = d.json("GET", "/vnfs", None, 200);
+    assert_eq!(list[0]["name"], "delta", "{list}");
+    assert_eq!(list[0]["max_flows"], 64);
+    d.json("DELETE", "/vnfs/delta", None, 204);
+    assert!(!delta.exists(), "its process removed its socket");
     assert_eq!(d.json("GET", "/vnfs", None, 200), serde_json::json!([]));
 
     let mut a = create(&d, "alpha");

@@ -9,7 +9,7 @@ use cli::{Cli, CliError, Command};
 use dpacc_backend::api::isolated::{IsolatedError, Supervisor, SupervisorConfig};
 use dpacc_backend::api::json::PolicyJson;
 use dpacc_backend::api::routes::status_of;
-use dpacc_backend::api::vnfs::{RegistryError, VnfRegistry};
+use dpacc_backend::api::vnfs::{live_socket, RegistryError, VnfRegistry};
 use dpacc_backend::api::{ApiError, ApiServer, Target};
 use dpacc_backend::crypto::CryptoServeError;
 use dpacc_backend::net::NetServeError;
@@ -165,6 +165,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
             a.to_vnfs()?; // the same checks as before: no socket or TAP used twice
             let args: Vec<_> = std::env::args_os().skip(1).collect();
             let api_path = a.api_socket.as_deref().map(absolute);
+            // Before the private directory next to it is replaced: a live API socket is
+            // another daemon's, and so is that directory.
+            if let Some(p) = api_path.as_deref().filter(|p| live_socket(p)) {
+                return Err(ApiError::Live(p.to_path_buf()).into());
+            }
             let sup = Arc::new(Supervisor::new(SupervisorConfig {
                 exe: std::env::current_exe().map_err(MainError::Exe)?,
                 base_args: supervise::base_args(&args),
@@ -174,10 +179,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 private: api_path.as_deref().map(supervise::private_dir),
                 reserved: api_path.iter().cloned().collect(),
             })?);
-            let api = match &api_path {
-                Some(p) => Some(ApiServer::start(p, Target::Isolated(sup.clone()))?),
-                None => None,
-            };
+            // The command line's vNFs first: once the API answers, they are served.
             for (name, v) in vnfs {
                 let uplinks = v
                     .uplinks
@@ -188,11 +190,20 @@ fn run(cli: Cli) -> Result<(), MainError> {
                     })
                     .collect();
                 if let Err(e) = sup.create_parsed(&name, &absolute(&v.socket), uplinks, None) {
-                    drop(api);
                     sup.stop_all();
                     return Err(MainError::Isolated(name, e));
                 }
             }
+            let api = match &api_path {
+                Some(p) => match ApiServer::start(p, Target::Isolated(sup.clone())) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        sup.stop_all();
+                        return Err(e.into());
+                    }
+                },
+                None => None,
+            };
             notify_ready();
             sup.run(&shutdown);
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -307,11 +307,17 @@ impl Supervisor {
             self.cfg.private.as_deref(),
             with_policy,
         ));
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's; the child
-        // then stops with its supervisor even if the supervisor is killed outright.
+        // SAFETY: getpid cannot fail.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: prctl and getppid are async-signal-safe and touch nothing of the parent's;
+        // the child then stops with its supervisor even if the supervisor is killed outright
+        // (and does not start if it already was, between the fork and the prctl).
         unsafe {
-            c.pre_exec(|| {
+            c.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the supervisor is gone"));
+                }
                 Ok(())
             })
         };
@@ -684,7 +690,10 @@ impl Supervisor {
     /// Every vNF, by name.
     pub fn list(&self) -> Vec<VnfInfo> {
         let names: Vec<String> = self.lock().vnfs.keys().cloned().collect();
-        names.iter().filter_map(|n| self.info(n).ok()).collect()
+        peek_all(&names, |n| self.info(n).ok())
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Forwards a request for vNF `name` to its process.
@@ -784,18 +793,16 @@ impl Supervisor {
                 })
                 .collect()
         };
-        let mut parts = Vec::new();
-        let mut served = Vec::new();
-        for r in &rows {
-            let text = r.api.as_ref().and_then(|api| {
+        let texts = peek_all(&rows, |r| {
+            r.api.as_ref().and_then(|api| {
                 client::request(api, "GET", "/metrics", b"", PEEK_TIMEOUT)
                     .ok()
                     .filter(|x| x.status == 200)
                     .and_then(|x| String::from_utf8(x.body).ok())
-            });
-            served.push(text.is_some());
-            parts.extend(text);
-        }
+            })
+        });
+        let served: Vec<bool> = texts.iter().map(Option::is_some).collect();
+        let parts: Vec<String> = texts.into_iter().flatten().collect();
         let mut reg = Registry::default();
         type L = Vec<(&'static str, String)>;
         let count = Family::<L, Gauge>::default();
@@ -839,6 +846,42 @@ impl Supervisor {
         all.extend(parts.iter().map(String::as_str));
         super::merge::merge(&all)
     }
+}
+
+/// Most vNF processes asked at once by a listing or a scrape.
+const PEEKS_AT_ONCE: usize = 8;
+
+/// `f` of every item, [`PEEKS_AT_ONCE`] at a time on threads of their own, in order: a
+/// listing or a scrape waits for the slowest process of each group (at most its timeout),
+/// not for the sum of all of them.
+fn peek_all<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for group in items.chunks(PEEKS_AT_ONCE) {
+        std::thread::scope(|s| {
+            let f = &f;
+            let handles: Vec<_> = group
+                .iter()
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name("api-peek".into())
+                        .spawn_scoped(s, move || f(i))
+                        .map_err(|_| i)
+                })
+                .collect();
+            for h in handles {
+                match h {
+                    // A panic is a bug: the request's catch_unwind answers 500.
+                    Ok(h) => match h.join() {
+                        Ok(v) => out.push(v),
+                        Err(p) => std::panic::resume_unwind(p),
+                    },
+                    // No thread to spare: ask it from here.
+                    Err(i) => out.push(f(i)),
+                }
+            }
+        });
+    }
+    out
 }
 
 /// Which of `fds` are readable after waiting at most `ms` for one.

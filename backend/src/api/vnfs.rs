@@ -214,7 +214,7 @@ pub(crate) fn valid_name(n: &str) -> bool {
 }
 
 /// Whether something listens on the unix socket at `p` (a stale socket file does not).
-pub(crate) fn live_socket(p: &Path) -> bool {
+pub fn live_socket(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
         && std::os::unix::net::UnixStream::connect(p).is_ok()
 }
