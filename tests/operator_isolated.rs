@@ -52,7 +52,7 @@ struct Vnf {
 
 /// Connects to vNF `name`'s sockets (its process serves them) and installs its flow.
 fn connect(name: &str) -> Vnf {
-    let port = VirtioNetPort::connect(&tmp(&format!("{name}.sock")), NetOptions::default())
+    let port = VirtioNetPort::connect(tmp(&format!("{name}.sock")), NetOptions::default())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let mac = port.mac();
     let mut ft = FlowTable::new(port, mac);
@@ -64,7 +64,7 @@ fn connect(name: &str) -> Vnf {
     ft.add_flow(flow(1, m, vec![Action::Output(PortId(2))]))
         .unwrap();
     let up = |k: u8| {
-        VirtioNetPort::connect(&tmp(&format!("{name}-u{k}.sock")), NetOptions::default()).unwrap()
+        VirtioNetPort::connect(tmp(&format!("{name}-u{k}.sock")), NetOptions::default()).unwrap()
     };
     Vnf {
         _ft: ft,
@@ -427,6 +427,23 @@ fn isolated_vnfs_are_managed_policed_and_measured_through_the_api() {
         .map(|v| v["name"].clone())
         .collect();
     assert_eq!(names, ["alpha", "beta"], "no failed creation stays listed");
+
+    // A second daemon on the same API socket is refused before it touches the first one's
+    // private directory.
+    let out = std::process::Command::new(common::api::backend_bin())
+        .args(["net", "--isolate", "--api-socket"])
+        .arg(&api)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a live socket is there"), "{err}");
+    assert_eq!(mode(&private), 0o700);
+    assert_eq!(
+        d.json("GET", "/vnfs/alpha/policy", None, 200)["ingress"]["rules"],
+        serde_json::json!([]),
+        "alpha's process still answers through its private socket"
+    );
 
     // DELETE stops alpha's process for good; beta goes on.
     d.json("DELETE", "/vnfs/alpha", None, 204);
