@@ -394,9 +394,27 @@ mod tests {
             net(&["--socket", "/run/v.sock"]).named_vnfs().unwrap()[0].0,
             "v"
         );
-        // With an API socket the daemon may start with no vNF.
+        // With an API socket the daemon may start with no vNF, isolated or not.
         let n = net(&["--api-socket", "/run/api.sock"]);
         assert!(n.named_vnfs().unwrap().is_empty());
+        let n = net(&["--isolate", "--api-socket", "/run/api.sock"]);
+        assert!(n.isolate && n.named_vnfs().unwrap().is_empty());
+        // What --isolate gives its vNF processes.
+        let n = net(&[
+            "--port",
+            "name=a,socket=/a.sock",
+            "--api-socket",
+            "/run/api.sock.d/0.sock",
+            "--start-policy",
+            "/run/api.sock.d/0.policy.json",
+            "--error-file",
+            "/run/api.sock.d/0.error",
+        ]);
+        assert_eq!(
+            n.start_policy.as_deref(),
+            Some(std::path::Path::new("/run/api.sock.d/0.policy.json"))
+        );
+        assert!(n.error_file.is_some());
         assert!(
             Cli::try_parse_from(["dpacc-backend", "net", "--port", "name=,socket=/a"]).is_err()
         );

@@ -452,7 +452,11 @@ impl Supervisor {
             let (api, pid) = {
                 let mut inner = self.lock();
                 let Some(p) = inner.vnfs.get_mut(name) else {
-                    return Err(IsolatedError::Busy(name.to_string()));
+                    // Taken by `stop_all`.
+                    return Err(IsolatedError::Unavailable(
+                        name.to_string(),
+                        "the daemon is stopping".into(),
+                    ));
                 };
                 let ended = p
                     .child
@@ -468,12 +472,14 @@ impl Supervisor {
                 } else {
                     None
                 };
+                let here = (files(dir, p.id).api, p.child.as_ref().map(Child::id));
                 if ended || why.is_some() {
-                    let p = inner.vnfs.remove(name).expect("just found");
-                    drop(inner);
-                    return Err(failed(p, why));
+                    if let Some(p) = inner.vnfs.remove(name) {
+                        drop(inner);
+                        return Err(failed(p, why));
+                    }
                 }
-                (files(dir, p.id).api, p.child.as_ref().map(Child::id))
+                here
             };
             if let Ok(r) = client::request(&api, "GET", &format!("/vnfs/{name}"), b"", PEEK_TIMEOUT)
             {
@@ -496,14 +502,17 @@ impl Supervisor {
     pub fn delete(&self, name: &str) -> Result<(), IsolatedError> {
         let mut p = {
             let mut inner = self.lock();
-            match inner.vnfs.get(name) {
-                None => return Err(RegistryError::NotFound(name.to_string()).into()),
-                Some(p) if p.state == State::Starting => {
-                    return Err(IsolatedError::Busy(name.to_string()))
-                }
-                Some(_) => {}
+            if inner
+                .vnfs
+                .get(name)
+                .is_some_and(|p| p.state == State::Starting)
+            {
+                return Err(IsolatedError::Busy(name.to_string()));
             }
-            inner.vnfs.remove(name).expect("just found")
+            inner
+                .vnfs
+                .remove(name)
+                .ok_or_else(|| RegistryError::NotFound(name.to_string()))?
         };
         if let Some(c) = p.child.as_mut() {
             stop_child(c);
@@ -575,7 +584,6 @@ impl Supervisor {
                 .private
                 .as_deref()
                 .is_some_and(|d| files(d, p.id).policy.exists());
-            let p = inner.vnfs.get_mut(&name).expect("still there");
             match self.spawn(&name, p, with_policy) {
                 Ok(c) => {
                     info!(
