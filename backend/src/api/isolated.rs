@@ -490,7 +490,10 @@ impl Supervisor {
                         p.started = Instant::now();
                     }
                     drop(inner);
-                    info!("vNF {name} created on its own process {pid:?}");
+                    info!(
+                        "vNF {name} created, served by process {}",
+                        pid.map_or_else(|| "?".into(), |p| p.to_string())
+                    );
                     return self.info(name);
                 }
             }

@@ -433,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn a_start_up_policy_is_in_force_when_the_vnf_is_created() {
+        let reg = registry();
+        let sock =
+            std::env::temp_dir().join(format!("dpacc-routes-sp-{}.sock", std::process::id()));
+        let j: PolicyJson = serde_json::from_str(
+            r#"{"ingress": {"rules": [{"match": {"proto": "udp"}, "action": "deny"}]}}"#,
+        )
+        .unwrap();
+        let pol = j.to_policy().unwrap();
+        reg.create_parsed("sp", &sock, Vec::new(), None, Some(pol.clone()))
+            .unwrap();
+        let (set, counters) = reg.get("sp").unwrap().view.processor().policy().unwrap();
+        assert_eq!(set, pol);
+        assert_eq!(counters.ingress.rules[0].packets, 0);
+        let t = Target::Net(reg);
+        let r = handle(&t, "GET", "/vnfs/sp/policy", b"");
+        assert!(r.body.contains("\"deny\""), "{}", r.body);
+        assert_eq!(handle(&t, "DELETE", "/vnfs/sp", b"").status, 204);
+    }
+
+    #[test]
     fn garbage_never_panics() {
         let t = Target::Net(registry());
         let mut x = 0x2545_f491_4f6c_dd1du64;
