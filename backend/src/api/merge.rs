@@ -127,6 +127,24 @@ mod tests {
     }
 
     #[test]
+    fn random_text_never_panics_and_merges_idempotently() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let alphabet: &[u8] = b"# HELPTYPEUNITEOF{}=\"\n _total0123abc";
+        for _ in 0..2000 {
+            let text: String = (0..(x % 200))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize] as char
+                })
+                .collect();
+            let once = merge(&[&text]);
+            assert_eq!(merge(&[&once, &text]), once, "{text:?}");
+        }
+    }
+
+    #[test]
     fn garbage_and_label_values_with_braces_do_not_confuse_it() {
         let a = "# TYPE x gauge\nx{v=\"}{ \"} 1\n# a comment\nlonely 3\n\n";
         let m = merge(&[a, a, "#\n# HELP\n# TYPE  \n"]);
