@@ -93,9 +93,18 @@ pub struct NetArgs {
     /// created with mode 0600 and removed on exit (a stale socket file is replaced; a live
     /// one makes the daemon refuse to start): list, create and delete vNFs at run time, set
     /// each vNF's operator policy, read statistics and Prometheus metrics (GET /metrics).
-    /// With it, the daemon may start with no vNF at all. Not with --isolate (yet).
-    #[arg(long, value_name = "PATH", conflicts_with = "isolate")]
+    /// With it, the daemon may start with no vNF at all. With --isolate the same API
+    /// creates and deletes vNF processes and reaches each vNF in its process (spec/api.md).
+    #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// (Used by --isolate for its vNF processes.) An operator policy (the JSON of PUT
+    /// /vnfs/{name}/policy) in force on every vNF of the command line from its first frame.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub start_policy: Option<PathBuf>,
+    /// (Used by --isolate for its vNF processes.) Where to write why the daemon failed:
+    /// an HTTP status line, then the message.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub error_file: Option<PathBuf>,
     /// Most flows each vNF may install (all tables).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=(1 << 24)))]
     pub max_flows: u64,
@@ -125,7 +134,9 @@ pub struct NetArgs {
     pub busy_poll_us: u64,
     /// Serve each vNF port from a process of its own (this binary, one `--port` each),
     /// restarted if it dies; this process only supervises them. Costs about 0.4 MiB of
-    /// proportional memory per port (see docs/decisions/0011-blast-radius.md).
+    /// proportional memory per port (see docs/decisions/0011-blast-radius.md). With
+    /// --api-socket, the API's vNFs get a process each too, and a restarted process has its
+    /// vNF's operator policy in force before any frame (docs/decisions/0018-isolated-api.md).
     #[arg(long)]
     pub isolate: bool,
     /// Queue pairs of every virtio-net device of a vNF port (its own and its vhost-user
@@ -383,9 +394,27 @@ mod tests {
             net(&["--socket", "/run/v.sock"]).named_vnfs().unwrap()[0].0,
             "v"
         );
-        // With an API socket the daemon may start with no vNF.
+        // With an API socket the daemon may start with no vNF, isolated or not.
         let n = net(&["--api-socket", "/run/api.sock"]);
         assert!(n.named_vnfs().unwrap().is_empty());
+        let n = net(&["--isolate", "--api-socket", "/run/api.sock"]);
+        assert!(n.isolate && n.named_vnfs().unwrap().is_empty());
+        // What --isolate gives its vNF processes.
+        let n = net(&[
+            "--port",
+            "name=a,socket=/a.sock",
+            "--api-socket",
+            "/run/api.sock.d/0.sock",
+            "--start-policy",
+            "/run/api.sock.d/0.policy.json",
+            "--error-file",
+            "/run/api.sock.d/0.error",
+        ]);
+        assert_eq!(
+            n.start_policy.as_deref(),
+            Some(std::path::Path::new("/run/api.sock.d/0.policy.json"))
+        );
+        assert!(n.error_file.is_some());
         assert!(
             Cli::try_parse_from(["dpacc-backend", "net", "--port", "name=,socket=/a"]).is_err()
         );

@@ -6,12 +6,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, CliError, Command};
-use dpacc_backend::api::vnfs::{RegistryError, VnfRegistry};
+use dpacc_backend::api::isolated::{IsolatedError, Supervisor, SupervisorConfig};
+use dpacc_backend::api::json::PolicyJson;
+use dpacc_backend::api::routes::status_of;
+use dpacc_backend::api::vnfs::{live_socket, RegistryError, VnfRegistry};
 use dpacc_backend::api::{ApiError, ApiServer, Target};
 use dpacc_backend::crypto::CryptoServeError;
 use dpacc_backend::net::NetServeError;
 use dpacc_backend::net::UplinkSpec;
 use dpacc_backend::vhost_user::{bind, BindError};
+use dpacc_spec::fastpath::policy::Policy;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, OnceLock};
 use tracing::{error, info};
@@ -43,7 +47,44 @@ enum MainError {
     #[error("vNF {0}: {1}")]
     Vnf(String, RegistryError),
     #[error(transparent)]
-    Supervise(#[from] supervise::SuperviseError),
+    Supervise(#[from] IsolatedError),
+    #[error("vNF {0}: {1}")]
+    Isolated(String, IsolatedError),
+    #[error("locating this binary: {0}")]
+    Exe(io::Error),
+    #[error("--start-policy {0}: {1}")]
+    StartPolicy(String, String),
+}
+
+impl MainError {
+    /// The HTTP status the API would give this failure (`--error-file`).
+    fn status(&self) -> u16 {
+        match self {
+            Self::Vnf(_, e) => status_of(e),
+            Self::Isolated(_, e) => e.status(),
+            _ => 500,
+        }
+    }
+
+    /// The message the API would give (without the vNF's name, as the API's errors).
+    fn api_message(&self) -> String {
+        match self {
+            Self::Vnf(_, e) => e.to_string(),
+            Self::Isolated(_, e) => e.to_string(),
+            e => e.to_string(),
+        }
+    }
+}
+
+/// Reads an operator policy (the JSON of `PUT /vnfs/{name}/policy`), checked as the API
+/// checks it.
+fn read_policy(p: &std::path::Path) -> Result<Policy, MainError> {
+    let bad = |e: String| MainError::StartPolicy(p.display().to_string(), e);
+    let data = std::fs::read(p).map_err(|e| bad(e.to_string()))?;
+    let j: PolicyJson = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+    let pol = j.to_policy().map_err(|e| bad(e.to_string()))?;
+    pol.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(pol)
 }
 
 fn main() -> ExitCode {
@@ -53,10 +94,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let error_file = match &cli.command {
+        Command::Net(a) => a.error_file.clone(),
+        Command::Crypto(_) => None,
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
+            if let Some(f) = error_file {
+                let _ = std::fs::write(f, format!("{}\n{}\n", e.status(), e.api_message()));
+            }
             ExitCode::FAILURE
         }
     }
@@ -113,18 +161,65 @@ fn run(cli: Cli) -> Result<(), MainError> {
             Ok(r?)
         }
         Command::Net(a) if a.isolate => {
+            let vnfs = a.named_vnfs()?;
+            a.to_vnfs()?; // the same checks as before: no socket or TAP used twice
             let args: Vec<_> = std::env::args_os().skip(1).collect();
-            let children = a
-                .to_vnfs()?
-                .iter()
-                .enumerate()
-                .map(|(i, (_, cfg))| supervise::child_args(&args, i, cfg.mac))
-                .collect();
-            Ok(supervise::supervise(children, &shutdown)?)
+            let api_path = a.api_socket.as_deref().map(absolute);
+            // Before the private directory next to it is replaced: a live API socket is
+            // another daemon's, and so is that directory.
+            if let Some(p) = api_path.as_deref().filter(|p| live_socket(p)) {
+                return Err(ApiError::Live(p.to_path_buf()).into());
+            }
+            let sup = Arc::new(Supervisor::new(SupervisorConfig {
+                exe: std::env::current_exe().map_err(MainError::Exe)?,
+                base_args: supervise::base_args(&args),
+                default_max_flows: a.max_flows,
+                mac: a.mac,
+                queue_pairs: a.queue_pairs,
+                private: api_path.as_deref().map(supervise::private_dir),
+                reserved: api_path.iter().cloned().collect(),
+            })?);
+            // The command line's vNFs first: once the API answers, they are served.
+            for (name, v) in vnfs {
+                let uplinks = v
+                    .uplinks
+                    .into_iter()
+                    .map(|u| match u {
+                        UplinkSpec::Vhost(p) => UplinkSpec::Vhost(absolute(&p)),
+                        tap => tap,
+                    })
+                    .collect();
+                if let Err(e) = sup.create_parsed(&name, &absolute(&v.socket), uplinks, None) {
+                    sup.stop_all();
+                    return Err(MainError::Isolated(name, e));
+                }
+            }
+            let api = match &api_path {
+                Some(p) => match ApiServer::start(p, Target::Isolated(sup.clone())) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        sup.stop_all();
+                        return Err(e.into());
+                    }
+                },
+                None => None,
+            };
+            notify_ready();
+            sup.run(&shutdown);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            drop(api);
+            sup.stop_all();
+            Ok(())
         }
         Command::Net(a) => {
             let vnfs = a.named_vnfs()?;
             a.to_vnfs()?; // the same checks as before: no socket or TAP used twice
+                          // Read before the API answers (ADR 0018: a supervisor that gets an answer knows
+                          // this process has read the policy it was started with).
+            let policy = match &a.start_policy {
+                Some(p) => Some(read_policy(p)?),
+                None => None,
+            };
             let registry = Arc::new(VnfRegistry::new(a.template()));
             let api = match &a.api_socket {
                 Some(p) => {
@@ -143,7 +238,13 @@ fn run(cli: Cli) -> Result<(), MainError> {
                         tap => tap,
                     })
                     .collect();
-                if let Err(e) = registry.create_parsed(&name, &absolute(&v.socket), uplinks, None) {
+                if let Err(e) = registry.create_parsed(
+                    &name,
+                    &absolute(&v.socket),
+                    uplinks,
+                    None,
+                    policy.clone(),
+                ) {
                     // One vNF failing to start (e.g. a TAP it cannot open) stops them all.
                     registry.stop_all();
                     return Err(MainError::Vnf(name, e));

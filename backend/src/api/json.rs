@@ -56,11 +56,18 @@ pub struct VnfInfo {
     pub queue_pairs: u16,
     /// Flows installed now.
     pub flows: u64,
-    /// `running`, or `failed` (then `error` says why).
+    /// `running`, or `failed` (then `error` says why); with `--isolate` also `starting`
+    /// (its process is up, its vNF not yet) and `restarting` (its process is down).
     pub state: String,
     /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `--isolate`: the process serving it (absent while it is down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// With `--isolate`: how many times its process was restarted after it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
 }
 
 /// An IP protocol: a number or a name.

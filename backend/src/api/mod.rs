@@ -4,7 +4,10 @@
 //! no data-path worker ever waits for them). Resources and errors: spec/api.md and
 //! spec/openapi.yaml; routing in [`routes`], bodies in [`json`], the vNFs in [`vnfs`].
 
+pub mod client;
+pub mod isolated;
 pub mod json;
+pub mod merge;
 pub mod routes;
 pub mod vnfs;
 

@@ -20,6 +20,8 @@ pub enum Target {
     Net(Arc<VnfRegistry>),
     /// A `dpacc-backend crypto` daemon's device (set once it is up).
     Crypto(Arc<OnceLock<CryptoView>>),
+    /// A `dpacc-backend net --isolate` daemon's vNF processes.
+    Isolated(Arc<super::isolated::Supervisor>),
 }
 
 /// A response.
@@ -35,10 +37,10 @@ pub struct Reply {
     pub allow: Option<&'static str>,
 }
 
-const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 impl Reply {
-    fn json(status: u16, v: &impl Serialize) -> Self {
+    pub(crate) fn json(status: u16, v: &impl Serialize) -> Self {
         Self {
             status,
             content_type: JSON,
@@ -53,7 +55,17 @@ impl Reply {
         Self::json(status, &json!({ "error": msg.to_string() }))
     }
 
-    fn empty(status: u16) -> Self {
+    /// A JSON body as another process gave it (`--isolate`'s forwarding).
+    pub(crate) fn forwarded(status: u16, body: String) -> Self {
+        Self {
+            status,
+            content_type: JSON,
+            body,
+            allow: None,
+        }
+    }
+
+    pub(crate) fn empty(status: u16) -> Self {
         Self {
             status,
             content_type: JSON,
@@ -62,7 +74,7 @@ impl Reply {
         }
     }
 
-    fn method_not_allowed(method: &str, allow: &'static str) -> Self {
+    pub(crate) fn method_not_allowed(method: &str, allow: &'static str) -> Self {
         Self {
             allow: Some(allow),
             ..Self::error(
@@ -73,7 +85,8 @@ impl Reply {
     }
 }
 
-fn status_of(e: &RegistryError) -> u16 {
+/// The HTTP status of a registry error.
+pub fn status_of(e: &RegistryError) -> u16 {
     match e {
         RegistryError::NotFound(_) => 404,
         RegistryError::Exists(_) | RegistryError::InUse(_) => 409,
@@ -86,11 +99,11 @@ fn status_of(e: &RegistryError) -> u16 {
     }
 }
 
-fn registry_error(e: RegistryError) -> Reply {
+pub(crate) fn registry_error(e: RegistryError) -> Reply {
     Reply::error(status_of(&e), e)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| Reply::error(400, format!("bad JSON body: {e}")))
 }
 
@@ -335,6 +348,7 @@ pub fn handle(target: &Target, method: &str, url: &str, body: &[u8]) -> Reply {
     match target {
         Target::Net(reg) => vnf_routes(reg, method, &segs, body),
         Target::Crypto(v) => crypto_routes(v.get(), method, &segs),
+        Target::Isolated(s) => super::isolated::routes(s, method, &segs, body),
     }
 }
 
@@ -416,6 +430,27 @@ mod tests {
         assert_eq!(handle(&c, "GET", "/stats", b"").status, 503);
         assert_eq!(handle(&c, "GET", "/metrics", b"").status, 200);
         assert_eq!(handle(&c, "PUT", "/vnfs/x", b"{}").status, 404);
+    }
+
+    #[test]
+    fn a_start_up_policy_is_in_force_when_the_vnf_is_created() {
+        let reg = registry();
+        let sock =
+            std::env::temp_dir().join(format!("dpacc-routes-sp-{}.sock", std::process::id()));
+        let j: PolicyJson = serde_json::from_str(
+            r#"{"ingress": {"rules": [{"match": {"proto": "udp"}, "action": "deny"}]}}"#,
+        )
+        .unwrap();
+        let pol = j.to_policy().unwrap();
+        reg.create_parsed("sp", &sock, Vec::new(), None, Some(pol.clone()))
+            .unwrap();
+        let (set, counters) = reg.get("sp").unwrap().view.processor().policy().unwrap();
+        assert_eq!(set, pol);
+        assert_eq!(counters.ingress.rules[0].packets, 0);
+        let t = Target::Net(reg);
+        let r = handle(&t, "GET", "/vnfs/sp/policy", b"");
+        assert!(r.body.contains("\"deny\""), "{}", r.body);
+        assert_eq!(handle(&t, "DELETE", "/vnfs/sp", b"").status, 204);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use dpacc_spec::fastpath::policy::Policy;
 use dpacc_spec::fastpath::{FastPathDriver, Quotas};
 use tracing::info;
 
@@ -82,6 +83,105 @@ struct Entry {
     running: RunningVnf,
 }
 
+impl Entry {
+    fn used_sockets(&self) -> impl Iterator<Item = &Path> {
+        used_sockets(&self.socket, &self.uplinks)
+    }
+
+    fn used_taps(&self) -> impl Iterator<Item = &str> {
+        used_taps(&self.uplinks)
+    }
+}
+
+/// The socket paths a vNF binds: its own and its `vhost:` uplinks'.
+pub(crate) fn used_sockets<'a>(
+    socket: &'a Path,
+    uplinks: &'a [UplinkSpec],
+) -> impl Iterator<Item = &'a Path> {
+    std::iter::once(socket).chain(uplinks.iter().filter_map(|u| match u {
+        UplinkSpec::Vhost(p) => Some(p.as_path()),
+        UplinkSpec::Tap(_) => None,
+    }))
+}
+
+/// The TAPs a vNF opens.
+pub(crate) fn used_taps(uplinks: &[UplinkSpec]) -> impl Iterator<Item = &str> {
+    uplinks.iter().filter_map(|u| match u {
+        UplinkSpec::Tap(t) => Some(t.as_str()),
+        UplinkSpec::Vhost(_) => None,
+    })
+}
+
+/// What the vNFs of a daemon already use: a new one must not take any of it.
+pub(crate) struct Taken<'a> {
+    /// Names of the vNFs (being created included).
+    pub names: Vec<&'a str>,
+    /// Socket paths bound (or reserved: the API's own).
+    pub sockets: Vec<&'a Path>,
+    /// TAPs opened.
+    pub taps: Vec<&'a str>,
+    /// A directory no vNF socket may be in (`--isolate`'s private directory).
+    pub reserved_dir: Option<&'a Path>,
+}
+
+/// The uplinks of a request, parsed (at most [`MAX_UPLINKS`]).
+pub(crate) fn parse_uplinks(uplinks: &[String]) -> Result<Vec<UplinkSpec>, RegistryError> {
+    if uplinks.len() > MAX_UPLINKS {
+        return Err(RegistryError::TooManyUplinks(uplinks.len()));
+    }
+    Ok(uplinks
+        .iter()
+        .map(|u| u.parse::<UplinkSpec>())
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Checks a new vNF against the limits and against what the others use: its name, its flow
+/// quota (returned, `default_flows` if not given), the vNF count, its sockets (absolute,
+/// unused, not live) and TAPs (unused).
+pub(crate) fn check_new(
+    name: &str,
+    socket: &Path,
+    uplinks: &[UplinkSpec],
+    max_flows: Option<u64>,
+    default_flows: u64,
+    taken: &Taken<'_>,
+) -> Result<u64, RegistryError> {
+    if !valid_name(name) {
+        return Err(RegistryError::BadName(name.to_string()));
+    }
+    if uplinks.len() > MAX_UPLINKS {
+        return Err(RegistryError::TooManyUplinks(uplinks.len()));
+    }
+    let max_flows = max_flows.unwrap_or(default_flows);
+    if !(1..=MAX_FLOWS).contains(&max_flows) {
+        return Err(RegistryError::MaxFlows(max_flows));
+    }
+    if taken.names.contains(&name) {
+        return Err(RegistryError::Exists(name.to_string()));
+    }
+    if taken.names.len() >= MAX_VNFS {
+        return Err(RegistryError::TooMany);
+    }
+    let socks: Vec<&Path> = used_sockets(socket, uplinks).collect();
+    let taps: Vec<&str> = used_taps(uplinks).collect();
+    for (i, s) in socks.iter().enumerate() {
+        if !s.is_absolute() {
+            return Err(RegistryError::Relative(s.display().to_string()));
+        }
+        let in_reserved_dir = taken.reserved_dir.is_some_and(|d| s.starts_with(d));
+        if taken.sockets.contains(s) || socks[..i].contains(s) || in_reserved_dir || live_socket(s)
+        {
+            return Err(RegistryError::InUse(format!("socket {}", s.display())));
+        }
+    }
+    for (i, t) in taps.iter().enumerate() {
+        if taken.taps.contains(t) || taps[..i].contains(t) {
+            return Err(RegistryError::InUse(format!("TAP {t}")));
+        }
+    }
+    Ok(max_flows)
+}
+
 #[derive(Default)]
 struct Inner {
     vnfs: BTreeMap<String, Entry>,
@@ -106,7 +206,7 @@ pub struct VnfEntry {
     pub view: VnfView,
 }
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && !n.starts_with('.')
         && n.bytes()
@@ -114,7 +214,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 /// Whether something listens on the unix socket at `p` (a stale socket file does not).
-pub(crate) fn live_socket(p: &Path) -> bool {
+pub fn live_socket(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
         && std::os::unix::net::UnixStream::connect(p).is_ok()
 }
@@ -145,72 +245,40 @@ impl VnfRegistry {
         uplinks: &[String],
         max_flows: Option<u64>,
     ) -> Result<(), RegistryError> {
-        if uplinks.len() > MAX_UPLINKS {
-            return Err(RegistryError::TooManyUplinks(uplinks.len()));
-        }
-        let uplinks = uplinks
-            .iter()
-            .map(|u| u.parse::<UplinkSpec>())
-            .collect::<Result<Vec<_>, _>>()?;
-        self.create_parsed(name, Path::new(socket), uplinks, max_flows)
+        let uplinks = parse_uplinks(uplinks)?;
+        self.create_parsed(name, Path::new(socket), uplinks, max_flows, None)
     }
 
-    /// [`create`](Self::create) with parsed uplinks.
+    /// [`create`](Self::create) with parsed uplinks, and an operator `policy` in force from
+    /// its first frame.
     pub fn create_parsed(
         &self,
         name: &str,
         socket: &Path,
         uplinks: Vec<UplinkSpec>,
         max_flows: Option<u64>,
+        policy: Option<Policy>,
     ) -> Result<(), RegistryError> {
-        if !valid_name(name) {
-            return Err(RegistryError::BadName(name.to_string()));
-        }
-        let max_flows = max_flows.unwrap_or(self.template.quotas.flows as u64);
-        if !(1..=MAX_FLOWS).contains(&max_flows) {
-            return Err(RegistryError::MaxFlows(max_flows));
-        }
         let mut inner = self.lock();
-        if inner.vnfs.contains_key(name) {
-            return Err(RegistryError::Exists(name.to_string()));
-        }
-        if inner.vnfs.len() >= MAX_VNFS {
-            return Err(RegistryError::TooMany);
-        }
-        // Every socket and TAP of the new vNF: unused by the others, the API, each other and
-        // (sockets) any other process.
-        let mut socks = vec![socket.to_path_buf()];
-        let mut taps = Vec::new();
-        for u in &uplinks {
-            match u {
-                UplinkSpec::Vhost(p) => socks.push(p.clone()),
-                UplinkSpec::Tap(t) => taps.push(t.clone()),
-            }
-        }
-        let mut used_socks: Vec<&Path> = inner.reserved.iter().map(PathBuf::as_path).collect();
-        let mut used_taps: Vec<&str> = Vec::new();
-        for e in inner.vnfs.values() {
-            used_socks.push(&e.socket);
-            for u in &e.uplinks {
-                match u {
-                    UplinkSpec::Vhost(p) => used_socks.push(p),
-                    UplinkSpec::Tap(t) => used_taps.push(t),
-                }
-            }
-        }
-        for (i, s) in socks.iter().enumerate() {
-            if !s.is_absolute() {
-                return Err(RegistryError::Relative(s.display().to_string()));
-            }
-            if used_socks.contains(&s.as_path()) || socks[..i].contains(s) || live_socket(s) {
-                return Err(RegistryError::InUse(format!("socket {}", s.display())));
-            }
-        }
-        for (i, t) in taps.iter().enumerate() {
-            if used_taps.contains(&t.as_str()) || taps[..i].contains(t) {
-                return Err(RegistryError::InUse(format!("TAP {t}")));
-            }
-        }
+        let taken = Taken {
+            names: inner.vnfs.keys().map(String::as_str).collect(),
+            sockets: inner
+                .reserved
+                .iter()
+                .map(PathBuf::as_path)
+                .chain(inner.vnfs.values().flat_map(|e| e.used_sockets()))
+                .collect(),
+            taps: inner.vnfs.values().flat_map(|e| e.used_taps()).collect(),
+            reserved_dir: None,
+        };
+        let max_flows = check_new(
+            name,
+            socket,
+            &uplinks,
+            max_flows,
+            self.template.quotas.flows as u64,
+            &taken,
+        )?;
         let mut mac = self.template.mac;
         mac[5] = mac[5].wrapping_add(inner.next);
         let cfg = NetBackendConfig {
@@ -226,7 +294,7 @@ impl VnfRegistry {
             busy_poll: self.template.busy_poll,
             queue_pairs: self.template.queue_pairs,
         };
-        let running = RunningVnf::start(name, socket, cfg)?;
+        let running = RunningVnf::start_with_policy(name, socket, cfg, policy)?;
         inner.next = inner.next.wrapping_add(1);
         info!("vNF {name} created on {}", socket.display());
         inner.vnfs.insert(
@@ -278,6 +346,8 @@ impl VnfRegistry {
             }
             .into(),
             error: failure,
+            pid: None,
+            restarts: None,
         }
     }
 

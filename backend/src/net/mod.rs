@@ -118,6 +118,9 @@ pub enum NetServeError {
     /// A vhost-user server thread panicked.
     #[error(transparent)]
     Panicked(#[from] ThreadPanicked),
+    /// The start-up operator policy was refused by the flow processor.
+    #[error("setting the operator policy: {0}")]
+    Policy(dpacc_spec::fastpath::policy::PolicyError),
 }
 
 /// Serves one vNF instance: its virtio-net device on `listener` (and its vhost-user uplinks on
@@ -135,6 +138,19 @@ pub fn serve(
 pub fn serve_observed(
     listener: &UnixListener,
     cfg: NetBackendConfig,
+    shutdown: &EventFd,
+    started: impl FnOnce(VnfView),
+) -> Result<(), NetServeError> {
+    serve_with_policy(listener, cfg, None, shutdown, started)
+}
+
+/// [`serve_observed`] with the operator `policy` in force from the instance's first frame:
+/// set on the flow processor before any worker starts (`--isolate` restarts a vNF's process
+/// with the policy the operator last set, ADR 0018).
+pub fn serve_with_policy(
+    listener: &UnixListener,
+    cfg: NetBackendConfig,
+    policy: Option<dpacc_spec::fastpath::policy::Policy>,
     shutdown: &EventFd,
     started: impl FnOnce(VnfView),
 ) -> Result<(), NetServeError> {
@@ -190,6 +206,9 @@ pub fn serve_observed(
         quotas: cfg.quotas,
         lanes: n,
     })?;
+    if let Some(p) = policy {
+        proc_.set_policy(Some(p)).map_err(NetServeError::Policy)?;
+    }
     let q = cfg.quotas;
     info!(
         "vNF port: uplinks [{}], at most {} flows, {} groups ({} buckets), {} SAs, {} actions \

@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use tracing::{error, info};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{serve_observed, NetBackendConfig, NetServeError, VnfView};
+use dpacc_spec::fastpath::policy::Policy;
+
+use super::{serve_with_policy, NetBackendConfig, NetServeError, VnfView};
 
 /// A vNF instance being served: its socket, its view, how to stop it.
 pub struct RunningVnf {
@@ -25,6 +27,16 @@ impl RunningVnf {
     /// instance and its workers, and serves it on a thread of its own. Fails (leaving
     /// nothing behind) if any of that fails.
     pub fn start(name: &str, socket: &Path, cfg: NetBackendConfig) -> Result<Self, NetServeError> {
+        Self::start_with_policy(name, socket, cfg, None)
+    }
+
+    /// [`start`](Self::start) with the operator `policy` in force before any frame flows.
+    pub fn start_with_policy(
+        name: &str,
+        socket: &Path,
+        cfg: NetBackendConfig,
+        policy: Option<Policy>,
+    ) -> Result<Self, NetServeError> {
         let listener = crate::vhost_user::bind(socket)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(NetServeError::EventFd)?;
         let stop2 = stop.try_clone().map_err(NetServeError::EventFd)?;
@@ -36,7 +48,7 @@ impl RunningVnf {
             .name(format!("vnf-{name}"))
             .spawn(move || {
                 let started = tx.clone();
-                let r = serve_observed(&listener, cfg, &stop2, move |v| {
+                let r = serve_with_policy(&listener, cfg, policy, &stop2, move |v| {
                     let _ = started.send(Ok(v));
                 });
                 if let Err(e) = r {
