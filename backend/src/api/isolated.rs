@@ -170,6 +170,11 @@ pub struct Supervisor {
     wake: EventFd,
 }
 
+/// Longest unix socket path (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+/// Longest private socket name with its separator: `/` + a u64 id + `.sock`.
+const PRIVATE_NAME_MAX: usize = 1 + 20 + 5;
+
 /// A vNF process's private files.
 struct Files {
     api: PathBuf,
@@ -269,6 +274,18 @@ impl Supervisor {
     pub fn new(cfg: SupervisorConfig) -> Result<Self, IsolatedError> {
         if let Some(dir) = &cfg.private {
             let err = |e| IsolatedError::Dir(dir.clone(), e);
+            // The longest private socket path (`DIR/ID.sock`, a u64 id) must fit a unix
+            // socket address: refused here, not at the first vNF's start.
+            if dir.as_os_str().len() + PRIVATE_NAME_MAX > SOCKET_PATH_MAX {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "too long for the vNF processes' API sockets in it: the API socket's \
+                         path may have at most {} bytes",
+                        SOCKET_PATH_MAX - PRIVATE_NAME_MAX - 2
+                    ),
+                )));
+            }
             match std::fs::symlink_metadata(dir) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir_all(dir).map_err(err)?,
                 Ok(_) => {
@@ -1030,6 +1047,38 @@ mod tests {
         );
         // No policy recorded: none given.
         assert_eq!(vnf_args(&base, "blue", &p, Some(dir), false).len(), 13);
+    }
+
+    #[test]
+    fn an_api_socket_path_too_long_for_the_private_sockets_is_refused_at_start() {
+        let cfg = |dir: PathBuf| SupervisorConfig {
+            exe: "/nonexistent/dpacc-backend".into(),
+            base_args: vec!["net".into()],
+            default_max_flows: 64,
+            mac: [2, 0, 0, 0, 0, 1],
+            queue_pairs: 1,
+            private: Some(dir),
+            reserved: vec![],
+        };
+        let base = std::env::temp_dir().join(format!("dpacc-iso-long-{}", std::process::id()));
+        let long = PathBuf::from(format!(
+            "{}{}.d",
+            base.display(),
+            "x".repeat(SOCKET_PATH_MAX - PRIVATE_NAME_MAX - base.as_os_str().len() - 1)
+        ));
+        let e = Supervisor::new(cfg(long.clone())).err().expect("refused");
+        assert!(e.to_string().contains("at most 79 bytes"), "{e}");
+        assert!(!long.exists(), "nothing created");
+        // One byte shorter: the longest private socket path fits.
+        let fits = PathBuf::from(format!(
+            "{}{}.d",
+            base.display(),
+            "x".repeat(SOCKET_PATH_MAX - PRIVATE_NAME_MAX - base.as_os_str().len() - 2)
+        ));
+        assert_eq!(fits.as_os_str().len() + PRIVATE_NAME_MAX, SOCKET_PATH_MAX);
+        let sup = Supervisor::new(cfg(fits.clone())).expect("fits");
+        drop(sup);
+        let _ = std::fs::remove_dir_all(&fits);
     }
 
     #[test]
