@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::slot::RingPair;
 use crate::split_ring::{prefetch_span, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::{prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
+use crate::virtq::{copy_guest, prefetch_write, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
@@ -114,8 +114,9 @@ impl<'a> OutFrame<'a> {
         let h = self.head.len();
         let in_head = h.saturating_sub(from).min(n);
         if in_head > 0 {
-            // SAFETY: `dst..dst + in_head` is inside the caller's range.
-            unsafe { write_guest(dst, &self.head[from..from + in_head]) };
+            let src = &self.head[from..from + in_head];
+            // SAFETY: `dst..dst + in_head` is inside the caller's range; `src` is ours.
+            unsafe { copy_guest(src.as_ptr(), dst, in_head) };
         }
         let r_from = (from + in_head).saturating_sub(h);
         let in_rest = self.rest_len.saturating_sub(r_from).min(n - in_head);
@@ -123,16 +124,17 @@ impl<'a> OutFrame<'a> {
             // SAFETY: `r_from + in_rest <= rest_len`, readable by the contract of `of`;
             // `dst + in_head..dst + in_head + in_rest` is the caller's. Both may be guest
             // memory, even the same guest's (a hostile driver may overlap its RX and TX
-            // buffers), so a memmove on raw pointers: no reference is formed
+            // buffers), so a copy with memmove's semantics on raw pointers: no reference is formed
             // (docs/decisions/0005-guest-memory-access.md).
-            unsafe { std::ptr::copy(self.rest.add(r_from), dst.add(in_head), in_rest) };
+            unsafe { copy_guest(self.rest.add(r_from), dst.add(in_head), in_rest) };
         }
         let done = in_head + in_rest;
         if n > done {
             let t_from = from + done - h - self.rest_len;
-            // SAFETY: `t_from + (n - done) <= tail.len()` (caller: `from + n <= len`); the
-            // destination range is the caller's.
-            unsafe { write_guest(dst.add(done), &self.tail[t_from..t_from + n - done]) };
+            let src = &self.tail[t_from..t_from + n - done];
+            // SAFETY: `src` is ours (`t_from + (n - done) <= tail.len()`, caller: `from + n <=
+            // len`); the destination range is the caller's.
+            unsafe { copy_guest(src.as_ptr(), dst.add(done), src.len()) };
         }
     }
 }
@@ -316,12 +318,13 @@ impl NetRings {
                         // `tx_complete`, and `mem` (this snapshot) is replaced only by
                         // `refresh`, which the worker calls between batches.
                         unsafe {
-                            read_guest(src, &mut area[..HEADER_BYTES]);
+                            copy_guest(src, area.as_mut_ptr(), HEADER_BYTES);
                             p.set_partial(HEADER_BYTES, src.add(HEADER_BYTES), len - HEADER_BYTES);
                         }
                     } else {
-                        // SAFETY: as above.
-                        unsafe { read_guest(src, &mut area[..len]) };
+                        let area = &mut area[..len];
+                        // SAFETY: as above; `area` is ours.
+                        unsafe { copy_guest(src, area.as_mut_ptr(), len) };
                         p.set_len(len);
                     }
                 }),
