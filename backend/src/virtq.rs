@@ -397,13 +397,16 @@ pub(crate) unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
 }
 
-/// Longest copy [`copy_guest`] does inline.
-pub(crate) const INLINE_COPY: usize = 128;
+/// Longest copy [`copy_guest`] does inline. 64, not 128: with the 128-byte head of every
+/// partial frame copied inline as well (eight 16-byte loads and stores where memmove, with
+/// AVX-512 at run time, does two of each), 1400 B forwarding and ESP measured 0.78-0.90x of
+/// main in all three same-run pairs (issue 12, pass q).
+pub(crate) const INLINE_COPY: usize = 64;
 
 /// Copies `n` bytes from `src` to `dst`, either or both of which may be guest memory (raw
 /// pointers, no reference formed: docs/decisions/0005-guest-memory-access.md), with memmove's
 /// semantics (the ranges may overlap: a hostile driver may overlap its RX and TX buffers).
-/// Up to [`INLINE_COPY`] bytes inline, as a few 16-byte loads and stores that cover the
+/// Up to [`INLINE_COPY`] bytes inline, as at most four 16-byte loads and stores that cover the
 /// length (the tail's overlapping the head's), every load before the first store; longer
 /// copies call memmove. The net path's frames are mostly this short, and a call per copy
 /// (two a frame) was ~2 % of the worker at 64 B (issue 12, pass q).
@@ -414,23 +417,23 @@ pub(crate) const INLINE_COPY: usize = 128;
 pub(crate) unsafe fn copy_guest(src: *const u8, dst: *mut u8, n: usize) {
     if n <= INLINE_COPY {
         // SAFETY: the caller's ranges; `n <= INLINE_COPY`.
-        unsafe { copy_upto_128(src, dst, n) }
+        unsafe { copy_upto_64(src, dst, n) }
     } else {
         // SAFETY: the caller's ranges.
         unsafe { std::ptr::copy(src, dst, n) }
     }
 }
 
-/// [`copy_guest`]'s inline case: `n <= 128`. Every byte is loaded before any is stored, so
+/// [`copy_guest`]'s inline case: `n <= 64`. Every byte is loaded before any is stored, so
 /// overlapping ranges copy as memmove would. A byte covered by two loads (the overlapping
 /// tail) may be read twice from a guest that writes it meanwhile; the later store wins, so
 /// the destination still holds one value per byte, read once from it afterwards.
 ///
 /// # Safety
-/// As [`copy_guest`], and `n <= 128`.
+/// As [`copy_guest`], and `n <= 64`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn copy_upto_128(src: *const u8, dst: *mut u8, n: usize) {
+unsafe fn copy_upto_64(src: *const u8, dst: *mut u8, n: usize) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
     // Both helpers are called only with `o + 16 <= n` (each branch below checks `n`).
     let ld = |o: usize| {
@@ -442,18 +445,7 @@ unsafe fn copy_upto_128(src: *const u8, dst: *mut u8, n: usize) {
         // SAFETY: `dst + o..dst + o + 16` is inside the caller's destination range.
         unsafe { _mm_storeu_si128(dst.add(o).cast::<__m128i>(), v) }
     };
-    if n > 64 {
-        let (a, b, c, d) = (ld(0), ld(16), ld(32), ld(48));
-        let (e, f, g, h) = (ld(n - 64), ld(n - 48), ld(n - 32), ld(n - 16));
-        st(0, a);
-        st(16, b);
-        st(32, c);
-        st(48, d);
-        st(n - 64, e);
-        st(n - 48, f);
-        st(n - 32, g);
-        st(n - 16, h);
-    } else if n > 32 {
+    if n > 32 {
         let (a, b, c, d) = (ld(0), ld(16), ld(n - 32), ld(n - 16));
         st(0, a);
         st(16, b);
@@ -501,7 +493,7 @@ unsafe fn copy_upto_128(src: *const u8, dst: *mut u8, n: usize) {
 /// As [`copy_guest`].
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn copy_upto_128(src: *const u8, dst: *mut u8, n: usize) {
+unsafe fn copy_upto_64(src: *const u8, dst: *mut u8, n: usize) {
     // SAFETY: the caller's ranges.
     unsafe { std::ptr::copy(src, dst, n) }
 }
