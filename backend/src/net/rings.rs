@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::slot::RingPair;
 use crate::split_ring::{prefetch_span, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::{copy_guest, prefetch_write, ChainBufs, FastMem};
+use crate::virtq::{prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
@@ -114,9 +114,8 @@ impl<'a> OutFrame<'a> {
         let h = self.head.len();
         let in_head = h.saturating_sub(from).min(n);
         if in_head > 0 {
-            let src = &self.head[from..from + in_head];
-            // SAFETY: `dst..dst + in_head` is inside the caller's range; `src` is ours.
-            unsafe { copy_guest(src.as_ptr(), dst, in_head) };
+            // SAFETY: `dst..dst + in_head` is inside the caller's range.
+            unsafe { write_guest(dst, &self.head[from..from + in_head]) };
         }
         let r_from = (from + in_head).saturating_sub(h);
         let in_rest = self.rest_len.saturating_sub(r_from).min(n - in_head);
@@ -124,17 +123,16 @@ impl<'a> OutFrame<'a> {
             // SAFETY: `r_from + in_rest <= rest_len`, readable by the contract of `of`;
             // `dst + in_head..dst + in_head + in_rest` is the caller's. Both may be guest
             // memory, even the same guest's (a hostile driver may overlap its RX and TX
-            // buffers), so a copy with memmove's semantics on raw pointers: no reference is formed
+            // buffers), so a memmove on raw pointers: no reference is formed
             // (docs/decisions/0005-guest-memory-access.md).
-            unsafe { copy_guest(self.rest.add(r_from), dst.add(in_head), in_rest) };
+            unsafe { std::ptr::copy(self.rest.add(r_from), dst.add(in_head), in_rest) };
         }
         let done = in_head + in_rest;
         if n > done {
             let t_from = from + done - h - self.rest_len;
-            let src = &self.tail[t_from..t_from + n - done];
-            // SAFETY: `src` is ours (`t_from + (n - done) <= tail.len()`, caller: `from + n <=
-            // len`); the destination range is the caller's.
-            unsafe { copy_guest(src.as_ptr(), dst.add(done), src.len()) };
+            // SAFETY: `t_from + (n - done) <= tail.len()` (caller: `from + n <= len`); the
+            // destination range is the caller's.
+            unsafe { write_guest(dst.add(done), &self.tail[t_from..t_from + n - done]) };
         }
     }
 }
@@ -318,13 +316,12 @@ impl NetRings {
                         // `tx_complete`, and `mem` (this snapshot) is replaced only by
                         // `refresh`, which the worker calls between batches.
                         unsafe {
-                            copy_guest(src, area.as_mut_ptr(), HEADER_BYTES);
+                            read_guest(src, &mut area[..HEADER_BYTES]);
                             p.set_partial(HEADER_BYTES, src.add(HEADER_BYTES), len - HEADER_BYTES);
                         }
                     } else {
-                        let area = &mut area[..len];
-                        // SAFETY: as above; `area` is ours.
-                        unsafe { copy_guest(src, area.as_mut_ptr(), len) };
+                        // SAFETY: as above.
+                        unsafe { read_guest(src, &mut area[..len]) };
                         p.set_len(len);
                     }
                 }),
@@ -547,12 +544,7 @@ impl<'f> Staged<'f> {
             // mapped for the whole send.
             unsafe {
                 write_rx_hdr(dst, hdr);
-                if f.rest_len == 0 && f.tail.is_empty() {
-                    // A whole frame (every frame of the common case): its copy inline.
-                    copy_guest(f.head.as_ptr(), dst.add(hdr), f.head.len());
-                } else {
-                    f.copy_to(0, dst.add(hdr), f.len());
-                }
+                f.copy_to(0, dst.add(hdr), f.len());
             }
         }
         for i in 0..n {
@@ -561,16 +553,21 @@ impl<'f> Staged<'f> {
     }
 }
 
-/// Writes [`RX_HDR`]'s first `hdr` bytes (the negotiated header: 12 or 10) at `dst`: two
-/// overlapping 8-byte stores inline ([`copy_guest`]). A `memcpy` of the slice was a call per
-/// frame: the compiler merged the 12-byte case into the variable-length one (issue 12, pass q).
+/// Writes [`RX_HDR`]'s first `hdr` bytes (the negotiated header: 12 or 10) at `dst`: a copy of
+/// a known length, i.e. two stores inline, where a length the compiler does not know is a
+/// call to memcpy per frame.
 ///
 /// # Safety
 /// `dst..dst + hdr` must be mapped and writable, and `hdr <= NET_HDR_LEN`.
 #[inline(always)]
 unsafe fn write_rx_hdr(dst: *mut u8, hdr: usize) {
-    // SAFETY: the caller's range, `hdr.min(NET_HDR_LEN)` bytes; `RX_HDR` is ours.
-    unsafe { copy_guest(RX_HDR.as_ptr(), dst, hdr.min(NET_HDR_LEN)) };
+    if hdr == NET_HDR_LEN {
+        // SAFETY: the caller's range, `NET_HDR_LEN` bytes.
+        unsafe { write_guest(dst, &RX_HDR) };
+    } else {
+        // SAFETY: the caller's range, `hdr` bytes.
+        unsafe { write_guest(dst, &RX_HDR[..hdr.min(NET_HDR_LEN)]) };
+    }
 }
 
 /// Puts one frame into the RX ring (over several chains with MRG_RXBUF), `first` the chain

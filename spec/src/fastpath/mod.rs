@@ -118,7 +118,6 @@ impl PacketBuf {
     }
 
     /// Resets to an empty frame at the default headroom.
-    #[inline]
     pub fn reset(&mut self, in_port: PortId) {
         self.head = HEADROOM;
         self.len = 0;
@@ -255,17 +254,7 @@ impl PacketBuf {
     /// that [`frame`](Self::frame) is the whole frame. The source may be guest memory that a
     /// guest writes meanwhile: the bytes are copied as they are, and the headers already in
     /// the buffer stay as they are.
-    #[inline]
     pub fn make_whole(&mut self) {
-        if self.rest.is_some() {
-            self.load_rest();
-        }
-    }
-
-    /// [`make_whole`](Self::make_whole) for a partial frame, out of line: the whole frame's
-    /// case (every `set_len` of a frame just loaded) is one inlined test.
-    #[inline(never)]
-    fn load_rest(&mut self) {
         let Some(r) = self.rest.take() else {
             return;
         };
@@ -319,7 +308,6 @@ impl PacketBuf {
     /// # Safety
     /// `rest..rest + rest_len` must stay mapped and readable until the frame is made whole,
     /// reset, reloaded or dropped.
-    #[inline]
     pub unsafe fn set_partial(
         &mut self,
         resident: usize,
@@ -398,7 +386,6 @@ impl PacketBuf {
 
     /// Sets the frame length (growing into tail room or shrinking). False if no room. A
     /// partial frame is made whole first.
-    #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
         self.make_whole();
         if self.head + len > self.buf.len() {
@@ -411,7 +398,6 @@ impl PacketBuf {
     /// Raw access for device code that reads a frame straight from guest memory: the whole
     /// area after the default headroom (`MAX_FRAME` + tail bytes). Call [`PacketBuf::set_len`]
     /// afterwards.
-    #[inline]
     pub fn load_area(&mut self, in_port: PortId) -> &mut [u8] {
         self.reset(in_port);
         &mut self.buf[HEADROOM..HEADROOM + MAX_FRAME]
