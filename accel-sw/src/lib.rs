@@ -25,8 +25,7 @@ mod gcm_stream;
 mod queue;
 mod session;
 mod sg;
-#[doc(hidden)]
-pub mod stream_copy;
+mod stream_copy;
 
 pub use driver::SwDriver;
 pub use queue::{SwQueue, AAD_BOUNCE_LEN, DATA_BOUNCE_LEN};

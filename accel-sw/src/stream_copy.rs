@@ -22,7 +22,7 @@ const MIN_STREAM: usize = 256;
 /// # Safety
 /// `src` readable and `dst` writable for `n` bytes; the two ranges do not overlap.
 #[inline]
-pub unsafe fn copy_nt(dst: *mut u8, src: *const u8, n: usize) {
+pub(crate) unsafe fn copy_nt(dst: *mut u8, src: *const u8, n: usize) {
     #[cfg(target_arch = "x86_64")]
     if n >= MIN_STREAM {
         let head = dst.align_offset(64).min(n);
@@ -73,7 +73,7 @@ pub(crate) unsafe fn copy_rep(dst: *mut u8, src: *const u8, n: usize) {
 /// Orders the non-temporal stores of [`copy_nt`] before every later store (`sfence`): run it
 /// before the store that tells another party the bytes are there.
 #[inline]
-pub fn fence() {
+pub(crate) fn fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `sfence` has no operands and touches no memory; SSE is baseline on x86-64.
     unsafe {

@@ -125,15 +125,7 @@ impl<'a> OutFrame<'a> {
             // memory, even the same guest's (a hostile driver may overlap its RX and TX
             // buffers), so a memmove on raw pointers: no reference is formed
             // (docs/decisions/0005-guest-memory-access.md).
-            unsafe {
-                let (s, d) = (self.rest.add(r_from), dst.add(in_head));
-                if (s as usize) + in_rest <= d as usize || (d as usize) + in_rest <= s as usize {
-                    dpacc_sw::stream_copy::copy_nt(d, s, in_rest);
-                    dpacc_sw::stream_copy::fence();
-                } else {
-                    std::ptr::copy(s, d, in_rest)
-                }
-            };
+            unsafe { std::ptr::copy(self.rest.add(r_from), dst.add(in_head), in_rest) };
         }
         let done = in_head + in_rest;
         if n > done {
