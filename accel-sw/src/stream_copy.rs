@@ -44,32 +44,6 @@ pub(crate) unsafe fn copy_nt(dst: *mut u8, src: *const u8, n: usize) {
     unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
 }
 
-/// Copies `n` bytes from `src` to `dst` with one `rep movsb` (the CPU's fast-string copy,
-/// ERMS/FSRM), which may write whole lines without fetching them first and keeps them cached.
-///
-/// # Safety
-/// As [`copy_nt`].
-#[inline]
-pub(crate) unsafe fn copy_rep(dst: *mut u8, src: *const u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `rep movsb` copies `rcx` bytes from `rsi` to `rdi`, forward (the direction flag
-    // is clear by the ABI): the caller's ranges.
-    unsafe {
-        std::arch::asm!(
-            "rep movsb",
-            inout("rcx") n => _,
-            inout("rdi") dst => _,
-            inout("rsi") src => _,
-            options(nostack, preserves_flags)
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, n)
-    };
-}
-
 /// Orders the non-temporal stores of [`copy_nt`] before every later store (`sfence`): run it
 /// before the store that tells another party the bytes are there.
 #[inline]

@@ -823,7 +823,10 @@ impl Sa {
             let n = self.counted(lane, n)?;
             // SAFETY: `f` is writable for `sg_len(frame) >= total >= n` bytes (checked above),
             // `out` is host memory apart from it.
-            unsafe { crate::stream_copy::copy_rep(f.ptr(), scratch.0.as_ptr(), n) };
+            unsafe { crate::stream_copy::copy_nt(f.ptr(), scratch.0.as_ptr(), n) };
+            // The used element that publishes the frame is a normal store: order it after the
+            // streaming stores.
+            crate::stream_copy::fence();
             return Some(n);
         }
         if one.is_some() && d.off <= head.len() && apart_ok {
