@@ -25,7 +25,6 @@ mod gcm_stream;
 mod queue;
 mod session;
 mod sg;
-mod stream_copy;
 
 pub use driver::SwDriver;
 pub use queue::{SwQueue, AAD_BOUNCE_LEN, DATA_BOUNCE_LEN};

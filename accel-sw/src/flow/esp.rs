@@ -555,24 +555,6 @@ impl Deferred {
     }
 }
 
-/// A lane's output frame for fused ESP, before it is copied where it lands.
-///
-/// The AEAD's output lines here are the lane's own and stay in L1/L2 from frame to frame (the
-/// raw AEAD loop's situation); written straight into a guest RX buffer, each of its ~22 lines
-/// had first to be fetched for ownership (~100 ns a 1400-byte frame). The frame is then
-/// copied into the RX buffer with streaming stores, which write whole lines without fetching
-/// them ([`crate::stream_copy`]). Also: an encap's GHASH reads its ciphertext back from here,
-/// not from the destination guest's memory, and a failed open writes nothing there.
-#[repr(C, align(64))]
-pub(crate) struct EspScratch(pub(crate) [u8; MAX_FRAME]);
-
-impl EspScratch {
-    /// A zeroed scratch on the heap (9 KiB: one per lane, allocated with the lane).
-    pub(crate) fn boxed() -> Box<Self> {
-        Box::new(Self([0; MAX_FRAME]))
-    }
-}
-
 /// The segments covering `len` bytes at `off` of the stream `segs`, in `out`.
 fn carve<'a, 'o, const N: usize>(
     segs: &[Seg<'a>],
@@ -786,7 +768,6 @@ impl Sa {
         pkt: &PacketBuf,
         frame: &[Seg<'_>],
         q: &mut dyn CryptoQueue,
-        scratch: &mut EspScratch,
         lane: usize,
     ) -> Option<usize> {
         let total = pkt.len();
@@ -807,29 +788,7 @@ impl Sa {
         }
         // (A whole frame's ciphertext is in the packet buffer: host memory.)
         let apart_ok = d.work == Work::Seal || pkt.rest().is_none() || gcm_reads_once();
-        let one = crate::sg::single(frame);
-        if let (Some(f), true) = (one, d.off <= head.len() && apart_ok && total <= MAX_FRAME) {
-            // The frame is built in the lane's scratch (hot in L1/L2, as the raw AEAD's
-            // buffers are), then streamed into the RX buffer: whole lines there are written
-            // without being fetched for ownership first (see `EspScratch`).
-            let out = &mut scratch.0[..total];
-            out[..d.off].copy_from_slice(&head[..d.off]);
-            let mut src = [Seg::from_ref(&[]); 3];
-            let Some(src) = carve(&stream, d.off, d.span, &mut src) else {
-                let _ = self.count(lane, Err(EspDrop::Malformed));
-                return None;
-            };
-            let n = self.finish_inner(d, &[Seg::from_mut(out)], Some(src), q);
-            let n = self.counted(lane, n)?;
-            // SAFETY: `f` is writable for `sg_len(frame) >= total >= n` bytes (checked above),
-            // `out` is host memory apart from it.
-            unsafe { crate::stream_copy::copy_nt(f.ptr(), scratch.0.as_ptr(), n) };
-            // The used element that publishes the frame is a normal store: order it after the
-            // streaming stores.
-            crate::stream_copy::fence();
-            return Some(n);
-        }
-        if one.is_some() && d.off <= head.len() && apart_ok {
+        if crate::sg::single(frame).is_some() && d.off <= head.len() && apart_ok {
             // The bytes before the AEAD's (link header, outer headers on encap), from the
             // packet buffer; the AEAD writes the rest, and the ICV after it on encap.
             // SAFETY: `frame` is writable for `total >= d.off` bytes; `head` is ours.
@@ -1253,14 +1212,7 @@ mod tests {
                 want[30..34].copy_from_slice(&[192, 0, 2, 9]);
                 let d = out_f.encap_deferred(&mut p, 14, 0).unwrap();
                 let mut dst = vec![0xa5u8; p.len()];
-                let n = out_f.finish_into(
-                    &d,
-                    &p,
-                    &segs(&mut dst, cuts),
-                    &mut *q,
-                    &mut EspScratch::boxed(),
-                    0,
-                );
+                let n = out_f.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
                 assert_eq!(n, Some(dst.len()), "{len} B, cuts {cuts:?}, {mode:?}");
                 let mut r = PacketBuf::new();
                 assert!(r.load(&want, PortId(1)));
@@ -1274,14 +1226,7 @@ mod tests {
                 let mut p = loaded(&esp);
                 let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
                 let mut back = vec![0x5au8; p.len()];
-                let n = inb.finish_into(
-                    &d,
-                    &p,
-                    &segs(&mut back, cuts),
-                    &mut *q,
-                    &mut EspScratch::boxed(),
-                    0,
-                );
+                let n = inb.finish_into(&d, &p, &segs(&mut back, cuts), &mut *q, 0);
                 assert_eq!(n, Some(want.len()), "{len} B, cuts {cuts:?}");
                 assert!(
                     back[..want.len()] == want[..],
@@ -1312,43 +1257,24 @@ mod tests {
                 let mut p = loaded(&esp);
                 let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
                 let mut dst = vec![0xa5u8; p.len()];
-                let n = inb.finish_into(
-                    &d,
-                    &p,
-                    &segs(&mut dst, cuts),
-                    &mut *q,
-                    &mut EspScratch::boxed(),
-                    0,
-                );
+                let n = inb.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
                 assert_eq!(n, None);
-                // One destination segment: opened in the lane's scratch, nothing written
-                // where it lands. Scattered: wiped (in place), or still the ciphertext
-                // (opened in the queue's bounce buffer, which is wiped).
+                // Wiped (out of place, in place), or still the ciphertext (a scattered
+                // destination is opened in the queue's bounce buffer, which is wiped).
                 let left = &dst[d.off..d.off + d.span];
                 let ct = &esp[14 + 20 + ESP_HDR..][..d.span];
                 let wiped = left.iter().all(|&b| b == 0);
-                if cuts.is_empty() {
-                    assert!(dst.iter().all(|&b| b == 0xa5), "{len} B, {mode:?}: written");
-                } else {
-                    assert!(
-                        wiped || left == ct,
-                        "{len} B, cuts {cuts:?}, {mode:?}: plaintext left behind"
-                    );
-                }
+                assert!(
+                    wiped || (!cuts.is_empty() && left == ct),
+                    "{len} B, cuts {cuts:?}, {mode:?}: plaintext left behind"
+                );
                 assert_eq!(inb.stats().auth_drops, 1);
                 // The genuine frame still opens (the sequence number was not consumed).
                 esp[at] ^= 1;
                 let mut p = loaded(&esp);
                 let d = inb.decap_deferred(&mut p, 14, 34, 0).unwrap();
                 let mut dst = vec![0u8; p.len()];
-                let n = inb.finish_into(
-                    &d,
-                    &p,
-                    &segs(&mut dst, cuts),
-                    &mut *q,
-                    &mut EspScratch::boxed(),
-                    0,
-                );
+                let n = inb.finish_into(&d, &p, &segs(&mut dst, cuts), &mut *q, 0);
                 assert_eq!(n, Some(len));
                 // Once opened, the same frame again is a replay.
                 let mut p = loaded(&esp);

@@ -197,8 +197,6 @@ struct LaneState {
     /// The [`Core::generation`] the caches were filled under.
     generation: u64,
     queue: Box<dyn CryptoQueue>,
-    /// Fused ESP's output frame before it is streamed where it lands.
-    esp_out: Box<esp::EspScratch>,
 }
 
 impl LaneState {
@@ -208,7 +206,6 @@ impl LaneState {
             last: None,
             generation: 0,
             queue: crypto.open_queue(1)?,
-            esp_out: esp::EspScratch::boxed(),
         })
     }
 }
@@ -342,9 +339,9 @@ impl SwLane {
         pkt: &PacketBuf,
         frame: &[dpacc_spec::Seg<'_>],
     ) -> Option<usize> {
-        let r = self.pending_sa(index).and_then(|(sa, d, lane, st)| {
-            sa.finish_into(d, pkt, frame, &mut *st.queue, &mut st.esp_out, lane)
-        });
+        let r = self
+            .pending_sa(index)
+            .and_then(|(sa, d, lane, st)| sa.finish_into(d, pkt, frame, &mut *st.queue, lane));
         self.done(index, r)
     }
 
