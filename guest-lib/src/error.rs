@@ -51,7 +51,7 @@ pub enum Error {
     #[error(
         "not enough free 2 MiB hugepages for the shared memory: {need} needed, {free} free of \
          {total}; reserve more (echo {} > /proc/sys/vm/nr_hugepages), or let the library fall \
-         back to 4 KiB pages (hugepages: auto, `dpacc bench --hugepages auto`)",
+         back to 4 KiB pages (`Hugepages::Auto`, `dpacc bench --hugepages auto`)",
         total + need.saturating_sub(*free)
     )]
     NoHugepages {

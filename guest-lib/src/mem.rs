@@ -34,18 +34,20 @@ const SMALL_PAGE: usize = 4096;
 /// Which pages back the memory of a virtio-user connection (the region this process shares
 /// with the backend; inside a VM, DMA memory is always on 2 MiB hugepages).
 ///
-/// On 4 KiB pages a 16 KiB operation touches five pages of its source and destination on both
-/// sides (the client and the backend map the same file), each a TLB entry; a 2 MiB page covers
-/// a hundred such operations' buffers (docs/performance.md, "Issue 15, ninth pass (b)").
+/// On 4 KiB pages a 16 KiB operation touches five pages of its source and of its destination,
+/// each a TLB entry; a 2 MiB page covers sixty such operations' buffers. The default is 4 KiB
+/// pages: on the development VM hugepages measured level with them against main
+/// (docs/performance.md, "Issue 15, ninth pass (b)"), and they are a host resource an operator
+/// may have reserved for something else.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Hugepages {
     /// 2 MiB hugepages when the kernel has hugetlbfs and enough are free, 4 KiB pages (and a
     /// `tracing` note saying why) otherwise.
-    #[default]
     Auto,
     /// 2 MiB hugepages, or an error saying how to reserve them.
     On,
     /// 4 KiB pages.
+    #[default]
     Off,
 }
 

@@ -63,8 +63,8 @@ pub struct Options {
     /// worker far more than the look costs this thread: docs/performance.md, ADR 0017).
     /// Zero: sleep on the interrupt at once.
     pub wait_poll: Duration,
-    /// Which pages the shared memory uses over virtio-user (default: 2 MiB hugepages when
-    /// free, else 4 KiB pages). Ignored inside a VM (always hugepages).
+    /// Which pages the shared memory uses over virtio-user (default: 4 KiB pages; `Auto`: 2 MiB
+    /// hugepages when free). Ignored inside a VM (always hugepages).
     pub hugepages: Hugepages,
 }
 
@@ -80,7 +80,7 @@ impl Default for Options {
             indirect: true,
             session_control: SessionControl::Auto,
             wait_poll: Duration::from_micros(50),
-            hugepages: Hugepages::Auto,
+            hugepages: Hugepages::Off,
         }
     }
 }

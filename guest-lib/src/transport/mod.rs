@@ -54,7 +54,7 @@ pub trait Transport: Send {
     /// Reads `buf.len()` bytes of the device config space from offset 0.
     fn read_config(&mut self, buf: &mut [u8]) -> Result<()>;
     /// Which pages [`setup_memory`](Self::setup_memory) should use. Only virtio-user chooses
-    /// (default [`Hugepages::Auto`]); inside a VM the DMA memory is always 2 MiB hugepages, and
+    /// (default [`Hugepages::Off`]); inside a VM the DMA memory is always 2 MiB hugepages, and
     /// the fake device's is 4 KiB pages.
     fn set_hugepages(&mut self, _pages: Hugepages) {}
     /// Creates the shared memory the device can address (once, before any queue is set up).

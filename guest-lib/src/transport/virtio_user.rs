@@ -1,7 +1,7 @@
 //! virtio-user: this process is the vhost-user *frontend* of a backend daemon on a unix socket,
-//! exactly as QEMU would be, with a memfd of its own as "guest memory": on 2 MiB hugepages
-//! when they can be had ([`Hugepages`], as DPDK's virtio-user), sealed against shrinking and
-//! growing.
+//! exactly as QEMU would be, with a memfd of its own as "guest memory", sealed against
+//! shrinking and growing: on 4 KiB pages, or on 2 MiB hugepages when asked ([`Hugepages`], as
+//! DPDK's virtio-user does).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -107,7 +107,7 @@ impl VirtioUser {
             protocol,
             num_queues: num_queues as u16,
             mem: None,
-            hugepages: Hugepages::Auto,
+            hugepages: Hugepages::Off,
             enabled: Vec::new(),
         };
         me.with_ack(|fe| fe.set_features(features))?;

@@ -213,10 +213,11 @@ enum Cmd {
         /// queue, instead of throughput.
         #[arg(long)]
         latency: bool,
-        /// Pages of the memory shared with the backend (virtio-user): auto (2 MiB hugepages
-        /// when free, else 4 KiB pages), on (hugepages or an error saying how to reserve
-        /// them), off (4 KiB pages). Inside a VM (--pci) always hugepages.
-        #[arg(long, value_enum, default_value = "auto")]
+        /// Pages of the memory shared with the backend (virtio-user): off (4 KiB pages, the
+        /// library's default), auto (2 MiB hugepages when free, else 4 KiB pages), on
+        /// (hugepages or an error saying how to reserve them). Inside a VM (--pci) always
+        /// hugepages.
+        #[arg(long, value_enum, default_value = "off")]
         hugepages: bench::Pages,
         /// Put the raw peer's buffers on 2 MiB hugepages too (default: its own heap, 4 KiB
         /// pages); fails without free hugepages.
