@@ -46,6 +46,22 @@ pub enum Error {
     /// The queue has no free descriptors (or no free request slots) for this submission.
     #[error("queue full")]
     QueueFull,
+    /// Hugepages were asked for ([`Hugepages::On`](crate::mem::Hugepages)) and too few are
+    /// free (or the kernel refused them).
+    #[error(
+        "not enough free 2 MiB hugepages for the shared memory: {need} needed, {free} free of \
+         {total}; reserve more (echo {} > /proc/sys/vm/nr_hugepages), or let the library fall \
+         back to 4 KiB pages (`Hugepages::Auto`, `dpacc bench --hugepages auto`)",
+        total + need.saturating_sub(*free)
+    )]
+    NoHugepages {
+        /// Pages needed.
+        need: usize,
+        /// Pages reserved in the system (0 if unknown).
+        total: usize,
+        /// Pages free (0 if unknown).
+        free: usize,
+    },
     /// The shared-memory arena has no free block of the requested size.
     #[error("shared memory exhausted ({0} bytes requested)")]
     OutOfMemory(usize),

@@ -122,5 +122,5 @@ pub use crypto::{
 };
 pub use dpacc_spec::{Capabilities, CryptoError};
 pub use error::{Error, Result};
-pub use mem::DmaBuf;
+pub use mem::{DmaBuf, Hugepages};
 pub use virtq::{CompletionMode, RawDesc, UsedElem};

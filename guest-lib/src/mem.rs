@@ -25,6 +25,32 @@ pub const DMA_ALIGN: usize = 64;
 /// Size of a DMA segment of hugepage memory (a 2 MiB hugepage).
 pub const DMA_SEGMENT: usize = 2 << 20;
 
+/// A 2 MiB hugepage.
+pub const HUGEPAGE: usize = 2 << 20;
+
+/// A small page.
+const SMALL_PAGE: usize = 4096;
+
+/// Which pages back the memory of a virtio-user connection (the region this process shares
+/// with the backend; inside a VM, DMA memory is always on 2 MiB hugepages).
+///
+/// On 4 KiB pages a 16 KiB operation touches five pages of its source and of its destination,
+/// each a TLB entry; a 2 MiB page covers sixty such operations' buffers. The default is 4 KiB
+/// pages: on the development VM hugepages measured level with them against main
+/// (docs/performance.md, "Issue 15, ninth pass (b)"), and they are a host resource an operator
+/// may have reserved for something else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hugepages {
+    /// 2 MiB hugepages when the kernel has hugetlbfs and enough are free, 4 KiB pages (and a
+    /// `tracing` note saying why) otherwise.
+    Auto,
+    /// 2 MiB hugepages, or an error saying how to reserve them.
+    On,
+    /// 4 KiB pages.
+    #[default]
+    Off,
+}
+
 /// Where to put `len` bytes at or after `off`, aligned to `align` (a power of two): with
 /// `segment` (hugepage memory), a piece no longer than a segment is moved to the next segment
 /// rather than straddle two, so the device sees it contiguous whatever the pages' addresses.
@@ -55,6 +81,8 @@ pub struct SharedMemory {
     ptr: *mut u8,
     size: usize,
     gpa_base: u64,
+    /// Size of the pages backing the mapping (4 KiB or 2 MiB).
+    page: usize,
     /// Hugepage memory: the device address of each [`DMA_SEGMENT`], in order.
     pages: Option<Box<[u64]>>,
 }
@@ -67,32 +95,90 @@ unsafe impl Send for SharedMemory {}
 unsafe impl Sync for SharedMemory {}
 
 impl SharedMemory {
-    /// Creates a region of `size` bytes (rounded up to 4 KiB) whose first byte has guest
-    /// address `gpa_base`.
+    /// Creates a region of `size` bytes (rounded up to 4 KiB) on 4 KiB pages whose first byte
+    /// has guest address `gpa_base`.
     pub fn new(size: usize, gpa_base: u64) -> Result<Self> {
-        let size = size
-            .checked_add(4095)
-            .ok_or(Error::InvalidArgument("memory size"))?
-            & !4095;
+        Self::with_pages(size, gpa_base, Hugepages::Off)
+    }
+
+    /// Creates a region of `size` bytes whose first byte has guest address `gpa_base`, on the
+    /// pages `pages` asks for: 2 MiB hugepages (`size` rounded up to 2 MiB) or 4 KiB pages
+    /// (rounded up to 4 KiB). With [`Hugepages::Auto`], a kernel without hugetlbfs or too few
+    /// free hugepages give 4 KiB pages and a `tracing` note; with [`Hugepages::On`], an error
+    /// saying how to reserve them ([`Error::NoHugepages`]).
+    pub fn with_pages(size: usize, gpa_base: u64, pages: Hugepages) -> Result<Self> {
         if size == 0 {
             return Err(Error::InvalidArgument("memory size"));
         }
+        if pages != Hugepages::Off {
+            match Self::create(size, gpa_base, HUGEPAGE) {
+                Ok(m) => return Ok(m),
+                Err(e) if pages == Hugepages::On => return Err(e),
+                Err(e) => tracing::info!(
+                    "shared memory on 4 KiB pages ({} bytes): 2 MiB hugepages unavailable: {e}",
+                    size
+                ),
+            }
+        }
+        Self::create(size, gpa_base, SMALL_PAGE)
+    }
+
+    /// A sealed memfd of `size` bytes rounded up to `page` (4 KiB, or 2 MiB for hugetlbfs),
+    /// mapped here.
+    fn create(size: usize, gpa_base: u64, page: usize) -> Result<Self> {
+        let huge = page == HUGEPAGE;
+        let size = size
+            .checked_next_multiple_of(page)
+            .filter(|&s| s <= isize::MAX as usize)
+            .ok_or(Error::InvalidArgument("memory size"))?;
+        let need = size / HUGEPAGE;
+        if huge {
+            // A cheap early answer; fallocate below is the real check (it also sees a
+            // container's hugetlb limit, which these counters do not).
+            if let Some((total, free)) = crate::transport::pci::sysfs::hugepages() {
+                if free < need {
+                    return Err(Error::NoHugepages { need, total, free });
+                }
+            }
+        }
+        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        if huge {
+            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+        }
         // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"dpacc-guest".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
+        let fd = unsafe { libc::memfd_create(c"dpacc-guest".as_ptr(), flags) };
         if fd < 0 {
-            return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
+            return Err(Error::Io(
+                if huge {
+                    "memfd_create(MFD_HUGETLB) (a kernel with hugetlbfs is needed)"
+                } else {
+                    "memfd_create"
+                },
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size as u64)
             .map_err(|e| Error::Io("ftruncate", e))?;
+        if huge {
+            // Take the pages now: a hugetlb page that cannot be had when first touched is a
+            // SIGBUS (here, or in the backend, which maps with MAP_NORESERVE), not an error.
+            // SAFETY: fallocate on the memfd we own, within its size.
+            if unsafe { libc::fallocate(fd, 0, 0, size as libc::off_t) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(match e.raw_os_error() {
+                    Some(libc::ENOSPC | libc::ENOMEM) => {
+                        let (total, free) =
+                            crate::transport::pci::sysfs::hugepages().unwrap_or((0, 0));
+                        Error::NoHugepages { need, total, free }
+                    }
+                    _ => Error::Io("fallocate of 2 MiB hugepages", e),
+                });
+            }
+        }
         // The size is final: sealed, as QEMU's memory-backend-memfd does, so the backend knows
-        // the memory cannot shrink under it.
+        // the memory cannot shrink under it (hugetlbfs memfds take seals too, since Linux 4.16).
         // SAFETY: fcntl on the memfd we own.
         if unsafe {
             libc::fcntl(
@@ -104,14 +190,14 @@ impl SharedMemory {
         {
             return Err(Error::Io("F_ADD_SEALS", std::io::Error::last_os_error()));
         }
-        // SAFETY: mapping a fresh memfd of `size` bytes at an address the kernel picks; the
-        // result is checked below.
+        // SAFETY: mapping a fresh memfd of `size` bytes at an address the kernel picks (2 MiB
+        // aligned for hugetlbfs); the result is checked below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | if huge { libc::MAP_POPULATE } else { 0 },
                 file.as_raw_fd(),
                 0,
             )
@@ -124,6 +210,7 @@ impl SharedMemory {
             ptr: ptr.cast(),
             size,
             gpa_base,
+            page,
             pages: None,
         })
     }
@@ -140,6 +227,7 @@ impl SharedMemory {
             ptr,
             size: pages.len() * DMA_SEGMENT,
             gpa_base: pages.first().copied().unwrap_or(0),
+            page: HUGEPAGE,
             pages: Some(pages),
         }
     }
@@ -152,6 +240,11 @@ impl SharedMemory {
     /// Size in bytes.
     pub fn len(&self) -> usize {
         self.size
+    }
+
+    /// Size of the pages backing the region in this process: 4 KiB, or 2 MiB (hugetlbfs).
+    pub fn page_size(&self) -> usize {
+        self.page
     }
 
     /// Whether the region is empty (never: creation rejects 0).
@@ -457,6 +550,100 @@ mod tests {
         assert_eq!(place(100, 64, 4096, None), 4096);
         // Longer than a segment: only aligned.
         assert_eq!(place(8192, 3 * DMA_SEGMENT, 4096, seg), 8192);
+    }
+
+    /// Free 2 MiB hugepages (0 when the kernel has none).
+    fn free_hugepages() -> usize {
+        crate::transport::pci::sysfs::hugepages().map_or(0, |h| h.1)
+    }
+
+    fn seals(m: &SharedMemory) -> libc::c_int {
+        // SAFETY: fcntl on the region's own fd.
+        unsafe { libc::fcntl(m.fd(), libc::F_GET_SEALS) }
+    }
+
+    #[test]
+    fn small_pages_round_to_4k_and_are_sealed() {
+        let m = SharedMemory::with_pages(5000, 0x4000, Hugepages::Off).unwrap();
+        assert_eq!((m.len(), m.page_size()), (8192, 4096));
+        assert_eq!(
+            seals(&m) & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+        );
+        assert_eq!(SharedMemory::new(1, 0).unwrap().len(), 4096);
+        assert!(SharedMemory::with_pages(0, 0, Hugepages::Auto).is_err());
+        assert!(SharedMemory::with_pages(usize::MAX - 10, 0, Hugepages::Off).is_err());
+    }
+
+    #[test]
+    fn hugepages_round_to_2m_are_sealed_and_zeroed() {
+        if free_hugepages() < 4 {
+            eprintln!("SKIPPED: fewer than 4 free 2 MiB hugepages");
+            return;
+        }
+        // Other tests may take the pages between the check and the allocation: `On` may then
+        // fail, but only with the error that says so.
+        let m = match SharedMemory::with_pages(HUGEPAGE + 1, 0x1_0000_0000, Hugepages::On) {
+            Ok(m) => m,
+            Err(Error::NoHugepages { need: 2, .. }) => return,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!((m.len(), m.page_size()), (2 * HUGEPAGE, HUGEPAGE));
+        assert_eq!(m.as_ptr() as usize % HUGEPAGE, 0);
+        assert_eq!(m.gpa(HUGEPAGE + 5), 0x1_0000_0000 + HUGEPAGE as u64 + 5);
+        assert!(!m.is_segmented());
+        // hugetlbfs memfds take the seals: the backend may rely on the size being final.
+        assert_eq!(
+            seals(&m) & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+        );
+        let f = &m.file;
+        assert!(f.set_len(HUGEPAGE as u64).is_err());
+        assert!(f.set_len(4 * HUGEPAGE as u64).is_err());
+        // SAFETY: reading and writing inside the mapping, which nothing else uses.
+        unsafe {
+            let all = std::slice::from_raw_parts_mut(m.as_ptr(), m.len());
+            assert!(all.iter().all(|&b| b == 0));
+            all[m.len() - 1] = 7;
+        }
+        // The backend's view: the same fd mapped again (with the size and offset the
+        // frontend sends: 0 and the region's size, both 2 MiB multiples) sees the same bytes.
+        // SAFETY: a fresh shared mapping of the region's fd, unmapped below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                m.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                m.fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(*p.cast::<u8>().add(m.len() - 1), 7);
+            libc::munmap(p, m.len());
+        }
+    }
+
+    #[test]
+    fn too_few_hugepages_fall_back_or_fail_clearly() {
+        // Far more pages than the system has (tests running beside this one take and free
+        // some): `Auto` gives 4 KiB pages (the memfd is sparse, nothing of it is touched),
+        // `On` the error saying how many to reserve.
+        let total = crate::transport::pci::sysfs::hugepages().map_or(0, |h| h.0);
+        let size = (total + 1024) * HUGEPAGE;
+        let m = SharedMemory::with_pages(size, 0, Hugepages::Auto).unwrap();
+        assert_eq!((m.len(), m.page_size()), (size, 4096));
+        match SharedMemory::with_pages(size, 0, Hugepages::On) {
+            Err(e @ Error::NoHugepages { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("/proc/sys/vm/nr_hugepages"), "{msg}");
+            }
+            Err(e) => {
+                // A kernel without hugetlbfs says so instead.
+                assert!(e.to_string().contains("hugetlbfs"), "{e}");
+            }
+            Ok(_) => panic!("more hugepages than free were granted"),
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::op::{Completion, Op};
 use super::queue::{Queue, QueueState};
 use super::session::Session;
 use crate::error::{Error, Result};
-use crate::mem::{place, Arena, DmaBuf, Shared};
+use crate::mem::{place, Arena, DmaBuf, Hugepages, Shared};
 use crate::transport::pci::caps::VIRTIO_ID_CRYPTO;
 use crate::transport::virtio_user::VirtioUser;
 use crate::transport::{setup_split_queue, Endpoint, Transport, VIRTIO_RING_F_INDIRECT_DESC};
@@ -63,6 +63,9 @@ pub struct Options {
     /// worker far more than the look costs this thread: docs/performance.md, ADR 0017).
     /// Zero: sleep on the interrupt at once.
     pub wait_poll: Duration,
+    /// Which pages the shared memory uses over virtio-user (default: 4 KiB pages; `Auto`: 2 MiB
+    /// hugepages when free). Ignored inside a VM (always hugepages).
+    pub hugepages: Hugepages,
 }
 
 impl Default for Options {
@@ -77,6 +80,7 @@ impl Default for Options {
             indirect: true,
             session_control: SessionControl::Auto,
             wait_poll: Duration::from_micros(50),
+            hugepages: Hugepages::Off,
         }
     }
 }
@@ -196,6 +200,7 @@ impl CryptoDevice {
         let total = arena_off
             .checked_add(opts.arena_size)
             .ok_or(Error::InvalidArgument("arena size"))?;
+        t.set_hugepages(opts.hugepages);
         let mem = t.setup_memory(total)?;
         let interrupts = opts.completion == CompletionMode::Interrupt;
 
@@ -320,6 +325,12 @@ impl CryptoDevice {
     /// Whether requests go through indirect descriptor tables.
     pub fn uses_indirect(&self) -> bool {
         self.inner.indirect
+    }
+
+    /// Size of the pages the shared memory is on in this process: 2 MiB (hugepages) or 4 KiB
+    /// ([`Options::hugepages`]).
+    pub fn page_size(&self) -> usize {
+        self.inner.shared.mem.page_size()
     }
 
     /// Whether session requests go in-band on a data queue (`dpacc_spec::in_band`) rather

@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::mem::SharedMemory;
+use crate::mem::{Hugepages, SharedMemory};
 use crate::virtq::{Notifier, RingLayout, SplitQueue};
 
 /// virtio feature bit: modern device (virtio 1.x).
@@ -53,6 +53,10 @@ pub trait Transport: Send {
     fn num_queues(&self) -> u16;
     /// Reads `buf.len()` bytes of the device config space from offset 0.
     fn read_config(&mut self, buf: &mut [u8]) -> Result<()>;
+    /// Which pages [`setup_memory`](Self::setup_memory) should use. Only virtio-user chooses
+    /// (default [`Hugepages::Off`]); inside a VM the DMA memory is always 2 MiB hugepages, and
+    /// the fake device's is 4 KiB pages.
+    fn set_hugepages(&mut self, _pages: Hugepages) {}
     /// Creates the shared memory the device can address (once, before any queue is set up).
     fn setup_memory(&mut self, size: usize) -> Result<Arc<SharedMemory>>;
     /// Tells the device where a queue's rings are and returns its notifier.

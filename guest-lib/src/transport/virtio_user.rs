@@ -1,5 +1,7 @@
 //! virtio-user: this process is the vhost-user *frontend* of a backend daemon on a unix socket,
-//! exactly as QEMU would be, with a memfd of its own as "guest memory".
+//! exactly as QEMU would be, with a memfd of its own as "guest memory", sealed against
+//! shrinking and growing: on 4 KiB pages, or on 2 MiB hugepages when asked ([`Hugepages`], as
+//! DPDK's virtio-user does).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{QueueSetup, Transport, VIRTIO_F_VERSION_1};
 use super::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::error::{Error, Result};
-use crate::mem::SharedMemory;
+use crate::mem::{Hugepages, SharedMemory};
 use crate::virtq::{EventFdNotifier, Notifier};
 
 /// Guest address of the first byte of our memory (any value works; a non-zero one catches a
@@ -28,6 +30,7 @@ pub struct VirtioUser {
     protocol: VhostUserProtocolFeatures,
     num_queues: u16,
     mem: Option<Arc<SharedMemory>>,
+    hugepages: Hugepages,
     enabled: Vec<u16>,
 }
 
@@ -37,6 +40,7 @@ impl std::fmt::Debug for VirtioUser {
             .field("features", &format_args!("{:#x}", self.features))
             .field("protocol", &self.protocol)
             .field("num_queues", &self.num_queues)
+            .field("hugepages", &self.hugepages)
             .finish()
     }
 }
@@ -103,6 +107,7 @@ impl VirtioUser {
             protocol,
             num_queues: num_queues as u16,
             mem: None,
+            hugepages: Hugepages::Off,
             enabled: Vec::new(),
         };
         me.with_ack(|fe| fe.set_features(features))?;
@@ -176,11 +181,17 @@ impl Transport for VirtioUser {
         Ok(())
     }
 
+    fn set_hugepages(&mut self, pages: Hugepages) {
+        self.hugepages = pages;
+    }
+
     fn setup_memory(&mut self, size: usize) -> Result<Arc<SharedMemory>> {
         if self.mem.is_some() {
             return Err(Error::InvalidArgument("memory already set up"));
         }
-        let mem = Arc::new(SharedMemory::new(size, GPA_BASE)?);
+        // One region, one fd, offset 0, its size a multiple of the page size (2 MiB on
+        // hugetlbfs, which the backend's mmap of the region needs and gets).
+        let mem = Arc::new(SharedMemory::with_pages(size, GPA_BASE, self.hugepages)?);
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: mem.gpa_base(),
             memory_size: mem.len() as u64,

@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use dpacc_guest::{CompletionMode, CryptoDevice, Op, OpBufs, Options, Session, SessionControl};
+use dpacc_guest::mem::SharedMemory;
+use dpacc_guest::{
+    CompletionMode, CryptoDevice, Hugepages, Op, OpBufs, Options, Session, SessionControl,
+};
 use dpacc_spec::{
     Completion, CryptoDriver, CryptoOp, Direction, Iv, MacAlg, Seg, SessionHandle, SessionParams,
 };
@@ -39,6 +42,27 @@ impl Mode {
     }
 }
 
+/// Pages of the shared memory (`--hugepages`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Pages {
+    /// 2 MiB hugepages when free, else 4 KiB pages.
+    Auto,
+    /// 2 MiB hugepages, or an error saying how to reserve them.
+    On,
+    /// 4 KiB pages.
+    Off,
+}
+
+impl From<Pages> for Hugepages {
+    fn from(p: Pages) -> Self {
+        match p {
+            Pages::Auto => Hugepages::Auto,
+            Pages::On => Hugepages::On,
+            Pages::Off => Hugepages::Off,
+        }
+    }
+}
+
 /// Parsed `bench` arguments.
 pub struct Args {
     /// `vhost-user:PATH` or `pci:BDF`.
@@ -57,6 +81,10 @@ pub struct Args {
     pub seconds: f64,
     pub modes: Vec<Mode>,
     pub latency: bool,
+    /// Pages of the shared memory (`Options::hugepages`).
+    pub hugepages: Hugepages,
+    /// The raw peer's buffers on 2 MiB hugepages too (default: its own heap, 4 KiB pages).
+    pub raw_hugepages: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,6 +258,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     .saturating_add(1 << 20),
                 session_control: a.sessions,
                 wait_poll: a.wait_poll.unwrap_or(Options::default().wait_poll),
+                hugepages: a.hugepages,
                 ..Options::default()
             };
             let dev = crate::open(&a.device, opts)?;
@@ -237,6 +266,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
             let extras = [
                 (dev.uses_indirect(), "indirect descriptors"),
                 (dev.uses_in_band_sessions(), "sessions in-band"),
+                (dev.page_size() >= 2 << 20, "2 MiB pages"),
+                (dev.page_size() < 2 << 20, "4 KiB pages"),
+                (a.raw_hugepages, "raw peer on 2 MiB pages"),
             ];
             let extras: Vec<&str> = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
             let wake = wake_after(mode, a.batch, depth, a.wake_after);
@@ -259,7 +291,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 let backend_busy = backend_cpu(&dev, queues)
                     .map(|e| (e - before.unwrap_or(0.0)) / dev_stats.secs.max(1e-9));
                 dev_stats.print("device", size, "");
-                let raw = software(&p, kind, size, a.batch, depth, queues, dur)?;
+                let raw = software(&p, kind, size, a.batch, depth, queues, dur, a.raw_hugepages)?;
                 raw.print(
                     "raw",
                     size,
@@ -539,12 +571,14 @@ pub fn software_gcm128(size: usize, batch: usize, dur: Duration) -> Result<f64, 
         tag_len: 0,
         dir: Direction::Encrypt,
     };
-    Ok(software(&p, Kind::Aead, size, batch, batch, 1, dur)?.rate())
+    Ok(software(&p, Kind::Aead, size, batch, batch, 1, dur, false)?.rate())
 }
 
 /// The raw baseline: `dpacc_sw::SwDriver` through the driver traits, batched like the device
 /// run, over as many buffers per thread as the device run keeps in flight (`depth`: the same
-/// working set in the caches). The one place that names the software driver.
+/// working set in the caches), on the heap (4 KiB pages) or, with `huge`, on 2 MiB hugepages
+/// like the device's memory. The one place that names the software driver.
+#[allow(clippy::too_many_arguments)]
 fn software(
     p: &SessionParams<'_>,
     kind: Kind,
@@ -553,6 +587,7 @@ fn software(
     depth: usize,
     threads: u16,
     dur: Duration,
+    huge: bool,
 ) -> Result<Stats, CliError> {
     let drv = dpacc_sw::SwDriver::new();
     let handle = drv.create_session(p).map_err(CliError::from)?;
@@ -560,7 +595,7 @@ fn software(
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let (drv, handle) = (&drv, &handle);
-                sc.spawn(move || sw_thread(drv, handle, kind, size, batch, depth, dur))
+                sc.spawn(move || sw_thread(drv, handle, kind, size, batch, depth, dur, huge))
             })
             .collect();
         hs.into_iter()
@@ -584,23 +619,51 @@ fn software(
     Ok(total)
 }
 
-/// Buffers of `n` operations of the in-process baseline.
-struct SwBufs {
-    srcs: Vec<Vec<u8>>,
-    dsts: Vec<Vec<u8>>,
-    digs: Vec<Vec<u8>>,
+/// Where the in-process baseline's buffers live.
+enum SwMem {
+    /// One heap allocation per buffer (4 KiB pages).
+    Heap(Vec<Vec<u8>>),
+    /// One region on 2 MiB hugepages, carved in 64-byte-aligned pieces.
+    Huge(SharedMemory),
 }
 
-impl SwBufs {
-    fn new(kind: Kind, size: usize, n: usize) -> Self {
-        Self {
-            srcs: (0..n).map(|_| vec![0x5a; size]).collect(),
-            dsts: (0..n).map(|_| vec![0; size]).collect(),
-            digs: (0..n).map(|_| vec![0; digest_len(kind)]).collect(),
+impl SwMem {
+    /// Room for `lens`, in that order.
+    fn new(lens: &[usize], huge: bool) -> Result<Self, CliError> {
+        if !huge {
+            return Ok(Self::Heap(lens.iter().map(|&l| vec![0; l]).collect()));
+        }
+        let total = lens.iter().map(|l| l.next_multiple_of(64)).sum::<usize>();
+        Ok(Self::Huge(SharedMemory::with_pages(
+            total.max(1),
+            0,
+            Hugepages::On,
+        )?))
+    }
+
+    /// The pieces, disjoint, of the lengths given to `new`.
+    fn pieces(&mut self, lens: &[usize]) -> Vec<&mut [u8]> {
+        match self {
+            Self::Heap(v) => v.iter_mut().map(|b| b.as_mut_slice()).collect(),
+            Self::Huge(m) => {
+                // SAFETY: the mapping is `m.len()` bytes, zero-initialised, lives as long as
+                // the `&mut self` borrow and nothing else in this process or outside it (no
+                // device was given it) accesses it.
+                let mut rest = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), m.len()) };
+                lens.iter()
+                    .map(|&l| {
+                        let (piece, tail) =
+                            std::mem::take(&mut rest).split_at_mut(l.next_multiple_of(64));
+                        rest = tail;
+                        &mut piece[..l]
+                    })
+                    .collect()
+            }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sw_thread(
     drv: &dyn CryptoDriver,
     session: &SessionHandle,
@@ -609,17 +672,29 @@ fn sw_thread(
     batch: usize,
     depth: usize,
     dur: Duration,
+    huge: bool,
 ) -> Result<Stats, CliError> {
     let sw_err = CliError::from;
     let mut queue = drv.open_queue(batch).map_err(sw_err)?;
-    // Whole batches covering at least `depth` operations' buffers, used in turn.
+    // Whole batches covering at least `depth` operations' buffers, used in turn: all sources,
+    // then all destinations, then all digests.
     let sets = depth.div_ceil(batch).max(1);
-    let mut bufs = SwBufs::new(kind, size, sets * batch);
-    let src_segs: Vec<[Seg<'_>; 1]> = bufs.srcs.iter().map(|s| [Seg::from_ref(s)]).collect();
-    let dst_segs: Vec<[Seg<'_>; 1]> = bufs.dsts.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
-    let dig_segs: Vec<[Seg<'_>; 1]> = bufs.digs.iter_mut().map(|d| [Seg::from_mut(d)]).collect();
+    let n = sets * batch;
+    let lens: Vec<usize> = [size, size, digest_len(kind)]
+        .iter()
+        .flat_map(|&l| std::iter::repeat_n(l, n))
+        .collect();
+    let mut mem = SwMem::new(&lens, huge)?;
+    let mut pieces = mem.pieces(&lens);
+    for s in &mut pieces[..n] {
+        s.fill(0x5a);
+    }
+    let mut it = pieces.into_iter();
+    let src_segs: Vec<[Seg<'_>; 1]> = it.by_ref().take(n).map(|s| [Seg::from_ref(s)]).collect();
+    let dst_segs: Vec<[Seg<'_>; 1]> = it.by_ref().take(n).map(|d| [Seg::from_mut(d)]).collect();
+    let dig_segs: Vec<[Seg<'_>; 1]> = it.map(|d| [Seg::from_mut(d)]).collect();
     let iv = Iv::new(&vec![7u8; iv_len(kind)]).map_err(sw_err)?;
-    let ops: Vec<CryptoOp<'_>> = (0..sets * batch)
+    let ops: Vec<CryptoOp<'_>> = (0..n)
         .map(|i| CryptoOp {
             session,
             iv,
@@ -720,6 +795,7 @@ fn latency(a: &Args, p: &SessionParams<'_>, kind: Kind) -> Result<(), CliError> 
             queues: Some(1),
             queue_size: 64,
             completion: mode.completion(),
+            hugepages: a.hugepages,
             arena_size: 2 * max_size + (1 << 20),
             session_control: a.sessions,
             wait_poll: a.wait_poll.unwrap_or(Options::default().wait_poll),
@@ -784,10 +860,12 @@ fn software_latency(
     let drv = dpacc_sw::SwDriver::new();
     let session = drv.create_session(p).map_err(sw_err)?;
     let mut queue = drv.open_queue(1).map_err(sw_err)?;
-    let mut bufs = SwBufs::new(kind, size, 1);
-    let src = [Seg::from_ref(&bufs.srcs[0])];
-    let dst = [Seg::from_mut(&mut bufs.dsts[0])];
-    let dig = [Seg::from_mut(&mut bufs.digs[0])];
+    let src = vec![0x5a; size];
+    let mut dst = vec![0; size];
+    let mut dig = vec![0; digest_len(kind)];
+    let src = [Seg::from_ref(&src)];
+    let dst = [Seg::from_mut(&mut dst)];
+    let dig = [Seg::from_mut(&mut dig)];
     let op = CryptoOp {
         session: &session,
         iv: Iv::new(&vec![7u8; iv_len(kind)]).map_err(sw_err)?,

@@ -213,6 +213,16 @@ enum Cmd {
         /// queue, instead of throughput.
         #[arg(long)]
         latency: bool,
+        /// Pages of the memory shared with the backend (virtio-user): off (4 KiB pages, the
+        /// library's default), auto (2 MiB hugepages when free, else 4 KiB pages), on
+        /// (hugepages or an error saying how to reserve them). Inside a VM (--pci) always
+        /// hugepages.
+        #[arg(long, value_enum, default_value = "off")]
+        hugepages: bench::Pages,
+        /// Put the raw peer's buffers on 2 MiB hugepages too (default: its own heap, 4 KiB
+        /// pages); fails without free hugepages.
+        #[arg(long)]
+        raw_hugepages: bool,
     },
 }
 
@@ -721,6 +731,8 @@ fn main() -> ExitCode {
             mode,
             poll,
             latency,
+            hugepages,
+            raw_hugepages,
         } => match (endpoint(socket.as_ref(), pci.as_deref()), alg) {
             (device, Some(alg)) if !device.is_empty() && !size.is_empty() => {
                 bench::run(bench::Args {
@@ -736,6 +748,8 @@ fn main() -> ExitCode {
                     seconds,
                     modes: if poll { vec![bench::Mode::Poll] } else { mode },
                     latency,
+                    hugepages: hugepages.into(),
+                    raw_hugepages,
                 })
             }
             _ => Err(usage(
