@@ -78,7 +78,11 @@ impl SwQueue {
                     aad: &mut self.aad,
                 };
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
-                unsafe { k.run(&op.iv, op.src, op.dst, op.aad, op.digest, scratch, self.owner) }
+                unsafe {
+                    k.run(
+                        &op.iv, op.src, op.dst, op.aad, op.digest, scratch, self.owner,
+                    )
+                }
             }
             Kind::Chain(k) => {
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
