@@ -164,12 +164,15 @@ impl Claim {
     }
 }
 
-/// Buffers of the queue an AEAD operation may use.
+/// What of the queue an AEAD operation may use.
 pub(crate) struct AeadScratch<'a> {
     /// Bounce buffer for scattered data.
     pub data: &'a mut [u8],
     /// Bounce buffer for scattered AAD.
     pub aad: &'a mut [u8],
+    /// The queue's [`owner_id`](crate::gcm_stream::owner_id) for the sessions' incremental
+    /// contexts.
+    pub owner: u64,
 }
 
 /// Where the data of one operation is transformed.
@@ -284,8 +287,8 @@ impl AeadKey {
         }
     }
 
-    /// Runs one AEAD operation (see the `CryptoOp` table) for the software queue holding
-    /// `owner` (an [`owner_id`](crate::gcm_stream::owner_id)).
+    /// Runs one AEAD operation (see the `CryptoOp` table) for the software queue of
+    /// `scratch`.
     ///
     /// # Safety
     /// `src`, `aad` and (on decrypt) `digest` valid for reads; `dst` and (on encrypt) `digest`
@@ -299,9 +302,8 @@ impl AeadKey {
         aad: &[Seg<'_>],
         digest: &[Seg<'_>],
         scratch: AeadScratch<'_>,
-        owner: u64,
     ) -> Result<(), CryptoError> {
-        let claim = Claim::Owner(owner);
+        let claim = Claim::Owner(scratch.owner);
         let nonce: [u8; NONCE_LEN] = iv
             .as_slice()
             .try_into()
@@ -667,9 +669,10 @@ mod tests {
             let scratch = AeadScratch {
                 data: &mut data,
                 aad: &mut aadb,
+                owner,
             };
             // SAFETY: local buffers, `src`/`dst` disjoint.
-            unsafe { k.run(&iv, &s, &d, &a, &g, scratch, owner) }
+            unsafe { k.run(&iv, &s, &d, &a, &g, scratch) }
         };
         r.map(|()| (out, t))
     }
@@ -727,9 +730,10 @@ mod tests {
             let scratch = AeadScratch {
                 data: &mut data,
                 aad: &mut aadb,
+                owner,
             };
             // SAFETY: local buffers, `src`/`dst` disjoint; `digest` only read on decrypt.
-            unsafe { dec.run(&Iv::new(&iv).unwrap(), &s, &d, &a, &g, scratch, owner) }
+            unsafe { dec.run(&Iv::new(&iv).unwrap(), &s, &d, &a, &g, scratch) }
         };
         assert_eq!(r, Err(CryptoError::AuthFailed));
         assert!(out.iter().all(|&b| b == 0));

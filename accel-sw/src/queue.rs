@@ -76,13 +76,10 @@ impl SwQueue {
                 let scratch = AeadScratch {
                     data: &mut self.data,
                     aad: &mut self.aad,
+                    owner: self.owner,
                 };
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
-                unsafe {
-                    k.run(
-                        &op.iv, op.src, op.dst, op.aad, op.digest, scratch, self.owner,
-                    )
-                }
+                unsafe { k.run(&op.iv, op.src, op.dst, op.aad, op.digest, scratch) }
             }
             Kind::Chain(k) => {
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
