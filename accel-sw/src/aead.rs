@@ -33,6 +33,17 @@
 //! A gathered input (several `src` pieces) going into one disjoint `dst` segment runs through
 //! AWS-LC's incremental interface (`gcm_stream.rs`), piece after piece straight into `dst`:
 //! fused ESP's headers from the host and payload from the source guest, in one pass.
+//!
+//! Look-aside (a software queue's operations, [`AeadKey::run`]): the one-segment out-of-place
+//! case runs through the same incremental context when the queue owns it (the first queue to
+//! run one of the session's operations takes it for good; others use the one-shot call).
+//! AWS-LC's one-shot seal and open clear a per-call GCM state and copy the GCM key (Htable)
+//! into it on every call, a `rep stos` and a `rep movsq` that were ~6 % of the backend worker
+//! at 64 B; the session's context keeps that state and only resets the nonce. In-process, one
+//! core, same run (AES-256-GCM, 8-byte AAD, ns per call): 64 B seal 80-85 one-shot against
+//! 73-75 through the owned context, open 82-86 against 73-79 (the context claimed by an atomic
+//! exchange per call); 1400 B 187-191 against 189-198 (level); 16 KiB 920-1006 against
+//! 872-912. Fused ESP's direct calls are unchanged (one-shot for one segment).
 
 use std::mem::MaybeUninit;
 
