@@ -13,7 +13,10 @@
 //! The context holds the expanded key and the GHASH key, set once per session; an operation
 //! only resets the nonce. It is mutable per operation, so a session has one, claimed by an
 //! atomic flag for the span of one operation: a second thread finding it taken (two lanes
-//! using the same SA at the same instant) uses the one-shot path instead. AWS-LC frees it with
+//! using the same SA at the same instant) uses the one-shot path instead. A software queue
+//! (look-aside) instead takes it for good ([`GcmStream::claim_owned`]): the first queue to run
+//! the session's operation owns it from then on and claims it with a plain load, no locked
+//! instruction per operation; other queues use the one-shot path. AWS-LC frees it with
 //! `EVP_CIPHER_CTX_free`, which cleanses the key material (`aes_gcm_cleanup`, then
 //! `OPENSSL_free`, which cleanses every allocation).
 //!
@@ -22,7 +25,7 @@
 
 use std::ffi::c_int;
 use std::ptr::{null, null_mut, NonNull};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_sys as sys;
 use dpacc_spec::Seg;
@@ -34,12 +37,26 @@ const TAG: usize = 16;
 pub(crate) struct GcmStream {
     ctx: NonNull<sys::EVP_CIPHER_CTX>,
     encrypt: bool,
-    busy: AtomicBool,
+    /// [`FREE`], [`BUSY`] (claimed for one operation) or the id of the queue that owns it.
+    state: AtomicU64,
 }
 
-// SAFETY: the context is only used by the thread that set `busy` (`claim`) until it clears
-// it, or by the one thread its owner runs on (`claim_unshared`'s contract), and freed by
-// `drop` (`&mut self`: no claim alive).
+/// The context is free.
+const FREE: u64 = 0;
+/// The context is claimed for one operation.
+const BUSY: u64 = 1;
+/// The next owner id ([`owner_id`]): ids are never reused, so a dropped queue's id stays dead.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(2);
+
+/// A fresh owner id for [`GcmStream::claim_owned`] (one per software queue).
+pub(crate) fn owner_id() -> u64 {
+    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+// SAFETY: the context is only used by the thread that set `BUSY` (`claim`) until it clears
+// it, by the one thread its owner runs on (`claim_unshared`'s contract), or by the holder of
+// the owner id it was given (`claim_owned`: ids are unique, their holder is one queue, used by
+// one thread at a time), and freed by `drop` (`&mut self`: no claim alive).
 unsafe impl Send for GcmStream {}
 // SAFETY: as above: shared access goes through `claim`.
 unsafe impl Sync for GcmStream {}
@@ -53,7 +70,7 @@ impl GcmStream {
         let s = Self {
             ctx,
             encrypt,
-            busy: AtomicBool::new(false),
+            state: AtomicU64::new(FREE),
         };
         // SAFETY: static cipher tables.
         let cipher = unsafe {
@@ -78,20 +95,50 @@ impl GcmStream {
 
     /// Takes the context for one operation without the atomic exchange of
     /// [`claim`](Self::claim) (a locked instruction, which waits for every earlier store).
+    /// None if a queue owns it ([`claim_owned`](Self::claim_owned)).
     ///
     /// # Safety
     /// No other thread uses this context meanwhile (its owner runs one operation at a time).
-    pub(crate) unsafe fn claim_unshared(&self) -> Claimed<'_> {
-        self.busy.store(true, Ordering::Relaxed);
-        Claimed(self)
+    pub(crate) unsafe fn claim_unshared(&self) -> Option<Claimed<'_>> {
+        if self.state.load(Ordering::Relaxed) > BUSY {
+            return None;
+        }
+        self.state.store(BUSY, Ordering::Relaxed);
+        Some(Claimed {
+            stream: self,
+            release: true,
+        })
     }
 
-    /// Takes the context for one operation; None if another thread has it.
+    /// Takes the context for one operation; None if another thread has it (or a queue owns
+    /// it).
     pub(crate) fn claim(&self) -> Option<Claimed<'_>> {
-        self.busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        self.state
+            .compare_exchange(FREE, BUSY, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| Claimed(self))
+            .map(|_| Claimed {
+                stream: self,
+                release: true,
+            })
+    }
+
+    /// Takes the context for the holder of `owner` (an [`owner_id`], one software queue, used
+    /// by one thread at a time): the first call takes it for good with one atomic exchange,
+    /// later calls see their own id with a plain load (no locked instruction, which would wait
+    /// for the previous operation's stores to guest memory). None if it is busy or owned by
+    /// another id: the caller uses the one-shot path.
+    pub(crate) fn claim_owned(&self, owner: u64) -> Option<Claimed<'_>> {
+        debug_assert!(owner > BUSY);
+        // Only the holder of `owner` ever stores it, so seeing it is seeing our own store.
+        let mine = self.state.load(Ordering::Relaxed) == owner
+            || self
+                .state
+                .compare_exchange(FREE, owner, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok();
+        mine.then_some(Claimed {
+            stream: self,
+            release: false,
+        })
     }
 }
 
@@ -103,11 +150,17 @@ impl Drop for GcmStream {
 }
 
 /// The context, taken by one thread for one operation.
-pub(crate) struct Claimed<'a>(&'a GcmStream);
+pub(crate) struct Claimed<'a> {
+    stream: &'a GcmStream,
+    /// Whether the context is freed after the operation (not when a queue owns it).
+    release: bool,
+}
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
-        self.0.busy.store(false, Ordering::Release);
+        if self.release {
+            self.stream.state.store(FREE, Ordering::Release);
+        }
     }
 }
 
@@ -119,14 +172,14 @@ impl Claimed<'_> {
     /// Every piece of `src` readable; `dst` writable for their total length; no piece
     /// overlapping `dst` unless it is the same memory (in place).
     unsafe fn run(&mut self, nonce: &[u8; 12], aad: &[u8], src: &[Seg<'_>], dst: *mut u8) -> bool {
-        let c = self.0.ctx.as_ptr();
+        let c = self.stream.ctx.as_ptr();
         let mut out: c_int = 0;
         let Ok(aad_len) = c_int::try_from(aad.len()) else {
             return false;
         };
         // SAFETY: our claimed context; the nonce is 12 bytes (the context's IV length).
         let ok = unsafe {
-            if self.0.encrypt {
+            if self.stream.encrypt {
                 sys::EVP_EncryptInit_ex(c, null(), null_mut(), null(), nonce.as_ptr())
             } else {
                 sys::EVP_DecryptInit_ex(c, null(), null_mut(), null(), nonce.as_ptr())
@@ -139,7 +192,7 @@ impl Claimed<'_> {
             // SAFETY: the caller's pieces (or the AAD, with a null output); `o` has room for
             // `n` bytes (GCM writes exactly what it reads).
             unsafe {
-                if self.0.encrypt {
+                if self.stream.encrypt {
                     sys::EVP_EncryptUpdate(c, o, out, i, n)
                 } else {
                     sys::EVP_DecryptUpdate(c, o, out, i, n)
@@ -176,14 +229,14 @@ impl Claimed<'_> {
         dst: *mut u8,
         tag_out: *mut u8,
     ) -> bool {
-        if !self.0.encrypt {
+        if !self.stream.encrypt {
             return false;
         }
         // SAFETY: forwarded.
         if !unsafe { self.run(nonce, aad, src, dst) } {
             return false;
         }
-        let c = self.0.ctx.as_ptr();
+        let c = self.stream.ctx.as_ptr();
         let mut out: c_int = 0;
         // SAFETY: our context; GCM's final writes no bytes (a null output is not read);
         // the tag goes to the caller's 16 writable bytes.
@@ -227,14 +280,14 @@ impl Claimed<'_> {
         src: &[Seg<'_>],
         dst: *mut u8,
     ) -> bool {
-        if self.0.encrypt {
+        if self.stream.encrypt {
             return false;
         }
         // SAFETY: forwarded.
         if !unsafe { self.run(nonce, aad, src, dst) } {
             return false;
         }
-        let c = self.0.ctx.as_ptr();
+        let c = self.stream.ctx.as_ptr();
         let mut out: c_int = 0;
         let mut end = 0u8;
         // SAFETY: our context; the tag is 16 bytes, only read (copied) by AWS-LC despite the

@@ -22,6 +22,9 @@ pub struct SwQueue {
     count: usize,
     data: Box<[u8]>,
     aad: Box<[u8]>,
+    /// This queue's id for the sessions' incremental AES-GCM contexts: the first queue to run
+    /// a session's operation owns its context (`gcm_stream.rs`).
+    owner: u64,
 }
 
 impl SwQueue {
@@ -36,6 +39,7 @@ impl SwQueue {
             count: 0,
             data: vec![0u8; DATA_BOUNCE_LEN].into_boxed_slice(),
             aad: vec![0u8; AAD_BOUNCE_LEN].into_boxed_slice(),
+            owner: crate::gcm_stream::owner_id(),
         })
     }
 
@@ -72,6 +76,7 @@ impl SwQueue {
                 let scratch = AeadScratch {
                     data: &mut self.data,
                     aad: &mut self.aad,
+                    owner: self.owner,
                 };
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
                 unsafe { k.run(&op.iv, op.src, op.dst, op.aad, op.digest, scratch) }
