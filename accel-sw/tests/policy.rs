@@ -1,7 +1,7 @@
 //! The operator's policy in a real instance: flows the vNF installs (cached or not, direct
 //! PACKET_OUTs) cannot bypass it, and a rule set is swapped whole while lanes run.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dpacc_spec::fastpath::flow::{Action, FlowSpec, Match};
@@ -199,9 +199,12 @@ fn rule_sets_are_swapped_whole_while_lanes_run() {
     };
     inst.set_policy(Some(a.clone())).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    // Batches each lane has run: the swaps go on until both lanes ran many batches under them
+    // (in a release build 2000 swaps can end before a lane thread has started).
+    let done: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let lanes: Vec<_> = (0..2)
         .map(|i| {
-            let (inst, stop) = (inst.clone(), stop.clone());
+            let (inst, stop, done) = (inst.clone(), stop.clone(), done.clone());
             std::thread::spawn(move || {
                 let mut lane = inst.lane(i).unwrap().unwrap();
                 let mut v = [Verdict::Drop; 8];
@@ -212,14 +215,22 @@ fn rule_sets_are_swapped_whole_while_lanes_run() {
                     lane.end_batch();
                     assert!(v.iter().all(|v| *v == Verdict::Drop), "{v:?}");
                     n += 1;
+                    done[i].store(n, Ordering::Relaxed);
                 }
                 n
             })
         })
         .collect();
-    for i in 0..2000 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut i = 0u64;
+    while i < 2000 || done.iter().any(|d| d.load(Ordering::Relaxed) < 100) {
         inst.set_policy(Some(if i % 2 == 0 { b.clone() } else { a.clone() }))
             .unwrap();
+        i += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lanes made no progress"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for l in lanes {
