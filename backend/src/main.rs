@@ -181,14 +181,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
             })?);
             // The command line's vNFs first: once the API answers, they are served.
             for (name, v) in vnfs {
-                let uplinks = v
-                    .uplinks
-                    .into_iter()
-                    .map(|u| match u {
-                        UplinkSpec::Vhost(p) => UplinkSpec::Vhost(absolute(&p)),
-                        tap => tap,
-                    })
-                    .collect();
+                let uplinks = absolute_uplinks(v.uplinks);
                 if let Err(e) = sup.create_parsed(&name, &absolute(&v.socket), uplinks, None) {
                     sup.stop_all();
                     return Err(MainError::Isolated(name, e));
@@ -213,9 +206,10 @@ fn run(cli: Cli) -> Result<(), MainError> {
         }
         Command::Net(a) => {
             let vnfs = a.named_vnfs()?;
-            a.to_vnfs()?; // the same checks as before: no socket or TAP used twice
-                          // Read before the API answers (ADR 0018: a supervisor that gets an answer knows
-                          // this process has read the policy it was started with).
+            // The same checks as before: no socket or TAP used twice.
+            a.to_vnfs()?;
+            // Read before the API answers (ADR 0018: a supervisor that gets an answer knows
+            // this process has read the policy it was started with).
             let policy = match &a.start_policy {
                 Some(p) => Some(read_policy(p)?),
                 None => None,
@@ -230,14 +224,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 None => None,
             };
             for (name, v) in vnfs {
-                let uplinks = v
-                    .uplinks
-                    .into_iter()
-                    .map(|u| match u {
-                        UplinkSpec::Vhost(p) => UplinkSpec::Vhost(absolute(&p)),
-                        tap => tap,
-                    })
-                    .collect();
+                let uplinks = absolute_uplinks(v.uplinks);
                 if let Err(e) = registry.create_parsed(
                     &name,
                     &absolute(&v.socket),
@@ -273,6 +260,17 @@ fn notify_ready() {
 /// `p` made absolute against the working directory (as it was given if that fails).
 fn absolute(p: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A vNF's uplinks with their vhost-user socket paths made absolute.
+fn absolute_uplinks(uplinks: Vec<UplinkSpec>) -> Vec<UplinkSpec> {
+    uplinks
+        .into_iter()
+        .map(|u| match u {
+            UplinkSpec::Vhost(p) => UplinkSpec::Vhost(absolute(&p)),
+            tap => tap,
+        })
+        .collect()
 }
 
 /// Blocks until `fd` is readable.
