@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::api::{have, parse_metrics, sample, Daemon};
+use common::api::{forward_udp, have, parse_metrics, sample, udp_frame, Daemon};
 use common::netns::flow;
 use dpacc::guest::net::{FlowTable, FrameIo, NetOptions, VirtioNetPort};
 use dpacc::spec::fastpath::flow::{Action, Match};
@@ -25,22 +25,9 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dpacc-api-{}-{name}", std::process::id()))
 }
 
-/// An Ethernet/IPv4/UDP frame (60 bytes) tagged with `seq`.
+/// An Ethernet/IPv4/UDP frame (60 bytes) to UDP port 9000, tagged with `seq`.
 fn frame(seq: u32) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
-    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&46u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
-    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-    f[34..36].copy_from_slice(&5000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&9000u16.to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    f
+    udp_frame(seq, 9000)
 }
 
 /// A vNF created through the API: its control client and its two uplink peers.
@@ -86,26 +73,7 @@ fn create(d: &Daemon, name: &str) -> Vnf {
 
 /// Sends `n` frames from uplink 1 and returns how many came out of uplink 2.
 fn forward(v: &mut Vnf, n: u32) -> u32 {
-    let mut got = 0;
-    let mut buf = vec![0u8; 2048];
-    for i in 0..n {
-        v.up1.send(&frame(i)).unwrap();
-        while let Some(len) = v.up2.recv(&mut buf, Some(Duration::ZERO)).unwrap() {
-            assert_eq!(len, 60);
-            got += 1;
-        }
-    }
-    let t = Instant::now();
-    while got < n && t.elapsed() < Duration::from_secs(5) {
-        if v.up2
-            .recv(&mut buf, Some(Duration::from_millis(50)))
-            .unwrap()
-            .is_some()
-        {
-            got += 1;
-        }
-    }
-    got
+    forward_udp(&mut v.up1, &mut v.up2, n, 9000)
 }
 
 #[test]

@@ -15,32 +15,14 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::api::{have, parse_metrics, sample, Daemon};
+use common::api::{forward_udp, have, parse_metrics, sample, Daemon};
 use common::netns::flow;
-use dpacc::guest::net::{FlowTable, FrameIo, NetOptions, VirtioNetPort};
+use dpacc::guest::net::{FlowTable, NetOptions, VirtioNetPort};
 use dpacc::spec::fastpath::flow::{Action, Match};
 use dpacc::spec::fastpath::PortId;
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dpacc-iso-{}-{name}", std::process::id()))
-}
-
-/// An Ethernet/IPv4/UDP frame (60 bytes) to UDP port `dport`, tagged with `seq`.
-fn frame(seq: u32, dport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
-    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&46u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
-    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-    f[34..36].copy_from_slice(&5000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[42..46].copy_from_slice(&seq.to_be_bytes());
-    f
 }
 
 /// A vNF's control client (its flow 1: uplink 1 to uplink 2) and its two uplink peers.
@@ -91,25 +73,7 @@ fn create(d: &Daemon, name: &str) -> Vnf {
 
 /// Sends `n` frames to UDP port `dport` from uplink 1; how many came out of uplink 2.
 fn forward(v: &mut Vnf, n: u32, dport: u16) -> u32 {
-    let mut got = 0;
-    let mut buf = vec![0u8; 2048];
-    for i in 0..n {
-        v.up1.send(&frame(i, dport)).unwrap();
-        while let Some(len) = v.up2.recv(&mut buf, Some(Duration::ZERO)).unwrap() {
-            assert_eq!(len, 60);
-            got += 1;
-        }
-    }
-    // What is still on its way (every frame, or none: the end is a second of silence).
-    while got < n
-        && v.up2
-            .recv(&mut buf, Some(Duration::from_secs(1)))
-            .unwrap()
-            .is_some()
-    {
-        got += 1;
-    }
-    got
+    forward_udp(&mut v.up1, &mut v.up2, n, dport)
 }
 
 fn pid_of(d: &Daemon, name: &str) -> i32 {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dpacc::guest::net::{FrameIo, VirtioNetPort};
+
 pub use super::daemon::backend_bin;
 
 /// Whether `tool` runs (`tool --version`); without it the test is SKIPPED, or fails with
@@ -185,4 +187,47 @@ pub fn sample(
         })
         .map(|(_, _, v)| v)
         .sum()
+}
+
+/// An Ethernet/IPv4/UDP frame (60 bytes) from 10.0.0.1:5000 to 10.0.0.2:`dport`, tagged with
+/// `seq`.
+pub fn udp_frame(seq: u32, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&46u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    f[34..36].copy_from_slice(&5000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[42..46].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// Sends `n` frames to UDP port `dport` from `from` (a vNF's uplink peer); how many came out
+/// of `to` (what is still on its way is waited for: every frame, or none, the end being a
+/// second of silence).
+pub fn forward_udp(from: &mut VirtioNetPort, to: &mut VirtioNetPort, n: u32, dport: u16) -> u32 {
+    let mut got = 0;
+    let mut buf = vec![0u8; 2048];
+    for i in 0..n {
+        from.send(&udp_frame(i, dport)).unwrap();
+        while let Some(len) = to.recv(&mut buf, Some(Duration::ZERO)).unwrap() {
+            assert_eq!(len, 60);
+            got += 1;
+        }
+    }
+    while got < n
+        && to
+            .recv(&mut buf, Some(Duration::from_secs(1)))
+            .unwrap()
+            .is_some()
+    {
+        got += 1;
+    }
+    got
 }
