@@ -372,12 +372,7 @@ fn isolated_vnfs_are_managed_policed_and_measured_through_the_api() {
         ("POST", "/vnfs", "{}".to_string(), 405, "not allowed"),
         ("GET", "/nowhere", String::new(), 404, "no such resource"),
     ] {
-        let (code, body) = d.call(method, path, (!body.is_empty()).then_some(body.as_str()));
-        assert_eq!(code, status, "{method} {path}: {body}");
-        let v: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        let e = v["error"].as_str().unwrap_or_default();
-        assert!(e.contains(msg), "{method} {path}: {e}");
+        d.expect_error(method, path, &body, status, msg);
     }
     assert!(
         !std::path::Path::new(&fresh).exists(),

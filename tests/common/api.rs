@@ -129,6 +129,16 @@ impl Daemon {
         serde_json::from_str(&b).unwrap_or_else(|e| panic!("{method} {path}: {e}: {b}"))
     }
 
+    /// `METHOD path` (with `body` unless it is empty) answered with status `want` and a JSON
+    /// error whose message contains `msg`.
+    pub fn expect_error(&self, method: &str, path: &str, body: &str, want: u16, msg: &str) {
+        let (code, b) = self.call(method, path, (!body.is_empty()).then_some(body));
+        assert_eq!(code, want, "{method} {path}: {b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}"));
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.contains(msg), "{method} {path}: {e}");
+    }
+
     /// SIGTERM; returns whether it exited with status 0.
     pub fn terminate(&mut self) -> bool {
         // SAFETY: sending SIGTERM to our own child process.
