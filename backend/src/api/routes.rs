@@ -65,6 +65,16 @@ impl Reply {
         }
     }
 
+    /// A Prometheus text exposition (`GET /metrics`).
+    pub(crate) fn metrics(body: String) -> Self {
+        Self {
+            status: 200,
+            content_type: crate::metrics::CONTENT_TYPE,
+            body,
+            allow: None,
+        }
+    }
+
     pub(crate) fn empty(status: u16) -> Self {
         Self {
             status,
@@ -274,12 +284,7 @@ fn vnf_routes(reg: &VnfRegistry, method: &str, segs: &[&str], body: &[u8]) -> Re
             _ => Reply::method_not_allowed(method, "GET"),
         },
         ["metrics"] => match method {
-            "GET" => Reply {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: crate::metrics::render_net(&reg.list()),
-                allow: None,
-            },
+            "GET" => Reply::metrics(crate::metrics::render_net(&reg.list())),
             _ => Reply::method_not_allowed(method, "GET"),
         },
         _ => Reply::error(404, "no such resource (see spec/api.md)"),
@@ -292,12 +297,7 @@ pub const STATS_SESSIONS: usize = 1000;
 fn crypto_routes(view: Option<&CryptoView>, method: &str, segs: &[&str]) -> Reply {
     match segs {
         ["metrics"] => match method {
-            "GET" => Reply {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: crate::metrics::render_crypto(view),
-                allow: None,
-            },
+            "GET" => Reply::metrics(crate::metrics::render_crypto(view)),
             _ => Reply::method_not_allowed(method, "GET"),
         },
         ["stats"] => match method {

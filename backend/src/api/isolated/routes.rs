@@ -134,12 +134,7 @@ pub fn routes(sup: &Supervisor, method: &str, segs: &[&str], body: &[u8]) -> Rep
             _ => Reply::method_not_allowed(method, "GET"),
         },
         ["metrics"] => match method {
-            "GET" => Reply {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: sup.metrics(),
-                allow: None,
-            },
+            "GET" => Reply::metrics(sup.metrics()),
             _ => Reply::method_not_allowed(method, "GET"),
         },
         _ => Reply::error(404, "no such resource (see spec/api.md)"),
