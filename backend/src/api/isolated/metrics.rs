@@ -10,9 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::files::files;
 use super::peek::{peek_all, PEEK_TIMEOUT};
-use super::process::State;
 use super::supervisor::Supervisor;
 use crate::api::client;
 
@@ -34,10 +32,7 @@ impl Supervisor {
                     name: n.clone(),
                     pid: p.child.as_ref().map(Child::id),
                     restarts: p.restarts,
-                    api: match (&self.cfg.private, p.state) {
-                        (Some(d), State::Running) if p.child.is_some() => Some(files(d, p.id).api),
-                        _ => None,
-                    },
+                    api: p.serving_api(self.cfg.private.as_deref()),
                 })
                 .collect()
         };

@@ -50,6 +50,17 @@ pub(super) struct Proc {
     pub(super) spawn_failed: Option<String>,
 }
 
+impl Proc {
+    /// The private API socket of its process, if that runs and serves the vNF (`private`: the
+    /// supervisor's private directory, None without an API).
+    pub(super) fn serving_api(&self, private: Option<&Path>) -> Option<PathBuf> {
+        match (private, self.state) {
+            (Some(d), State::Running) if self.child.is_some() => Some(files(d, self.id).api),
+            _ => None,
+        }
+    }
+}
+
 /// The `--port` value of a vNF: `name=NAME,socket=PATH,uplink=...`.
 fn port_arg(name: &str, socket: &Path, uplinks: &[UplinkSpec]) -> OsString {
     let mut s = OsString::from(format!("name={name},socket="));

@@ -11,7 +11,7 @@ use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::errors::IsolatedError;
-use super::files::{create_private_dir, files};
+use super::files::create_private_dir;
 use super::peek::{peek_all, PEEK_TIMEOUT};
 use super::process::{stop_child, Proc, State};
 use crate::api::client;
@@ -118,11 +118,7 @@ impl Supervisor {
             pid: p.child.as_ref().map(Child::id),
             restarts: Some(p.restarts),
         };
-        let api = match (&self.cfg.private, p.state) {
-            (Some(d), State::Running) if p.child.is_some() => Some(files(d, p.id).api),
-            _ => None,
-        };
-        Ok((info, api))
+        Ok((info, p.serving_api(self.cfg.private.as_deref())))
     }
 
     /// vNF `name` as `GET /vnfs/{name}` describes it: the supervisor's record, the flow count
