@@ -22,11 +22,12 @@ use crate::error::{Error, Result};
 /// Alignment of every arena allocation (a cache line).
 pub const DMA_ALIGN: usize = 64;
 
-/// Size of a DMA segment of hugepage memory (a 2 MiB hugepage).
-pub const DMA_SEGMENT: usize = 2 << 20;
-
 /// A 2 MiB hugepage.
 pub const HUGEPAGE: usize = 2 << 20;
+
+/// Size of a DMA segment of hugepage memory: one hugepage, the most memory a device sees
+/// contiguous.
+pub const DMA_SEGMENT: usize = HUGEPAGE;
 
 /// A small page.
 const SMALL_PAGE: usize = 4096;
