@@ -25,7 +25,11 @@
 # TARGET_B (a second build's directory, e.g. of the previous commit: its dpacc-backend is
 # measured in the same run, for before/after, ESP included), PERF (a file: profile
 # dpacc-backend during the 64-byte run with `perf record`), PERF_ESP (the same during the ESP
-# run), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the multi-queue figures).
+# run), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the multi-queue figures), ROUNDS
+# (default 1: how many times the one-core figures are measured, testpmd and each build once per
+# round, the builds' order swapped every round; with more than one, a line per round and the
+# median of each ratio: this VM's rates drift by ±20 % within a minute, so a ratio of figures
+# taken seconds apart is worth more than one of figures a minute apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TARGET:-target/release}
@@ -61,16 +65,20 @@ generate() {
 wait_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1"; exit 1; }
 
 # 1. testpmd: vhost PMD on both ports, io forwarding on one core (core 1; the generator's
-#    forwarding core is core 0).
-{ sleep 1; echo start; sleep 60; echo quit; } | dpdk-testpmd -l 0,1 --no-huge -m 512 --no-pci --file-prefix "be$$" \
-    --vdev "net_vhost0,iface=$DIR/t0.sock" --vdev "net_vhost1,iface=$DIR/t1.sock" \
-    -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 >"$DIR/be.log" 2>&1 &
-BE=$!
-wait_socket "$DIR/t1.sock"
-PMD64=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 64)
-PMD1400=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 1400)
-kill "$BE" 2>/dev/null; wait "$BE" 2>/dev/null || true
-pkill -f "file-prefix be$$" 2>/dev/null || true
+#    forwarding core is core 0). Prints "64B 1400B" frames/s.
+testpmd() {
+  rm -f "$DIR/t0.sock" "$DIR/t1.sock"
+  { sleep 1; echo start; sleep 60; echo quit; } | dpdk-testpmd -l 0,1 --no-huge -m 512 --no-pci --file-prefix "be$$" \
+      --vdev "net_vhost0,iface=$DIR/t0.sock" --vdev "net_vhost1,iface=$DIR/t1.sock" \
+      -- -i --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 >"$DIR/be.log" 2>&1 &
+  local be=$! r64 r1400
+  wait_socket "$DIR/t1.sock"
+  r64=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 64)
+  r1400=$(generate "$DIR/t0.sock" "$DIR/t1.sock" 1400)
+  kill "$be" 2>/dev/null; wait "$be" 2>/dev/null || true
+  pkill -f "file-prefix be$$" 2>/dev/null || true
+  echo "$r64 $r1400"
+}
 PMDMQ=0
 if [ -z "${NO_MQ:-}" ]; then
   # Two queues per port, two forwarding lcores (lcore 1 on core 0, lcore 2 on core 1).
@@ -137,11 +145,22 @@ dpacc() {
   echo "$r64 $r1400 $esp $raw"
 }
 
-read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
-B64=0; B1400=0; BESP=0
-if [ -n "${TARGET_B:-}" ]; then
-  read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b)
-fi
+# The one-core figures, ROUNDS times: a line per round "PMD64 PMD1400 A64 A1400 ESP RAW B64
+# B1400 BESP", the builds' order swapped every round (A first in the first).
+ROUNDS=${ROUNDS:-1}
+: >"$DIR/rounds"
+for r in $(seq "$ROUNDS"); do
+  read -r P64 P1400 < <(testpmd)
+  B64=0; B1400=0; BESP=0
+  if [ -n "${TARGET_B:-}" ] && [ $((r % 2)) -eq 0 ]; then
+    read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b)
+    read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
+  else
+    read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
+    if [ -n "${TARGET_B:-}" ]; then read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b); fi
+  fi
+  echo "$P64 $P1400 $A64 $A1400 $ESP $RAW $B64 $B1400 $BESP" >>"$DIR/rounds"
+done
 
 MQ64=0
 if [ -z "${NO_MQ:-}" ]; then
@@ -154,22 +173,44 @@ if [ -z "${NO_FLOWS:-}" ]; then
   FLOWS=$(cargo bench -q --bench flow_processor -- --bench no-criterion-run 2>/dev/null | grep '^flow_processor/1M_flows' || true)
 fi
 
-python3 - "$PMD64" "$PMD1400" "$A64" "$A1400" "$ESP" "$RAW" "$B64" "$B1400" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" "$BESP" <<'PY'
-import re, sys
-pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400 = (float(x or 0) for x in sys.argv[1:9])
-tb, flows = sys.argv[9], sys.argv[10]
-pmdmq, mq64, besp = (float(x or 0) for x in sys.argv[11:14])
+python3 - "$DIR/rounds" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" <<'PY'
+import re, statistics, sys
+rounds = [[float(x or 0) for x in l.split()] for l in open(sys.argv[1]) if l.strip()]
+tb, flows = sys.argv[2], sys.argv[3]
+pmdmq, mq64 = (float(x or 0) for x in sys.argv[4:6])
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
-print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
-for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
-    print(f"  {size:4} B  dpdk-testpmd io-fwd {pmd/1e6:6.2f}   dpacc flow hit {a/1e6:6.2f}   {r(a, pmd)}")
+q = lambda x, y: x / y if y else 0.0
+med = lambda xs: statistics.median(xs) if xs else 0.0
+def report(pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400, besp, rr=r):
+    print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
+    for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
+        print(f"  {size:4} B  dpdk-testpmd io-fwd {pmd/1e6:6.2f}   dpacc flow hit {a/1e6:6.2f}   {rr(a, pmd)}")
+        if tb:
+            print(f"  {size:4} B  dpacc ({tb}) {b/1e6:6.2f}   {rr(b, pmd)}   (this build / that one: {rr(a, b)})")
+    print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
+    print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
+          f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {rr(esp/1e6, raw)}")
     if tb:
-        print(f"  {size:4} B  dpacc ({tb}) {b/1e6:6.2f}   {r(b, pmd)}   (this build / that one: {r(a, b)})")
-print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
-print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
-      f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {r(esp/1e6, raw)}")
-if tb:
-    print(f"  dpacc ({tb}) {besp/1e6:6.3f} Mpps   {r(besp/1e6, raw)}   (this build / that one: {r(esp, besp)})")
+        print(f"  dpacc ({tb}) {besp/1e6:6.3f} Mpps   {rr(besp/1e6, raw)}   (this build / that one: {rr(esp, besp)})")
+if len(rounds) == 1:
+    report(*rounds[0])
+else:
+    # A line per round, then the median of every ratio over the rounds (and of every rate).
+    print(f"One-core figures, {len(rounds)} rounds (testpmd, then both builds, their order swapped each round):")
+    for n, (p64, p1400, a64, a1400, esp, raw, b64, b1400, besp) in enumerate(rounds, 1):
+        line = (f"  round {n}: 64 B {r(a64, p64)} (testpmd {p64/1e6:.2f}, dpacc {a64/1e6:.2f} Mpps)   "
+                f"1400 B {r(a1400, p1400)}   ESP {r(esp/1e6, raw)} ({esp/1e6:.3f} Mpps, raw {raw:.3f} M)")
+        if tb:
+            line += f"   that build: 64 B {r(b64, p64)}, 1400 B {r(b1400, p1400)}, ESP {r(besp/1e6, raw)}; this / that: 64 B {r(a64, b64)}, ESP {r(esp, besp)}"
+        print(line)
+    cols = list(zip(*rounds))
+    ratio = lambda i, j, s=1.0: med([q(x / s, y) for x, y in zip(cols[i], cols[j])])
+    print(f"Median over {len(rounds)} rounds (each ratio's median; rates are medians too):")
+    report(*(med(c) for c in cols))
+    print(f"  median ratios: 64 B {ratio(2, 0):.2f}x, 1400 B {ratio(3, 1):.2f}x, ESP {ratio(4, 5, 1e6):.2f}x" +
+          (f"; that build 64 B {ratio(6, 0):.2f}x, 1400 B {ratio(7, 1):.2f}x, ESP {ratio(8, 5, 1e6):.2f}x;"
+           f" this / that 64 B {ratio(2, 6):.2f}x, 1400 B {ratio(3, 7):.2f}x, ESP {ratio(4, 8):.2f}x" if tb else ""))
+pmd64, a64 = rounds[0][0], rounds[0][2]
 if pmdmq or mq64:
     print("Multi-queue, 64 B, two queue pairs per port, generator on core 0 shared with a worker (Mpps):")
     print(f"  dpdk-testpmd io-fwd 2 lcores {pmdmq/1e6:6.2f}   dpacc --queue-pairs 2 {mq64/1e6:6.2f}   {r(mq64, pmdmq)}")

@@ -94,7 +94,8 @@ pub struct NetArgs {
     /// one makes the daemon refuse to start): list, create and delete vNFs at run time, set
     /// each vNF's operator policy, read statistics and Prometheus metrics (GET /metrics).
     /// With it, the daemon may start with no vNF at all. With --isolate the same API
-    /// creates and deletes vNF processes and reaches each vNF in its process (spec/api.md).
+    /// creates and deletes vNF processes and reaches each vNF in its process (spec/api.md);
+    /// their private sockets live in `PATH.d/`, so PATH may then have at most 79 bytes.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// (Used by --isolate for its vNF processes.) An operator policy (the JSON of PUT
