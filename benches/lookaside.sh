@@ -17,7 +17,8 @@
 # alternating A, B, A, B for ROUNDS rounds (default 2; each round swaps the order), each with
 # its own backend and its own client, and a summary line per case gives B/A of the device
 # rates, each build's backend busy figure and the CPU its `dpacc bench` process used during
-# the device run (read from /proc, so builds that do not print it are measured alike). BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
+# the device run, then per case the median over the rounds of each build's rate, its ratio to
+# raw and B/A (read from /proc, so builds that do not print it are measured alike). BACKEND_ARGS_B / BENCH_ARGS_B (default: BACKEND_ARGS / BENCH_ARGS) are B's own options,
 # so TARGET_B may be the same build as TARGET to compare two settings (e.g.
 # `BACKEND_ARGS_B='--busy-poll-us 200'`). On a 2-core machine the 2-queue cases run four busy threads (two client threads, two
 # backend workers) on two cores: contention, not scaling.
@@ -141,4 +142,18 @@ for r in range(1, rounds + 1):
     for i, (x, y) in enumerate(zip(la, lb)):
         mode = ("interrupts", "polled")[i] if i < 2 else str(i)
         print(f"round {r} latency {mode:>10}: A p50 {x[0]} / p99 {x[1]} us  B p50 {y[0]} / p99 {y[1]} us")
+# Per case, the median over the rounds of each build's rate, its ratio to raw and B/A.
+import statistics
+med = statistics.median
+cases = {}
+for r in range(1, rounds + 1):
+    ra, rb = rows(f"{d}/a{r}.out"), rows(f"{d}/b{r}.out")
+    for k in ra:
+        if k[0] != "lat" and k in rb:
+            cases.setdefault(k, []).append((ra[k][0], ra[k][1], rb[k][0], rb[k][1]))
+for k, v in cases.items():
+    da, xa, db, xb = zip(*v)
+    print(f"median of {len(v)} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {med(da):>10.0f} ({med(xa):.3f}; rounds"
+          f" {', '.join(f'{x:.3f}' for x in xa)})  B {med(db):>10.0f} ({med(xb):.3f}; rounds"
+          f" {', '.join(f'{x:.3f}' for x in xb)})  B/A {med([y / max(x, 1e-9) for x, y in zip(da, db)]):.3f}")
 PY
