@@ -27,7 +27,7 @@
 # dpacc-backend during the 64-byte run with `perf record`), PERF_ESP (the same during the ESP
 # run), NO_FLOWS (skip the flow-table figure), NO_MQ (skip the multi-queue figures), ROUNDS
 # (default 1: how many times the one-core figures are measured, testpmd and each build once per
-# round, the builds' order swapped every round; with more than one, a line per round and the
+# round, their order turned every round; with more than one, a line per round and the
 # median of each ratio: this VM's rates drift by ±20 % within a minute, so a ratio of figures
 # taken seconds apart is worth more than one of figures a minute apart).
 set -euo pipefail
@@ -146,20 +146,24 @@ dpacc() {
 }
 
 # The one-core figures, ROUNDS times: a line per round "PMD64 PMD1400 A64 A1400 ESP RAW B64
-# B1400 BESP", the builds' order swapped every round (A first in the first).
+# B1400 BESP". The order of testpmd (t) and the builds (a, b) turns every round (t a b, a b t,
+# b t a, then t b a, b a t, a t b), so each comes first, second and last alike: on this VM the
+# one measured first is often faster (several runs saw the first dpacc build ahead by
+# 1.03-1.38x, whichever it was).
 ROUNDS=${ROUNDS:-1}
+if [ -n "${TARGET_B:-}" ]; then ORDERS=(tab abt bta tba bat atb); else ORDERS=(ta at); fi
 : >"$DIR/rounds"
 for r in $(seq "$ROUNDS"); do
-  read -r P64 P1400 < <(testpmd)
-  B64=0; B1400=0; BESP=0
-  if [ -n "${TARGET_B:-}" ] && [ $((r % 2)) -eq 0 ]; then
-    read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b)
-    read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
-  else
-    read -r A64 A1400 ESP RAW < <(dpacc "$T" a)
-    if [ -n "${TARGET_B:-}" ]; then read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b); fi
-  fi
-  echo "$P64 $P1400 $A64 $A1400 $ESP $RAW $B64 $B1400 $BESP" >>"$DIR/rounds"
+  order=${ORDERS[$(((r - 1) % ${#ORDERS[@]}))]}
+  P64=0; P1400=0; A64=0; A1400=0; ESP=0; RAW=0; B64=0; B1400=0; BESP=0
+  for w in $(echo "$order" | fold -w1); do
+    case $w in
+      t) read -r P64 P1400 < <(testpmd) ;;
+      a) read -r A64 A1400 ESP RAW < <(dpacc "$T" a) ;;
+      b) read -r B64 B1400 BESP _ < <(dpacc "$TARGET_B" b) ;;
+    esac
+  done
+  echo "$P64 $P1400 $A64 $A1400 $ESP $RAW $B64 $B1400 $BESP $order" >>"$DIR/rounds"
 done
 
 MQ64=0
@@ -175,7 +179,8 @@ fi
 
 python3 - "$DIR/rounds" "${TARGET_B:-}" "$FLOWS" "$PMDMQ" "$MQ64" <<'PY'
 import re, statistics, sys
-rounds = [[float(x or 0) for x in l.split()] for l in open(sys.argv[1]) if l.strip()]
+rounds = [[float(x or 0) for x in l.split()[:9]] for l in open(sys.argv[1]) if l.strip()]
+orders = [l.split()[9] for l in open(sys.argv[1]) if l.strip()]
 tb, flows = sys.argv[2], sys.argv[3]
 pmdmq, mq64 = (float(x or 0) for x in sys.argv[4:6])
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
@@ -196,9 +201,9 @@ if len(rounds) == 1:
     report(*rounds[0])
 else:
     # A line per round, then the median of every ratio over the rounds (and of every rate).
-    print(f"One-core figures, {len(rounds)} rounds (testpmd, then both builds, their order swapped each round):")
+    print(f"One-core figures, {len(rounds)} rounds (order t = testpmd, a = this build, b = that one):")
     for n, (p64, p1400, a64, a1400, esp, raw, b64, b1400, besp) in enumerate(rounds, 1):
-        line = (f"  round {n}: 64 B {r(a64, p64)} (testpmd {p64/1e6:.2f}, dpacc {a64/1e6:.2f} Mpps)   "
+        line = (f"  round {n} ({orders[n - 1]}): 64 B {r(a64, p64)} (testpmd {p64/1e6:.2f}, dpacc {a64/1e6:.2f} Mpps)   "
                 f"1400 B {r(a1400, p1400)}   ESP {r(esp/1e6, raw)} ({esp/1e6:.3f} Mpps, raw {raw:.3f} M)")
         if tb:
             line += f"   that build: 64 B {r(b64, p64)}, 1400 B {r(b1400, p1400)}, ESP {r(besp/1e6, raw)}; this / that: 64 B {r(a64, b64)}, ESP {r(esp, besp)}"
