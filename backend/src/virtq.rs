@@ -397,6 +397,48 @@ pub(crate) unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
 }
 
+/// Most bytes [`copy_short`] copies inline.
+pub(crate) const SHORT_COPY: usize = 64;
+
+/// Copies `n` bytes from `src` to `dst` for a short frame (`16..=SHORT_COPY`: two or four
+/// 16-byte loads covering the range, the last ones overlapping the first, then the stores),
+/// inline: a `memcpy` call of a length the compiler does not know costs its entry, length
+/// dispatch and return per frame, about as much as a 64-byte copy itself. Other lengths go
+/// to `ptr::copy`. Every load comes before the first store, so the copy is a memmove: a
+/// hostile driver may overlap guest buffers, and no reference to either range is formed
+/// (docs/decisions/0005-guest-memory-access.md).
+///
+/// # Safety
+/// `src..src + n` must be mapped and readable, `dst..dst + n` mapped and writable.
+#[inline(always)]
+pub(crate) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if (16..=SHORT_COPY).contains(&n) {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+        let (s, d) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
+        // SAFETY: SSE2 is part of the x86_64 baseline; unaligned 16-byte loads and stores at
+        // offsets 0, 16, n - 32 and n - 16 (the middle two only when n >= 32), all inside
+        // the caller's ranges since 16 <= n.
+        unsafe {
+            let a = _mm_loadu_si128(s);
+            let z = _mm_loadu_si128(src.add(n - 16).cast());
+            if n >= 32 {
+                let b = _mm_loadu_si128(s.add(1));
+                let y = _mm_loadu_si128(src.add(n - 32).cast());
+                _mm_storeu_si128(d, a);
+                _mm_storeu_si128(d.add(1), b);
+                _mm_storeu_si128(dst.add(n - 32).cast(), y);
+            } else {
+                _mm_storeu_si128(d, a);
+            }
+            _mm_storeu_si128(dst.add(n - 16).cast(), z);
+        }
+        return;
+    }
+    // SAFETY: the caller's ranges.
+    unsafe { std::ptr::copy(src, dst, n) };
+}
+
 /// Guest address translation for one batch: the regions of a guest memory snapshot, cached as
 /// (start, length, host address) so that descriptors and buffers are looked up with a compare
 /// or two instead of the generic `GuestMemory` paths. Borrows the snapshot, so the cached host
