@@ -649,6 +649,31 @@ fn carve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_short_copies_every_length_and_overlaps_like_memmove() {
+        let src: Vec<u8> = (0..=255).collect();
+        for n in 0..=SHORT_COPY + 8 {
+            let mut dst = [0xeeu8; 96];
+            // SAFETY: both ranges are inside their arrays (n <= 72, offsets 3 and 5).
+            unsafe { copy_short(src.as_ptr().add(3), dst.as_mut_ptr().add(5), n) };
+            assert_eq!(&dst[5..5 + n], &src[3..3 + n], "n {n}");
+            assert!(
+                dst[..5].iter().chain(&dst[5 + n..]).all(|&b| b == 0xee),
+                "n {n}"
+            );
+        }
+        for (from, to) in [(0usize, 7usize), (7, 0), (0, 1), (1, 0)] {
+            for n in [16, 31, 32, 47, 64] {
+                let mut buf: Vec<u8> = (0..96).collect();
+                let want: Vec<u8> = buf[from..from + n].to_vec();
+                let p = buf.as_mut_ptr();
+                // SAFETY: both ranges are inside `buf` (overlapping: a memmove).
+                unsafe { copy_short(p.add(from), p.add(to), n) };
+                assert_eq!(&buf[to..to + n], &want[..], "{from}->{to} n {n}");
+            }
+        }
+    }
     use std::ops::Deref;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
