@@ -397,48 +397,6 @@ pub(crate) unsafe fn write_guest(dst: *mut u8, data: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
 }
 
-/// Most bytes [`copy_short`] copies inline.
-pub(crate) const SHORT_COPY: usize = 64;
-
-/// Copies `n` bytes from `src` to `dst` for a short frame (`16..=SHORT_COPY`: two or four
-/// 16-byte loads covering the range, the last ones overlapping the first, then the stores),
-/// inline: a `memcpy` call of a length the compiler does not know costs its entry, length
-/// dispatch and return per frame, about as much as a 64-byte copy itself. Other lengths go
-/// to `ptr::copy`. Every load comes before the first store, so the copy is a memmove: a
-/// hostile driver may overlap guest buffers, and no reference to either range is formed
-/// (docs/decisions/0005-guest-memory-access.md).
-///
-/// # Safety
-/// `src..src + n` must be mapped and readable, `dst..dst + n` mapped and writable.
-#[inline(always)]
-pub(crate) unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if (16..=SHORT_COPY).contains(&n) {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
-        let (s, d) = (src.cast::<__m128i>(), dst.cast::<__m128i>());
-        // SAFETY: SSE2 is part of the x86_64 baseline; unaligned 16-byte loads and stores at
-        // offsets 0, 16, n - 32 and n - 16 (the middle two only when n >= 32), all inside
-        // the caller's ranges since 16 <= n.
-        unsafe {
-            let a = _mm_loadu_si128(s);
-            let z = _mm_loadu_si128(src.add(n - 16).cast());
-            if n >= 32 {
-                let b = _mm_loadu_si128(s.add(1));
-                let y = _mm_loadu_si128(src.add(n - 32).cast());
-                _mm_storeu_si128(d, a);
-                _mm_storeu_si128(d.add(1), b);
-                _mm_storeu_si128(dst.add(n - 32).cast(), y);
-            } else {
-                _mm_storeu_si128(d, a);
-            }
-            _mm_storeu_si128(dst.add(n - 16).cast(), z);
-        }
-        return;
-    }
-    // SAFETY: the caller's ranges.
-    unsafe { std::ptr::copy(src, dst, n) };
-}
-
 /// Guest address translation for one batch: the regions of a guest memory snapshot, cached as
 /// (start, length, host address) so that descriptors and buffers are looked up with a compare
 /// or two instead of the generic `GuestMemory` paths. Borrows the snapshot, so the cached host
@@ -649,31 +607,6 @@ fn carve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_short_copies_every_length_and_overlaps_like_memmove() {
-        let src: Vec<u8> = (0..=255).collect();
-        for n in 0..=SHORT_COPY + 8 {
-            let mut dst = [0xeeu8; 96];
-            // SAFETY: both ranges are inside their arrays (n <= 72, offsets 3 and 5).
-            unsafe { copy_short(src.as_ptr().add(3), dst.as_mut_ptr().add(5), n) };
-            assert_eq!(&dst[5..5 + n], &src[3..3 + n], "n {n}");
-            assert!(
-                dst[..5].iter().chain(&dst[5 + n..]).all(|&b| b == 0xee),
-                "n {n}"
-            );
-        }
-        for (from, to) in [(0usize, 7usize), (7, 0), (0, 1), (1, 0)] {
-            for n in [16, 31, 32, 47, 64] {
-                let mut buf: Vec<u8> = (0..96).collect();
-                let want: Vec<u8> = buf[from..from + n].to_vec();
-                let p = buf.as_mut_ptr();
-                // SAFETY: both ranges are inside `buf` (overlapping: a memmove).
-                unsafe { copy_short(p.add(from), p.add(to), n) };
-                assert_eq!(&buf[to..to + n], &want[..], "{from}->{to} n {n}");
-            }
-        }
-    }
     use std::ops::Deref;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dpacc_spec::fastpath::{PacketBuf, PortId, Quotas, Usage, Verdict};
+use dpacc_spec::fastpath::{PacketBuf, Quotas, Usage, Verdict};
 use dpacc_spec::{CryptoDriver, CryptoError, CryptoQueue};
 
 use esp::{Deferred, Sa, SaConfig, SaDir, SaStats};
@@ -127,21 +127,14 @@ struct Burst {
 }
 
 impl Burst {
-    /// Counts a packet of `len` bytes that went through `path`. The same path as the packet
-    /// before is counted inline (it was a call per packet, 1.6 % of the worker at 64 B).
-    #[inline(always)]
+    /// Counts a packet of `len` bytes that went through `path`.
+    #[inline]
     fn add(&mut self, path: &Path, len: u64, counters: &Counters, now: u64) {
         if self.packets > 0 && self.path.hops() == path.hops() {
             self.packets += 1;
             self.bytes += len;
             return;
         }
-        self.start(path, len, counters, now);
-    }
-
-    /// [`add`](Self::add) for a packet on another path than the one before.
-    #[inline(never)]
-    fn start(&mut self, path: &Path, len: u64, counters: &Counters, now: u64) {
         self.flush(counters, now);
         self.path = *path;
         self.packets = 1;
@@ -199,9 +192,8 @@ struct LaneState {
     /// Keyed per lane (ahash with random keys): fast, and not steerable by crafted traffic
     /// the way a fixed hash would be.
     emc: HashMap<FlowKey, Path, ahash::RandomState>,
-    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`),
-    /// and, when that path is one flow whose only action is an output, its port ([`direct`]).
-    last: Option<(FlowKey, Path, Option<PortId>)>,
+    /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
+    last: Option<(FlowKey, Path)>,
     /// The [`Core::generation`] the caches were filled under.
     generation: u64,
     queue: Box<dyn CryptoQueue>,
@@ -452,15 +444,8 @@ fn one(
     kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
     match &st.last {
-        Some((k, path, out)) if *k == kl.0 => {
+        Some((k, path)) if *k == kl.0 => {
             let path = *path;
-            if let Some(port) = *out {
-                // A forward-only flow (the common case at 64 B): its output resolved when it
-                // was cached, not looked up (entry, action list, `Exec::run`) per packet.
-                let counters = &core.t.lanes[lane].flows;
-                burst.add(&path, p.len() as u64, counters, now);
-                return (Verdict::Output(port), true);
-            }
             run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path)
         }
         _ => one_slow(core, st, burst, lane, now, p, defer, kl),
@@ -509,18 +494,6 @@ fn run_path(
     (Verdict::Drop, true)
 }
 
-/// The output port of `path` if it is one flow whose action list is only an output (what
-/// [`run_path`] would return for any packet on it, with no side effect), else None.
-fn direct(core: &Core, path: &Path) -> Option<PortId> {
-    match path.hops() {
-        &[(_, slot)] => match core.t.acts.get(&core.t.entry(slot).actions) {
-            &[Action::Output(port)] => Some(port),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// [`one`] when the packet is not of the previous packet's flow: the exact-match cache (a hash
 /// and a probe), then the tables.
 #[allow(clippy::too_many_arguments)]
@@ -537,7 +510,7 @@ fn one_slow(
 ) -> (Verdict, bool) {
     let (key, lay) = *kl;
     if let Some(path) = st.emc.get(&key).copied() {
-        st.last = Some((key, path, direct(core, &path)));
+        st.last = Some((key, path));
         return run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path);
     }
     let len = p.len() as u64;
@@ -574,7 +547,7 @@ fn one_slow(
                     st.emc.clear();
                 }
                 st.emc.insert(first_key, path);
-                st.last = Some((first_key, path, direct(core, &path)));
+                st.last = Some((first_key, path));
             }
             *kl = (key, lay);
             return (v, false);

@@ -15,9 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::slot::RingPair;
 use crate::split_ring::{prefetch_span, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
-use crate::virtq::{
-    copy_short, prefetch_write, read_guest, write_guest, ChainBufs, FastMem, SHORT_COPY,
-};
+use crate::virtq::{prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 or MRG_RXBUF: 12 bytes, `num_buffers` last).
 const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
@@ -322,10 +320,8 @@ impl NetRings {
                             p.set_partial(HEADER_BYTES, src.add(HEADER_BYTES), len - HEADER_BYTES);
                         }
                     } else {
-                        let area = &mut area[..len];
-                        // SAFETY: as above; `area` is ours, `len` bytes. A short frame is
-                        // copied inline (a `memcpy` call a frame was ~1/3 of its copy).
-                        unsafe { copy_short(src, area.as_mut_ptr(), len) };
+                        // SAFETY: as above.
+                        unsafe { read_guest(src, &mut area[..len]) };
                         p.set_len(len);
                     }
                 }),
@@ -480,8 +476,6 @@ struct Staged<'f> {
     rest: [(*const u8, usize); STAGE],
     /// Their host bytes after the rest ([`OutFrame::tail`]).
     tails: [&'f [u8]; STAGE],
-    /// Every staged frame is whole and short (`16..=SHORT_COPY` bytes): written inline.
-    short: bool,
 }
 
 /// Most frames staged before their copies run.
@@ -496,7 +490,6 @@ impl<'f> Staged<'f> {
             bytes: [&[]; STAGE],
             rest: [(std::ptr::null(), 0); STAGE],
             tails: [&[]; STAGE],
-            short: true,
         }
     }
 
@@ -511,9 +504,6 @@ impl<'f> Staged<'f> {
             self.bytes[i] = frame.head;
             self.rest[i] = (frame.rest, frame.rest_len);
             self.tails[i] = frame.tail;
-            self.short &= frame.rest_len == 0
-                && frame.tail.is_empty()
-                && (16..=SHORT_COPY).contains(&frame.head.len());
             self.n = i + 1;
         }
     }
@@ -539,7 +529,6 @@ impl<'f> Staged<'f> {
     #[inline(always)]
     fn write<G: vm_memory::GuestMemoryBackend>(&mut self, ring: &mut SplitRing<'_, G>, hdr: usize) {
         let n = std::mem::take(&mut self.n).min(STAGE);
-        let short = std::mem::replace(&mut self.short, true);
         // Every line the copies will write is asked for first, for write: their misses (the
         // driver's core touched them last) overlap instead of queueing behind each other's
         // stores.
@@ -548,29 +537,14 @@ impl<'f> Staged<'f> {
             prefetch_write(dst);
             prefetch_write(dst.wrapping_add(hdr + self.frame(i).len() - 1));
         }
-        if short && hdr == NET_HDR_LEN {
-            // Short whole frames (64 B forwarding): the header as two stores and the frame
-            // as 16-byte loads and stores, inline; no call per frame. Kept apart from the
-            // loop below so that longer frames (1400 B, partial) compile as before (pass s).
-            for i in 0..n {
-                let (dst, b) = (self.dst[i], self.bytes[i]);
-                // SAFETY: as below; the frame is `b` (whole: checked when staged), and
-                // `16 <= b.len() <= SHORT_COPY`.
-                unsafe {
-                    write_rx_hdr12(dst);
-                    copy_short(b.as_ptr(), dst.add(NET_HDR_LEN), b.len());
-                }
-            }
-        } else {
-            for i in 0..n {
-                let (dst, f) = (self.dst[i], self.frame(i));
-                // SAFETY: `dst` is the start of a device-writable buffer of at least hdr +
-                // f.len() bytes (checked when staged) in guest memory the ring's snapshot
-                // keeps mapped for the whole send.
-                unsafe {
-                    write_rx_hdr(dst, hdr);
-                    f.copy_to(0, dst.add(hdr), f.len());
-                }
+        for i in 0..n {
+            let (dst, f) = (self.dst[i], self.frame(i));
+            // SAFETY: `dst` is the start of a device-writable buffer of at least hdr +
+            // f.len() bytes (checked when staged) in guest memory the ring's snapshot keeps
+            // mapped for the whole send.
+            unsafe {
+                write_rx_hdr(dst, hdr);
+                f.copy_to(0, dst.add(hdr), f.len());
             }
         }
         for i in 0..n {
@@ -583,7 +557,7 @@ impl<'f> Staged<'f> {
 /// 12-byte branch was meant as a copy of a known length (two stores inline), but the release
 /// build merges both branches into one `memcpy` call per frame (pass q, docs/performance.md);
 /// an inline header write measured together with other inline copies was slower at 1400 B and
-/// is not kept here: short frames staged by `send` use [`write_rx_hdr12`] instead (pass s).
+/// is not kept.
 ///
 /// # Safety
 /// `dst..dst + hdr` must be mapped and writable, and `hdr <= NET_HDR_LEN`.
@@ -595,25 +569,6 @@ unsafe fn write_rx_hdr(dst: *mut u8, hdr: usize) {
     } else {
         // SAFETY: the caller's range, `hdr` bytes.
         unsafe { write_guest(dst, &RX_HDR[..hdr.min(NET_HDR_LEN)]) };
-    }
-}
-
-const _: () = assert!(NET_HDR_LEN == 12);
-
-/// Writes [`RX_HDR`] (12 bytes) at `dst` as an 8-byte and a 4-byte store.
-///
-/// # Safety
-/// `dst..dst + NET_HDR_LEN` must be mapped and writable.
-#[inline(always)]
-unsafe fn write_rx_hdr12(dst: *mut u8) {
-    let lo = u64::from_le_bytes([
-        RX_HDR[0], RX_HDR[1], RX_HDR[2], RX_HDR[3], RX_HDR[4], RX_HDR[5], RX_HDR[6], RX_HDR[7],
-    ]);
-    let hi = u32::from_le_bytes([RX_HDR[8], RX_HDR[9], RX_HDR[10], RX_HDR[11]]);
-    // SAFETY: the caller's range, 8 + 4 bytes; unaligned raw writes, no reference formed.
-    unsafe {
-        dst.cast::<u64>().write_unaligned(lo);
-        dst.add(8).cast::<u32>().write_unaligned(hi);
     }
 }
 

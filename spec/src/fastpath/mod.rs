@@ -118,7 +118,6 @@ impl PacketBuf {
     }
 
     /// Resets to an empty frame at the default headroom.
-    #[inline]
     pub fn reset(&mut self, in_port: PortId) {
         self.head = HEADROOM;
         self.len = 0;
@@ -387,13 +386,8 @@ impl PacketBuf {
 
     /// Sets the frame length (growing into tail room or shrinking). False if no room. A
     /// partial frame is made whole first.
-    #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
-        // Inline, and `make_whole` called only for a partial frame: a device sets the length
-        // of every frame it loads (a call per frame at 64 B, issue 12 pass s).
-        if self.rest.is_some() {
-            self.make_whole();
-        }
+        self.make_whole();
         if self.head + len > self.buf.len() {
             return false;
         }
@@ -404,7 +398,6 @@ impl PacketBuf {
     /// Raw access for device code that reads a frame straight from guest memory: the whole
     /// area after the default headroom (`MAX_FRAME` + tail bytes). Call [`PacketBuf::set_len`]
     /// afterwards.
-    #[inline]
     pub fn load_area(&mut self, in_port: PortId) -> &mut [u8] {
         self.reset(in_port);
         &mut self.buf[HEADROOM..HEADROOM + MAX_FRAME]
