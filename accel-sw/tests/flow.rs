@@ -136,6 +136,44 @@ fn nat_rewrites_fix_ip_and_tcp_checksums_incrementally() {
 }
 
 #[test]
+fn forward_only_flows_are_answered_from_the_cache_and_counted_per_packet() {
+    // Two ports, a forward-only flow each (the 64 B forwarding bench's set-up): batches of
+    // one flow, alternating, then the flow replaced: the cached output goes with it.
+    let mut fp = proc_(16);
+    let on = |port| Match {
+        in_port: Some(port),
+        ..Match::default()
+    };
+    fp.add_flow(flow(0, 1, 1, on(1), vec![Action::Output(PortId(2))]), 0)
+        .unwrap();
+    fp.add_flow(flow(0, 1, 2, on(2), vec![Action::Output(PortId(1))]), 0)
+        .unwrap();
+    let a = pkt(&tcp4([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b""), 1);
+    let b = pkt(&tcp4([10, 0, 0, 2], [10, 0, 0, 1], 2, 1, b"four"), 2);
+    let mut v = [Verdict::Drop; 8];
+    for round in 0..3u64 {
+        for (p, out) in [(&a, 2), (&b, 1)] {
+            let mut batch: Vec<PacketBuf> = (0..8).map(|_| p.clone()).collect();
+            fp.process(round, &mut batch, &mut v);
+            assert!(
+                v.iter().all(|&x| x == Verdict::Output(PortId(out))),
+                "{v:?}"
+            );
+        }
+    }
+    let (sa, sb) = (fp.flow_stats(1).unwrap(), fp.flow_stats(2).unwrap());
+    assert_eq!((sa.packets, sa.bytes), (24, 24 * 54));
+    assert_eq!((sb.packets, sb.bytes), (24, 24 * 58));
+    assert_eq!(fp.delete_flows(1).len(), 1);
+    fp.add_flow(flow(0, 1, 3, on(1), vec![Action::Drop]), 0)
+        .unwrap();
+    let mut batch: Vec<PacketBuf> = (0..8).map(|_| a.clone()).collect();
+    fp.process(4, &mut batch, &mut v);
+    assert!(v.iter().all(|&x| x == Verdict::Drop), "{v:?}");
+    assert_eq!(fp.flow_stats(3).unwrap().packets, 8);
+}
+
+#[test]
 fn priorities_goto_misses_and_the_exact_match_cache() {
     let mut fp = proc_(16);
     let any = Match::default();
