@@ -224,21 +224,6 @@ impl ChainBufs {
         self.writable.last().copied()
     }
 
-    /// Asks for the cache lines of the first `upto` bytes of each of the first `segs`
-    /// device-writable segments, for write (hints only; `prefetch_write`). A device that
-    /// writes them later in the batch (an operation's output, a status byte) then finds them
-    /// owned instead of waiting, with every store queued behind them, for the lines to come
-    /// from the driver's core, which read them last.
-    #[inline(always)]
-    pub(crate) fn prefetch_writable(&self, segs: usize, upto: usize) {
-        for s in self.writable.iter().take(segs) {
-            let len = s.len().min(upto);
-            if len > 0 {
-                crate::split_ring::prefetch_span(s.ptr(), len, true);
-            }
-        }
-    }
-
     /// Device-readable bytes.
     pub(crate) fn readable_len(&self) -> usize {
         self.read_len

@@ -38,10 +38,6 @@ pub(crate) const BATCH: usize = 64;
 /// How many chains ahead of its parse a request header (and IV) is prefetched: the lines were
 /// written on the driver's core, and one chain (~150 ns at 64 B) did not hide the transfer.
 const HEADER_AHEAD: u16 = 2;
-/// Writable segments of each chain (and bytes of each) asked for write while the batch is
-/// parsed: an AEAD's output (data and tag) and its status byte.
-const WRITE_AHEAD_SEGS: usize = 3;
-const WRITE_AHEAD_BYTES: usize = 128;
 /// A batch also ends once its chains carry this many bytes (readable plus writable): large
 /// requests are completed (and the frontend signalled) in smaller groups, so the frontend can
 /// reap and refill while the rest of the ring is processed instead of waiting for a whole ring.
@@ -266,10 +262,6 @@ impl DataPath {
                 p.reset(head);
                 match ring.walk(head, &mut self.chain) {
                     Ok(()) => {
-                        // The output and status lines, for write: they are written only when
-                        // the batch is submitted, after every chain is parsed, and the
-                        // driver's core read them last (the previous result in that slot).
-                        self.chain.prefetch_writable(WRITE_AHEAD_SEGS, WRITE_AHEAD_BYTES);
                         p.bytes = self.chain.readable_len() + self.chain.writable_len();
                         bytes += p.bytes;
                         // The request header, read once (a data request and a control request
