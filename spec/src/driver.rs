@@ -598,10 +598,7 @@ mod tests {
             assert_eq!(a, Iv::new(&bytes[..len]).unwrap(), "len {len}");
             assert_eq!(a.as_slice(), &bytes[..len]);
         }
-        assert_eq!(
-            Iv::from_words(words, 17),
-            Err(CryptoError::InvalidIvLength)
-        );
+        assert_eq!(Iv::from_words(words, 17), Err(CryptoError::InvalidIvLength));
     }
 
     #[test]
