@@ -243,6 +243,10 @@ impl DataPath {
         // tables), and each request header [`HEADER_AHEAD`] chains ahead of its parse.
         ring.prefetch(avail);
         ring.prefetch_tables(avail);
+        // The used elements and index this batch writes at its end, for write: the driver's
+        // core polls them, and every locked instruction after the writes (the session counters,
+        // the close's fence) waited for their lines.
+        ring.prefetch_used(0, avail, true);
         for k in 0..HEADER_AHEAD {
             ring.prefetch_first_buffer(k);
         }
