@@ -43,7 +43,10 @@
 //! core, same run (AES-256-GCM, 8-byte AAD, ns per call): 64 B seal 80-85 one-shot against
 //! 73-75 through the owned context, open 82-86 against 73-79 (the context claimed by an atomic
 //! exchange per call); 1400 B 187-191 against 189-198 (level); 16 KiB 920-1006 against
-//! 872-912. Fused ESP's direct calls are unchanged (one-shot for one segment).
+//! 872-912. Fused ESP's direct calls on a one-lane instance (`one_thread`) take the same
+//! context for one segment too, with a load and a store for the operation (falling back to
+//! the one-shot call when a queue owns it): in-process, 1386-byte open, one piece through the
+//! context 210-249 ns against 222-280 ns one-shot (docs/performance.md, "ESP, pass t").
 
 use std::mem::MaybeUninit;
 
@@ -157,8 +160,8 @@ pub(crate) struct AeadKey {
 enum Claim {
     /// By an atomic exchange for the operation (gathered input only).
     Shared,
-    /// Without one: the caller runs this key's operations on one thread at a time (gathered
-    /// input only).
+    /// Without one: the caller runs this key's operations on one thread at a time; also
+    /// for one-segment input (no per-call copy of the GCM key), taken for the operation.
     OneThread,
     /// As the software queue holding this owner id ([`crate::gcm_stream::owner_id`]): the
     /// context is the queue's for good once taken, and serves one-segment input too (no
@@ -262,8 +265,14 @@ impl AeadKey {
                 // A queue's own context: AWS-LC's one-shot call would copy the GCM key and
                 // clear its per-call state first (a `rep movs` and a `rep stos`, ~6 % of a
                 // 64 B look-aside operation's backend time).
+                // A one-thread caller (fused ESP on a one-lane instance) takes it with a load
+                // and a store for the operation.
                 let owned = match (claim, &self.stream) {
                     (Claim::Owner(id), Some(st)) if len <= MAX_STREAM_LEN => st.claim_owned(id),
+                    // SAFETY: the caller's promise: no other thread uses this key meanwhile.
+                    (Claim::OneThread, Some(st)) if len <= MAX_STREAM_LEN => unsafe {
+                        st.claim_unshared()
+                    },
                     _ => None,
                 };
                 match owned {
@@ -837,5 +846,76 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// One-segment direct calls of a one-thread caller (fused ESP on a one-lane instance) run
+    /// through the key's context and give the known answer; a forged tag gives `AuthFailed`
+    /// with `dst` wiped; once a queue owns the context they fall back to the one-shot call
+    /// with the same answers.
+    #[test]
+    fn one_thread_direct_calls_through_the_context_and_falling_back() {
+        let (enc, dec) = keys();
+        let (pt, ct, aad) = (h(PT), h(CT), h(AAD));
+        let nonce: [u8; 12] = h(IV).try_into().unwrap();
+        let tag: [u8; 16] = h(TAG).try_into().unwrap();
+        for owned_elsewhere in [false, true] {
+            if owned_elsewhere {
+                let q = crate::gcm_stream::owner_id();
+                for k in [&enc, &dec] {
+                    assert!(k.stream.as_ref().unwrap().claim_owned(q).is_some());
+                }
+            }
+            let mut out = vec![0u8; pt.len()];
+            let mut t = [0u8; 16];
+            // SAFETY: local buffers, disjoint; this thread alone uses the keys.
+            unsafe {
+                enc.seal_direct(
+                    &nonce,
+                    &aad,
+                    &[Seg::from_ref(&pt)],
+                    Seg::from_mut(&mut out),
+                    t.as_mut_ptr(),
+                    true,
+                )
+            }
+            .unwrap();
+            assert_eq!((out, t), (ct.clone(), tag));
+            let mut back = vec![0u8; ct.len()];
+            // SAFETY: as above.
+            unsafe {
+                dec.open_direct(
+                    &nonce,
+                    &aad,
+                    &tag,
+                    &[Seg::from_ref(&ct)],
+                    Seg::from_mut(&mut back),
+                    true,
+                )
+            }
+            .unwrap();
+            assert_eq!(back, pt);
+            let mut bad = tag;
+            bad[3] ^= 4;
+            let mut back = vec![0xaau8; ct.len()];
+            // SAFETY: as above.
+            let r = unsafe {
+                dec.open_direct(
+                    &nonce,
+                    &aad,
+                    &bad,
+                    &[Seg::from_ref(&ct)],
+                    Seg::from_mut(&mut back),
+                    true,
+                )
+            };
+            assert_eq!(r, Err(CryptoError::AuthFailed));
+            assert!(
+                back.iter().all(|&b| b == 0),
+                "owned elsewhere: {owned_elsewhere}"
+            );
+            // The context is free again after each one-thread call (unless a queue owns it).
+            let st = dec.stream.as_ref().unwrap();
+            assert_eq!(st.claim().is_some(), !owned_elsewhere);
+        }
     }
 }

@@ -68,13 +68,16 @@ pub struct PacketBuf {
 
 /// Most bytes a processor may append after the rest of a partial frame
 /// ([`PacketBuf::push_tail`]).
-pub const MAX_TAIL: usize = 32;
+pub const MAX_TAIL: usize = 48;
 
 /// The part of a partial frame still in its source buffer.
 #[derive(Clone, Copy, Debug)]
 struct Rest {
     src: *const u8,
     len: usize,
+    /// Bytes before `src` in the same source buffer that the resident bytes were copied from
+    /// (`set_partial`'s `resident`): readable likewise.
+    before: usize,
 }
 
 // SAFETY: `Rest` only describes memory; whoever sets it (`set_partial`, unsafe) vouches for it
@@ -294,10 +297,75 @@ impl PacketBuf {
         unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), dst.add(at), t.len()) };
     }
 
+    /// Copies the first `n` bytes of a partial frame's rest from its source into the buffer
+    /// after the resident bytes, which grow by `n` (the frame's bytes stay the same; the
+    /// rest starts `n` bytes later). False (nothing changed) if the frame is whole, has a
+    /// tail, or its rest is shorter than `n`. ESP encap uses it to start the rest on a cipher
+    /// block boundary.
+    pub fn load_rest_front(&mut self, n: usize) -> bool {
+        let at = self.head + self.len;
+        let Some(r) = self.rest.as_mut() else {
+            return false;
+        };
+        if n > r.len || self.tail_len != 0 {
+            return false;
+        }
+        // `set_partial`/`push_front` keep the whole frame inside the buffer.
+        let Some(dst) = self.buf.get_mut(at..at + n) else {
+            return false;
+        };
+        // SAFETY: `r.src..r.src + n` lies inside the rest, readable while the frame is
+        // partial (`set_partial`'s contract); `dst` is our own buffer. A raw copy.
+        unsafe { std::ptr::copy_nonoverlapping(r.src, dst.as_mut_ptr(), n) };
+        r.src = r.src.wrapping_add(n);
+        r.len -= n;
+        r.before += n;
+        self.len += n;
+        true
+    }
+
+    /// Moves the last `n` bytes of a partial frame's rest to the front of its tail, copied
+    /// from the source (the frame's bytes stay the same). False (nothing changed) if the
+    /// frame is whole, its rest is shorter than `n`, or the tail would exceed [`MAX_TAIL`].
+    /// ESP encap uses it to end the rest on a cipher block boundary.
+    pub fn rest_end_to_tail(&mut self, n: usize) -> bool {
+        let t = usize::from(self.tail_len);
+        let Some(r) = self.rest.as_mut() else {
+            return false;
+        };
+        if n > r.len || t + n > MAX_TAIL {
+            return false;
+        }
+        self.tail.copy_within(0..t, n);
+        // SAFETY: the rest's last `n` bytes, readable while the frame is partial
+        // (`set_partial`'s contract); the tail is our own array. A raw copy.
+        unsafe { std::ptr::copy_nonoverlapping(r.src.add(r.len - n), self.tail.as_mut_ptr(), n) };
+        r.len -= n;
+        self.tail_len += n as u8;
+        true
+    }
+
     /// Where a partial frame's remaining bytes are, and how many (None when whole). For the
     /// device that forwards the frame: it copies them straight into the destination.
     pub fn rest(&self) -> Option<(*const u8, usize)> {
         self.rest.map(|r| (r.src, r.len))
+    }
+
+    /// Where resident bytes `offset..` of a partial frame were copied from: they are the
+    /// `frame().len() - offset` bytes right before the rest in the source buffer
+    /// ([`set_partial`](Self::set_partial)'s contract), so that `offset..len()` of the frame
+    /// (without the tail) can be read there in one piece. None if the frame is whole, has
+    /// a tail, or `offset` lies outside the resident bytes or before the first loaded one
+    /// (bytes pushed in front). The pointer is valid for `len() - offset` bytes while the
+    /// frame stays partial; the resident copies may since have been rewritten (only the caller
+    /// knows whether it changed them) and the source may have changed since (a guest's).
+    pub fn resident_source(&self, offset: usize) -> Option<*const u8> {
+        let r = self.rest?;
+        let back = self.len.checked_sub(offset)?;
+        if back > r.before || self.tail_len != 0 {
+            return None;
+        }
+        Some(r.src.wrapping_sub(back))
     }
 
     /// Marks the buffer (loaded through [`load_area`](Self::load_area) with `resident`
@@ -306,8 +374,10 @@ impl PacketBuf {
     /// whole frame would not fit [`MAX_FRAME`].
     ///
     /// # Safety
-    /// `rest..rest + rest_len` must stay mapped and readable until the frame is made whole,
-    /// reset, reloaded or dropped.
+    /// `rest - resident..rest + rest_len` must stay mapped and readable until the frame is
+    /// made whole, reset, reloaded or dropped, and the `resident` bytes loaded must be a copy
+    /// of `rest - resident..rest` (the frame is contiguous in its source buffer:
+    /// [`resident_source`](Self::resident_source) reads them there).
     pub unsafe fn set_partial(
         &mut self,
         resident: usize,
@@ -322,6 +392,7 @@ impl PacketBuf {
         self.rest = Some(Rest {
             src: rest,
             len: rest_len,
+            before: resident,
         });
         true
     }
@@ -686,6 +757,41 @@ pub trait FastPathDriver: Send + Sync {
 mod tests {
     use super::*;
     use crate::Seg;
+
+    /// Moving bytes between the rest and the resident bytes or the tail keeps the frame's
+    /// bytes; `resident_source` finds the resident bytes' origin before the rest.
+    #[test]
+    fn rest_bytes_moved_keep_the_frame() {
+        let src: Vec<u8> = (0..400u32).map(|i| (i * 13 + 1) as u8).collect();
+        let mut p = PacketBuf::new();
+        // SAFETY: `src` outlives `p`'s use.
+        assert!(unsafe { p.load_partial(&src, PortId(1)) });
+        assert_eq!(p.resident_source(20), Some(src[20..].as_ptr()));
+        assert_eq!(p.resident_source(129), None);
+        assert!(p.load_rest_front(14));
+        assert!(p.rest_end_to_tail(10));
+        assert!(p.push_tail(&[1, 2]));
+        assert!(!p.rest_end_to_tail(MAX_TAIL));
+        assert_eq!(
+            (p.frame().len(), p.rest().unwrap().1, p.tail().len()),
+            (142, 248, 12)
+        );
+        let mut out = vec![0u8; p.len()];
+        // SAFETY: `out` is as long as the frame and our own.
+        unsafe { p.write_to(out.as_mut_ptr()) };
+        assert_eq!(&out[..400], &src[..]);
+        assert_eq!(&out[400..], &[1, 2]);
+        assert_eq!(p.resident_source(0), None, "a tail");
+        let mut p = PacketBuf::new();
+        // SAFETY: as above.
+        assert!(unsafe { p.load_partial(&src, PortId(1)) });
+        assert!(p.load_rest_front(5));
+        assert!(p.pull_front(3));
+        assert_eq!(p.resident_source(2), Some(src[5..].as_ptr()));
+        assert!(p.push_front(4).is_some());
+        assert_eq!(p.resident_source(0), None, "bytes pushed in front");
+        assert!(!p.load_rest_front(400));
+    }
 
     /// A lane that only knows `finish` (in place, where the frame lies).
     struct InPlace;
