@@ -103,7 +103,7 @@ done
 
 # Summary: per case (mode, queues, size) the device rate of each build in each round and B/A.
 python3 - "$DIR" "$ROUNDS" "$A" "$B" <<'PY'
-import re, sys
+import re, statistics, sys
 d, rounds, a, b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def rows(path):
     out, on, cpus, case = {}, False, {}, None
@@ -127,6 +127,7 @@ def rows(path):
                 out.setdefault(("lat", str(len([k for k in out if k[0] == "lat"]))), m.groups())
     return out
 print(f"A/B    A = {a}, B = {b} (same run, alternating; device ops/s, ratio to raw, backend busy cores, client process cores)")
+cases = {}  # per case, each round's (A rate, A ratio to raw, B rate, B ratio to raw)
 for r in range(1, rounds + 1):
     ra, rb = rows(f"{d}/a{r}.out"), rows(f"{d}/b{r}.out")
     for k in ra:
@@ -134,6 +135,7 @@ for r in range(1, rounds + 1):
             continue
         (da, xa, ba, _), (db, xb, bb, _) = ra[k], rb[k]
         (ca, cb) = (ra[k][3], rb[k][3])
+        cases.setdefault(k, []).append((da, xa, db, xb))
         print(f"round {r} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {da:>10.0f} ({xa:.3f}, busy {ba}, client {ca})"
               f"  B {db:>10.0f} ({xb:.3f}, busy {bb}, client {cb})  B/A {db / max(da, 1e-9):.3f}"
               f" (of the ratios to raw {xb / max(xa, 1e-9):.3f})")
@@ -143,14 +145,7 @@ for r in range(1, rounds + 1):
         mode = ("interrupts", "polled")[i] if i < 2 else str(i)
         print(f"round {r} latency {mode:>10}: A p50 {x[0]} / p99 {x[1]} us  B p50 {y[0]} / p99 {y[1]} us")
 # Per case, the median over the rounds of each build's rate, its ratio to raw and B/A.
-import statistics
 med = statistics.median
-cases = {}
-for r in range(1, rounds + 1):
-    ra, rb = rows(f"{d}/a{r}.out"), rows(f"{d}/b{r}.out")
-    for k in ra:
-        if k[0] != "lat" and k in rb:
-            cases.setdefault(k, []).append((ra[k][0], ra[k][1], rb[k][0], rb[k][1]))
 for k, v in cases.items():
     da, xa, db, xb = zip(*v)
     print(f"median of {len(v)} {k[0]:>10} q{k[1]} {k[2]:>6} B: A {med(da):>10.0f} ({med(xa):.3f}; rounds"

@@ -186,17 +186,17 @@ pmdmq, mq64 = (float(x or 0) for x in sys.argv[4:6])
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
 q = lambda x, y: x / y if y else 0.0
 med = lambda xs: statistics.median(xs) if xs else 0.0
-def report(pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400, besp, rr=r):
+def report(pmd64, pmd1400, a64, a1400, esp, raw, b64, b1400, besp):
     print("Forwarding between two vhost-user ports, both directions, one backend core (Mpps):")
     for size, pmd, a, b in ((64, pmd64, a64, b64), (1400, pmd1400, a1400, b1400)):
-        print(f"  {size:4} B  dpdk-testpmd io-fwd {pmd/1e6:6.2f}   dpacc flow hit {a/1e6:6.2f}   {rr(a, pmd)}")
+        print(f"  {size:4} B  dpdk-testpmd io-fwd {pmd/1e6:6.2f}   dpacc flow hit {a/1e6:6.2f}   {r(a, pmd)}")
         if tb:
-            print(f"  {size:4} B  dpacc ({tb}) {b/1e6:6.2f}   {rr(b, pmd)}   (this build / that one: {rr(a, b)})")
+            print(f"  {size:4} B  dpacc ({tb}) {b/1e6:6.2f}   {r(b, pmd)}   (this build / that one: {r(a, b)})")
     print("ESP encap or decap on every pass, 1400-byte frames (AES-128-GCM), one core:")
     print(f"  dpacc {esp/1e6:6.3f} Mpps = {esp*1386*8/1e9:5.2f} Gbit/s of inner packets   "
-          f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {rr(esp/1e6, raw)}")
+          f"raw software AES-128-GCM {raw:6.3f} M ops/s on 1386 B   {r(esp/1e6, raw)}")
     if tb:
-        print(f"  dpacc ({tb}) {besp/1e6:6.3f} Mpps   {rr(besp/1e6, raw)}   (this build / that one: {rr(esp, besp)})")
+        print(f"  dpacc ({tb}) {besp/1e6:6.3f} Mpps   {r(besp/1e6, raw)}   (this build / that one: {r(esp, besp)})")
 if len(rounds) == 1:
     report(*rounds[0])
 else:
