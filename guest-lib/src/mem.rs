@@ -75,6 +75,77 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Why [`hugetlb_memfd`] gave no memory.
+#[derive(Debug)]
+pub(crate) enum HugetlbError {
+    /// Too few free 2 MiB pages (the system's counts; 0 where unknown).
+    Short {
+        /// Pages needed.
+        need: usize,
+        /// Pages reserved in the system.
+        total: usize,
+        /// Pages free.
+        free: usize,
+    },
+    /// A system call failed: which, and why.
+    Os(&'static str, std::io::Error),
+}
+
+impl From<HugetlbError> for Error {
+    fn from(e: HugetlbError) -> Self {
+        match e {
+            HugetlbError::Short { need, total, free } => Error::NoHugepages { need, total, free },
+            HugetlbError::Os(what, e) => Error::Io(what, e),
+        }
+    }
+}
+
+/// A memfd of `len` bytes (a multiple of [`HUGEPAGE`]) on 2 MiB hugepages, every page taken
+/// now: a hugetlb page that cannot be had when first touched is a SIGBUS (here, or in a
+/// backend that maps the region with `MAP_NORESERVE`), not an error. Sealing is allowed; the
+/// caller decides. The library's one way to hugepage memory: the virtio-user region
+/// ([`SharedMemory::with_pages`]) and the PCI transport's DMA memory both come from here.
+pub(crate) fn hugetlb_memfd(
+    name: &std::ffi::CStr,
+    len: usize,
+) -> std::result::Result<File, HugetlbError> {
+    let need = len / HUGEPAGE;
+    let short = || {
+        let (total, free) = crate::transport::pci::sysfs::hugepages().unwrap_or((0, 0));
+        HugetlbError::Short { need, total, free }
+    };
+    // A cheap early answer; fallocate below is the real check (it also sees a container's
+    // hugetlb limit, which these counters do not).
+    if let Some((total, free)) = crate::transport::pci::sysfs::hugepages() {
+        if free < need {
+            return Err(HugetlbError::Short { need, total, free });
+        }
+    }
+    let flags =
+        libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(HugetlbError::Os(
+            "memfd_create(MFD_HUGETLB) (a kernel with hugetlbfs is needed)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len as u64)
+        .map_err(|e| HugetlbError::Os("ftruncate of the hugepage memfd", e))?;
+    // SAFETY: fallocate on the memfd we own, within its size.
+    if unsafe { libc::fallocate(fd, 0, 0, len as libc::off_t) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::ENOMEM) => short(),
+            _ => HugetlbError::Os("fallocate of 2 MiB hugepages", e),
+        });
+    }
+    Ok(file)
+}
+
 /// A memfd-backed, shared, zero-initialised memory region.
 #[derive(Debug)]
 pub struct SharedMemory {
@@ -132,52 +203,26 @@ impl SharedMemory {
             .checked_next_multiple_of(page)
             .filter(|&s| s <= isize::MAX as usize)
             .ok_or(Error::InvalidArgument("memory size"))?;
-        let need = size / HUGEPAGE;
-        if huge {
-            // A cheap early answer; fallocate below is the real check (it also sees a
-            // container's hugetlb limit, which these counters do not).
-            if let Some((total, free)) = crate::transport::pci::sysfs::hugepages() {
-                if free < need {
-                    return Err(Error::NoHugepages { need, total, free });
-                }
+        let file = if huge {
+            hugetlb_memfd(c"dpacc-guest", size)?
+        } else {
+            // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
+            let fd = unsafe {
+                libc::memfd_create(
+                    c"dpacc-guest".as_ptr(),
+                    libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+                )
+            };
+            if fd < 0 {
+                return Err(Error::Io("memfd_create", std::io::Error::last_os_error()));
             }
-        }
-        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-        if huge {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
-        let fd = unsafe { libc::memfd_create(c"dpacc-guest".as_ptr(), flags) };
-        if fd < 0 {
-            return Err(Error::Io(
-                if huge {
-                    "memfd_create(MFD_HUGETLB) (a kernel with hugetlbfs is needed)"
-                } else {
-                    "memfd_create"
-                },
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size as u64)
-            .map_err(|e| Error::Io("ftruncate", e))?;
-        if huge {
-            // Take the pages now: a hugetlb page that cannot be had when first touched is a
-            // SIGBUS (here, or in the backend, which maps with MAP_NORESERVE), not an error.
-            // SAFETY: fallocate on the memfd we own, within its size.
-            if unsafe { libc::fallocate(fd, 0, 0, size as libc::off_t) } != 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(match e.raw_os_error() {
-                    Some(libc::ENOSPC | libc::ENOMEM) => {
-                        let (total, free) =
-                            crate::transport::pci::sysfs::hugepages().unwrap_or((0, 0));
-                        Error::NoHugepages { need, total, free }
-                    }
-                    _ => Error::Io("fallocate of 2 MiB hugepages", e),
-                });
-            }
-        }
+            // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            file.set_len(size as u64)
+                .map_err(|e| Error::Io("ftruncate", e))?;
+            file
+        };
+        let fd = file.as_raw_fd();
         // The size is final: sealed, as QEMU's memory-backend-memfd does, so the backend knows
         // the memory cannot shrink under it (hugetlbfs memfds take seals too, since Linux 4.16).
         // SAFETY: fcntl on the memfd we own.

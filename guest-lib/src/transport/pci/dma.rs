@@ -7,12 +7,12 @@
 //! region, with addresses the driver chooses (see [`SharedMemory::from_pages`]).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use super::sysfs::hugepages;
 use super::PciError;
-use crate::mem::{SharedMemory, DMA_SEGMENT};
+use crate::mem::{hugetlb_memfd, HugetlbError, SharedMemory, DMA_SEGMENT};
 
 const PAGEMAP_PRESENT: u64 = 1 << 63;
 const PAGEMAP_PFN_MASK: u64 = (1 << 55) - 1;
@@ -25,6 +25,17 @@ fn os(what: &'static str) -> PciError {
 fn no_hugepages(need: usize) -> PciError {
     let (total, free) = hugepages().unwrap_or((0, 0));
     PciError::NoHugepages { need, total, free }
+}
+
+impl From<HugetlbError> for PciError {
+    fn from(e: HugetlbError) -> Self {
+        match e {
+            HugetlbError::Short { need, total, free } => {
+                PciError::NoHugepages { need, total, free }
+            }
+            HugetlbError::Os(what, e) => PciError::Os(what, e),
+        }
+    }
 }
 
 /// The physical address of the page mapped at `va` (faulted in), from `/proc/self/pagemap`.
@@ -54,29 +65,9 @@ fn phys_addr(pagemap: &File, va: usize) -> Result<u64, PciError> {
 pub(crate) fn hugepage_memory(size: usize) -> Result<SharedMemory, PciError> {
     let n = size.div_ceil(DMA_SEGMENT).max(1);
     let len = n * DMA_SEGMENT;
-    if let Some((_, free)) = hugepages() {
-        if free < n {
-            return Err(no_hugepages(n));
-        }
-    }
-    // SAFETY: a valid NUL-terminated name; checked below.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"dpacc-dma".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
-        )
-    };
-    if fd < 0 {
-        return Err(os(
-            "memfd_create(MFD_HUGETLB) (a kernel with hugetlbfs is needed)",
-        ));
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len as u64)
-        .map_err(|e| PciError::Os("ftruncate of the hugepage memfd", e))?;
-    // First mapping: fault every page in (shared hugetlb mappings reserve their pages at mmap,
-    // so too few free pages fail here rather than with SIGBUS later).
+    // Every page taken by the memfd's fallocate (too few free is `NoHugepages`, not a SIGBUS).
+    let file = hugetlb_memfd(c"dpacc-dma", len)?;
+    // First mapping: fault every page in, so that each has a frame to look up below.
     // SAFETY: mapping a fresh memfd of `len` bytes; checked below.
     let first = unsafe {
         libc::mmap(
@@ -183,6 +174,22 @@ fn remap_sorted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Far more pages than the system has: the error that says how many to reserve (from the
+    /// memfd's up-front reservation, shared with the virtio-user region), not a SIGBUS later.
+    #[test]
+    fn too_few_hugepages_is_a_clear_error() {
+        let total = hugepages().map_or(0, |h| h.0);
+        match hugepage_memory((total + 1024) * DMA_SEGMENT) {
+            Err(e @ PciError::NoHugepages { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("/proc/sys/vm/nr_hugepages"), "{msg}");
+            }
+            // A kernel without hugetlbfs says so instead.
+            Err(e) => assert!(e.to_string().contains("hugetlbfs"), "{e}"),
+            Ok(_) => panic!("more hugepages than free were granted"),
+        }
+    }
 
     /// On a host with free hugepages and root: the region's addresses are the pages' physical
     /// addresses, in ascending order, and the memory is usable.
