@@ -3,84 +3,26 @@
 //! FLOW_LIST pages that never end. Each request completes exactly once, with its own answer
 //! or a clear error, and no call waits past its timeout.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dpacc_spec::fastpath::flow::{FlowStats, FlowSummary};
-use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message, BACKEND_MAC};
+use dpacc_spec::fastpath::proto::{self, Body, ErrorCode, Message};
 use dpacc_spec::fastpath::PortId;
 
+use crate::net::frame_peer::{frame, payload, FramePeer, VNF_MAC as MAC};
 use crate::net::{Completion, FlowTable, FrameIo, Reply, Request};
 use crate::{Error, Result};
 
-/// A frame-level device: keeps what the table sends; hands out the frames the test queued,
-/// then (with `flood`) garbage frames forever.
-#[derive(Clone, Default)]
-struct Device {
-    sent: Arc<Mutex<Vec<Vec<u8>>>>,
-    inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
-    flood: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
-
-impl FrameIo for Device {
-    fn send(&mut self, frame: &[u8]) -> Result<()> {
-        self.sent.lock().unwrap().push(frame.to_vec());
-        Ok(())
-    }
-    fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
-        let f = self.inbox.lock().unwrap().pop_front();
-        let f = f.or_else(|| self.flood.lock().unwrap().clone());
-        match f {
-            Some(f) => {
-                let n = f.len().min(buf.len());
-                buf[..n].copy_from_slice(&f[..n]);
-                Ok(Some(n))
-            }
-            None => {
-                std::thread::sleep(timeout.unwrap_or_default().min(Duration::from_millis(2)));
-                Ok(None)
-            }
-        }
-    }
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&MAC);
-    f.extend_from_slice(&BACKEND_MAC);
-    f.extend_from_slice(&proto::ETHERTYPE.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn payload(txid: u32, body: Body) -> Vec<u8> {
-    let mut p = Vec::new();
-    Message { txid, body }.encode(&mut p);
-    p
-}
-
-impl Device {
-    fn answer(&self, txid: u32, body: Body) {
-        self.raw(payload(txid, body));
-    }
-    fn raw(&self, payload: Vec<u8>) {
-        self.inbox.lock().unwrap().push_back(frame(&payload));
-    }
-}
-
 /// A table whose requests time out after 100 ms (version 1: no HELLO needed).
-fn table() -> (FlowTable<Device>, Device) {
-    let dev = Device::default();
+fn table() -> (FlowTable<FramePeer>, FramePeer) {
+    let dev = FramePeer::default();
     let mut ft = FlowTable::new(dev.clone(), MAC);
     ft.timeout = Duration::from_millis(100);
     (ft, dev)
 }
 
 /// Collects completions until none is in flight (bounded by a second).
-fn drain(ft: &mut FlowTable<Device>) -> Vec<Completion> {
+fn drain(ft: &mut FlowTable<FramePeer>) -> Vec<Completion> {
     let mut out = Vec::new();
     let end = Instant::now() + Duration::from_secs(1);
     while ft.in_flight() > 0 && Instant::now() < end {
@@ -106,9 +48,9 @@ fn answers_with_unknown_txids_are_counted_not_taken() {
     let (mut ft, dev) = table();
     let a = ft.submit_stats(1).unwrap();
     for txid in [0, a + 1, a + 1000, u32::MAX] {
-        dev.answer(txid, Body::Ok);
+        dev.answer_msg(txid, Body::Ok);
     }
-    dev.answer(a, stats());
+    dev.answer_msg(a, stats());
     let c = drain(&mut ft);
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].txid, a);
@@ -124,16 +66,16 @@ fn a_duplicated_answer_completes_its_request_once() {
     let (mut ft, dev) = table();
     let a = ft.submit_delete_flows(1).unwrap();
     let b = ft.submit_delete_flows(2).unwrap();
-    dev.answer(a, Body::Ok);
-    dev.answer(a, Body::Ok);
-    dev.answer(
+    dev.answer_msg(a, Body::Ok);
+    dev.answer_msg(a, Body::Ok);
+    dev.answer_msg(
         a,
         Body::Error {
             code: ErrorCode::NotFound,
             msg: "second".into(),
         },
     );
-    dev.answer(b, Body::Ok);
+    dev.answer_msg(b, Body::Ok);
     let c = drain(&mut ft);
     let ids: Vec<_> = c.iter().map(|c| (c.txid, c.result.is_ok())).collect();
     assert_eq!(ids, vec![(a, true), (b, true)]);
@@ -148,7 +90,7 @@ fn a_duplicated_packet_out_error_completes_it_once() {
     let po = ft.submit_packet_out(PortId(1), false, &[0u8; 60]).unwrap();
     ft.flush().unwrap();
     for _ in 0..3 {
-        dev.answer(
+        dev.answer_msg(
             po,
             Body::Error {
                 code: ErrorCode::BadActions,
@@ -189,7 +131,7 @@ fn truncated_answers_fail_their_request_at_once() {
     // a: the body cut in the middle (its length field says more than there is).
     let mut p = payload(a, stats());
     p.truncate(p.len() - 5);
-    dev.raw(p);
+    dev.answer(p);
     // b: the length field says less than the body needs.
     let mut p = payload(
         b,
@@ -200,9 +142,9 @@ fn truncated_answers_fail_their_request_at_once() {
         },
     );
     p[8..12].copy_from_slice(&9u32.to_be_bytes());
-    dev.raw(p);
+    dev.answer(p);
     // c: eleven bytes, no txid to read; then a frame too short for a payload at all.
-    dev.raw(payload(c, Body::Ok)[..11].to_vec());
+    dev.answer(payload(c, Body::Ok)[..11].to_vec());
     dev.inbox.lock().unwrap().push_back(vec![0u8; 13]);
     let t = Instant::now();
     let mut out = Vec::new();
@@ -245,7 +187,7 @@ fn truncated_answers_fail_their_request_at_once() {
 fn an_answer_of_the_wrong_type_fails_its_request() {
     let (mut ft, dev) = table();
     let a = ft.submit_stats(1).unwrap();
-    dev.answer(
+    dev.answer_msg(
         a,
         Body::HelloReply {
             tables: 1,
@@ -262,7 +204,7 @@ fn an_answer_of_the_wrong_type_fails_its_request() {
         }]
     ));
     // The blocking calls say the same (txids are handed out in sequence).
-    dev.answer(a + 1, stats());
+    dev.answer_msg(a + 1, stats());
     assert!(matches!(
         ft.delete_flows(3),
         Err(Error::Protocol("a reply of the wrong type"))
@@ -300,9 +242,9 @@ fn an_answer_after_the_timeout_is_counted_not_taken() {
         &c[..],
         [Completion { txid, result: Err(Error::NoReply { request: "FLOW_STATS", .. }), .. }] if *txid == a
     ));
-    dev.answer(a, stats());
+    dev.answer_msg(a, stats());
     let b = ft.submit_stats(1).unwrap();
-    dev.answer(b, stats());
+    dev.answer_msg(b, stats());
     let c = drain(&mut ft);
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].txid, b);
@@ -354,7 +296,7 @@ fn summary(cookie: u64) -> FlowSummary {
 /// A device answering FLOW_LIST and HELLO as it is told, from inside `send` (so a blocking
 /// `list` gets its answers on this thread).
 struct Lister {
-    dev: Device,
+    dev: FramePeer,
     pages: u32,
     page: fn(pages: u32, start: u32) -> (u32, u32, u32),
     max_flows: u32,
@@ -369,7 +311,7 @@ impl FrameIo for Lister {
                 self.pages += 1;
                 let (total, start, n) = (self.page)(self.pages, start);
                 let entries = (0..n).map(|k| summary(u64::from(start + k))).collect();
-                self.dev.answer(
+                self.dev.answer_msg(
                     m.txid,
                     Body::FlowListReply {
                         total,
@@ -378,7 +320,7 @@ impl FrameIo for Lister {
                     },
                 )
             }
-            Body::Hello => self.dev.answer(
+            Body::Hello => self.dev.answer_msg(
                 m.txid,
                 Body::HelloReply {
                     tables: 1,
@@ -398,7 +340,7 @@ impl FrameIo for Lister {
 fn lister(page: fn(u32, u32) -> (u32, u32, u32), max_flows: u32) -> FlowTable<Lister> {
     let mut ft = FlowTable::new(
         Lister {
-            dev: Device::default(),
+            dev: FramePeer::default(),
             pages: 0,
             page,
             max_flows,
@@ -463,7 +405,7 @@ fn a_cut_reply_batch_completes_what_it_holds() {
     proto::end_batch(&mut p, s);
     // Make b's header claim a body longer than the batch holds.
     p[cut + 8..cut + 12].copy_from_slice(&100u32.to_be_bytes());
-    dev.raw(p);
+    dev.answer(p);
     let c = drain(&mut ft);
     let got: Vec<_> = c.iter().map(|c| (c.txid, c.result.is_ok())).collect();
     assert_eq!(got, vec![(a, true), (b, false)]);

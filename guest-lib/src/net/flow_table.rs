@@ -885,42 +885,14 @@ impl<T: FrameIo> FlowTable<T> {
 
 #[cfg(test)]
 mod tests {
-    //! Against a frame-level fake peer (the real backend is in `tests/flow_pipeline.rs`): it
+    //! Against a frame-level fake peer (the real backend is in `guest-lib/tests/flow_pipeline.rs`): it
     //! records what the table sends and answers what the test tells it, in any order.
-    use std::sync::{Arc, Mutex};
-
     use dpacc_spec::fastpath::flow::{Action, Match};
     use dpacc_spec::fastpath::proto::ErrorCode;
 
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Peer {
-        sent: Arc<Mutex<Vec<Vec<u8>>>>,
-        inbox: Arc<Mutex<VecDeque<Vec<u8>>>>,
-    }
-
-    impl FrameIo for Peer {
-        fn send(&mut self, frame: &[u8]) -> Result<()> {
-            self.sent.lock().unwrap().push(frame.to_vec());
-            Ok(())
-        }
-        fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
-            let f = self.inbox.lock().unwrap().pop_front();
-            match f {
-                Some(f) => {
-                    buf[..f.len()].copy_from_slice(&f);
-                    Ok(Some(f.len()))
-                }
-                None => {
-                    std::thread::sleep(timeout.unwrap_or_default().min(Duration::from_millis(2)));
-                    Ok(None)
-                }
-            }
-        }
-    }
-
-    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+    use crate::net::frame_peer::{FramePeer as Peer, VNF_MAC as MAC};
 
     impl Peer {
         /// The messages of every frame sent so far (taken), and whether each frame was a
@@ -942,21 +914,6 @@ mod tests {
                     }
                 })
                 .collect()
-        }
-
-        fn answer(&self, payload: Vec<u8>) {
-            let mut f = Vec::new();
-            f.extend_from_slice(&MAC);
-            f.extend_from_slice(&BACKEND_MAC);
-            f.extend_from_slice(&proto::ETHERTYPE.to_be_bytes());
-            f.extend_from_slice(&payload);
-            self.inbox.lock().unwrap().push_back(f);
-        }
-
-        fn answer_msg(&self, txid: u32, body: Body) {
-            let mut p = Vec::new();
-            Message { txid, body }.encode(&mut p);
-            self.answer(p);
         }
 
         /// A reply BATCH with these messages.

@@ -12,6 +12,8 @@ use crate::Result;
 
 pub mod af_packet;
 pub mod flow_table;
+#[cfg(test)]
+pub(crate) mod frame_peer;
 pub mod port;
 
 pub use af_packet::AfPacket;
