@@ -885,8 +885,9 @@ impl<T: FrameIo> FlowTable<T> {
 
 #[cfg(test)]
 mod tests {
-    //! Against a frame-level fake peer (the real backend is in `guest-lib/tests/flow_pipeline.rs`): it
-    //! records what the table sends and answers what the test tells it, in any order.
+    //! Against a frame-level fake peer (`net::frame_peer`; the real backend is in
+    //! `guest-lib/tests/flow_pipeline.rs`): it records what the table sends and answers what
+    //! the test tells it, in any order.
     use dpacc_spec::fastpath::flow::{Action, Match};
     use dpacc_spec::fastpath::proto::ErrorCode;
 

@@ -1,6 +1,7 @@
 //! A frame-level fake fast-path device for unit tests of [`FlowTable`](super::FlowTable) (the
-//! real backend is in `tests/flow_pipeline.rs`): it keeps every frame the table sends and hands
-//! out the frames a test queued, in any order, then (with `flood`) one frame forever.
+//! real backend is in `guest-lib/tests/flow_pipeline.rs`): it keeps every frame the table
+//! sends and hands out the frames a test queued, in any order, then (with `flood`) one frame
+//! forever.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
