@@ -168,14 +168,7 @@ impl CryptoQueue for PluginQueue {
     }
 
     fn dequeue(&mut self, out: &mut [Completion]) -> usize {
-        let mut n = 0;
-        while n < out.len() {
-            let Some(c) = self.ready.pop_front() else {
-                break;
-            };
-            out[n] = c;
-            n += 1;
-        }
+        let mut n = crate::take_ready(&mut self.ready, out);
         while n < out.len() && self.free.len() < self.slots.len() {
             let max = (out.len() - n).min(self.raw.len());
             let poll = self.lib.ops.poll.expect("checked at load");
