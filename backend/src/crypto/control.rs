@@ -208,10 +208,17 @@ mod tests {
     const IN: u64 = 0x10_0000;
     const OUT: u64 = 0x18_0000;
 
-    /// Posts [req ++ keys] readable and `out_len` writable bytes; returns (used len, output).
-    fn run(cp: &mut ControlPath, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+    /// Posts [req ++ keys] readable and `out_len` writable bytes (filled with 0xee first), has
+    /// `process` take the chain (it must take exactly one); returns (used len, output).
+    fn post(
+        input: &[u8],
+        out_len: u32,
+        process: impl FnOnce(&mut Queue, &FastMem<GuestMemoryMmap>, &Notify) -> usize,
+    ) -> (u32, Vec<u8>) {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
         m.write_slice(input, GuestAddress(IN)).unwrap();
+        m.write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
+            .unwrap();
         let vq = MockSplitQueue::new(&m, 16);
         let raw = [
             RawDescriptor::from(Descriptor::new(IN, input.len() as u32, 1, 1)),
@@ -219,11 +226,16 @@ mod tests {
         ];
         vq.add_desc_chains(&raw, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(cp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
+        assert_eq!(process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
         let used = vq.used().ring().ref_at(0).unwrap().load();
         let mut out = vec![0u8; out_len as usize];
         m.read_slice(&mut out, GuestAddress(OUT)).unwrap();
         (used.len(), out)
+    }
+
+    /// One chain through the control path.
+    fn run(cp: &mut ControlPath, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
+        post(input, out_len, |q, m, n| cp.process(q, m, n))
     }
 
     fn create_req(key: &[u8]) -> Vec<u8> {
@@ -284,23 +296,9 @@ mod tests {
     }
 
     /// Posts one chain on a *data* queue served by `dp`; returns (used len, writable bytes).
+    /// One chain through the data path.
     fn run_data(dp: &mut DataPath, input: &[u8], out_len: u32) -> (u32, Vec<u8>) {
-        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
-        m.write_slice(input, GuestAddress(IN)).unwrap();
-        m.write_slice(&vec![0xee; out_len as usize], GuestAddress(OUT))
-            .unwrap();
-        let vq = MockSplitQueue::new(&m, 16);
-        let raw = [
-            RawDescriptor::from(Descriptor::new(IN, input.len() as u32, 1, 1)),
-            RawDescriptor::from(Descriptor::new(OUT, out_len, 2, 0)),
-        ];
-        vq.add_desc_chains(&raw, 0).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
-        assert_eq!(dp.process(&mut q, &FastMem::new(&m), &Notify::new(None)), 1);
-        let used = vq.used().ring().ref_at(0).unwrap().load();
-        let mut out = vec![0u8; out_len as usize];
-        m.read_slice(&mut out, GuestAddress(OUT)).unwrap();
-        (used.len(), out)
+        post(input, out_len, |q, m, n| dp.process(q, m, n))
     }
 
     fn bare(opcode: u32) -> Vec<u8> {
