@@ -194,11 +194,6 @@ struct LaneState {
     emc: HashMap<FlowKey, Path, ahash::RandomState>,
     /// The last key looked up and its path (an exact-match cache of one, in front of `emc`).
     last: Option<(FlowKey, Path)>,
-    /// The key and path `last` held before it (a second entry, looked at only when `last`
-    /// misses, out of line: traffic between two ports alternates two flows batch by batch, so
-    /// each batch's first packet is of the flow before `last`; without it that packet paid a
-    /// hash and a probe of `emc`). Dropped with `last` on every generation change.
-    prev: Option<(FlowKey, Path)>,
     /// The [`Core::generation`] the caches were filled under.
     generation: u64,
     queue: Box<dyn CryptoQueue>,
@@ -209,7 +204,6 @@ impl LaneState {
         Ok(Self {
             emc: HashMap::with_capacity_and_hasher(EMC_CAP, ahash::RandomState::new()),
             last: None,
-            prev: None,
             generation: 0,
             queue: crypto.open_queue(1)?,
         })
@@ -390,7 +384,6 @@ fn run_batch(
     if st.generation != core.generation {
         st.emc.clear();
         st.last = None;
-        st.prev = None;
         st.generation = core.generation;
     }
     let (mut drops, mut misses, mut hits, mut denied) = (0, 0, 0, 0);
@@ -501,9 +494,8 @@ fn run_path(
     (Verdict::Drop, true)
 }
 
-/// [`one`] when the packet is not of the previous packet's flow: the flow before it
-/// ([`LaneState::prev`], which then becomes `last`), the exact-match cache (a hash and a
-/// probe), then the tables.
+/// [`one`] when the packet is not of the previous packet's flow: the exact-match cache (a hash
+/// and a probe), then the tables.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn one_slow(
@@ -516,16 +508,9 @@ fn one_slow(
     defer: Option<&mut Option<Deferred>>,
     kl: &mut (FlowKey, Layout),
 ) -> (Verdict, bool) {
-    if let Some((k, path)) = &st.prev {
-        if *k == kl.0 {
-            let path = *path;
-            std::mem::swap(&mut st.last, &mut st.prev);
-            return run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path);
-        }
-    }
     let (key, lay) = *kl;
     if let Some(path) = st.emc.get(&key).copied() {
-        st.prev = st.last.replace((key, path));
+        st.last = Some((key, path));
         return run_path(core, &mut *st.queue, burst, lane, now, p, defer, kl, path);
     }
     let len = p.len() as u64;
@@ -562,7 +547,7 @@ fn one_slow(
                     st.emc.clear();
                 }
                 st.emc.insert(first_key, path);
-                st.prev = st.last.replace((first_key, path));
+                st.last = Some((first_key, path));
             }
             *kl = (key, lay);
             return (v, false);
@@ -1124,127 +1109,4 @@ fn fix_l4(f: &mut [u8], key: &FlowKey, lay: &Layout, upd: impl Fn(u16) -> u16) {
         n = 0xffff;
     }
     f[at..at + 2].copy_from_slice(&n.to_be_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::SwDriver;
-    use dpacc_spec::fastpath::PortId;
-
-    /// An Ethernet + IPv4 + UDP frame from 10.0.0.`host`.
-    fn udp4(host: u8) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 8 + 22];
-        f[12..14].copy_from_slice(&key::ETH_IPV4.to_be_bytes());
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&(20u16 + 8 + 22).to_be_bytes());
-        f[22] = 64;
-        f[23] = IPPROTO_UDP;
-        f[26..30].copy_from_slice(&[10, 0, 0, host]);
-        f[30..34].copy_from_slice(&[10, 0, 1, 1]);
-        f[34..36].copy_from_slice(&1000u16.to_be_bytes());
-        f[36..38].copy_from_slice(&2000u16.to_be_bytes());
-        f
-    }
-
-    fn forward(from: u16, to: u16) -> FlowSpec {
-        FlowSpec {
-            table: 0,
-            priority: 10,
-            cookie: u64::from(from),
-            m: Match {
-                in_port: Some(from),
-                ..Match::default()
-            },
-            actions: vec![Action::Output(PortId(to))],
-            idle_timeout_ns: 0,
-            hard_timeout_ns: 0,
-            notify_expiry: false,
-        }
-    }
-
-    /// A batch of four frames arriving on `port` (each port carries one flow): its verdicts.
-    fn batch(lane: &mut SwLane, port: u16) -> Vec<Verdict> {
-        let f = udp4(port as u8);
-        let mut pkts: Vec<PacketBuf> = (0..4)
-            .map(|_| {
-                let mut p = PacketBuf::new();
-                assert!(p.load(&f, PortId(port)));
-                p
-            })
-            .collect();
-        let mut v = vec![Verdict::Drop; pkts.len()];
-        lane.process(1, &mut pkts, &mut v);
-        lane.end_batch();
-        v
-    }
-
-    fn in_port(e: &Option<(FlowKey, Path)>) -> Option<u16> {
-        e.as_ref().map(|(k, _)| k.in_port)
-    }
-
-    /// Batches alternating between two ports' flows (peers.sh's traffic) are answered by the
-    /// two previous-packet entries without the exact-match cache; a generation change (a flow
-    /// replaced) drops both, and the replaced flow's new action is what the next packets get.
-    #[test]
-    fn alternating_flows_hit_both_previous_packet_entries_until_the_generation_changes() {
-        let inst = SwInstance::new(Arc::new(SwDriver::new()), 16, 1).unwrap();
-        let mut lane = inst.lane(0).unwrap().unwrap();
-        inst.add_flow(forward(1, 2), 0).unwrap();
-        inst.add_flow(forward(2, 1), 0).unwrap();
-        // From the tables: each flow's first packet, then the previous-packet entry.
-        assert_eq!(batch(&mut lane, 1), vec![Verdict::Output(PortId(2)); 4]);
-        assert_eq!(batch(&mut lane, 2), vec![Verdict::Output(PortId(1)); 4]);
-        assert_eq!(inst.stats().emc_hits, 6);
-        assert_eq!(
-            (in_port(&lane.st.last), in_port(&lane.st.prev)),
-            (Some(2), Some(1))
-        );
-        // With the exact-match cache emptied (the two entries kept), every packet of the
-        // alternating batches is still a hit, and nothing reaches the cache or the tables
-        // (either would put the key back into the cache).
-        lane.st.emc.clear();
-        for _ in 0..3 {
-            assert_eq!(batch(&mut lane, 1), vec![Verdict::Output(PortId(2)); 4]);
-            assert_eq!(
-                (in_port(&lane.st.last), in_port(&lane.st.prev)),
-                (Some(1), Some(2))
-            );
-            assert_eq!(batch(&mut lane, 2), vec![Verdict::Output(PortId(1)); 4]);
-            assert_eq!(
-                (in_port(&lane.st.last), in_port(&lane.st.prev)),
-                (Some(2), Some(1))
-            );
-        }
-        assert!(lane.st.emc.is_empty());
-        assert_eq!(inst.stats().emc_hits, 6 + 24);
-        assert_eq!(inst.stats().misses, 0);
-        // A generation change: port 1's flow replaced (same table, priority and match). Both
-        // entries go; port 2's batch fills `last` from the tables and leaves `prev` empty.
-        inst.add_flow(forward(1, 3), 0).unwrap();
-        assert_eq!(batch(&mut lane, 2), vec![Verdict::Output(PortId(1)); 4]);
-        assert_eq!(
-            (in_port(&lane.st.last), in_port(&lane.st.prev)),
-            (Some(2), None)
-        );
-        assert_eq!(lane.st.emc.len(), 1);
-        // Port 1's packets take the new action, not a stale cached path.
-        assert_eq!(batch(&mut lane, 1), vec![Verdict::Output(PortId(3)); 4]);
-        assert_eq!(
-            (in_port(&lane.st.last), in_port(&lane.st.prev)),
-            (Some(1), Some(2))
-        );
-        // A flow removed: a generation change too; its packets now miss.
-        assert_eq!(inst.delete_flows(1).len(), 1);
-        assert_eq!(
-            batch(&mut lane, 1),
-            vec![Verdict::Miss { table: 0 }; 4],
-            "not answered by a dropped entry"
-        );
-        assert_eq!(batch(&mut lane, 2), vec![Verdict::Output(PortId(1)); 4]);
-        assert_eq!(
-            (in_port(&lane.st.last), in_port(&lane.st.prev)),
-            (Some(2), None)
-        );
-    }
 }
