@@ -252,11 +252,7 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
     /// misses (avail entries, descriptors: lines the driver's core wrote) are all asked for
     /// before the first chain is looked at, instead of each frame's coming after the
     /// previous frame's work. [`pop_read`](Self::pop_read) then takes them.
-    ///
-    /// Out of line (a call per batch): inlined into both ends of the worker's loop, its
-    /// unrolled loops grew `VnfLoop::process` by 4 KiB, and 1400 B and ESP measured below
-    /// main in both orders (pass u, docs/performance.md).
-    #[inline(never)]
+    #[inline(always)]
     pub(crate) fn read_ahead(&self, n: u16, a: &mut Ahead) {
         let n = usize::from(n.min(self.avail_idx.wrapping_sub(self.next_avail))).min(AHEAD);
         a.base = self.next_avail;
