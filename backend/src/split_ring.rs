@@ -29,7 +29,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
 use crate::virtq::{
-    desc_at, prefetch, prefetch_write, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE,
+    prefetch, prefetch_write, ChainBufs, ChainError, FastMem, F_INDIRECT, F_NEXT, F_WRITE,
 };
 
 /// `VRING_AVAIL_F_NO_INTERRUPT`, in the avail ring's 16-bit `flags`.
@@ -51,41 +51,6 @@ pub(crate) enum Popped {
     },
     /// Any other chain, walked into the caller's `ChainBufs` (or refused by the walk).
     Walked(u16, Result<(), ChainError>),
-}
-
-/// Most chains [`SplitRing::read_ahead`] reads at once.
-pub(crate) const AHEAD: usize = 64;
-
-/// The heads and head descriptors of a batch of pending chains, read by
-/// [`SplitRing::read_ahead`] before any of them is taken (every load of the batch issued
-/// together, then each chain taken from here by [`SplitRing::pop_read`]). A field per array,
-/// each stored and loaded at its own width. Values the driver wrote, read once, checked when
-/// taken exactly as [`SplitRing::pop_one`] checks its own reads.
-pub(crate) struct Ahead {
-    /// The ring position of entry 0.
-    base: u16,
-    /// Entries read.
-    n: u16,
-    heads: [u16; AHEAD],
-    addr: [u64; AHEAD],
-    /// 0 when the head is out of range or its descriptor is not mapped (the chain is then
-    /// walked, which reports it).
-    len: [u32; AHEAD],
-    flags: [u16; AHEAD],
-}
-
-impl Ahead {
-    /// Nothing read.
-    pub(crate) fn new() -> Self {
-        Self {
-            base: 0,
-            n: 0,
-            heads: [0; AHEAD],
-            addr: [0; AHEAD],
-            len: [0; AHEAD],
-            flags: [0; AHEAD],
-        }
-    }
 }
 
 /// A split virtqueue opened for one batch.
@@ -242,63 +207,6 @@ impl<'a, G: GuestMemoryBackend> SplitRing<'a, G> {
                         });
                     }
                 }
-            }
-        }
-        Some(Popped::Walked(head, self.walk(head, chain)))
-    }
-
-    /// Reads the heads of the next `n` (at most [`AHEAD`]) pending chains, then their head
-    /// descriptors, into `a`, taking none: two passes of independent loads, so that a batch's
-    /// misses (avail entries, descriptors: lines the driver's core wrote) are all asked for
-    /// before the first chain is looked at, instead of each frame's coming after the
-    /// previous frame's work. [`pop_read`](Self::pop_read) then takes them.
-    #[inline(always)]
-    pub(crate) fn read_ahead(&self, n: u16, a: &mut Ahead) {
-        let n = usize::from(n.min(self.avail_idx.wrapping_sub(self.next_avail))).min(AHEAD);
-        a.base = self.next_avail;
-        a.n = n as u16;
-        for (k, h) in a.heads[..n].iter_mut().enumerate() {
-            *h = self.head_at(self.next_avail.wrapping_add(k as u16));
-        }
-        // The table is in one region in every ring we know: translated once. Otherwise each
-        // descriptor is looked up on its own.
-        let table = self.mem.host(self.desc, 16 * u64::from(self.size));
-        for k in 0..n {
-            let head = a.heads[k];
-            let d = if head >= self.size {
-                None
-            } else if let Some(t) = table {
-                // SAFETY: `head < size`, and the table's 16 * size bytes are mapped (`host`).
-                Some(unsafe { desc_at(t, head) })
-            } else {
-                self.mem.read_desc(self.desc, head).ok()
-            };
-            let (addr, len, flags, _) = d.unwrap_or((0, 0, 0, 0));
-            a.addr[k] = addr;
-            a.len[k] = len;
-            a.flags[k] = flags;
-        }
-    }
-
-    /// [`pop_one`](Self::pop_one), from what the last [`read_ahead`](Self::read_ahead) read
-    /// when it covers the next chain (the ring position it read it at), from the ring
-    /// otherwise.
-    #[inline(always)]
-    pub(crate) fn pop_read(&mut self, a: &Ahead, chain: &mut ChainBufs) -> Option<Popped> {
-        let k = self.next_avail.wrapping_sub(a.base);
-        if k >= a.n || self.next_avail == self.avail_idx {
-            return self.pop_one(chain);
-        }
-        let k = usize::from(k);
-        let (head, addr, len, flags) = (a.heads[k], a.addr[k], a.len[k], a.flags[k]);
-        self.next_avail = self.next_avail.wrapping_add(1);
-        if flags & (F_NEXT | F_INDIRECT) == 0 && len > 0 {
-            if let Ok(seg) = self.mem.seg(addr, len) {
-                return Some(Popped::One {
-                    head,
-                    seg,
-                    writable: flags & F_WRITE != 0,
-                });
             }
         }
         Some(Popped::Walked(head, self.walk(head, chain)))
@@ -701,74 +609,6 @@ mod tests {
             (Some(1), Some(2), Some(3))
         );
         assert_eq!(r.pop_head(), None);
-    }
-
-    /// A batch read ahead is taken chain by chain exactly as `pop_one` takes it from the
-    /// ring (one-descriptor chains as segments; others walked: two descriptors, an empty
-    /// one, a head out of range and a buffer outside guest memory, the last two reported by
-    /// the walk), also after a chain was put back,
-    /// and past what was read the ring is read again.
-    #[test]
-    fn chains_read_ahead_pop_like_the_ring() {
-        let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        vq.build_multiple_desc_chains(&[
-            d(0x8000, 64, 0, 0),
-            d(0x9000, 32, F_NEXT, 2),
-            d(0xa000, 100, F_WRITE, 0),
-            d(0xb000, 0, F_WRITE, 0),
-            d(0xc000, 128, F_WRITE, 0),
-            d(u64::MAX - 8, 64, 0, 0),
-        ])
-        .unwrap();
-        // The fourth chain's head is out of the table (a hostile driver).
-        m.write_obj(40u16, vq.avail_addr().unchecked_add(4 + 2 * 3))
-            .unwrap();
-        let q: Queue = vq.create_queue().unwrap();
-        let fast = FastMem::new(&m);
-        let shape = |p: Option<Popped>| match p {
-            Some(Popped::One {
-                head,
-                seg,
-                writable,
-            }) => format!("one {head} {} {writable}", seg.len()),
-            Some(Popped::Walked(head, r)) => format!("walked {head} {}", r.is_ok()),
-            None => "none".into(),
-        };
-        let mut want = vec![];
-        let mut r = SplitRing::open(&q, &fast).unwrap();
-        assert_eq!(r.pending(), 5);
-        let mut c = ChainBufs::new();
-        for _ in 0..6 {
-            want.push(shape(r.pop_one(&mut c)));
-        }
-        assert_eq!(
-            want,
-            [
-                "one 0 64 false",
-                "walked 1 true",
-                "walked 3 true",
-                "walked 40 false",
-                "walked 5 false",
-                "none"
-            ]
-        );
-        let mut a = Box::new(Ahead::new());
-        // Read ahead: all five, or three and the rest from the ring; a chain put back is
-        // taken again the same way.
-        for n in [5u16, 3, 64] {
-            let mut r = SplitRing::open(&q, &fast).unwrap();
-            r.pending();
-            r.read_ahead(n, &mut a);
-            let mut got = vec![shape(r.pop_read(&a, &mut c))];
-            got.push(shape(r.pop_read(&a, &mut c)));
-            r.unpop(1);
-            got.pop();
-            for _ in 1..6 {
-                got.push(shape(r.pop_read(&a, &mut c)));
-            }
-            assert_eq!(got, want, "read ahead {n}");
-        }
     }
 
     #[test]

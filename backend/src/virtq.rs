@@ -493,7 +493,7 @@ impl<'a, G: GuestMemoryBackend> FastMem<'a, G> {
 /// # Safety
 /// `table + 16 * idx .. + 16` must be mapped and readable.
 #[inline(always)]
-pub(crate) unsafe fn desc_at(table: *const u8, idx: u16) -> (u64, u32, u16, u16) {
+unsafe fn desc_at(table: *const u8, idx: u16) -> (u64, u32, u16, u16) {
     // SAFETY: the caller vouches for the 16 bytes.
     let (a, b) = unsafe {
         let p = table.add(16 * usize::from(idx)).cast::<u64>();

@@ -13,7 +13,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::slot::RingPair;
-use crate::split_ring::{prefetch_span, Ahead, Popped, SplitRing};
+use crate::split_ring::{prefetch_span, Popped, SplitRing};
 use crate::vhost_user::GuestMem;
 use crate::virtq::{prefetch_write, read_guest, write_guest, ChainBufs, FastMem};
 
@@ -157,10 +157,6 @@ pub(crate) struct NetRings {
     /// batch that needs no more chains than it shows does not read the driver's index).
     tx_seen: u16,
     rx_seen: u16,
-    /// A batch's heads and descriptors, read before any chain is taken (one ring at a time:
-    /// `receive`'s TX batch, then `send`'s RX buffers). Kept here rather than on the stack so
-    /// that no batch pays for initialising it; only the entries a batch read are used.
-    ahead: Box<Ahead>,
 }
 
 impl NetRings {
@@ -185,7 +181,6 @@ impl NetRings {
             tx_taken: Vec::with_capacity(MAX_BATCH),
             tx_seen: rings.tx.queue.next_avail(),
             rx_seen: rings.rx.queue.next_avail(),
-            ahead: Box::new(Ahead::new()),
             rings,
         }
     }
@@ -255,15 +250,13 @@ impl NetRings {
         let avail = ring.pending_since(self.tx_seen, want as u16);
         self.tx_seen = ring.avail_seen();
         let k = usize::from(avail).min(pkts.len()).min(MAX_BATCH);
-        // The batch's heads, then its descriptors, all read before any chain is taken; then
-        // the chains, starting the loads of their frames; then the copies.
-        let ahead = &mut *self.ahead;
-        ring.read_ahead(k as u16, ahead);
+        ring.prefetch(k as u16);
+        // Walk the batch's chains first, starting the loads of their frames, then copy.
         let hdr = self.hdr_len;
         let mut frames = [(None::<Seg<'static>>, 0u16); MAX_BATCH];
         let mut taken = 0;
         for f in &mut frames[..k] {
-            let Some(popped) = ring.pop_read(ahead, chain) else {
+            let Some(popped) = ring.pop_one(chain) else {
                 break;
             };
             taken += 1;
@@ -396,10 +389,7 @@ impl NetRings {
         // the end) without reading the index?
         let avail = ring.pending_since(self.rx_seen, MAX_BATCH as u16 / 2 * 3);
         self.rx_seen = ring.avail_seen();
-        // A worker's batch of buffers: heads, then descriptors, read before any is taken
-        // (a longer send takes the rest from the ring as it goes).
-        let ahead = &mut *self.ahead;
-        ring.read_ahead(avail.min(MAX_BATCH as u16 / 2), ahead);
+        ring.prefetch(avail.min(MAX_BATCH as u16));
         // The used index's line, which the close writes (its elements were asked for by the
         // send before).
         ring.prefetch_used(0, 0, true);
@@ -413,7 +403,7 @@ impl NetRings {
         let mut sent = 0;
         for f in frames {
             let total = self.hdr_len + f.len();
-            let Some(popped) = ring.pop_read(ahead, chain) else {
+            let Some(popped) = ring.pop_one(chain) else {
                 break;
             };
             match popped {
