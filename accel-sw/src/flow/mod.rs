@@ -304,13 +304,11 @@ impl SwLane {
         }
         let d = self.pending.get(index)?.as_ref()?;
         let token = self.token.as_ref()?;
-        // SAFETY: inside the read section (`inside`), entered with this token.
-        let core = unsafe { self.inst.core.get(token) };
-        let sa = if d.outbound() {
-            core.outbound.get(&d.spi())
-        } else {
-            core.inbound.get(&d.spi())
-        }?;
+        // SAFETY: a slot is set only by `process` inside the read section it entered (every
+        // slot is cleared before it enters: `clear_pending`), and `inside` says the lane is
+        // still in that section: the SA `d` came from is in the core's maps, which change
+        // only under the writer lock (no lane inside), at the address it had then.
+        let sa = unsafe { d.sa() };
         Some((sa, d, token.index(), &mut self.st))
     }
 
