@@ -762,19 +762,7 @@ impl VnfLoop {
                 &mut self.touched,
                 pi,
                 frames,
-                &mut |i, at| {
-                    // The next pending frame's rest (the AEAD's input in the source buffer),
-                    // asked for to read while this frame's AEAD runs.
-                    if let Some((p, len)) = pkts
-                        .get(i + 1)
-                        .filter(|p| p.is_pending())
-                        .and_then(PacketBuf::rest)
-                        .filter(|&(_, len)| len > 0)
-                    {
-                        crate::split_ring::prefetch_span(p, len, false);
-                    }
-                    lane.finish_into(i, pkts.get(i)?, at)
-                },
+                &mut |i, at| lane.finish_into(i, pkts.get(i)?, at),
             );
             let bytes = verdicts
                 .iter()
