@@ -944,9 +944,8 @@ impl Exec<'_> {
                 Action::EspEncap(spi) => {
                     let sa = self.core.outbound.get(&spi)?;
                     if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
-                        match sa.encap_deferred(p, lay.l3, self.lane) {
-                            Ok(d) => *slot = Some(d),
-                            Err(_) => return Some(Verdict::Drop),
+                        if sa.encap_deferred_into(p, lay.l3, self.lane, slot).is_err() {
+                            return Some(Verdict::Drop);
                         }
                         continue;
                     }
@@ -960,9 +959,11 @@ impl Exec<'_> {
                         return Some(Verdict::Drop);
                     };
                     if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
-                        match sa.decap_deferred(p, lay.l3, lay.l4, self.lane) {
-                            Ok(d) => *slot = Some(d),
-                            Err(_) => return Some(Verdict::Drop),
+                        if sa
+                            .decap_deferred_into(p, lay.l3, lay.l4, self.lane, slot)
+                            .is_err()
+                        {
+                            return Some(Verdict::Drop);
                         }
                         continue;
                     }
