@@ -304,13 +304,11 @@ impl SwLane {
         }
         let d = self.pending.get(index)?.as_ref()?;
         let token = self.token.as_ref()?;
-        // SAFETY: inside the read section (`inside`), entered with this token.
-        let core = unsafe { self.inst.core.get(token) };
-        let sa = if d.outbound() {
-            core.outbound.get(&d.spi())
-        } else {
-            core.inbound.get(&d.spi())
-        }?;
+        // SAFETY: a slot is set only by `process` inside the read section it entered (every
+        // slot is cleared before it enters: `clear_pending`), and `inside` says the lane is
+        // still in that section: the SA `d` came from is in the core's maps, which change
+        // only under the writer lock (no lane inside), at the address it had then.
+        let sa = unsafe { d.sa() };
         Some((sa, d, token.index(), &mut self.st))
     }
 
@@ -946,9 +944,8 @@ impl Exec<'_> {
                 Action::EspEncap(spi) => {
                     let sa = self.core.outbound.get(&spi)?;
                     if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
-                        match sa.encap_deferred(p, lay.l3, self.lane) {
-                            Ok(d) => *slot = Some(d),
-                            Err(_) => return Some(Verdict::Drop),
+                        if sa.encap_deferred_into(p, lay.l3, self.lane, slot).is_err() {
+                            return Some(Verdict::Drop);
                         }
                         continue;
                     }
@@ -962,9 +959,11 @@ impl Exec<'_> {
                         return Some(Verdict::Drop);
                     };
                     if let (true, Some(slot)) = (last, self.defer.as_deref_mut()) {
-                        match sa.decap_deferred(p, lay.l3, lay.l4, self.lane) {
-                            Ok(d) => *slot = Some(d),
-                            Err(_) => return Some(Verdict::Drop),
+                        if sa
+                            .decap_deferred_into(p, lay.l3, lay.l4, self.lane, slot)
+                            .is_err()
+                        {
+                            return Some(Verdict::Drop);
                         }
                         continue;
                     }
