@@ -62,6 +62,13 @@ generate() {
   grep -a "Rx-pps:" "$out" | tail -2 | awk '{s += $2} END {print s}'
 }
 
+# profile FILE PID: perf record of PID inside the next generate()'s measured interval (traffic
+# from ~2 s, measured from 3 s to 3 + RUN s): from 3 s for RUN - 1 s, so that no idle tail
+# after the generator stops dilutes the profile.
+profile() {
+  (sleep 3; exec perf record -e cpu-clock -F 4999 -g -o "$1" -p "$2" -- sleep $((RUN > 1 ? RUN - 1 : 1))) >/dev/null 2>&1 &
+}
+
 wait_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "no socket $1"; exit 1; }
 
 # 1. testpmd: vhost PMD on both ports, io forwarding on one core (core 1; the generator's
@@ -111,7 +118,7 @@ dpacc() {
   $F add --cookie 2 --match in_port=2 --actions output:1 >/dev/null
   if [ -n "${PERF:-}" ] && [ "$tag" = a ]; then
     # Profile the backend while the generator runs (perf report -i $PERF afterwards).
-    (sleep 4; exec perf record -e cpu-clock -F 4999 -g -o "$PERF" -p "$P" -- sleep 3) >/dev/null 2>&1 &
+    profile "$PERF" "$P"
   fi
   local r64 r1400=0 esp=0 raw=0
   if [ "$mode" = mq ]; then
@@ -136,7 +143,7 @@ dpacc() {
       $F add --cookie $((20 + p)) --priority 100 --match in_port=$p,ip --actions esp_encap:0x100,output:$o >/dev/null
     done
     if [ -n "${PERF_ESP:-}" ] && [ "$tag" = a ]; then
-      (sleep 4; exec perf record -e cpu-clock -F 4999 -g -o "$PERF_ESP" -p "$P" -- sleep 3) >/dev/null 2>&1 &
+      profile "$PERF_ESP" "$P"
     fi
     esp=$(generate "$d/u1.sock" "$d/u2.sock" 1400)
     raw=$("$T/dpacc" bench net --socket "$d/vnf.sock" --esp --size 1400 --seconds 1 | awk '/^raw/ {print $7}')
