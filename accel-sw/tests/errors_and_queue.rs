@@ -486,8 +486,8 @@ fn aead_completions_through_a_wrapping_queue_carry_their_own_results() {
         // Two operations offered per round; the queue takes what room it has.
         let picks: Vec<Kind> = (0..2).map(|i| kinds[(next + i) % kinds.len()]).collect();
         let mut outs = vec![vec![0xa5u8; pt.len()]; 2];
-        let mut tags = vec![[0u8; 16]; 2];
-        let mut shorts = vec![[0u8; 15]; 2];
+        let mut tags = [[0u8; 16]; 2];
+        let mut shorts = [[0u8; 15]; 2];
         for (k, t) in picks.iter().zip(tags.iter_mut()) {
             if matches!(k, Kind::Open) {
                 t.copy_from_slice(&tag);
