@@ -377,11 +377,22 @@ impl AeadKey {
 
         match self.dir {
             Direction::Encrypt => {
-                // SAFETY: forwarded from our caller.
-                let tag =
-                    unsafe { self.seal_inline(nonce, aad, src, dst, len, scratch.data, claim)? };
-                // SAFETY: `digest` is writable on encrypt and `tag` is a local.
-                unsafe { sg::scatter(digest, 0, &tag.0) };
+                // The tag goes straight to its place when `digest` is one segment (at least
+                // `TAG_LEN` long: checked above), as the look-aside request's is: through a
+                // local, AWS-LC's `GET_TAG` copy was read back at once from the stack (a
+                // misaligned `Option<[u8; 16]>` returned through memory), loads that waited
+                // for the store buffer (~3 % of the worker at 64 B; docs/performance.md,
+                // "eleventh pass"). A scattered `digest` takes the local and a scatter.
+                let mut local = [0u8; TAG_LEN];
+                let one = sg::single(digest);
+                let out = one.map_or(local.as_mut_ptr(), |t| t.ptr());
+                // SAFETY: forwarded from our caller; `out` is the caller's writable `digest`
+                // segment (16 bytes or more) or our local.
+                unsafe { self.seal_inline(nonce, aad, src, dst, len, scratch.data, claim, out)? };
+                if one.is_none() {
+                    // SAFETY: `digest` is writable on encrypt and `local` is ours.
+                    unsafe { sg::scatter(digest, 0, &local) };
+                }
                 Ok(())
             }
             Direction::Decrypt => {
@@ -535,8 +546,10 @@ impl AeadKey {
         bounce: &mut [u8],
         claim: Claim,
     ) -> Result<Tag16, CryptoError> {
-        // SAFETY: forwarded from our caller.
-        unsafe { self.seal_inline(nonce, aad, src, dst, len, bounce, claim) }
+        let mut tag = [0u8; TAG_LEN];
+        // SAFETY: forwarded from our caller; the tag goes to our local.
+        unsafe { self.seal_inline(nonce, aad, src, dst, len, bounce, claim, tag.as_mut_ptr())? };
+        Ok(Tag16(tag))
     }
 
     /// [`seal`](Self::seal), always inlined: called out of line from `run`, its 16-byte
@@ -545,9 +558,13 @@ impl AeadKey {
     /// likewise: loads the store buffer cannot forward, which wait until it drains (~39 % of
     /// `seal` and ~45 % of `run`, ~4 % of the look-aside worker at 64 B; docs/performance.md,
     /// "tenth pass").
+    /// The tag's 16 bytes go to `tag_out`, written once the data is done: through the
+    /// incremental context by AWS-LC itself (no copy of ours), otherwise from a local.
     ///
     /// # Safety
-    /// As [`seal`](Self::seal).
+    /// As [`seal`](Self::seal); `tag_out..tag_out + 16` writable (raw memory, possibly a
+    /// guest's; no reference is formed over it). It may overlap `src` or `dst` (a hostile
+    /// guest's layout): the tag is written after the data, as a scatter after the call was.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn seal_inline(
@@ -559,8 +576,14 @@ impl AeadKey {
         len: usize,
         bounce: &mut [u8],
         claim: Claim,
-    ) -> Result<Tag16, CryptoError> {
+        tag_out: *mut u8,
+    ) -> Result<(), CryptoError> {
         let failed = CryptoError::Internal("AEAD seal failed");
+        let put = |tag: &[u8; TAG_LEN]| {
+            // SAFETY: `tag_out` is writable for 16 bytes (our caller); `tag` is a local, so
+            // the two do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(tag.as_ptr(), tag_out, TAG_LEN) }
+        };
         match (self.place(src, dst, len, claim), &self.engine) {
             (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 let mut tag = [0u8; TAG_LEN];
@@ -576,7 +599,8 @@ impl AeadKey {
                     &mut tag,
                 )
                 .map_err(|_| failed)?;
-                Ok(Tag16(tag))
+                put(&tag);
+                Ok(())
             }
             (
                 Place::Gather {
@@ -587,9 +611,10 @@ impl AeadKey {
                 _,
             ) => {
                 // SAFETY: the pieces are readable and `dst` writable for `len` bytes (their
-                // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only.
-                let tag = unsafe { stream.seal(&nonce, aad, src, dst.ptr()) }.ok_or(failed)?;
-                Ok(Tag16(tag))
+                // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only;
+                // `tag_out` writable for 16 bytes, written after the data (our caller).
+                let ok = unsafe { stream.seal_to(&nonce, aad, src, dst.ptr(), tag_out) };
+                ok.then_some(()).ok_or(failed)
             }
             (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: `dst` is writable and nothing else references it during the call
@@ -599,7 +624,9 @@ impl AeadKey {
                     sg::copy(src, dst, 0, len);
                     d.as_mut_slice()
                 };
-                self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)
+                let tag = self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)?;
+                put(&tag.0);
+                Ok(())
             }
             (Place::Bounce, _) => {
                 let b = bounce
@@ -610,7 +637,8 @@ impl AeadKey {
                 let tag = self.engine.seal_in_place(nonce, aad, b).ok_or(failed)?;
                 // SAFETY: writable `dst`, disjoint from our scratch.
                 unsafe { sg::scatter(dst, 0, b) };
-                Ok(tag)
+                put(&tag.0);
+                Ok(())
             }
         }
     }
@@ -817,6 +845,73 @@ mod tests {
             // SAFETY: no other thread uses the key in this test.
             assert!(unsafe { st.claim_unshared() }.is_none());
         }
+    }
+
+    /// The tag lands where `digest` says, whichever way the data runs (the queue's own
+    /// context, another queue's fallback to the one-shot call, in place, scattered through
+    /// the bounce buffer): one 16-byte segment, one longer segment (its first 16 bytes; the
+    /// rest untouched), or 16 bytes scattered over two segments. McGrew-Viega test case 16.
+    #[test]
+    fn the_tag_goes_to_every_digest_layout() {
+        let (enc, _) = keys();
+        let (pt, ct, aad, iv, want) = (h(PT), h(CT), h(AAD), h(IV), h(TAG));
+        let iv = Iv::new(&iv).unwrap();
+        let (q1, q2) = (crate::gcm_stream::owner_id(), crate::gcm_stream::owner_id());
+        // How the data runs: (owner, in place, scattered destination).
+        for (owner, in_place, scattered) in [
+            (q1, false, false),
+            (q2, false, false),
+            (q1, true, false),
+            (q1, false, true),
+        ] {
+            // How the digest is laid out: a buffer of 16 or 20 bytes, cut at 0 (one segment)
+            // or 7 (two).
+            for (dlen, cut) in [(16usize, 0usize), (20, 0), (16, 7)] {
+                let mut out = if in_place {
+                    pt.clone()
+                } else {
+                    vec![0u8; pt.len()]
+                };
+                let mut dig = vec![0xeeu8; dlen];
+                let (mut data, mut aadb) = (vec![0u8; 256], vec![0u8; 64]);
+                let r = {
+                    let (o1, o2) = out.split_at_mut(if scattered { 13 } else { 0 });
+                    let d: Vec<Seg<'_>> = [o1, o2]
+                        .into_iter()
+                        .filter(|x| !x.is_empty())
+                        .map(Seg::from_mut)
+                        .collect();
+                    let s = if in_place {
+                        d.clone()
+                    } else {
+                        vec![Seg::from_ref(&pt)]
+                    };
+                    let (g1, g2) = dig.split_at_mut(cut);
+                    let g: Vec<Seg<'_>> = [g1, g2]
+                        .into_iter()
+                        .filter(|x| !x.is_empty())
+                        .map(Seg::from_mut)
+                        .collect();
+                    let a = [Seg::from_ref(&aad)];
+                    let scratch = AeadScratch {
+                        data: &mut data,
+                        aad: &mut aadb,
+                        owner,
+                    };
+                    // SAFETY: local buffers; `src` and `dst` the same memory or disjoint.
+                    unsafe { enc.run(&iv, &s, &d, &a, &g, scratch) }
+                };
+                let case =
+                    format!("in place {in_place}, scattered {scattered}, digest {dlen}/{cut}");
+                assert_eq!(r, Ok(()), "{case}");
+                assert_eq!(out, ct, "{case}");
+                assert_eq!(&dig[..16], &want[..], "{case}");
+                assert!(dig[16..].iter().all(|&b| b == 0xee), "{case}");
+            }
+        }
+        // q1 ran first: it owns the context, q2 fell back (the one-shot path).
+        let st = enc.stream.as_ref().unwrap();
+        assert!(st.claim_owned(q1).is_some() && st.claim_owned(q2).is_none());
     }
 
     /// A forged tag through the owned context leaves no plaintext in `dst`.
