@@ -307,38 +307,6 @@ impl AeadKey {
         }
     }
 
-    /// [`run`](Self::run) for the software queue's `enqueue`: true on success; on failure
-    /// false with the error in `err`. Out of line, with `run` inlined: its
-    /// `Result<(), CryptoError>` (24 bytes) came back through memory, written by narrower
-    /// stores than the 16-byte load that `enqueue` read it back with to fill the completion, a
-    /// load the store buffer cannot forward: ~55 % of `enqueue`'s samples, ~2 % of the
-    /// look-aside worker at 64 B (docs/performance.md, "eleventh pass"). A bool comes back in
-    /// a register, and `err` is only read after a failure.
-    ///
-    /// # Safety
-    /// As [`run`](Self::run).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(never)]
-    pub(crate) unsafe fn run_ok(
-        &self,
-        iv: &Iv,
-        src: &[Seg<'_>],
-        dst: &[Seg<'_>],
-        aad: &[Seg<'_>],
-        digest: &[Seg<'_>],
-        scratch: AeadScratch<'_>,
-        err: &mut CryptoError,
-    ) -> bool {
-        // SAFETY: forwarded from our caller.
-        match unsafe { self.run(iv, src, dst, aad, digest, scratch) } {
-            Ok(()) => true,
-            Err(e) => {
-                *err = e;
-                false
-            }
-        }
-    }
-
     /// Runs one AEAD operation (see the `CryptoOp` table) for the software queue of
     /// `scratch`.
     ///
@@ -346,7 +314,6 @@ impl AeadKey {
     /// `src`, `aad` and (on decrypt) `digest` valid for reads; `dst` and (on encrypt) `digest`
     /// valid for writes; `src`/`dst` the same memory or disjoint (a partial overlap gives a
     /// wrong result, nothing worse); nothing overlaps `scratch`.
-    #[inline(always)]
     pub(crate) unsafe fn run(
         &self,
         iv: &Iv,

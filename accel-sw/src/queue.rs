@@ -43,42 +43,11 @@ impl SwQueue {
         })
     }
 
-    /// Runs one operation to its result: true on success, else false with the error in `err`
-    /// (a bool in a register: see [`AeadKey::run_ok`](crate::aead::AeadKey::run_ok)).
+    /// Runs one operation to its result.
     ///
     /// # Safety
     /// The contract of [`CryptoQueue::enqueue`] for `op`.
-    #[inline(always)]
-    unsafe fn process(&mut self, op: &CryptoOp<'_>, err: &mut CryptoError) -> bool {
-        if let Some(SwSession {
-            kind: Kind::Aead(k),
-            ..
-        }) = op.session.as_any().downcast_ref::<SwSession>()
-        {
-            let scratch = AeadScratch {
-                data: &mut self.data,
-                aad: &mut self.aad,
-                owner: self.owner,
-            };
-            // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
-            return unsafe { k.run_ok(&op.iv, op.src, op.dst, op.aad, op.digest, scratch, err) };
-        }
-        // SAFETY: forwarded from our caller.
-        match unsafe { self.process_other(op) } {
-            Ok(()) => true,
-            Err(e) => {
-                *err = e;
-                false
-            }
-        }
-    }
-
-    /// Runs one operation that is not an AEAD to its result (or an AEAD, if ever called so).
-    ///
-    /// # Safety
-    /// The contract of [`CryptoQueue::enqueue`] for `op`.
-    #[inline(never)]
-    unsafe fn process_other(&mut self, op: &CryptoOp<'_>) -> Result<(), CryptoError> {
+    unsafe fn process(&mut self, op: &CryptoOp<'_>) -> Result<(), CryptoError> {
         let s = op
             .session
             .as_any()
@@ -109,12 +78,8 @@ impl SwQueue {
                     aad: &mut self.aad,
                     owner: self.owner,
                 };
-                let mut err = CryptoError::Busy;
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
-                let ok = unsafe {
-                    k.run_ok(&op.iv, op.src, op.dst, op.aad, op.digest, scratch, &mut err)
-                };
-                ok.then_some(()).ok_or(err)
+                unsafe { k.run(&op.iv, op.src, op.dst, op.aad, op.digest, scratch) }
             }
             Kind::Chain(k) => {
                 // SAFETY: the enqueue contract gives valid segments; the scratch is ours.
@@ -138,24 +103,15 @@ impl CryptoQueue for SwQueue {
     unsafe fn enqueue(&mut self, ops: &[CryptoOp<'_>]) -> usize {
         let cap = self.ring.len();
         let take = ops.len().min(cap - self.count);
-        // Where the next completion goes: `head + count` wrapped by a compare (no division).
-        let mut tail = self.head + self.count;
-        if tail >= cap {
-            tail -= cap;
-        }
         for op in &ops[..take] {
-            let mut err = CryptoError::Busy;
             // SAFETY: forwarded from our caller.
-            let ok = unsafe { self.process(op, &mut err) };
+            let result = unsafe { self.process(op) };
+            let tail = (self.head + self.count) % cap;
             self.ring[tail] = Completion {
                 user_data: op.user_data,
-                result: if ok { Ok(()) } else { Err(err) },
+                result,
             };
             self.count += 1;
-            tail += 1;
-            if tail == cap {
-                tail = 0;
-            }
         }
         take
     }
