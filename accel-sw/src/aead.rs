@@ -344,22 +344,11 @@ impl AeadKey {
 
         match self.dir {
             Direction::Encrypt => {
-                // The tag goes straight to its place when `digest` is one segment (at least
-                // `TAG_LEN` long: checked above), as the look-aside request's is: through a
-                // local, AWS-LC's `GET_TAG` copy was read back at once from the stack (a
-                // misaligned `Option<[u8; 16]>` returned through memory), loads that waited
-                // for the store buffer (~3 % of the worker at 64 B; docs/performance.md,
-                // "eleventh pass"). A scattered `digest` takes the local and a scatter.
-                let mut local = [0u8; TAG_LEN];
-                let one = sg::single(digest);
-                let out = one.map_or(local.as_mut_ptr(), |t| t.ptr());
-                // SAFETY: forwarded from our caller; `out` is the caller's writable `digest`
-                // segment (16 bytes or more) or our local.
-                unsafe { self.seal_inline(nonce, aad, src, dst, len, scratch.data, claim, out)? };
-                if one.is_none() {
-                    // SAFETY: `digest` is writable on encrypt and `local` is ours.
-                    unsafe { sg::scatter(digest, 0, &local) };
-                }
+                // SAFETY: forwarded from our caller.
+                let tag =
+                    unsafe { self.seal_inline(nonce, aad, src, dst, len, scratch.data, claim)? };
+                // SAFETY: `digest` is writable on encrypt and `tag` is a local.
+                unsafe { sg::scatter(digest, 0, &tag.0) };
                 Ok(())
             }
             Direction::Decrypt => {
@@ -513,10 +502,8 @@ impl AeadKey {
         bounce: &mut [u8],
         claim: Claim,
     ) -> Result<Tag16, CryptoError> {
-        let mut tag = [0u8; TAG_LEN];
-        // SAFETY: forwarded from our caller; the tag goes to our local.
-        unsafe { self.seal_inline(nonce, aad, src, dst, len, bounce, claim, tag.as_mut_ptr())? };
-        Ok(Tag16(tag))
+        // SAFETY: forwarded from our caller.
+        unsafe { self.seal_inline(nonce, aad, src, dst, len, bounce, claim) }
     }
 
     /// [`seal`](Self::seal), always inlined: called out of line from `run`, its 16-byte
@@ -525,13 +512,9 @@ impl AeadKey {
     /// likewise: loads the store buffer cannot forward, which wait until it drains (~39 % of
     /// `seal` and ~45 % of `run`, ~4 % of the look-aside worker at 64 B; docs/performance.md,
     /// "tenth pass").
-    /// The tag's 16 bytes go to `tag_out`, written once the data is done: through the
-    /// incremental context by AWS-LC itself (no copy of ours), otherwise from a local.
     ///
     /// # Safety
-    /// As [`seal`](Self::seal); `tag_out..tag_out + 16` writable (raw memory, possibly a
-    /// guest's; no reference is formed over it). It may overlap `src` or `dst` (a hostile
-    /// guest's layout): the tag is written after the data, as a scatter after the call was.
+    /// As [`seal`](Self::seal).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn seal_inline(
@@ -543,14 +526,8 @@ impl AeadKey {
         len: usize,
         bounce: &mut [u8],
         claim: Claim,
-        tag_out: *mut u8,
-    ) -> Result<(), CryptoError> {
+    ) -> Result<Tag16, CryptoError> {
         let failed = CryptoError::Internal("AEAD seal failed");
-        let put = |tag: &[u8; TAG_LEN]| {
-            // SAFETY: `tag_out` is writable for 16 bytes (our caller); `tag` is a local, so
-            // the two do not overlap.
-            unsafe { std::ptr::copy_nonoverlapping(tag.as_ptr(), tag_out, TAG_LEN) }
-        };
         match (self.place(src, dst, len, claim), &self.engine) {
             (Place::Apart { src, dst }, Engine::AwsLc(k)) => {
                 let mut tag = [0u8; TAG_LEN];
@@ -566,8 +543,7 @@ impl AeadKey {
                     &mut tag,
                 )
                 .map_err(|_| failed)?;
-                put(&tag);
-                Ok(())
+                Ok(Tag16(tag))
             }
             (
                 Place::Gather {
@@ -578,10 +554,9 @@ impl AeadKey {
                 _,
             ) => {
                 // SAFETY: the pieces are readable and `dst` writable for `len` bytes (their
-                // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only;
-                // `tag_out` writable for 16 bytes, written after the data (our caller).
-                let ok = unsafe { stream.seal_to(&nonce, aad, src, dst.ptr(), tag_out) };
-                ok.then_some(()).ok_or(failed)
+                // total, `run`), each piece disjoint from `dst` (`place`); raw pointers only.
+                let tag = unsafe { stream.seal(&nonce, aad, src, dst.ptr()) }.ok_or(failed)?;
+                Ok(Tag16(tag))
             }
             (Place::Dst(d), _) | (Place::Apart { dst: d, .. }, _) => {
                 // SAFETY: `dst` is writable and nothing else references it during the call
@@ -591,9 +566,7 @@ impl AeadKey {
                     sg::copy(src, dst, 0, len);
                     d.as_mut_slice()
                 };
-                let tag = self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)?;
-                put(&tag.0);
-                Ok(())
+                self.engine.seal_in_place(nonce, aad, buf).ok_or(failed)
             }
             (Place::Bounce, _) => {
                 let b = bounce
@@ -604,8 +577,7 @@ impl AeadKey {
                 let tag = self.engine.seal_in_place(nonce, aad, b).ok_or(failed)?;
                 // SAFETY: writable `dst`, disjoint from our scratch.
                 unsafe { sg::scatter(dst, 0, b) };
-                put(&tag.0);
-                Ok(())
+                Ok(tag)
             }
         }
     }

@@ -251,11 +251,27 @@ impl Claimed<'_> {
         }
     }
 
+    /// Encrypts the pieces of `src` into `dst` (their total length); returns the tag.
+    ///
+    /// # Safety
+    /// As for `run`: pieces readable, `dst` writable for their total, no partial overlap.
+    pub(crate) unsafe fn seal(
+        &mut self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        src: &[Seg<'_>],
+        dst: *mut u8,
+    ) -> Option<[u8; TAG]> {
+        let mut tag = [0u8; TAG];
+        // SAFETY: forwarded; the tag goes to our 16-byte local.
+        unsafe { self.seal_to(nonce, aad, src, dst, tag.as_mut_ptr()) }.then_some(tag)
+    }
+
     /// Decrypts the pieces of `src` into `dst` (their total length) and checks `tag`: true if
     /// it verified. On false `dst` holds unverified plaintext: the caller wipes it.
     ///
     /// # Safety
-    /// As for [`seal_to`](Self::seal_to), without `tag_out`.
+    /// As for [`seal`](Self::seal).
     pub(crate) unsafe fn open(
         &mut self,
         nonce: &[u8; 12],
