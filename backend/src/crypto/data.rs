@@ -36,9 +36,8 @@ use dpacc_spec::in_band;
 /// Most chains taken from the ring per batch.
 pub(crate) const BATCH: usize = 64;
 /// How many chains ahead of its parse a request header (and IV) is prefetched: the lines were
-/// written on the driver's core, and one chain (~150 ns at 64 B) did not hide the transfer;
-/// at two the header's second line still missed (docs/performance.md, "eleventh pass").
-const HEADER_AHEAD: u16 = 3;
+/// written on the driver's core, and one chain (~150 ns at 64 B) did not hide the transfer.
+const HEADER_AHEAD: u16 = 2;
 /// A batch also ends once its chains carry this many bytes (readable plus writable): large
 /// requests are completed (and the frontend signalled) in smaller groups, so the frontend can
 /// reap and refill while the rest of the ring is processed instead of waiting for a whole ring.
