@@ -786,6 +786,73 @@ mod tests {
         }
     }
 
+    /// The tag lands where `digest` says, whichever way the data runs (the queue's own
+    /// context, another queue's fallback to the one-shot call, in place, scattered through
+    /// the bounce buffer): one 16-byte segment, one longer segment (its first 16 bytes; the
+    /// rest untouched), or 16 bytes scattered over two segments. McGrew-Viega test case 16.
+    #[test]
+    fn the_tag_goes_to_every_digest_layout() {
+        let (enc, _) = keys();
+        let (pt, ct, aad, iv, want) = (h(PT), h(CT), h(AAD), h(IV), h(TAG));
+        let iv = Iv::new(&iv).unwrap();
+        let (q1, q2) = (crate::gcm_stream::owner_id(), crate::gcm_stream::owner_id());
+        // How the data runs: (owner, in place, scattered destination).
+        for (owner, in_place, scattered) in [
+            (q1, false, false),
+            (q2, false, false),
+            (q1, true, false),
+            (q1, false, true),
+        ] {
+            // How the digest is laid out: a buffer of 16 or 20 bytes, cut at 0 (one segment)
+            // or 7 (two).
+            for (dlen, cut) in [(16usize, 0usize), (20, 0), (16, 7)] {
+                let mut out = if in_place {
+                    pt.clone()
+                } else {
+                    vec![0u8; pt.len()]
+                };
+                let mut dig = vec![0xeeu8; dlen];
+                let (mut data, mut aadb) = (vec![0u8; 256], vec![0u8; 64]);
+                let r = {
+                    let (o1, o2) = out.split_at_mut(if scattered { 13 } else { 0 });
+                    let d: Vec<Seg<'_>> = [o1, o2]
+                        .into_iter()
+                        .filter(|x| !x.is_empty())
+                        .map(Seg::from_mut)
+                        .collect();
+                    let s = if in_place {
+                        d.clone()
+                    } else {
+                        vec![Seg::from_ref(&pt)]
+                    };
+                    let (g1, g2) = dig.split_at_mut(cut);
+                    let g: Vec<Seg<'_>> = [g1, g2]
+                        .into_iter()
+                        .filter(|x| !x.is_empty())
+                        .map(Seg::from_mut)
+                        .collect();
+                    let a = [Seg::from_ref(&aad)];
+                    let scratch = AeadScratch {
+                        data: &mut data,
+                        aad: &mut aadb,
+                        owner,
+                    };
+                    // SAFETY: local buffers; `src` and `dst` the same memory or disjoint.
+                    unsafe { enc.run(&iv, &s, &d, &a, &g, scratch) }
+                };
+                let case =
+                    format!("in place {in_place}, scattered {scattered}, digest {dlen}/{cut}");
+                assert_eq!(r, Ok(()), "{case}");
+                assert_eq!(out, ct, "{case}");
+                assert_eq!(&dig[..16], &want[..], "{case}");
+                assert!(dig[16..].iter().all(|&b| b == 0xee), "{case}");
+            }
+        }
+        // q1 ran first: it owns the context, q2 fell back (the one-shot path).
+        let st = enc.stream.as_ref().unwrap();
+        assert!(st.claim_owned(q1).is_some() && st.claim_owned(q2).is_none());
+    }
+
     /// A forged tag through the owned context leaves no plaintext in `dst`.
     #[test]
     fn owned_open_wipes_dst_on_a_forged_tag() {

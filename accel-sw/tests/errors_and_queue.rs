@@ -428,3 +428,145 @@ fn large_scattered_aead_uses_bounce_and_oversize_is_rejected() {
     drop(dst2);
     assert!(out2 == whole);
 }
+
+/// AES-256-GCM through one queue of depth 3, many times round its completion ring: every
+/// completion carries its own result (the known answer, McGrew-Viega test case 16; a forged tag
+/// `AuthFailed` with no plaintext released; a short IV `InvalidIvLength`; a short tag buffer
+/// `BufferTooSmall`), in order, whatever the mix of successes and failures before it.
+#[test]
+fn aead_completions_through_a_wrapping_queue_carry_their_own_results() {
+    const KEY: &str = "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+    const IV: &str = "cafebabefacedbaddecaf888";
+    const PT: &str = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                      1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39";
+    const AAD: &str = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+    const CT: &str = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                      8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662";
+    const TAG: &str = "76fc6ece0f4e1768cddf8853bb2d551b";
+    let drv = SwDriver::new();
+    let mut q = drv.open_queue(3).unwrap();
+    let key = h(KEY);
+    let mk = |dir| {
+        drv.create_session(&SessionParams::Aead {
+            alg: AeadAlg::AesGcm,
+            key: &key,
+            tag_len: 16,
+            dir,
+        })
+        .unwrap()
+    };
+    let (enc, dec) = (mk(Direction::Encrypt), mk(Direction::Decrypt));
+    let (pt, ct, aad, tag, iv) = (h(PT), h(CT), h(AAD), h(TAG), h(IV));
+    let mut forged = tag.clone();
+    forged[7] ^= 0x10;
+    let good_iv = Iv::new(&iv).unwrap();
+    let short_iv = Iv::new(&iv[..8]).unwrap();
+    let aad_s = [Seg::from_ref(&aad)];
+    // Per operation kind: what it expects.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        Seal,
+        Open,
+        Forged,
+        ShortIv,
+        ShortTag,
+    }
+    let kinds = [
+        Kind::Seal,
+        Kind::Forged,
+        Kind::Open,
+        Kind::ShortIv,
+        Kind::Seal,
+        Kind::ShortTag,
+        Kind::Open,
+    ];
+    let (mut next, mut seen) = (0usize, 0usize);
+    let mut out = [Completion::default(); 2];
+    for round in 0..40 {
+        // Two operations offered per round; the queue takes what room it has.
+        let picks: Vec<Kind> = (0..2).map(|i| kinds[(next + i) % kinds.len()]).collect();
+        let mut outs = vec![vec![0xa5u8; pt.len()]; 2];
+        let mut tags = [[0u8; 16]; 2];
+        let mut shorts = [[0u8; 15]; 2];
+        for (k, t) in picks.iter().zip(tags.iter_mut()) {
+            if matches!(k, Kind::Open) {
+                t.copy_from_slice(&tag);
+            } else if matches!(k, Kind::Forged) {
+                t.copy_from_slice(&forged);
+            }
+        }
+        let segs: Vec<_> = outs
+            .iter_mut()
+            .zip(tags.iter_mut().zip(shorts.iter_mut()))
+            .map(|(o, (t, s))| ([Seg::from_mut(o)], [Seg::from_mut(t)], [Seg::from_mut(s)]))
+            .collect();
+        let srcs: Vec<[Seg<'_>; 1]> = picks
+            .iter()
+            .map(|k| match k {
+                Kind::Open | Kind::Forged => [Seg::from_ref(&ct)],
+                _ => [Seg::from_ref(&pt)],
+            })
+            .collect();
+        let ops: Vec<CryptoOp<'_>> = (0..2)
+            .map(|i| {
+                let k = picks[i];
+                CryptoOp {
+                    session: if matches!(k, Kind::Open | Kind::Forged) {
+                        &dec
+                    } else {
+                        &enc
+                    },
+                    iv: if k == Kind::ShortIv {
+                        short_iv
+                    } else {
+                        good_iv
+                    },
+                    src: &srcs[i],
+                    dst: &segs[i].0,
+                    aad: &aad_s,
+                    digest: if k == Kind::ShortTag {
+                        &segs[i].2
+                    } else {
+                        &segs[i].1
+                    },
+                    chain: ChainRanges::default(),
+                    user_data: (next + i) as u64,
+                }
+            })
+            .collect();
+        // SAFETY: every segment borrows locals that outlive the dequeues of this round, and
+        // the queue is drained at the end of each round (below).
+        let taken = unsafe { q.enqueue(&ops) };
+        assert_eq!(taken, 2, "round {round}");
+        next += taken;
+        drop(ops);
+        // Drain everything this round took, one or two at a time.
+        while q.in_flight() > 0 {
+            let m = q.dequeue(&mut out[..1 + round % 2]);
+            for c in &out[..m] {
+                assert_eq!(c.user_data as usize, seen);
+                let want = match kinds[seen % kinds.len()] {
+                    Kind::Seal | Kind::Open => Ok(()),
+                    Kind::Forged => Err(CryptoError::AuthFailed),
+                    Kind::ShortIv => Err(CryptoError::InvalidIvLength),
+                    Kind::ShortTag => Err(CryptoError::BufferTooSmall),
+                };
+                assert_eq!(c.result, want, "operation {seen}");
+                seen += 1;
+            }
+        }
+        drop(segs);
+        for (i, k) in picks.iter().enumerate() {
+            match k {
+                Kind::Seal => assert_eq!((&outs[i], &tags[i][..]), (&ct, &tag[..])),
+                Kind::Open => assert_eq!(outs[i], pt),
+                Kind::Forged => assert!(outs[i].iter().all(|&b| b == 0)),
+                Kind::ShortIv | Kind::ShortTag => {
+                    assert!(outs[i].iter().all(|&b| b == 0xa5));
+                    assert_eq!(tags[i], [0u8; 16]);
+                }
+            }
+        }
+    }
+    assert_eq!((seen, next), (80, 80));
+}
