@@ -483,7 +483,8 @@ fn aead_completions_through_a_wrapping_queue_carry_their_own_results() {
     let (mut next, mut seen) = (0usize, 0usize);
     let mut out = [Completion::default(); 2];
     for round in 0..40 {
-        // Two operations offered per round; the queue takes what room it has.
+        // Two operations a round into a queue of depth 3 drained at the end of each round:
+        // both are taken, and the ring wraps every few rounds.
         let picks: Vec<Kind> = (0..2).map(|i| kinds[(next + i) % kinds.len()]).collect();
         let mut outs = vec![vec![0xa5u8; pt.len()]; 2];
         let mut tags = [[0u8; 16]; 2];
