@@ -60,7 +60,8 @@ run() {
 
 # cpu.py CMD...: runs CMD, passing its output through; after each `device` line of a case it
 # prints the CPU the whole `dpacc bench` process used during that device run (from
-# /proc/PID/stat between the case line and the device line: the raw peer runs after it), so
+# /proc/PID/stat between the case line, or the `before` line of the raw run ahead of the device
+# run, and the device line), so
 # the client's cost is comparable between builds that do not print it themselves.
 cat >"$DIR/cpu.py" <<'PY'
 import os, subprocess, sys, time
@@ -74,7 +75,9 @@ def cpu():
         return 0.0
 t0 = c0 = None
 for line in p.stdout:
-    if line.startswith("case"):
+    # The device run starts after the case line, or after the raw run a build makes before it
+    # (its `before` line).
+    if line.startswith("case") or (line.startswith("before") and t0 is not None):
         t0, c0 = time.monotonic(), cpu()
     sys.stdout.write(line)
     if line.startswith("device") and t0 is not None:

@@ -250,8 +250,9 @@ fn bench_reports_device_software_and_ratio() {
     );
 }
 
-/// A sweep prints one case (device, raw, same-run ratio, the backend workers' CPU) per size ×
-/// mode × queue count, then a summary row each; --latency prints percentiles per mode.
+/// A sweep prints one case (raw before, device, raw before and after together, same-run ratio,
+/// the backend workers' CPU) per size × mode × queue count, then a summary row each; --latency
+/// prints percentiles per mode.
 #[test]
 fn bench_sweeps_cases_and_measures_latency() {
     let (rc, out, err) = cli(
@@ -280,7 +281,42 @@ fn bench_sweeps_cases_and_measures_latency() {
     assert_eq!(count("case "), 8, "{out}");
     assert_eq!(count("device "), 8, "{out}");
     assert_eq!(count("raw "), 8, "{out}");
+    assert_eq!(count("before    raw "), 8, "{out}");
     assert_eq!(count("ratio     device/raw = "), 8, "{out}");
+    // The raw figure is the runs before and after the device run together: its rate lies
+    // between theirs, and both are the ones printed.
+    let num = |s: &str| s.trim().parse::<f64>().unwrap();
+    let befores: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("before    raw "))
+        .map(|l| num(l.split(" ops/s").next().unwrap()))
+        .collect();
+    for (l, first) in out.lines().filter(|l| l.starts_with("raw ")).zip(befores) {
+        let rate = num(l
+            .split("ops in")
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .split("ops/s")
+            .next()
+            .unwrap());
+        let tail = l.split("same buffers; ").nth(1).unwrap();
+        let before = num(tail.split(" before").next().unwrap());
+        let after = num(tail
+            .split("before and ")
+            .nth(1)
+            .unwrap()
+            .split(" ops/s after")
+            .next()
+            .unwrap());
+        assert_eq!(before, first, "{l}");
+        assert!(
+            before.min(after) - 1.0 <= rate && rate <= before.max(after) + 1.0,
+            "{l}"
+        );
+    }
     // The backend runs in this test's process: its data-queue workers are found and measured.
     assert_eq!(count("backend   data-queue workers busy"), 8, "{out}");
     let rows = out

@@ -41,7 +41,11 @@ const HEADER_AHEAD: u16 = 2;
 /// A batch also ends once its chains carry this many bytes (readable plus writable): large
 /// requests are completed (and the frontend signalled) in smaller groups, so the frontend can
 /// reap and refill while the rest of the ring is processed instead of waiting for a whole ring.
-pub(crate) const BATCH_BYTES: usize = 256 << 10;
+/// 1 MiB is 32 requests of 16 KiB (a `dpacc bench` batch): at 256 KiB a batch held 8 of them,
+/// and its close (the store drain at the first locked instruction, the fence) was paid every
+/// 8 operations; 1 MiB measured 1.03-1.06x the device rate at 16 KiB, 512 KiB level with it
+/// (docs/performance.md, "Issue 15, twelfth pass").
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
 /// Segment pool per worker: room for one worst-case chain plus a batch of ordinary ones.
 const POOL_SEGS: usize = 2 * MAX_CHAIN_DESCS + BATCH * 8;
 /// Segments one chain can need beyond its descriptor count (one split per carve).
@@ -936,6 +940,58 @@ mod tests {
         assert_eq!(out[32], status::OK);
         let want: Vec<u8> = (0..32u8).map(|b| b ^ 0x0f ^ 0x30).collect();
         assert_eq!(&out[..32], &want[..]);
+    }
+
+    /// A batch ends once its chains carry `BATCH_BYTES` (readable plus writable): large
+    /// requests complete in groups, and the next batch takes the rest, in ring order.
+    #[test]
+    fn a_batch_ends_on_its_byte_budget() {
+        let rig = Rig::new();
+        let sid = cbc(&rig, Direction::Encrypt);
+        let len = 128u32 << 10;
+        let mut input = cipher_req(vc::CIPHER_ENCRYPT, sid, 16, len, len);
+        input.extend_from_slice(&[0x30; 16]);
+        input.resize(input.len() + len as usize, 0x5a);
+        rig.mem.write_slice(&input, GuestAddress(IN)).unwrap();
+        // Every chain reads the same request and writes the same destination and status byte.
+        let chain = [
+            (IN, input.len() as u32, F_NEXT),
+            (OUT, len, F_WRITE | F_NEXT),
+            (OUT + u64::from(len), 1, F_WRITE),
+        ];
+        let per_chain = input.len() + len as usize + 1;
+        let first = BATCH_BYTES.div_ceil(per_chain);
+        let posted = first + 2;
+        let raw: Vec<RawDescriptor> = (0..posted)
+            .flat_map(|c| {
+                chain.iter().enumerate().map(move |(k, &(a, l, f))| {
+                    let next = (c * chain.len() + k + 1) as u16;
+                    RawDescriptor::from(Descriptor::new(a, l, f, next))
+                })
+            })
+            .collect();
+        let vq = MockSplitQueue::new(&rig.mem, 32);
+        vq.add_desc_chains(&raw, 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut dp = DataPath::new(XorDriver.open_queue(64).unwrap(), rig.sessions.clone());
+        let fast = FastMem::new(&rig.mem);
+        assert_eq!(dp.run_batch(&mut q, &fast, &Notify::new(None)), first);
+        assert_eq!(vq.used().idx().load(), first as u16);
+        assert_eq!(
+            dp.run_batch(&mut q, &fast, &Notify::new(None)),
+            posted - first
+        );
+        assert_eq!(vq.used().idx().load(), posted as u16);
+        for c in 0..posted {
+            let used = vq.used().ring().ref_at(c).unwrap().load();
+            assert_eq!(used.id(), (c * chain.len()) as u32);
+            assert_eq!(used.len(), len + 1);
+        }
+        let mut st = [0u8];
+        rig.mem
+            .read_slice(&mut st, GuestAddress(OUT + u64::from(len)))
+            .unwrap();
+        assert_eq!(st[0], status::OK);
     }
 
     /// A driver whose counts lie (it claims to take more than offered and to return more

@@ -1,8 +1,9 @@
 //! `dpacc bench`: operations per second through the backend (async batch API, one thread per
 //! queue) beside the same driver called in-process (the *raw* figure: `dpacc_sw::SwDriver`
-//! through the driver traits, with the same algorithm, size, batch, buffers and threads), for
-//! every case of a sweep (sizes × completion modes × queue counts), each with its same-run
-//! ratio; or, with `--latency`, the round trip of a single operation (p50/p99).
+//! through the driver traits, with the same algorithm, size, batch, buffers and threads, run
+//! just before and just after the device run and counted as one), for every case of a sweep
+//! (sizes × completion modes × queue counts), each with its same-run ratio; or, with
+//! `--latency`, the round trip of a single operation (p50/p99).
 
 use std::time::{Duration, Instant};
 
@@ -184,6 +185,15 @@ impl Stats {
         self.ops as f64 / self.secs.max(1e-9)
     }
 
+    /// Both runs as one: their operations over their time.
+    fn and(&self, other: &Stats) -> Stats {
+        Stats {
+            ops: self.ops + other.ops,
+            secs: self.secs + other.secs,
+            cpu: self.cpu + other.cpu,
+        }
+    }
+
     fn print(&self, who: &str, size: usize, note: &str) {
         let ops = self.rate();
         println!(
@@ -284,6 +294,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
                         format!(" ({})", extras.join(", "))
                     }
                 );
+                // The raw peer runs just before and just after the device run, and the ratio is
+                // taken against both together: the machine's speed drifts between runs of a few
+                // seconds (the two raw runs of one case differed by up to 10 % on the 2-core
+                // machine of docs/performance.md), so one raw run on one side moved the ratio.
+                // The `before` line ends the first raw run: what runs between it and the
+                // `device` line is the device run alone (benches/lookaside.sh measures the
+                // client's CPU there).
+                let raw_run =
+                    || software(&p, kind, size, a.batch, depth, queues, dur, a.raw_hugepages);
+                let raw_before = raw_run()?;
+                println!(
+                    "before    raw {:.0} ops/s (the software driver in-process, before the device run)",
+                    raw_before.rate()
+                );
                 let before = backend_cpu(&dev, queues);
                 let dev_stats = device_run(&dev, &session, kind, size, a.batch, depth, wake, dur)?;
                 // No worker threads yet before the run (the backend starts them when the
@@ -291,12 +315,15 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 let backend_busy = backend_cpu(&dev, queues)
                     .map(|e| (e - before.unwrap_or(0.0)) / dev_stats.secs.max(1e-9));
                 dev_stats.print("device", size, "");
-                let raw = software(&p, kind, size, a.batch, depth, queues, dur, a.raw_hugepages)?;
+                let raw_after = raw_run()?;
+                let raw = raw_before.and(&raw_after);
                 raw.print(
                     "raw",
                     size,
                     &format!(
-                        "  (the software driver in-process, {queues} thread(s), same buffers)"
+                        "  (the software driver in-process, {queues} thread(s), same buffers; {:.0} before and {:.0} ops/s after the device run)",
+                        raw_before.rate(),
+                        raw_after.rate()
                     ),
                 );
                 let ratio = dev_stats.rate() / raw.rate().max(1e-9);

@@ -155,7 +155,8 @@ enum Cmd {
         key: Option<String>,
     },
     /// Measure ops/s through the backend beside the same driver called in-process (the raw
-    /// figure), with their same-run ratio, for every case of a sweep: each --size × --mode ×
+    /// figure, run just before and just after the device run, each for --seconds, and counted
+    /// as one), with their same-run ratio, for every case of a sweep: each --size × --mode ×
     /// --queues (lists separated by commas). With --latency: the round trip of one operation
     /// at a time (p50/p99). `dpacc bench net ...`: frames per second through a net port's
     /// fast path; `dpacc bench flows ...`: connection setup through its exception path.
