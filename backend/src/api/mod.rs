@@ -11,7 +11,7 @@ pub mod merge;
 pub mod routes;
 pub mod vnfs;
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -68,39 +68,24 @@ fn bind(path: &Path) -> Result<tiny_http::Server, ApiError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let failed = |msg: String| ApiError::Bind {
-        path: path.to_path_buf(),
-        msg,
-    };
     // Bound and listening under a temporary name, then renamed into place: a client that
     // connects as soon as the path exists is never refused (as for vhost-user sockets).
-    let tmp = crate::vhost_user::temp_socket_path(path);
-    let at = tmp.as_deref().unwrap_or(path);
-    if tmp.is_some() {
-        let _ = std::fs::remove_file(at);
-    }
-    // Created 0600: only the owner (root, or the service user) may connect. umask covers the
-    // moment between bind and chmod.
-    // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
-    let old = unsafe { libc::umask(0o177) };
-    let r = tiny_http::Server::http_unix(at);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let server = r.map_err(|e| failed(e.to_string()))?;
-    let placed =
-        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).and_then(|()| {
-            match &tmp {
-                Some(t) => std::fs::rename(t, path),
-                None => Ok(()),
-            }
-        });
-    if let Err(e) = placed {
-        if tmp.is_some() {
-            let _ = std::fs::remove_file(at);
-        }
-        return Err(failed(e.to_string()));
-    }
-    Ok(server)
+    crate::vhost_user::bind_listening(path, |at| {
+        // Created 0600: only the owner (root, or the service user) may connect. umask covers
+        // the moment between bind and chmod.
+        // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
+        let old = unsafe { libc::umask(0o177) };
+        let r = tiny_http::Server::http_unix(at);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let server = r.map_err(io::Error::other)?;
+        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
+        Ok(server)
+    })
+    .map_err(|e| ApiError::Bind {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 fn read_body(req: &mut tiny_http::Request) -> Result<Vec<u8>, Reply> {

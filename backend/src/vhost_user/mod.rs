@@ -51,25 +51,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = match temp_socket_path(path) {
-        Some(tmp) => {
-            let _ = std::fs::remove_file(&tmp);
-            let l = UnixListener::bind(&tmp).map_err(failed)?;
-            if let Err(e) = std::fs::rename(&tmp, path) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(failed(e));
-            }
-            l
-        }
-        None => UnixListener::bind(path).map_err(failed)?,
-    };
+    let l = bind_listening(path, |at| UnixListener::bind(at)).map_err(failed)?;
     tracing::info!("listening on {}", path.display());
     Ok(l)
 }
 
-/// A name beside `path` for a socket before it listens, to be renamed to `path` once it does:
-/// hidden, this process's own, and `None` when it would not fit a socket address (107 bytes).
-pub(crate) fn temp_socket_path(path: &Path) -> Option<PathBuf> {
+/// Creates a socket at `path` through `bind` (which binds and listens at the path it is given,
+/// and may set the file's mode there) so that `path` appears only once the socket listens: `bind`
+/// runs on a temporary name beside `path` (hidden, this process's own), which is then renamed
+/// into place, and removed if anything fails. Where that name would not fit a socket address
+/// (107 bytes), `bind` runs on `path` itself.
+pub(crate) fn bind_listening<T>(
+    path: &Path,
+    bind: impl FnOnce(&Path) -> io::Result<T>,
+) -> io::Result<T> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!(".dpacc-{}-{n}", std::process::id());
@@ -77,7 +72,15 @@ pub(crate) fn temp_socket_path(path: &Path) -> Option<PathBuf> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
         _ => PathBuf::from(name),
     };
-    (tmp.as_os_str().len() < 108).then_some(tmp)
+    if tmp.as_os_str().len() >= 108 {
+        return bind(path);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let placed = bind(&tmp).and_then(|s| std::fs::rename(&tmp, path).map(|()| s));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed
 }
 
 /// A server loop (or any job) run by [`run_together`], failing with `E`.
